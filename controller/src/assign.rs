@@ -1,0 +1,115 @@
+//! Assignments: what each node should have on disk and running, computed by a [`Planner`],
+//! versioned with a per-node revision that moves only when the content changes, stored
+//! durably, and pushed to the node's watch stream.
+
+use crate::records::NodeRecord;
+use crate::store::{self, StoreError, ASSIGNMENTS};
+use pangaea_proto as pb;
+use prost::Message;
+use redb::{ReadableTable, WriteTransaction};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// The content of an assignment, before it gets a revision.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub files: Vec<pb::File>,
+    pub artifacts: Vec<pb::Artifact>,
+    pub units: Vec<pb::Unit>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot plan node {node}: {message}")]
+pub struct PlanError {
+    pub node: String,
+    pub message: String,
+}
+
+/// Computes a node's plan. Must be deterministic: the same node and cluster give the same
+/// plan, or every call would look like a change.
+pub trait Planner: Send + Sync + 'static {
+    fn plan(&self, node: &NodeRecord) -> Result<Plan, PlanError>;
+}
+
+/// The plan every node gets from the foundation alone: the controller CA (so local tools
+/// can verify the controller) and a description of the node itself.
+pub struct BasePlanner {
+    pub controller_ca_pem: String,
+}
+
+impl Planner for BasePlanner {
+    fn plan(&self, node: &NodeRecord) -> Result<Plan, PlanError> {
+        let facts = serde_json::json!({ "name": node.name, "instance_id": node.instance_id, "roles": node.roles, "addresses": node.addresses });
+        Ok(Plan {
+            files: vec![
+                pb::File { path: "/etc/pangaea/controller-ca.pem".into(), mode: 0o644, owner: String::new(), content: self.controller_ca_pem.clone().into_bytes() },
+                pb::File { path: "/etc/pangaea/node.json".into(), mode: 0o644, owner: String::new(), content: serde_json::to_vec_pretty(&facts).expect("json").into() },
+            ],
+            artifacts: vec![],
+            units: vec![],
+        })
+    }
+}
+
+/// Reads a node's stored assignment.
+pub fn load(table: &impl ReadableTable<&'static str, &'static [u8]>, node: &str) -> Result<Option<pb::Assignment>, StoreError> {
+    let Some(v) = table.get(node).map_err(|e| store::db_err("assignments", node, e))? else { return Ok(None) };
+    pb::Assignment::decode(v.value()).map(Some).map_err(|e| StoreError::Corrupt { table: "assignments", key: node.into(), message: e.to_string() })
+}
+
+/// Stores `plan` for `node`; the revision increases only when the content differs from the
+/// stored assignment. Returns the new assignment when it changed.
+pub fn store_plan(txn: &WriteTransaction, node: &str, plan: Plan) -> Result<Option<pb::Assignment>, StoreError> {
+    let mut table = txn.open_table(ASSIGNMENTS).map_err(|e| store::db_err("assignments", node, e))?;
+    let previous = load(&table, node)?;
+    let mut next = pb::Assignment { node_name: node.to_owned(), revision: 0, files: plan.files, artifacts: plan.artifacts, units: plan.units };
+    if let Some(prev) = &previous {
+        next.revision = prev.revision;
+        if *prev == next {
+            return Ok(None);
+        }
+    }
+    next.revision = previous.map_or(1, |p| p.revision + 1);
+    table.insert(node, next.encode_to_vec().as_slice()).map_err(|e| store::db_err("assignments", node, e))?;
+    Ok(Some(next))
+}
+
+/// In-memory fan-out of assignment changes to the nodes' watch streams.
+#[derive(Default, Clone)]
+pub struct Hub {
+    senders: Arc<Mutex<HashMap<String, watch::Sender<Option<Arc<pb::Assignment>>>>>>,
+}
+
+impl Hub {
+    fn sender(&self, node: &str) -> watch::Sender<Option<Arc<pb::Assignment>>> {
+        self.senders.lock().expect("hub lock").entry(node.to_owned()).or_insert_with(|| watch::channel(None).0).clone()
+    }
+
+    /// Publishes a committed assignment.
+    pub fn publish(&self, a: pb::Assignment) {
+        let node = a.node_name.clone();
+        self.sender(&node).send_if_modified(|cur| {
+            let newer = cur.as_ref().is_none_or(|c| c.revision < a.revision);
+            if newer {
+                *cur = Some(Arc::new(a));
+            }
+            newer
+        });
+    }
+
+    /// Subscribes to a node's assignment, seeding it with `current` from the store.
+    pub fn subscribe(&self, node: &str, current: Option<pb::Assignment>) -> watch::Receiver<Option<Arc<pb::Assignment>>> {
+        if let Some(a) = current {
+            self.publish(a);
+        }
+        self.sender(node).subscribe()
+    }
+}
+
+impl Hub {
+    /// Ends a node's watch streams (the node was removed).
+    pub fn close(&self, node: &str) {
+        self.senders.lock().expect("hub lock").remove(node);
+    }
+}

@@ -1,0 +1,19 @@
+//! `pangaea-ctl`: the controller side of Pangaea.
+//!
+//! Layers, bottom up: [`store`] (durable state, group commit) and [`pki`] (CAs and
+//! issuance) know nothing of gRPC; [`tokens`], [`assign`] and [`controller`] hold the
+//! cluster's rules; [`service`] exposes them to agents over mutual TLS and [`admin`] to the
+//! operator's commands over a local socket; [`cli`] is the command line.
+
+pub mod admin;
+pub mod assign;
+pub mod certinfo;
+pub mod cli;
+pub mod controller;
+pub mod pki;
+pub mod records;
+pub mod service;
+pub mod store;
+pub mod tokens;
+
+pub use controller::{Controller, ControllerConfig, ControllerError, NodeView};

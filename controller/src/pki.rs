@@ -1,0 +1,370 @@
+//! The cluster's PKI, kept in `.pangaea/pki/`.
+//!
+//! Four CAs and one key pair, all ECDSA P-256, CAs valid for 10 years:
+//!
+//! | file stem        | signs                                                            |
+//! |------------------|------------------------------------------------------------------|
+//! | `controller-ca`  | agent identities and the controller's serving certificate; its   |
+//! |                  | SPKI hash is the pin agents carry                                |
+//! | `cluster-ca`     | Kubernetes serving and client certificates                      |
+//! | `etcd-ca`        | etcd peer, server and client certificates                       |
+//! | `front-proxy-ca` | the aggregation layer's client certificate                      |
+//! | `sa`             | (key pair) service-account token signing                         |
+//!
+//! The controller CA is separate from the cluster CA on purpose: a node's agent certificate
+//! must not authenticate to kube-apiserver (which trusts every client certificate of the
+//! cluster CA), and a Kubernetes client certificate must not enroll as a node.
+//!
+//! Keys are written first, certificates second, each atomically with mode 0600 (keys) or
+//! 0644 (certificates), so a crash never leaves a certificate without its key.
+
+use pangaea_core::fsutil::{self, FsError};
+use pangaea_core::pin::SpkiPin;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+};
+use rustls::pki_types::CertificateSigningRequestDer;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Default lifetime of a node's agent certificate; the agent renews at about 2/3 of it.
+pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} exists but its key {key} is missing: the PKI is damaged; restore .pangaea/pki from a backup")]
+    OrphanCertificate { path: PathBuf, key: PathBuf },
+    #[error("{path}: {source}")]
+    Crypto { path: PathBuf, source: rcgen::Error },
+    #[error("certificate signing request rejected: {0}")]
+    BadCsr(String),
+    #[error("issue certificate for {cn:?}: {source}")]
+    Issue { cn: String, source: rcgen::Error },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaKind {
+    Controller,
+    Cluster,
+    Etcd,
+    FrontProxy,
+}
+
+impl CaKind {
+    pub const ALL: [CaKind; 4] = [CaKind::Controller, CaKind::Cluster, CaKind::Etcd, CaKind::FrontProxy];
+
+    pub fn file_stem(self) -> &'static str {
+        match self {
+            CaKind::Controller => "controller-ca",
+            CaKind::Cluster => "cluster-ca",
+            CaKind::Etcd => "etcd-ca",
+            CaKind::FrontProxy => "front-proxy-ca",
+        }
+    }
+
+    fn common_name(self) -> &'static str {
+        match self {
+            CaKind::Controller => "pangaea-controller-ca",
+            CaKind::Cluster => "kubernetes",
+            CaKind::Etcd => "etcd-ca",
+            CaKind::FrontProxy => "front-proxy-ca",
+        }
+    }
+}
+
+/// What a leaf certificate is for; decides its extended key usages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    Server,
+    Client,
+    /// etcd peers and etcd servers act as both ends of TLS.
+    ServerAndClient,
+}
+
+/// Subject, names and purpose of a leaf certificate.
+#[derive(Clone, Debug)]
+pub struct LeafSpec {
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub usage: Usage,
+    pub lifetime: Duration,
+}
+
+/// A freshly issued certificate. `key_pem` is empty when the key stayed with the requester.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub serial_hex: String,
+    pub not_after: i64,
+}
+
+pub struct Ca {
+    pub kind: CaKind,
+    pub cert_pem: String,
+    pub cert_der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+pub struct Pki {
+    dir: PathBuf,
+    cas: Vec<Ca>,
+    pub service_account_public_pem: String,
+}
+
+impl Pki {
+    /// Loads the PKI from `dir`, creating whatever is missing.
+    pub fn load_or_create(dir: &Path) -> Result<Pki, PkiError> {
+        let cas = CaKind::ALL.iter().map(|&k| load_or_create_ca(dir, k)).collect::<Result<Vec<_>, _>>()?;
+        let sa_key = dir.join("sa.key");
+        let sa_pub = dir.join("sa.pub");
+        let key = match read_opt(&sa_key)? {
+            Some(pem) => KeyPair::from_pem(&pem).map_err(|source| PkiError::Crypto { path: sa_key.clone(), source })?,
+            None => {
+                let key = new_key();
+                fsutil::atomic_write(&sa_key, key.serialize_pem().as_bytes(), 0o600)?;
+                key
+            }
+        };
+        let public = key.public_key_pem();
+        if read_opt(&sa_pub)?.as_deref() != Some(public.as_str()) {
+            fsutil::atomic_write(&sa_pub, public.as_bytes(), 0o644)?;
+        }
+        Ok(Pki { dir: dir.to_owned(), cas, service_account_public_pem: public })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn ca(&self, kind: CaKind) -> &Ca {
+        self.cas.iter().find(|c| c.kind == kind).expect("every CA kind is loaded")
+    }
+
+    /// The pin agents are given: SPKI SHA-256 of the controller CA.
+    pub fn controller_pin(&self) -> SpkiPin {
+        SpkiPin::of_cert_der(&self.ca(CaKind::Controller).cert_der).expect("own CA certificate parses")
+    }
+
+    /// Issues a certificate with a key generated here (for certificates the controller
+    /// hands out, such as etcd's).
+    pub fn issue(&self, kind: CaKind, spec: &LeafSpec) -> Result<Issued, PkiError> {
+        let key = new_key();
+        let (params, serial) = leaf_params(spec)?;
+        let cert = params.signed_by(&key, &self.ca(kind).issuer).map_err(|source| PkiError::Issue { cn: spec.common_name.clone(), source })?;
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial_hex: serial, not_after: unix(params.not_after) })
+    }
+
+    /// Signs the public key of a PKCS#10 request. Only the key (and the request's proof of
+    /// possession) is taken from the CSR: subject, names and usages come from `spec`, so a
+    /// node cannot ask for more than it is given.
+    pub fn sign_csr(&self, kind: CaKind, csr_der: &[u8], spec: &LeafSpec) -> Result<Issued, PkiError> {
+        let der = CertificateSigningRequestDer::from(csr_der);
+        let csr = CertificateSigningRequestParams::from_der(&der).map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(PkiError::BadCsr("the key must be ECDSA P-256".into()));
+        }
+        let (params, serial) = leaf_params(spec)?;
+        let signed = CertificateSigningRequestParams { params, public_key: csr.public_key };
+        let cert = signed.signed_by(&self.ca(kind).issuer).map_err(|source| PkiError::Issue { cn: spec.common_name.clone(), source })?;
+        Ok(Issued { cert_pem: cert.pem(), key_pem: String::new(), serial_hex: serial, not_after: unix(signed.params.not_after) })
+    }
+
+    /// The controller's own serving certificate (controller CA), re-issued when the wanted
+    /// names change or when less than a third of its lifetime remains.
+    pub fn controller_serving(&self, names: &[String]) -> Result<(String, String), PkiError> {
+        let (crt, key) = (self.dir.join("controller.crt"), self.dir.join("controller.key"));
+        if let (Some(cert_pem), Some(key_pem)) = (read_opt(&crt)?, read_opt(&key)?) {
+            if serving_cert_still_fits(&cert_pem, names) {
+                return Ok((cert_pem, key_pem));
+            }
+        }
+        let issued = self.issue(CaKind::Controller, &profiles::controller_serving(names))?;
+        fsutil::atomic_write(&key, issued.key_pem.as_bytes(), 0o600)?;
+        fsutil::atomic_write(&crt, issued.cert_pem.as_bytes(), 0o644)?;
+        Ok((issued.cert_pem, issued.key_pem))
+    }
+}
+
+fn serving_cert_still_fits(cert_pem: &str, names: &[String]) -> bool {
+    let Some(info) = crate::certinfo::CertInfo::from_pem(cert_pem) else { return false };
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let fresh = info.not_after - now > (info.not_after - info.not_before) / 3;
+    fresh && names.iter().all(|n| info.sans.iter().any(|s| s == n))
+}
+
+fn new_key() -> KeyPair {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("ring generates P-256 keys")
+}
+
+fn unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+fn read_opt(path: &Path) -> Result<Option<String>, PkiError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PkiError::Read { path: path.to_owned(), source }),
+    }
+}
+
+fn random_serial() -> (SerialNumber, String) {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f; // positive INTEGER
+    bytes[0] |= 0x01; // no leading zero byte, so the hex form is canonical
+    (SerialNumber::from_slice(&bytes), hex::encode(bytes))
+}
+
+fn load_or_create_ca(dir: &Path, kind: CaKind) -> Result<Ca, PkiError> {
+    let crt = dir.join(format!("{}.crt", kind.file_stem()));
+    let keyp = dir.join(format!("{}.key", kind.file_stem()));
+    let crypto = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PkiError::Crypto { path, source }
+    };
+    let (cert_pem, key) = match (read_opt(&crt)?, read_opt(&keyp)?) {
+        (Some(cert_pem), Some(key_pem)) => (cert_pem, KeyPair::from_pem(&key_pem).map_err(crypto(&keyp))?),
+        (Some(_), None) => return Err(PkiError::OrphanCertificate { path: crt, key: keyp }),
+        (None, _) => {
+            let key = new_key();
+            let mut params = CertificateParams::default();
+            params.distinguished_name = dn(kind.common_name(), &["pangaea"]);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+            let now = OffsetDateTime::now_utc();
+            params.not_before = now - Duration::from_secs(3600);
+            params.not_after = now + CA_LIFETIME;
+            params.serial_number = Some(random_serial().0);
+            let cert = params.self_signed(&key).map_err(crypto(&crt))?;
+            fsutil::atomic_write(&keyp, key.serialize_pem().as_bytes(), 0o600)?;
+            fsutil::atomic_write(&crt, cert.pem().as_bytes(), 0o644)?;
+            (cert.pem(), key)
+        }
+    };
+    let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(crypto(&crt))?;
+    let cert_der = rustls_pemfile_der(&cert_pem).ok_or_else(|| PkiError::Crypto { path: crt.clone(), source: rcgen::Error::CouldNotParseCertificate })?;
+    Ok(Ca { kind, cert_pem, cert_der, issuer })
+}
+
+/// DER of the first certificate in a PEM string.
+pub fn rustls_pemfile_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(|c| c.to_vec())
+}
+
+fn dn(cn: &str, orgs: &[impl AsRef<str>]) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    for o in orgs {
+        dn.push(DnType::OrganizationName, o.as_ref());
+    }
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn leaf_params(spec: &LeafSpec) -> Result<(CertificateParams, String), PkiError> {
+    let issue_err = |source| PkiError::Issue { cn: spec.common_name.clone(), source };
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(&spec.common_name, &spec.organizations);
+    for d in &spec.dns_names {
+        params.subject_alt_names.push(SanType::DnsName(d.clone().try_into().map_err(issue_err)?));
+    }
+    params.subject_alt_names.extend(spec.ips.iter().copied().map(SanType::IpAddress));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = match spec.usage {
+        Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.use_authority_key_identifier_extension = true;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = now + spec.lifetime;
+    let (serial, serial_hex) = random_serial();
+    params.serial_number = Some(serial);
+    Ok((params, serial_hex))
+}
+
+/// The certificates the cluster's components need, with the names and usages their peers
+/// check (the same as kubeadm issues).
+pub mod profiles {
+    use super::{LeafSpec, Usage, NODE_CERT_LIFETIME};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::time::Duration;
+
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    const LOOPBACK: [IpAddr; 2] = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+
+    fn with_loopback(ips: &[IpAddr]) -> Vec<IpAddr> {
+        let mut all = ips.to_vec();
+        all.extend(LOOPBACK.iter().filter(|l| !ips.contains(l)));
+        all
+    }
+
+    /// The agent's identity towards the controller (controller CA). CN is the node name.
+    pub fn node_identity(node: &str, lifetime: Duration) -> LeafSpec {
+        LeafSpec { common_name: node.into(), organizations: vec!["pangaea:nodes".into()], dns_names: vec![node.into()], ips: vec![], usage: Usage::Client, lifetime }
+    }
+
+    /// The controller's gRPC serving certificate: `names` are DNS names or IP addresses.
+    pub fn controller_serving(names: &[String]) -> LeafSpec {
+        let (ips, dns): (Vec<_>, Vec<_>) = names.iter().partition(|n| n.parse::<IpAddr>().is_ok());
+        LeafSpec {
+            common_name: "pangaea-controller".into(),
+            organizations: vec!["pangaea".into()],
+            dns_names: dns.into_iter().cloned().collect(),
+            ips: ips.iter().map(|i| i.parse().expect("partitioned")).collect(),
+            usage: Usage::Server,
+            lifetime: YEAR,
+        }
+    }
+
+    /// etcd's client-facing certificate (etcd CA): serves clients on the node's addresses
+    /// and loopback, and is also used by etcd as a client of itself (gateway, health).
+    pub fn etcd_server(node: &str, ips: &[IpAddr]) -> LeafSpec {
+        LeafSpec { common_name: node.into(), organizations: vec![], dns_names: vec![node.into(), "localhost".into()], ips: with_loopback(ips), usage: Usage::ServerAndClient, lifetime: YEAR }
+    }
+
+    /// etcd's peer certificate (etcd CA): both ends of peer TLS check it.
+    pub fn etcd_peer(node: &str, ips: &[IpAddr]) -> LeafSpec {
+        LeafSpec { common_name: node.into(), organizations: vec![], dns_names: vec![node.into(), "localhost".into()], ips: with_loopback(ips), usage: Usage::ServerAndClient, lifetime: YEAR }
+    }
+
+    /// A client of etcd (etcd CA): kube-apiserver, or the operator's `etcdctl`.
+    pub fn etcd_client(name: &str) -> LeafSpec {
+        LeafSpec { common_name: name.into(), organizations: vec![], dns_names: vec![], ips: vec![], usage: Usage::Client, lifetime: YEAR }
+    }
+
+    /// kube-apiserver's serving certificate (cluster CA).
+    pub fn apiserver_serving(node: &str, ips: &[IpAddr], service_ip: IpAddr) -> LeafSpec {
+        let mut all = vec![service_ip];
+        all.extend(with_loopback(ips));
+        LeafSpec {
+            common_name: "kube-apiserver".into(),
+            organizations: vec![],
+            dns_names: ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost", node].map(String::from).to_vec(),
+            ips: all,
+            usage: Usage::Server,
+            lifetime: YEAR,
+        }
+    }
+
+    /// A Kubernetes client certificate (cluster CA): user `cn` in groups `orgs`.
+    pub fn kube_client(cn: &str, orgs: &[&str]) -> LeafSpec {
+        LeafSpec { common_name: cn.into(), organizations: orgs.iter().map(|s| s.to_string()).collect(), dns_names: vec![], ips: vec![], usage: Usage::Client, lifetime: YEAR }
+    }
+
+    /// Default node identity lifetime, re-exported for callers choosing a profile.
+    pub const NODE_LIFETIME: Duration = NODE_CERT_LIFETIME;
+}

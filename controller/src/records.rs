@@ -1,0 +1,41 @@
+//! What the state store keeps about tokens and nodes.
+
+use serde::{Deserialize, Serialize};
+
+/// A bootstrap token. Only the SHA-256 of its secret is kept.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    pub id: String,
+    pub secret_sha256: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub uses_left: u32,
+    /// When set, only a node of this name may join with the token.
+    pub node: Option<String>,
+    pub description: String,
+    pub revoked: bool,
+}
+
+/// A node, keyed by name; its identity is its instance ID.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    pub name: String,
+    pub instance_id: String,
+    pub hostname: String,
+    pub addresses: Vec<String>,
+    pub boot_id: String,
+    pub roles: Vec<String>,
+    pub joined_at: i64,
+    /// Serials (hex) of the agent certificates this incarnation of the node may use. A
+    /// client certificate whose serial is not listed is refused even if it chains to the
+    /// controller CA: this is how removal and re-creation revoke old identities at once.
+    pub active_serials: Vec<String>,
+    pub cert_not_after: i64,
+    pub removed: bool,
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}

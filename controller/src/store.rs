@@ -1,0 +1,219 @@
+//! The controller's embedded, transactional state store (redb) in `.pangaea/state.redb`.
+//!
+//! Durability: every write is committed with an fsync before the caller gets its answer, so
+//! nothing acknowledged is lost on a crash. To make that affordable under load (a thousand
+//! agents joining at once), writes go through one writer thread that *group-commits*: it
+//! takes every operation waiting in its queue, runs them in one transaction in arrival
+//! order, commits once, and then answers them all.
+//!
+//! Rule for operations: validate first, write last. An operation that returns an error
+//! must not have written anything, because the batch it shares is still committed.
+//!
+//! One process at a time: `.pangaea/lock` is held (flock) for the store's lifetime, and
+//! records the holder's PID for the error message others get.
+
+use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
+use serde::{de::DeserializeOwned, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+pub const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
+pub const REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("reports");
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("another pangaea-ctl process{holder} is using the state in {dir}: stop it first, or run this command while it is up so it goes through its admin socket")]
+    Locked { dir: PathBuf, holder: String },
+    #[error("state store {path}: {message}")]
+    Db { path: PathBuf, message: String },
+    #[error("state store record {table}/{key} is unreadable: {message}")]
+    Corrupt { table: &'static str, key: String, message: String },
+    #[error("state store writer has stopped")]
+    WriterGone,
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&WriteTransaction) -> Completion + Send>;
+
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating) the store in `dir`, taking the directory's lock.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db { path: dir.to_owned(), message: e.to_string() })?;
+        let lock = take_lock(dir)?;
+        let path = dir.join("state.redb");
+        let db_err = |e: &dyn std::fmt::Display| StoreError::Db { path: path.clone(), message: e.to_string() };
+        let db = Database::create(&path).map_err(|e| db_err(&e))?;
+        let txn = db.begin_write().map_err(|e| db_err(&e))?;
+        for t in [TOKENS, NODES, ASSIGNMENTS, REPORTS] {
+            txn.open_table(t).map_err(|e| db_err(&e))?;
+        }
+        txn.commit().map_err(|e| db_err(&e))?;
+        let db = Arc::new(db);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (wdb, wpath) = (db.clone(), path.clone());
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(&wdb, &wpath, rx))
+            .map_err(|e| db_err(&e))?;
+        Ok(Store { db, path, jobs, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `op` in a write transaction shared with concurrent operations; returns once the
+    /// transaction is durably committed.
+    pub async fn write<T: Send + 'static>(&self, op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        self.submit(op)?.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// [`Store::write`] for synchronous callers (CLI commands).
+    pub fn write_blocking<T: Send + 'static>(&self, op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        self.submit(op)?.blocking_recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    fn submit<T: Send + 'static>(&self, op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |txn| {
+            let result = op(txn);
+            Box::new(move |commit| {
+                let _ = tx.send(commit.and(result));
+            })
+        });
+        self.jobs.send(job).map_err(|_| StoreError::WriterGone)?;
+        Ok(rx)
+    }
+
+    /// Runs `f` on a consistent snapshot. Reads do not wait for the writer.
+    pub fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| StoreError::Db { path: self.path.clone(), message: e.to_string() })?;
+        f(&txn)
+    }
+}
+
+fn writer_loop(db: &Database, path: &Path, rx: mpsc::Receiver<Job>) {
+    const MAX_BATCH: usize = 4096;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let txn = match db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                let err = StoreError::Db { path: path.to_owned(), message: e.to_string() };
+                tracing::error!(error = %err, "cannot begin a state transaction");
+                // Each job needs a transaction to produce its completion; without one, the
+                // job's reply channel is dropped and the caller sees WriterGone.
+                drop(batch);
+                continue;
+            }
+        };
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&txn)).collect();
+        let committed = txn.commit().map_err(|e| StoreError::Db { path: path.to_owned(), message: e.to_string() });
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "state commit failed; {} operations not applied", completions.len());
+        }
+        for c in completions {
+            c(committed.clone());
+        }
+    }
+}
+
+fn take_lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("lock");
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| StoreError::Db { path: path.clone(), message: e.to_string() })?;
+    if f.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let holder = if holder.is_empty() { String::new() } else { format!(" (PID {holder})") };
+        return Err(StoreError::Locked { dir: dir.to_owned(), holder });
+    }
+    let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| write!(f, "{}", std::process::id()));
+    Ok(f)
+}
+
+/// Typed JSON records in `&str -> &[u8]` tables.
+pub fn get<T: DeserializeOwned>(table: &impl redb::ReadableTable<&'static str, &'static [u8]>, name: &'static str, key: &str) -> Result<Option<T>, StoreError> {
+    let Some(v) = table.get(key).map_err(|e| db_err(name, key, e))? else { return Ok(None) };
+    serde_json::from_slice(v.value()).map(Some).map_err(|e| StoreError::Corrupt { table: name, key: key.to_owned(), message: e.to_string() })
+}
+
+pub fn put<T: Serialize>(table: &mut redb::Table<&'static str, &'static [u8]>, name: &'static str, key: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).expect("records serialize");
+    table.insert(key, bytes.as_slice()).map_err(|e| db_err(name, key, e))?;
+    Ok(())
+}
+
+pub fn all<T: DeserializeOwned>(table: &impl redb::ReadableTable<&'static str, &'static [u8]>, name: &'static str) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(|e| db_err(name, "*", e))? {
+        let (k, v) = entry.map_err(|e| db_err(name, "*", e))?;
+        out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt { table: name, key: k.value().to_owned(), message: e.to_string() })?);
+    }
+    Ok(out)
+}
+
+pub fn db_err(table: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db { path: PathBuf::from(format!("{table}/{key}")), message: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn acknowledged_writes_survive_reopen_and_failed_ops_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut handles = Vec::new();
+            let store = Arc::new(store);
+            for i in 0..50 {
+                let s = store.clone();
+                handles.push(tokio::spawn(async move {
+                    s.write(move |txn| {
+                        if i % 10 == 0 {
+                            return Err(StoreError::WriterGone);
+                        }
+                        let mut t = txn.open_table(NODES).unwrap();
+                        put(&mut t, "nodes", &format!("n{i}"), &i)
+                    })
+                    .await
+                }));
+            }
+            for (i, h) in handles.into_iter().enumerate() {
+                assert_eq!(h.await.unwrap().is_ok(), i % 10 != 0);
+            }
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let n: Vec<i32> = store.read(|r| all(&r.open_table(NODES).unwrap(), "nodes")).unwrap();
+        assert_eq!(n.len(), 45);
+    }
+
+    #[test]
+    fn second_process_is_refused_with_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().expect("lock is held").to_string();
+        assert!(err.contains(&format!("PID {}", std::process::id())), "{err}");
+    }
+}

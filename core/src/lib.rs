@@ -1,0 +1,22 @@
+//! Types and small mechanisms shared by `pangaea-ctl` and `pangaea-agent`.
+//!
+//! * [`names`]: validated identifiers (node names) built at the edge with `TryFrom`.
+//! * [`token`]: the bootstrap token format, its hashing and constant-time check.
+//! * [`pin`]: SPKI SHA-256 pins, as `kubeadm join --discovery-token-ca-cert-hash`.
+//! * [`fsutil`]: atomic file replacement (temp + fsync + rename + fsync dir).
+//! * [`tls`]: rustls plumbing under tonic: the pinned-CA verifier, the client connector and
+//!   the server's TLS listener that exposes the peer certificate to handlers.
+
+pub mod fsutil;
+pub mod names;
+pub mod pin;
+pub mod tls;
+pub mod token;
+
+pub use names::NodeName;
+
+/// Installs ring as the process-wide rustls crypto provider. Idempotent; call it once in
+/// `main` (and in tests) before any TLS configuration is built.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

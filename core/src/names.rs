@@ -1,0 +1,84 @@
+//! Validated names. A node name ends up in certificate subjects, file paths and systemd unit
+//! arguments, so it is restricted to a DNS label (RFC 1123): lowercase letters, digits and
+//! `-`, 1 to 63 characters, not starting or ending with `-`.
+
+use std::fmt;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid node name {name:?}: {reason} (use 1-63 lowercase letters, digits or '-', like \"node-1\")")]
+pub struct InvalidName {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeName(String);
+
+impl NodeName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NodeName {
+    type Error = InvalidName;
+    fn try_from(name: String) -> Result<Self, InvalidName> {
+        let bad = |reason| Err(InvalidName { name: name.clone(), reason });
+        if name.is_empty() || name.len() > 63 {
+            return bad("length must be 1 to 63");
+        }
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return bad("only lowercase letters, digits and '-' are allowed");
+        }
+        if name.starts_with('-') || name.ends_with('-') {
+            return bad("must not start or end with '-'");
+        }
+        Ok(NodeName(name))
+    }
+}
+
+impl TryFrom<&str> for NodeName {
+    type Error = InvalidName;
+    fn try_from(name: &str) -> Result<Self, InvalidName> {
+        NodeName::try_from(name.to_owned())
+    }
+}
+
+impl From<NodeName> for String {
+    fn from(n: NodeName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for NodeName {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Self, InvalidName> {
+        NodeName::try_from(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_dns_labels() {
+        for ok in ["a", "node-1", "n0", &"x".repeat(63)] {
+            assert!(NodeName::try_from(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        for bad in ["", "-a", "a-", "Node", "a_b", "a.b", "a/b", "../x", &"x".repeat(64)] {
+            assert!(NodeName::try_from(bad).is_err(), "{bad}");
+        }
+    }
+}

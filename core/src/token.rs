@@ -1,0 +1,109 @@
+//! Bootstrap tokens: `<id>.<secret>` with a 6-character id and a 16-character secret from
+//! `[a-z0-9]` (about 82 bits), the format of kubeadm's tokens, so operators recognise them.
+//!
+//! Only the SHA-256 of the secret is stored. The secret is high-entropy and random, so a
+//! fast hash is sufficient (no password stretching is needed), and comparison is constant-time.
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use subtle::ConstantTimeEq;
+
+pub const ID_LEN: usize = 6;
+pub const SECRET_LEN: usize = 16;
+const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed bootstrap token: expected <6 chars>.<16 chars> from [a-z0-9], like \"abcdef.0123456789abcdef\"")]
+pub struct MalformedToken;
+
+/// A parsed token. `Debug` and `Display` never show the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootstrapToken {
+    id: String,
+    secret: String,
+}
+
+impl BootstrapToken {
+    pub fn generate() -> Self {
+        let mut rng = rand::rng();
+        let mut pick = |n| (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+        BootstrapToken { id: pick(ID_LEN), secret: pick(SECRET_LEN) }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, MalformedToken> {
+        let (id, secret) = s.trim().split_once('.').ok_or(MalformedToken)?;
+        let valid = |part: &str, len: usize| part.len() == len && part.bytes().all(|b| ALPHABET.contains(&b));
+        if !valid(id, ID_LEN) || !valid(secret, SECRET_LEN) {
+            return Err(MalformedToken);
+        }
+        Ok(BootstrapToken { id: id.to_owned(), secret: secret.to_owned() })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The full `<id>.<secret>` string, to hand to the node once.
+    pub fn expose(&self) -> String {
+        format!("{}.{}", self.id, self.secret)
+    }
+
+    /// What the controller stores.
+    pub fn secret_hash(&self) -> [u8; 32] {
+        Sha256::digest(self.secret.as_bytes()).into()
+    }
+
+    /// Constant-time comparison of this token's secret against a stored hash.
+    pub fn matches(&self, stored_hash: &[u8]) -> bool {
+        bool::from(self.secret_hash().as_slice().ct_eq(stored_hash))
+    }
+}
+
+impl fmt::Debug for BootstrapToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BootstrapToken({}.<redacted>)", self.id)
+    }
+}
+
+impl fmt::Display for BootstrapToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.<redacted>", self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_parse_and_match() {
+        let t = BootstrapToken::generate();
+        let s = t.expose();
+        assert_eq!(s.len(), ID_LEN + 1 + SECRET_LEN);
+        let p = BootstrapToken::parse(&s).unwrap();
+        assert_eq!(p, t);
+        assert!(p.matches(&t.secret_hash()));
+    }
+
+    #[test]
+    fn wrong_secret_does_not_match() {
+        let t = BootstrapToken::parse("abcdef.0123456789abcdef").unwrap();
+        let other = BootstrapToken::parse("abcdef.0123456789abcdeg").unwrap();
+        assert!(!other.matches(&t.secret_hash()));
+        assert!(!t.matches(&[0u8; 31]));
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected() {
+        for bad in ["", "abcdef", "abcdef.", "abcde.0123456789abcdef", "ABCDEF.0123456789abcdef", "abcdef.0123456789abcde!", "abcdef.0123456789abcdef0"] {
+            assert_eq!(BootstrapToken::parse(bad), Err(MalformedToken), "{bad}");
+        }
+    }
+
+    #[test]
+    fn display_hides_the_secret() {
+        let t = BootstrapToken::parse("abcdef.0123456789abcdef").unwrap();
+        assert!(!format!("{t} {t:?}").contains("0123456789"));
+    }
+}

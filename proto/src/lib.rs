@@ -1,0 +1,16 @@
+//! The gRPC contract between `pangaea-ctl` and `pangaea-agent`.
+//!
+//! Generated at build time from `proto/pangaea.proto`; see that file for the meaning of each
+//! message. Enrollment is the only service a client without a certificate may call.
+
+#![allow(clippy::all)]
+
+pub mod v1 {
+    tonic::include_proto!("pangaea.v1");
+}
+
+pub use v1::*;
+
+/// Largest message either side accepts. Assignments carry rendered files, not binaries
+/// (those travel as artifacts), so a few MiB is generous; anything bigger is refused.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
