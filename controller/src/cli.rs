@@ -1,0 +1,302 @@
+//! The `pangaea-ctl` command line.
+
+use crate::admin::Backend;
+use crate::certinfo::{rfc3339, CertInfo};
+use crate::pki::{CaKind, Pki};
+use crate::{Controller, ControllerConfig};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use pangaea_proto as pb;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Pangaea: a cheap, highly available Kubernetes cluster with one command.
+///
+/// The controller keeps the cluster's PKI and state in `.pangaea/` beside `pangaea.yaml`
+/// (found by walking up from the current directory). Nodes run `pangaea-agent`, which
+/// joins with a single-use bootstrap token and then talks mutual TLS only.
+#[derive(Parser)]
+#[command(name = "pangaea-ctl", version)]
+pub struct Cli {
+    /// The cluster's state directory [default: .pangaea beside the nearest pangaea.yaml,
+    /// else ./.pangaea]
+    #[arg(long, global = true, env = "PANGAEA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the controller: serve agents (mutual TLS) and operator commands (local socket).
+    Serve {
+        /// Address to listen on for agents.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: SocketAddr,
+        /// Names or IP addresses the agents use to reach this controller (repeatable);
+        /// they go into its serving certificate.
+        #[arg(long)]
+        advertise: Vec<String>,
+    },
+    /// Inspect the cluster's certificate authorities.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Create, list and revoke bootstrap tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show the nodes, their assignment revisions and latest health reports.
+    Status {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Subcommand)]
+pub enum PkiCommand {
+    /// List each CA and the controller certificate with subject, SANs and expiry.
+    Show {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Print the controller CA pin (`sha256:...`) that agents are configured with.
+    Pin,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a bootstrap token and print it (the only time its secret is shown).
+    Create {
+        /// Lifetime, e.g. 30m, 1h, 2d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// How many joins it admits.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Admit only a node of this name (and let it replace an old node of that name).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (ids only; secrets are not stored).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Remove a node: its certificates are refused at once.
+    Remove { name: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Parses `90s`, `30m`, `1h`, `2d` (or plain seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: use a number with s, m, h or d, like 30m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err("duration must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// `.pangaea` beside the nearest `pangaea.yaml` above `start`, else `start/.pangaea`.
+pub fn find_state_dir(start: &Path) -> PathBuf {
+    start.ancestors().find(|d| d.join("pangaea.yaml").is_file()).unwrap_or(start).join(".pangaea")
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let state_dir = match cli.state_dir {
+        Some(d) => d,
+        None => find_state_dir(&std::env::current_dir().context("current directory")?),
+    };
+    match cli.command {
+        Command::Serve { listen, advertise } => serve(&state_dir, listen, advertise).await,
+        Command::Pki(cmd) => pki(&state_dir, cmd),
+        Command::Token(cmd) => token(&state_dir, cmd).await,
+        Command::Status { output } => status(&state_dir, output).await,
+        Command::Node(NodeCommand::Remove { name }) => {
+            Backend::connect(&state_dir).await?.remove_node(name.clone()).await?;
+            println!("node {name} removed; its certificates are revoked");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(state_dir: &Path, listen: SocketAddr, advertise: Vec<String>) -> anyhow::Result<()> {
+    let mut config = ControllerConfig::new(state_dir);
+    config.advertise = advertise;
+    if !listen.ip().is_unspecified() {
+        config.advertise.push(listen.ip().to_string());
+    }
+    let controller = Controller::open(config, None)?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    pangaea_core::fsutil::atomic_write(&state_dir.join("serve.pid"), std::process::id().to_string().as_bytes(), 0o644)?;
+    pangaea_core::fsutil::atomic_write(&state_dir.join("serve.addr"), addr.to_string().as_bytes(), 0o644)?;
+    tracing::info!(%addr, pin = %controller.pki().controller_pin(), state = %state_dir.display(), "controller serving");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let admin = tokio::spawn(crate::admin::serve(controller.clone(), stop(rx.clone())));
+    let agents = controller.serve(listener, stop(rx));
+    tokio::pin!(agents);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = &mut agents => r?,
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+    }
+    let _ = tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
+    let _ = std::fs::remove_file(state_dir.join("serve.pid"));
+    Ok(())
+}
+
+fn pki(state_dir: &Path, cmd: PkiCommand) -> anyhow::Result<()> {
+    // The PKI files are only created, never rewritten, so reading them does not need the
+    // store's lock; a first `pki show` creates them like any other first use.
+    let pki = Pki::load_or_create(&state_dir.join("pki"))?;
+    match cmd {
+        PkiCommand::Pin => println!("{}", pki.controller_pin()),
+        PkiCommand::Show { output } => {
+            let mut rows: Vec<(String, CertInfo)> = CaKind::ALL.iter().filter_map(|k| CertInfo::from_der(&pki.ca(*k).cert_der).map(|i| (k.file_stem().to_owned(), i))).collect();
+            if let Some(info) = std::fs::read_to_string(state_dir.join("pki/controller.crt")).ok().and_then(|p| CertInfo::from_pem(&p)) {
+                rows.push(("controller".into(), info));
+            }
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows.iter().map(|(n, i)| serde_json::json!({"name": n, "cert": i})).collect::<Vec<_>>())?),
+                Output::Table => {
+                    println!("{:<16} {:<40} {:<22} SANS", "NAME", "SUBJECT", "EXPIRES");
+                    for (name, i) in rows {
+                        println!("{:<16} {:<40} {:<22} {}", name, i.subject, rfc3339(i.not_after), if i.sans.is_empty() { "-".into() } else { i.sans.join(",") });
+                    }
+                    println!("\nagent pin: {}", pki.controller_pin());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn token(state_dir: &Path, cmd: TokenCommand) -> anyhow::Result<()> {
+    let mut backend = Backend::connect(state_dir).await?;
+    match cmd {
+        TokenCommand::Create { ttl, uses, node, description } => {
+            if let Some(n) = &node {
+                pangaea_core::NodeName::try_from(n.as_str())?;
+            }
+            let resp = backend.create_token(pb::CreateTokenRequest { ttl_seconds: ttl.as_secs(), uses, node_name: node.unwrap_or_default(), description }).await?;
+            println!("{}", resp.token);
+            eprintln!("expires {}", rfc3339(resp.expires_at));
+        }
+        TokenCommand::List => {
+            println!("{:<8} {:<22} {:<5} {:<16} {:<8} DESCRIPTION", "ID", "EXPIRES", "USES", "NODE", "STATE");
+            let now = crate::records::now();
+            for t in backend.list_tokens().await? {
+                let state = if t.revoked { "revoked" } else if t.expires_at <= now { "expired" } else if t.uses_left == 0 { "used" } else { "valid" };
+                println!("{:<8} {:<22} {:<5} {:<16} {:<8} {}", t.id, rfc3339(t.expires_at), t.uses_left, if t.node_name.is_empty() { "*" } else { &t.node_name }, state, t.description);
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            backend.revoke_token(id.clone()).await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
+    let mut backend = Backend::connect(state_dir).await?;
+    if matches!(backend, Backend::Local(_)) {
+        eprintln!("note: no controller is running for {}; showing the last stored reports", state_dir.display());
+    }
+    let nodes = backend.list_nodes().await?;
+    match output {
+        Output::Json => {
+            let rows: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    let r = n.last_report.clone().unwrap_or_default();
+                    serde_json::json!({
+                        "name": n.name, "instance_id": n.instance_id, "addresses": n.addresses, "removed": n.removed,
+                        "assigned_revision": n.assigned_revision, "applied_revision": r.applied_revision,
+                        "last_report_at": n.last_report_at, "certificate_not_after": n.certificate_not_after,
+                        "agent_version": r.agent_version, "errors": r.errors,
+                        "units": r.units.iter().map(|u| serde_json::json!({"name": u.name, "active": u.active_state, "sub": u.sub_state})).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Output::Table => {
+            let now = crate::records::now();
+            println!("{:<16} {:<18} {:<9} {:<10} {:<22} ERRORS", "NODE", "ADDRESS", "REVISION", "REPORTED", "CERT EXPIRES");
+            for n in &nodes {
+                let r = n.last_report.clone().unwrap_or_default();
+                let age = if n.last_report_at == 0 { "never".to_owned() } else { format!("{}s ago", now - n.last_report_at) };
+                let name = if n.removed { format!("{} (removed)", n.name) } else { n.name.clone() };
+                println!(
+                    "{:<16} {:<18} {:<9} {:<10} {:<22} {}",
+                    name,
+                    n.addresses.first().map_or("-", String::as_str),
+                    format!("{}/{}", r.applied_revision, n.assigned_revision),
+                    age,
+                    rfc3339(n.certificate_not_after),
+                    r.errors.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172800));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn state_dir_is_found_beside_pangaea_yaml() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("pangaea.yaml"), "").unwrap();
+        let sub = d.path().join("a/b");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert_eq!(find_state_dir(&sub), d.path().join(".pangaea"));
+        let lone = tempfile::tempdir().unwrap();
+        assert_eq!(find_state_dir(lone.path()), lone.path().join(".pangaea"));
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

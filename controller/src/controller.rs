@@ -163,8 +163,11 @@ impl Controller {
     pub fn server_tls(&self) -> Result<Arc<rustls::ServerConfig>, ControllerError> {
         use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
         let mut names = vec!["pangaea-controller".to_owned(), "localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-        names.extend(self.config.advertise.iter().cloned());
-        names.dedup();
+        for a in &self.config.advertise {
+            if !names.contains(a) {
+                names.push(a.clone());
+            }
+        }
         let (cert_pem, key_pem) = self.pki.controller_serving(&names)?;
         let ca = CertificateDer::from(self.pki.ca(CaKind::Controller).cert_der.clone());
         let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| ControllerError::Tls(e.to_string()))?;

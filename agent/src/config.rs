@@ -1,0 +1,107 @@
+//! The agent's configuration file (YAML), written by cloud-init on the node.
+//!
+//! ```yaml
+//! controller: ["10.213.0.1:7443"]      # HOST:PORT of the controller, tried in order
+//! ca_pin: "sha256:<64 hex>"            # SPKI SHA-256 of the controller CA
+//! token_file: /etc/pangaea/bootstrap-token   # deleted after a successful join
+//! node_name: node-1                    # optional; defaults to the hostname
+//! state_dir: /var/lib/pangaea-agent    # identity and the last applied assignment
+//! root: /                              # prefix for every path of the assignment
+//! report_interval_seconds: 15
+//! ```
+
+use pangaea_core::pin::SpkiPin;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read agent config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("agent config {path}{location}: {message}")]
+    Parse { path: PathBuf, location: String, message: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub controller: Vec<String>,
+    #[serde(deserialize_with = "de_pin")]
+    pub ca_pin: SpkiPin,
+    #[serde(default = "default_token_file")]
+    pub token_file: PathBuf,
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Overrides the instance ID read from cloud-init or /etc/machine-id (tests).
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    #[serde(default = "default_report_interval")]
+    pub report_interval_seconds: u64,
+    /// Use the built-in recording service manager instead of systemd (tests without root).
+    #[serde(default)]
+    pub fake_systemd: bool,
+}
+
+fn default_token_file() -> PathBuf {
+    "/etc/pangaea/bootstrap-token".into()
+}
+fn default_state_dir() -> PathBuf {
+    "/var/lib/pangaea-agent".into()
+}
+fn default_root() -> PathBuf {
+    "/".into()
+}
+fn default_report_interval() -> u64 {
+    15
+}
+
+fn de_pin<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SpkiPin, D::Error> {
+    let s = String::deserialize(d)?;
+    SpkiPin::parse(&s).map_err(serde::de::Error::custom)
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        AgentConfig::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
+        let cfg: AgentConfig = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            location: e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        if cfg.controller.is_empty() {
+            return Err(ConfigError::Parse { path: path.to_owned(), location: String::new(), message: "`controller` must list at least one HOST:PORT".into() });
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIN: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = AgentConfig::parse(Path::new("a.yaml"), &format!("controller: [\"h:1\"]\nca_pin: \"{PIN}\"\n")).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/pangaea-agent"));
+        assert_eq!(c.report_interval_seconds, 15);
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let e = AgentConfig::parse(Path::new("a.yaml"), &format!("controller: [\"h:1\"]\nca_pin: \"{PIN}\"\nbogus: 1\n")).unwrap_err().to_string();
+        assert!(e.contains("a.yaml:3:"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+        let e = AgentConfig::parse(Path::new("a.yaml"), "controller: [\"h:1\"]\nca_pin: \"sha256:12\"\n").unwrap_err().to_string();
+        assert!(e.contains("a.yaml:2:"), "{e}");
+    }
+}

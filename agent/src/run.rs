@@ -1,0 +1,189 @@
+//! The agent's life: bring the node up from the last applied assignment, join (once), then
+//! keep a session with the controller — watch the assignment, apply it, report health,
+//! renew the certificate — and reconnect with jittered backoff whenever it breaks.
+
+use crate::apply::Applier;
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::health::{AgentStatus, Reporter};
+use crate::identity::{self, Identity, IdentityError};
+use crate::service_manager::ServiceManager;
+use pangaea_proto as pb;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+enum SessionEnd {
+    Shutdown,
+    Renew,
+    Lost { connected: bool, why: String },
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    applier: Applier,
+    units: Arc<dyn ServiceManager>,
+    status: AgentStatus,
+    reporter: Reporter,
+    /// An assignment that failed to apply, retried at each report tick.
+    pending: Option<pb::Assignment>,
+}
+
+/// Runs the agent until `shutdown` turns true (or its sender is dropped).
+pub async fn run(cfg: AgentConfig, units: Arc<dyn ServiceManager>, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let applier = Applier::new(&cfg.root, &cfg.state_dir, units.clone());
+    let mut agent = Agent { cfg, applier, units, status: AgentStatus::default(), reporter: Reporter::default(), pending: None };
+    agent.boot_from_disk().await;
+
+    let mut backoff = Backoff::default();
+    let mut identity = loop {
+        if let Some(id) = Identity::load(&agent.cfg.state_dir)? {
+            break id;
+        }
+        match identity::join(&agent.cfg).await {
+            Ok(id) => break id,
+            Err(e) => {
+                if e.needs_operator() {
+                    tracing::error!(error = %e, "cannot join");
+                } else {
+                    tracing::warn!(error = %e, "cannot join yet");
+                }
+                if wait_or_shutdown(backoff.next_delay(), &mut shutdown).await {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    agent.status.cert_not_after = identity.not_after;
+
+    loop {
+        match agent.session(&identity, &mut shutdown).await {
+            SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Renew => match identity::renew(&agent.cfg, &identity).await {
+                Ok(id) => {
+                    agent.status.cert_not_after = id.not_after;
+                    identity = id;
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
+            },
+            SessionEnd::Lost { connected, why } => {
+                if connected {
+                    backoff.reset();
+                }
+                tracing::warn!(reason = %why, "lost the controller; reconnecting");
+            }
+        }
+        if wait_or_shutdown(backoff.next_delay(), &mut shutdown).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits `d`; returns true when shutdown was requested meanwhile.
+async fn wait_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        r = shutdown.changed() => r.is_err() || *shutdown.borrow(),
+    }
+}
+
+impl Agent {
+    /// Brings the node's services up from the last applied assignment, before (and
+    /// without) the controller: the cluster must not depend on the controller being up.
+    async fn boot_from_disk(&mut self) {
+        match self.applier.last_applied() {
+            Ok(Some(a)) => {
+                tracing::info!(revision = a.revision, "re-applying the last applied assignment from disk");
+                self.apply(a, true).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "no usable last assignment on disk"),
+        }
+    }
+
+    async fn apply(&mut self, a: pb::Assignment, at_boot: bool) {
+        match self.applier.apply(&a, at_boot).await {
+            Ok(done) => {
+                tracing::info!(revision = done.revision, changed = done.changed.len(), removed = done.removed.len(), started = ?done.started, restarted = ?done.restarted, "assignment applied");
+                for e in &done.errors {
+                    tracing::warn!(revision = done.revision, "{e}");
+                }
+                self.status.applied_revision = a.revision;
+                self.status.units = a.units.iter().map(|u| u.name.clone()).collect();
+                self.status.errors = done.errors;
+                self.pending = None;
+            }
+            Err(e) => {
+                tracing::error!(revision = a.revision, error = %e, "assignment not applied; will retry");
+                self.status.errors = vec![e.to_string()];
+                self.pending = Some(a);
+            }
+        }
+    }
+
+    async fn report(&mut self, client: &mut pb::node_service_client::NodeServiceClient<tonic::transport::Channel>) -> Result<(), tonic::Status> {
+        let report = self.reporter.collect(&self.status, self.units.as_ref()).await;
+        client.report(report).await.map(drop)
+    }
+
+    async fn session(&mut self, identity: &Identity, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
+        let channel = match identity.channel(&self.cfg) {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost { connected: false, why: e.to_string() },
+        };
+        let mut client = pb::node_service_client::NodeServiceClient::new(channel).max_decoding_message_size(pangaea_proto::MAX_MESSAGE_BYTES);
+        let mut stream = match client.watch_assignment(pb::WatchRequest { node_name: identity.node_name.clone() }).await {
+            Ok(s) => s.into_inner(),
+            Err(s) => return SessionEnd::Lost { connected: false, why: lost_reason(&s) },
+        };
+        tracing::info!(node = %identity.node_name, controller = %self.cfg.controller[0], "connected to the controller");
+        let renew_in = identity.renew_at().duration_since(SystemTime::now()).unwrap_or_default();
+        let renew = tokio::time::sleep(renew_in);
+        tokio::pin!(renew);
+        let mut ticker = tokio::time::interval(Duration::from_secs(self.cfg.report_interval_seconds.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return SessionEnd::Shutdown },
+                _ = &mut renew => return SessionEnd::Renew,
+                msg = stream.message() => match msg {
+                    Ok(Some(a)) => {
+                        if a.revision != self.status.applied_revision || self.pending.is_some() {
+                            self.apply(a, false).await;
+                        }
+                        if let Err(s) = self.report(&mut client).await {
+                            return SessionEnd::Lost { connected: true, why: lost_reason(&s) };
+                        }
+                    }
+                    Ok(None) => return SessionEnd::Lost { connected: true, why: "the controller ended the assignment stream".into() },
+                    Err(s) => return SessionEnd::Lost { connected: true, why: lost_reason(&s) },
+                },
+                _ = ticker.tick() => {
+                    if let Some(a) = self.pending.take() {
+                        self.apply(a, false).await;
+                    }
+                    if let Err(s) = self.report(&mut client).await {
+                        return SessionEnd::Lost { connected: true, why: lost_reason(&s) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn lost_reason(s: &tonic::Status) -> String {
+    if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) {
+        tracing::error!(code = ?s.code(), "the controller refuses this node's identity: {}", s.message());
+    }
+    format!("{:?}: {}", s.code(), s.message())
+}

@@ -1,0 +1,122 @@
+//! The system boundary for units: systemd on nodes (through `systemctl`), a recording fake
+//! in integration tests. The applier only ever talks to this trait.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+#[error("systemctl {args}: {message}")]
+pub struct UnitError {
+    pub args: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitStatus {
+    pub name: String,
+    pub active_state: String,
+    pub sub_state: String,
+}
+
+#[tonic::async_trait]
+pub trait ServiceManager: Send + Sync + 'static {
+    async fn daemon_reload(&self) -> Result<(), UnitError>;
+    /// Enables (when asked) and starts the unit; a running unit is left alone.
+    async fn start(&self, unit: &str, enable: bool) -> Result<(), UnitError>;
+    async fn restart(&self, unit: &str) -> Result<(), UnitError>;
+    /// Stops and disables the unit.
+    async fn remove(&self, unit: &str) -> Result<(), UnitError>;
+    async fn status(&self, units: &[String]) -> Vec<UnitStatus>;
+}
+
+/// systemd through `systemctl`, run with `tokio::process` so the agent never blocks.
+pub struct Systemctl;
+
+impl Systemctl {
+    async fn run(args: &[&str]) -> Result<String, UnitError> {
+        let err = |message: String| UnitError { args: args.join(" "), message };
+        let out = tokio::process::Command::new("systemctl").args(args).output().await.map_err(|e| err(e.to_string()))?;
+        if !out.status.success() {
+            return Err(err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+#[tonic::async_trait]
+impl ServiceManager for Systemctl {
+    async fn daemon_reload(&self) -> Result<(), UnitError> {
+        Self::run(&["daemon-reload"]).await.map(drop)
+    }
+    async fn start(&self, unit: &str, enable: bool) -> Result<(), UnitError> {
+        if enable {
+            Self::run(&["enable", "--now", unit]).await.map(drop)
+        } else {
+            Self::run(&["start", unit]).await.map(drop)
+        }
+    }
+    async fn restart(&self, unit: &str) -> Result<(), UnitError> {
+        Self::run(&["restart", unit]).await.map(drop)
+    }
+    async fn remove(&self, unit: &str) -> Result<(), UnitError> {
+        Self::run(&["disable", "--now", unit]).await.map(drop)
+    }
+    async fn status(&self, units: &[String]) -> Vec<UnitStatus> {
+        let mut out = Vec::new();
+        for u in units {
+            let text = Self::run(&["show", "--property=ActiveState,SubState", u]).await.unwrap_or_default();
+            let prop = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("unknown").to_owned();
+            out.push(UnitStatus { name: u.clone(), active_state: prop("ActiveState="), sub_state: prop("SubState=") });
+        }
+        out
+    }
+}
+
+/// Records every call; units it "started" report `active/running`. For tests.
+#[derive(Default)]
+pub struct RecordingServiceManager {
+    pub calls: Mutex<Vec<String>>,
+    running: Mutex<BTreeMap<String, bool>>,
+}
+
+impl RecordingServiceManager {
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("lock").clone()
+    }
+    fn record(&self, call: String) {
+        self.calls.lock().expect("lock").push(call);
+    }
+}
+
+#[tonic::async_trait]
+impl ServiceManager for RecordingServiceManager {
+    async fn daemon_reload(&self) -> Result<(), UnitError> {
+        self.record("daemon-reload".into());
+        Ok(())
+    }
+    async fn start(&self, unit: &str, enable: bool) -> Result<(), UnitError> {
+        self.record(format!("start {unit}{}", if enable { " --enable" } else { "" }));
+        self.running.lock().expect("lock").insert(unit.into(), true);
+        Ok(())
+    }
+    async fn restart(&self, unit: &str) -> Result<(), UnitError> {
+        self.record(format!("restart {unit}"));
+        self.running.lock().expect("lock").insert(unit.into(), true);
+        Ok(())
+    }
+    async fn remove(&self, unit: &str) -> Result<(), UnitError> {
+        self.record(format!("remove {unit}"));
+        self.running.lock().expect("lock").remove(unit);
+        Ok(())
+    }
+    async fn status(&self, units: &[String]) -> Vec<UnitStatus> {
+        let running = self.running.lock().expect("lock");
+        units
+            .iter()
+            .map(|u| {
+                let up = running.get(u).copied().unwrap_or(false);
+                UnitStatus { name: u.clone(), active_state: if up { "active" } else { "inactive" }.into(), sub_state: if up { "running" } else { "dead" }.into() }
+            })
+            .collect()
+    }
+}
