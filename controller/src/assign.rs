@@ -112,4 +112,9 @@ impl Hub {
     pub fn close(&self, node: &str) {
         self.senders.lock().expect("hub lock").remove(node);
     }
+
+    /// Ends every watch stream (the controller is shutting down).
+    pub fn close_all(&self) {
+        self.senders.lock().expect("hub lock").clear();
+    }
 }

@@ -183,6 +183,12 @@ impl Controller {
     /// Serves the agents on `listener` until `shutdown` completes.
     pub async fn serve(self: &Arc<Self>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), ControllerError> {
         let incoming = pangaea_core::tls::tls_incoming(listener, self.server_tls()?);
+        let hub = self.hub.clone();
+        // Watch streams never finish by themselves; end them so connections can close.
+        let shutdown = async move {
+            shutdown.await;
+            hub.close_all();
+        };
         crate::service::router(self.clone()).serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|e| ControllerError::Serve(e.to_string()))
     }
 }

@@ -44,8 +44,21 @@ type Job = Box<dyn FnOnce(&WriteTransaction) -> Completion + Send>;
 pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
-    jobs: mpsc::Sender<Job>,
+    /// `None` only while dropping: closing the queue ends the writer thread.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     _lock: File,
+}
+
+impl Drop for Store {
+    /// Finishes the queued writes and closes the database before the lock is released, so
+    /// the next process (or test) can open it at once.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 impl Store {
@@ -64,11 +77,11 @@ impl Store {
         let db = Arc::new(db);
         let (jobs, rx) = mpsc::channel::<Job>();
         let (wdb, wpath) = (db.clone(), path.clone());
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(&wdb, &wpath, rx))
+            .spawn(move || writer_loop(wdb, &wpath, rx))
             .map_err(|e| db_err(&e))?;
-        Ok(Store { db, path, jobs, _lock: lock })
+        Ok(Store { db, path, jobs: Some(jobs), writer: Some(writer), _lock: lock })
     }
 
     pub fn path(&self) -> &Path {
@@ -94,7 +107,7 @@ impl Store {
                 let _ = tx.send(commit.and(result));
             })
         });
-        self.jobs.send(job).map_err(|_| StoreError::WriterGone)?;
+        self.jobs.as_ref().ok_or(StoreError::WriterGone)?.send(job).map_err(|_| StoreError::WriterGone)?;
         Ok(rx)
     }
 
@@ -105,7 +118,7 @@ impl Store {
     }
 }
 
-fn writer_loop(db: &Database, path: &Path, rx: mpsc::Receiver<Job>) {
+fn writer_loop(db: Arc<Database>, path: &Path, rx: mpsc::Receiver<Job>) {
     const MAX_BATCH: usize = 4096;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];

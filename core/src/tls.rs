@@ -173,7 +173,12 @@ pub fn tls_incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) ->
     let (tx, rx) = mpsc::channel::<Result<PeerStream, std::io::Error>>(128);
     tokio::spawn(async move {
         loop {
-            let (tcp, remote) = match listener.accept().await {
+            // Stop listening (and free the port) as soon as the server drops the stream.
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = tx.closed() => break,
+            };
+            let (tcp, remote) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -195,9 +200,6 @@ pub fn tls_incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) ->
                     Err(_) => tracing::warn!(%remote, "TLS handshake timed out"),
                 }
             });
-            if tx.is_closed() {
-                break;
-            }
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)

@@ -1,0 +1,149 @@
+//! Test support: an in-process controller on loopback with temporary state, and agents
+//! running in-process with temporary roots and a recording service manager.
+
+use pangaea_agent::service_manager::RecordingServiceManager;
+use pangaea_agent::AgentConfig;
+use pangaea_controller::assign::{Plan, PlanError, Planner};
+use pangaea_controller::records::NodeRecord;
+use pangaea_controller::{Controller, ControllerConfig};
+use pangaea_proto as pb;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub fn init() {
+    pangaea_core::install_crypto_provider();
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
+}
+
+/// A planner whose per-node files and units the test sets.
+#[derive(Default)]
+pub struct TestPlanner {
+    pub plans: Mutex<BTreeMap<String, Plan>>,
+}
+
+impl TestPlanner {
+    pub fn set(&self, node: &str, plan: Plan) {
+        self.plans.lock().unwrap().insert(node.to_owned(), plan);
+    }
+}
+
+impl Planner for TestPlanner {
+    fn plan(&self, node: &NodeRecord) -> Result<Plan, PlanError> {
+        let mut plan = self.plans.lock().unwrap().get(&node.name).cloned().unwrap_or_default();
+        plan.files.push(file("/etc/pangaea/instance-id", &node.instance_id));
+        Ok(plan)
+    }
+}
+
+pub fn file(path: &str, content: &str) -> pb::File {
+    pb::File { path: path.into(), mode: 0o644, owner: String::new(), content: content.as_bytes().to_vec() }
+}
+
+pub fn unit(name: &str, restart_on: &[&str]) -> pb::Unit {
+    pb::Unit { name: name.into(), enable: true, restart_on_change: restart_on.iter().map(|s| s.to_string()).collect() }
+}
+
+pub struct TestController {
+    pub dir: tempfile::TempDir,
+    pub controller: Arc<Controller>,
+    pub planner: Arc<TestPlanner>,
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestController {
+    pub async fn start() -> TestController {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let planner = Arc::new(TestPlanner::default());
+        let controller = Controller::open(ControllerConfig::new(dir.path().join(".pangaea")), Some(planner.clone())).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, mut rx) = watch::channel(false);
+        let c = controller.clone();
+        let task = tokio::spawn(async move {
+            c.serve(listener, async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await
+            .unwrap();
+        });
+        TestController { dir, controller, planner, addr, stop, task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub async fn token(&self, node: Option<&str>) -> String {
+        let spec = pangaea_controller::tokens::NewToken { node: node.map(str::to_owned), ..Default::default() };
+        self.controller.create_token(spec).await.unwrap().0.expose()
+    }
+
+    /// A configuration for a fresh agent with its own temporary directories.
+    pub fn agent_config(&self, name: &str, token: &str) -> (tempfile::TempDir, AgentConfig) {
+        let d = tempfile::tempdir().unwrap();
+        let token_file = d.path().join("bootstrap-token");
+        std::fs::write(&token_file, token).unwrap();
+        let cfg = AgentConfig {
+            controller: vec![self.endpoint()],
+            ca_pin: self.controller.pki().controller_pin(),
+            token_file,
+            node_name: Some(name.to_owned()),
+            instance_id: Some(format!("i-{name}")),
+            state_dir: d.path().join("state"),
+            root: d.path().join("root"),
+            report_interval_seconds: 1,
+            fake_systemd: true,
+        };
+        (d, cfg)
+    }
+
+    /// Stops serving (the controller's state stays open).
+    pub async fn stop(self) -> (tempfile::TempDir, Arc<Controller>) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        (self.dir, self.controller)
+    }
+}
+
+pub struct TestAgent {
+    pub dir: tempfile::TempDir,
+    pub cfg: AgentConfig,
+    pub units: Arc<RecordingServiceManager>,
+    stop: watch::Sender<bool>,
+    pub task: tokio::task::JoinHandle<Result<(), pangaea_agent::run::AgentError>>,
+}
+
+impl TestAgent {
+    pub fn spawn(dir: tempfile::TempDir, cfg: AgentConfig) -> TestAgent {
+        let units = Arc::new(RecordingServiceManager::default());
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(pangaea_agent::run(cfg.clone(), units.clone(), rx));
+        TestAgent { dir, cfg, units, stop, task }
+    }
+
+    pub fn root_path(&self, path: &str) -> PathBuf {
+        self.cfg.root.join(path.trim_start_matches('/'))
+    }
+
+    pub async fn shutdown(self) -> (tempfile::TempDir, AgentConfig) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap().unwrap();
+        (self.dir, self.cfg)
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true, failing after `timeout`.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
