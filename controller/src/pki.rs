@@ -33,6 +33,8 @@ use time::OffsetDateTime;
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Default lifetime of a node's agent certificate; the agent renews at about 2/3 of it.
 pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Leaf certificates are valid from slightly in the past, for clocks that lag; a tenth of
+/// the lifetime at most, so that short-lived certificates are not mostly in the past.
 const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
@@ -289,7 +291,7 @@ fn leaf_params(spec: &LeafSpec) -> Result<(CertificateParams, String), PkiError>
     };
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - CLOCK_SKEW;
+    params.not_before = now - CLOCK_SKEW.min(spec.lifetime / 10);
     params.not_after = now + spec.lifetime;
     let (serial, serial_hex) = random_serial();
     params.serial_number = Some(serial);

@@ -58,10 +58,17 @@ pub struct TestController {
 
 impl TestController {
     pub async fn start() -> TestController {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a controller whose configuration `tweak` may adjust.
+    pub async fn start_with(tweak: impl FnOnce(&mut ControllerConfig)) -> TestController {
         init();
         let dir = tempfile::tempdir().unwrap();
         let planner = Arc::new(TestPlanner::default());
-        let controller = Controller::open(ControllerConfig::new(dir.path().join(".pangaea")), Some(planner.clone())).unwrap();
+        let mut config = ControllerConfig::new(dir.path().join(".pangaea"));
+        tweak(&mut config);
+        let controller = Controller::open(config, Some(planner.clone())).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, mut rx) = watch::channel(false);

@@ -91,3 +91,22 @@ async fn a_rebooted_agent_reapplies_from_disk_before_the_controller_answers_and_
     // No new join happened: same identity, same certificate.
     assert_eq!(controller.node("node-1").unwrap().unwrap().active_serials, serial);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_renew_their_certificate_at_two_thirds_of_its_lifetime() {
+    let ctl = TestController::start_with(|c| c.node_cert_lifetime = Duration::from_secs(6)).await;
+    let (dir, cfg) = ctl.agent_config("node-1", &ctl.token(None).await);
+    let agent = TestAgent::spawn(dir, cfg);
+    eventually("node-1 healthy", T, || healthy(&ctl, 1)).await;
+    let first = ctl.controller.node("node-1").unwrap().unwrap();
+    eventually("a renewed certificate", T, || ctl.controller.node("node-1").unwrap().unwrap().cert_not_after > first.cert_not_after).await;
+    let renewed = ctl.controller.node("node-1").unwrap().unwrap();
+    assert_eq!(renewed.active_serials.len(), 2, "old and new certificate both valid during the switch");
+    assert_eq!(renewed.active_serials[0], first.active_serials[0]);
+    // The agent keeps working with the new certificate (the old one expires soon after).
+    let reported_at = ctl.controller.nodes().unwrap()[0].last_report.as_ref().unwrap().0;
+    eventually("reports continue after renewal", T, || ctl.controller.nodes().unwrap()[0].last_report.as_ref().unwrap().0 > reported_at + 1).await;
+    let on_disk = pangaea_agent::identity::Identity::load(&agent.cfg.state_dir).unwrap().unwrap();
+    assert!(on_disk.not_after >= renewed.cert_not_after);
+    agent.shutdown().await;
+}

@@ -2,7 +2,7 @@
 //! issues must chain to the right CA (and only to it), carry the usages and SANs its TLS
 //! peers check, and the CA pin must be the SPKI hash openssl computes.
 
-use pangaea_controller::pki::{profiles, CaKind, Issued, Pki};
+use pangaea_controller::pki::{CaKind, Issued, Pki, profiles};
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -313,17 +313,20 @@ fn csr_signed_certificate_takes_only_the_key_from_the_request() {
     assert!(f.pki.sign_csr(CaKind::Controller, &der, &profiles::node_identity(NODE, profiles::NODE_LIFETIME)).is_err(), "RSA CSR was signed");
 }
 
+/// Every file in `dir` with its contents, sorted by path.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir).expect("read dir").map(|e| e.expect("dir entry").path()).map(|p| (p.clone(), std::fs::read(&p).expect("read file"))).collect();
+    files.sort();
+    files
+}
+
 #[test]
 fn pki_persists_and_refuses_a_certificate_without_its_key() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("pki");
     let first = Pki::load_or_create(&dir).expect("create PKI");
     let issued = first.issue(CaKind::Etcd, &profiles::etcd_client("etcdctl")).expect("issue");
-    let files_before: Vec<(PathBuf, Vec<u8>)> = {
-        let mut v: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).map(|p| { let c = std::fs::read(&p).unwrap(); (p, c) }).collect();
-        v.sort();
-        v
-    };
+    let files_before = snapshot(&dir);
     drop(first);
 
     let second = Pki::load_or_create(&dir).expect("reload PKI");
@@ -331,11 +334,7 @@ fn pki_persists_and_refuses_a_certificate_without_its_key() {
         let ca = second.ca(kind);
         assert_eq!(ca.cert_pem, std::fs::read_to_string(dir.join(format!("{}.crt", kind.file_stem()))).unwrap(), "{kind:?}");
     }
-    let files_after: Vec<(PathBuf, Vec<u8>)> = {
-        let mut v: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).map(|p| { let c = std::fs::read(&p).unwrap(); (p, c) }).collect();
-        v.sort();
-        v
-    };
+    let files_after = snapshot(&dir);
     assert_eq!(files_before, files_after, "reloading rewrote the PKI");
     // A certificate issued before the reload still chains to the reloaded CA (same key).
     let leaf = tmp.path().join("etcdctl.crt");
