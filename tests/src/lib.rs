@@ -154,3 +154,27 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The assignments the crash test alternates between: revision parity picks the version.
+pub mod crash {
+    use pangaea_proto as pb;
+
+    pub const FILES: usize = 6;
+    pub const SIZE: usize = 512 * 1024;
+
+    pub fn content(i: usize, version: u8) -> Vec<u8> {
+        let mut v = vec![version; SIZE];
+        v[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        v
+    }
+
+    pub fn assignment(revision: u64) -> pb::Assignment {
+        let version = if revision % 2 == 1 { b'a' } else { b'b' };
+        pb::Assignment {
+            node_name: "crash".into(),
+            revision,
+            files: (0..FILES).map(|i| pb::File { path: format!("/etc/crash/f{i}"), mode: 0o644, owner: String::new(), content: content(i, version) }).collect(),
+            ..Default::default()
+        }
+    }
+}
