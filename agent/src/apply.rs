@@ -25,7 +25,9 @@ pub enum ApplyError {
     Fs(#[from] fsutil::FsError),
     #[error("{0}")]
     Artifact(#[from] artifact::ArtifactError),
-    #[error("last applied assignment {path} is unreadable ({message}); it will be replaced by the controller's")]
+    #[error(
+        "last applied assignment {path} is unreadable ({message}); it will be replaced by the controller's"
+    )]
     Corrupt { path: PathBuf, message: String },
 }
 
@@ -48,19 +50,33 @@ pub struct Applier {
     units: Arc<dyn ServiceManager>,
 }
 
-const UNIT_SUFFIXES: [&str; 6] = [".service", ".socket", ".timer", ".mount", ".path", ".target"];
+const UNIT_SUFFIXES: [&str; 6] = [
+    ".service", ".socket", ".timer", ".mount", ".path", ".target",
+];
 
 impl Applier {
     pub fn new(root: &Path, state_dir: &Path, units: Arc<dyn ServiceManager>) -> Applier {
-        Applier { root: root.to_owned(), state_file: state_dir.join("applied-assignment.pb"), units }
+        Applier {
+            root: root.to_owned(),
+            state_file: state_dir.join("applied-assignment.pb"),
+            units,
+        }
     }
 
     /// The last assignment applied completely, if any.
     pub fn last_applied(&self) -> Result<Option<pb::Assignment>, ApplyError> {
         match std::fs::read(&self.state_file) {
-            Ok(bytes) => pb::Assignment::decode(bytes.as_slice()).map(Some).map_err(|e| ApplyError::Corrupt { path: self.state_file.clone(), message: e.to_string() }),
+            Ok(bytes) => pb::Assignment::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|e| ApplyError::Corrupt {
+                    path: self.state_file.clone(),
+                    message: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ApplyError::Corrupt { path: self.state_file.clone(), message: e.to_string() }),
+            Err(e) => Err(ApplyError::Corrupt {
+                path: self.state_file.clone(),
+                message: e.to_string(),
+            }),
         }
     }
 
@@ -77,10 +93,17 @@ impl Applier {
             None
         });
         let prev = prev.unwrap_or_default();
-        let mut done = Applied { revision: next.revision, ..Default::default() };
+        let mut done = Applied {
+            revision: next.revision,
+            ..Default::default()
+        };
 
         let next_units: BTreeSet<&str> = next.units.iter().map(|u| u.name.as_str()).collect();
-        for u in prev.units.iter().filter(|u| !next_units.contains(u.name.as_str())) {
+        for u in prev
+            .units
+            .iter()
+            .filter(|u| !next_units.contains(u.name.as_str()))
+        {
             match self.units.remove(&u.name).await {
                 Ok(()) => done.stopped.push(u.name.clone()),
                 Err(e) => done.errors.push(e.to_string()),
@@ -102,22 +125,44 @@ impl Applier {
             }
         }
 
-        let keep: BTreeSet<&str> = next.files.iter().map(|f| f.path.as_str()).chain(next.artifacts.iter().map(|a| a.dest.as_str())).collect();
-        for gone in prev.files.iter().map(|f| &f.path).chain(prev.artifacts.iter().map(|a| &a.dest)).filter(|p| !keep.contains(p.as_str())) {
+        let keep: BTreeSet<&str> = next
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .chain(next.artifacts.iter().map(|a| a.dest.as_str()))
+            .collect();
+        for gone in prev
+            .files
+            .iter()
+            .map(|f| &f.path)
+            .chain(prev.artifacts.iter().map(|a| &a.dest))
+            .filter(|p| !keep.contains(p.as_str()))
+        {
             fsutil::remove_durably(&self.target(gone))?;
             done.removed.push(gone.clone());
         }
 
-        let touched: BTreeSet<&str> = done.changed.iter().chain(done.removed.iter()).map(String::as_str).collect();
-        if touched.iter().any(|p| UNIT_SUFFIXES.iter().any(|s| p.ends_with(s))) || (at_boot && !next.units.is_empty()) {
-            if let Err(e) = self.units.daemon_reload().await {
-                done.errors.push(e.to_string());
-            }
+        let touched: BTreeSet<&str> = done
+            .changed
+            .iter()
+            .chain(done.removed.iter())
+            .map(String::as_str)
+            .collect();
+        if (touched
+            .iter()
+            .any(|p| UNIT_SUFFIXES.iter().any(|s| p.ends_with(s)))
+            || (at_boot && !next.units.is_empty()))
+            && let Err(e) = self.units.daemon_reload().await
+        {
+            done.errors.push(e.to_string());
         }
         let prev_units: BTreeSet<&str> = prev.units.iter().map(|u| u.name.as_str()).collect();
         for u in &next.units {
             let own_file_changed = touched.iter().any(|p| p.ends_with(&format!("/{}", u.name)));
-            let dependency_changed = u.restart_on_change.iter().any(|p| touched.contains(p.as_str()));
+            let dependency_changed = u
+                .restart_on_change
+                .iter()
+                .any(|p| touched.contains(p.as_str()));
             let result = if !prev_units.contains(u.name.as_str()) || at_boot {
                 done.started.push(u.name.clone());
                 self.units.start(&u.name, u.enable).await
@@ -139,7 +184,13 @@ impl Applier {
 
 fn same_file(path: &Path, content: &[u8], mode: u32) -> bool {
     match std::fs::metadata(path) {
-        Ok(m) if m.is_file() && m.len() == content.len() as u64 && m.permissions().mode() & 0o7777 == mode & 0o7777 => std::fs::read(path).is_ok_and(|c| c == content),
+        Ok(m)
+            if m.is_file()
+                && m.len() == content.len() as u64
+                && m.permissions().mode() & 0o7777 == mode & 0o7777 =>
+        {
+            std::fs::read(path).is_ok_and(|c| c == content)
+        }
         _ => false,
     }
 }
@@ -150,8 +201,18 @@ fn set_owner(path: &Path, owner: &str, errors: &mut Vec<String>) {
         return;
     }
     let (user, group) = owner.split_once(':').unwrap_or((owner, ""));
-    let uid = nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid);
-    let gid = if group.is_empty() { None } else { nix::unistd::Group::from_name(group).ok().flatten().map(|g| g.gid) };
+    let uid = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .map(|u| u.uid);
+    let gid = if group.is_empty() {
+        None
+    } else {
+        nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .map(|g| g.gid)
+    };
     if uid.is_none() || (!group.is_empty() && gid.is_none()) {
         errors.push(format!("chown {}: unknown owner {owner:?}", path.display()));
         return;
@@ -164,12 +225,28 @@ fn set_owner(path: &Path, owner: &str, errors: &mut Vec<String>) {
 /// Refuses paths that could escape the root or are not absolute, duplicate destinations,
 /// and unit names that are not plain systemd unit names.
 fn validate(a: &pb::Assignment) -> Result<(), ApplyError> {
-    let invalid = |message: String| ApplyError::Invalid { revision: a.revision, message };
+    let invalid = |message: String| ApplyError::Invalid {
+        revision: a.revision,
+        message,
+    };
     let mut seen = BTreeSet::new();
-    for p in a.files.iter().map(|f| &f.path).chain(a.artifacts.iter().map(|x| &x.dest)) {
+    for p in a
+        .files
+        .iter()
+        .map(|f| &f.path)
+        .chain(a.artifacts.iter().map(|x| &x.dest))
+    {
         let path = Path::new(p);
-        if !path.is_absolute() || p.contains('\0') || path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) || path.file_name().is_none() {
-            return Err(invalid(format!("path {p:?} must be absolute and must not contain '.' or '..'")));
+        if !path.is_absolute()
+            || p.contains('\0')
+            || path
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+            || path.file_name().is_none()
+        {
+            return Err(invalid(format!(
+                "path {p:?} must be absolute and must not contain '.' or '..'"
+            )));
         }
         if !seen.insert(p.as_str()) {
             return Err(invalid(format!("path {p:?} appears twice")));
@@ -177,13 +254,24 @@ fn validate(a: &pb::Assignment) -> Result<(), ApplyError> {
     }
     for f in &a.files {
         if f.mode > 0o7777 {
-            return Err(invalid(format!("mode {:o} of {:?} is not a file mode", f.mode, f.path)));
+            return Err(invalid(format!(
+                "mode {:o} of {:?} is not a file mode",
+                f.mode, f.path
+            )));
         }
     }
     for u in &a.units {
-        let ok = !u.name.is_empty() && u.name.len() <= 255 && UNIT_SUFFIXES.iter().any(|s| u.name.ends_with(s)) && u.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@:\\".contains(&b));
+        let ok = !u.name.is_empty()
+            && u.name.len() <= 255
+            && UNIT_SUFFIXES.iter().any(|s| u.name.ends_with(s))
+            && u.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@:\\".contains(&b));
         if !ok {
-            return Err(invalid(format!("unit name {:?} is not a systemd unit name", u.name)));
+            return Err(invalid(format!(
+                "unit name {:?} is not a systemd unit name",
+                u.name
+            )));
         }
     }
     Ok(())
@@ -195,10 +283,19 @@ mod tests {
     use crate::service_manager::RecordingServiceManager;
 
     fn file(path: &str, content: &str) -> pb::File {
-        pb::File { path: path.into(), mode: 0o644, owner: String::new(), content: content.as_bytes().to_vec() }
+        pb::File {
+            path: path.into(),
+            mode: 0o644,
+            owner: String::new(),
+            content: content.as_bytes().to_vec(),
+        }
     }
     fn unit(name: &str, on: &[&str]) -> pb::Unit {
-        pb::Unit { name: name.into(), enable: true, restart_on_change: on.iter().map(|s| s.to_string()).collect() }
+        pb::Unit {
+            name: name.into(),
+            enable: true,
+            restart_on_change: on.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[tokio::test]
@@ -210,17 +307,29 @@ mod tests {
         let r1 = pb::Assignment {
             node_name: "n".into(),
             revision: 1,
-            files: vec![file("/etc/systemd/system/a.service", "A1"), file("/etc/systemd/system/b.service", "B1"), file("/etc/a.conf", "x"), file("/etc/old", "o")],
+            files: vec![
+                file("/etc/systemd/system/a.service", "A1"),
+                file("/etc/systemd/system/b.service", "B1"),
+                file("/etc/a.conf", "x"),
+                file("/etc/old", "o"),
+            ],
             units: vec![unit("a.service", &["/etc/a.conf"]), unit("b.service", &[])],
             ..Default::default()
         };
         let d = ap.apply(&r1, false).await.unwrap();
         assert_eq!(d.started, ["a.service", "b.service"]);
-        assert_eq!(std::fs::read_to_string(root.path().join("etc/a.conf")).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("etc/a.conf")).unwrap(),
+            "x"
+        );
 
         let mut r2 = r1.clone();
         r2.revision = 2;
-        r2.files = vec![file("/etc/systemd/system/a.service", "A1"), file("/etc/systemd/system/b.service", "B1"), file("/etc/a.conf", "y")];
+        r2.files = vec![
+            file("/etc/systemd/system/a.service", "A1"),
+            file("/etc/systemd/system/b.service", "B1"),
+            file("/etc/a.conf", "y"),
+        ];
         let d = ap.apply(&r2, false).await.unwrap();
         assert_eq!(d.changed, ["/etc/a.conf"]);
         assert_eq!(d.removed, ["/etc/old"]);
@@ -246,12 +355,27 @@ mod tests {
     async fn refuses_paths_outside_the_root_without_touching_anything() {
         let root = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        let ap = Applier::new(root.path(), state.path(), Arc::new(RecordingServiceManager::default()));
+        let ap = Applier::new(
+            root.path(),
+            state.path(),
+            Arc::new(RecordingServiceManager::default()),
+        );
         for bad in ["etc/x", "/etc/../../x", "/etc/./x", "/"] {
-            let a = pb::Assignment { revision: 1, files: vec![file("/etc/ok", "1"), file(bad, "2")], ..Default::default() };
-            assert!(matches!(ap.apply(&a, false).await, Err(ApplyError::Invalid { .. })), "{bad}");
+            let a = pb::Assignment {
+                revision: 1,
+                files: vec![file("/etc/ok", "1"), file(bad, "2")],
+                ..Default::default()
+            };
+            assert!(
+                matches!(ap.apply(&a, false).await, Err(ApplyError::Invalid { .. })),
+                "{bad}"
+            );
         }
-        let a = pb::Assignment { revision: 1, units: vec![unit("../x.service", &[])], ..Default::default() };
+        let a = pb::Assignment {
+            revision: 1,
+            units: vec![unit("../x.service", &[])],
+            ..Default::default()
+        };
         assert!(ap.apply(&a, false).await.is_err());
         assert!(!root.path().join("etc/ok").exists());
         assert!(ap.last_applied().unwrap().is_none());

@@ -20,7 +20,11 @@ impl Default for Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Backoff { next: initial.as_secs_f64(), initial: initial.as_secs_f64(), max: max.as_secs_f64() }
+        Backoff {
+            next: initial.as_secs_f64(),
+            initial: initial.as_secs_f64(),
+            max: max.as_secs_f64(),
+        }
     }
 
     /// The delay before the next attempt.

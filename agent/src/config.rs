@@ -17,9 +17,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("read agent config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("agent config {path}{location}: {message}")]
-    Parse { path: PathBuf, location: String, message: String },
+    Parse {
+        path: PathBuf,
+        location: String,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -66,18 +73,28 @@ fn de_pin<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SpkiPin, D::Error> {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         AgentConfig::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
         let cfg: AgentConfig = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            location: e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default(),
+            location: e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default(),
             message: e.to_string(),
         })?;
         if cfg.controller.is_empty() {
-            return Err(ConfigError::Parse { path: path.to_owned(), location: String::new(), message: "`controller` must list at least one HOST:PORT".into() });
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                location: String::new(),
+                message: "`controller` must list at least one HOST:PORT".into(),
+            });
         }
         Ok(cfg)
     }
@@ -91,17 +108,31 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let c = AgentConfig::parse(Path::new("a.yaml"), &format!("controller: [\"h:1\"]\nca_pin: \"{PIN}\"\n")).unwrap();
+        let c = AgentConfig::parse(
+            Path::new("a.yaml"),
+            &format!("controller: [\"h:1\"]\nca_pin: \"{PIN}\"\n"),
+        )
+        .unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/pangaea-agent"));
         assert_eq!(c.report_interval_seconds, 15);
     }
 
     #[test]
     fn errors_carry_line_and_column() {
-        let e = AgentConfig::parse(Path::new("a.yaml"), &format!("controller: [\"h:1\"]\nca_pin: \"{PIN}\"\nbogus: 1\n")).unwrap_err().to_string();
+        let e = AgentConfig::parse(
+            Path::new("a.yaml"),
+            &format!("controller: [\"h:1\"]\nca_pin: \"{PIN}\"\nbogus: 1\n"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("a.yaml:3:"), "{e}");
         assert!(e.contains("bogus"), "{e}");
-        let e = AgentConfig::parse(Path::new("a.yaml"), "controller: [\"h:1\"]\nca_pin: \"sha256:12\"\n").unwrap_err().to_string();
+        let e = AgentConfig::parse(
+            Path::new("a.yaml"),
+            "controller: [\"h:1\"]\nca_pin: \"sha256:12\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("a.yaml:2:"), "{e}");
     }
 }

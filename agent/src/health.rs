@@ -21,25 +21,44 @@ pub struct Reporter {
 
 impl Default for Reporter {
     fn default() -> Self {
-        let kinds = RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing().with_usage()).with_memory(MemoryRefreshKind::nothing().with_ram());
-        Reporter { sys: System::new_with_specifics(kinds).ok() }
+        let kinds = RefreshKind::nothing()
+            .with_cpu(CpuRefreshKind::nothing().with_usage())
+            .with_memory(MemoryRefreshKind::nothing().with_ram());
+        Reporter {
+            sys: System::new_with_specifics(kinds).ok(),
+        }
     }
 }
 
 /// Resident set size of this process, from /proc/self/statm.
 pub fn own_rss_bytes() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok())).unwrap_or(0);
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
     pages * 4096
 }
 
 impl Reporter {
-    pub async fn collect(&mut self, status: &AgentStatus, units: &dyn ServiceManager) -> pb::HealthReport {
+    pub async fn collect(
+        &mut self,
+        status: &AgentStatus,
+        units: &dyn ServiceManager,
+    ) -> pb::HealthReport {
         let mut errors = status.errors.clone();
         let (cpu_percent, memory_total_bytes, memory_used_bytes) = match self.sys.as_mut() {
             Some(sys) => {
                 sys.refresh_cpu_usage();
                 sys.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-                (sys.global_cpu_usage(), sys.total_memory(), sys.used_memory())
+                (
+                    sys.global_cpu_usage(),
+                    sys.total_memory(),
+                    sys.used_memory(),
+                )
             }
             None => {
                 errors.push("sysinfo cannot read CPU and memory figures on this system".into());
@@ -50,13 +69,28 @@ impl Reporter {
             .map(|disks| {
                 disks
                     .iter()
-                    .map(|d| pb::DiskUsage { mount_point: d.mount_point().display().to_string(), total_bytes: d.total_space(), available_bytes: d.available_space() })
+                    .map(|d| pb::DiskUsage {
+                        mount_point: d.mount_point().display().to_string(),
+                        total_bytes: d.total_space(),
+                        available_bytes: d.available_space(),
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        let unit_states = units.status(&status.units).await.into_iter().map(|u| pb::UnitState { name: u.name, active_state: u.active_state, sub_state: u.sub_state }).collect();
+        let unit_states = units
+            .status(&status.units)
+            .await
+            .into_iter()
+            .map(|u| pb::UnitState {
+                name: u.name,
+                active_state: u.active_state,
+                sub_state: u.sub_state,
+            })
+            .collect();
         pb::HealthReport {
-            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default(),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
             uptime_seconds: System::uptime().unwrap_or(0),
             cpu_percent,
             memory_total_bytes,

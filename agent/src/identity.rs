@@ -11,7 +11,7 @@ use pangaea_core::pin::SpkiPin;
 use pangaea_core::tls::{self, PinnedCaVerifier};
 use pangaea_proto as pb;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,14 +19,23 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("this node has not joined and has no bootstrap token at {path} ({source}); create one with `pangaea-ctl token create --node NAME` and write it there")]
-    NoToken { path: PathBuf, source: std::io::Error },
+    #[error(
+        "this node has not joined and has no bootstrap token at {path} ({source}); create one with `pangaea-ctl token create --node NAME` and write it there"
+    )]
+    NoToken {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Fs(#[from] fsutil::FsError),
     #[error("identity file {path}: {message}")]
     Corrupt { path: PathBuf, message: String },
     #[error("controller {endpoint} refused the join: {message}")]
-    Refused { endpoint: String, code: tonic::Code, message: String },
+    Refused {
+        endpoint: String,
+        code: tonic::Code,
+        message: String,
+    },
     #[error("controller {endpoint} unreachable: {message}")]
     Unreachable { endpoint: String, message: String },
     #[error("controller sent a CA whose key does not match the pin {pin}: refusing it")]
@@ -39,7 +48,11 @@ impl IdentityError {
     /// Errors that waiting will not fix without the operator (a refused token, say) are
     /// still retried, but logged as errors rather than warnings.
     pub fn needs_operator(&self) -> bool {
-        matches!(self, IdentityError::Refused { code, .. } if *code != tonic::Code::Unavailable) || matches!(self, IdentityError::NoToken { .. } | IdentityError::PinMismatch { .. })
+        matches!(self, IdentityError::Refused { code, .. } if *code != tonic::Code::Unavailable)
+            || matches!(
+                self,
+                IdentityError::NoToken { .. } | IdentityError::PinMismatch { .. }
+            )
     }
 }
 
@@ -58,9 +71,22 @@ const CA_FILE: &str = "controller-ca.pem";
 
 /// Facts the controller records about this machine.
 pub fn node_facts(cfg: &AgentConfig) -> pb::NodeFacts {
-    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).ok().filter(|s| !s.is_empty());
-    let instance_id = cfg.instance_id.clone().or_else(|| read("/var/lib/cloud/data/instance-id")).or_else(|| read("/etc/machine-id")).unwrap_or_default();
-    let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+    };
+    let instance_id = cfg
+        .instance_id
+        .clone()
+        .or_else(|| read("/var/lib/cloud/data/instance-id"))
+        .or_else(|| read("/etc/machine-id"))
+        .unwrap_or_default();
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
     let mut addresses: Vec<String> = nix::ifaddrs::getifaddrs()
         .map(|addrs| {
             addrs
@@ -73,13 +99,21 @@ pub fn node_facts(cfg: &AgentConfig) -> pb::NodeFacts {
         .unwrap_or_default();
     addresses.sort();
     addresses.dedup();
-    pb::NodeFacts { instance_id, hostname, addresses, boot_id: read("/proc/sys/kernel/random/boot_id").unwrap_or_default() }
+    pb::NodeFacts {
+        instance_id,
+        hostname,
+        addresses,
+        boot_id: read("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
+    }
 }
 
 fn cert_validity(pem: &str) -> Option<(i64, i64)> {
     let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
     let (_, c) = X509Certificate::from_der(&der).ok()?;
-    Some((c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
+    Some((
+        c.validity().not_before.timestamp(),
+        c.validity().not_after.timestamp(),
+    ))
 }
 
 fn new_key_and_csr(node: &str) -> (KeyPair, Vec<u8>) {
@@ -98,29 +132,68 @@ impl Identity {
         let pem = match std::fs::read_to_string(&path) {
             Ok(p) => p,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(IdentityError::Corrupt { path, message: e.to_string() }),
+            Err(e) => {
+                return Err(IdentityError::Corrupt {
+                    path,
+                    message: e.to_string(),
+                });
+            }
         };
         let ca_path = state_dir.join(CA_FILE);
-        let ca_pem = std::fs::read_to_string(&ca_path).map_err(|e| IdentityError::Corrupt { path: ca_path, message: e.to_string() })?;
-        let corrupt = |m: &str| IdentityError::Corrupt { path: path.clone(), message: m.to_owned() };
-        let key_end = pem.find("-----END PRIVATE KEY-----").ok_or_else(|| corrupt("no private key"))? + "-----END PRIVATE KEY-----".len();
-        let (key_pem, cert_pem) = (pem[..key_end].to_owned() + "\n", pem[key_end..].trim_start().to_owned());
-        let (not_before, not_after) = cert_validity(&cert_pem).ok_or_else(|| corrupt("no readable certificate"))?;
-        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| corrupt("certificate"))?;
+        let ca_pem = std::fs::read_to_string(&ca_path).map_err(|e| IdentityError::Corrupt {
+            path: ca_path,
+            message: e.to_string(),
+        })?;
+        let corrupt = |m: &str| IdentityError::Corrupt {
+            path: path.clone(),
+            message: m.to_owned(),
+        };
+        let key_end = pem
+            .find("-----END PRIVATE KEY-----")
+            .ok_or_else(|| corrupt("no private key"))?
+            + "-----END PRIVATE KEY-----".len();
+        let (key_pem, cert_pem) = (
+            pem[..key_end].to_owned() + "\n",
+            pem[key_end..].trim_start().to_owned(),
+        );
+        let (not_before, not_after) =
+            cert_validity(&cert_pem).ok_or_else(|| corrupt("no readable certificate"))?;
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|_| corrupt("certificate"))?;
         let (_, c) = X509Certificate::from_der(&der).map_err(|_| corrupt("certificate"))?;
-        let node_name = c.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).ok_or_else(|| corrupt("certificate has no common name"))?.to_owned();
-        Ok(Some(Identity { node_name, key_pem, cert_pem, ca_pem, not_before, not_after }))
+        let node_name = c
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .ok_or_else(|| corrupt("certificate has no common name"))?
+            .to_owned();
+        Ok(Some(Identity {
+            node_name,
+            key_pem,
+            cert_pem,
+            ca_pem,
+            not_before,
+            not_after,
+        }))
     }
 
     fn save(&self, state_dir: &Path) -> Result<(), IdentityError> {
         fsutil::atomic_write(&state_dir.join(CA_FILE), self.ca_pem.as_bytes(), 0o644)?;
-        fsutil::atomic_write(&state_dir.join(IDENTITY_FILE), format!("{}{}", self.key_pem, self.cert_pem).as_bytes(), 0o600)?;
+        fsutil::atomic_write(
+            &state_dir.join(IDENTITY_FILE),
+            format!("{}{}", self.key_pem, self.cert_pem).as_bytes(),
+            0o600,
+        )?;
         Ok(())
     }
 
     /// When to renew: at 2/3 of the certificate's lifetime.
     pub fn renew_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs((self.not_before + (self.not_after - self.not_before) * 2 / 3).max(0) as u64)
+        UNIX_EPOCH
+            + Duration::from_secs(
+                (self.not_before + (self.not_after - self.not_before) * 2 / 3).max(0) as u64,
+            )
     }
 
     /// Mutual-TLS client configuration: trusts only the controller CA, presents this node's
@@ -128,57 +201,109 @@ impl Identity {
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
         let bad = |m: String| IdentityError::Other(format!("identity unusable for TLS: {m}"));
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
-        let chain = vec![CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(|e| bad(e.to_string()))?];
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
-        let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key).map_err(|e| bad(e.to_string()))?;
+        roots
+            .add(
+                CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
+                    .map_err(|e| bad(e.to_string()))?,
+            )
+            .map_err(|e| bad(e.to_string()))?;
+        let chain = vec![
+            CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+                .map_err(|e| bad(e.to_string()))?,
+        ];
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| bad(e.to_string()))?;
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| bad(e.to_string()))?;
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(cfg))
     }
 
     /// A channel to the first configured controller (tonic reconnects it as needed).
     pub fn channel(&self, cfg: &AgentConfig) -> Result<tonic::transport::Channel, IdentityError> {
-        tls::channel(&cfg.controller[0], self.client_config()?).map_err(|e| IdentityError::Other(e.to_string()))
+        tls::channel(&cfg.controller[0], self.client_config()?)
+            .map_err(|e| IdentityError::Other(e.to_string()))
     }
 }
 
 /// Client configuration before joining: no client certificate, controller verified by pin.
 pub fn pinned_config(pin: SpkiPin) -> Arc<rustls::ClientConfig> {
-    let mut cfg = rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(PinnedCaVerifier::new(pin))).with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier::new(pin)))
+        .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(cfg)
 }
 
 /// Joins the cluster with the bootstrap token, stores the identity, then deletes the token.
 pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
-    let token = std::fs::read_to_string(&cfg.token_file).map_err(|source| IdentityError::NoToken { path: cfg.token_file.clone(), source })?;
+    let token =
+        std::fs::read_to_string(&cfg.token_file).map_err(|source| IdentityError::NoToken {
+            path: cfg.token_file.clone(),
+            source,
+        })?;
     let facts = node_facts(cfg);
-    let node_name = cfg.node_name.clone().unwrap_or_else(|| facts.hostname.clone());
+    let node_name = cfg
+        .node_name
+        .clone()
+        .unwrap_or_else(|| facts.hostname.clone());
     let (key, csr_der) = new_key_and_csr(&node_name);
     let mut last = None;
     for endpoint in &cfg.controller {
-        let channel = tls::channel(endpoint, pinned_config(cfg.ca_pin)).map_err(|e| IdentityError::Other(e.to_string()))?;
+        let channel = tls::channel(endpoint, pinned_config(cfg.ca_pin))
+            .map_err(|e| IdentityError::Other(e.to_string()))?;
         let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
-        let req = pb::JoinRequest { token: token.trim().to_owned(), csr_der: csr_der.clone(), node_name: node_name.clone(), facts: Some(facts.clone()) };
+        let req = pb::JoinRequest {
+            token: token.trim().to_owned(),
+            csr_der: csr_der.clone(),
+            node_name: node_name.clone(),
+            facts: Some(facts.clone()),
+        };
         match client.join(req).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
-                let ca_der = CertificateDer::from_pem_slice(resp.ca_pem.as_bytes()).map_err(|e| IdentityError::Other(format!("controller CA unreadable: {e}")))?;
+                let ca_der = CertificateDer::from_pem_slice(resp.ca_pem.as_bytes())
+                    .map_err(|e| IdentityError::Other(format!("controller CA unreadable: {e}")))?;
                 if SpkiPin::of_cert_der(&ca_der).ok() != Some(cfg.ca_pin) {
                     return Err(IdentityError::PinMismatch { pin: cfg.ca_pin });
                 }
-                let (not_before, not_after) = cert_validity(&resp.certificate_pem).ok_or_else(|| IdentityError::Other("controller sent an unreadable certificate".into()))?;
-                let id = Identity { node_name: resp.node_name, key_pem: key.serialize_pem(), cert_pem: resp.certificate_pem, ca_pem: resp.ca_pem, not_before, not_after };
+                let (not_before, not_after) =
+                    cert_validity(&resp.certificate_pem).ok_or_else(|| {
+                        IdentityError::Other("controller sent an unreadable certificate".into())
+                    })?;
+                let id = Identity {
+                    node_name: resp.node_name,
+                    key_pem: key.serialize_pem(),
+                    cert_pem: resp.certificate_pem,
+                    ca_pem: resp.ca_pem,
+                    not_before,
+                    not_after,
+                };
                 id.save(&cfg.state_dir)?;
                 // The token is single-use and now spent: it must not stay on the node.
                 fsutil::remove_durably(&cfg.token_file)?;
                 tracing::info!(node = %id.node_name, "joined the cluster; bootstrap token removed");
                 return Ok(id);
             }
-            Err(status) if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown => {
-                last = Some(IdentityError::Unreachable { endpoint: endpoint.clone(), message: status.message().to_owned() });
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    || status.code() == tonic::Code::Unknown =>
+            {
+                last = Some(IdentityError::Unreachable {
+                    endpoint: endpoint.clone(),
+                    message: status.message().to_owned(),
+                });
             }
-            Err(status) => return Err(IdentityError::Refused { endpoint: endpoint.clone(), code: status.code(), message: status.message().to_owned() }),
+            Err(status) => {
+                return Err(IdentityError::Refused {
+                    endpoint: endpoint.clone(),
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                });
+            }
         }
     }
     Err(last.unwrap_or_else(|| IdentityError::Other("no controller endpoint configured".into())))
@@ -191,10 +316,22 @@ pub async fn renew(cfg: &AgentConfig, current: &Identity) -> Result<Identity, Id
     let resp = client
         .renew(pb::RenewRequest { csr_der })
         .await
-        .map_err(|s| IdentityError::Refused { endpoint: cfg.controller[0].clone(), code: s.code(), message: s.message().to_owned() })?
+        .map_err(|s| IdentityError::Refused {
+            endpoint: cfg.controller[0].clone(),
+            code: s.code(),
+            message: s.message().to_owned(),
+        })?
         .into_inner();
-    let (not_before, not_after) = cert_validity(&resp.certificate_pem).ok_or_else(|| IdentityError::Other("controller sent an unreadable certificate".into()))?;
-    let id = Identity { node_name: current.node_name.clone(), key_pem: key.serialize_pem(), cert_pem: resp.certificate_pem, ca_pem: current.ca_pem.clone(), not_before, not_after };
+    let (not_before, not_after) = cert_validity(&resp.certificate_pem)
+        .ok_or_else(|| IdentityError::Other("controller sent an unreadable certificate".into()))?;
+    let id = Identity {
+        node_name: current.node_name.clone(),
+        key_pem: key.serialize_pem(),
+        cert_pem: resp.certificate_pem,
+        ca_pem: current.ca_pem.clone(),
+        not_before,
+        not_after,
+    };
     id.save(&cfg.state_dir)?;
     tracing::info!(node = %id.node_name, not_after = id.not_after, "node certificate renewed");
     Ok(id)

@@ -20,15 +20,29 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     pangaea_core::install_crypto_provider();
     let cfg = pangaea_agent::AgentConfig::load(&args.config)?;
-    let units: Arc<dyn ServiceManager> = if cfg.fake_systemd { Arc::new(RecordingServiceManager::default()) } else { Arc::new(Systemctl) };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("build tokio runtime")?;
+    let units: Arc<dyn ServiceManager> = if cfg.fake_systemd {
+        Arc::new(RecordingServiceManager::default())
+    } else {
+        Arc::new(Systemctl)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("build tokio runtime")?;
     rt.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
             let _ = tx.send(true);
         });

@@ -36,9 +36,20 @@ struct Agent {
 }
 
 /// Runs the agent until `shutdown` turns true (or its sender is dropped).
-pub async fn run(cfg: AgentConfig, units: Arc<dyn ServiceManager>, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+pub async fn run(
+    cfg: AgentConfig,
+    units: Arc<dyn ServiceManager>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
     let applier = Applier::new(&cfg.root, &cfg.state_dir, units.clone());
-    let mut agent = Agent { cfg, applier, units, status: AgentStatus::default(), reporter: Reporter::default(), pending: None };
+    let mut agent = Agent {
+        cfg,
+        applier,
+        units,
+        status: AgentStatus::default(),
+        reporter: Reporter::default(),
+        pending: None,
+    };
     agent.boot_from_disk().await;
 
     let mut backoff = Backoff::default();
@@ -103,7 +114,10 @@ impl Agent {
     async fn boot_from_disk(&mut self) {
         match self.applier.last_applied() {
             Ok(Some(a)) => {
-                tracing::info!(revision = a.revision, "re-applying the last applied assignment from disk");
+                tracing::info!(
+                    revision = a.revision,
+                    "re-applying the last applied assignment from disk"
+                );
                 self.apply(a, true).await;
             }
             Ok(None) => {}
@@ -131,26 +145,56 @@ impl Agent {
         }
     }
 
-    async fn report(&mut self, client: &mut pb::node_service_client::NodeServiceClient<tonic::transport::Channel>) -> Result<(), tonic::Status> {
-        let report = self.reporter.collect(&self.status, self.units.as_ref()).await;
+    async fn report(
+        &mut self,
+        client: &mut pb::node_service_client::NodeServiceClient<tonic::transport::Channel>,
+    ) -> Result<(), tonic::Status> {
+        let report = self
+            .reporter
+            .collect(&self.status, self.units.as_ref())
+            .await;
         client.report(report).await.map(drop)
     }
 
-    async fn session(&mut self, identity: &Identity, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
+    async fn session(
+        &mut self,
+        identity: &Identity,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
         let channel = match identity.channel(&self.cfg) {
             Ok(c) => c,
-            Err(e) => return SessionEnd::Lost { connected: false, why: e.to_string() },
+            Err(e) => {
+                return SessionEnd::Lost {
+                    connected: false,
+                    why: e.to_string(),
+                };
+            }
         };
-        let mut client = pb::node_service_client::NodeServiceClient::new(channel).max_decoding_message_size(pangaea_proto::MAX_MESSAGE_BYTES);
-        let mut stream = match client.watch_assignment(pb::WatchRequest { node_name: identity.node_name.clone() }).await {
+        let mut client = pb::node_service_client::NodeServiceClient::new(channel)
+            .max_decoding_message_size(pangaea_proto::MAX_MESSAGE_BYTES);
+        let mut stream = match client
+            .watch_assignment(pb::WatchRequest {
+                node_name: identity.node_name.clone(),
+            })
+            .await
+        {
             Ok(s) => s.into_inner(),
-            Err(s) => return SessionEnd::Lost { connected: false, why: lost_reason(&s) },
+            Err(s) => {
+                return SessionEnd::Lost {
+                    connected: false,
+                    why: lost_reason(&s),
+                };
+            }
         };
         tracing::info!(node = %identity.node_name, controller = %self.cfg.controller[0], "connected to the controller");
-        let renew_in = identity.renew_at().duration_since(SystemTime::now()).unwrap_or_default();
+        let renew_in = identity
+            .renew_at()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
         let renew = tokio::time::sleep(renew_in);
         tokio::pin!(renew);
-        let mut ticker = tokio::time::interval(Duration::from_secs(self.cfg.report_interval_seconds.max(1)));
+        let mut ticker =
+            tokio::time::interval(Duration::from_secs(self.cfg.report_interval_seconds.max(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -182,7 +226,10 @@ impl Agent {
 }
 
 fn lost_reason(s: &tonic::Status) -> String {
-    if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) {
+    if matches!(
+        s.code(),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+    ) {
         tracing::error!(code = ?s.code(), "the controller refuses this node's identity: {}", s.message());
     }
     format!("{:?}: {}", s.code(), s.message())

@@ -34,10 +34,21 @@ pub struct Systemctl;
 
 impl Systemctl {
     async fn run(args: &[&str]) -> Result<String, UnitError> {
-        let err = |message: String| UnitError { args: args.join(" "), message };
-        let out = tokio::process::Command::new("systemctl").args(args).output().await.map_err(|e| err(e.to_string()))?;
+        let err = |message: String| UnitError {
+            args: args.join(" "),
+            message,
+        };
+        let out = tokio::process::Command::new("systemctl")
+            .args(args)
+            .output()
+            .await
+            .map_err(|e| err(e.to_string()))?;
         if !out.status.success() {
-            return Err(err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
+            return Err(err(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -64,9 +75,20 @@ impl ServiceManager for Systemctl {
     async fn status(&self, units: &[String]) -> Vec<UnitStatus> {
         let mut out = Vec::new();
         for u in units {
-            let text = Self::run(&["show", "--property=ActiveState,SubState", u]).await.unwrap_or_default();
-            let prop = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("unknown").to_owned();
-            out.push(UnitStatus { name: u.clone(), active_state: prop("ActiveState="), sub_state: prop("SubState=") });
+            let text = Self::run(&["show", "--property=ActiveState,SubState", u])
+                .await
+                .unwrap_or_default();
+            let prop = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap_or("unknown")
+                    .to_owned()
+            };
+            out.push(UnitStatus {
+                name: u.clone(),
+                active_state: prop("ActiveState="),
+                sub_state: prop("SubState="),
+            });
         }
         out
     }
@@ -95,7 +117,10 @@ impl ServiceManager for RecordingServiceManager {
         Ok(())
     }
     async fn start(&self, unit: &str, enable: bool) -> Result<(), UnitError> {
-        self.record(format!("start {unit}{}", if enable { " --enable" } else { "" }));
+        self.record(format!(
+            "start {unit}{}",
+            if enable { " --enable" } else { "" }
+        ));
         self.running.lock().expect("lock").insert(unit.into(), true);
         Ok(())
     }
@@ -115,7 +140,11 @@ impl ServiceManager for RecordingServiceManager {
             .iter()
             .map(|u| {
                 let up = running.get(u).copied().unwrap_or(false);
-                UnitStatus { name: u.clone(), active_state: if up { "active" } else { "inactive" }.into(), sub_state: if up { "running" } else { "dead" }.into() }
+                UnitStatus {
+                    name: u.clone(),
+                    active_state: if up { "active" } else { "inactive" }.into(),
+                    sub_state: if up { "running" } else { "dead" }.into(),
+                }
             })
             .collect()
     }

@@ -16,7 +16,14 @@ use tonic::{Request, Response, Status};
 pub const SOCKET: &str = "ctl.sock";
 
 pub fn token_info(t: &TokenRecord) -> pb::TokenInfo {
-    pb::TokenInfo { id: t.id.clone(), expires_at: t.expires_at, uses_left: t.uses_left, node_name: t.node.clone().unwrap_or_default(), revoked: t.revoked, description: t.description.clone() }
+    pb::TokenInfo {
+        id: t.id.clone(),
+        expires_at: t.expires_at,
+        uses_left: t.uses_left,
+        node_name: t.node.clone().unwrap_or_default(),
+        revoked: t.revoked,
+        description: t.description.clone(),
+    }
 }
 
 pub fn node_info(v: &NodeView) -> pb::NodeInfo {
@@ -43,42 +50,88 @@ struct AdminService(Arc<Controller>);
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
-    async fn create_token(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let r = req.into_inner();
         let spec = NewToken {
-            ttl: if r.ttl_seconds == 0 { crate::tokens::DEFAULT_TTL } else { Duration::from_secs(r.ttl_seconds) },
+            ttl: if r.ttl_seconds == 0 {
+                crate::tokens::DEFAULT_TTL
+            } else {
+                Duration::from_secs(r.ttl_seconds)
+            },
             uses: r.uses.max(1),
             node: Some(r.node_name).filter(|n| !n.is_empty()),
             description: r.description,
         };
         let (token, rec) = self.0.create_token(spec).await.map_err(status)?;
-        Ok(Response::new(pb::CreateTokenResponse { token: token.expose(), expires_at: rec.expires_at }))
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: token.expose(),
+            expires_at: rec.expires_at,
+        }))
     }
-    async fn list_tokens(&self, _: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
-        Ok(Response::new(pb::ListTokensResponse { tokens: self.0.tokens().map_err(status)?.iter().map(token_info).collect() }))
+    async fn list_tokens(
+        &self,
+        _: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: self
+                .0
+                .tokens()
+                .map_err(status)?
+                .iter()
+                .map(token_info)
+                .collect(),
+        }))
     }
-    async fn revoke_token(&self, req: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let id = req.into_inner().id;
         if !self.0.revoke_token(id.clone()).await.map_err(status)? {
             return Err(Status::not_found(format!("no token with id {id:?}")));
         }
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
-    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
-        Ok(Response::new(pb::ListNodesResponse { nodes: self.0.nodes().map_err(status)?.iter().map(node_info).collect() }))
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: self
+                .0
+                .nodes()
+                .map_err(status)?
+                .iter()
+                .map(node_info)
+                .collect(),
+        }))
     }
-    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        self.0.remove_node(req.into_inner().name).await.map_err(status)?;
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.0
+            .remove_node(req.into_inner().name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }
 }
 
 /// Serves the admin API on `<state_dir>/ctl.sock` until `shutdown`.
-pub async fn serve(controller: Arc<Controller>, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), ControllerError> {
+pub async fn serve(
+    controller: Arc<Controller>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ControllerError> {
     let path = controller.config().state_dir.join(SOCKET);
     let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| ControllerError::Serve(format!("bind {}: {e}", path.display())))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| ControllerError::Serve(format!("chmod {}: {e}", path.display())))?;
+    let listener = tokio::net::UnixListener::bind(&path)
+        .map_err(|e| ControllerError::Serve(format!("bind {}: {e}", path.display())))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| ControllerError::Serve(format!("chmod {}: {e}", path.display())))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .add_service(pb::admin_server::AdminServer::new(AdminService(controller)))
@@ -120,16 +173,26 @@ impl Backend {
             let channel = tonic::transport::Endpoint::from_static("http://ctl.sock")
                 .connect_with_connector(tower::service_fn(move |_| {
                     let p = p.clone();
-                    async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(p).await?,
+                        ))
+                    }
                 }))
                 .await
                 .map_err(|e| BackendError::Status(format!("connect {}: {e}", path.display())))?;
             return Ok(Backend::Daemon(pb::admin_client::AdminClient::new(channel)));
         }
-        Ok(Backend::Local(Controller::open(crate::ControllerConfig::new(state_dir), None)?))
+        Ok(Backend::Local(Controller::open(
+            crate::ControllerConfig::new(state_dir),
+            None,
+        )?))
     }
 
-    pub async fn create_token(&mut self, req: pb::CreateTokenRequest) -> Result<pb::CreateTokenResponse, BackendError> {
+    pub async fn create_token(
+        &mut self,
+        req: pb::CreateTokenRequest,
+    ) -> Result<pb::CreateTokenResponse, BackendError> {
         match self {
             Backend::Daemon(c) => Ok(c.create_token(req).await?.into_inner()),
             Backend::Local(ctl) => Ok(AdminService(ctl.clone()).create_token_local(req).await?),
@@ -138,14 +201,21 @@ impl Backend {
 
     pub async fn list_tokens(&mut self) -> Result<Vec<pb::TokenInfo>, BackendError> {
         match self {
-            Backend::Daemon(c) => Ok(c.list_tokens(pb::ListTokensRequest {}).await?.into_inner().tokens),
+            Backend::Daemon(c) => Ok(c
+                .list_tokens(pb::ListTokensRequest {})
+                .await?
+                .into_inner()
+                .tokens),
             Backend::Local(ctl) => Ok(ctl.tokens()?.iter().map(token_info).collect()),
         }
     }
 
     pub async fn revoke_token(&mut self, id: String) -> Result<(), BackendError> {
         match self {
-            Backend::Daemon(c) => Ok(c.revoke_token(pb::RevokeTokenRequest { id }).await.map(drop)?),
+            Backend::Daemon(c) => Ok(c
+                .revoke_token(pb::RevokeTokenRequest { id })
+                .await
+                .map(drop)?),
             Backend::Local(ctl) => match ctl.revoke_token(id.clone()).await? {
                 true => Ok(()),
                 false => Err(BackendError::Status(format!("no token with id {id:?}"))),
@@ -155,22 +225,34 @@ impl Backend {
 
     pub async fn list_nodes(&mut self) -> Result<Vec<pb::NodeInfo>, BackendError> {
         match self {
-            Backend::Daemon(c) => Ok(c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes),
+            Backend::Daemon(c) => Ok(c
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes),
             Backend::Local(ctl) => Ok(ctl.nodes()?.iter().map(node_info).collect()),
         }
     }
 
     pub async fn remove_node(&mut self, name: String) -> Result<(), BackendError> {
         match self {
-            Backend::Daemon(c) => Ok(c.remove_node(pb::RemoveNodeRequest { name }).await.map(drop)?),
+            Backend::Daemon(c) => Ok(c
+                .remove_node(pb::RemoveNodeRequest { name })
+                .await
+                .map(drop)?),
             Backend::Local(ctl) => Ok(ctl.remove_node(name).await?),
         }
     }
 }
 
 impl AdminService {
-    async fn create_token_local(&self, req: pb::CreateTokenRequest) -> Result<pb::CreateTokenResponse, Status> {
+    async fn create_token_local(
+        &self,
+        req: pb::CreateTokenRequest,
+    ) -> Result<pb::CreateTokenResponse, Status> {
         use pb::admin_server::Admin;
-        self.create_token(Request::new(req)).await.map(Response::into_inner)
+        self.create_token(Request::new(req))
+            .await
+            .map(Response::into_inner)
     }
 }

@@ -3,7 +3,7 @@
 //! durably, and pushed to the node's watch stream.
 
 use crate::records::NodeRecord;
-use crate::store::{self, StoreError, ASSIGNMENTS};
+use crate::store::{self, ASSIGNMENTS, StoreError};
 use pangaea_proto as pb;
 use prost::Message;
 use redb::{ReadableTable, WriteTransaction};
@@ -43,8 +43,18 @@ impl Planner for BasePlanner {
         let facts = serde_json::json!({ "name": node.name, "instance_id": node.instance_id, "roles": node.roles, "addresses": node.addresses });
         Ok(Plan {
             files: vec![
-                pb::File { path: "/etc/pangaea/controller-ca.pem".into(), mode: 0o644, owner: String::new(), content: self.controller_ca_pem.clone().into_bytes() },
-                pb::File { path: "/etc/pangaea/node.json".into(), mode: 0o644, owner: String::new(), content: serde_json::to_vec_pretty(&facts).expect("json").into() },
+                pb::File {
+                    path: "/etc/pangaea/controller-ca.pem".into(),
+                    mode: 0o644,
+                    owner: String::new(),
+                    content: self.controller_ca_pem.clone().into_bytes(),
+                },
+                pb::File {
+                    path: "/etc/pangaea/node.json".into(),
+                    mode: 0o644,
+                    owner: String::new(),
+                    content: serde_json::to_vec_pretty(&facts).expect("json"),
+                },
             ],
             artifacts: vec![],
             units: vec![],
@@ -53,17 +63,43 @@ impl Planner for BasePlanner {
 }
 
 /// Reads a node's stored assignment.
-pub fn load(table: &impl ReadableTable<&'static str, &'static [u8]>, node: &str) -> Result<Option<pb::Assignment>, StoreError> {
-    let Some(v) = table.get(node).map_err(|e| store::db_err("assignments", node, e))? else { return Ok(None) };
-    pb::Assignment::decode(v.value()).map(Some).map_err(|e| StoreError::Corrupt { table: "assignments", key: node.into(), message: e.to_string() })
+pub fn load(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    node: &str,
+) -> Result<Option<pb::Assignment>, StoreError> {
+    let Some(v) = table
+        .get(node)
+        .map_err(|e| store::db_err("assignments", node, e))?
+    else {
+        return Ok(None);
+    };
+    pb::Assignment::decode(v.value())
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            table: "assignments",
+            key: node.into(),
+            message: e.to_string(),
+        })
 }
 
 /// Stores `plan` for `node`; the revision increases only when the content differs from the
 /// stored assignment. Returns the new assignment when it changed.
-pub fn store_plan(txn: &WriteTransaction, node: &str, plan: Plan) -> Result<Option<pb::Assignment>, StoreError> {
-    let mut table = txn.open_table(ASSIGNMENTS).map_err(|e| store::db_err("assignments", node, e))?;
+pub fn store_plan(
+    txn: &WriteTransaction,
+    node: &str,
+    plan: Plan,
+) -> Result<Option<pb::Assignment>, StoreError> {
+    let mut table = txn
+        .open_table(ASSIGNMENTS)
+        .map_err(|e| store::db_err("assignments", node, e))?;
     let previous = load(&table, node)?;
-    let mut next = pb::Assignment { node_name: node.to_owned(), revision: 0, files: plan.files, artifacts: plan.artifacts, units: plan.units };
+    let mut next = pb::Assignment {
+        node_name: node.to_owned(),
+        revision: 0,
+        files: plan.files,
+        artifacts: plan.artifacts,
+        units: plan.units,
+    };
     if let Some(prev) = &previous {
         next.revision = prev.revision;
         if *prev == next {
@@ -71,19 +107,28 @@ pub fn store_plan(txn: &WriteTransaction, node: &str, plan: Plan) -> Result<Opti
         }
     }
     next.revision = previous.map_or(1, |p| p.revision + 1);
-    table.insert(node, next.encode_to_vec().as_slice()).map_err(|e| store::db_err("assignments", node, e))?;
+    table
+        .insert(node, next.encode_to_vec().as_slice())
+        .map_err(|e| store::db_err("assignments", node, e))?;
     Ok(Some(next))
 }
+
+type Latest = watch::Sender<Option<Arc<pb::Assignment>>>;
 
 /// In-memory fan-out of assignment changes to the nodes' watch streams.
 #[derive(Default, Clone)]
 pub struct Hub {
-    senders: Arc<Mutex<HashMap<String, watch::Sender<Option<Arc<pb::Assignment>>>>>>,
+    senders: Arc<Mutex<HashMap<String, Latest>>>,
 }
 
 impl Hub {
-    fn sender(&self, node: &str) -> watch::Sender<Option<Arc<pb::Assignment>>> {
-        self.senders.lock().expect("hub lock").entry(node.to_owned()).or_insert_with(|| watch::channel(None).0).clone()
+    fn sender(&self, node: &str) -> Latest {
+        self.senders
+            .lock()
+            .expect("hub lock")
+            .entry(node.to_owned())
+            .or_insert_with(|| watch::channel(None).0)
+            .clone()
     }
 
     /// Publishes a committed assignment.
@@ -99,7 +144,11 @@ impl Hub {
     }
 
     /// Subscribes to a node's assignment, seeding it with `current` from the store.
-    pub fn subscribe(&self, node: &str, current: Option<pb::Assignment>) -> watch::Receiver<Option<Arc<pb::Assignment>>> {
+    pub fn subscribe(
+        &self,
+        node: &str,
+        current: Option<pb::Assignment>,
+    ) -> watch::Receiver<Option<Arc<pb::Assignment>>> {
         if let Some(a) = current {
             self.publish(a);
         }

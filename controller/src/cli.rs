@@ -1,7 +1,7 @@
 //! The `pangaea-ctl` command line.
 
 use crate::admin::Backend;
-use crate::certinfo::{rfc3339, CertInfo};
+use crate::certinfo::{CertInfo, rfc3339};
 use crate::pki::{CaKind, Pki};
 use crate::{Controller, ControllerConfig};
 use anyhow::Context;
@@ -102,8 +102,14 @@ pub enum Output {
 
 /// Parses `90s`, `30m`, `1h`, `2d` (or plain seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: use a number with s, m, h or d, like 30m"))?;
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use a number with s, m, h or d, like 30m"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -119,7 +125,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// `.pangaea` beside the nearest `pangaea.yaml` above `start`, else `start/.pangaea`.
 pub fn find_state_dir(start: &Path) -> PathBuf {
-    start.ancestors().find(|d| d.join("pangaea.yaml").is_file()).unwrap_or(start).join(".pangaea")
+    start
+        .ancestors()
+        .find(|d| d.join("pangaea.yaml").is_file())
+        .unwrap_or(start)
+        .join(".pangaea")
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -133,7 +143,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token(&state_dir, cmd).await,
         Command::Status { output } => status(&state_dir, output).await,
         Command::Node(NodeCommand::Remove { name }) => {
-            Backend::connect(&state_dir).await?.remove_node(name.clone()).await?;
+            Backend::connect(&state_dir)
+                .await?
+                .remove_node(name.clone())
+                .await?;
             println!("node {name} removed; its certificates are revoked");
             Ok(())
         }
@@ -147,10 +160,20 @@ async fn serve(state_dir: &Path, listen: SocketAddr, advertise: Vec<String>) -> 
         config.advertise.push(listen.ip().to_string());
     }
     let controller = Controller::open(config, None)?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    pangaea_core::fsutil::atomic_write(&state_dir.join("serve.pid"), std::process::id().to_string().as_bytes(), 0o644)?;
-    pangaea_core::fsutil::atomic_write(&state_dir.join("serve.addr"), addr.to_string().as_bytes(), 0o644)?;
+    pangaea_core::fsutil::atomic_write(
+        &state_dir.join("serve.pid"),
+        std::process::id().to_string().as_bytes(),
+        0o644,
+    )?;
+    pangaea_core::fsutil::atomic_write(
+        &state_dir.join("serve.addr"),
+        addr.to_string().as_bytes(),
+        0o644,
+    )?;
     tracing::info!(%addr, pin = %controller.pki().controller_pin(), state = %state_dir.display(), "controller serving");
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -178,16 +201,42 @@ fn pki(state_dir: &Path, cmd: PkiCommand) -> anyhow::Result<()> {
     match cmd {
         PkiCommand::Pin => println!("{}", pki.controller_pin()),
         PkiCommand::Show { output } => {
-            let mut rows: Vec<(String, CertInfo)> = CaKind::ALL.iter().filter_map(|k| CertInfo::from_der(&pki.ca(*k).cert_der).map(|i| (k.file_stem().to_owned(), i))).collect();
-            if let Some(info) = std::fs::read_to_string(state_dir.join("pki/controller.crt")).ok().and_then(|p| CertInfo::from_pem(&p)) {
+            let mut rows: Vec<(String, CertInfo)> = CaKind::ALL
+                .iter()
+                .filter_map(|k| {
+                    CertInfo::from_der(&pki.ca(*k).cert_der).map(|i| (k.file_stem().to_owned(), i))
+                })
+                .collect();
+            if let Some(info) = std::fs::read_to_string(state_dir.join("pki/controller.crt"))
+                .ok()
+                .and_then(|p| CertInfo::from_pem(&p))
+            {
                 rows.push(("controller".into(), info));
             }
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&rows.iter().map(|(n, i)| serde_json::json!({"name": n, "cert": i})).collect::<Vec<_>>())?),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &rows
+                            .iter()
+                            .map(|(n, i)| serde_json::json!({"name": n, "cert": i}))
+                            .collect::<Vec<_>>()
+                    )?
+                ),
                 Output::Table => {
                     println!("{:<16} {:<40} {:<22} SANS", "NAME", "SUBJECT", "EXPIRES");
                     for (name, i) in rows {
-                        println!("{:<16} {:<40} {:<22} {}", name, i.subject, rfc3339(i.not_after), if i.sans.is_empty() { "-".into() } else { i.sans.join(",") });
+                        println!(
+                            "{:<16} {:<40} {:<22} {}",
+                            name,
+                            i.subject,
+                            rfc3339(i.not_after),
+                            if i.sans.is_empty() {
+                                "-".into()
+                            } else {
+                                i.sans.join(",")
+                            }
+                        );
                     }
                     println!("\nagent pin: {}", pki.controller_pin());
                 }
@@ -200,20 +249,55 @@ fn pki(state_dir: &Path, cmd: PkiCommand) -> anyhow::Result<()> {
 async fn token(state_dir: &Path, cmd: TokenCommand) -> anyhow::Result<()> {
     let mut backend = Backend::connect(state_dir).await?;
     match cmd {
-        TokenCommand::Create { ttl, uses, node, description } => {
+        TokenCommand::Create {
+            ttl,
+            uses,
+            node,
+            description,
+        } => {
             if let Some(n) = &node {
                 pangaea_core::NodeName::try_from(n.as_str())?;
             }
-            let resp = backend.create_token(pb::CreateTokenRequest { ttl_seconds: ttl.as_secs(), uses, node_name: node.unwrap_or_default(), description }).await?;
+            let resp = backend
+                .create_token(pb::CreateTokenRequest {
+                    ttl_seconds: ttl.as_secs(),
+                    uses,
+                    node_name: node.unwrap_or_default(),
+                    description,
+                })
+                .await?;
             println!("{}", resp.token);
             eprintln!("expires {}", rfc3339(resp.expires_at));
         }
         TokenCommand::List => {
-            println!("{:<8} {:<22} {:<5} {:<16} {:<8} DESCRIPTION", "ID", "EXPIRES", "USES", "NODE", "STATE");
+            println!(
+                "{:<8} {:<22} {:<5} {:<16} {:<8} DESCRIPTION",
+                "ID", "EXPIRES", "USES", "NODE", "STATE"
+            );
             let now = crate::records::now();
             for t in backend.list_tokens().await? {
-                let state = if t.revoked { "revoked" } else if t.expires_at <= now { "expired" } else if t.uses_left == 0 { "used" } else { "valid" };
-                println!("{:<8} {:<22} {:<5} {:<16} {:<8} {}", t.id, rfc3339(t.expires_at), t.uses_left, if t.node_name.is_empty() { "*" } else { &t.node_name }, state, t.description);
+                let state = if t.revoked {
+                    "revoked"
+                } else if t.expires_at <= now {
+                    "expired"
+                } else if t.uses_left == 0 {
+                    "used"
+                } else {
+                    "valid"
+                };
+                println!(
+                    "{:<8} {:<22} {:<5} {:<16} {:<8} {}",
+                    t.id,
+                    rfc3339(t.expires_at),
+                    t.uses_left,
+                    if t.node_name.is_empty() {
+                        "*"
+                    } else {
+                        &t.node_name
+                    },
+                    state,
+                    t.description
+                );
             }
         }
         TokenCommand::Revoke { id } => {
@@ -227,7 +311,10 @@ async fn token(state_dir: &Path, cmd: TokenCommand) -> anyhow::Result<()> {
 async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
     let mut backend = Backend::connect(state_dir).await?;
     if matches!(backend, Backend::Local(_)) {
-        eprintln!("note: no controller is running for {}; showing the last stored reports", state_dir.display());
+        eprintln!(
+            "note: no controller is running for {}; showing the last stored reports",
+            state_dir.display()
+        );
     }
     let nodes = backend.list_nodes().await?;
     match output {
@@ -249,11 +336,22 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
         }
         Output::Table => {
             let now = crate::records::now();
-            println!("{:<16} {:<18} {:<9} {:<10} {:<22} ERRORS", "NODE", "ADDRESS", "REVISION", "REPORTED", "CERT EXPIRES");
+            println!(
+                "{:<16} {:<18} {:<9} {:<10} {:<22} ERRORS",
+                "NODE", "ADDRESS", "REVISION", "REPORTED", "CERT EXPIRES"
+            );
             for n in &nodes {
                 let r = n.last_report.clone().unwrap_or_default();
-                let age = if n.last_report_at == 0 { "never".to_owned() } else { format!("{}s ago", now - n.last_report_at) };
-                let name = if n.removed { format!("{} (removed)", n.name) } else { n.name.clone() };
+                let age = if n.last_report_at == 0 {
+                    "never".to_owned()
+                } else {
+                    format!("{}s ago", now - n.last_report_at)
+                };
+                let name = if n.removed {
+                    format!("{} (removed)", n.name)
+                } else {
+                    n.name.clone()
+                };
                 println!(
                     "{:<16} {:<18} {:<9} {:<10} {:<22} {}",
                     name,

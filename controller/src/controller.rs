@@ -4,9 +4,9 @@
 
 use crate::assign::{self, BasePlanner, Hub, Planner};
 use crate::certinfo::CertInfo;
-use crate::pki::{profiles, CaKind, Pki, PkiError};
-use crate::records::{now, NodeRecord, TokenRecord};
-use crate::store::{self, Store, StoreError, ASSIGNMENTS, NODES, REPORTS};
+use crate::pki::{CaKind, Pki, PkiError, profiles};
+use crate::records::{NodeRecord, TokenRecord, now};
+use crate::store::{self, ASSIGNMENTS, NODES, REPORTS, Store, StoreError};
 use crate::tokens::{self, NewToken};
 use pangaea_core::token::BootstrapToken;
 use pangaea_proto as pb;
@@ -42,7 +42,11 @@ pub struct ControllerConfig {
 
 impl ControllerConfig {
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
-        ControllerConfig { state_dir: state_dir.into(), advertise: vec![], node_cert_lifetime: profiles::NODE_LIFETIME }
+        ControllerConfig {
+            state_dir: state_dir.into(),
+            advertise: vec![],
+            node_cert_lifetime: profiles::NODE_LIFETIME,
+        }
     }
 }
 
@@ -65,11 +69,24 @@ pub struct Controller {
 impl Controller {
     /// Opens the cluster state (taking its lock) and the PKI, creating them on first use.
     /// `planner` defaults to [`BasePlanner`].
-    pub fn open(config: ControllerConfig, planner: Option<Arc<dyn Planner>>) -> Result<Arc<Controller>, ControllerError> {
+    pub fn open(
+        config: ControllerConfig,
+        planner: Option<Arc<dyn Planner>>,
+    ) -> Result<Arc<Controller>, ControllerError> {
         let store = Store::open(&config.state_dir)?;
         let pki = Pki::load_or_create(&config.state_dir.join("pki"))?;
-        let planner = planner.unwrap_or_else(|| Arc::new(BasePlanner { controller_ca_pem: pki.ca(CaKind::Controller).cert_pem.clone() }));
-        Ok(Arc::new(Controller { store, pki, hub: Hub::default(), planner, config }))
+        let planner = planner.unwrap_or_else(|| {
+            Arc::new(BasePlanner {
+                controller_ca_pem: pki.ca(CaKind::Controller).cert_pem.clone(),
+            })
+        });
+        Ok(Arc::new(Controller {
+            store,
+            pki,
+            hub: Hub::default(),
+            planner,
+            config,
+        }))
     }
 
     pub fn pki(&self) -> &Pki {
@@ -84,12 +101,21 @@ impl Controller {
         &self.config
     }
 
-    pub async fn create_token(&self, spec: NewToken) -> Result<(BootstrapToken, TokenRecord), ControllerError> {
-        Ok(self.store.write(move |txn| tokens::create(txn, &spec)).await?)
+    pub async fn create_token(
+        &self,
+        spec: NewToken,
+    ) -> Result<(BootstrapToken, TokenRecord), ControllerError> {
+        Ok(self
+            .store
+            .write(move |txn| tokens::create(txn, &spec))
+            .await?)
     }
 
     pub async fn revoke_token(&self, id: String) -> Result<bool, ControllerError> {
-        Ok(self.store.write(move |txn| tokens::revoke(txn, &id)).await?)
+        Ok(self
+            .store
+            .write(move |txn| tokens::revoke(txn, &id))
+            .await?)
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, ControllerError> {
@@ -97,23 +123,46 @@ impl Controller {
     }
 
     pub fn node(&self, name: &str) -> Result<Option<NodeRecord>, ControllerError> {
-        Ok(self.store.read(|r| store::get(&r.open_table(NODES).map_err(|e| store::db_err("nodes", name, e))?, "nodes", name))?)
+        Ok(self.store.read(|r| {
+            store::get(
+                &r.open_table(NODES)
+                    .map_err(|e| store::db_err("nodes", name, e))?,
+                "nodes",
+                name,
+            )
+        })?)
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeView>, ControllerError> {
         Ok(self.store.read(|r| {
-            let records: Vec<NodeRecord> = store::all(&r.open_table(NODES).map_err(|e| store::db_err("nodes", "*", e))?, "nodes")?;
-            let assignments = r.open_table(ASSIGNMENTS).map_err(|e| store::db_err("assignments", "*", e))?;
-            let reports = r.open_table(REPORTS).map_err(|e| store::db_err("reports", "*", e))?;
+            let records: Vec<NodeRecord> = store::all(
+                &r.open_table(NODES)
+                    .map_err(|e| store::db_err("nodes", "*", e))?,
+                "nodes",
+            )?;
+            let assignments = r
+                .open_table(ASSIGNMENTS)
+                .map_err(|e| store::db_err("assignments", "*", e))?;
+            let reports = r
+                .open_table(REPORTS)
+                .map_err(|e| store::db_err("reports", "*", e))?;
             records
                 .into_iter()
                 .map(|record| {
-                    let assigned_revision = assign::load(&assignments, &record.name)?.map_or(0, |a| a.revision);
-                    let last_report = match reports.get(record.name.as_str()).map_err(|e| store::db_err("reports", &record.name, e))? {
+                    let assigned_revision =
+                        assign::load(&assignments, &record.name)?.map_or(0, |a| a.revision);
+                    let last_report = match reports
+                        .get(record.name.as_str())
+                        .map_err(|e| store::db_err("reports", &record.name, e))?
+                    {
                         Some(v) => Some(decode_report(&record.name, v.value())?),
                         None => None,
                     };
-                    Ok(NodeView { record, assigned_revision, last_report })
+                    Ok(NodeView {
+                        record,
+                        assigned_revision,
+                        last_report,
+                    })
                 })
                 .collect()
         })?)
@@ -125,8 +174,12 @@ impl Controller {
         let found = self
             .store
             .write(move |txn| {
-                let mut t = txn.open_table(NODES).map_err(|e| store::db_err("nodes", &n, e))?;
-                let Some(mut rec) = store::get::<NodeRecord>(&t, "nodes", &n)? else { return Ok(false) };
+                let mut t = txn
+                    .open_table(NODES)
+                    .map_err(|e| store::db_err("nodes", &n, e))?;
+                let Some(mut rec) = store::get::<NodeRecord>(&t, "nodes", &n)? else {
+                    return Ok(false);
+                };
                 rec.removed = true;
                 rec.active_serials.clear();
                 store::put(&mut t, "nodes", &n, &rec)?;
@@ -143,17 +196,32 @@ impl Controller {
 
     /// Recomputes a node's plan and publishes it if it changed. Returns the revision.
     pub async fn replan(&self, name: &str) -> Result<u64, ControllerError> {
-        let record = self.node(name)?.filter(|r| !r.removed).ok_or_else(|| ControllerError::NoSuchNode(name.to_owned()))?;
+        let record = self
+            .node(name)?
+            .filter(|r| !r.removed)
+            .ok_or_else(|| ControllerError::NoSuchNode(name.to_owned()))?;
         let plan = self.planner.plan(&record)?;
         let n = name.to_owned();
-        let changed = self.store.write(move |txn| assign::store_plan(txn, &n, plan)).await?;
+        let changed = self
+            .store
+            .write(move |txn| assign::store_plan(txn, &n, plan))
+            .await?;
         match changed {
             Some(a) => {
                 let rev = a.revision;
                 self.hub.publish(a);
                 Ok(rev)
             }
-            None => Ok(self.store.read(|r| assign::load(&r.open_table(ASSIGNMENTS).map_err(|e| store::db_err("assignments", name, e))?, name))?.map_or(0, |a| a.revision)),
+            None => Ok(self
+                .store
+                .read(|r| {
+                    assign::load(
+                        &r.open_table(ASSIGNMENTS)
+                            .map_err(|e| store::db_err("assignments", name, e))?,
+                        name,
+                    )
+                })?
+                .map_or(0, |a| a.revision)),
         }
     }
 
@@ -161,8 +229,13 @@ impl Controller {
     /// controller CA in the chain, for the agents' pin check); client certificates optional
     /// at the TLS layer, required by every handler except `Join`.
     pub fn server_tls(&self) -> Result<Arc<rustls::ServerConfig>, ControllerError> {
-        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-        let mut names = vec!["pangaea-controller".to_owned(), "localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let mut names = vec![
+            "pangaea-controller".to_owned(),
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
         for a in &self.config.advertise {
             if !names.contains(a) {
                 names.push(a.clone());
@@ -170,18 +243,32 @@ impl Controller {
         }
         let (cert_pem, key_pem) = self.pki.controller_serving(&names)?;
         let ca = CertificateDer::from(self.pki.ca(CaKind::Controller).cert_der.clone());
-        let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| ControllerError::Tls(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| ControllerError::Tls(e.to_string()))?;
+        let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| ControllerError::Tls(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| ControllerError::Tls(e.to_string()))?;
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone()).map_err(|e| ControllerError::Tls(e.to_string()))?;
-        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).allow_unauthenticated().build().map_err(|e| ControllerError::Tls(e.to_string()))?;
-        let mut cfg = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(vec![leaf, ca], key).map_err(|e| ControllerError::Tls(e.to_string()))?;
+        roots
+            .add(ca.clone())
+            .map_err(|e| ControllerError::Tls(e.to_string()))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| ControllerError::Tls(e.to_string()))?;
+        let mut cfg = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![leaf, ca], key)
+            .map_err(|e| ControllerError::Tls(e.to_string()))?;
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(cfg))
     }
 
     /// Serves the agents on `listener` until `shutdown` completes.
-    pub async fn serve(self: &Arc<Self>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), ControllerError> {
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ControllerError> {
         let incoming = pangaea_core::tls::tls_incoming(listener, self.server_tls()?);
         let hub = self.hub.clone();
         // Watch streams never finish by themselves; end them so connections can close.
@@ -189,7 +276,10 @@ impl Controller {
             shutdown.await;
             hub.close_all();
         };
-        crate::service::router(self.clone()).serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|e| ControllerError::Serve(e.to_string()))
+        crate::service::router(self.clone())
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(|e| ControllerError::Serve(e.to_string()))
     }
 }
 
@@ -201,8 +291,14 @@ pub(crate) fn encode_report(received_at: i64, report: &pb::HealthReport) -> Vec<
 }
 
 fn decode_report(node: &str, bytes: &[u8]) -> Result<(i64, pb::HealthReport), StoreError> {
-    let corrupt = |m: String| StoreError::Corrupt { table: "reports", key: node.to_owned(), message: m };
-    let (t, rest) = bytes.split_first_chunk::<8>().ok_or_else(|| corrupt("short record".into()))?;
+    let corrupt = |m: String| StoreError::Corrupt {
+        table: "reports",
+        key: node.to_owned(),
+        message: m,
+    };
+    let (t, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("short record".into()))?;
     let report = pb::HealthReport::decode(rest).map_err(|e| corrupt(e.to_string()))?;
     Ok((i64::from_be_bytes(*t), report))
 }

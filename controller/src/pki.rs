@@ -21,8 +21,9 @@
 use pangaea_core::fsutil::{self, FsError};
 use pangaea_core::pin::SpkiPin;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateSigningRequestDer;
 use std::net::IpAddr;
@@ -42,8 +43,13 @@ pub enum PkiError {
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error("read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} exists but its key {key} is missing: the PKI is damaged; restore .pangaea/pki from a backup")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} exists but its key {key} is missing: the PKI is damaged; restore .pangaea/pki from a backup"
+    )]
     OrphanCertificate { path: PathBuf, key: PathBuf },
     #[error("{path}: {source}")]
     Crypto { path: PathBuf, source: rcgen::Error },
@@ -62,7 +68,12 @@ pub enum CaKind {
 }
 
 impl CaKind {
-    pub const ALL: [CaKind; 4] = [CaKind::Controller, CaKind::Cluster, CaKind::Etcd, CaKind::FrontProxy];
+    pub const ALL: [CaKind; 4] = [
+        CaKind::Controller,
+        CaKind::Cluster,
+        CaKind::Etcd,
+        CaKind::FrontProxy,
+    ];
 
     pub fn file_stem(self) -> &'static str {
         match self {
@@ -128,11 +139,17 @@ pub struct Pki {
 impl Pki {
     /// Loads the PKI from `dir`, creating whatever is missing.
     pub fn load_or_create(dir: &Path) -> Result<Pki, PkiError> {
-        let cas = CaKind::ALL.iter().map(|&k| load_or_create_ca(dir, k)).collect::<Result<Vec<_>, _>>()?;
+        let cas = CaKind::ALL
+            .iter()
+            .map(|&k| load_or_create_ca(dir, k))
+            .collect::<Result<Vec<_>, _>>()?;
         let sa_key = dir.join("sa.key");
         let sa_pub = dir.join("sa.pub");
         let key = match read_opt(&sa_key)? {
-            Some(pem) => KeyPair::from_pem(&pem).map_err(|source| PkiError::Crypto { path: sa_key.clone(), source })?,
+            Some(pem) => KeyPair::from_pem(&pem).map_err(|source| PkiError::Crypto {
+                path: sa_key.clone(),
+                source,
+            })?,
             None => {
                 let key = new_key();
                 fsutil::atomic_write(&sa_key, key.serialize_pem().as_bytes(), 0o600)?;
@@ -143,7 +160,11 @@ impl Pki {
         if read_opt(&sa_pub)?.as_deref() != Some(public.as_str()) {
             fsutil::atomic_write(&sa_pub, public.as_bytes(), 0o644)?;
         }
-        Ok(Pki { dir: dir.to_owned(), cas, service_account_public_pem: public })
+        Ok(Pki {
+            dir: dir.to_owned(),
+            cas,
+            service_account_public_pem: public,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -151,12 +172,16 @@ impl Pki {
     }
 
     pub fn ca(&self, kind: CaKind) -> &Ca {
-        self.cas.iter().find(|c| c.kind == kind).expect("every CA kind is loaded")
+        self.cas
+            .iter()
+            .find(|c| c.kind == kind)
+            .expect("every CA kind is loaded")
     }
 
     /// The pin agents are given: SPKI SHA-256 of the controller CA.
     pub fn controller_pin(&self) -> SpkiPin {
-        SpkiPin::of_cert_der(&self.ca(CaKind::Controller).cert_der).expect("own CA certificate parses")
+        SpkiPin::of_cert_der(&self.ca(CaKind::Controller).cert_der)
+            .expect("own CA certificate parses")
     }
 
     /// Issues a certificate with a key generated here (for certificates the controller
@@ -164,33 +189,65 @@ impl Pki {
     pub fn issue(&self, kind: CaKind, spec: &LeafSpec) -> Result<Issued, PkiError> {
         let key = new_key();
         let (params, serial) = leaf_params(spec)?;
-        let cert = params.signed_by(&key, &self.ca(kind).issuer).map_err(|source| PkiError::Issue { cn: spec.common_name.clone(), source })?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial_hex: serial, not_after: unix(params.not_after) })
+        let cert = params
+            .signed_by(&key, &self.ca(kind).issuer)
+            .map_err(|source| PkiError::Issue {
+                cn: spec.common_name.clone(),
+                source,
+            })?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            serial_hex: serial,
+            not_after: unix(params.not_after),
+        })
     }
 
     /// Signs the public key of a PKCS#10 request. Only the key (and the request's proof of
     /// possession) is taken from the CSR: subject, names and usages come from `spec`, so a
     /// node cannot ask for more than it is given.
-    pub fn sign_csr(&self, kind: CaKind, csr_der: &[u8], spec: &LeafSpec) -> Result<Issued, PkiError> {
+    pub fn sign_csr(
+        &self,
+        kind: CaKind,
+        csr_der: &[u8],
+        spec: &LeafSpec,
+    ) -> Result<Issued, PkiError> {
         let der = CertificateSigningRequestDer::from(csr_der);
-        let csr = CertificateSigningRequestParams::from_der(&der).map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        let csr = CertificateSigningRequestParams::from_der(&der)
+            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
         if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
             return Err(PkiError::BadCsr("the key must be ECDSA P-256".into()));
         }
         let (params, serial) = leaf_params(spec)?;
-        let signed = CertificateSigningRequestParams { params, public_key: csr.public_key };
-        let cert = signed.signed_by(&self.ca(kind).issuer).map_err(|source| PkiError::Issue { cn: spec.common_name.clone(), source })?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: String::new(), serial_hex: serial, not_after: unix(signed.params.not_after) })
+        let signed = CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        };
+        let cert = signed
+            .signed_by(&self.ca(kind).issuer)
+            .map_err(|source| PkiError::Issue {
+                cn: spec.common_name.clone(),
+                source,
+            })?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: String::new(),
+            serial_hex: serial,
+            not_after: unix(signed.params.not_after),
+        })
     }
 
     /// The controller's own serving certificate (controller CA), re-issued when the wanted
     /// names change or when less than a third of its lifetime remains.
     pub fn controller_serving(&self, names: &[String]) -> Result<(String, String), PkiError> {
-        let (crt, key) = (self.dir.join("controller.crt"), self.dir.join("controller.key"));
-        if let (Some(cert_pem), Some(key_pem)) = (read_opt(&crt)?, read_opt(&key)?) {
-            if serving_cert_still_fits(&cert_pem, names) {
-                return Ok((cert_pem, key_pem));
-            }
+        let (crt, key) = (
+            self.dir.join("controller.crt"),
+            self.dir.join("controller.key"),
+        );
+        if let (Some(cert_pem), Some(key_pem)) = (read_opt(&crt)?, read_opt(&key)?)
+            && serving_cert_still_fits(&cert_pem, names)
+        {
+            return Ok((cert_pem, key_pem));
         }
         let issued = self.issue(CaKind::Controller, &profiles::controller_serving(names))?;
         fsutil::atomic_write(&key, issued.key_pem.as_bytes(), 0o600)?;
@@ -200,7 +257,9 @@ impl Pki {
 }
 
 fn serving_cert_still_fits(cert_pem: &str, names: &[String]) -> bool {
-    let Some(info) = crate::certinfo::CertInfo::from_pem(cert_pem) else { return false };
+    let Some(info) = crate::certinfo::CertInfo::from_pem(cert_pem) else {
+        return false;
+    };
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let fresh = info.not_after - now > (info.not_after - info.not_before) / 3;
     fresh && names.iter().all(|n| info.sans.iter().any(|s| s == n))
@@ -218,7 +277,10 @@ fn read_opt(path: &Path) -> Result<Option<String>, PkiError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PkiError::Read { path: path.to_owned(), source }),
+        Err(source) => Err(PkiError::Read {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -237,14 +299,26 @@ fn load_or_create_ca(dir: &Path, kind: CaKind) -> Result<Ca, PkiError> {
         move |source| PkiError::Crypto { path, source }
     };
     let (cert_pem, key) = match (read_opt(&crt)?, read_opt(&keyp)?) {
-        (Some(cert_pem), Some(key_pem)) => (cert_pem, KeyPair::from_pem(&key_pem).map_err(crypto(&keyp))?),
-        (Some(_), None) => return Err(PkiError::OrphanCertificate { path: crt, key: keyp }),
+        (Some(cert_pem), Some(key_pem)) => (
+            cert_pem,
+            KeyPair::from_pem(&key_pem).map_err(crypto(&keyp))?,
+        ),
+        (Some(_), None) => {
+            return Err(PkiError::OrphanCertificate {
+                path: crt,
+                key: keyp,
+            });
+        }
         (None, _) => {
             let key = new_key();
             let mut params = CertificateParams::default();
             params.distinguished_name = dn(kind.common_name(), &["pangaea"]);
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
             let now = OffsetDateTime::now_utc();
             params.not_before = now - Duration::from_secs(3600);
             params.not_after = now + CA_LIFETIME;
@@ -256,14 +330,24 @@ fn load_or_create_ca(dir: &Path, kind: CaKind) -> Result<Ca, PkiError> {
         }
     };
     let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(crypto(&crt))?;
-    let cert_der = rustls_pemfile_der(&cert_pem).ok_or_else(|| PkiError::Crypto { path: crt.clone(), source: rcgen::Error::CouldNotParseCertificate })?;
-    Ok(Ca { kind, cert_pem, cert_der, issuer })
+    let cert_der = rustls_pemfile_der(&cert_pem).ok_or_else(|| PkiError::Crypto {
+        path: crt.clone(),
+        source: rcgen::Error::CouldNotParseCertificate,
+    })?;
+    Ok(Ca {
+        kind,
+        cert_pem,
+        cert_der,
+        issuer,
+    })
 }
 
 /// DER of the first certificate in a PEM string.
 pub fn rustls_pemfile_der(pem: &str) -> Option<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(|c| c.to_vec())
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|c| c.to_vec())
 }
 
 fn dn(cn: &str, orgs: &[impl AsRef<str>]) -> DistinguishedName {
@@ -276,18 +360,31 @@ fn dn(cn: &str, orgs: &[impl AsRef<str>]) -> DistinguishedName {
 }
 
 fn leaf_params(spec: &LeafSpec) -> Result<(CertificateParams, String), PkiError> {
-    let issue_err = |source| PkiError::Issue { cn: spec.common_name.clone(), source };
+    let issue_err = |source| PkiError::Issue {
+        cn: spec.common_name.clone(),
+        source,
+    };
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(&spec.common_name, &spec.organizations);
     for d in &spec.dns_names {
-        params.subject_alt_names.push(SanType::DnsName(d.clone().try_into().map_err(issue_err)?));
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(d.clone().try_into().map_err(issue_err)?));
     }
-    params.subject_alt_names.extend(spec.ips.iter().copied().map(SanType::IpAddress));
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params
+        .subject_alt_names
+        .extend(spec.ips.iter().copied().map(SanType::IpAddress));
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = match spec.usage {
         Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
         Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-        Usage::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::ServerAndClient => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
     };
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
@@ -301,12 +398,15 @@ fn leaf_params(spec: &LeafSpec) -> Result<(CertificateParams, String), PkiError>
 /// The certificates the cluster's components need, with the names and usages their peers
 /// check (the same as kubeadm issues).
 pub mod profiles {
-    use super::{LeafSpec, Usage, NODE_CERT_LIFETIME};
+    use super::{LeafSpec, NODE_CERT_LIFETIME, Usage};
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     use std::time::Duration;
 
     const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-    const LOOPBACK: [IpAddr; 2] = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    const LOOPBACK: [IpAddr; 2] = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
 
     fn with_loopback(ips: &[IpAddr]) -> Vec<IpAddr> {
         let mut all = ips.to_vec();
@@ -316,7 +416,14 @@ pub mod profiles {
 
     /// The agent's identity towards the controller (controller CA). CN is the node name.
     pub fn node_identity(node: &str, lifetime: Duration) -> LeafSpec {
-        LeafSpec { common_name: node.into(), organizations: vec!["pangaea:nodes".into()], dns_names: vec![node.into()], ips: vec![], usage: Usage::Client, lifetime }
+        LeafSpec {
+            common_name: node.into(),
+            organizations: vec!["pangaea:nodes".into()],
+            dns_names: vec![node.into()],
+            ips: vec![],
+            usage: Usage::Client,
+            lifetime,
+        }
     }
 
     /// The controller's gRPC serving certificate: `names` are DNS names or IP addresses.
@@ -326,7 +433,10 @@ pub mod profiles {
             common_name: "pangaea-controller".into(),
             organizations: vec!["pangaea".into()],
             dns_names: dns.into_iter().cloned().collect(),
-            ips: ips.iter().map(|i| i.parse().expect("partitioned")).collect(),
+            ips: ips
+                .iter()
+                .map(|i| i.parse().expect("partitioned"))
+                .collect(),
             usage: Usage::Server,
             lifetime: YEAR,
         }
@@ -335,17 +445,38 @@ pub mod profiles {
     /// etcd's client-facing certificate (etcd CA): serves clients on the node's addresses
     /// and loopback, and is also used by etcd as a client of itself (gateway, health).
     pub fn etcd_server(node: &str, ips: &[IpAddr]) -> LeafSpec {
-        LeafSpec { common_name: node.into(), organizations: vec![], dns_names: vec![node.into(), "localhost".into()], ips: with_loopback(ips), usage: Usage::ServerAndClient, lifetime: YEAR }
+        LeafSpec {
+            common_name: node.into(),
+            organizations: vec![],
+            dns_names: vec![node.into(), "localhost".into()],
+            ips: with_loopback(ips),
+            usage: Usage::ServerAndClient,
+            lifetime: YEAR,
+        }
     }
 
     /// etcd's peer certificate (etcd CA): both ends of peer TLS check it.
     pub fn etcd_peer(node: &str, ips: &[IpAddr]) -> LeafSpec {
-        LeafSpec { common_name: node.into(), organizations: vec![], dns_names: vec![node.into(), "localhost".into()], ips: with_loopback(ips), usage: Usage::ServerAndClient, lifetime: YEAR }
+        LeafSpec {
+            common_name: node.into(),
+            organizations: vec![],
+            dns_names: vec![node.into(), "localhost".into()],
+            ips: with_loopback(ips),
+            usage: Usage::ServerAndClient,
+            lifetime: YEAR,
+        }
     }
 
     /// A client of etcd (etcd CA): kube-apiserver, or the operator's `etcdctl`.
     pub fn etcd_client(name: &str) -> LeafSpec {
-        LeafSpec { common_name: name.into(), organizations: vec![], dns_names: vec![], ips: vec![], usage: Usage::Client, lifetime: YEAR }
+        LeafSpec {
+            common_name: name.into(),
+            organizations: vec![],
+            dns_names: vec![],
+            ips: vec![],
+            usage: Usage::Client,
+            lifetime: YEAR,
+        }
     }
 
     /// kube-apiserver's serving certificate (cluster CA).
@@ -355,7 +486,16 @@ pub mod profiles {
         LeafSpec {
             common_name: "kube-apiserver".into(),
             organizations: vec![],
-            dns_names: ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost", node].map(String::from).to_vec(),
+            dns_names: [
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                "localhost",
+                node,
+            ]
+            .map(String::from)
+            .to_vec(),
             ips: all,
             usage: Usage::Server,
             lifetime: YEAR,
@@ -364,7 +504,14 @@ pub mod profiles {
 
     /// A Kubernetes client certificate (cluster CA): user `cn` in groups `orgs`.
     pub fn kube_client(cn: &str, orgs: &[&str]) -> LeafSpec {
-        LeafSpec { common_name: cn.into(), organizations: orgs.iter().map(|s| s.to_string()).collect(), dns_names: vec![], ips: vec![], usage: Usage::Client, lifetime: YEAR }
+        LeafSpec {
+            common_name: cn.into(),
+            organizations: orgs.iter().map(|s| s.to_string()).collect(),
+            dns_names: vec![],
+            ips: vec![],
+            usage: Usage::Client,
+            lifetime: YEAR,
+        }
     }
 
     /// Default node identity lifetime, re-exported for callers choosing a profile.

@@ -3,14 +3,14 @@
 
 use crate::assign;
 use crate::certinfo::CertInfo;
-use crate::controller::{encode_report, unix_now, Controller};
-use crate::pki::{profiles, CaKind};
+use crate::controller::{Controller, encode_report, unix_now};
+use crate::pki::{CaKind, profiles};
 use crate::records::NodeRecord;
-use crate::store::{self, StoreError, ASSIGNMENTS, NODES, REPORTS};
+use crate::store::{self, ASSIGNMENTS, NODES, REPORTS, StoreError};
 use crate::tokens;
+use pangaea_core::NodeName;
 use pangaea_core::tls::PeerInfo;
 use pangaea_core::token::BootstrapToken;
-use pangaea_core::NodeName;
 use pangaea_proto as pb;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,7 +30,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_service(pb::enrollment_server::EnrollmentServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(
+            pb::enrollment_server::EnrollmentServer::new(svc.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .add_service(
             pb::node_service_server::NodeServiceServer::new(svc)
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
@@ -40,7 +43,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
 
 fn peer<T>(req: &Request<T>) -> (String, Option<PeerInfo>) {
     let info = req.extensions().get::<PeerInfo>().cloned();
-    let addr = info.as_ref().and_then(|p| p.remote_addr).map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let addr = info
+        .as_ref()
+        .and_then(|p| p.remote_addr)
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
     (addr, info)
 }
 
@@ -59,17 +65,48 @@ impl Service {
     fn authenticate<T>(&self, req: &Request<T>, what: &str) -> Result<NodeRecord, Status> {
         let (remote, info) = peer(req);
         let Some(certs) = info.and_then(|i| i.certs) else {
-            return Err(refuse(Code::Unauthenticated, &remote, what, "this call needs the node's client certificate (mutual TLS); join with a bootstrap token first"));
+            return Err(refuse(
+                Code::Unauthenticated,
+                &remote,
+                what,
+                "this call needs the node's client certificate (mutual TLS); join with a bootstrap token first",
+            ));
         };
-        let cert = certs.first().and_then(|c| CertInfo::from_der(c)).ok_or_else(|| refuse(Code::Unauthenticated, &remote, what, "unreadable client certificate"))?;
+        let cert = certs
+            .first()
+            .and_then(|c| CertInfo::from_der(c))
+            .ok_or_else(|| {
+                refuse(
+                    Code::Unauthenticated,
+                    &remote,
+                    what,
+                    "unreadable client certificate",
+                )
+            })?;
         let name = cert.common_name().unwrap_or_default().to_owned();
         let record = self.0.node(&name).map_err(internal)?;
         match record {
-            None => Err(refuse(Code::Unauthenticated, &remote, what, format!("no node {name:?} is registered"))),
-            Some(r) if r.removed => Err(refuse(Code::PermissionDenied, &remote, what, format!("node {name:?} was removed; its certificates are revoked"))),
-            Some(r) if !r.active_serials.contains(&cert.serial_hex) => {
-                Err(refuse(Code::PermissionDenied, &remote, what, format!("certificate {} of node {name:?} is revoked or superseded", cert.serial_hex)))
-            }
+            None => Err(refuse(
+                Code::Unauthenticated,
+                &remote,
+                what,
+                format!("no node {name:?} is registered"),
+            )),
+            Some(r) if r.removed => Err(refuse(
+                Code::PermissionDenied,
+                &remote,
+                what,
+                format!("node {name:?} was removed; its certificates are revoked"),
+            )),
+            Some(r) if !r.active_serials.contains(&cert.serial_hex) => Err(refuse(
+                Code::PermissionDenied,
+                &remote,
+                what,
+                format!(
+                    "certificate {} of node {name:?} is revoked or superseded",
+                    cert.serial_hex
+                ),
+            )),
             Some(r) => Ok(r),
         }
     }
@@ -83,25 +120,47 @@ enum JoinOutcome {
 
 #[tonic::async_trait]
 impl pb::enrollment_server::Enrollment for Service {
-    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
         let (remote, _) = peer(&req);
         let bad = |m: String| refuse(Code::InvalidArgument, &remote, "Join", m);
         let req = req.into_inner();
         let token = BootstrapToken::parse(&req.token).map_err(|e| bad(e.to_string()))?;
-        let facts = req.facts.ok_or_else(|| bad("node facts are missing".into()))?;
+        let facts = req
+            .facts
+            .ok_or_else(|| bad("node facts are missing".into()))?;
         if facts.instance_id.is_empty() || facts.instance_id.len() > 256 {
             return Err(bad("the instance ID must be 1 to 256 characters".into()));
         }
-        let asked = if req.node_name.is_empty() { facts.hostname.clone() } else { req.node_name.clone() };
+        let asked = if req.node_name.is_empty() {
+            facts.hostname.clone()
+        } else {
+            req.node_name.clone()
+        };
         let name = NodeName::try_from(asked).map_err(|e| bad(e.to_string()))?;
         for a in &facts.addresses {
-            a.parse::<IpAddr>().map_err(|_| bad(format!("node address {a:?} is not an IP address")))?;
+            a.parse::<IpAddr>()
+                .map_err(|_| bad(format!("node address {a:?} is not an IP address")))?;
         }
         let lifetime = self.0.config.node_cert_lifetime;
-        let issued = self.0.pki.sign_csr(CaKind::Controller, &req.csr_der, &profiles::node_identity(name.as_str(), lifetime)).map_err(|e| bad(e.to_string()))?;
+        let issued = self
+            .0
+            .pki
+            .sign_csr(
+                CaKind::Controller,
+                &req.csr_der,
+                &profiles::node_identity(name.as_str(), lifetime),
+            )
+            .map_err(|e| bad(e.to_string()))?;
 
         let planner = self.0.planner.clone();
-        let (n, serial, not_after) = (name.to_string(), issued.serial_hex.clone(), issued.not_after);
+        let (n, serial, not_after) = (
+            name.to_string(),
+            issued.serial_hex.clone(),
+            issued.not_after,
+        );
         let outcome = self
             .0
             .store
@@ -154,32 +213,54 @@ impl pb::enrollment_server::Enrollment for Service {
                 if let Some(a) = assignment {
                     self.0.hub.publish(a);
                 }
-                Ok(Response::new(pb::JoinResponse { node_name: name.to_string(), certificate_pem: issued.cert_pem, ca_pem: self.0.pki.ca(CaKind::Controller).cert_pem.clone() }))
+                Ok(Response::new(pb::JoinResponse {
+                    node_name: name.to_string(),
+                    certificate_pem: issued.cert_pem,
+                    ca_pem: self.0.pki.ca(CaKind::Controller).cert_pem.clone(),
+                }))
             }
         }
     }
 }
 
-type AssignmentStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Assignment, Status>> + Send>>;
+type AssignmentStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Assignment, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::node_service_server::NodeService for Service {
-    async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
         let node = self.authenticate(&req, "Renew")?;
         let (remote, _) = peer(&req);
         let lifetime = self.0.config.node_cert_lifetime;
         let issued = self
             .0
             .pki
-            .sign_csr(CaKind::Controller, &req.get_ref().csr_der, &profiles::node_identity(&node.name, lifetime))
+            .sign_csr(
+                CaKind::Controller,
+                &req.get_ref().csr_der,
+                &profiles::node_identity(&node.name, lifetime),
+            )
             .map_err(|e| refuse(Code::InvalidArgument, &remote, "Renew", e))?;
-        let (n, serial, not_after) = (node.name.clone(), issued.serial_hex.clone(), issued.not_after);
+        let (n, serial, not_after) = (
+            node.name.clone(),
+            issued.serial_hex.clone(),
+            issued.not_after,
+        );
         let renewed = self
             .0
             .store
             .write(move |txn| {
-                let mut nodes = txn.open_table(NODES).map_err(|e| store::db_err("nodes", &n, e))?;
-                let Some(mut rec) = store::get::<NodeRecord>(&nodes, "nodes", &n)?.filter(|r| !r.removed) else { return Ok(false) };
+                let mut nodes = txn
+                    .open_table(NODES)
+                    .map_err(|e| store::db_err("nodes", &n, e))?;
+                let Some(mut rec) =
+                    store::get::<NodeRecord>(&nodes, "nodes", &n)?.filter(|r| !r.removed)
+                else {
+                    return Ok(false);
+                };
                 // Keep the certificate in use valid until the agent has switched over.
                 let keep_from = rec.active_serials.len().saturating_sub(1);
                 rec.active_serials.drain(..keep_from);
@@ -191,36 +272,71 @@ impl pb::node_service_server::NodeService for Service {
             .await
             .map_err(internal)?;
         if !renewed {
-            return Err(refuse(Code::PermissionDenied, &remote, "Renew", format!("node {:?} was removed", node.name)));
+            return Err(refuse(
+                Code::PermissionDenied,
+                &remote,
+                "Renew",
+                format!("node {:?} was removed", node.name),
+            ));
         }
         tracing::info!(node = %node.name, serial = %issued.serial_hex, "node certificate renewed");
-        Ok(Response::new(pb::RenewResponse { certificate_pem: issued.cert_pem }))
+        Ok(Response::new(pb::RenewResponse {
+            certificate_pem: issued.cert_pem,
+        }))
     }
 
     type WatchAssignmentStream = AssignmentStream;
 
-    async fn watch_assignment(&self, req: Request<pb::WatchRequest>) -> Result<Response<AssignmentStream>, Status> {
+    async fn watch_assignment(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<AssignmentStream>, Status> {
         let node = self.authenticate(&req, "WatchAssignment")?;
         let asked = &req.get_ref().node_name;
         if !asked.is_empty() && *asked != node.name {
             let (remote, _) = peer(&req);
-            return Err(refuse(Code::PermissionDenied, &remote, "WatchAssignment", format!("node {:?} may read only its own assignment, not {asked:?}", node.name)));
+            return Err(refuse(
+                Code::PermissionDenied,
+                &remote,
+                "WatchAssignment",
+                format!(
+                    "node {:?} may read only its own assignment, not {asked:?}",
+                    node.name
+                ),
+            ));
         }
-        let current = self.0.store.read(|r| assign::load(&r.open_table(ASSIGNMENTS).map_err(|e| store::db_err("assignments", &node.name, e))?, &node.name)).map_err(internal)?;
+        let current = self
+            .0
+            .store
+            .read(|r| {
+                assign::load(
+                    &r.open_table(ASSIGNMENTS)
+                        .map_err(|e| store::db_err("assignments", &node.name, e))?,
+                    &node.name,
+                )
+            })
+            .map_err(internal)?;
         let rx = self.0.hub.subscribe(&node.name, current);
-        let stream = tokio_stream::wrappers::WatchStream::new(rx).filter_map(|a| a.map(|a| Ok((*a).clone())));
+        let stream = tokio_stream::wrappers::WatchStream::new(rx)
+            .filter_map(|a| a.map(|a| Ok((*a).clone())));
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn report(&self, req: Request<pb::HealthReport>) -> Result<Response<pb::ReportAck>, Status> {
+    async fn report(
+        &self,
+        req: Request<pb::HealthReport>,
+    ) -> Result<Response<pb::ReportAck>, Status> {
         let node = self.authenticate(&req, "Report")?;
         let value = encode_report(unix_now(), req.get_ref());
         let n = node.name.clone();
         self.0
             .store
             .write(move |txn| {
-                let mut t = txn.open_table(REPORTS).map_err(|e| store::db_err("reports", &n, e))?;
-                t.insert(n.as_str(), value.as_slice()).map_err(|e| store::db_err("reports", &n, e))?;
+                let mut t = txn
+                    .open_table(REPORTS)
+                    .map_err(|e| store::db_err("reports", &n, e))?;
+                t.insert(n.as_str(), value.as_slice())
+                    .map_err(|e| store::db_err("reports", &n, e))?;
                 Ok::<_, StoreError>(())
             })
             .await

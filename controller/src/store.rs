@@ -13,12 +13,12 @@
 //! records the holder's PID for the error message others get.
 
 use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Serialize, de::DeserializeOwned};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
@@ -28,12 +28,18 @@ pub const REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("reports"
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("another pangaea-ctl process{holder} is using the state in {dir}: stop it first, or run this command while it is up so it goes through its admin socket")]
+    #[error(
+        "another pangaea-ctl process{holder} is using the state in {dir}: stop it first, or run this command while it is up so it goes through its admin socket"
+    )]
     Locked { dir: PathBuf, holder: String },
     #[error("state store {path}: {message}")]
     Db { path: PathBuf, message: String },
     #[error("state store record {table}/{key} is unreadable: {message}")]
-    Corrupt { table: &'static str, key: String, message: String },
+    Corrupt {
+        table: &'static str,
+        key: String,
+        message: String,
+    },
     #[error("state store writer has stopped")]
     WriterGone,
 }
@@ -64,10 +70,16 @@ impl Drop for Store {
 impl Store {
     /// Opens (creating) the store in `dir`, taking the directory's lock.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db { path: dir.to_owned(), message: e.to_string() })?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
+            path: dir.to_owned(),
+            message: e.to_string(),
+        })?;
         let lock = take_lock(dir)?;
         let path = dir.join("state.redb");
-        let db_err = |e: &dyn std::fmt::Display| StoreError::Db { path: path.clone(), message: e.to_string() };
+        let db_err = |e: &dyn std::fmt::Display| StoreError::Db {
+            path: path.clone(),
+            message: e.to_string(),
+        };
         let db = Database::create(&path).map_err(|e| db_err(&e))?;
         let txn = db.begin_write().map_err(|e| db_err(&e))?;
         for t in [TOKENS, NODES, ASSIGNMENTS, REPORTS] {
@@ -81,7 +93,13 @@ impl Store {
             .name("store-writer".into())
             .spawn(move || writer_loop(wdb, &wpath, rx))
             .map_err(|e| db_err(&e))?;
-        Ok(Store { db, path, jobs: Some(jobs), writer: Some(writer), _lock: lock })
+        Ok(Store {
+            db,
+            path,
+            jobs: Some(jobs),
+            writer: Some(writer),
+            _lock: lock,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -90,16 +108,27 @@ impl Store {
 
     /// Runs `op` in a write transaction shared with concurrent operations; returns once the
     /// transaction is durably committed.
-    pub async fn write<T: Send + 'static>(&self, op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    pub async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         self.submit(op)?.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// [`Store::write`] for synchronous callers (CLI commands).
-    pub fn write_blocking<T: Send + 'static>(&self, op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
-        self.submit(op)?.blocking_recv().map_err(|_| StoreError::WriterGone)?
+    pub fn write_blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.submit(op)?
+            .blocking_recv()
+            .map_err(|_| StoreError::WriterGone)?
     }
 
-    fn submit<T: Send + 'static>(&self, op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
+    fn submit<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |txn| {
             let result = op(txn);
@@ -107,13 +136,23 @@ impl Store {
                 let _ = tx.send(commit.and(result));
             })
         });
-        self.jobs.as_ref().ok_or(StoreError::WriterGone)?.send(job).map_err(|_| StoreError::WriterGone)?;
+        self.jobs
+            .as_ref()
+            .ok_or(StoreError::WriterGone)?
+            .send(job)
+            .map_err(|_| StoreError::WriterGone)?;
         Ok(rx)
     }
 
     /// Runs `f` on a consistent snapshot. Reads do not wait for the writer.
-    pub fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| StoreError::Db { path: self.path.clone(), message: e.to_string() })?;
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| StoreError::Db {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
         f(&txn)
     }
 }
@@ -131,7 +170,10 @@ fn writer_loop(db: Arc<Database>, path: &Path, rx: mpsc::Receiver<Job>) {
         let txn = match db.begin_write() {
             Ok(t) => t,
             Err(e) => {
-                let err = StoreError::Db { path: path.to_owned(), message: e.to_string() };
+                let err = StoreError::Db {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                };
                 tracing::error!(error = %err, "cannot begin a state transaction");
                 // Each job needs a transaction to produce its completion; without one, the
                 // job's reply channel is dropped and the caller sees WriterGone.
@@ -140,7 +182,10 @@ fn writer_loop(db: Arc<Database>, path: &Path, rx: mpsc::Receiver<Job>) {
             }
         };
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&txn)).collect();
-        let committed = txn.commit().map_err(|e| StoreError::Db { path: path.to_owned(), message: e.to_string() });
+        let committed = txn.commit().map_err(|e| StoreError::Db {
+            path: path.to_owned(),
+            message: e.to_string(),
+        });
         if let Err(e) = &committed {
             tracing::error!(error = %e, "state commit failed; {} operations not applied", completions.len());
         }
@@ -152,41 +197,91 @@ fn writer_loop(db: Arc<Database>, path: &Path, rx: mpsc::Receiver<Job>) {
 
 fn take_lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join("lock");
-    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| StoreError::Db { path: path.clone(), message: e.to_string() })?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::Db {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
     if f.try_lock().is_err() {
         let mut holder = String::new();
         let _ = f.read_to_string(&mut holder);
         let holder = holder.trim();
-        let holder = if holder.is_empty() { String::new() } else { format!(" (PID {holder})") };
-        return Err(StoreError::Locked { dir: dir.to_owned(), holder });
+        let holder = if holder.is_empty() {
+            String::new()
+        } else {
+            format!(" (PID {holder})")
+        };
+        return Err(StoreError::Locked {
+            dir: dir.to_owned(),
+            holder,
+        });
     }
-    let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| write!(f, "{}", std::process::id()));
+    let _ = f
+        .set_len(0)
+        .and_then(|_| f.rewind())
+        .and_then(|_| write!(f, "{}", std::process::id()));
     Ok(f)
 }
 
 /// Typed JSON records in `&str -> &[u8]` tables.
-pub fn get<T: DeserializeOwned>(table: &impl redb::ReadableTable<&'static str, &'static [u8]>, name: &'static str, key: &str) -> Result<Option<T>, StoreError> {
-    let Some(v) = table.get(key).map_err(|e| db_err(name, key, e))? else { return Ok(None) };
-    serde_json::from_slice(v.value()).map(Some).map_err(|e| StoreError::Corrupt { table: name, key: key.to_owned(), message: e.to_string() })
+pub fn get<T: DeserializeOwned>(
+    table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    name: &'static str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let Some(v) = table.get(key).map_err(|e| db_err(name, key, e))? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(v.value())
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            table: name,
+            key: key.to_owned(),
+            message: e.to_string(),
+        })
 }
 
-pub fn put<T: Serialize>(table: &mut redb::Table<&'static str, &'static [u8]>, name: &'static str, key: &str, value: &T) -> Result<(), StoreError> {
+pub fn put<T: Serialize>(
+    table: &mut redb::Table<&'static str, &'static [u8]>,
+    name: &'static str,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(value).expect("records serialize");
-    table.insert(key, bytes.as_slice()).map_err(|e| db_err(name, key, e))?;
+    table
+        .insert(key, bytes.as_slice())
+        .map_err(|e| db_err(name, key, e))?;
     Ok(())
 }
 
-pub fn all<T: DeserializeOwned>(table: &impl redb::ReadableTable<&'static str, &'static [u8]>, name: &'static str) -> Result<Vec<T>, StoreError> {
+pub fn all<T: DeserializeOwned>(
+    table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
     for entry in table.iter().map_err(|e| db_err(name, "*", e))? {
         let (k, v) = entry.map_err(|e| db_err(name, "*", e))?;
-        out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt { table: name, key: k.value().to_owned(), message: e.to_string() })?);
+        out.push(
+            serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                table: name,
+                key: k.value().to_owned(),
+                message: e.to_string(),
+            })?,
+        );
     }
     Ok(out)
 }
 
 pub fn db_err(table: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db { path: PathBuf::from(format!("{table}/{key}")), message: e.to_string() }
+    StoreError::Db {
+        path: PathBuf::from(format!("{table}/{key}")),
+        message: e.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -218,7 +313,9 @@ mod tests {
             }
         }
         let store = Store::open(dir.path()).unwrap();
-        let n: Vec<i32> = store.read(|r| all(&r.open_table(NODES).unwrap(), "nodes")).unwrap();
+        let n: Vec<i32> = store
+            .read(|r| all(&r.open_table(NODES).unwrap(), "nodes"))
+            .unwrap();
         assert_eq!(n.len(), 45);
     }
 
@@ -226,7 +323,13 @@ mod tests {
     fn second_process_is_refused_with_the_holder() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path()).unwrap();
-        let err = Store::open(dir.path()).err().expect("lock is held").to_string();
-        assert!(err.contains(&format!("PID {}", std::process::id())), "{err}");
+        let err = Store::open(dir.path())
+            .err()
+            .expect("lock is held")
+            .to_string();
+        assert!(
+            err.contains(&format!("PID {}", std::process::id())),
+            "{err}"
+        );
     }
 }

@@ -18,7 +18,11 @@ pub struct FsError {
 }
 
 fn ctx<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsError + 'a {
-    move |source| FsError { action, path: path.to_owned(), source }
+    move |source| FsError {
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// The temporary sibling used while replacing `path`. Unique per process and call so that
@@ -26,7 +30,10 @@ fn ctx<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Fs
 pub fn temp_path_for(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
@@ -34,14 +41,23 @@ pub fn temp_path_for(path: &Path) -> PathBuf {
 /// Replaces `path` with `content` atomically and durably, creating parent directories.
 /// The file is created with `mode` from the start, so a secret is never briefly readable.
 pub fn atomic_write(path: &Path, content: &[u8], mode: u32) -> Result<(), FsError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(ctx("create directory", dir))?;
     let tmp = temp_path_for(path);
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(ctx("create", &tmp))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(ctx("create", &tmp))?;
         f.write_all(content).map_err(ctx("write", &tmp))?;
         // The umask may have narrowed the mode given to open(2); set it exactly.
-        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(ctx("chmod", &tmp))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(ctx("chmod", &tmp))?;
         f.sync_all().map_err(ctx("fsync", &tmp))?;
         fs::rename(&tmp, path).map_err(ctx("rename into place", path))?;
         sync_dir(dir)
@@ -54,7 +70,9 @@ pub fn atomic_write(path: &Path, content: &[u8], mode: u32) -> Result<(), FsErro
 
 /// fsyncs a directory so that a rename or unlink inside it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(ctx("fsync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ctx("fsync directory", dir))
 }
 
 /// Removes a file durably; a missing file is not an error.
@@ -76,10 +94,16 @@ mod tests {
         let p = d.path().join("sub/key.pem");
         atomic_write(&p, b"one", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"one");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         atomic_write(&p, b"two", 0o644).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         // No temporary files left behind.
         assert_eq!(fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
     }
@@ -95,7 +119,11 @@ mod tests {
         fs::write(blocked.join("x"), b"").unwrap();
         assert!(atomic_write(&blocked, b"new", 0o644).is_err());
         assert_eq!(fs::read(&p).unwrap(), b"old");
-        let leftovers: Vec<_> = fs::read_dir(d.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+        let leftovers: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
         assert!(leftovers.is_empty());
     }
 }

@@ -5,13 +5,17 @@
 use std::fmt;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid node name {name:?}: {reason} (use 1-63 lowercase letters, digits or '-', like \"node-1\")")]
+#[error(
+    "invalid node name {name:?}: {reason} (use 1-63 lowercase letters, digits or '-', like \"node-1\")"
+)]
 pub struct InvalidName {
     pub name: String,
     pub reason: &'static str,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct NodeName(String);
 
@@ -24,11 +28,19 @@ impl NodeName {
 impl TryFrom<String> for NodeName {
     type Error = InvalidName;
     fn try_from(name: String) -> Result<Self, InvalidName> {
-        let bad = |reason| Err(InvalidName { name: name.clone(), reason });
+        let bad = |reason| {
+            Err(InvalidName {
+                name: name.clone(),
+                reason,
+            })
+        };
         if name.is_empty() || name.len() > 63 {
             return bad("length must be 1 to 63");
         }
-        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return bad("only lowercase letters, digits and '-' are allowed");
         }
         if name.starts_with('-') || name.ends_with('-') {
@@ -77,7 +89,17 @@ mod tests {
 
     #[test]
     fn rejects_everything_else() {
-        for bad in ["", "-a", "a-", "Node", "a_b", "a.b", "a/b", "../x", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Node",
+            "a_b",
+            "a.b",
+            "a/b",
+            "../x",
+            &"x".repeat(64),
+        ] {
             assert!(NodeName::try_from(bad).is_err(), "{bad}");
         }
     }

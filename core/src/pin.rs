@@ -19,14 +19,22 @@ pub struct SpkiPin([u8; 32]);
 
 impl SpkiPin {
     pub fn of_cert_der(der: &[u8]) -> Result<Self, PinError> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| PinError::BadCertificate(e.to_string()))?;
-        Ok(SpkiPin(Sha256::digest(cert.tbs_certificate.subject_pki.raw).into()))
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| PinError::BadCertificate(e.to_string()))?;
+        Ok(SpkiPin(
+            Sha256::digest(cert.tbs_certificate.subject_pki.raw).into(),
+        ))
     }
 
     pub fn parse(s: &str) -> Result<Self, PinError> {
-        let hexpart = s.trim().strip_prefix("sha256:").ok_or_else(|| PinError::Malformed(s.to_owned()))?;
+        let hexpart = s
+            .trim()
+            .strip_prefix("sha256:")
+            .ok_or_else(|| PinError::Malformed(s.to_owned()))?;
         let bytes = hex::decode(hexpart).map_err(|_| PinError::Malformed(s.to_owned()))?;
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| PinError::Malformed(s.to_owned()))?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| PinError::Malformed(s.to_owned()))?;
         Ok(SpkiPin(arr))
     }
 }
@@ -62,7 +70,10 @@ mod tests {
         // The pin is the SHA-256 of the DER SubjectPublicKeyInfo, as
         // `openssl x509 -pubkey | openssl pkey -pubin -outform der | sha256sum`.
         let kp = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["a".into()]).unwrap().self_signed(&kp).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a".into()])
+            .unwrap()
+            .self_signed(&kp)
+            .unwrap();
         use rcgen::PublicKeyData;
         let expected: [u8; 32] = Sha256::digest(kp.subject_public_key_info()).into();
         assert_eq!(SpkiPin::of_cert_der(cert.der()).unwrap(), SpkiPin(expected));
@@ -70,7 +81,13 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "sha256:", "sha1:00", "sha256:zz", &format!("sha256:{}", "0".repeat(62))] {
+        for bad in [
+            "",
+            "sha256:",
+            "sha1:00",
+            "sha256:zz",
+            &format!("sha256:{}", "0".repeat(62)),
+        ] {
             assert!(SpkiPin::parse(bad).is_err(), "{bad}");
         }
     }

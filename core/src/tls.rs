@@ -12,8 +12,8 @@
 
 use crate::pin::SpkiPin;
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::net::SocketAddr;
@@ -36,7 +36,10 @@ pub struct PinnedCaVerifier {
 
 impl PinnedCaVerifier {
     pub fn new(pin: SpkiPin) -> Self {
-        PinnedCaVerifier { pin, provider: Arc::new(rustls::crypto::ring::default_provider()) }
+        PinnedCaVerifier {
+            pin,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        }
     }
 }
 
@@ -57,23 +60,48 @@ impl ServerCertVerifier for PinnedCaVerifier {
                 rustls::Error::General(format!("controller CA does not match the pin {} from the agent config", self.pin))
             })?;
         let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned()).map_err(|e| rustls::Error::General(format!("pinned CA certificate unusable: {e}")))?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("pinned CA certificate unusable: {e}")))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -87,7 +115,10 @@ pub enum ConnectError {
 /// Splits `https://host:port` or `host:port` into the host to verify and the address to dial.
 pub fn parse_endpoint(endpoint: &str) -> Result<(String, String), ConnectError> {
     let bad = || ConnectError::BadEndpoint(endpoint.to_owned());
-    let rest = endpoint.strip_prefix("https://").unwrap_or(endpoint).trim_end_matches('/');
+    let rest = endpoint
+        .strip_prefix("https://")
+        .unwrap_or(endpoint)
+        .trim_end_matches('/');
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -101,22 +132,27 @@ pub fn parse_endpoint(endpoint: &str) -> Result<(String, String), ConnectError> 
 /// Reconnection after a broken connection is left to tonic's channel.
 pub fn channel(endpoint: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel, ConnectError> {
     let (host, addr) = parse_endpoint(endpoint)?;
-    let server_name = ServerName::try_from(host).map_err(|_| ConnectError::BadEndpoint(endpoint.to_owned()))?.to_owned();
+    let server_name = ServerName::try_from(host)
+        .map_err(|_| ConnectError::BadEndpoint(endpoint.to_owned()))?
+        .to_owned();
     let connector = tokio_rustls::TlsConnector::from(config);
     // The URI only carries the authority for HTTP/2; the real dial happens in the connector.
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|_| ConnectError::BadEndpoint(endpoint.to_owned()))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .tcp_nodelay(true);
-    Ok(ep.connect_with_connector_lazy(tower::service_fn(move |_uri| {
-        let (connector, server_name, addr) = (connector.clone(), server_name.clone(), addr.clone());
-        async move {
-            let tcp = TcpStream::connect(&addr).await?;
-            tcp.set_nodelay(true)?;
-            let tls = connector.connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    })))
+    Ok(
+        ep.connect_with_connector_lazy(tower::service_fn(move |_uri| {
+            let (connector, server_name, addr) =
+                (connector.clone(), server_name.clone(), addr.clone());
+            async move {
+                let tcp = TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        })),
+    )
 }
 
 /// What a handler knows about the connection a request came on.
@@ -141,13 +177,21 @@ impl tonic::transport::server::Connected for PeerStream {
 }
 
 impl AsyncRead for PeerStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -156,7 +200,11 @@ impl AsyncWrite for PeerStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -168,7 +216,10 @@ impl AsyncWrite for PeerStream {
 /// or hostile client cannot stall the others). Failed handshakes are logged and dropped;
 /// the returned stream yields only established connections, ready for
 /// `Server::serve_with_incoming`.
-pub fn tls_incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> impl tokio_stream::Stream<Item = Result<PeerStream, std::io::Error>> {
+pub fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> impl tokio_stream::Stream<Item = Result<PeerStream, std::io::Error>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let (tx, rx) = mpsc::channel::<Result<PeerStream, std::io::Error>>(128);
     tokio::spawn(async move {
@@ -189,11 +240,19 @@ pub fn tls_incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) ->
             let _ = tcp.set_nodelay(true);
             let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await;
+                let handshake =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                        .await;
                 match handshake {
                     Ok(Ok(tls)) => {
-                        let certs = tls.get_ref().1.peer_certificates().map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
-                        let info = PeerInfo { remote_addr: Some(remote), certs };
+                        let certs =
+                            tls.get_ref().1.peer_certificates().map(|c| {
+                                Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())
+                            });
+                        let info = PeerInfo {
+                            remote_addr: Some(remote),
+                            certs,
+                        };
                         let _ = conn_tx.send(Ok(PeerStream { inner: tls, info })).await;
                     }
                     Ok(Err(e)) => tracing::warn!(%remote, error = %e, "TLS handshake refused"),

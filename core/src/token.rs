@@ -14,7 +14,9 @@ pub const SECRET_LEN: usize = 16;
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("malformed bootstrap token: expected <6 chars>.<16 chars> from [a-z0-9], like \"abcdef.0123456789abcdef\"")]
+#[error(
+    "malformed bootstrap token: expected <6 chars>.<16 chars> from [a-z0-9], like \"abcdef.0123456789abcdef\""
+)]
 pub struct MalformedToken;
 
 /// A parsed token. `Debug` and `Display` never show the secret.
@@ -27,17 +29,29 @@ pub struct BootstrapToken {
 impl BootstrapToken {
     pub fn generate() -> Self {
         let mut rng = rand::rng();
-        let mut pick = |n| (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
-        BootstrapToken { id: pick(ID_LEN), secret: pick(SECRET_LEN) }
+        let mut pick = |n| {
+            (0..n)
+                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+                .collect()
+        };
+        BootstrapToken {
+            id: pick(ID_LEN),
+            secret: pick(SECRET_LEN),
+        }
     }
 
     pub fn parse(s: &str) -> Result<Self, MalformedToken> {
         let (id, secret) = s.trim().split_once('.').ok_or(MalformedToken)?;
-        let valid = |part: &str, len: usize| part.len() == len && part.bytes().all(|b| ALPHABET.contains(&b));
+        let valid = |part: &str, len: usize| {
+            part.len() == len && part.bytes().all(|b| ALPHABET.contains(&b))
+        };
         if !valid(id, ID_LEN) || !valid(secret, SECRET_LEN) {
             return Err(MalformedToken);
         }
-        Ok(BootstrapToken { id: id.to_owned(), secret: secret.to_owned() })
+        Ok(BootstrapToken {
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -96,7 +110,15 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_rejected() {
-        for bad in ["", "abcdef", "abcdef.", "abcde.0123456789abcdef", "ABCDEF.0123456789abcdef", "abcdef.0123456789abcde!", "abcdef.0123456789abcdef0"] {
+        for bad in [
+            "",
+            "abcdef",
+            "abcdef.",
+            "abcde.0123456789abcdef",
+            "ABCDEF.0123456789abcdef",
+            "abcdef.0123456789abcde!",
+            "abcdef.0123456789abcdef0",
+        ] {
             assert_eq!(BootstrapToken::parse(bad), Err(MalformedToken), "{bad}");
         }
     }

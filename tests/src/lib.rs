@@ -1,8 +1,8 @@
 //! Test support: an in-process controller on loopback with temporary state, and agents
 //! running in-process with temporary roots and a recording service manager.
 
-use pangaea_agent::service_manager::RecordingServiceManager;
 use pangaea_agent::AgentConfig;
+use pangaea_agent::service_manager::RecordingServiceManager;
 use pangaea_controller::assign::{Plan, PlanError, Planner};
 use pangaea_controller::records::NodeRecord;
 use pangaea_controller::{Controller, ControllerConfig};
@@ -16,7 +16,12 @@ use tokio::sync::watch;
 
 pub fn init() {
     pangaea_core::install_crypto_provider();
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
 /// A planner whose per-node files and units the test sets.
@@ -33,18 +38,34 @@ impl TestPlanner {
 
 impl Planner for TestPlanner {
     fn plan(&self, node: &NodeRecord) -> Result<Plan, PlanError> {
-        let mut plan = self.plans.lock().unwrap().get(&node.name).cloned().unwrap_or_default();
-        plan.files.push(file("/etc/pangaea/instance-id", &node.instance_id));
+        let mut plan = self
+            .plans
+            .lock()
+            .unwrap()
+            .get(&node.name)
+            .cloned()
+            .unwrap_or_default();
+        plan.files
+            .push(file("/etc/pangaea/instance-id", &node.instance_id));
         Ok(plan)
     }
 }
 
 pub fn file(path: &str, content: &str) -> pb::File {
-    pb::File { path: path.into(), mode: 0o644, owner: String::new(), content: content.as_bytes().to_vec() }
+    pb::File {
+        path: path.into(),
+        mode: 0o644,
+        owner: String::new(),
+        content: content.as_bytes().to_vec(),
+    }
 }
 
 pub fn unit(name: &str, restart_on: &[&str]) -> pb::Unit {
-    pb::Unit { name: name.into(), enable: true, restart_on_change: restart_on.iter().map(|s| s.to_string()).collect() }
+    pb::Unit {
+        name: name.into(),
+        enable: true,
+        restart_on_change: restart_on.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 pub struct TestController {
@@ -80,7 +101,14 @@ impl TestController {
             .await
             .unwrap();
         });
-        TestController { dir, controller, planner, addr, stop, task }
+        TestController {
+            dir,
+            controller,
+            planner,
+            addr,
+            stop,
+            task,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -88,7 +116,10 @@ impl TestController {
     }
 
     pub async fn token(&self, node: Option<&str>) -> String {
-        let spec = pangaea_controller::tokens::NewToken { node: node.map(str::to_owned), ..Default::default() };
+        let spec = pangaea_controller::tokens::NewToken {
+            node: node.map(str::to_owned),
+            ..Default::default()
+        };
         self.controller.create_token(spec).await.unwrap().0.expose()
     }
 
@@ -132,7 +163,13 @@ impl TestAgent {
         let units = Arc::new(RecordingServiceManager::default());
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(pangaea_agent::run(cfg.clone(), units.clone(), rx));
-        TestAgent { dir, cfg, units, stop, task }
+        TestAgent {
+            dir,
+            cfg,
+            units,
+            stop,
+            task,
+        }
     }
 
     pub fn root_path(&self, path: &str) -> PathBuf {
@@ -150,7 +187,10 @@ impl TestAgent {
 pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -173,7 +213,14 @@ pub mod crash {
         pb::Assignment {
             node_name: "crash".into(),
             revision,
-            files: (0..FILES).map(|i| pb::File { path: format!("/etc/crash/f{i}"), mode: 0o644, owner: String::new(), content: content(i, version) }).collect(),
+            files: (0..FILES)
+                .map(|i| pb::File {
+                    path: format!("/etc/crash/f{i}"),
+                    mode: 0o644,
+                    owner: String::new(),
+                    content: content(i, version),
+                })
+                .collect(),
             ..Default::default()
         }
     }

@@ -2,7 +2,7 @@
 //! destination is always a complete old or new version, never torn, and the recorded
 //! applied revision always decodes.
 
-use pangaea_tests::crash::{content, FILES, SIZE};
+use pangaea_tests::crash::{FILES, SIZE, content};
 use prost::Message;
 use std::process::Command;
 use std::time::Duration;
@@ -13,7 +13,11 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
     let state = tempfile::tempdir().unwrap();
     let mut kills = 0;
     for round in 0..40u64 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_apply-loop")).arg(root.path()).arg(state.path()).spawn().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_apply-loop"))
+            .arg(root.path())
+            .arg(state.path())
+            .spawn()
+            .unwrap();
         // Kill points spread over the first tens of milliseconds of applying.
         std::thread::sleep(Duration::from_millis(3 + (round * 7) % 60));
         child.kill().unwrap(); // SIGKILL
@@ -22,16 +26,31 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
         for i in 0..FILES {
             let p = root.path().join(format!("etc/crash/f{i}"));
             match std::fs::read(&p) {
-                Ok(c) => assert!(c == content(i, b'a') || c == content(i, b'b'), "round {round}: {} is torn ({} bytes, expected {SIZE})", p.display(), c.len()),
+                Ok(c) => assert!(
+                    c == content(i, b'a') || c == content(i, b'b'),
+                    "round {round}: {} is torn ({} bytes, expected {SIZE})",
+                    p.display(),
+                    c.len()
+                ),
                 Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "round {round}: {e}"),
             }
         }
         if let Ok(bytes) = std::fs::read(state.path().join("applied-assignment.pb")) {
-            pangaea_proto::Assignment::decode(bytes.as_slice()).unwrap_or_else(|e| panic!("round {round}: applied state is torn: {e}"));
+            pangaea_proto::Assignment::decode(bytes.as_slice())
+                .unwrap_or_else(|e| panic!("round {round}: applied state is torn: {e}"));
         }
     }
     assert_eq!(kills, 40);
     // The loop made progress across kills (it resumes from the recorded revision).
-    let applied = pangaea_proto::Assignment::decode(std::fs::read(state.path().join("applied-assignment.pb")).unwrap().as_slice()).unwrap();
-    assert!(applied.revision >= 2, "applied revision {}", applied.revision);
+    let applied = pangaea_proto::Assignment::decode(
+        std::fs::read(state.path().join("applied-assignment.pb"))
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    assert!(
+        applied.revision >= 2,
+        "applied revision {}",
+        applied.revision
+    );
 }

@@ -18,7 +18,9 @@ const YEAR_SECS: u64 = 365 * 24 * 3600;
 fn run(program: &str, args: &[&str]) -> (bool, String) {
     let out = match Command::new(program).args(args).output() {
         Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && program == "openssl" => panic!("openssl not found: apt-get install openssl"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && program == "openssl" => {
+            panic!("openssl not found: apt-get install openssl")
+        }
         Err(e) => panic!("cannot run {program}: {e}"),
     };
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -68,27 +70,63 @@ impl Fixture {
         let node_ips = [ip(NODE_IP)];
         let controller_names: Vec<String> = CONTROLLER_NAMES.map(String::from).to_vec();
         let specs = [
-            ("etcd-server", CaKind::Etcd, profiles::etcd_server(NODE, &node_ips)),
-            ("etcd-peer", CaKind::Etcd, profiles::etcd_peer(NODE, &node_ips)),
-            ("etcd-client", CaKind::Etcd, profiles::etcd_client("kube-apiserver-etcd-client")),
-            ("apiserver", CaKind::Cluster, profiles::apiserver_serving(NODE, &node_ips, ip(SERVICE_IP))),
-            ("admin", CaKind::Cluster, profiles::kube_client("kubernetes-admin", &["system:masters"])),
-            ("controller-serving", CaKind::Controller, profiles::controller_serving(&controller_names)),
-            ("node-identity", CaKind::Controller, profiles::node_identity(NODE, profiles::NODE_LIFETIME)),
+            (
+                "etcd-server",
+                CaKind::Etcd,
+                profiles::etcd_server(NODE, &node_ips),
+            ),
+            (
+                "etcd-peer",
+                CaKind::Etcd,
+                profiles::etcd_peer(NODE, &node_ips),
+            ),
+            (
+                "etcd-client",
+                CaKind::Etcd,
+                profiles::etcd_client("kube-apiserver-etcd-client"),
+            ),
+            (
+                "apiserver",
+                CaKind::Cluster,
+                profiles::apiserver_serving(NODE, &node_ips, ip(SERVICE_IP)),
+            ),
+            (
+                "admin",
+                CaKind::Cluster,
+                profiles::kube_client("kubernetes-admin", &["system:masters"]),
+            ),
+            (
+                "controller-serving",
+                CaKind::Controller,
+                profiles::controller_serving(&controller_names),
+            ),
+            (
+                "node-identity",
+                CaKind::Controller,
+                profiles::node_identity(NODE, profiles::NODE_LIFETIME),
+            ),
         ];
         let out = tmp.path().join("leaves");
         std::fs::create_dir(&out).expect("mkdir leaves");
         let leaves = specs
             .into_iter()
             .map(|(name, ca, spec)| {
-                let issued: Issued = pki.issue(ca, &spec).unwrap_or_else(|e| panic!("issue {name}: {e}"));
+                let issued: Issued = pki
+                    .issue(ca, &spec)
+                    .unwrap_or_else(|e| panic!("issue {name}: {e}"));
                 let crt = out.join(format!("{name}.crt"));
                 std::fs::write(&crt, &issued.cert_pem).expect("write leaf cert");
-                std::fs::write(out.join(format!("{name}.key")), &issued.key_pem).expect("write leaf key");
+                std::fs::write(out.join(format!("{name}.key")), &issued.key_pem)
+                    .expect("write leaf key");
                 Leaf { name, ca, crt }
             })
             .collect();
-        Fixture { _tmp: tmp, pki, dir, leaves }
+        Fixture {
+            _tmp: tmp,
+            pki,
+            dir,
+            leaves,
+        }
     }
 
     fn ca_file(&self, kind: CaKind) -> PathBuf {
@@ -96,7 +134,10 @@ impl Fixture {
     }
 
     fn leaf(&self, name: &str) -> &Leaf {
-        self.leaves.iter().find(|l| l.name == name).unwrap_or_else(|| panic!("no leaf {name}"))
+        self.leaves
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("no leaf {name}"))
     }
 
     fn verify(&self, ca: CaKind, leaf: &Leaf, purpose: Option<&str>) -> (bool, String) {
@@ -116,14 +157,25 @@ fn sans(crt: &Path) -> Vec<String> {
     let out = openssl_ok(&["x509", "-noout", "-ext", "subjectAltName", "-in", s(crt)]);
     let mut lines = out.lines();
     let header = lines.next().unwrap_or_default();
-    assert!(header.contains("Subject Alternative Name"), "unexpected openssl output:\n{out}");
-    lines.flat_map(|l| l.split(',')).map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect()
+    assert!(
+        header.contains("Subject Alternative Name"),
+        "unexpected openssl output:\n{out}"
+    );
+    lines
+        .flat_map(|l| l.split(','))
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect()
 }
 
 fn assert_sans(crt: &Path, expected: &[&str]) {
     let got = sans(crt);
     for want in expected {
-        assert!(got.iter().any(|g| g == want), "{}: SAN {want:?} missing from {got:?}", crt.display());
+        assert!(
+            got.iter().any(|g| g == want),
+            "{}: SAN {want:?} missing from {got:?}",
+            crt.display()
+        );
     }
 }
 
@@ -133,10 +185,19 @@ fn leaves_verify_against_their_ca_and_no_other() {
     assert_eq!(f.leaves.len(), 7);
     for leaf in &f.leaves {
         let (ok, out) = f.verify(leaf.ca, leaf, None);
-        assert!(ok && out.contains(": OK"), "{} does not verify against {:?} CA:\n{out}", leaf.name, leaf.ca);
+        assert!(
+            ok && out.contains(": OK"),
+            "{} does not verify against {:?} CA:\n{out}",
+            leaf.name,
+            leaf.ca
+        );
         for other in CaKind::ALL.into_iter().filter(|&k| k != leaf.ca) {
             let (ok, out) = f.verify(other, leaf, None);
-            assert!(!ok, "{} (issued by the {:?} CA) wrongly verifies against the {other:?} CA:\n{out}", leaf.name, leaf.ca);
+            assert!(
+                !ok,
+                "{} (issued by the {:?} CA) wrongly verifies against the {other:?} CA:\n{out}",
+                leaf.name, leaf.ca
+            );
         }
     }
 }
@@ -158,7 +219,10 @@ fn extended_key_usages_match_roles() {
         let leaf = f.leaf(name);
         for (purpose, want) in [("sslserver", server), ("sslclient", client)] {
             let (ok, out) = f.verify(leaf.ca, leaf, Some(purpose));
-            assert_eq!(ok, want, "openssl verify -purpose {purpose} {name}: expected success={want}:\n{out}");
+            assert_eq!(
+                ok, want,
+                "openssl verify -purpose {purpose} {name}: expected success={want}:\n{out}"
+            );
         }
     }
 }
@@ -169,11 +233,18 @@ fn subject_alt_names_and_subjects() {
     let loopback = ["DNS:localhost", "IP Address:127.0.0.1"];
     for name in ["etcd-server", "etcd-peer"] {
         let crt = &f.leaf(name).crt;
-        assert_sans(crt, &[&format!("DNS:{NODE}"), &format!("IP Address:{NODE_IP}")]);
+        assert_sans(
+            crt,
+            &[&format!("DNS:{NODE}"), &format!("IP Address:{NODE_IP}")],
+        );
         assert_sans(crt, &loopback);
         // OpenSSL 3.0 prints ::1 expanded, newer releases compressed.
         let got = sans(crt);
-        assert!(got.iter().any(|g| g == "IP Address:0:0:0:0:0:0:0:1" || g == "IP Address:::1"), "{name}: no IPv6 loopback in {got:?}");
+        assert!(
+            got.iter()
+                .any(|g| g == "IP Address:0:0:0:0:0:0:0:1" || g == "IP Address:::1"),
+            "{name}: no IPv6 loopback in {got:?}"
+        );
     }
     let api = &f.leaf("apiserver").crt;
     assert_sans(
@@ -189,18 +260,43 @@ fn subject_alt_names_and_subjects() {
             "IP Address:127.0.0.1",
         ],
     );
-    assert_sans(&f.leaf("controller-serving").crt, &[&format!("DNS:{}", CONTROLLER_NAMES[0]), &format!("IP Address:{}", CONTROLLER_NAMES[1])]);
+    assert_sans(
+        &f.leaf("controller-serving").crt,
+        &[
+            &format!("DNS:{}", CONTROLLER_NAMES[0]),
+            &format!("IP Address:{}", CONTROLLER_NAMES[1]),
+        ],
+    );
     // The IP name must not also have been written as a DNS name.
     let ctl = sans(&f.leaf("controller-serving").crt);
-    assert!(!ctl.contains(&format!("DNS:{}", CONTROLLER_NAMES[1])), "IP written as DNS SAN: {ctl:?}");
+    assert!(
+        !ctl.contains(&format!("DNS:{}", CONTROLLER_NAMES[1])),
+        "IP written as DNS SAN: {ctl:?}"
+    );
     assert_sans(&f.leaf("node-identity").crt, &[&format!("DNS:{NODE}")]);
 
     // kube-apiserver maps CN to the user and O to groups; the agent's CN is the node name.
-    let subject = |name: &str| openssl_ok(&["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", s(&f.leaf(name).crt)]);
+    let subject = |name: &str| {
+        openssl_ok(&[
+            "x509",
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "RFC2253",
+            "-in",
+            s(&f.leaf(name).crt),
+        ])
+    };
     let admin = subject("admin");
-    assert!(admin.contains("CN=kubernetes-admin") && admin.contains("O=system:masters"), "admin subject: {admin}");
+    assert!(
+        admin.contains("CN=kubernetes-admin") && admin.contains("O=system:masters"),
+        "admin subject: {admin}"
+    );
     let node = subject("node-identity");
-    assert!(node.contains(&format!("CN={NODE}")) && node.contains("O=pangaea:nodes"), "node subject: {node}");
+    assert!(
+        node.contains(&format!("CN={NODE}")) && node.contains("O=pangaea:nodes"),
+        "node subject: {node}"
+    );
 }
 
 #[test]
@@ -211,7 +307,14 @@ fn cas_are_p256_signing_cas_valid_ten_years() {
     for kind in CaKind::ALL {
         let ca = f.ca_file(kind);
         let text = openssl_ok(&["x509", "-noout", "-text", "-in", s(&ca)]);
-        for want in ["CA:TRUE", "Certificate Sign", "id-ecPublicKey", "prime256v1", "NIST CURVE: P-256", "ecdsa-with-SHA256"] {
+        for want in [
+            "CA:TRUE",
+            "Certificate Sign",
+            "id-ecPublicKey",
+            "prime256v1",
+            "NIST CURVE: P-256",
+            "ecdsa-with-SHA256",
+        ] {
             assert!(text.contains(want), "{kind:?} CA lacks {want:?}:\n{text}");
         }
         // Self-signed: verifies against itself.
@@ -230,7 +333,9 @@ fn key_files_are_private_parse_and_match_their_certificates() {
     let f = Fixture::new();
     // Also writes controller.{crt,key}.
     let names: Vec<String> = CONTROLLER_NAMES.map(String::from).to_vec();
-    f.pki.controller_serving(&names).expect("controller serving certificate");
+    f.pki
+        .controller_serving(&names)
+        .expect("controller serving certificate");
 
     let mut keys = 0;
     for entry in std::fs::read_dir(&f.dir).expect("read pki dir") {
@@ -243,24 +348,53 @@ fn key_files_are_private_parse_and_match_their_certificates() {
                 let (ok, out) = openssl(&["pkey", "-in", s(&path), "-noout"]);
                 assert!(ok, "openssl rejects {}:\n{out}", path.display());
             }
-            Some("crt") | Some("pub") => assert_eq!(mode, 0o644, "{} has mode {mode:o}", path.display()),
+            Some("crt") | Some("pub") => {
+                assert_eq!(mode, 0o644, "{} has mode {mode:o}", path.display())
+            }
             _ => panic!("unexpected file in PKI dir: {}", path.display()),
         }
     }
     assert_eq!(keys, 6, "4 CA keys, sa.key and controller.key");
 
     let pubkey_of_key = |key: &Path| openssl_ok(&["pkey", "-in", s(key), "-pubout"]);
-    for stem in CaKind::ALL.map(|k| k.file_stem()).into_iter().chain(["controller"]) {
-        let from_cert = openssl_ok(&["x509", "-pubkey", "-noout", "-in", s(&f.dir.join(format!("{stem}.crt")))]);
+    for stem in CaKind::ALL
+        .map(|k| k.file_stem())
+        .into_iter()
+        .chain(["controller"])
+    {
+        let from_cert = openssl_ok(&[
+            "x509",
+            "-pubkey",
+            "-noout",
+            "-in",
+            s(&f.dir.join(format!("{stem}.crt"))),
+        ]);
         let from_key = pubkey_of_key(&f.dir.join(format!("{stem}.key")));
-        assert!(from_cert.contains("BEGIN PUBLIC KEY"), "{stem}: {from_cert}");
-        assert_eq!(from_cert, from_key, "{stem}.crt does not hold the public key of {stem}.key");
+        assert!(
+            from_cert.contains("BEGIN PUBLIC KEY"),
+            "{stem}: {from_cert}"
+        );
+        assert_eq!(
+            from_cert, from_key,
+            "{stem}.crt does not hold the public key of {stem}.key"
+        );
     }
     let sa_pub = std::fs::read_to_string(f.dir.join("sa.pub")).expect("read sa.pub");
-    assert_eq!(pubkey_of_key(&f.dir.join("sa.key")), sa_pub, "sa.pub does not match sa.key");
+    assert_eq!(
+        pubkey_of_key(&f.dir.join("sa.key")),
+        sa_pub,
+        "sa.pub does not match sa.key"
+    );
     assert_eq!(sa_pub, f.pki.service_account_public_pem);
     // The controller's serving certificate on disk chains to the controller CA.
-    let (ok, out) = openssl(&["verify", "-CAfile", s(&f.ca_file(CaKind::Controller)), "-purpose", "sslserver", s(&f.dir.join("controller.crt"))]);
+    let (ok, out) = openssl(&[
+        "verify",
+        "-CAfile",
+        s(&f.ca_file(CaKind::Controller)),
+        "-purpose",
+        "sslserver",
+        s(&f.dir.join("controller.crt")),
+    ]);
     assert!(ok, "controller.crt does not verify:\n{out}");
 }
 
@@ -269,16 +403,35 @@ fn pin_is_the_openssl_spki_sha256() {
     let f = Fixture::new();
     openssl_ok(&["version"]); // fail with the install hint rather than a shell error
     let ca = f.ca_file(CaKind::Controller);
-    let script = format!("openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | sha256sum", s(&ca));
+    let script = format!(
+        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | sha256sum",
+        s(&ca)
+    );
     let (ok, out) = run("sh", &["-c", &script]);
     assert!(ok, "pipeline failed:\n{out}");
     let hash = out.split_whitespace().next().unwrap_or_default();
-    assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "not a SHA-256 from the pipeline:\n{out}");
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "not a SHA-256 from the pipeline:\n{out}"
+    );
     let pin = f.pki.controller_pin().to_string();
-    assert_eq!(pin.strip_prefix("sha256:"), Some(hash), "pin {pin} is not the openssl SPKI hash {hash}");
+    assert_eq!(
+        pin.strip_prefix("sha256:"),
+        Some(hash),
+        "pin {pin} is not the openssl SPKI hash {hash}"
+    );
     // It pins the controller CA, not another one.
-    let other = openssl_ok(&["x509", "-in", s(&f.ca_file(CaKind::Cluster)), "-pubkey", "-noout"]);
-    assert_ne!(other, openssl_ok(&["x509", "-in", s(&ca), "-pubkey", "-noout"]));
+    let other = openssl_ok(&[
+        "x509",
+        "-in",
+        s(&f.ca_file(CaKind::Cluster)),
+        "-pubkey",
+        "-noout",
+    ]);
+    assert_ne!(
+        other,
+        openssl_ok(&["x509", "-in", s(&ca), "-pubkey", "-noout"])
+    );
 }
 
 #[test]
@@ -287,35 +440,124 @@ fn csr_signed_certificate_takes_only_the_key_from_the_request() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let key = tmp.path().join("agent.key");
     let csr = tmp.path().join("agent.csr");
-    openssl_ok(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", s(&key)]);
+    openssl_ok(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        s(&key),
+    ]);
     // The request asks for a Kubernetes admin identity; the signer must ignore that.
-    openssl_ok(&["req", "-new", "-key", s(&key), "-subj", "/O=system:masters/CN=evil", "-outform", "DER", "-out", s(&csr)]);
+    openssl_ok(&[
+        "req",
+        "-new",
+        "-key",
+        s(&key),
+        "-subj",
+        "/O=system:masters/CN=evil",
+        "-outform",
+        "DER",
+        "-out",
+        s(&csr),
+    ]);
     let der = std::fs::read(&csr).expect("read csr");
-    let issued = f.pki.sign_csr(CaKind::Controller, &der, &profiles::node_identity(NODE, profiles::NODE_LIFETIME)).expect("sign CSR");
+    let issued = f
+        .pki
+        .sign_csr(
+            CaKind::Controller,
+            &der,
+            &profiles::node_identity(NODE, profiles::NODE_LIFETIME),
+        )
+        .expect("sign CSR");
     assert!(issued.key_pem.is_empty());
     let crt = tmp.path().join("agent.crt");
     std::fs::write(&crt, &issued.cert_pem).expect("write cert");
 
-    let (ok, out) = openssl(&["verify", "-CAfile", s(&f.ca_file(CaKind::Controller)), "-purpose", "sslclient", s(&crt)]);
+    let (ok, out) = openssl(&[
+        "verify",
+        "-CAfile",
+        s(&f.ca_file(CaKind::Controller)),
+        "-purpose",
+        "sslclient",
+        s(&crt),
+    ]);
     assert!(ok, "CSR-signed cert does not verify:\n{out}");
-    assert_eq!(openssl_ok(&["x509", "-pubkey", "-noout", "-in", s(&crt)]), openssl_ok(&["pkey", "-in", s(&key), "-pubout"]), "certificate is not for the CSR's key");
-    let subject = openssl_ok(&["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", s(&crt)]);
-    assert!(subject.contains(&format!("CN={NODE}")) && !subject.contains("system:masters") && !subject.contains("evil"), "subject taken from the CSR: {subject}");
+    assert_eq!(
+        openssl_ok(&["x509", "-pubkey", "-noout", "-in", s(&crt)]),
+        openssl_ok(&["pkey", "-in", s(&key), "-pubout"]),
+        "certificate is not for the CSR's key"
+    );
+    let subject = openssl_ok(&[
+        "x509",
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "RFC2253",
+        "-in",
+        s(&crt),
+    ]);
+    assert!(
+        subject.contains(&format!("CN={NODE}"))
+            && !subject.contains("system:masters")
+            && !subject.contains("evil"),
+        "subject taken from the CSR: {subject}"
+    );
     let serial = openssl_ok(&["x509", "-noout", "-serial", "-in", s(&crt)]);
-    assert_eq!(serial.trim().strip_prefix("serial=").map(str::to_ascii_lowercase), Some(issued.serial_hex.clone()), "serial_hex mismatch");
+    assert_eq!(
+        serial
+            .trim()
+            .strip_prefix("serial=")
+            .map(str::to_ascii_lowercase),
+        Some(issued.serial_hex.clone()),
+        "serial_hex mismatch"
+    );
 
     // A non-P-256 key is refused.
     let rsa_key = tmp.path().join("rsa.key");
     let rsa_csr = tmp.path().join("rsa.csr");
-    openssl_ok(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", s(&rsa_key)]);
-    openssl_ok(&["req", "-new", "-key", s(&rsa_key), "-subj", "/CN=x", "-outform", "DER", "-out", s(&rsa_csr)]);
+    openssl_ok(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        s(&rsa_key),
+    ]);
+    openssl_ok(&[
+        "req",
+        "-new",
+        "-key",
+        s(&rsa_key),
+        "-subj",
+        "/CN=x",
+        "-outform",
+        "DER",
+        "-out",
+        s(&rsa_csr),
+    ]);
     let der = std::fs::read(&rsa_csr).expect("read rsa csr");
-    assert!(f.pki.sign_csr(CaKind::Controller, &der, &profiles::node_identity(NODE, profiles::NODE_LIFETIME)).is_err(), "RSA CSR was signed");
+    assert!(
+        f.pki
+            .sign_csr(
+                CaKind::Controller,
+                &der,
+                &profiles::node_identity(NODE, profiles::NODE_LIFETIME)
+            )
+            .is_err(),
+        "RSA CSR was signed"
+    );
 }
 
 /// Every file in `dir` with its contents, sorted by path.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir).expect("read dir").map(|e| e.expect("dir entry").path()).map(|p| (p.clone(), std::fs::read(&p).expect("read file"))).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("dir entry").path())
+        .map(|p| (p.clone(), std::fs::read(&p).expect("read file")))
+        .collect();
     files.sort();
     files
 }
@@ -325,14 +567,20 @@ fn pki_persists_and_refuses_a_certificate_without_its_key() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("pki");
     let first = Pki::load_or_create(&dir).expect("create PKI");
-    let issued = first.issue(CaKind::Etcd, &profiles::etcd_client("etcdctl")).expect("issue");
+    let issued = first
+        .issue(CaKind::Etcd, &profiles::etcd_client("etcdctl"))
+        .expect("issue");
     let files_before = snapshot(&dir);
     drop(first);
 
     let second = Pki::load_or_create(&dir).expect("reload PKI");
     for kind in CaKind::ALL {
         let ca = second.ca(kind);
-        assert_eq!(ca.cert_pem, std::fs::read_to_string(dir.join(format!("{}.crt", kind.file_stem()))).unwrap(), "{kind:?}");
+        assert_eq!(
+            ca.cert_pem,
+            std::fs::read_to_string(dir.join(format!("{}.crt", kind.file_stem()))).unwrap(),
+            "{kind:?}"
+        );
     }
     let files_after = snapshot(&dir);
     assert_eq!(files_before, files_after, "reloading rewrote the PKI");
@@ -342,18 +590,34 @@ fn pki_persists_and_refuses_a_certificate_without_its_key() {
     let ca = tmp.path().join("etcd-ca-reloaded.crt");
     std::fs::write(&ca, &second.ca(CaKind::Etcd).cert_pem).unwrap();
     let (ok, out) = openssl(&["verify", "-CAfile", s(&ca), s(&leaf)]);
-    assert!(ok, "pre-reload leaf does not verify against the reloaded CA:\n{out}");
+    assert!(
+        ok,
+        "pre-reload leaf does not verify against the reloaded CA:\n{out}"
+    );
     // And the reloaded CA still signs for the same chain.
-    let again = second.issue(CaKind::Etcd, &profiles::etcd_client("etcdctl")).expect("issue after reload");
+    let again = second
+        .issue(CaKind::Etcd, &profiles::etcd_client("etcdctl"))
+        .expect("issue after reload");
     std::fs::write(&leaf, &again.cert_pem).unwrap();
     let (ok, out) = openssl(&["verify", "-CAfile", s(&dir.join("etcd-ca.crt")), s(&leaf)]);
-    assert!(ok, "post-reload leaf does not verify against the CA on disk:\n{out}");
+    assert!(
+        ok,
+        "post-reload leaf does not verify against the CA on disk:\n{out}"
+    );
     drop(second);
 
     let key = dir.join("etcd-ca.key");
     std::fs::remove_file(&key).unwrap();
-    let Err(err) = Pki::load_or_create(&dir) else { panic!("PKI loaded although etcd-ca.key is missing") };
+    let Err(err) = Pki::load_or_create(&dir) else {
+        panic!("PKI loaded although etcd-ca.key is missing")
+    };
     let msg = err.to_string();
-    assert!(msg.contains("etcd-ca.key") && msg.contains("missing"), "error does not name the missing key: {msg}");
-    assert!(!key.exists(), "load recreated the missing key next to the old certificate");
+    assert!(
+        msg.contains("etcd-ca.key") && msg.contains("missing"),
+        "error does not name the missing key: {msg}"
+    );
+    assert!(
+        !key.exists(),
+        "load recreated the missing key next to the old certificate"
+    );
 }

@@ -6,7 +6,7 @@ use pangaea_core::tls;
 use pangaea_proto as pb;
 use pangaea_tests::{TestAgent, TestController};
 use rcgen::{CertificateParams, DnType, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
@@ -14,7 +14,13 @@ use tonic::Code;
 /// Everything a refusal must leave untouched.
 fn snapshot(ctl: &TestController) -> String {
     let tokens = ctl.controller.tokens().unwrap();
-    let nodes: Vec<_> = ctl.controller.nodes().unwrap().into_iter().map(|v| (v.record, v.assigned_revision)).collect();
+    let nodes: Vec<_> = ctl
+        .controller
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.record, v.assigned_revision))
+        .collect();
     format!("{tokens:?}\n{nodes:?}")
 }
 
@@ -27,79 +33,204 @@ fn csr(name: &str) -> (KeyPair, Vec<u8>) {
 }
 
 fn facts(instance: &str) -> pb::NodeFacts {
-    pb::NodeFacts { instance_id: instance.into(), hostname: "h".into(), addresses: vec!["192.0.2.10".into()], boot_id: "b".into() }
+    pb::NodeFacts {
+        instance_id: instance.into(),
+        hostname: "h".into(),
+        addresses: vec!["192.0.2.10".into()],
+        boot_id: "b".into(),
+    }
 }
 
-fn enrollment(ctl: &TestController) -> pb::enrollment_client::EnrollmentClient<tonic::transport::Channel> {
-    let ch = tls::channel(&ctl.endpoint(), pangaea_agent::identity::pinned_config(ctl.controller.pki().controller_pin())).unwrap();
+fn enrollment(
+    ctl: &TestController,
+) -> pb::enrollment_client::EnrollmentClient<tonic::transport::Channel> {
+    let ch = tls::channel(
+        &ctl.endpoint(),
+        pangaea_agent::identity::pinned_config(ctl.controller.pki().controller_pin()),
+    )
+    .unwrap();
     pb::enrollment_client::EnrollmentClient::new(ch)
 }
 
 /// Joins as `name` and returns the node's key and certificate.
-async fn join(ctl: &TestController, name: &str, instance: &str, token: &str) -> Result<(String, String), tonic::Status> {
+async fn join(
+    ctl: &TestController,
+    name: &str,
+    instance: &str,
+    token: &str,
+) -> Result<(String, String), tonic::Status> {
     let (key, csr_der) = csr(name);
-    let resp = enrollment(ctl).join(pb::JoinRequest { token: token.into(), csr_der, node_name: name.into(), facts: Some(facts(instance)) }).await?;
+    let resp = enrollment(ctl)
+        .join(pb::JoinRequest {
+            token: token.into(),
+            csr_der,
+            node_name: name.into(),
+            facts: Some(facts(instance)),
+        })
+        .await?;
     Ok((key.serialize_pem(), resp.into_inner().certificate_pem))
 }
 
-fn mtls_client(ctl: &TestController, key_pem: &str, cert_pem: &str) -> pb::node_service_client::NodeServiceClient<tonic::transport::Channel> {
+fn mtls_client(
+    ctl: &TestController,
+    key_pem: &str,
+    cert_pem: &str,
+) -> pb::node_service_client::NodeServiceClient<tonic::transport::Channel> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(ctl.controller.pki().ca(pangaea_controller::pki::CaKind::Controller).cert_der.clone())).unwrap();
+    roots
+        .add(CertificateDer::from(
+            ctl.controller
+                .pki()
+                .ca(pangaea_controller::pki::CaKind::Controller)
+                .cert_der
+                .clone(),
+        ))
+        .unwrap();
     let cfg = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
-        .with_client_auth_cert(vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()], PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap())
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+        )
         .unwrap();
     let mut cfg = cfg;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    pb::node_service_client::NodeServiceClient::new(tls::channel(&ctl.endpoint(), Arc::new(cfg)).unwrap())
+    pb::node_service_client::NodeServiceClient::new(
+        tls::channel(&ctl.endpoint(), Arc::new(cfg)).unwrap(),
+    )
 }
 
-fn anonymous_client(ctl: &TestController) -> pb::node_service_client::NodeServiceClient<tonic::transport::Channel> {
-    let ch = tls::channel(&ctl.endpoint(), pangaea_agent::identity::pinned_config(ctl.controller.pki().controller_pin())).unwrap();
+fn anonymous_client(
+    ctl: &TestController,
+) -> pb::node_service_client::NodeServiceClient<tonic::transport::Channel> {
+    let ch = tls::channel(
+        &ctl.endpoint(),
+        pangaea_agent::identity::pinned_config(ctl.controller.pki().controller_pin()),
+    )
+    .unwrap();
     pb::node_service_client::NodeServiceClient::new(ch)
 }
 
 #[track_caller]
 fn assert_refused(r: Result<(String, String), tonic::Status>, code: Code, needle: &str) {
-    let s = r.err().expect("must be refused");
+    let s = r.expect_err("must be refused");
     assert_eq!(s.code(), code, "{s:?}");
-    assert!(s.message().contains(needle), "message {:?} should mention {needle:?}", s.message());
+    assert!(
+        s.message().contains(needle),
+        "message {:?} should mention {needle:?}",
+        s.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_csrs_and_names_are_refused_and_change_nothing() {
     let ctl = TestController::start().await;
     let used = ctl.token(None).await;
-    join(&ctl, "node-a", "i-a", &used).await.expect("first use of a token admits the node");
-    let expired = ctl.controller.create_token(NewToken { ttl: Duration::ZERO, ..Default::default() }).await.unwrap().0.expose();
+    join(&ctl, "node-a", "i-a", &used)
+        .await
+        .expect("first use of a token admits the node");
+    let expired = ctl
+        .controller
+        .create_token(NewToken {
+            ttl: Duration::ZERO,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .0
+        .expose();
     let revoked = ctl.token(None).await;
-    ctl.controller.revoke_token(revoked[..6].to_owned()).await.unwrap();
+    ctl.controller
+        .revoke_token(revoked[..6].to_owned())
+        .await
+        .unwrap();
     let bound = ctl.token(Some("node-x")).await;
     let good = ctl.token(None).await;
     let wrong_secret = format!("{}.{}", &good[..6], "0000000000000000");
 
     let before = snapshot(&ctl);
-    assert_refused(join(&ctl, "node-b", "i-b", &used).await, Code::PermissionDenied, "used up");
-    assert_refused(join(&ctl, "node-b", "i-b", &expired).await, Code::PermissionDenied, "expired");
-    assert_refused(join(&ctl, "node-b", "i-b", &revoked).await, Code::PermissionDenied, "revoked");
-    assert_refused(join(&ctl, "node-b", "i-b", &bound).await, Code::PermissionDenied, "bound to node \"node-x\"");
-    assert_refused(join(&ctl, "node-b", "i-b", &wrong_secret).await, Code::PermissionDenied, "wrong secret");
-    assert_refused(join(&ctl, "node-b", "i-b", "not-a-token").await, Code::InvalidArgument, "malformed bootstrap token");
-    assert_refused(join(&ctl, "Node_B", "i-b", &good).await, Code::InvalidArgument, "invalid node name");
-    assert_refused(join(&ctl, "node-b", "", &good).await, Code::InvalidArgument, "instance ID");
+    assert_refused(
+        join(&ctl, "node-b", "i-b", &used).await,
+        Code::PermissionDenied,
+        "used up",
+    );
+    assert_refused(
+        join(&ctl, "node-b", "i-b", &expired).await,
+        Code::PermissionDenied,
+        "expired",
+    );
+    assert_refused(
+        join(&ctl, "node-b", "i-b", &revoked).await,
+        Code::PermissionDenied,
+        "revoked",
+    );
+    assert_refused(
+        join(&ctl, "node-b", "i-b", &bound).await,
+        Code::PermissionDenied,
+        "bound to node \"node-x\"",
+    );
+    assert_refused(
+        join(&ctl, "node-b", "i-b", &wrong_secret).await,
+        Code::PermissionDenied,
+        "wrong secret",
+    );
+    assert_refused(
+        join(&ctl, "node-b", "i-b", "not-a-token").await,
+        Code::InvalidArgument,
+        "malformed bootstrap token",
+    );
+    assert_refused(
+        join(&ctl, "Node_B", "i-b", &good).await,
+        Code::InvalidArgument,
+        "invalid node name",
+    );
+    assert_refused(
+        join(&ctl, "node-b", "", &good).await,
+        Code::InvalidArgument,
+        "instance ID",
+    );
     // Another machine claiming an existing node's name with an unbound token.
-    assert_refused(join(&ctl, "node-a", "i-impostor", &good).await, Code::AlreadyExists, "belongs to instance \"i-a\"");
+    assert_refused(
+        join(&ctl, "node-a", "i-impostor", &good).await,
+        Code::AlreadyExists,
+        "belongs to instance \"i-a\"",
+    );
 
-    let bad_csr = enrollment(&ctl).join(pb::JoinRequest { token: good.clone(), csr_der: b"garbage".to_vec(), node_name: "node-b".into(), facts: Some(facts("i-b")) }).await;
+    let bad_csr = enrollment(&ctl)
+        .join(pb::JoinRequest {
+            token: good.clone(),
+            csr_der: b"garbage".to_vec(),
+            node_name: "node-b".into(),
+            facts: Some(facts("i-b")),
+        })
+        .await;
     let s = bad_csr.unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument);
-    assert!(s.message().contains("certificate signing request"), "{}", s.message());
+    assert!(
+        s.message().contains("certificate signing request"),
+        "{}",
+        s.message()
+    );
 
-    let huge = enrollment(&ctl).join(pb::JoinRequest { token: good.clone(), csr_der: vec![7; 2 * 1024 * 1024], node_name: "node-b".into(), facts: Some(facts("i-b")) }).await;
+    let huge = enrollment(&ctl)
+        .join(pb::JoinRequest {
+            token: good.clone(),
+            csr_der: vec![7; 2 * 1024 * 1024],
+            node_name: "node-b".into(),
+            facts: Some(facts("i-b")),
+        })
+        .await;
     let s = huge.unwrap_err();
-    assert!(matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted), "oversized message: {s:?}");
+    assert!(
+        matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "oversized message: {s:?}"
+    );
 
-    assert_eq!(snapshot(&ctl), before, "a refused request must not change the state");
+    assert_eq!(
+        snapshot(&ctl),
+        before,
+        "a refused request must not change the state"
+    );
     // And the good token still works afterwards.
     join(&ctl, "node-b", "i-b", &good).await.unwrap();
 }
@@ -107,14 +238,25 @@ async fn bad_tokens_csrs_and_names_are_refused_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_calls_need_a_valid_current_certificate_and_see_only_their_own_assignment() {
     let ctl = TestController::start().await;
-    let (key_a, cert_a) = join(&ctl, "node-a", "i-a", &ctl.token(None).await).await.unwrap();
-    join(&ctl, "node-b", "i-b", &ctl.token(None).await).await.unwrap();
+    let (key_a, cert_a) = join(&ctl, "node-a", "i-a", &ctl.token(None).await)
+        .await
+        .unwrap();
+    join(&ctl, "node-b", "i-b", &ctl.token(None).await)
+        .await
+        .unwrap();
     let before = snapshot(&ctl);
 
     // No client certificate.
-    let s = anonymous_client(&ctl).report(pb::HealthReport::default()).await.unwrap_err();
+    let s = anonymous_client(&ctl)
+        .report(pb::HealthReport::default())
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
-    assert!(s.message().contains("client certificate"), "{}", s.message());
+    assert!(
+        s.message().contains("client certificate"),
+        "{}",
+        s.message()
+    );
 
     // A certificate from another CA for the same name: the TLS handshake fails.
     let rogue_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
@@ -125,19 +267,42 @@ async fn node_calls_need_a_valid_current_certificate_and_see_only_their_own_assi
     let mut leaf = CertificateParams::new(vec!["node-a".into()]).unwrap();
     leaf.distinguished_name.push(DnType::CommonName, "node-a");
     let forged = leaf.signed_by(&leaf_key, &rogue).unwrap().pem();
-    let s = mtls_client(&ctl, &leaf_key.serialize_pem(), &forged).report(pb::HealthReport::default()).await.unwrap_err();
-    assert!(matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled), "{s:?}");
+    let s = mtls_client(&ctl, &leaf_key.serialize_pem(), &forged)
+        .report(pb::HealthReport::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            s.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+        ),
+        "{s:?}"
+    );
 
     // An expired certificate from the right CA: refused by the handshake.
     let pki_dir = ctl.dir.path().join(".pangaea/pki");
-    let ca = Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki_dir.join("controller-ca.crt")).unwrap(), KeyPair::from_pem(&std::fs::read_to_string(pki_dir.join("controller-ca.key")).unwrap()).unwrap()).unwrap();
+    let ca = Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(pki_dir.join("controller-ca.crt")).unwrap(),
+        KeyPair::from_pem(&std::fs::read_to_string(pki_dir.join("controller-ca.key")).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
     let mut old = CertificateParams::new(vec!["node-a".into()]).unwrap();
     old.distinguished_name.push(DnType::CommonName, "node-a");
     old.not_before = time::OffsetDateTime::now_utc() - Duration::from_secs(2 * 86400);
     old.not_after = time::OffsetDateTime::now_utc() - Duration::from_secs(86400);
     let expired = old.signed_by(&leaf_key, &ca).unwrap().pem();
-    let s = mtls_client(&ctl, &leaf_key.serialize_pem(), &expired).report(pb::HealthReport::default()).await.unwrap_err();
-    assert!(matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled), "{s:?}");
+    let s = mtls_client(&ctl, &leaf_key.serialize_pem(), &expired)
+        .report(pb::HealthReport::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            s.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+        ),
+        "{s:?}"
+    );
 
     // A valid certificate from the right CA that the controller never issued to this node.
     let unknown = CertificateParams::new(vec!["node-a".into()]).map(|mut p| {
@@ -145,20 +310,43 @@ async fn node_calls_need_a_valid_current_certificate_and_see_only_their_own_assi
         p
     });
     let unlisted = unknown.unwrap().signed_by(&leaf_key, &ca).unwrap().pem();
-    let s = mtls_client(&ctl, &leaf_key.serialize_pem(), &unlisted).report(pb::HealthReport::default()).await.unwrap_err();
+    let s = mtls_client(&ctl, &leaf_key.serialize_pem(), &unlisted)
+        .report(pb::HealthReport::default())
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
 
     // Node A asking for node B's assignment.
     let mut a = mtls_client(&ctl, &key_a, &cert_a);
-    let s = a.watch_assignment(pb::WatchRequest { node_name: "node-b".into() }).await.unwrap_err();
+    let s = a
+        .watch_assignment(pb::WatchRequest {
+            node_name: "node-b".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::PermissionDenied);
     assert!(s.message().contains("only its own"), "{}", s.message());
     assert_eq!(snapshot(&ctl), before);
 
     // Its own assignment is fine, and reports land.
-    let first = a.watch_assignment(pb::WatchRequest { node_name: "node-a".into() }).await.unwrap().into_inner().message().await.unwrap().unwrap();
+    let first = a
+        .watch_assignment(pb::WatchRequest {
+            node_name: "node-a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.node_name, "node-a");
-    a.report(pb::HealthReport { applied_revision: first.revision, ..Default::default() }).await.unwrap();
+    a.report(pb::HealthReport {
+        applied_revision: first.revision,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     // Removal revokes at once.
     ctl.controller.remove_node("node-a".into()).await.unwrap();
@@ -173,15 +361,29 @@ async fn an_agent_refuses_a_controller_that_does_not_match_its_pin() {
     let token = ctl.token(None).await;
     let (dir, mut cfg) = ctl.agent_config("node-a", &token);
     cfg.ca_pin = pangaea_core::pin::SpkiPin::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
-    let err = pangaea_agent::identity::join(&cfg).await.err().expect("join must fail").to_string();
+    let err = pangaea_agent::identity::join(&cfg)
+        .await
+        .err()
+        .expect("join must fail")
+        .to_string();
     assert!(err.contains("pin"), "{err}");
-    assert!(cfg.token_file.exists(), "the token stays for a later attempt");
-    assert_eq!(ctl.controller.tokens().unwrap()[0].uses_left, 1, "the token was not spent");
+    assert!(
+        cfg.token_file.exists(),
+        "the token stays for a later attempt"
+    );
+    assert_eq!(
+        ctl.controller.tokens().unwrap()[0].uses_left,
+        1,
+        "the token was not spent"
+    );
     assert!(ctl.controller.nodes().unwrap().is_empty());
 
     // With the right pin the same token works.
     cfg.ca_pin = ctl.controller.pki().controller_pin();
     let agent = TestAgent::spawn(dir, cfg);
-    pangaea_tests::eventually("node joins", Duration::from_secs(20), || ctl.controller.nodes().unwrap().len() == 1).await;
+    pangaea_tests::eventually("node joins", Duration::from_secs(20), || {
+        ctl.controller.nodes().unwrap().len() == 1
+    })
+    .await;
     agent.shutdown().await;
 }

@@ -8,14 +8,27 @@ use std::sync::Arc;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (root, state) = (std::path::PathBuf::from(&args[1]), std::path::PathBuf::from(&args[2]));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (root, state) = (
+        std::path::PathBuf::from(&args[1]),
+        std::path::PathBuf::from(&args[2]),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let applier = Applier::new(&root, &state, Arc::new(RecordingServiceManager::default()));
-        let mut revision = applier.last_applied().ok().flatten().map_or(0, |a| a.revision);
+        let mut revision = applier
+            .last_applied()
+            .ok()
+            .flatten()
+            .map_or(0, |a| a.revision);
         loop {
             revision += 1;
-            applier.apply(&pangaea_tests::crash::assignment(revision), false).await.unwrap();
+            applier
+                .apply(&pangaea_tests::crash::assignment(revision), false)
+                .await
+                .unwrap();
         }
     });
 }
