@@ -14,7 +14,7 @@ use pangaea_proto as pb;
 use prost::Message;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -239,9 +239,7 @@ fn validate(a: &pb::Assignment) -> Result<(), ApplyError> {
         let path = Path::new(p);
         if !path.is_absolute()
             || p.contains('\0')
-            || path
-                .components()
-                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+            || p.split('/').any(|seg| seg == "." || seg == "..")
             || path.file_name().is_none()
         {
             return Err(invalid(format!(

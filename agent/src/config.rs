@@ -66,9 +66,31 @@ fn default_report_interval() -> u64 {
     15
 }
 
+/// Field validators prefix their errors with `<key>: `, because the YAML parser reports
+/// them at the start of the document; [`locate`] then finds the key's line.
 fn de_pin<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SpkiPin, D::Error> {
     let s = String::deserialize(d)?;
-    SpkiPin::parse(&s).map_err(serde::de::Error::custom)
+    SpkiPin::parse(&s).map_err(|e| serde::de::Error::custom(format!("ca_pin: {e}")))
+}
+
+/// `:line:column` of an error: the parser's, or for validator errors, the key's.
+fn locate(text: &str, err: &serde_norway::Error) -> String {
+    let parser = err.location().map(|l| (l.line(), l.column()));
+    let message = err.to_string();
+    let key = message
+        .split_once(": ")
+        .map(|(k, _)| k)
+        .filter(|k| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+    let from_key = key.and_then(|k| {
+        text.lines()
+            .position(|l| l.starts_with(&format!("{k}:")))
+            .map(|i| (i + 1, 1))
+    });
+    match (parser, from_key) {
+        (Some((1, 1)), Some(k)) | (None, Some(k)) => format!(":{}:{}", k.0, k.1),
+        (Some((l, c)), _) => format!(":{l}:{c}"),
+        (None, None) => String::new(),
+    }
 }
 
 impl AgentConfig {
@@ -83,10 +105,7 @@ impl AgentConfig {
     pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
         let cfg: AgentConfig = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            location: e
-                .location()
-                .map(|l| format!(":{}:{}", l.line(), l.column()))
-                .unwrap_or_default(),
+            location: locate(text, &e),
             message: e.to_string(),
         })?;
         if cfg.controller.is_empty() {
