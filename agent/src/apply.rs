@@ -88,6 +88,7 @@ impl Applier {
     /// which is how a rebooted node brings its services up before the controller answers.
     pub async fn apply(&self, next: &pb::Assignment, at_boot: bool) -> Result<Applied, ApplyError> {
         validate(next)?;
+        self.sweep_leftovers(next);
         let prev = self.last_applied().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "ignoring unreadable last applied assignment");
             None
@@ -179,6 +180,41 @@ impl Applier {
 
         fsutil::atomic_write(&self.state_file, &next.encode_to_vec(), 0o600)?;
         Ok(done)
+    }
+}
+
+impl Applier {
+    /// Removes temporary files that an interrupted write (a crash, SIGKILL, power loss)
+    /// left beside the assignment's destinations. They are never the destination itself,
+    /// so nothing a service reads is affected.
+    fn sweep_leftovers(&self, a: &pb::Assignment) {
+        let mut by_dir: std::collections::BTreeMap<PathBuf, Vec<String>> = Default::default();
+        for p in a
+            .files
+            .iter()
+            .map(|f| &f.path)
+            .chain(a.artifacts.iter().map(|x| &x.dest))
+        {
+            let target = self.target(p);
+            if let (Some(dir), Some(name)) = (target.parent(), target.file_name()) {
+                by_dir
+                    .entry(dir.to_owned())
+                    .or_default()
+                    .push(format!(".{}.", name.to_string_lossy()));
+            }
+        }
+        for (dir, prefixes) in by_dir {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".tmp") && prefixes.iter().any(|p| name.starts_with(p)) {
+                    tracing::info!(path = %e.path().display(), "removing a leftover temporary file");
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }
 

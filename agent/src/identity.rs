@@ -221,9 +221,9 @@ impl Identity {
         Ok(Arc::new(cfg))
     }
 
-    /// A channel to the first configured controller (tonic reconnects it as needed).
-    pub fn channel(&self, cfg: &AgentConfig) -> Result<tonic::transport::Channel, IdentityError> {
-        tls::channel(&cfg.controller[0], self.client_config()?)
+    /// A mutual-TLS channel to `endpoint` (tonic reconnects it as needed).
+    pub fn channel(&self, endpoint: &str) -> Result<tonic::transport::Channel, IdentityError> {
+        tls::channel(endpoint, self.client_config()?)
             .map_err(|e| IdentityError::Other(e.to_string()))
     }
 }
@@ -310,14 +310,18 @@ pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
 }
 
 /// Renews the node certificate over mutual TLS with a fresh key.
-pub async fn renew(cfg: &AgentConfig, current: &Identity) -> Result<Identity, IdentityError> {
+pub async fn renew(
+    cfg: &AgentConfig,
+    endpoint: &str,
+    current: &Identity,
+) -> Result<Identity, IdentityError> {
     let (key, csr_der) = new_key_and_csr(&current.node_name);
-    let mut client = pb::node_service_client::NodeServiceClient::new(current.channel(cfg)?);
+    let mut client = pb::node_service_client::NodeServiceClient::new(current.channel(endpoint)?);
     let resp = client
         .renew(pb::RenewRequest { csr_der })
         .await
         .map_err(|s| IdentityError::Refused {
-            endpoint: cfg.controller[0].clone(),
+            endpoint: endpoint.to_owned(),
             code: s.code(),
             message: s.message().to_owned(),
         })?

@@ -33,6 +33,8 @@ struct Agent {
     reporter: Reporter,
     /// An assignment that failed to apply, retried at each report tick.
     pending: Option<pb::Assignment>,
+    /// Index into `cfg.controller`; moves to the next endpoint when one cannot be reached.
+    endpoint: usize,
 }
 
 /// Runs the agent until `shutdown` turns true (or its sender is dropped).
@@ -49,6 +51,7 @@ pub async fn run(
         status: AgentStatus::default(),
         reporter: Reporter::default(),
         pending: None,
+        endpoint: 0,
     };
     agent.boot_from_disk().await;
 
@@ -76,17 +79,21 @@ pub async fn run(
     loop {
         match agent.session(&identity, &mut shutdown).await {
             SessionEnd::Shutdown => return Ok(()),
-            SessionEnd::Renew => match identity::renew(&agent.cfg, &identity).await {
-                Ok(id) => {
-                    agent.status.cert_not_after = id.not_after;
-                    identity = id;
-                    continue;
+            SessionEnd::Renew => {
+                match identity::renew(&agent.cfg, agent.current_endpoint(), &identity).await {
+                    Ok(id) => {
+                        agent.status.cert_not_after = id.not_after;
+                        identity = id;
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
                 }
-                Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
-            },
+            }
             SessionEnd::Lost { connected, why } => {
                 if connected {
                     backoff.reset();
+                } else {
+                    agent.endpoint += 1;
                 }
                 tracing::warn!(reason = %why, "lost the controller; reconnecting");
             }
@@ -109,6 +116,10 @@ async fn wait_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> 
 }
 
 impl Agent {
+    fn current_endpoint(&self) -> &str {
+        &self.cfg.controller[self.endpoint % self.cfg.controller.len()]
+    }
+
     /// Brings the node's services up from the last applied assignment, before (and
     /// without) the controller: the cluster must not depend on the controller being up.
     async fn boot_from_disk(&mut self) {
@@ -161,7 +172,8 @@ impl Agent {
         identity: &Identity,
         shutdown: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
-        let channel = match identity.channel(&self.cfg) {
+        let endpoint = self.current_endpoint().to_owned();
+        let channel = match identity.channel(&endpoint) {
             Ok(c) => c,
             Err(e) => {
                 return SessionEnd::Lost {
@@ -186,7 +198,7 @@ impl Agent {
                 };
             }
         };
-        tracing::info!(node = %identity.node_name, controller = %self.cfg.controller[0], "connected to the controller");
+        tracing::info!(node = %identity.node_name, controller = %endpoint, "connected to the controller");
         let renew_in = identity
             .renew_at()
             .duration_since(SystemTime::now())
