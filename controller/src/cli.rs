@@ -78,7 +78,7 @@ pub enum TokenCommand {
         uses: u32,
         /// Admit only a node of this name (and let it replace an old node of that name).
         #[arg(long)]
-        node: Option<String>,
+        node: Option<pangaea_core::NodeName>,
         #[arg(long, default_value = "")]
         description: String,
     },
@@ -255,14 +255,11 @@ async fn token(state_dir: &Path, cmd: TokenCommand) -> anyhow::Result<()> {
             node,
             description,
         } => {
-            if let Some(n) = &node {
-                pangaea_core::NodeName::try_from(n.as_str())?;
-            }
             let resp = backend
                 .create_token(pb::CreateTokenRequest {
                     ttl_seconds: ttl.as_secs(),
                     uses,
-                    node_name: node.unwrap_or_default(),
+                    node_name: node.map(String::from).unwrap_or_default(),
                     description,
                 })
                 .await?;

@@ -1,0 +1,405 @@
+//! End to end through the real binaries, as an operator uses them: `pangaea-ctl serve` on
+//! loopback, the PKI and token commands through its admin socket, one `pangaea-agent` that
+//! joins and applies its assignment, node removal, the state lock, and shutdown.
+//!
+//! The binaries are taken from the target directory beside this test executable, so
+//! `cargo test --workspace` (or `cargo build --workspace` first) must have built them.
+
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any one wait may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(20);
+const STEP: Duration = Duration::from_millis(25);
+
+/// `target/debug/<name>`: the test executable is `target/debug/deps/cli-XXXX`.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build the binaries first: cargo build --workspace",
+        path.display()
+    );
+    path
+}
+
+/// Calls `f` every [`STEP`] until it returns `Some`, failing with `what` after [`DEADLINE`].
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(STEP);
+    }
+}
+
+/// A background process, killed (and reaped) when dropped, even when the test panics; then
+/// its log, if it has one, is printed to help explain the failure.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: Option<PathBuf>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr appended to `log`.
+    fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Proc {
+        let out = File::create(log).expect("create log");
+        let err = out.try_clone().expect("clone log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc {
+            name,
+            child,
+            log: Some(log.to_owned()),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("{} exited early ({status})", self.name);
+        }
+    }
+
+    /// Waits for the process to exit on its own, at most [`DEADLINE`].
+    fn wait_exit(&mut self) -> ExitStatus {
+        let name = self.name;
+        poll(&format!("{name} to exit"), || {
+            self.child.try_wait().expect("try_wait")
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(log) = self.log.as_deref().filter(|_| std::thread::panicking()) {
+            eprintln!("--- {} log ({}):\n{}", self.name, log.display(), read(log));
+        }
+    }
+}
+
+/// Runs `cmd` to completion within [`DEADLINE`] (killing it otherwise) and returns its
+/// output. Output goes through anonymous files, so a chatty child never blocks on a pipe.
+fn run_bounded(mut cmd: Command) -> Output {
+    let mut out = tempfile::tempfile().expect("tempfile");
+    let mut err = tempfile::tempfile().expect("tempfile");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone"))
+        .stderr(err.try_clone().expect("clone"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let mut proc = Proc {
+        name: "command",
+        child,
+        log: None,
+    };
+    let status = poll(&format!("{cmd:?} to finish"), || {
+        proc.child.try_wait().expect("try_wait")
+    });
+    let slurp = |f: &mut File| {
+        let mut v = Vec::new();
+        f.rewind().expect("rewind");
+        f.read_to_end(&mut v).expect("read output");
+        v
+    };
+    Output {
+        status,
+        stdout: slurp(&mut out),
+        stderr: slurp(&mut err),
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "{}\n--- stdout:\n{}--- stderr:\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    )
+}
+
+/// `pangaea-ctl --state-dir <state> ...`.
+struct Ctl {
+    bin: PathBuf,
+    state: PathBuf,
+}
+
+impl Ctl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--state-dir").arg(&self.state).args(args);
+        c.env("NO_COLOR", "1");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run_bounded(self.command(args))
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "pangaea-ctl {args:?} failed: {}",
+            show(&o)
+        );
+        text(&o.stdout)
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "pangaea-ctl {args:?} should have failed: {}",
+            show(&o)
+        );
+        text(&o.stderr)
+    }
+
+    fn status_json(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["status", "-o", "json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status -o json: {e}: {out}"))
+    }
+
+    /// The STATE column of `token list` for token `id`.
+    fn token_state(&self, id: &str) -> String {
+        let list = self.ok(&["token", "list"]);
+        let row = list
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.first() == Some(&id))
+            .unwrap_or_else(|| panic!("token {id} not in `token list`:\n{list}"));
+        assert_eq!(row.len(), 5, "unexpected `token list` row {row:?}:\n{list}");
+        row[4].to_owned()
+    }
+}
+
+fn is_token(t: &str) -> bool {
+    let lower_alnum = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    matches!(t.split_once('.'), Some((id, secret))
+        if id.len() == 6 && secret.len() == 16 && lower_alnum(id) && lower_alnum(secret))
+}
+
+#[test]
+fn operator_flow_with_real_binaries() {
+    let (ctl_bin, agent_bin) = (binary("pangaea-ctl"), binary("pangaea-agent"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let ctl = Ctl {
+        bin: ctl_bin,
+        state: dir.join(".pangaea"),
+    };
+
+    // 1. The controller, on an ephemeral loopback port it reports in serve.addr.
+    let serve_log = dir.join("serve.log");
+    let mut serve = Proc::spawn(
+        "pangaea-ctl serve",
+        ctl.command(&["serve", "--listen", "127.0.0.1:0"]),
+        &serve_log,
+    );
+    let addr = poll("serve.addr", || {
+        serve.assert_running();
+        Some(read(&ctl.state.join("serve.addr")).trim().to_owned()).filter(|a| !a.is_empty())
+    });
+    let sock: std::net::SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|e| panic!("serve.addr {addr:?}: {e}"));
+    assert!(sock.ip().is_loopback() && sock.port() != 0, "{sock}");
+
+    // 2. The PKI.
+    let pin = ctl.ok(&["pki", "pin"]).trim().to_owned();
+    let hex = pin
+        .strip_prefix("sha256:")
+        .unwrap_or_else(|| panic!("pin {pin:?}"));
+    assert!(
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "pin {pin:?}"
+    );
+    let table = ctl.ok(&["pki", "show"]);
+    for name in [
+        "controller-ca",
+        "cluster-ca",
+        "etcd-ca",
+        "front-proxy-ca",
+        "controller",
+    ] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
+            "`pki show` lacks {name}:\n{table}"
+        );
+    }
+    assert!(table.contains(&pin), "`pki show` lacks the pin:\n{table}");
+    let json = ctl.ok(&["pki", "show", "-o", "json"]);
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("pki show -o json: {e}: {json}"));
+    assert_eq!(rows.len(), 5, "{json}");
+    assert!(rows.iter().any(|r| r["name"] == "controller"), "{json}");
+
+    // 3. A bootstrap token, created through the daemon's admin socket.
+    assert!(ctl.state.join("ctl.sock").exists(), "no admin socket");
+    let token = ctl.ok(&["token", "create", "--node", "node-1"]);
+    let token = token.trim();
+    assert!(is_token(token), "token {token:?}");
+    let id = token.split_once('.').unwrap().0;
+    assert_eq!(ctl.token_state(id), "valid");
+
+    // 4. The agent.
+    let token_file = dir.join("bootstrap-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let root = dir.join("root");
+    let q = |p: &Path| serde_json::to_string(p.to_str().unwrap()).unwrap();
+    let config = dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "controller: [\"{addr}\"]\nca_pin: \"{pin}\"\ntoken_file: {}\nnode_name: node-1\n\
+             instance_id: i-1\nstate_dir: {}\nroot: {}\nfake_systemd: true\n\
+             report_interval_seconds: 1\n",
+            q(&token_file),
+            q(&dir.join("agent-state")),
+            q(&root),
+        ),
+    )
+    .unwrap();
+    let agent_log = dir.join("agent.log");
+    let mut agent_cmd = Command::new(&agent_bin);
+    agent_cmd.arg("--config").arg(&config).env("NO_COLOR", "1");
+    let mut agent = Proc::spawn("pangaea-agent", agent_cmd, &agent_log);
+
+    // 5. It joins, applies its assignment and reports it.
+    let node = poll("node-1 to report its assignment applied", || {
+        agent.assert_running();
+        ctl.status_json().into_iter().find(|n| {
+            let applied = n["applied_revision"].as_u64().unwrap_or(0);
+            n["name"] == "node-1"
+                && applied >= 1
+                && n["assigned_revision"].as_u64() == Some(applied)
+        })
+    });
+    assert_eq!(node["instance_id"], "i-1", "{node}");
+    assert_eq!(node["removed"], false, "{node}");
+    assert!(!token_file.exists(), "the agent kept the used token file");
+    let node_json = read(&root.join("etc/pangaea/node.json"));
+    assert!(node_json.contains("node-1"), "node.json: {node_json:?}");
+    assert_eq!(ctl.token_state(id), "used");
+
+    // 6. Operator mistakes fail with a clear message and change nothing.
+    let before = ctl.ok(&["token", "list"]);
+    let e = ctl.fails(&["token", "create", "--ttl", "5x"]);
+    assert!(e.contains("duration"), "--ttl 5x: {e}");
+    let e = ctl.fails(&["token", "create", "--node", "Bad_Name"]);
+    assert!(e.contains("invalid node name"), "--node Bad_Name: {e}");
+    let e = ctl.fails(&["token", "revoke", "nosuch"]);
+    assert!(e.contains("no token"), "revoke nosuch: {e}");
+    assert_eq!(
+        ctl.ok(&["token", "list"]),
+        before,
+        "a failed command changed the tokens"
+    );
+
+    // 7. Removing the node makes the controller refuse the agent's certificate. (The log
+    // already says "removed" — "bootstrap token removed", "removed=0" — so only what the
+    // agent logs after the removal counts, and it must be the refusal.)
+    let logged_before = read(&agent_log).len();
+    let out = ctl.ok(&["node", "remove", "node-1"]);
+    assert!(out.contains("node-1"), "{out}");
+    poll(
+        "the agent to log that the controller refuses it as removed",
+        || {
+            agent.assert_running();
+            let log = read(&agent_log);
+            log[logged_before..]
+                .lines()
+                .any(|l| l.contains("refuses this node's identity") && l.contains("was removed"))
+                .then_some(())
+        },
+    );
+    let node = ctl
+        .status_json()
+        .into_iter()
+        .find(|n| n["name"] == "node-1");
+    assert_eq!(node.expect("node-1 still listed")["removed"], true);
+
+    // 8. A second controller on the same state fails at once, naming the first one.
+    let started = Instant::now();
+    let second = ctl.run(&["serve", "--listen", "127.0.0.1:0"]);
+    let e = text(&second.stderr);
+    assert!(!second.status.success(), "second serve: {}", show(&second));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "second serve took {:?} to fail",
+        started.elapsed()
+    );
+    assert!(
+        e.contains("another pangaea-ctl process"),
+        "second serve: {e}"
+    );
+    assert!(
+        e.contains(&format!("PID {}", serve.pid())),
+        "second serve: {e}"
+    );
+    assert_eq!(
+        read(&ctl.state.join("serve.addr")).trim(),
+        addr,
+        "the refused second serve overwrote serve.addr"
+    );
+
+    // 9. SIGTERM stops the controller cleanly; the store then answers directly.
+    let kill = run_bounded({
+        let mut c = Command::new("kill");
+        c.arg("-TERM").arg(serve.pid().to_string());
+        c
+    });
+    assert!(kill.status.success(), "kill -TERM: {}", show(&kill));
+    let status = serve.wait_exit();
+    assert!(status.success(), "serve after SIGTERM: {status}");
+    assert!(
+        !ctl.state.join("serve.pid").exists(),
+        "serve.pid left behind"
+    );
+    let o = ctl.run(&["status"]);
+    assert!(o.status.success(), "status without a daemon: {}", show(&o));
+    assert!(
+        text(&o.stderr).contains("no controller is running"),
+        "status without a daemon: {}",
+        show(&o)
+    );
+    assert!(text(&o.stdout).contains("node-1"), "{}", show(&o));
+    drop(agent);
+}
