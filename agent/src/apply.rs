@@ -1,14 +1,16 @@
 //! Applying an assignment to the node.
 //!
-//! Order matters for a node that must keep running: units the new revision drops are stopped
-//! first; then files are replaced atomically (each one old or new, never torn) and artifacts
-//! installed; files the new revision drops are removed; systemd reloads when a unit file
+//! Order matters for a node that must keep running: artifacts are installed first (they are
+//! what most often fails — network, disk — and a failure then changes nothing else); units
+//! the new revision drops are stopped; files are replaced atomically (each one old or new,
+//! never torn); files the new revision drops are removed; systemd reloads when a unit file
 //! changed; then new units start and units whose files changed restart — only those. The
 //! applied revision is recorded on disk last, so a crash anywhere re-applies the whole
 //! revision at the next start, which is idempotent.
 
 use crate::artifact;
 use crate::service_manager::ServiceManager;
+use pangaea_artifact::Fetcher;
 use pangaea_core::fsutil;
 use pangaea_proto as pb;
 use prost::Message;
@@ -24,7 +26,7 @@ pub enum ApplyError {
     #[error(transparent)]
     Fs(#[from] fsutil::FsError),
     #[error("{0}")]
-    Artifact(#[from] artifact::ArtifactError),
+    Artifact(#[from] pangaea_artifact::FetchError),
     #[error(
         "last applied assignment {path} is unreadable ({message}); it will be replaced by the controller's"
     )]
@@ -48,6 +50,7 @@ pub struct Applier {
     root: PathBuf,
     state_file: PathBuf,
     units: Arc<dyn ServiceManager>,
+    fetcher: Arc<Fetcher>,
 }
 
 const UNIT_SUFFIXES: [&str; 6] = [
@@ -55,11 +58,48 @@ const UNIT_SUFFIXES: [&str; 6] = [
 ];
 
 impl Applier {
-    pub fn new(root: &Path, state_dir: &Path, units: Arc<dyn ServiceManager>) -> Applier {
+    pub fn new(
+        root: &Path,
+        state_dir: &Path,
+        units: Arc<dyn ServiceManager>,
+        fetcher: Arc<Fetcher>,
+    ) -> Applier {
         Applier {
             root: root.to_owned(),
             state_file: state_dir.join("applied-assignment.pb"),
             units,
+            fetcher,
+        }
+    }
+
+    /// Installs every artifact of `next` (concurrently, bounded by the fetcher), returning
+    /// the destinations that changed. The first failure is returned after all finished.
+    async fn install_artifacts(&self, next: &pb::Assignment) -> Result<Vec<String>, ApplyError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for a in &next.artifacts {
+            let spec = artifact::spec(&self.root, a).map_err(|message| ApplyError::Invalid {
+                revision: next.revision,
+                message,
+            })?;
+            let (fetcher, a) = (self.fetcher.clone(), a.clone());
+            tasks.spawn(async move { fetcher.install(&spec).await.map(|i| (a, i.changed)) });
+        }
+        let (mut changed, mut first_error) = (Vec::new(), None);
+        while let Some(r) = tasks.join_next().await {
+            match r.expect("artifact task does not panic") {
+                Ok((a, true)) => {
+                    changed.push(a.dest.clone());
+                    changed.extend(a.members.iter().map(|m| m.dest.clone()));
+                }
+                Ok((_, false)) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(changed),
         }
     }
 
@@ -96,6 +136,7 @@ impl Applier {
         let prev = prev.unwrap_or_default();
         let mut done = Applied {
             revision: next.revision,
+            changed: self.install_artifacts(next).await?,
             ..Default::default()
         };
 
@@ -119,26 +160,9 @@ impl Applier {
             }
             set_owner(&target, &f.owner, &mut done.errors);
         }
-        for a in &next.artifacts {
-            let dest = self.target(&a.dest);
-            if artifact::install(&a.url, &a.sha256, &dest, a.mode).await? {
-                done.changed.push(a.dest.clone());
-            }
-        }
 
-        let keep: BTreeSet<&str> = next
-            .files
-            .iter()
-            .map(|f| f.path.as_str())
-            .chain(next.artifacts.iter().map(|a| a.dest.as_str()))
-            .collect();
-        for gone in prev
-            .files
-            .iter()
-            .map(|f| &f.path)
-            .chain(prev.artifacts.iter().map(|a| &a.dest))
-            .filter(|p| !keep.contains(p.as_str()))
-        {
+        let keep: BTreeSet<&str> = destinations(next).map(String::as_str).collect();
+        for gone in destinations(&prev).filter(|p| !keep.contains(p.as_str())) {
             fsutil::remove_durably(&self.target(gone))?;
             done.removed.push(gone.clone());
         }
@@ -189,12 +213,7 @@ impl Applier {
     /// so nothing a service reads is affected.
     fn sweep_leftovers(&self, a: &pb::Assignment) {
         let mut by_dir: std::collections::BTreeMap<PathBuf, Vec<String>> = Default::default();
-        for p in a
-            .files
-            .iter()
-            .map(|f| &f.path)
-            .chain(a.artifacts.iter().map(|x| &x.dest))
-        {
+        for p in destinations(a) {
             let target = self.target(p);
             if let (Some(dir), Some(name)) = (target.parent(), target.file_name()) {
                 by_dir
@@ -260,18 +279,22 @@ fn set_owner(path: &Path, owner: &str, errors: &mut Vec<String>) {
 
 /// Refuses paths that could escape the root or are not absolute, duplicate destinations,
 /// and unit names that are not plain systemd unit names.
+/// Every path the assignment puts on the node: files, artifacts and archive members.
+fn destinations(a: &pb::Assignment) -> impl Iterator<Item = &String> {
+    a.files.iter().map(|f| &f.path).chain(
+        a.artifacts
+            .iter()
+            .flat_map(|x| std::iter::once(&x.dest).chain(x.members.iter().map(|m| &m.dest))),
+    )
+}
+
 fn validate(a: &pb::Assignment) -> Result<(), ApplyError> {
     let invalid = |message: String| ApplyError::Invalid {
         revision: a.revision,
         message,
     };
     let mut seen = BTreeSet::new();
-    for p in a
-        .files
-        .iter()
-        .map(|f| &f.path)
-        .chain(a.artifacts.iter().map(|x| &x.dest))
-    {
+    for p in destinations(a) {
         let path = Path::new(p);
         if !path.is_absolute()
             || p.contains('\0')
@@ -316,6 +339,10 @@ mod tests {
     use super::*;
     use crate::service_manager::RecordingServiceManager;
 
+    fn fetcher() -> Arc<Fetcher> {
+        Arc::new(Fetcher::new(pangaea_artifact::Sources::standard(), 2))
+    }
+
     fn file(path: &str, content: &str) -> pb::File {
         pb::File {
             path: path.into(),
@@ -337,7 +364,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
         let sm = Arc::new(RecordingServiceManager::default());
-        let ap = Applier::new(root.path(), state.path(), sm.clone());
+        let ap = Applier::new(root.path(), state.path(), sm.clone(), fetcher());
         let r1 = pb::Assignment {
             node_name: "n".into(),
             revision: 1,
@@ -393,6 +420,7 @@ mod tests {
             root.path(),
             state.path(),
             Arc::new(RecordingServiceManager::default()),
+            fetcher(),
         );
         for bad in ["etc/x", "/etc/../../x", "/etc/./x", "/"] {
             let a = pb::Assignment {

@@ -1,187 +1,119 @@
-//! Artifact installation: content arrives in a temporary file beside the destination while
-//! being hashed, is fsynced, verified against its SHA-256, renamed into place and the
-//! directory fsynced. A wrong or partial file never reaches the destination, and the
-//! previous version stays in place on any failure.
-//!
-//! Sources: `file://` paths (the controller's mirror and air-gapped imports are served this
-//! way on the node). HTTP sources, resumable downloads and the controller mirror over mTLS
-//! are the artifact pipeline's work (issue #3).
+//! The agent's side of the artifact pipeline (`pangaea-artifact`): turning assignment
+//! entries into install specs under the agent's root, and the controller's mirror as a
+//! source (`pangaea-mirror:<algorithm>/<hex>`, streamed over the mutual-TLS channel).
 
-use pangaea_core::fsutil;
-use sha2::{Digest, Sha256};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use bytes::Bytes;
+use pangaea_artifact::{ArtifactSpec, Body, BoxFuture, Chunks, Digest, FetchError, Member, Source};
+use pangaea_proto as pb;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ArtifactError {
-    #[error("artifact {url}: unsupported source (supported: file://)")]
-    UnsupportedSource { url: String },
-    #[error("artifact {url}: digest {digest:?} is not 64 lowercase hex digits")]
-    BadDigest { url: String, digest: String },
-    #[error("artifact {url} -> {dest}: {action}: {source}")]
-    Io {
-        url: String,
-        dest: PathBuf,
-        action: &'static str,
-        source: std::io::Error,
-    },
-    #[error(
-        "artifact {url}: SHA-256 mismatch (expected {expected}, got {actual}); {dest} left untouched"
-    )]
-    Mismatch {
-        url: String,
-        dest: PathBuf,
-        expected: String,
-        actual: String,
-    },
+pub const MIRROR_SCHEME: &str = "pangaea-mirror";
+
+/// The install spec of an assignment's artifact, with paths under `root`.
+pub fn spec(root: &Path, a: &pb::Artifact) -> Result<ArtifactSpec, String> {
+    let digest = Digest::parse(&a.digest).map_err(|e| format!("artifact {}: {e}", a.url))?;
+    let under = |p: &str| root.join(p.trim_start_matches('/'));
+    Ok(ArtifactSpec {
+        url: a.url.clone(),
+        digest,
+        dest: under(&a.dest),
+        mode: a.mode,
+        members: a
+            .members
+            .iter()
+            .map(|m| Member {
+                path: m.path.clone(),
+                dest: under(&m.dest),
+                mode: m.mode,
+            })
+            .collect(),
+    })
 }
 
-/// SHA-256 of a file, streaming; `None` if it cannot be read.
-pub fn sha256_file(path: &Path) -> Option<String> {
-    let mut f = File::open(path).ok()?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => return Some(hex::encode(h.finalize())),
-            Ok(n) => h.update(&buf[..n]),
-            Err(_) => return None,
-        }
+/// Reads artifacts from the controller's mirror over the agent's current channel.
+#[derive(Clone, Default)]
+pub struct MirrorSource {
+    channel: Arc<Mutex<Option<tonic::transport::Channel>>>,
+}
+
+impl MirrorSource {
+    /// Called when a session with the controller starts.
+    pub fn set_channel(&self, channel: tonic::transport::Channel) {
+        *self.channel.lock().expect("mirror lock") = Some(channel);
     }
 }
 
-/// Installs the artifact at `dest` unless it already has the digest. Returns whether the
-/// destination changed.
-pub async fn install(
-    url: &str,
-    sha256: &str,
-    dest: &Path,
-    mode: u32,
-) -> Result<bool, ArtifactError> {
-    let (url, sha256, dest) = (url.to_owned(), sha256.to_owned(), dest.to_owned());
-    tokio::task::spawn_blocking(move || install_blocking(&url, &sha256, &dest, mode))
-        .await
-        .expect("artifact task does not panic")
+struct MirrorChunks {
+    url: String,
+    stream: tonic::Streaming<pb::ArtifactChunk>,
+    first: Option<Bytes>,
 }
 
-fn install_blocking(
-    url: &str,
-    sha256: &str,
-    dest: &Path,
-    mode: u32,
-) -> Result<bool, ArtifactError> {
-    if sha256.len() != 64
-        || !sha256
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
-        return Err(ArtifactError::BadDigest {
-            url: url.into(),
-            digest: sha256.into(),
-        });
-    }
-    let current_mode = std::fs::metadata(dest)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .ok();
-    if sha256_file(dest).as_deref() == Some(sha256) {
-        if current_mode != Some(mode) {
-            std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode)).map_err(
-                |source| ArtifactError::Io {
-                    url: url.into(),
-                    dest: dest.into(),
-                    action: "chmod",
-                    source,
-                },
-            )?;
-        }
-        return Ok(false);
-    }
-    let src = url
-        .strip_prefix("file://")
-        .ok_or_else(|| ArtifactError::UnsupportedSource { url: url.into() })?;
-    let io = |action: &'static str| {
-        move |source| ArtifactError::Io {
-            url: url.into(),
-            dest: dest.into(),
-            action,
-            source,
-        }
-    };
-    let dir = dest.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(io("create directory"))?;
-    let tmp = fsutil::temp_path_for(dest);
-    let result = (|| {
-        let mut input = File::open(src).map_err(io("open source"))?;
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create temporary file"))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = input.read(&mut buf).map_err(io("read source"))?;
-            if n == 0 {
-                break;
+impl Chunks for MirrorChunks {
+    fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, FetchError>> {
+        Box::pin(async move {
+            if let Some(b) = self.first.take() {
+                return Ok(Some(b));
             }
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io("write"))?;
-        }
-        out.sync_all().map_err(io("fsync"))?;
-        let actual = hex::encode(h.finalize());
-        if actual != sha256 {
-            return Err(ArtifactError::Mismatch {
-                url: url.into(),
-                dest: dest.into(),
-                expected: sha256.into(),
-                actual,
-            });
-        }
-        out.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io("chmod"))?;
-        std::fs::rename(&tmp, dest).map_err(io("rename into place"))?;
-        fsutil::sync_dir(dir).map_err(|e| ArtifactError::Io {
-            url: url.into(),
-            dest: dest.into(),
-            action: "fsync directory",
-            source: e.source,
+            match self.stream.message().await {
+                Ok(Some(c)) => Ok(Some(Bytes::from(c.data))),
+                Ok(None) => Ok(None),
+                Err(s) => Err(FetchError::Transport {
+                    url: self.url.clone(),
+                    message: format!("{:?}: {}", s.code(), s.message()),
+                }),
+            }
         })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
     }
-    result.map(|()| true)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn installs_verifies_and_skips_when_current() {
-        let d = tempfile::tempdir().unwrap();
-        let src = d.path().join("src");
-        std::fs::write(&src, b"binary v1").unwrap();
-        let digest = sha256_file(&src).unwrap();
-        let dest = d.path().join("bin/tool");
-        let url = format!("file://{}", src.display());
-        assert!(install(&url, &digest, &dest, 0o755).await.unwrap());
-        assert_eq!(std::fs::read(&dest).unwrap(), b"binary v1");
-        assert!(!install(&url, &digest, &dest, 0o755).await.unwrap());
-
-        // A wrong digest leaves the installed version in place and no temporary file.
-        std::fs::write(&src, b"binary v2, corrupted").unwrap();
-        let err = install(&url, &"0".repeat(64), &dest, 0o755)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ArtifactError::Mismatch { .. }), "{err}");
-        assert_eq!(std::fs::read(&dest).unwrap(), b"binary v1");
-        assert_eq!(
-            std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
-            1
-        );
+impl Source for MirrorSource {
+    fn open<'a>(&'a self, url: &'a str, offset: u64) -> BoxFuture<'a, Result<Body, FetchError>> {
+        Box::pin(async move {
+            let transport = |message: String| FetchError::Transport {
+                url: url.to_owned(),
+                message,
+            };
+            let digest = url
+                .strip_prefix(&format!("{MIRROR_SCHEME}:"))
+                .map(|d| d.replacen('/', ":", 1))
+                .ok_or_else(|| transport("not a mirror URL".into()))?;
+            let channel = self
+                .channel
+                .lock()
+                .expect("mirror lock")
+                .clone()
+                .ok_or_else(|| transport("not connected to the controller yet".into()))?;
+            let mut client = pb::node_service_client::NodeServiceClient::new(channel);
+            let mut stream = client
+                .fetch_artifact(pb::FetchArtifactRequest { digest, offset })
+                .await
+                .map_err(|s| match s.code() {
+                    tonic::Code::NotFound => FetchError::Http {
+                        url: url.to_owned(),
+                        status: 404,
+                    },
+                    _ => transport(format!("{:?}: {}", s.code(), s.message())),
+                })?
+                .into_inner();
+            let first = stream
+                .message()
+                .await
+                .map_err(|s| transport(format!("{:?}: {}", s.code(), s.message())))?;
+            let (start, total, first) = match first {
+                Some(c) => (c.offset, Some(c.total_size), Some(Bytes::from(c.data))),
+                None => (offset, None, None),
+            };
+            Ok(Body {
+                start,
+                total,
+                chunks: Box::new(MirrorChunks {
+                    url: url.to_owned(),
+                    stream,
+                    first,
+                }),
+            })
+        })
     }
 }

@@ -48,6 +48,7 @@ impl Reporter {
         &mut self,
         status: &AgentStatus,
         units: &dyn ServiceManager,
+        artifacts: &pangaea_artifact::Progress,
     ) -> pb::HealthReport {
         let mut errors = status.errors.clone();
         let (cpu_percent, memory_total_bytes, memory_used_bytes) = match self.sys.as_mut() {
@@ -102,6 +103,19 @@ impl Reporter {
             errors,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             agent_rss_bytes: own_rss_bytes(),
+            artifacts: artifacts
+                .snapshot()
+                .into_iter()
+                .map(|(dest, s)| pb::ArtifactProgress {
+                    dest: dest.display().to_string(),
+                    url: s.url,
+                    state: s.state.as_str().into(),
+                    bytes_done: s.bytes_done,
+                    bytes_total: s.bytes_total.unwrap_or(0),
+                    resumed_from: s.resumed_from,
+                    error: s.error.unwrap_or_default(),
+                })
+                .collect(),
         }
     }
 }

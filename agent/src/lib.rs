@@ -2,12 +2,11 @@
 //!
 //! [`run`] is the whole life of the agent; below it, [`identity`] (join, renew),
 //! [`apply`] (atomic application of assignments through a [`service_manager`]),
-//! [`artifact`] (verified installs), [`health`] and [`backoff`]. [`config`] is the file
+//! [`artifact`] (verified installs), and [`health`]. [`config`] is the file
 //! cloud-init writes.
 
 pub mod apply;
 pub mod artifact;
-pub mod backoff;
 pub mod config;
 pub mod health;
 pub mod identity;

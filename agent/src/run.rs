@@ -2,12 +2,14 @@
 //! keep a session with the controller — watch the assignment, apply it, report health,
 //! renew the certificate — and reconnect with jittered backoff whenever it breaks.
 
-use crate::apply::Applier;
-use crate::backoff::Backoff;
+use crate::apply::{Applied, Applier, ApplyError};
+use crate::artifact::{MIRROR_SCHEME, MirrorSource};
 use crate::config::AgentConfig;
 use crate::health::{AgentStatus, Reporter};
 use crate::identity::{self, Identity, IdentityError};
 use crate::service_manager::ServiceManager;
+use pangaea_artifact::{Fetcher, Sources};
+use pangaea_core::backoff::Backoff;
 use pangaea_proto as pb;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -27,15 +29,23 @@ enum SessionEnd {
 
 struct Agent {
     cfg: AgentConfig,
-    applier: Applier,
+    applier: Arc<Applier>,
     units: Arc<dyn ServiceManager>,
     status: AgentStatus,
     reporter: Reporter,
-    /// An assignment that failed to apply, retried at each report tick.
+    /// The newest assignment not yet applied: queued behind a running apply, or failed and
+    /// retried at each report tick.
     pending: Option<pb::Assignment>,
+    applying: Option<tokio::task::JoinHandle<(pb::Assignment, Result<Applied, ApplyError>)>>,
     /// Index into `cfg.controller`; moves to the next endpoint when one cannot be reached.
     endpoint: usize,
+    /// The controller's artifact mirror; gets each new session's channel.
+    mirror: MirrorSource,
+    fetcher: Arc<Fetcher>,
 }
+
+/// Downloads at once: enough to overlap latency, few enough for a small node's memory.
+const MAX_CONCURRENT_DOWNLOADS: usize = 3;
 
 /// Runs the agent until `shutdown` turns true (or its sender is dropped).
 pub async fn run(
@@ -43,7 +53,16 @@ pub async fn run(
     units: Arc<dyn ServiceManager>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let applier = Applier::new(&cfg.root, &cfg.state_dir, units.clone());
+    let mirror = MirrorSource::default();
+    let mut sources = Sources::standard();
+    sources.register(MIRROR_SCHEME, Arc::new(mirror.clone()));
+    let fetcher = Arc::new(Fetcher::new(sources, MAX_CONCURRENT_DOWNLOADS));
+    let applier = Arc::new(Applier::new(
+        &cfg.root,
+        &cfg.state_dir,
+        units.clone(),
+        fetcher.clone(),
+    ));
     let mut agent = Agent {
         cfg,
         applier,
@@ -51,7 +70,10 @@ pub async fn run(
         status: AgentStatus::default(),
         reporter: Reporter::default(),
         pending: None,
+        applying: None,
         endpoint: 0,
+        mirror,
+        fetcher,
     };
     agent.boot_from_disk().await;
 
@@ -129,15 +151,17 @@ impl Agent {
                     revision = a.revision,
                     "re-applying the last applied assignment from disk"
                 );
-                self.apply(a, true).await;
+                let result = self.applier.apply(&a, true).await;
+                self.finish_apply(a, result);
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "no usable last assignment on disk"),
         }
     }
 
-    async fn apply(&mut self, a: pb::Assignment, at_boot: bool) {
-        match self.applier.apply(&a, at_boot).await {
+    /// Records the outcome of applying `a`.
+    fn finish_apply(&mut self, a: pb::Assignment, result: Result<Applied, ApplyError>) {
+        match result {
             Ok(done) => {
                 tracing::info!(revision = done.revision, changed = done.changed.len(), removed = done.removed.len(), started = ?done.started, restarted = ?done.restarted, "assignment applied");
                 for e in &done.errors {
@@ -146,13 +170,39 @@ impl Agent {
                 self.status.applied_revision = a.revision;
                 self.status.units = a.units.iter().map(|u| u.name.clone()).collect();
                 self.status.errors = done.errors;
-                self.pending = None;
             }
             Err(e) => {
                 tracing::error!(revision = a.revision, error = %e, "assignment not applied; will retry");
                 self.status.errors = vec![e.to_string()];
-                self.pending = Some(a);
+                // Retry it, unless a newer revision arrived meanwhile.
+                self.pending.get_or_insert(a);
             }
+        }
+    }
+
+    /// Asks for `a` to be applied as soon as the current apply (if any) is done.
+    fn want(&mut self, a: pb::Assignment) {
+        if a.revision != self.status.applied_revision
+            || self.pending.is_some()
+            || !self.status.errors.is_empty()
+        {
+            self.pending = Some(a);
+            self.start_next();
+        }
+    }
+
+    /// Applies in the background, so that reports (with download progress) keep flowing
+    /// while a large artifact downloads.
+    fn start_next(&mut self) {
+        if self.applying.is_some() {
+            return;
+        }
+        if let Some(a) = self.pending.take() {
+            let applier = self.applier.clone();
+            self.applying = Some(tokio::spawn(async move {
+                let result = applier.apply(&a, false).await;
+                (a, result)
+            }));
         }
     }
 
@@ -162,7 +212,7 @@ impl Agent {
     ) -> Result<(), tonic::Status> {
         let report = self
             .reporter
-            .collect(&self.status, self.units.as_ref())
+            .collect(&self.status, self.units.as_ref(), self.fetcher.progress())
             .await;
         client.report(report).await.map(drop)
     }
@@ -182,6 +232,7 @@ impl Agent {
                 };
             }
         };
+        self.mirror.set_channel(channel.clone());
         let mut client = pb::node_service_client::NodeServiceClient::new(channel)
             .max_decoding_message_size(pangaea_proto::MAX_MESSAGE_BYTES);
         let mut stream = match client
@@ -213,21 +264,21 @@ impl Agent {
                 r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return SessionEnd::Shutdown },
                 _ = &mut renew => return SessionEnd::Renew,
                 msg = stream.message() => match msg {
-                    Ok(Some(a)) => {
-                        if a.revision != self.status.applied_revision || self.pending.is_some() {
-                            self.apply(a, false).await;
-                        }
-                        if let Err(s) = self.report(&mut client).await {
-                            return SessionEnd::Lost { connected: true, why: lost_reason(&s) };
-                        }
-                    }
+                    Ok(Some(a)) => self.want(a),
                     Ok(None) => return SessionEnd::Lost { connected: true, why: "the controller ended the assignment stream".into() },
                     Err(s) => return SessionEnd::Lost { connected: true, why: lost_reason(&s) },
                 },
-                _ = ticker.tick() => {
-                    if let Some(a) = self.pending.take() {
-                        self.apply(a, false).await;
+                done = async { self.applying.as_mut().expect("guarded").await }, if self.applying.is_some() => {
+                    self.applying = None;
+                    let (a, result) = done.expect("apply task does not panic");
+                    self.finish_apply(a, result);
+                    self.start_next();
+                    if let Err(s) = self.report(&mut client).await {
+                        return SessionEnd::Lost { connected: true, why: lost_reason(&s) };
                     }
+                }
+                _ = ticker.tick() => {
+                    self.start_next();
                     if let Err(s) = self.report(&mut client).await {
                         return SessionEnd::Lost { connected: true, why: lost_reason(&s) };
                     }

@@ -1,7 +1,9 @@
 //! The `pangaea-ctl` command line.
 
 use crate::admin::Backend;
+use crate::artifact_set::{ArtifactOverride, ArtifactSet};
 use crate::certinfo::{CertInfo, rfc3339};
+use crate::mirror::Mirror;
 use crate::pki::{CaKind, Pki};
 use crate::{Controller, ControllerConfig};
 use anyhow::Context;
@@ -53,6 +55,27 @@ pub enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The verified artifact mirror in .pangaea/artifacts (what nodes download).
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ArtifactsCommand {
+    /// Show the pinned artifact set and what the mirror holds, with sizes and digests.
+    List,
+    /// Copy a local file into the mirror (air-gapped use); it then serves any pin of its
+    /// SHA-256 or SHA-512.
+    Import { file: PathBuf },
+    /// Fetch artifacts of the pinned set into the mirror (all, or the names given), each
+    /// verified against its pinned digest; already mirrored ones are skipped.
+    Fetch {
+        names: Vec<String>,
+        /// YAML list of overrides by name (url, digest, version, members), e.g. a local
+        /// source for an artifact.
+        #[arg(long)]
+        overrides: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pki(cmd) => pki(&state_dir, cmd),
         Command::Token(cmd) => token(&state_dir, cmd).await,
         Command::Status { output } => status(&state_dir, output).await,
+        Command::Artifacts(cmd) => artifacts(&state_dir, cmd).await,
         Command::Node(NodeCommand::Remove { name }) => {
             Backend::connect(&state_dir)
                 .await?
@@ -192,6 +216,96 @@ async fn serve(state_dir: &Path, listen: SocketAddr, advertise: Vec<String>) -> 
     let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
     let _ = std::fs::remove_file(state_dir.join("serve.pid"));
     Ok(())
+}
+
+fn artifact_set(overrides: Option<&Path>) -> anyhow::Result<ArtifactSet> {
+    let set = ArtifactSet::defaults();
+    let Some(path) = overrides else {
+        return Ok(set);
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let list: Vec<ArtifactOverride> = serde_norway::from_str(&text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(":{}:{}", l.line(), l.column()))
+            .unwrap_or_default();
+        anyhow::anyhow!("{}{at}: {e}", path.display())
+    })?;
+    Ok(set.with_overrides(&path.display().to_string(), &list)?)
+}
+
+async fn artifacts(state_dir: &Path, cmd: ArtifactsCommand) -> anyhow::Result<()> {
+    // The mirror is content-addressed and written atomically, so it needs no lock and works
+    // the same whether or not a controller is running.
+    let mirror = Mirror::new(&state_dir.join("artifacts"));
+    match cmd {
+        ArtifactsCommand::List => {
+            let set = ArtifactSet::defaults();
+            println!("pinned set v{} ({})", set.set_version, set.arch);
+            println!(
+                "{:<18} {:<9} {:<8} {:>10}  DIGEST",
+                "NAME", "VERSION", "MIRROR", "SIZE"
+            );
+            for a in &set.artifacts {
+                let entry = mirror.entry(&a.digest());
+                let size = entry.as_ref().map_or("-".to_owned(), |e| human(e.size));
+                println!(
+                    "{:<18} {:<9} {:<8} {:>10}  {}",
+                    a.name,
+                    a.version,
+                    if entry.is_some() { "cached" } else { "missing" },
+                    size,
+                    a.digest
+                );
+            }
+            let pinned: Vec<String> = set.artifacts.iter().map(|a| a.digest.clone()).collect();
+            let others: Vec<_> = mirror
+                .list()
+                .into_iter()
+                .filter(|e| !pinned.contains(&e.digest))
+                .collect();
+            if !others.is_empty() {
+                println!("\nalso in the mirror:");
+                for e in others {
+                    println!("  {:>10}  {}  from {}", human(e.size), e.digest, e.source);
+                }
+            }
+        }
+        ArtifactsCommand::Import { file } => {
+            for e in mirror.import(&file).await? {
+                println!("{}  {}", e.digest, human(e.size));
+            }
+        }
+        ArtifactsCommand::Fetch { names, overrides } => {
+            let set = artifact_set(overrides.as_deref())?;
+            for n in &names {
+                if set.get(n).is_none() {
+                    anyhow::bail!(
+                        "no artifact named {n:?} in the set (see `pangaea-ctl artifacts list`)"
+                    );
+                }
+            }
+            for a in set
+                .artifacts
+                .iter()
+                .filter(|a| names.is_empty() || names.contains(&a.name))
+            {
+                eprintln!("{}: {}", a.name, a.url);
+                let e = mirror.ensure(&a.url, &a.digest()).await?;
+                println!("{:<18} {:>10}  {}", a.name, human(e.size), e.digest);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
 }
 
 fn pki(state_dir: &Path, cmd: PkiCommand) -> anyhow::Result<()> {

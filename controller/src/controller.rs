@@ -4,6 +4,7 @@
 
 use crate::assign::{self, BasePlanner, Hub, Planner};
 use crate::certinfo::CertInfo;
+use crate::mirror::{self, Mirror};
 use crate::pki::{CaKind, Pki, PkiError, profiles};
 use crate::records::{NodeRecord, TokenRecord, now};
 use crate::store::{self, ASSIGNMENTS, NODES, REPORTS, Store, StoreError};
@@ -59,6 +60,7 @@ pub struct NodeView {
 }
 
 pub struct Controller {
+    pub(crate) mirror: Mirror,
     pub(crate) store: Store,
     pub(crate) pki: Pki,
     pub(crate) hub: Hub,
@@ -81,12 +83,21 @@ impl Controller {
             })
         });
         Ok(Arc::new(Controller {
+            mirror: Mirror::new(&config.state_dir.join("artifacts")),
             store,
             pki,
             hub: Hub::default(),
             planner,
             config,
         }))
+    }
+
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
+    pub(crate) fn mirror_dir(&self) -> std::path::PathBuf {
+        self.config.state_dir.join("artifacts")
     }
 
     pub fn pki(&self) -> &Pki {
@@ -200,7 +211,8 @@ impl Controller {
             .node(name)?
             .filter(|r| !r.removed)
             .ok_or_else(|| ControllerError::NoSuchNode(name.to_owned()))?;
-        let plan = self.planner.plan(&record)?;
+        let mut plan = self.planner.plan(&record)?;
+        mirror::localize(&self.mirror_dir(), &mut plan);
         let n = name.to_owned();
         let changed = self
             .store

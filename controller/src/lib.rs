@@ -6,10 +6,12 @@
 //! operator's commands over a local socket; [`cli`] is the command line.
 
 pub mod admin;
+pub mod artifact_set;
 pub mod assign;
 pub mod certinfo;
 pub mod cli;
 pub mod controller;
+pub mod mirror;
 pub mod pki;
 pub mod records;
 pub mod service;

@@ -156,6 +156,7 @@ impl pb::enrollment_server::Enrollment for Service {
             .map_err(|e| bad(e.to_string()))?;
 
         let planner = self.0.planner.clone();
+        let mirror_dir = self.0.mirror_dir();
         let (n, serial, not_after) = (
             name.to_string(),
             issued.serial_hex.clone(),
@@ -195,10 +196,11 @@ impl pb::enrollment_server::Enrollment for Service {
                     cert_not_after: not_after,
                     removed: false,
                 };
-                let plan = match planner.plan(&record) {
+                let mut plan = match planner.plan(&record) {
                     Ok(p) => p,
                     Err(e) => return Ok(JoinOutcome::Refused(Code::FailedPrecondition, e.to_string())),
                 };
+                crate::mirror::localize(&mirror_dir, &mut plan);
                 tokens::spend(txn, token_rec)?;
                 store::put(&mut nodes, "nodes", &n, &record)?;
                 drop(nodes);
@@ -222,6 +224,12 @@ impl pb::enrollment_server::Enrollment for Service {
         }
     }
 }
+
+type ChunkStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
+
+/// Chunk size for artifacts served from the mirror.
+const CHUNK_BYTES: usize = 256 * 1024;
 
 type AssignmentStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Assignment, Status>> + Send>>;
@@ -320,6 +328,84 @@ impl pb::node_service_server::NodeService for Service {
         let stream = tokio_stream::wrappers::WatchStream::new(rx)
             .filter_map(|a| a.map(|a| Ok((*a).clone())));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type FetchArtifactStream = ChunkStream;
+
+    async fn fetch_artifact(
+        &self,
+        req: Request<pb::FetchArtifactRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let node = self.authenticate(&req, "FetchArtifact")?;
+        let (remote, _) = peer(&req);
+        let r = req.into_inner();
+        let digest = pangaea_artifact::Digest::parse(&r.digest)
+            .map_err(|e| refuse(Code::InvalidArgument, &remote, "FetchArtifact", e))?;
+        let path = self.0.mirror.blob_path(&digest);
+        let mut file = tokio::fs::File::open(&path).await.map_err(|_| {
+            refuse(
+                Code::NotFound,
+                &remote,
+                "FetchArtifact",
+                format!("artifact {digest} is not in the controller's mirror"),
+            )
+        })?;
+        let total = file.metadata().await.map_err(internal)?.len();
+        if r.offset > total {
+            return Err(refuse(
+                Code::OutOfRange,
+                &remote,
+                "FetchArtifact",
+                format!(
+                    "offset {} is past the end of {digest} ({total} bytes)",
+                    r.offset
+                ),
+            ));
+        }
+        file.seek(std::io::SeekFrom::Start(r.offset))
+            .await
+            .map_err(internal)?;
+        tracing::debug!(node = %node.name, %digest, offset = r.offset, "serving artifact");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut offset = r.offset;
+            let mut buf = vec![0u8; CHUNK_BYTES];
+            loop {
+                let n = match file.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "read {}: {e}",
+                                path.display()
+                            ))))
+                            .await;
+                        return;
+                    }
+                };
+                // An empty first chunk still tells the agent the size when nothing is left.
+                if n == 0 && offset > r.offset {
+                    return;
+                }
+                if tx
+                    .send(Ok(pb::ArtifactChunk {
+                        data: buf[..n].to_vec(),
+                        total_size: total,
+                        offset,
+                    }))
+                    .await
+                    .is_err()
+                    || n == 0
+                {
+                    return;
+                }
+                offset += n as u64;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn report(

@@ -3,10 +3,12 @@
 //! * [`names`]: validated identifiers (node names) built at the edge with `TryFrom`.
 //! * [`token`]: the bootstrap token format, its hashing and constant-time check.
 //! * [`pin`]: SPKI SHA-256 pins, as `kubeadm join --discovery-token-ca-cert-hash`.
+//! * [`backoff`]: jittered exponential backoff (gRPC's connection-backoff parameters).
 //! * [`fsutil`]: atomic file replacement (temp + fsync + rename + fsync dir).
 //! * [`tls`]: rustls plumbing under tonic: the pinned-CA verifier, the client connector and
 //!   the server's TLS listener that exposes the peer certificate to handlers.
 
+pub mod backoff;
 pub mod fsutil;
 pub mod names;
 pub mod pin;

@@ -17,7 +17,16 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let applier = Applier::new(&root, &state, Arc::new(RecordingServiceManager::default()));
+        let fetcher = Arc::new(pangaea_artifact::Fetcher::new(
+            pangaea_artifact::Sources::standard(),
+            1,
+        ));
+        let applier = Applier::new(
+            &root,
+            &state,
+            Arc::new(RecordingServiceManager::default()),
+            fetcher,
+        );
         let mut revision = applier
             .last_applied()
             .ok()

@@ -1,0 +1,90 @@
+//! Extracting named members from a verified `.tar.gz` (Kubernetes server bundle, etcd and
+//! containerd releases). Only members asked for are written, each through a temporary file
+//! that is renamed into place once *all* of them were found, so a missing member installs
+//! nothing. Member names are compared without a leading `./`.
+
+use crate::fetch::{FetchError, Member};
+use pangaea_core::fsutil;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+fn normalize(p: &str) -> &str {
+    p.trim_start_matches("./")
+}
+
+pub fn extract(archive: &Path, members: &[Member]) -> Result<(), FetchError> {
+    let err = |message: String| FetchError::Archive {
+        archive: archive.to_owned(),
+        message,
+    };
+    let file = std::fs::File::open(archive).map_err(|e| err(format!("open: {e}")))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::io::BufReader::with_capacity(1 << 20, file),
+    ));
+    let mut staged: Vec<(PathBuf, &Member)> = Vec::new();
+    let cleanup = |staged: &[(PathBuf, &Member)]| {
+        staged
+            .iter()
+            .for_each(|(t, _)| drop(std::fs::remove_file(t)))
+    };
+    let entries = tar.entries().map_err(|e| err(format!("read: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| {
+            cleanup(&staged);
+            err(format!("read: {e}"))
+        })?;
+        let name = entry
+            .path()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(member) = members
+            .iter()
+            .find(|m| normalize(&m.path) == normalize(&name))
+        else {
+            continue;
+        };
+        if staged.iter().any(|(_, m)| m.path == member.path) {
+            continue;
+        }
+        let dir = member.dest.parent().unwrap_or(Path::new("/"));
+        let tmp = fsutil::temp_path_for(&member.dest);
+        let result = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(dir)?;
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            std::io::copy(&mut entry, &mut out)?;
+            out.flush()?;
+            out.set_permissions(std::fs::Permissions::from_mode(member.mode))?;
+            out.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            cleanup(&staged);
+            return Err(err(format!(
+                "extract {name} to {}: {e}",
+                member.dest.display()
+            )));
+        }
+        staged.push((tmp, member));
+    }
+    let missing: Vec<&str> = members
+        .iter()
+        .filter(|m| !staged.iter().any(|(_, s)| s.path == m.path))
+        .map(|m| m.path.as_str())
+        .collect();
+    if !missing.is_empty() {
+        cleanup(&staged);
+        return Err(err(format!("members not found: {}", missing.join(", "))));
+    }
+    for (tmp, member) in &staged {
+        std::fs::rename(tmp, &member.dest)
+            .map_err(|e| err(format!("rename into {}: {e}", member.dest.display())))?;
+        fsutil::sync_dir(member.dest.parent().unwrap_or(Path::new("/")))
+            .map_err(|e| err(e.to_string()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! The install pipeline: skip if current, otherwise download (resuming), verify, rename.
+
+use crate::archive;
+use crate::digest::{Digest, Hasher};
+use crate::progress::{Progress, State};
+use crate::source::Sources;
+use bytes::Bytes;
+use pangaea_core::backoff::Backoff;
+use pangaea_core::fsutil;
+use std::io::{Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+
+/// Space kept free beyond the artifact itself, so a node is not filled to the last block.
+const SPACE_MARGIN: u64 = 16 << 20;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error("artifact {url}: unsupported source (supported schemes: {supported})")]
+    UnsupportedSource { url: String, supported: String },
+    #[error("artifact {url}: HTTP status {status}")]
+    Http { url: String, status: u16 },
+    #[error("artifact {url}: transfer failed: {message}")]
+    Transport { url: String, message: String },
+    #[error("artifact {url}: body ended after {got} of {expected} bytes")]
+    Truncated {
+        url: String,
+        got: u64,
+        expected: u64,
+    },
+    #[error(
+        "artifact {url}: digest mismatch, expected {expected}, got {actual}; nothing was installed"
+    )]
+    Mismatch {
+        url: String,
+        expected: String,
+        actual: String,
+        resumed: bool,
+    },
+    #[error(
+        "artifact {url}: not enough space in {dir}: {need_mib} MiB needed, {free_mib} MiB free; {dest} left as it was"
+    )]
+    DiskFull {
+        url: String,
+        dir: PathBuf,
+        dest: PathBuf,
+        need_mib: u64,
+        free_mib: u64,
+    },
+    #[error("artifact {url}: {action} {path}: {message}")]
+    Io {
+        url: String,
+        action: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("archive {archive}: {message}")]
+    Archive { archive: PathBuf, message: String },
+}
+
+impl FetchError {
+    /// Worth another attempt: the network or the server may do better next time.
+    pub fn retryable(&self) -> bool {
+        match self {
+            FetchError::Transport { .. } | FetchError::Truncated { .. } => true,
+            FetchError::Http { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            // A resumed download whose digest is wrong starts over from zero once.
+            FetchError::Mismatch { resumed, .. } => *resumed,
+            _ => false,
+        }
+    }
+}
+
+/// A named file inside a `.tar.gz` artifact, extracted to `dest` after the archive verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub path: String,
+    pub dest: PathBuf,
+    pub mode: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactSpec {
+    pub url: String,
+    pub digest: Digest,
+    pub dest: PathBuf,
+    pub mode: u32,
+    /// Empty for a plain file; for an archive, the members to extract.
+    pub members: Vec<Member>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    /// The destination (or a member) changed.
+    pub changed: bool,
+    pub downloaded_bytes: u64,
+    pub resumed_from: u64,
+    pub attempts: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Fetcher {
+    sources: Sources,
+    limit: Arc<Semaphore>,
+    policy: RetryPolicy,
+    progress: Progress,
+}
+
+fn io_err(
+    url: &str,
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> FetchError {
+    let (url, path) = (url.to_owned(), path.to_owned());
+    move |e| FetchError::Io {
+        url,
+        action,
+        path,
+        message: e.to_string(),
+    }
+}
+
+/// `.NAME.<digest prefix>.partial` beside the destination: per digest, so a different
+/// artifact for the same destination never resumes from the wrong bytes.
+pub fn partial_path(dest: &Path, digest: &Digest) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.{}.partial", &digest.hex()[..16]))
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    nix::sys::statvfs::statvfs(dir)
+        .ok()
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+impl Fetcher {
+    /// `max_concurrent` downloads run at once; more wait their turn.
+    pub fn new(sources: Sources, max_concurrent: usize) -> Fetcher {
+        Fetcher {
+            sources,
+            limit: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            policy: RetryPolicy::default(),
+            progress: Progress::default(),
+        }
+    }
+
+    pub fn with_policy(mut self, policy: RetryPolicy) -> Fetcher {
+        self.policy = policy;
+        self
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Makes `spec.dest` hold exactly the artifact (and its members, for an archive).
+    pub async fn install(&self, spec: &ArtifactSpec) -> Result<Installed, FetchError> {
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
+        let span = tracing::info_span!("artifact", url = %spec.url, dest = %spec.dest.display());
+        let _enter = span.enter();
+        self.progress.update(&spec.dest, |s| {
+            s.url = spec.url.clone();
+            s.state = State::Downloading;
+            s.error = None;
+        });
+        let result = self.install_inner(spec).await;
+        match &result {
+            Ok(_) => self.progress.update(&spec.dest, |s| {
+                s.state = State::Installed;
+                s.error = None;
+            }),
+            Err(e) => self.progress.update(&spec.dest, |s| {
+                s.state = State::Failed;
+                s.error = Some(e.to_string());
+            }),
+        }
+        result
+    }
+
+    async fn install_inner(&self, spec: &ArtifactSpec) -> Result<Installed, FetchError> {
+        let (dest, kind) = (spec.dest.clone(), spec.digest.kind);
+        let current = tokio::task::spawn_blocking(move || Digest::of_file(kind, &dest))
+            .await
+            .expect("hash task");
+        if current.as_ref() == Some(&spec.digest) {
+            set_mode(&spec.url, &spec.dest, spec.mode)?;
+            let changed = self.extract(spec, false).await?;
+            return Ok(Installed {
+                changed,
+                ..Default::default()
+            });
+        }
+        let mut backoff = Backoff::new(self.policy.initial, self.policy.max);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.download(spec).await {
+                Ok((downloaded_bytes, resumed_from)) => {
+                    self.extract(spec, true).await?;
+                    remove_stale_partials(&spec.dest, &spec.digest);
+                    tracing::info!(
+                        bytes = downloaded_bytes,
+                        resumed_from,
+                        attempt,
+                        "artifact installed"
+                    );
+                    return Ok(Installed {
+                        changed: true,
+                        downloaded_bytes,
+                        resumed_from,
+                        attempts: attempt,
+                    });
+                }
+                Err(e) if e.retryable() && attempt < self.policy.attempts => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, attempt, retry_in = ?delay, "artifact download failed; retrying");
+                    self.progress.update(&spec.dest, |s| {
+                        s.state = State::Retrying;
+                        s.error = Some(e.to_string());
+                    });
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt: resume or start the partial file, stream into it while hashing on a
+    /// blocking thread, verify, rename into place. Returns (bytes transferred, resume offset).
+    async fn download(&self, spec: &ArtifactSpec) -> Result<(u64, u64), FetchError> {
+        let url = spec.url.as_str();
+        let dir = spec.dest.parent().unwrap_or(Path::new("/")).to_owned();
+        std::fs::create_dir_all(&dir).map_err(io_err(url, "create directory", &dir))?;
+        let partial = partial_path(&spec.dest, &spec.digest);
+        let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let mut hasher = spec.digest.hasher();
+        if have > 0 {
+            let (p, mut h) = (partial.clone(), hasher.clone());
+            hasher = tokio::task::spawn_blocking(move || hash_prefix(&p, &mut h).map(|()| h))
+                .await
+                .expect("hash task")
+                .map_err(io_err(url, "read", &partial))?;
+        }
+        let body = self.sources.for_url(url)?.open(url, have).await?;
+        let start = body.start;
+        if start != have {
+            tracing::info!(had = have, "the source does not resume; starting over");
+            hasher = spec.digest.hasher();
+        }
+        if let Some(total) = body.total {
+            let need = total.saturating_sub(start) + SPACE_MARGIN;
+            if let Some(free) = free_bytes(&dir).filter(|f| *f < need) {
+                let _ = std::fs::remove_file(&partial);
+                return Err(FetchError::DiskFull {
+                    url: url.to_owned(),
+                    dir,
+                    dest: spec.dest.clone(),
+                    need_mib: need.div_ceil(1 << 20),
+                    free_mib: free >> 20,
+                });
+            }
+        }
+        self.progress.update(&spec.dest, |s| {
+            s.state = State::Downloading;
+            s.bytes_done = start;
+            s.bytes_total = body.total;
+            s.resumed_from = start;
+        });
+
+        // Writing and hashing run on a blocking thread while this task receives the next
+        // chunks; the bounded channel keeps at most a few chunks in memory.
+        let (tx, mut rx) = mpsc::channel::<Bytes>(8);
+        let writer_path = partial.clone();
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(Hasher, u64)> {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&writer_path)?;
+            f.set_len(start)?;
+            f.seek(std::io::SeekFrom::Start(start))?;
+            let mut written = 0u64;
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                f.write_all(&chunk)?;
+                written += chunk.len() as u64;
+            }
+            f.sync_all()?;
+            Ok((hasher, written))
+        });
+        let mut chunks = body.chunks;
+        let mut received = 0u64;
+        let mut transfer_error = None;
+        loop {
+            match chunks.next_chunk().await {
+                Ok(Some(b)) => {
+                    received += b.len() as u64;
+                    self.progress
+                        .update(&spec.dest, |s| s.bytes_done = start + received);
+                    if tx.send(b).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    transfer_error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer.await.expect("writer task");
+        let (hasher, written) = match written {
+            Ok(w) => w,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(FetchError::DiskFull {
+                    url: url.to_owned(),
+                    dir: dir.clone(),
+                    dest: spec.dest.clone(),
+                    need_mib: body.total.unwrap_or(0).div_ceil(1 << 20),
+                    free_mib: free_bytes(&dir).unwrap_or(0) >> 20,
+                });
+            }
+            Err(e) => return Err(io_err(url, "write", &partial)(e)),
+        };
+        if let Some(e) = transfer_error {
+            return Err(e); // the partial file keeps what arrived, for the next attempt
+        }
+        let size = start + written;
+        if let Some(total) = body.total {
+            if size < total {
+                return Err(FetchError::Truncated {
+                    url: url.to_owned(),
+                    got: size,
+                    expected: total,
+                });
+            }
+        }
+        let actual = hasher.finish();
+        if actual != spec.digest {
+            let _ = std::fs::remove_file(&partial);
+            return Err(FetchError::Mismatch {
+                url: url.to_owned(),
+                expected: spec.digest.to_string(),
+                actual: actual.to_string(),
+                resumed: start > 0,
+            });
+        }
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(spec.mode))
+            .map_err(io_err(url, "chmod", &partial))?;
+        std::fs::rename(&partial, &spec.dest).map_err(io_err(
+            url,
+            "rename into place",
+            &spec.dest,
+        ))?;
+        fsutil::sync_dir(&dir).map_err(|e| FetchError::Io {
+            url: url.to_owned(),
+            action: "fsync directory",
+            path: dir.clone(),
+            message: e.source.to_string(),
+        })?;
+        Ok((received, start))
+    }
+
+    /// Extracts the members of an archive artifact: all of them after a new download, or
+    /// the missing ones when the archive was already in place.
+    async fn extract(&self, spec: &ArtifactSpec, all: bool) -> Result<bool, FetchError> {
+        let wanted: Vec<Member> = spec
+            .members
+            .iter()
+            .filter(|m| all || !m.dest.exists())
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(false);
+        }
+        let archive_path = spec.dest.clone();
+        tokio::task::spawn_blocking(move || archive::extract(&archive_path, &wanted))
+            .await
+            .expect("extract task")?;
+        Ok(true)
+    }
+}
+
+fn hash_prefix(path: &Path, hasher: &mut Hasher) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+fn set_mode(url: &str, path: &Path, mode: u32) -> Result<(), FetchError> {
+    let current = std::fs::metadata(path)
+        .map_err(io_err(url, "stat", path))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if current != mode & 0o7777 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(url, "chmod", path))?;
+    }
+    Ok(())
+}
+
+/// Partial downloads of other versions of this destination are of no further use.
+fn remove_stale_partials(dest: &Path, keep: &Digest) {
+    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let keep = partial_path(dest, keep);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && n.ends_with(".partial") && e.path() != keep {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The pinned default artifact set (`controller/artifacts.yaml`, embedded) and overrides.
+
+use pangaea_artifact::Digest;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+const DEFAULTS: &str = include_str!("../artifacts.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactSetError {
+    #[error("artifact set {origin}{location}: {message}")]
+    Parse {
+        origin: String,
+        location: String,
+        message: String,
+    },
+    #[error("artifact set {origin}: entry {name:?}: {message}")]
+    Invalid {
+        origin: String,
+        name: String,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactEntry {
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+    pub url: String,
+    pub digest: String,
+    /// Short name → path inside the archive (empty for a plain file).
+    #[serde(default)]
+    pub members: BTreeMap<String, String>,
+}
+
+impl ArtifactEntry {
+    pub fn digest(&self) -> Digest {
+        Digest::parse(&self.digest).expect("validated when the set was loaded")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactSet {
+    pub set_version: u32,
+    pub arch: String,
+    pub artifacts: Vec<ArtifactEntry>,
+}
+
+/// An override: any subset of fields for an entry named like a default (or a new entry
+/// when `url` and `digest` are both given).
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactOverride {
+    pub name: String,
+    pub version: Option<String>,
+    pub url: Option<String>,
+    pub digest: Option<String>,
+    pub members: Option<BTreeMap<String, String>>,
+}
+
+impl ArtifactSet {
+    pub fn defaults() -> ArtifactSet {
+        ArtifactSet::parse("controller/artifacts.yaml (built in)", DEFAULTS)
+            .expect("the built-in artifact set is valid")
+    }
+
+    pub fn parse(origin: &str, text: &str) -> Result<ArtifactSet, ArtifactSetError> {
+        let set: ArtifactSet =
+            serde_norway::from_str(text).map_err(|e| ArtifactSetError::Parse {
+                origin: origin.into(),
+                location: e
+                    .location()
+                    .map(|l| format!(":{}:{}", l.line(), l.column()))
+                    .unwrap_or_default(),
+                message: e.to_string(),
+            })?;
+        set.validate(origin)?;
+        Ok(set)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ArtifactSetError> {
+        for a in &self.artifacts {
+            let invalid = |message: String| ArtifactSetError::Invalid {
+                origin: origin.into(),
+                name: a.name.clone(),
+                message,
+            };
+            Digest::parse(&a.digest).map_err(|e| invalid(e.to_string()))?;
+            if !["https://", "http://", "file://"]
+                .iter()
+                .any(|s| a.url.starts_with(s))
+            {
+                return Err(invalid(format!(
+                    "url {:?} must be https://, http:// or file://",
+                    a.url
+                )));
+            }
+            if self.artifacts.iter().filter(|b| b.name == a.name).count() > 1 {
+                return Err(invalid("appears twice".into()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ArtifactEntry> {
+        self.artifacts.iter().find(|a| a.name == name)
+    }
+
+    /// Applies overrides by name. A new URL without a digest keeps the pinned digest: the
+    /// same content from another place (a local mirror).
+    pub fn with_overrides(
+        mut self,
+        origin: &str,
+        overrides: &[ArtifactOverride],
+    ) -> Result<ArtifactSet, ArtifactSetError> {
+        for o in overrides {
+            let invalid = |message: &str| ArtifactSetError::Invalid {
+                origin: origin.into(),
+                name: o.name.clone(),
+                message: message.into(),
+            };
+            match self.artifacts.iter_mut().find(|a| a.name == o.name) {
+                Some(a) => {
+                    if let Some(u) = &o.url {
+                        a.url = u.clone();
+                    }
+                    if let Some(d) = &o.digest {
+                        a.digest = d.clone();
+                    }
+                    if let Some(v) = &o.version {
+                        a.version = v.clone();
+                    }
+                    if let Some(m) = &o.members {
+                        a.members = m.clone();
+                    }
+                }
+                None => {
+                    let (Some(url), Some(digest)) = (&o.url, &o.digest) else {
+                        return Err(invalid("a new artifact needs both url and digest"));
+                    };
+                    self.artifacts.push(ArtifactEntry {
+                        name: o.name.clone(),
+                        version: o.version.clone().unwrap_or_default(),
+                        url: url.clone(),
+                        digest: digest.clone(),
+                        members: o.members.clone().unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        self.validate(origin)?;
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_pin_every_artifact() {
+        let set = ArtifactSet::defaults();
+        for name in [
+            "kubernetes-server",
+            "etcd",
+            "containerd",
+            "runc",
+            "cni-plugins",
+            "crictl",
+        ] {
+            let a = set.get(name).unwrap_or_else(|| panic!("{name} missing"));
+            assert!(a.url.starts_with("https://"), "{name}");
+        }
+        assert_eq!(
+            set.get("kubernetes-server").unwrap().digest().kind,
+            pangaea_artifact::DigestKind::Sha512
+        );
+        assert_eq!(
+            set.get("etcd").unwrap().members["etcd"],
+            "etcd-v3.5.27-linux-amd64/etcd"
+        );
+    }
+
+    #[test]
+    fn overrides_replace_by_name_and_add_new_entries() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let set = ArtifactSet::defaults()
+            .with_overrides(
+                "test",
+                &[
+                    ArtifactOverride {
+                        name: "etcd".into(),
+                        url: Some("file:///usr/bin/etcd".into()),
+                        digest: Some(d.clone()),
+                        members: Some(BTreeMap::new()),
+                        ..Default::default()
+                    },
+                    ArtifactOverride {
+                        name: "extra".into(),
+                        url: Some("https://example.invalid/x".into()),
+                        digest: Some(d.clone()),
+                        ..Default::default()
+                    },
+                ],
+            )
+            .unwrap();
+        assert_eq!(set.get("etcd").unwrap().url, "file:///usr/bin/etcd");
+        assert!(set.get("etcd").unwrap().members.is_empty());
+        assert!(set.get("extra").is_some());
+        let err = ArtifactSet::defaults()
+            .with_overrides(
+                "test",
+                &[ArtifactOverride {
+                    name: "new".into(),
+                    url: Some("https://x.invalid/".into()),
+                    ..Default::default()
+                }],
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("needs both url and digest"),
+            "{err}"
+        );
+        let err = ArtifactSet::defaults()
+            .with_overrides(
+                "test",
+                &[ArtifactOverride {
+                    name: "etcd".into(),
+                    digest: Some("sha256:zz".into()),
+                    ..Default::default()
+                }],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("malformed digest"), "{err}");
+    }
+
+    #[test]
+    fn malformed_sets_report_location() {
+        let err = ArtifactSet::parse(
+            "x.yaml",
+            "set_version: 1\narch: amd64\nartifacts:\n  - name: a\n    bogus: 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("x.yaml:5:"), "{err}");
+    }
+}

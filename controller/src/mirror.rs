@@ -1,0 +1,192 @@
+//! The controller's verified artifact mirror in `.pangaea/artifacts/`: each upstream
+//! artifact is fetched once per cluster through the same pipeline the agents use (so it is
+//! verified, resumable and atomic), stored content-addressed as `<algorithm>/<hex>`, and
+//! served to agents over the mutual-TLS channel. A small JSON sidecar next to each blob
+//! records where it came from.
+//!
+//! Imported files (air-gapped use) are stored under both their SHA-256 and SHA-512 (a hard
+//! link), so they match a pin of either kind.
+
+use pangaea_artifact::{ArtifactSpec, Digest, DigestKind, FetchError, Fetcher, Sources};
+use pangaea_core::fsutil;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const MIRROR_SCHEME: &str = "pangaea-mirror";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MirrorEntry {
+    pub digest: String,
+    pub size: u64,
+    /// Where the content came from: its upstream URL or the imported file.
+    pub source: String,
+    pub added_at: i64,
+}
+
+pub struct Mirror {
+    dir: PathBuf,
+    fetcher: Fetcher,
+}
+
+impl Mirror {
+    pub fn new(dir: &Path) -> Mirror {
+        Mirror {
+            dir: dir.to_owned(),
+            fetcher: Fetcher::new(Sources::standard(), 3),
+        }
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.dir.join(d.algorithm()).join(d.hex())
+    }
+
+    fn sidecar(&self, d: &Digest) -> PathBuf {
+        self.dir
+            .join(d.algorithm())
+            .join(format!("{}.json", d.hex()))
+    }
+
+    pub fn has(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// The URL under which agents fetch `d` from this mirror.
+    pub fn url(d: &Digest) -> String {
+        format!("{MIRROR_SCHEME}:{}/{}", d.algorithm(), d.hex())
+    }
+
+    fn record(&self, d: &Digest, source: &str) -> Result<MirrorEntry, FetchError> {
+        let path = self.blob_path(d);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let entry = MirrorEntry {
+            digest: d.to_string(),
+            size,
+            source: source.to_owned(),
+            added_at: crate::records::now(),
+        };
+        fsutil::atomic_write(
+            &self.sidecar(d),
+            &serde_json::to_vec_pretty(&entry).expect("json"),
+            0o644,
+        )
+        .map_err(|e| FetchError::Io {
+            url: source.into(),
+            action: "record",
+            path: e.path.clone(),
+            message: e.source.to_string(),
+        })?;
+        Ok(entry)
+    }
+
+    /// Makes the mirror hold `digest`, fetching it from `url` if it does not yet.
+    pub async fn ensure(&self, url: &str, digest: &Digest) -> Result<MirrorEntry, FetchError> {
+        if self.has(digest) {
+            if let Some(e) = self.entry(digest) {
+                return Ok(e);
+            }
+        }
+        let spec = ArtifactSpec {
+            url: url.to_owned(),
+            digest: digest.clone(),
+            dest: self.blob_path(digest),
+            mode: 0o644,
+            members: vec![],
+        };
+        self.fetcher.install(&spec).await?;
+        self.record(digest, url)
+    }
+
+    /// Imports a local file; returns its SHA-256 and SHA-512 entries.
+    pub async fn import(&self, file: &Path) -> Result<[MirrorEntry; 2], FetchError> {
+        let source = file.display().to_string();
+        let f = file.to_owned();
+        let (s256, s512) = tokio::task::spawn_blocking(move || {
+            (
+                Digest::of_file(DigestKind::Sha256, &f),
+                Digest::of_file(DigestKind::Sha512, &f),
+            )
+        })
+        .await
+        .expect("hash task");
+        let (Some(s256), Some(s512)) = (s256, s512) else {
+            return Err(FetchError::Io {
+                url: source.clone(),
+                action: "read",
+                path: file.to_owned(),
+                message: "cannot read the file".into(),
+            });
+        };
+        let abs = std::fs::canonicalize(file).map_err(|e| FetchError::Io {
+            url: source.clone(),
+            action: "resolve",
+            path: file.to_owned(),
+            message: e.to_string(),
+        })?;
+        let url = format!("file://{}", abs.display());
+        let spec = ArtifactSpec {
+            url: url.clone(),
+            digest: s256.clone(),
+            dest: self.blob_path(&s256),
+            mode: 0o644,
+            members: vec![],
+        };
+        self.fetcher.install(&spec).await?;
+        let link = self.blob_path(&s512);
+        std::fs::create_dir_all(link.parent().expect("blob has a parent")).map_err(|e| {
+            FetchError::Io {
+                url: url.clone(),
+                action: "create directory",
+                path: link.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        if !link.exists() {
+            std::fs::hard_link(self.blob_path(&s256), &link).map_err(|e| FetchError::Io {
+                url: url.clone(),
+                action: "link",
+                path: link.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok([self.record(&s256, &source)?, self.record(&s512, &source)?])
+    }
+
+    pub fn entry(&self, d: &Digest) -> Option<MirrorEntry> {
+        let text = std::fs::read(self.sidecar(d)).ok()?;
+        serde_json::from_slice(&text).ok().filter(|_| self.has(d))
+    }
+
+    /// Every blob present, with its sidecar.
+    pub fn list(&self) -> Vec<MirrorEntry> {
+        let mut out = Vec::new();
+        for algo in ["sha256", "sha512"] {
+            for e in std::fs::read_dir(self.dir.join(algo))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(d) = Digest::parse(&format!("{algo}:{name}"))
+                    .ok()
+                    .and_then(|d| self.entry(&d))
+                {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.digest.cmp(&b.digest));
+        out
+    }
+}
+
+/// Points every artifact of `plan` whose content the mirror at `dir` holds to the mirror,
+/// so nodes fetch it from the controller instead of the internet.
+pub fn localize(dir: &Path, plan: &mut crate::assign::Plan) {
+    for a in &mut plan.artifacts {
+        if let Ok(d) = Digest::parse(&a.digest) {
+            if dir.join(d.algorithm()).join(d.hex()).is_file() {
+                a.url = Mirror::url(&d);
+            }
+        }
+    }
+}
