@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+pub mod http_fixture;
+
 pub fn init() {
     pangaea_core::install_crypto_provider();
     let _ = tracing_subscriber::fmt()
