@@ -28,7 +28,7 @@ pub struct Faults {
     pub trailing_garbage: usize,
     /// Ignore `Range` and always send the whole content with 200.
     pub ignore_range: bool,
-    /// Pause this long after each 64 KiB (to give SIGKILL tests time to strike).
+    /// Pause this long after each 256 KiB (to give SIGKILL tests time to strike).
     pub chunk_delay: Option<Duration>,
 }
 
@@ -53,7 +53,12 @@ impl Drop for HttpFixture {
 
 impl HttpFixture {
     pub async fn start(content: Vec<u8>) -> HttpFixture {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(content, 0).await
+    }
+
+    /// Like [`HttpFixture::start`] on a given loopback port (0 picks one).
+    pub async fn start_on(content: Vec<u8>, port: u16) -> HttpFixture {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let faults = Arc::new(Mutex::new(Faults::default()));
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -67,7 +72,12 @@ impl HttpFixture {
                 });
             }
         });
-        HttpFixture { addr, faults, log, task }
+        HttpFixture {
+            addr,
+            faults,
+            log,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -83,7 +93,12 @@ impl HttpFixture {
     }
 }
 
-async fn serve(mut sock: tokio::net::TcpStream, content: &[u8], faults: &Mutex<Faults>, log: &Mutex<Vec<Logged>>) -> std::io::Result<()> {
+async fn serve(
+    mut sock: tokio::net::TcpStream,
+    content: &[u8],
+    faults: &Mutex<Faults>,
+    log: &Mutex<Vec<Logged>>,
+) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -94,7 +109,10 @@ async fn serve(mut sock: tokio::net::TcpStream, content: &[u8], faults: &Mutex<F
         head.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let range_start = text.lines().find_map(|l| l.strip_prefix("range: bytes=")).and_then(|r| r.trim().trim_end_matches('-').parse::<u64>().ok());
+    let range_start = text
+        .lines()
+        .find_map(|l| l.strip_prefix("range: bytes="))
+        .and_then(|r| r.trim().trim_end_matches('-').parse::<u64>().ok());
     let f = faults.lock().unwrap().clone();
     let served_so_far = log.lock().unwrap().len();
     let status = if let Some(s) = f.status {
@@ -106,27 +124,48 @@ async fn serve(mut sock: tokio::net::TcpStream, content: &[u8], faults: &Mutex<F
     } else {
         200
     };
-    log.lock().unwrap().push(Logged { range_start, status });
+    log.lock().unwrap().push(Logged {
+        range_start,
+        status,
+    });
     if status != 200 && status != 206 {
-        let msg = format!("HTTP/1.1 {status} Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let msg =
+            format!("HTTP/1.1 {status} Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return sock.write_all(msg.as_bytes()).await;
     }
-    let mut body = content.to_vec();
-    if let Some(at) = f.corrupt_at {
-        body[at as usize] ^= 0xff;
-    }
-    body.extend(std::iter::repeat_n(b'X', f.extend_by));
+    let body: std::borrow::Cow<[u8]> = if f.corrupt_at.is_none() && f.extend_by == 0 {
+        content.into()
+    } else {
+        let mut b = content.to_vec();
+        if let Some(at) = f.corrupt_at {
+            b[at as usize] ^= 0xff;
+        }
+        b.extend(std::iter::repeat_n(b'X', f.extend_by));
+        b.into()
+    };
     let total = body.len() as u64;
-    let start = if status == 206 { range_start.unwrap_or(0).min(total) } else { 0 };
-    let mut headers = format!("HTTP/1.1 {status} OK\r\nAccept-Ranges: bytes\r\nContent-Length: {}\r\nConnection: close\r\n", total - start);
+    let start = if status == 206 {
+        range_start.unwrap_or(0).min(total)
+    } else {
+        0
+    };
+    let mut headers = format!(
+        "HTTP/1.1 {status} OK\r\nAccept-Ranges: bytes\r\nContent-Length: {}\r\nConnection: close\r\n",
+        total - start
+    );
     if status == 206 {
-        headers.push_str(&format!("Content-Range: bytes {start}-{}/{total}\r\n", total.saturating_sub(1)));
+        headers.push_str(&format!(
+            "Content-Range: bytes {start}-{}/{total}\r\n",
+            total.saturating_sub(1)
+        ));
     }
     headers.push_str("\r\n");
     sock.write_all(headers.as_bytes()).await?;
     let mut pos = start;
     while pos < total {
-        let end = (pos + 64 * 1024).min(total).min(f.close_at.filter(|c| *c > pos).unwrap_or(u64::MAX));
+        let end = (pos + 256 * 1024)
+            .min(total)
+            .min(f.close_at.filter(|c| *c > pos).unwrap_or(u64::MAX));
         sock.write_all(&body[pos as usize..end as usize]).await?;
         pos = end;
         if f.close_at == Some(pos) {
