@@ -440,6 +440,10 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
                         "last_report_at": n.last_report_at, "certificate_not_after": n.certificate_not_after,
                         "agent_version": r.agent_version, "errors": r.errors,
                         "units": r.units.iter().map(|u| serde_json::json!({"name": u.name, "active": u.active_state, "sub": u.sub_state})).collect::<Vec<_>>(),
+                        "artifacts": r.artifacts.iter().map(|a| serde_json::json!({
+                            "dest": a.dest, "url": a.url, "state": a.state, "bytes_done": a.bytes_done,
+                            "bytes_total": a.bytes_total, "resumed_from": a.resumed_from, "error": a.error,
+                        })).collect::<Vec<_>>(),
                     })
                 })
                 .collect();

@@ -43,3 +43,112 @@ fn an_unknown_command_fails() {
     assert!(!ok);
     assert!(text.contains("unrecognized subcommand"), "{text}");
 }
+
+#[test]
+fn artifacts_import_fetch_and_list() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join(".pangaea");
+    let s = state.to_str().unwrap();
+    let blob = d.path().join("etcd.tar.gz");
+    std::fs::write(&blob, b"pretend this is etcd").unwrap();
+    let sha = {
+        let out = Command::new("sha256sum").arg(&blob).output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+
+    let (ok, text) = ctl(&["--state-dir", s, "artifacts", "list"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("kubernetes-server") && text.contains("missing"),
+        "{text}"
+    );
+
+    // A local source for the pinned etcd entry, with the digest of what it serves.
+    let overrides = d.path().join("overrides.yaml");
+    std::fs::write(
+        &overrides,
+        format!(
+            "- name: etcd\n  url: file://{}\n  digest: sha256:{sha}\n  members: {{}}\n",
+            blob.display()
+        ),
+    )
+    .unwrap();
+    let (ok, text) = ctl(&[
+        "--state-dir",
+        s,
+        "artifacts",
+        "fetch",
+        "etcd",
+        "--overrides",
+        overrides.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains(&format!("sha256:{sha}")), "{text}");
+    assert!(state.join("artifacts/sha256").join(&sha).is_file());
+
+    // The wrong digest for a source: refused, nothing stored.
+    let wrong = "1".repeat(64);
+    std::fs::write(
+        &overrides,
+        format!(
+            "- name: runc\n  url: file://{}\n  digest: sha256:{wrong}\n",
+            blob.display()
+        ),
+    )
+    .unwrap();
+    let (ok, text) = ctl(&[
+        "--state-dir",
+        s,
+        "artifacts",
+        "fetch",
+        "runc",
+        "--overrides",
+        overrides.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(text.contains("digest mismatch"), "{text}");
+    assert!(!state.join("artifacts/sha256").join(&wrong).exists());
+
+    // Unknown names and malformed overrides are clear errors.
+    let (ok, text) = ctl(&["--state-dir", s, "artifacts", "fetch", "nosuch"]);
+    assert!(
+        !ok && text.contains("no artifact named \"nosuch\""),
+        "{text}"
+    );
+    std::fs::write(&overrides, "- name: etcd\n  colour: blue\n").unwrap();
+    let (ok, text) = ctl(&[
+        "--state-dir",
+        s,
+        "artifacts",
+        "fetch",
+        "--overrides",
+        overrides.to_str().unwrap(),
+    ]);
+    assert!(!ok && text.contains("overrides.yaml:2:"), "{text}");
+
+    // Import: stored under both digests, listed.
+    let other = d.path().join("tool");
+    std::fs::write(&other, b"a tool").unwrap();
+    let (ok, text) = ctl(&[
+        "--state-dir",
+        s,
+        "artifacts",
+        "import",
+        other.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && text.contains("sha256:") && text.contains("sha512:"),
+        "{text}"
+    );
+    let (ok, text) = ctl(&["--state-dir", s, "artifacts", "list"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("also in the mirror") && text.contains("tool"),
+        "{text}"
+    );
+}
