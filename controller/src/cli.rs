@@ -1,13 +1,13 @@
 //! The `pangaea-ctl` command line.
 
 use crate::admin::Backend;
-use crate::artifact_set::{ArtifactOverride, ArtifactSet};
 use crate::certinfo::{CertInfo, rfc3339};
 use crate::mirror::Mirror;
 use crate::pki::{CaKind, Pki};
 use crate::{Controller, ControllerConfig};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use pangaea_compiler::artifact_set::{ArtifactOverride, ArtifactSet};
 use pangaea_proto as pb;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

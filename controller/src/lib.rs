@@ -6,7 +6,6 @@
 //! operator's commands over a local socket; [`cli`] is the command line.
 
 pub mod admin;
-pub mod artifact_set;
 pub mod assign;
 pub mod certinfo;
 pub mod cli;

@@ -1,7 +1,7 @@
 //! The pinned default artifact set (`controller/artifacts.yaml`, embedded) and overrides.
 
 use pangaea_artifact::Digest;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 const DEFAULTS: &str = include_str!("../artifacts.yaml");
@@ -22,7 +22,7 @@ pub enum ArtifactSetError {
     },
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactEntry {
     pub name: String,
@@ -51,7 +51,7 @@ pub struct ArtifactSet {
 
 /// An override: any subset of fields for an entry named like a default (or a new entry
 /// when `url` and `digest` are both given).
-#[derive(Clone, Debug, Deserialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactOverride {
     pub name: String,
@@ -63,7 +63,7 @@ pub struct ArtifactOverride {
 
 impl ArtifactSet {
     pub fn defaults() -> ArtifactSet {
-        ArtifactSet::parse("controller/artifacts.yaml (built in)", DEFAULTS)
+        ArtifactSet::parse("compiler/artifacts.yaml (built in)", DEFAULTS)
             .expect("the built-in artifact set is valid")
     }
 

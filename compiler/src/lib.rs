@@ -1,0 +1,12 @@
+//! The compiler: from `pangaea.yaml` and the cluster's secrets to every file each node
+//! needs, through handlebars templates.
+//!
+//! No I/O beyond reading the configuration, template overrides and files the configuration
+//! names: certificates and keys come in through [`inputs::Inputs`], so rendering is
+//! deterministic (the same input gives byte-identical output) and testable.
+
+pub mod artifact_set;
+pub mod budget;
+pub mod cidr;
+pub mod config;
+pub mod locate;
