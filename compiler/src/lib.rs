@@ -9,4 +9,6 @@ pub mod artifact_set;
 pub mod budget;
 pub mod cidr;
 pub mod config;
+pub mod helpers;
 pub mod locate;
+pub mod model;

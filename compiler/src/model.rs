@@ -1,0 +1,160 @@
+//! The cluster as the templates see it: every node expanded from its pool with a stable name,
+//! address, roles and memory budget, and the cluster-wide values derived once (service IP,
+//! DNS IP, API endpoint).
+
+use crate::budget::Budget;
+use crate::config::{Addons, Disk, Expose, Loaded, NfsMount, Registry, Role, UserSecret};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// First host number of node addresses in the node network (.1 is the host's bridge).
+pub const FIRST_NODE_HOST: u64 = 11;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeModel {
+    pub name: String,
+    pub pool: String,
+    pub address: Ipv4Addr,
+    pub roles: Vec<Role>,
+    pub is_etcd: bool,
+    pub is_control_plane: bool,
+    pub is_worker: bool,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub zone: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub disks: Vec<Disk>,
+    pub budget: Budget,
+}
+
+impl NodeModel {
+    pub fn has(&self, r: Role) -> bool {
+        self.roles.contains(&r)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterModel {
+    pub name: String,
+    pub provider: String,
+    pub domain: String,
+    pub kubernetes_version: String,
+    pub etcd_version: String,
+    pub node_cidr: String,
+    pub pod_cidr: String,
+    pub service_cidr: String,
+    /// First address of the service network: the `kubernetes` service.
+    pub service_ip: Ipv4Addr,
+    /// Tenth address of the service network: cluster DNS.
+    pub dns_ip: Ipv4Addr,
+    /// Where clients outside the control plane reach the API.
+    pub api_endpoint: String,
+    pub nodes: Vec<NodeModel>,
+    pub addons: Addons,
+    pub registry: Option<Registry>,
+    pub secrets: Vec<UserSecret>,
+    pub nfs: Vec<NfsMount>,
+    pub expose: BTreeMap<String, Expose>,
+}
+
+impl ClusterModel {
+    pub fn build(loaded: &Loaded) -> ClusterModel {
+        let c = &loaded.config;
+        let mut nodes = Vec::new();
+        for (i, p) in c.pools.iter().enumerate() {
+            let memory = loaded.pool_memory(i).expect("validated");
+            let budget = Budget::for_roles(memory, &p.roles).expect("validated");
+            for n in 0..p.count {
+                let global = nodes.len() as u64;
+                let zone = (!c.provider.zones.is_empty())
+                    .then(|| c.provider.zones[global as usize % c.provider.zones.len()].clone());
+                nodes.push(NodeModel {
+                    name: format!("{}-{}", p.name, n + 1),
+                    pool: p.name.clone(),
+                    address: c
+                        .network
+                        .nodes
+                        .nth(FIRST_NODE_HOST + global)
+                        .expect("validated size"),
+                    roles: p.roles.clone(),
+                    is_etcd: p.roles.contains(&Role::Etcd),
+                    is_control_plane: p.roles.contains(&Role::ControlPlane),
+                    is_worker: p.roles.contains(&Role::Worker),
+                    memory_mib: memory,
+                    cpus: p.cpus.unwrap_or(2),
+                    zone,
+                    labels: p.labels.clone(),
+                    disks: p.disks.clone(),
+                    budget: budget.clone(),
+                });
+            }
+        }
+        let first_cp = nodes
+            .iter()
+            .find(|n| n.is_control_plane)
+            .expect("validated")
+            .address;
+        ClusterModel {
+            name: c.name.clone(),
+            provider: format!("{:?}", c.provider.kind).to_lowercase(),
+            domain: c.network.cluster_domain.clone(),
+            kubernetes_version: c.versions.kubernetes.clone(),
+            etcd_version: c.versions.etcd.clone(),
+            node_cidr: c.network.nodes.to_string(),
+            pod_cidr: c.network.pods.to_string(),
+            service_cidr: c.network.services.to_string(),
+            service_ip: c.network.services.nth(1).expect("validated size"),
+            dns_ip: c.network.services.nth(10).expect("validated size"),
+            api_endpoint: format!("https://{first_cp}:6443"),
+            nodes,
+            addons: c.addons.clone(),
+            registry: c.registry.clone(),
+            secrets: c.secrets.clone(),
+            nfs: c.nfs.clone(),
+            expose: c.expose.clone(),
+        }
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeModel> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn with_role(&self, r: Role) -> impl Iterator<Item = &NodeModel> {
+        self.nodes.iter().filter(move |n| n.has(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_cluster_has_three_all_role_nodes() {
+        let l = Loaded::parse("p.yaml", "", std::path::Path::new(".")).unwrap();
+        let m = ClusterModel::build(&l);
+        let names: Vec<_> = m.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["node-1", "node-2", "node-3"]);
+        assert_eq!(m.nodes[0].address.to_string(), "10.213.0.11");
+        assert_eq!(m.service_ip.to_string(), "10.96.0.1");
+        assert_eq!(m.dns_ip.to_string(), "10.96.0.10");
+        assert_eq!(m.api_endpoint, "https://10.213.0.11:6443");
+        assert!(
+            m.nodes
+                .iter()
+                .all(|n| n.is_etcd && n.is_control_plane && n.is_worker)
+        );
+    }
+
+    #[test]
+    fn pools_and_zones() {
+        let l = Loaded::parse("p.yaml", "provider:\n  type: gce\n  zones: [a, b, c]\npools:\n  - name: cp\n    roles: [etcd, control-plane]\n    machineType: e2-medium\n  - name: w\n    count: 4\n    roles: [worker]\n    machineType: e2-small\n", std::path::Path::new(".")).unwrap();
+        let m = ClusterModel::build(&l);
+        assert_eq!(m.nodes.len(), 7);
+        assert_eq!(m.nodes[3].name, "w-1");
+        assert_eq!(m.nodes[3].zone.as_deref(), Some("a"));
+        assert_eq!(m.nodes[4].zone.as_deref(), Some("b"));
+        assert_eq!(m.with_role(Role::Etcd).count(), 3);
+        assert_eq!(m.nodes[0].memory_mib, 4096);
+    }
+}
