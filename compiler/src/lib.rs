@@ -10,5 +10,8 @@ pub mod budget;
 pub mod cidr;
 pub mod config;
 pub mod helpers;
+pub mod inputs;
 pub mod locate;
 pub mod model;
+pub mod node;
+pub mod templates;

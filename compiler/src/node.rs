@@ -1,0 +1,829 @@
+//! What one node gets: its files (rendered templates, certificates, keys), artifacts and
+//! units, decided by its roles.
+//!
+//! | role | units | notable files |
+//! |---|---|---|
+//! | etcd | etcd | etcd CA, server and peer certificates |
+//! | control-plane | kube-apiserver, kube-controller-manager, kube-scheduler, pangaea-addons | serving and client certificates, kubeconfigs, encryption config, audit policy, service-account keys, add-on manifests |
+//! | worker | containerd, kubelet, kube-proxy | kubelet and kube-proxy configs and kubeconfigs, containerd config, log rotation |
+//! | (all) | disk and NFS mounts | |
+
+use crate::artifact_set::ArtifactSet;
+use crate::config::ExposeType;
+use crate::inputs::{CaName, CertRequest, Inputs};
+use crate::model::{ClusterModel, NodeModel};
+use crate::templates::{TemplateError, Templates};
+use base64::Engine;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::net::Ipv4Addr;
+
+pub const PKI: &str = "/etc/kubernetes/pki";
+pub const ETCD_PKI: &str = "/etc/etcd/pki";
+pub const KUBE: &str = "/etc/kubernetes";
+pub const BIN: &str = "/usr/local/bin";
+pub const ADDONS: &str = "/etc/kubernetes/addons";
+pub const UNITS: &str = "/etc/systemd/system";
+pub const ARTIFACT_CACHE: &str = "/var/lib/pangaea-agent/artifacts";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutFile {
+    pub path: String,
+    pub mode: u32,
+    pub content: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutMember {
+    pub path: String,
+    pub dest: String,
+    pub mode: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutArtifact {
+    pub name: String,
+    pub url: String,
+    pub digest: String,
+    pub dest: String,
+    pub mode: u32,
+    pub members: Vec<OutMember>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutUnit {
+    pub name: String,
+    pub enable: bool,
+    pub restart_on_change: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NodeOutput {
+    pub node: String,
+    pub files: Vec<OutFile>,
+    pub artifacts: Vec<OutArtifact>,
+    pub units: Vec<OutUnit>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("certificate {id}: {message}")]
+    Cert { id: String, message: String },
+    #[error("no node named {0:?} in the cluster")]
+    NoSuchNode(String),
+}
+
+#[derive(Serialize)]
+struct Paths {
+    pki: &'static str,
+    etcd_pki: &'static str,
+    kube: &'static str,
+    bin: &'static str,
+    addons: &'static str,
+}
+
+const PATHS: Paths = Paths {
+    pki: PKI,
+    etcd_pki: ETCD_PKI,
+    kube: KUBE,
+    bin: BIN,
+    addons: ADDONS,
+};
+
+/// Everything a compilation shares across nodes.
+pub struct Compiler<'a> {
+    pub model: &'a ClusterModel,
+    pub templates: &'a Templates,
+    pub inputs: &'a dyn Inputs,
+    pub artifacts: &'a ArtifactSet,
+}
+
+/// Escapes an absolute path into a systemd unit name (`/var/lib/x` → `var-lib-x`).
+pub fn systemd_escape_path(path: &str) -> String {
+    let trimmed = path.trim_matches('/');
+    if trimmed.is_empty() {
+        return "-".into();
+    }
+    let mut out = String::new();
+    for (i, c) in trimmed.chars().enumerate() {
+        match c {
+            '/' => out.push('-'),
+            c if c.is_ascii_alphanumeric() || c == '_' || (c == '.' && i > 0) || c == ':' => {
+                out.push(c)
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Builder<'c, 'a> {
+    c: &'c Compiler<'a>,
+    node: &'a NodeModel,
+    out: NodeOutput,
+}
+
+impl<'c, 'a> Builder<'c, 'a> {
+    fn ctx(&self, params: Value) -> Value {
+        json!({
+            "cluster": self.c.model,
+            "nodes": self.c.model.nodes,
+            "node": self.node,
+            "budget": &self.node.budget,
+            "paths": PATHS,
+            "params": params,
+        })
+    }
+
+    fn render(
+        &mut self,
+        template: &str,
+        path: &str,
+        mode: u32,
+        params: Value,
+    ) -> Result<(), CompileError> {
+        let content = self.c.templates.render(template, &self.ctx(params))?;
+        self.file(path, mode, content);
+        Ok(())
+    }
+
+    fn file(&mut self, path: &str, mode: u32, content: String) {
+        self.out.files.push(OutFile {
+            path: path.into(),
+            mode,
+            content,
+        });
+    }
+
+    /// Issues (or reuses) a certificate and adds `dir/name.crt` and `dir/name.key`.
+    fn cert(
+        &mut self,
+        req: CertRequest,
+        dir: &str,
+        name: &str,
+    ) -> Result<(String, String), CompileError> {
+        let pair = self
+            .c
+            .inputs
+            .cert(&req)
+            .map_err(|message| CompileError::Cert {
+                id: req.id.clone(),
+                message,
+            })?;
+        self.file(&format!("{dir}/{name}.crt"), 0o644, pair.cert_pem.clone());
+        self.file(&format!("{dir}/{name}.key"), 0o600, pair.key_pem.clone());
+        Ok((pair.cert_pem, pair.key_pem))
+    }
+
+    fn unit(
+        &mut self,
+        template: &str,
+        name: &str,
+        restart_on: Vec<String>,
+        params: Value,
+    ) -> Result<(), CompileError> {
+        let path = format!("{UNITS}/{name}");
+        self.render(template, &path, 0o644, params)?;
+        self.out.units.push(OutUnit {
+            name: name.into(),
+            enable: true,
+            restart_on_change: restart_on,
+        });
+        Ok(())
+    }
+
+    fn kubeconfig(
+        &mut self,
+        path: &str,
+        user: &str,
+        server: &str,
+        cert: &(String, String),
+    ) -> Result<(), CompileError> {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let params = json!({
+            "user": user, "server": server,
+            "ca_data": b64(&self.c.inputs.ca_cert(CaName::Cluster)),
+            "cert_data": b64(&cert.0), "key_data": b64(&cert.1),
+        });
+        self.render("kubeconfig", path, 0o600, params)
+    }
+
+    fn artifact(&mut self, name: &str, members: &[(&str, &str)], plain_dest: Option<&str>) {
+        let Some(a) = self.c.artifacts.get(name) else {
+            return;
+        };
+        let ext = if a.url.ends_with(".tgz") {
+            "tgz"
+        } else {
+            "tar.gz"
+        };
+        let (dest, mode, members) = match plain_dest {
+            Some(d) => (d.to_owned(), 0o755, vec![]),
+            None => (
+                format!("{ARTIFACT_CACHE}/{name}-{}.{ext}", a.version),
+                0o644,
+                members
+                    .iter()
+                    .filter_map(|(m, dest)| {
+                        a.members.get(*m).map(|p| OutMember {
+                            path: p.clone(),
+                            dest: (*dest).to_owned(),
+                            mode: 0o755,
+                        })
+                    })
+                    .collect(),
+            ),
+        };
+        self.out.artifacts.push(OutArtifact {
+            name: name.into(),
+            url: a.url.clone(),
+            digest: a.digest.clone(),
+            dest,
+            mode,
+            members,
+        });
+    }
+}
+
+fn req(
+    ca: CaName,
+    id: String,
+    cn: &str,
+    orgs: &[&str],
+    dns: Vec<String>,
+    ips: Vec<Ipv4Addr>,
+    server: bool,
+    client: bool,
+) -> CertRequest {
+    CertRequest {
+        ca,
+        id,
+        common_name: cn.into(),
+        organizations: orgs.iter().map(|s| s.to_string()).collect(),
+        dns_names: dns,
+        ips,
+        server,
+        client,
+    }
+}
+
+impl Compiler<'_> {
+    pub fn compile_all(&self) -> Result<Vec<NodeOutput>, CompileError> {
+        self.model
+            .nodes
+            .iter()
+            .map(|n| self.compile_node(&n.name))
+            .collect()
+    }
+
+    pub fn compile_node(&self, name: &str) -> Result<NodeOutput, CompileError> {
+        let node = self
+            .model
+            .node(name)
+            .ok_or_else(|| CompileError::NoSuchNode(name.to_owned()))?;
+        let mut b = Builder {
+            c: self,
+            node,
+            out: NodeOutput {
+                node: name.into(),
+                ..Default::default()
+            },
+        };
+        let (n, addr) = (node.name.as_str(), node.address);
+        let lo = Ipv4Addr::LOCALHOST;
+        let local_api = "https://127.0.0.1:6443".to_owned();
+        let api = if node.is_control_plane {
+            local_api.clone()
+        } else {
+            self.model.api_endpoint.clone()
+        };
+
+        b.file(
+            &format!("{PKI}/ca.crt"),
+            0o644,
+            self.inputs.ca_cert(CaName::Cluster),
+        );
+
+        if node.is_etcd {
+            b.file(
+                &format!("{ETCD_PKI}/ca.crt"),
+                0o644,
+                self.inputs.ca_cert(CaName::Etcd),
+            );
+            let dns = vec![n.to_owned(), "localhost".into()];
+            b.cert(
+                req(
+                    CaName::Etcd,
+                    format!("{n}/etcd-server"),
+                    n,
+                    &[],
+                    dns.clone(),
+                    vec![addr, lo],
+                    true,
+                    true,
+                ),
+                ETCD_PKI,
+                "server",
+            )?;
+            b.cert(
+                req(
+                    CaName::Etcd,
+                    format!("{n}/etcd-peer"),
+                    n,
+                    &[],
+                    dns,
+                    vec![addr, lo],
+                    true,
+                    true,
+                ),
+                ETCD_PKI,
+                "peer",
+            )?;
+            let watch = [
+                format!("{ETCD_PKI}/ca.crt"),
+                format!("{ETCD_PKI}/server.crt"),
+                format!("{ETCD_PKI}/peer.crt"),
+                format!("{BIN}/etcd"),
+            ];
+            b.unit(
+                "units/etcd.service",
+                "etcd.service",
+                watch.to_vec(),
+                json!({}),
+            )?;
+            b.artifact(
+                "etcd",
+                &[
+                    ("etcd", "/usr/local/bin/etcd"),
+                    ("etcdctl", "/usr/local/bin/etcdctl"),
+                ],
+                None,
+            );
+        }
+
+        if node.is_control_plane {
+            let m = self.model;
+            let api_dns = [
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                &format!("kubernetes.default.svc.{}", m.domain),
+                "localhost",
+                n,
+            ]
+            .map(String::from)
+            .to_vec();
+            b.cert(
+                req(
+                    CaName::Cluster,
+                    format!("{n}/apiserver"),
+                    "kube-apiserver",
+                    &[],
+                    api_dns,
+                    vec![m.service_ip, addr, lo],
+                    true,
+                    false,
+                ),
+                PKI,
+                "apiserver",
+            )?;
+            b.cert(
+                req(
+                    CaName::Etcd,
+                    format!("{n}/apiserver-etcd-client"),
+                    "kube-apiserver-etcd-client",
+                    &[],
+                    vec![],
+                    vec![],
+                    false,
+                    true,
+                ),
+                PKI,
+                "apiserver-etcd-client",
+            )?;
+            b.file(
+                &format!("{PKI}/etcd-ca.crt"),
+                0o644,
+                self.inputs.ca_cert(CaName::Etcd),
+            );
+            b.cert(
+                req(
+                    CaName::Cluster,
+                    format!("{n}/apiserver-kubelet-client"),
+                    "kube-apiserver-kubelet-client",
+                    &["system:masters"],
+                    vec![],
+                    vec![],
+                    false,
+                    true,
+                ),
+                PKI,
+                "apiserver-kubelet-client",
+            )?;
+            b.file(
+                &format!("{PKI}/front-proxy-ca.crt"),
+                0o644,
+                self.inputs.ca_cert(CaName::FrontProxy),
+            );
+            b.cert(
+                req(
+                    CaName::FrontProxy,
+                    format!("{n}/front-proxy-client"),
+                    "front-proxy-client",
+                    &[],
+                    vec![],
+                    vec![],
+                    false,
+                    true,
+                ),
+                PKI,
+                "front-proxy-client",
+            )?;
+            b.file(
+                &format!("{PKI}/ca.key"),
+                0o600,
+                self.inputs.cluster_ca_key(),
+            );
+            let (sa_key, sa_pub) = self.inputs.service_account_keys();
+            b.file(&format!("{PKI}/sa.key"), 0o600, sa_key);
+            b.file(&format!("{PKI}/sa.pub"), 0o644, sa_pub);
+            b.render(
+                "config/encryption-config.yaml",
+                &format!("{KUBE}/encryption-config.yaml"),
+                0o600,
+                json!({ "key": self.inputs.encryption_key() }),
+            )?;
+            b.render(
+                "config/audit-policy.yaml",
+                &format!("{KUBE}/audit-policy.yaml"),
+                0o644,
+                json!({}),
+            )?;
+
+            let cm = b.cert(
+                req(
+                    CaName::Cluster,
+                    format!("{n}/controller-manager"),
+                    "system:kube-controller-manager",
+                    &[],
+                    vec![],
+                    vec![],
+                    false,
+                    true,
+                ),
+                &format!("{PKI}/clients"),
+                "controller-manager",
+            )?;
+            b.kubeconfig(
+                &format!("{KUBE}/controller-manager.kubeconfig"),
+                "system:kube-controller-manager",
+                &local_api,
+                &cm,
+            )?;
+            let sched = b.cert(
+                req(
+                    CaName::Cluster,
+                    format!("{n}/scheduler"),
+                    "system:kube-scheduler",
+                    &[],
+                    vec![],
+                    vec![],
+                    false,
+                    true,
+                ),
+                &format!("{PKI}/clients"),
+                "scheduler",
+            )?;
+            b.kubeconfig(
+                &format!("{KUBE}/scheduler.kubeconfig"),
+                "system:kube-scheduler",
+                &local_api,
+                &sched,
+            )?;
+            let admin = b.cert(
+                req(
+                    CaName::Cluster,
+                    "cluster/admin".into(),
+                    "kubernetes-admin",
+                    &["system:masters"],
+                    vec![],
+                    vec![],
+                    false,
+                    true,
+                ),
+                &format!("{PKI}/clients"),
+                "admin",
+            )?;
+            b.kubeconfig(
+                &format!("{KUBE}/admin.kubeconfig"),
+                "kubernetes-admin",
+                &local_api,
+                &admin,
+            )?;
+
+            let pki = |f: &str| format!("{PKI}/{f}");
+            b.unit(
+                "units/kube-apiserver.service",
+                "kube-apiserver.service",
+                vec![
+                    pki("apiserver.crt"),
+                    pki("apiserver-etcd-client.crt"),
+                    pki("front-proxy-client.crt"),
+                    format!("{KUBE}/encryption-config.yaml"),
+                    format!("{KUBE}/audit-policy.yaml"),
+                    format!("{BIN}/kube-apiserver"),
+                ],
+                json!({}),
+            )?;
+            b.unit(
+                "units/kube-controller-manager.service",
+                "kube-controller-manager.service",
+                vec![
+                    format!("{KUBE}/controller-manager.kubeconfig"),
+                    format!("{BIN}/kube-controller-manager"),
+                ],
+                json!({}),
+            )?;
+            b.unit(
+                "units/kube-scheduler.service",
+                "kube-scheduler.service",
+                vec![
+                    format!("{KUBE}/scheduler.kubeconfig"),
+                    format!("{BIN}/kube-scheduler"),
+                ],
+                json!({}),
+            )?;
+
+            let addons = self.addon_manifests(&mut b)?;
+            b.unit(
+                "units/pangaea-addons.service",
+                "pangaea-addons.service",
+                addons,
+                json!({}),
+            )?;
+            b.artifact(
+                "kubernetes-server",
+                &[
+                    ("kube-apiserver", "/usr/local/bin/kube-apiserver"),
+                    (
+                        "kube-controller-manager",
+                        "/usr/local/bin/kube-controller-manager",
+                    ),
+                    ("kube-scheduler", "/usr/local/bin/kube-scheduler"),
+                    ("kubectl", "/usr/local/bin/kubectl"),
+                ],
+                None,
+            );
+        }
+
+        if node.is_worker {
+            let kubelet = b.cert(
+                req(
+                    CaName::Cluster,
+                    format!("{n}/kubelet-client"),
+                    &format!("system:node:{n}"),
+                    &["system:nodes"],
+                    vec![],
+                    vec![],
+                    false,
+                    true,
+                ),
+                "/var/lib/kubelet/pki",
+                "kubelet-client",
+            )?;
+            b.kubeconfig(
+                &format!("{KUBE}/kubelet.kubeconfig"),
+                &format!("system:node:{n}"),
+                &api,
+                &kubelet,
+            )?;
+            b.cert(
+                req(
+                    CaName::Cluster,
+                    format!("{n}/kubelet-serving"),
+                    n,
+                    &[],
+                    vec![n.to_owned()],
+                    vec![addr],
+                    true,
+                    false,
+                ),
+                "/var/lib/kubelet/pki",
+                "kubelet",
+            )?;
+            let proxy = b.cert(
+                req(
+                    CaName::Cluster,
+                    format!("{n}/kube-proxy"),
+                    "system:kube-proxy",
+                    &[],
+                    vec![],
+                    vec![],
+                    false,
+                    true,
+                ),
+                &format!("{PKI}/clients"),
+                "kube-proxy",
+            )?;
+            b.kubeconfig(
+                &format!("{KUBE}/kube-proxy.kubeconfig"),
+                "system:kube-proxy",
+                &api,
+                &proxy,
+            )?;
+            b.render(
+                "config/kubelet-config.yaml",
+                "/var/lib/kubelet/config.yaml",
+                0o644,
+                json!({}),
+            )?;
+            b.render(
+                "config/kube-proxy-config.yaml",
+                &format!("{KUBE}/kube-proxy-config.yaml"),
+                0o644,
+                json!({}),
+            )?;
+            b.render(
+                "config/containerd-config.toml",
+                "/etc/containerd/config.toml",
+                0o644,
+                json!({}),
+            )?;
+            b.render(
+                "node/logrotate-containers",
+                "/etc/logrotate.d/pangaea-containers",
+                0o644,
+                json!({}),
+            )?;
+            b.unit(
+                "units/containerd.service",
+                "containerd.service",
+                vec![
+                    "/etc/containerd/config.toml".into(),
+                    format!("{BIN}/containerd"),
+                ],
+                json!({}),
+            )?;
+            b.unit(
+                "units/kubelet.service",
+                "kubelet.service",
+                vec![
+                    "/var/lib/kubelet/config.yaml".into(),
+                    format!("{KUBE}/kubelet.kubeconfig"),
+                    format!("{BIN}/kubelet"),
+                ],
+                json!({}),
+            )?;
+            b.unit(
+                "units/kube-proxy.service",
+                "kube-proxy.service",
+                vec![
+                    format!("{KUBE}/kube-proxy-config.yaml"),
+                    format!("{KUBE}/kube-proxy.kubeconfig"),
+                    format!("{BIN}/kube-proxy"),
+                ],
+                json!({}),
+            )?;
+            b.artifact(
+                "kubernetes-server",
+                &[
+                    ("kubelet", "/usr/local/bin/kubelet"),
+                    ("kube-proxy", "/usr/local/bin/kube-proxy"),
+                ],
+                None,
+            );
+            b.artifact(
+                "containerd",
+                &[
+                    ("containerd", "/usr/local/bin/containerd"),
+                    (
+                        "containerd-shim-runc-v2",
+                        "/usr/local/bin/containerd-shim-runc-v2",
+                    ),
+                    ("ctr", "/usr/local/bin/ctr"),
+                ],
+                None,
+            );
+            b.artifact("runc", &[], Some("/usr/local/sbin/runc"));
+            b.artifact(
+                "cni-plugins",
+                &[
+                    ("bridge", "/opt/cni/bin/bridge"),
+                    ("host-local", "/opt/cni/bin/host-local"),
+                    ("loopback", "/opt/cni/bin/loopback"),
+                    ("portmap", "/opt/cni/bin/portmap"),
+                ],
+                None,
+            );
+            b.artifact("crictl", &[("crictl", "/usr/local/bin/crictl")], None);
+        }
+
+        for (i, d) in node.disks.iter().enumerate() {
+            let device = d.device.clone().unwrap_or_else(|| {
+                if self.model.provider == "gce" {
+                    format!("/dev/disk/by-id/google-{}", d.name)
+                } else {
+                    format!("/dev/vd{}", (b'b' + i as u8) as char)
+                }
+            });
+            let mount_unit = format!("{}.mount", systemd_escape_path(&d.mount));
+            let format_unit = format!("pangaea-format-{}.service", d.name);
+            let params = json!({ "disk": d, "device": device, "format_unit": format_unit });
+            b.unit(
+                "units/disk-format.service",
+                &format_unit,
+                vec![],
+                params.clone(),
+            )?;
+            b.unit("units/disk.mount", &mount_unit, vec![], params)?;
+        }
+        for m in &self.model.nfs {
+            let name = format!("{}.mount", systemd_escape_path(&m.mount));
+            b.unit("units/nfs.mount", &name, vec![], json!({ "nfs": m }))?;
+        }
+        merge_artifacts(&mut b.out.artifacts);
+        Ok(b.out)
+    }
+
+    /// Renders the enabled add-ons into the add-on directory; returns their paths.
+    fn addon_manifests(&self, b: &mut Builder) -> Result<Vec<String>, CompileError> {
+        let a = &self.model.addons;
+        let expose = |svc: &str, default_external: bool| {
+            let e = self.model.expose.get(svc).cloned().unwrap_or_default();
+            let kind = if e.kind == ExposeType::ClusterIP
+                && default_external
+                && self.model.provider != "local"
+            {
+                ExposeType::LoadBalancer
+            } else {
+                e.kind
+            };
+            json!({ "type": format!("{kind:?}"), "node_port": e.node_port, "load_balancer_ip": e.load_balancer_ip })
+        };
+        let mut list: Vec<(&str, bool, Value)> = vec![
+            ("flannel", a.flannel, json!({})),
+            ("coredns", a.coredns, json!({})),
+            ("metrics-server", a.metrics_server, json!({})),
+            (
+                "logging",
+                a.logging.enabled,
+                json!({ "persistent_storage": a.logging.persistent_storage }),
+            ),
+            (
+                "monitoring",
+                a.monitoring.enabled,
+                json!({ "grafana": expose("grafana", a.monitoring.external_access), "prometheus": expose("prometheus", false) }),
+            ),
+            (
+                "registry-secret",
+                self.model.registry.is_some(),
+                json!({ "registry": self.model.registry }),
+            ),
+        ];
+        list.push((
+            "user-secrets",
+            !self.model.secrets.is_empty(),
+            json!({ "secrets": self.model.secrets }),
+        ));
+        let mut paths = Vec::new();
+        for (i, (name, on, params)) in list.into_iter().enumerate() {
+            if on {
+                let path = format!("{ADDONS}/{:02}-{name}.yaml", i + 1);
+                b.render(&format!("addons/{name}.yaml"), &path, 0o600, params)?;
+                paths.push(path);
+            }
+        }
+        Ok(paths)
+    }
+}
+
+/// One download per archive: members wanted by several roles are merged.
+fn merge_artifacts(list: &mut Vec<OutArtifact>) {
+    let mut merged: Vec<OutArtifact> = Vec::new();
+    for a in list.drain(..) {
+        match merged.iter_mut().find(|m| m.dest == a.dest) {
+            Some(m) => m.members.extend(a.members),
+            None => merged.push(a),
+        }
+    }
+    *list = merged;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_paths_like_systemd_escape() {
+        assert_eq!(systemd_escape_path("/var/lib/data"), "var-lib-data");
+        assert_eq!(systemd_escape_path("/mnt/my-share"), "mnt-my\\x2dshare");
+        assert_eq!(systemd_escape_path("/"), "-");
+    }
+}
