@@ -88,3 +88,69 @@ pub fn extract(archive: &Path, members: &[Member]) -> Result<(), FetchError> {
     }
     Ok(())
 }
+
+/// Where the record of an archive's last extraction lives: `.NAME.members` beside it.
+fn record_path(archive: &Path) -> PathBuf {
+    let name = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    archive.with_file_name(format!(".{name}.members"))
+}
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+struct Extracted {
+    digest: String,
+    /// Member destination → (size, modification time in ns).
+    members: std::collections::BTreeMap<PathBuf, (u64, u128)>,
+}
+
+fn stamp(path: &Path) -> Option<(u64, u128)> {
+    let m = std::fs::metadata(path).ok()?;
+    let t = m
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some((m.len(), t))
+}
+
+fn snapshot(digest: &crate::Digest, members: &[Member]) -> Option<Extracted> {
+    let members = members
+        .iter()
+        .map(|m| stamp(&m.dest).map(|s| (m.dest.clone(), s)))
+        .collect::<Option<_>>()?;
+    Some(Extracted {
+        digest: digest.to_string(),
+        members,
+    })
+}
+
+/// Records that `members` were just extracted from the archive with `digest` that will be
+/// (or is) at `archive`.
+pub fn record(
+    archive: &Path,
+    digest: &crate::Digest,
+    members: &[Member],
+) -> Result<(), FetchError> {
+    let err = |message: String| FetchError::Archive {
+        archive: archive.to_owned(),
+        message,
+    };
+    let snap =
+        snapshot(digest, members).ok_or_else(|| err("an extracted member vanished".into()))?;
+    let text = serde_json::to_vec(&snap).map_err(|e| err(e.to_string()))?;
+    fsutil::atomic_write(&record_path(archive), &text, 0o644).map_err(|e| err(e.to_string()))
+}
+
+/// Whether every member is exactly as the last extraction of this archive left it.
+pub fn members_current(archive: &Path, digest: &crate::Digest, members: &[Member]) -> bool {
+    let Ok(text) = std::fs::read(record_path(archive)) else {
+        return false;
+    };
+    let Ok(recorded) = serde_json::from_slice::<Extracted>(&text) else {
+        return false;
+    };
+    snapshot(digest, members).is_some_and(|now| now == recorded)
+}

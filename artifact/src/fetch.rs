@@ -210,7 +210,7 @@ impl Fetcher {
             .expect("hash task");
         if current.as_ref() == Some(&spec.digest) {
             set_mode(&spec.url, &spec.dest, spec.mode)?;
-            let changed = self.extract(spec, false).await?;
+            let changed = self.refresh_members(spec).await?;
             return Ok(Installed {
                 changed,
                 ..Default::default()
@@ -222,7 +222,6 @@ impl Fetcher {
             attempt += 1;
             match self.download(spec).await {
                 Ok((downloaded_bytes, resumed_from)) => {
-                    self.extract(spec, true).await?;
                     remove_stale_partials(&spec.dest, &spec.digest);
                     tracing::info!(
                         bytes = downloaded_bytes,
@@ -374,6 +373,26 @@ impl Fetcher {
                 resumed: start > 0,
             });
         }
+        // An archive's members go into place before the archive itself: if extraction fails
+        // (a missing member, a full disk) or is interrupted, the previous archive is still
+        // the installed one and the next attempt extracts again.
+        if !spec.members.is_empty() {
+            let (p, d, digest, members) = (
+                partial.clone(),
+                spec.dest.clone(),
+                spec.digest.clone(),
+                spec.members.clone(),
+            );
+            let extracted = tokio::task::spawn_blocking(move || {
+                archive::extract(&p, &members).and_then(|()| archive::record(&d, &digest, &members))
+            })
+            .await
+            .expect("extract task");
+            if let Err(e) = extracted {
+                let _ = std::fs::remove_file(&partial); // nothing of a failed install is left behind
+                return Err(e);
+            }
+        }
         std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(spec.mode))
             .map_err(io_err(url, "chmod", &partial))?;
         std::fs::rename(&partial, &spec.dest).map_err(io_err(
@@ -390,22 +409,20 @@ impl Fetcher {
         Ok((received, start))
     }
 
-    /// Extracts the members of an archive artifact: all of them after a new download, or
-    /// the missing ones when the archive was already in place.
-    async fn extract(&self, spec: &ArtifactSpec, all: bool) -> Result<bool, FetchError> {
-        let wanted: Vec<Member> = spec
-            .members
-            .iter()
-            .filter(|m| all || !m.dest.exists())
-            .cloned()
-            .collect();
-        if wanted.is_empty() {
+    /// For an archive already in place: re-extracts all members unless each is exactly as
+    /// the last extraction of this archive left it (size and modification time).
+    async fn refresh_members(&self, spec: &ArtifactSpec) -> Result<bool, FetchError> {
+        if spec.members.is_empty()
+            || archive::members_current(&spec.dest, &spec.digest, &spec.members)
+        {
             return Ok(false);
         }
-        let archive_path = spec.dest.clone();
-        tokio::task::spawn_blocking(move || archive::extract(&archive_path, &wanted))
-            .await
-            .expect("extract task")?;
+        let (d, digest, members) = (spec.dest.clone(), spec.digest.clone(), spec.members.clone());
+        tokio::task::spawn_blocking(move || {
+            archive::extract(&d, &members).and_then(|()| archive::record(&d, &digest, &members))
+        })
+        .await
+        .expect("extract task")?;
         Ok(true)
     }
 }

@@ -275,6 +275,30 @@ fn req(
 }
 
 impl Compiler<'_> {
+    /// Renders one template — a built-in name, or the text of a template file — as node
+    /// `name` sees it, with empty `params`.
+    pub fn render_one(
+        &self,
+        name: &str,
+        source: Option<&str>,
+        node: &str,
+    ) -> Result<String, CompileError> {
+        let node = self
+            .model
+            .node(node)
+            .ok_or_else(|| CompileError::NoSuchNode(node.to_owned()))?;
+        let b = Builder {
+            c: self,
+            node,
+            out: NodeOutput::default(),
+        };
+        let ctx = b.ctx(json!({}));
+        Ok(match source {
+            Some(text) => self.templates.render_source(name, text, &ctx)?,
+            None => self.templates.render(name, &ctx)?,
+        })
+    }
+
     pub fn compile_all(&self) -> Result<Vec<NodeOutput>, CompileError> {
         self.model
             .nodes

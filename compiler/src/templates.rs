@@ -101,6 +101,28 @@ impl Templates {
         Ok(Templates { hb, origins })
     }
 
+    /// Renders template text that is not registered (a file given on the command line),
+    /// with the same helpers and strictness; `name` labels errors.
+    pub fn render_source(
+        &self,
+        name: &str,
+        source: &str,
+        data: &impl Serialize,
+    ) -> Result<String, TemplateError> {
+        let mut hb = self.hb.clone();
+        hb.register_template_string(name, source)
+            .map_err(|e| TemplateError::Syntax {
+                name: name.to_owned(),
+                origin: "given file".into(),
+                message: match e.pos() {
+                    Some((line, col)) => format!("line {line}, column {col}: {}", e.reason()),
+                    None => e.reason().to_string(),
+                },
+            })?;
+        hb.render(name, data)
+            .map_err(|e| TemplateError::Render(e.to_string()))
+    }
+
     pub fn render(&self, name: &str, data: &impl Serialize) -> Result<String, TemplateError> {
         if !self.origins.contains_key(name) {
             return Err(TemplateError::Unknown(name.to_owned()));

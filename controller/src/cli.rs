@@ -2,6 +2,7 @@
 
 use crate::admin::Backend;
 use crate::certinfo::{CertInfo, rfc3339};
+use crate::compile::{Compilation, CompilerPlanner};
 use crate::mirror::Mirror;
 use crate::pki::{CaKind, Pki};
 use crate::{Controller, ControllerConfig};
@@ -11,6 +12,7 @@ use pangaea_compiler::artifact_set::{ArtifactOverride, ArtifactSet};
 use pangaea_proto as pb;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Pangaea: a cheap, highly available Kubernetes cluster with one command.
@@ -25,6 +27,10 @@ pub struct Cli {
     /// else ./.pangaea]
     #[arg(long, global = true, env = "PANGAEA_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The cluster configuration [default: the nearest pangaea.yaml, else built-in
+    /// defaults: 3 local nodes]
+    #[arg(long, global = true, env = "PANGAEA_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,6 +61,26 @@ pub enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Render every file the nodes get from pangaea.yaml and the templates (deterministic:
+    /// the same input gives byte-identical output).
+    Compile {
+        /// Only this node [default: all].
+        #[arg(long)]
+        node: Option<String>,
+        /// Directory to write into, one subdirectory per node.
+        #[arg(long, default_value = "compiled")]
+        out: PathBuf,
+        /// Render one template instead: a built-in name (like units/etcd.service) or a
+        /// template file; as --node (default: the first node) sees it.
+        #[arg(short = 'i', long = "template")]
+        template: Option<String>,
+        /// Where -i writes [default: standard output].
+        #[arg(short = 'o', long = "output", requires = "template")]
+        output: Option<PathBuf>,
+        /// Keep running and re-render whenever the configuration or a template changes.
+        #[arg(long)]
+        watch: bool,
+    },
     /// The verified artifact mirror in .pangaea/artifacts (what nodes download).
     #[command(subcommand)]
     Artifacts(ArtifactsCommand),
@@ -148,20 +174,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// `.pangaea` beside the nearest `pangaea.yaml` above `start`, else `start/.pangaea`.
 pub fn find_state_dir(start: &Path) -> PathBuf {
+    find_cluster_dir(start).join(".pangaea")
+}
+
+/// The directory of the nearest `pangaea.yaml` above `start`, else `start`.
+pub fn find_cluster_dir(start: &Path) -> PathBuf {
     start
         .ancestors()
         .find(|d| d.join("pangaea.yaml").is_file())
         .unwrap_or(start)
-        .join(".pangaea")
+        .to_owned()
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let state_dir = match cli.state_dir {
-        Some(d) => d,
-        None => find_state_dir(&std::env::current_dir().context("current directory")?),
-    };
+    let cwd = std::env::current_dir().context("current directory")?;
+    let state_dir = cli.state_dir.unwrap_or_else(|| find_state_dir(&cwd));
+    let config = cli
+        .config
+        .unwrap_or_else(|| find_cluster_dir(&cwd).join("pangaea.yaml"));
     match cli.command {
-        Command::Serve { listen, advertise } => serve(&state_dir, listen, advertise).await,
+        Command::Serve { listen, advertise } => serve(&state_dir, &config, listen, advertise).await,
+        Command::Compile {
+            node,
+            out,
+            template,
+            output,
+            watch,
+        } => compile(&state_dir, &config, node, &out, template, output, watch).await,
         Command::Pki(cmd) => pki(&state_dir, cmd),
         Command::Token(cmd) => token(&state_dir, cmd).await,
         Command::Status { output } => status(&state_dir, output).await,
@@ -177,13 +216,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(state_dir: &Path, listen: SocketAddr, advertise: Vec<String>) -> anyhow::Result<()> {
+async fn serve(
+    state_dir: &Path,
+    cluster_config: &Path,
+    listen: SocketAddr,
+    advertise: Vec<String>,
+) -> anyhow::Result<()> {
     let mut config = ControllerConfig::new(state_dir);
     config.advertise = advertise;
     if !listen.ip().is_unspecified() {
         config.advertise.push(listen.ip().to_string());
     }
-    let controller = Controller::open(config, None)?;
+    let compilation = Compilation::load(cluster_config, state_dir)?;
+    print_warnings(&compilation.loaded);
+    let controller = Controller::open(config, Some(Arc::new(CompilerPlanner(compilation))))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
@@ -216,6 +262,140 @@ async fn serve(state_dir: &Path, listen: SocketAddr, advertise: Vec<String>) -> 
     let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
     let _ = std::fs::remove_file(state_dir.join("serve.pid"));
     Ok(())
+}
+
+fn print_warnings(loaded: &pangaea_compiler::config::Loaded) {
+    for w in &loaded.warnings {
+        let at = w
+            .location
+            .map(|(l, c)| format!(":{l}:{c}"))
+            .unwrap_or_default();
+        eprintln!("warning: {}{at}: {}", loaded.file, w.message);
+    }
+}
+
+/// Modification stamps of the configuration and every template override, to notice edits.
+fn watch_stamp(
+    config: &Path,
+    templates: &Path,
+) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+    let stamp = |p: &Path| {
+        let m = std::fs::metadata(p).ok();
+        (
+            p.to_owned(),
+            m.as_ref().and_then(|m| m.modified().ok()),
+            m.map_or(0, |m| m.len()),
+        )
+    };
+    let mut out = vec![stamp(config)];
+    let mut stack = vec![templates.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(stamp(&p));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn compile(
+    state_dir: &Path,
+    config: &Path,
+    node: Option<String>,
+    out: &Path,
+    template: Option<String>,
+    output: Option<PathBuf>,
+    watch: bool,
+) -> anyhow::Result<()> {
+    let once = |first: bool| -> anyhow::Result<()> {
+        let c = Compilation::load(config, state_dir)?;
+        if first {
+            print_warnings(&c.loaded);
+        }
+        if let Some(t) = &template {
+            let node = node
+                .clone()
+                .unwrap_or_else(|| c.model.nodes[0].name.clone());
+            let inputs = crate::issued::PkiInputs::new(&c.pki, state_dir);
+            let compiler = pangaea_compiler::node::Compiler {
+                model: &c.model,
+                templates: &c.templates,
+                inputs: &inputs,
+                artifacts: &c.artifacts,
+            };
+            let path = Path::new(t);
+            let text = if path.is_file() {
+                compiler.render_one(t, Some(&std::fs::read_to_string(path)?), &node)?
+            } else {
+                compiler.render_one(t, None, &node)?
+            };
+            match &output {
+                Some(o) => {
+                    pangaea_core::fsutil::atomic_write(o, text.as_bytes(), 0o644)?;
+                    eprintln!("wrote {}", o.display());
+                }
+                None => print!("{text}"),
+            }
+            return Ok(());
+        }
+        let names: Vec<String> = match &node {
+            Some(n) => vec![n.clone()],
+            None => c.model.nodes.iter().map(|n| n.name.clone()).collect(),
+        };
+        // Render everything first: an error anywhere writes nothing.
+        let outputs = names
+            .iter()
+            .map(|n| c.compile_node(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut total, mut changed) = (0, 0);
+        for o in &outputs {
+            for (path, ch) in crate::compile::write_node(out, o)? {
+                total += 1;
+                if ch {
+                    changed += 1;
+                    println!("written    {}", path.display());
+                } else if !watch {
+                    println!("unchanged  {}", path.display());
+                }
+            }
+        }
+        eprintln!(
+            "{} node(s), {total} files, {changed} changed, in {}",
+            outputs.len(),
+            out.display()
+        );
+        Ok(())
+    };
+    once(true)?;
+    if !watch {
+        return Ok(());
+    }
+    let templates_dir = config.parent().unwrap_or(Path::new(".")).join("templates");
+    let mut last = watch_stamp(config, &templates_dir);
+    eprintln!(
+        "watching {} and {} (Ctrl-C to stop)",
+        config.display(),
+        templates_dir.display()
+    );
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        let now = watch_stamp(config, &templates_dir);
+        if now != last {
+            last = now;
+            if let Err(e) = once(false) {
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
 }
 
 fn artifact_set(overrides: Option<&Path>) -> anyhow::Result<ArtifactSet> {

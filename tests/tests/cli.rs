@@ -156,7 +156,8 @@ struct Ctl {
 impl Ctl {
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.arg("--state-dir").arg(&self.state).args(args);
+        let config = self.state.parent().expect("state dir has a parent").join("pangaea.yaml");
+        c.arg("--state-dir").arg(&self.state).arg("--config").arg(config).args(args);
         c.env("NO_COLOR", "1");
         c
     }
@@ -214,6 +215,42 @@ fn is_token(t: &str) -> bool {
         if id.len() == 6 && secret.len() == 16 && lower_alnum(id) && lower_alnum(secret))
 }
 
+/// Stand-ins for the pinned release archives (no registry carries them here): archives
+/// with the member paths the real ones have, served from `file://` through overrides in
+/// `pangaea.yaml`, each with its own digest. Returns the overrides.
+fn offline_artifacts(dir: &Path) -> String {
+    let src = dir.join("release");
+    let mut yaml = String::from("artifacts:\n");
+    let mut add = |name: &str, file: &Path| {
+        let out = Command::new("sha256sum").arg(file).output().expect("sha256sum");
+        let sum = String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned();
+        yaml.push_str(&format!("  - name: {name}\n    url: file://{}\n    digest: sha256:{sum}\n", file.display()));
+    };
+    let archives: [(&str, &str, &[&str]); 5] = [
+        ("kubernetes-server", "k8s", &["kubernetes/server/bin/kube-apiserver", "kubernetes/server/bin/kube-controller-manager", "kubernetes/server/bin/kube-scheduler", "kubernetes/server/bin/kubelet", "kubernetes/server/bin/kube-proxy", "kubernetes/server/bin/kubectl"]),
+        ("etcd", "etcd", &["etcd-v3.5.27-linux-amd64/etcd", "etcd-v3.5.27-linux-amd64/etcdctl"]),
+        ("containerd", "containerd", &["bin/containerd", "bin/containerd-shim-runc-v2", "bin/ctr"]),
+        ("cni-plugins", "cni", &["./bridge", "./host-local", "./loopback", "./portmap"]),
+        ("crictl", "crictl", &["crictl"]),
+    ];
+    for (name, sub, members) in archives {
+        let root = src.join(sub);
+        for m in members {
+            let p = root.join(m);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, format!("#!/bin/sh\necho {m}\n")).unwrap();
+        }
+        let archive = src.join(format!("{name}.tar.gz"));
+        let ok = Command::new("tar").arg("czf").arg(&archive).arg("-C").arg(&root).args(members.iter()).status().expect("tar");
+        assert!(ok.success(), "tar czf {name}");
+        add(name, &archive);
+    }
+    let runc = src.join("runc.amd64");
+    std::fs::write(&runc, "#!/bin/sh\necho runc\n").unwrap();
+    add("runc", &runc);
+    yaml
+}
+
 #[test]
 fn operator_flow_with_real_binaries() {
     let (ctl_bin, agent_bin) = (binary("pangaea-ctl"), binary("pangaea-agent"));
@@ -223,6 +260,7 @@ fn operator_flow_with_real_binaries() {
         bin: ctl_bin,
         state: dir.join(".pangaea"),
     };
+    std::fs::write(dir.join("pangaea.yaml"), offline_artifacts(dir)).unwrap();
 
     // 1. The controller, on an ephemeral loopback port it reports in serve.addr.
     let serve_log = dir.join("serve.log");
@@ -315,8 +353,12 @@ fn operator_flow_with_real_binaries() {
     assert_eq!(node["instance_id"], "i-1", "{node}");
     assert_eq!(node["removed"], false, "{node}");
     assert!(!token_file.exists(), "the agent kept the used token file");
-    let node_json = read(&root.join("etc/pangaea/node.json"));
-    assert!(node_json.contains("node-1"), "node.json: {node_json:?}");
+    // The compiled assignment: rendered units and the artifacts' members, installed.
+    let etcd_unit = read(&root.join("etc/systemd/system/etcd.service"));
+    assert!(etcd_unit.contains("--name=node-1"), "etcd.service: {etcd_unit:?}");
+    let etcd = read(&root.join("usr/local/bin/etcd"));
+    assert!(etcd.contains("etcd-v3.5.27-linux-amd64/etcd"), "etcd binary: {etcd:?}");
+    assert_eq!(read(&root.join("usr/local/sbin/runc")), "#!/bin/sh\necho runc\n");
     assert_eq!(ctl.token_state(id), "used");
 
     // 6. Operator mistakes fail with a clear message and change nothing.

@@ -1,0 +1,173 @@
+//! The compiler wired to the controller: a [`Planner`] that renders each node's assignment
+//! from `pangaea.yaml` and the cluster's PKI, and `pangaea-ctl compile`'s file output.
+
+use crate::assign::{Plan, PlanError, Planner};
+use crate::issued::PkiInputs;
+use crate::pki::{Pki, PkiError};
+use crate::records::NodeRecord;
+use pangaea_compiler::artifact_set::ArtifactSet;
+use pangaea_compiler::config::{ConfigError, Loaded};
+use pangaea_compiler::model::ClusterModel;
+use pangaea_compiler::node::{CompileError, Compiler, NodeOutput};
+use pangaea_compiler::templates::{TemplateError, Templates};
+use pangaea_proto as pb;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileSetupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("write {path}: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+/// Everything needed to compile a cluster, loaded once.
+pub struct Compilation {
+    pub loaded: Loaded,
+    pub model: ClusterModel,
+    pub templates: Templates,
+    pub artifacts: ArtifactSet,
+    pub pki: Pki,
+    pub state_dir: PathBuf,
+}
+
+impl Compilation {
+    /// Loads `config` (a missing file means defaults), its template overrides and the PKI.
+    pub fn load(config: &Path, state_dir: &Path) -> Result<Compilation, CompileSetupError> {
+        let loaded = Loaded::load(config)?;
+        let overrides = loaded.dir.join(&loaded.config.templates_dir);
+        let templates = Templates::load(&loaded.dir, Some(&overrides))?;
+        let model = ClusterModel::build(&loaded);
+        let artifacts = loaded.artifact_set();
+        let pki = Pki::load_or_create(&state_dir.join("pki"))?;
+        Ok(Compilation {
+            loaded,
+            model,
+            templates,
+            artifacts,
+            pki,
+            state_dir: state_dir.to_owned(),
+        })
+    }
+
+    pub fn compile_node(&self, name: &str) -> Result<NodeOutput, CompileError> {
+        let inputs = PkiInputs::new(&self.pki, &self.state_dir);
+        Compiler {
+            model: &self.model,
+            templates: &self.templates,
+            inputs: &inputs,
+            artifacts: &self.artifacts,
+        }
+        .compile_node(name)
+    }
+}
+
+/// Converts compiler output into an assignment plan.
+pub fn to_plan(out: NodeOutput) -> Plan {
+    Plan {
+        files: out
+            .files
+            .into_iter()
+            .map(|f| pb::File {
+                path: f.path,
+                mode: f.mode,
+                owner: String::new(),
+                content: f.content.into_bytes(),
+            })
+            .collect(),
+        artifacts: out
+            .artifacts
+            .into_iter()
+            .map(|a| pb::Artifact {
+                url: a.url,
+                digest: a.digest,
+                dest: a.dest,
+                mode: a.mode,
+                members: a
+                    .members
+                    .into_iter()
+                    .map(|m| pb::ArchiveMember {
+                        path: m.path,
+                        dest: m.dest,
+                        mode: m.mode,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        units: out
+            .units
+            .into_iter()
+            .map(|u| pb::Unit {
+                name: u.name,
+                enable: u.enable,
+                restart_on_change: u.restart_on_change,
+            })
+            .collect(),
+    }
+}
+
+/// Plans nodes by compiling the cluster configuration.
+pub struct CompilerPlanner(pub Compilation);
+
+impl Planner for CompilerPlanner {
+    fn plan(&self, node: &NodeRecord) -> Result<Plan, PlanError> {
+        self.0
+            .compile_node(&node.name)
+            .map(to_plan)
+            .map_err(|e| PlanError {
+                node: node.name.clone(),
+                message: match e {
+                    CompileError::NoSuchNode(_) => format!(
+                        "node {:?} is not in the cluster configuration ({})",
+                        node.name, self.0.loaded.file
+                    ),
+                    e => e.to_string(),
+                },
+            })
+    }
+}
+
+/// Writes `out` under `dir/<node>/` (file paths kept), plus `artifacts.json` and
+/// `units.json`. Only changed files are rewritten. Returns each path with whether it changed.
+pub fn write_node(dir: &Path, out: &NodeOutput) -> Result<Vec<(PathBuf, bool)>, CompileSetupError> {
+    let base = dir.join(&out.node);
+    let mut written = Vec::new();
+    let mut put = |rel: &str, content: &[u8], mode: u32| -> Result<(), CompileSetupError> {
+        let path = base.join(rel.trim_start_matches('/'));
+        let changed = std::fs::read(&path).map(|c| c != content).unwrap_or(true);
+        if changed {
+            pangaea_core::fsutil::atomic_write(&path, content, mode).map_err(|e| {
+                CompileSetupError::Write {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        written.push((path, changed));
+        Ok(())
+    };
+    for f in &out.files {
+        put(&f.path, f.content.as_bytes(), f.mode)?;
+    }
+    put(
+        "artifacts.json",
+        serde_json::to_string_pretty(&out.artifacts)
+            .expect("json")
+            .as_bytes(),
+        0o644,
+    )?;
+    put(
+        "units.json",
+        serde_json::to_string_pretty(&out.units)
+            .expect("json")
+            .as_bytes(),
+        0o644,
+    )?;
+    Ok(written)
+}

@@ -1,0 +1,124 @@
+//! The compiler's inputs from the controller's PKI: leaf certificates issued once per
+//! request and kept in `.pangaea/pki/issued/` (re-issued only when the request changes or a
+//! third of the lifetime remains), and the cluster's generated secrets. Reusing issued
+//! certificates keeps compiled output stable, so an unchanged cluster never restarts units.
+
+use crate::certinfo::CertInfo;
+use crate::pki::{CaKind, LeafSpec, Pki, Usage};
+use pangaea_compiler::inputs::{CaName, CertPair, CertRequest, Inputs};
+use pangaea_core::fsutil;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+pub struct PkiInputs<'a> {
+    pki: &'a Pki,
+    issued: PathBuf,
+    secrets: PathBuf,
+}
+
+fn kind(ca: CaName) -> CaKind {
+    match ca {
+        CaName::Cluster => CaKind::Cluster,
+        CaName::Etcd => CaKind::Etcd,
+        CaName::FrontProxy => CaKind::FrontProxy,
+    }
+}
+
+impl<'a> PkiInputs<'a> {
+    /// `state_dir` is the cluster's `.pangaea/`.
+    pub fn new(pki: &'a Pki, state_dir: &Path) -> PkiInputs<'a> {
+        PkiInputs {
+            pki,
+            issued: state_dir.join("pki/issued"),
+            secrets: state_dir.join("secrets"),
+        }
+    }
+
+    fn read(path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok()
+    }
+
+    /// A secret generated once (`make`) and kept in `.pangaea/secrets/NAME` (0600).
+    fn secret(&self, name: &str, make: impl FnOnce() -> String) -> String {
+        let path = self.secrets.join(name);
+        if let Some(s) = Self::read(&path) {
+            return s;
+        }
+        let value = make();
+        fsutil::atomic_write(&path, value.as_bytes(), 0o600)
+            .unwrap_or_else(|e| panic!("cannot store cluster secret: {e}"));
+        value
+    }
+}
+
+impl Inputs for PkiInputs<'_> {
+    fn ca_cert(&self, ca: CaName) -> String {
+        self.pki.ca(kind(ca)).cert_pem.clone()
+    }
+
+    fn cluster_ca_key(&self) -> String {
+        Self::read(&self.pki.dir().join("cluster-ca.key"))
+            .expect("the cluster CA key exists once the PKI is loaded")
+    }
+
+    fn cert(&self, req: &CertRequest) -> Result<CertPair, String> {
+        let stem = self.issued.join(req.id.replace('/', "__"));
+        let (crt, key, spec_path) = (
+            stem.with_extension("crt"),
+            stem.with_extension("key"),
+            stem.with_extension("json"),
+        );
+        let wanted = serde_json::to_string(req).expect("requests serialize");
+        if let (Some(cert_pem), Some(key_pem), Some(spec)) =
+            (Self::read(&crt), Self::read(&key), Self::read(&spec_path))
+        {
+            let now = crate::records::now();
+            let fresh = CertInfo::from_pem(&cert_pem)
+                .is_some_and(|i| i.not_after - now > (i.not_after - i.not_before) / 3);
+            if spec == wanted && fresh {
+                return Ok(CertPair { cert_pem, key_pem });
+            }
+        }
+        let spec = LeafSpec {
+            common_name: req.common_name.clone(),
+            organizations: req.organizations.clone(),
+            dns_names: req.dns_names.clone(),
+            ips: req.ips.iter().map(|i| (*i).into()).collect(),
+            usage: match (req.server, req.client) {
+                (true, true) => Usage::ServerAndClient,
+                (true, false) => Usage::Server,
+                _ => Usage::Client,
+            },
+            lifetime: LEAF_LIFETIME,
+        };
+        let issued = self
+            .pki
+            .issue(kind(req.ca), &spec)
+            .map_err(|e| e.to_string())?;
+        let write = |p: &Path, s: &str, mode| {
+            fsutil::atomic_write(p, s.as_bytes(), mode).map_err(|e| e.to_string())
+        };
+        write(&key, &issued.key_pem, 0o600)?;
+        write(&crt, &issued.cert_pem, 0o644)?;
+        write(&spec_path, &wanted, 0o644)?;
+        Ok(CertPair {
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+        })
+    }
+
+    fn encryption_key(&self) -> String {
+        self.secret("encryption-key", || {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+        })
+    }
+
+    fn service_account_keys(&self) -> (String, String) {
+        let key = Self::read(&self.pki.dir().join("sa.key"))
+            .expect("the service-account key exists once the PKI is loaded");
+        (key, self.pki.service_account_public_pem.clone())
+    }
+}
