@@ -153,6 +153,7 @@ impl Default for Network {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Disk {
     pub name: String,
+    #[serde(rename = "sizeGiB")]
     pub size_gib: u32,
     pub mount: String,
     /// Block device on the node (default: /dev/disk/by-id/google-NAME on GCE, /dev/vdb… elsewhere).
