@@ -171,7 +171,7 @@ pub struct Pool {
     pub roles: Vec<Role>,
     #[serde(default)]
     pub machine_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, rename = "memoryMiB")]
     pub memory_mib: Option<u32>,
     #[serde(default)]
     pub cpus: Option<u32>,
@@ -473,12 +473,17 @@ impl Loaded {
         for (i, (a, ca)) in nets.iter().enumerate() {
             for (b, cb) in &nets[i + 1..] {
                 if ca.overlaps(cb) {
-                    return Err(self.err(
-                        &["network", b],
-                        format!(
+                    // Point at whichever of the two the file sets (the other may be a default).
+                    let location = crate::locate::locate_exact(&self.text, &["network", b])
+                        .or_else(|| crate::locate::locate_exact(&self.text, &["network", a]))
+                        .or_else(|| locate(&self.text, &["network"]));
+                    return Err(ConfigError {
+                        file: self.file.clone(),
+                        location,
+                        message: format!(
                             "network.{b} {cb} overlaps network.{a} {ca}; choose disjoint ranges"
                         ),
-                    ));
+                    });
                 }
             }
         }

@@ -61,6 +61,18 @@ pub fn locate(text: &str, path: &[&str]) -> Option<(usize, usize)> {
     found
 }
 
+/// Like [`locate`], but only when the last key of `path` itself is found (not a prefix).
+pub fn locate_exact(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let last = path.last()?;
+    locate(text, path).filter(|(line, _)| {
+        text.lines().nth(line - 1).is_some_and(|l| {
+            l.trim_start()
+                .trim_start_matches("- ")
+                .starts_with(&format!("{last}:"))
+        })
+    })
+}
+
 fn indent(l: &str) -> usize {
     l.len() - l.trim_start_matches(' ').len()
 }

@@ -372,12 +372,13 @@ async fn compile(
         );
         Ok(())
     };
+    // Stamp before rendering, so an edit made while rendering is not missed.
+    let templates_dir = config.parent().unwrap_or(Path::new(".")).join("templates");
+    let mut last = watch_stamp(config, &templates_dir);
     once(true)?;
     if !watch {
         return Ok(());
     }
-    let templates_dir = config.parent().unwrap_or(Path::new(".")).join("templates");
-    let mut last = watch_stamp(config, &templates_dir);
     eprintln!(
         "watching {} and {} (Ctrl-C to stop)",
         config.display(),
