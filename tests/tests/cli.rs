@@ -156,8 +156,16 @@ struct Ctl {
 impl Ctl {
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        let config = self.state.parent().expect("state dir has a parent").join("pangaea.yaml");
-        c.arg("--state-dir").arg(&self.state).arg("--config").arg(config).args(args);
+        let config = self
+            .state
+            .parent()
+            .expect("state dir has a parent")
+            .join("pangaea.yaml");
+        c.arg("--state-dir")
+            .arg(&self.state)
+            .arg("--config")
+            .arg(config)
+            .args(args);
         c.env("NO_COLOR", "1");
         c
     }
@@ -222,15 +230,52 @@ fn offline_artifacts(dir: &Path) -> String {
     let src = dir.join("release");
     let mut yaml = String::from("artifacts:\n");
     let mut add = |name: &str, file: &Path| {
-        let out = Command::new("sha256sum").arg(file).output().expect("sha256sum");
-        let sum = String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned();
-        yaml.push_str(&format!("  - name: {name}\n    url: file://{}\n    digest: sha256:{sum}\n", file.display()));
+        let out = Command::new("sha256sum")
+            .arg(file)
+            .output()
+            .expect("sha256sum");
+        let sum = String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        yaml.push_str(&format!(
+            "  - name: {name}\n    url: file://{}\n    digest: sha256:{sum}\n",
+            file.display()
+        ));
     };
     let archives: [(&str, &str, &[&str]); 5] = [
-        ("kubernetes-server", "k8s", &["kubernetes/server/bin/kube-apiserver", "kubernetes/server/bin/kube-controller-manager", "kubernetes/server/bin/kube-scheduler", "kubernetes/server/bin/kubelet", "kubernetes/server/bin/kube-proxy", "kubernetes/server/bin/kubectl"]),
-        ("etcd", "etcd", &["etcd-v3.5.27-linux-amd64/etcd", "etcd-v3.5.27-linux-amd64/etcdctl"]),
-        ("containerd", "containerd", &["bin/containerd", "bin/containerd-shim-runc-v2", "bin/ctr"]),
-        ("cni-plugins", "cni", &["./bridge", "./host-local", "./loopback", "./portmap"]),
+        (
+            "kubernetes-server",
+            "k8s",
+            &[
+                "kubernetes/server/bin/kube-apiserver",
+                "kubernetes/server/bin/kube-controller-manager",
+                "kubernetes/server/bin/kube-scheduler",
+                "kubernetes/server/bin/kubelet",
+                "kubernetes/server/bin/kube-proxy",
+                "kubernetes/server/bin/kubectl",
+            ],
+        ),
+        (
+            "etcd",
+            "etcd",
+            &[
+                "etcd-v3.5.27-linux-amd64/etcd",
+                "etcd-v3.5.27-linux-amd64/etcdctl",
+            ],
+        ),
+        (
+            "containerd",
+            "containerd",
+            &["bin/containerd", "bin/containerd-shim-runc-v2", "bin/ctr"],
+        ),
+        (
+            "cni-plugins",
+            "cni",
+            &["./bridge", "./host-local", "./loopback", "./portmap"],
+        ),
         ("crictl", "crictl", &["crictl"]),
     ];
     for (name, sub, members) in archives {
@@ -241,7 +286,14 @@ fn offline_artifacts(dir: &Path) -> String {
             std::fs::write(&p, format!("#!/bin/sh\necho {m}\n")).unwrap();
         }
         let archive = src.join(format!("{name}.tar.gz"));
-        let ok = Command::new("tar").arg("czf").arg(&archive).arg("-C").arg(&root).args(members.iter()).status().expect("tar");
+        let ok = Command::new("tar")
+            .arg("czf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&root)
+            .args(members.iter())
+            .status()
+            .expect("tar");
         assert!(ok.success(), "tar czf {name}");
         add(name, &archive);
     }
@@ -355,10 +407,19 @@ fn operator_flow_with_real_binaries() {
     assert!(!token_file.exists(), "the agent kept the used token file");
     // The compiled assignment: rendered units and the artifacts' members, installed.
     let etcd_unit = read(&root.join("etc/systemd/system/etcd.service"));
-    assert!(etcd_unit.contains("--name=node-1"), "etcd.service: {etcd_unit:?}");
+    assert!(
+        etcd_unit.contains("--name=node-1"),
+        "etcd.service: {etcd_unit:?}"
+    );
     let etcd = read(&root.join("usr/local/bin/etcd"));
-    assert!(etcd.contains("etcd-v3.5.27-linux-amd64/etcd"), "etcd binary: {etcd:?}");
-    assert_eq!(read(&root.join("usr/local/sbin/runc")), "#!/bin/sh\necho runc\n");
+    assert!(
+        etcd.contains("etcd-v3.5.27-linux-amd64/etcd"),
+        "etcd binary: {etcd:?}"
+    );
+    assert_eq!(
+        read(&root.join("usr/local/sbin/runc")),
+        "#!/bin/sh\necho runc\n"
+    );
     assert_eq!(ctl.token_state(id), "used");
 
     // 6. Operator mistakes fail with a clear message and change nothing.
