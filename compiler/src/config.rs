@@ -303,7 +303,7 @@ pub struct Expose {
     pub kind: ExposeType,
     #[serde(default)]
     pub node_port: Option<u16>,
-    #[serde(default)]
+    #[serde(default, rename = "loadBalancerIP")]
     pub load_balancer_ip: Option<Ipv4Addr>,
 }
 

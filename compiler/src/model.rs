@@ -50,6 +50,8 @@ pub struct ClusterModel {
     pub dns_ip: Ipv4Addr,
     /// Where clients outside the control plane reach the API.
     pub api_endpoint: String,
+    /// Not serialized: templates see the nodes as the top-level `nodes` list.
+    #[serde(skip)]
     pub nodes: Vec<NodeModel>,
     pub addons: Addons,
     pub registry: Option<Registry>,

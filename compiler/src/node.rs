@@ -124,22 +124,51 @@ pub fn systemd_escape_path(path: &str) -> String {
     out
 }
 
+/// What templates see of the other nodes (enough for etcd member lists and role filters;
+/// kept small because every node's context carries all of them).
+#[derive(Serialize)]
+struct NodeRef<'a> {
+    name: &'a str,
+    pool: &'a str,
+    address: Ipv4Addr,
+    roles: &'a [crate::config::Role],
+    is_etcd: bool,
+    is_control_plane: bool,
+    is_worker: bool,
+    zone: &'a Option<String>,
+}
+
 struct Builder<'c, 'a> {
     c: &'c Compiler<'a>,
-    node: &'a NodeModel,
     out: NodeOutput,
+    /// The node's template context without `params`, built once per node.
+    base: Value,
+    /// `base` with empty `params`, ready for the templates that take none.
+    plain: handlebars::Context,
 }
 
 impl<'c, 'a> Builder<'c, 'a> {
-    fn ctx(&self, params: Value) -> Value {
-        json!({
-            "cluster": self.c.model,
-            "nodes": self.c.model.nodes,
-            "node": self.node,
-            "budget": &self.node.budget,
-            "paths": PATHS,
-            "params": params,
-        })
+    fn new(c: &'c Compiler<'a>, shared: &Value, node: &NodeModel) -> Builder<'c, 'a> {
+        let mut base = shared.clone();
+        base["node"] = serde_json::to_value(node).expect("node serializes");
+        base["budget"] = serde_json::to_value(&node.budget).expect("budget serializes");
+        let mut plain = base.clone();
+        plain["params"] = json!({});
+        Builder {
+            c,
+            out: NodeOutput {
+                node: node.name.clone(),
+                ..Default::default()
+            },
+            base,
+            plain: handlebars::Context::from(plain),
+        }
+    }
+
+    fn ctx(&self, params: Value) -> handlebars::Context {
+        let mut v = self.base.clone();
+        v["params"] = params;
+        handlebars::Context::from(v)
     }
 
     fn render(
@@ -149,7 +178,11 @@ impl<'c, 'a> Builder<'c, 'a> {
         mode: u32,
         params: Value,
     ) -> Result<(), CompileError> {
-        let content = self.c.templates.render(template, &self.ctx(params))?;
+        let content = if params.as_object().is_some_and(|o| o.is_empty()) {
+            self.c.templates.render_ctx(template, &self.plain)?
+        } else {
+            self.c.templates.render_ctx(template, &self.ctx(params))?
+        };
         self.file(path, mode, content);
         Ok(())
     }
@@ -287,23 +320,39 @@ impl Compiler<'_> {
             .model
             .node(node)
             .ok_or_else(|| CompileError::NoSuchNode(node.to_owned()))?;
-        let b = Builder {
-            c: self,
-            node,
-            out: NodeOutput::default(),
-        };
-        let ctx = b.ctx(json!({}));
+        let b = Builder::new(self, &self.shared(), node);
         Ok(match source {
-            Some(text) => self.templates.render_source(name, text, &ctx)?,
-            None => self.templates.render(name, &ctx)?,
+            Some(text) => self.templates.render_source(name, text, b.plain.data())?,
+            None => self.templates.render_ctx(name, &b.plain)?,
         })
     }
 
+    /// The part of every template context that is the same for all nodes.
+    fn shared(&self) -> Value {
+        let nodes: Vec<NodeRef> = self
+            .model
+            .nodes
+            .iter()
+            .map(|n| NodeRef {
+                name: &n.name,
+                pool: &n.pool,
+                address: n.address,
+                roles: &n.roles,
+                is_etcd: n.is_etcd,
+                is_control_plane: n.is_control_plane,
+                is_worker: n.is_worker,
+                zone: &n.zone,
+            })
+            .collect();
+        json!({ "cluster": self.model, "nodes": nodes, "paths": PATHS })
+    }
+
     pub fn compile_all(&self) -> Result<Vec<NodeOutput>, CompileError> {
+        let shared = self.shared();
         self.model
             .nodes
             .iter()
-            .map(|n| self.compile_node(&n.name))
+            .map(|n| self.compile_with(&shared, n))
             .collect()
     }
 
@@ -312,14 +361,11 @@ impl Compiler<'_> {
             .model
             .node(name)
             .ok_or_else(|| CompileError::NoSuchNode(name.to_owned()))?;
-        let mut b = Builder {
-            c: self,
-            node,
-            out: NodeOutput {
-                node: name.into(),
-                ..Default::default()
-            },
-        };
+        self.compile_with(&self.shared(), node)
+    }
+
+    fn compile_with(&self, shared: &Value, node: &NodeModel) -> Result<NodeOutput, CompileError> {
+        let mut b = Builder::new(self, shared, node);
         let (n, addr) = (node.name.as_str(), node.address);
         let lo = Ipv4Addr::LOCALHOST;
         let local_api = "https://127.0.0.1:6443".to_owned();

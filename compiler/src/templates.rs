@@ -123,6 +123,20 @@ impl Templates {
             .map_err(|e| TemplateError::Render(e.to_string()))
     }
 
+    /// Renders with a prepared context (no serialization of the data per call).
+    pub fn render_ctx(
+        &self,
+        name: &str,
+        ctx: &handlebars::Context,
+    ) -> Result<String, TemplateError> {
+        if !self.origins.contains_key(name) {
+            return Err(TemplateError::Unknown(name.to_owned()));
+        }
+        self.hb.render_with_context(name, ctx).map_err(|e| {
+            TemplateError::Render(format!("{e} (template from {})", self.origins[name]))
+        })
+    }
+
     pub fn render(&self, name: &str, data: &impl Serialize) -> Result<String, TemplateError> {
         if !self.origins.contains_key(name) {
             return Err(TemplateError::Unknown(name.to_owned()));
