@@ -42,8 +42,13 @@ pub struct Applied {
     pub started: Vec<String>,
     pub restarted: Vec<String>,
     pub stopped: Vec<String>,
-    /// Unit operations that failed; files are in place, the unit will be retried.
+    /// Unit operations and artifact installs that failed; everything else is in place and
+    /// the failed parts are retried.
     pub errors: Vec<String>,
+    /// Units not started because their program is not installed: (unit, missing path).
+    pub skipped: Vec<(String, String)>,
+    /// Some artifact could not be installed (the assignment should be applied again later).
+    pub incomplete: bool,
 }
 
 pub struct Applier {
@@ -72,9 +77,13 @@ impl Applier {
         }
     }
 
-    /// Installs every artifact of `next` (concurrently, bounded by the fetcher), returning
-    /// the destinations that changed. The first failure is returned after all finished.
-    async fn install_artifacts(&self, next: &pb::Assignment) -> Result<Vec<String>, ApplyError> {
+    /// Installs every artifact of `next` (concurrently, bounded by the fetcher). Returns the
+    /// destinations that changed and the errors of those that failed: a missing artifact
+    /// does not hold back the rest of the node (its units report it instead of starting).
+    async fn install_artifacts(
+        &self,
+        next: &pb::Assignment,
+    ) -> Result<(Vec<String>, Vec<String>), ApplyError> {
         let mut tasks = tokio::task::JoinSet::new();
         for a in &next.artifacts {
             let spec = artifact::spec(&self.root, a).map_err(|message| ApplyError::Invalid {
@@ -84,7 +93,7 @@ impl Applier {
             let (fetcher, a) = (self.fetcher.clone(), a.clone());
             tasks.spawn(async move { fetcher.install(&spec).await.map(|i| (a, i.changed)) });
         }
-        let (mut changed, mut first_error) = (Vec::new(), None);
+        let (mut changed, mut errors) = (Vec::new(), Vec::new());
         while let Some(r) = tasks.join_next().await {
             match r.expect("artifact task does not panic") {
                 Ok((a, true)) => {
@@ -92,15 +101,25 @@ impl Applier {
                     changed.extend(a.members.iter().map(|m| m.dest.clone()));
                 }
                 Ok((_, false)) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+                Err(e) => errors.push(e.to_string()),
             }
         }
-        match first_error {
-            Some(e) => Err(e.into()),
-            None => Ok(changed),
-        }
+        errors.sort();
+        Ok((changed, errors))
+    }
+
+    /// The program a unit runs, when the assignment's unit file names one that is missing.
+    fn missing_program(&self, unit: &str) -> Option<String> {
+        let text =
+            std::fs::read_to_string(self.target(&format!("/etc/systemd/system/{unit}"))).ok()?;
+        let exec = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("ExecStart="))?;
+        let program = exec
+            .trim_start_matches(['-', '@', '+', '!', ':'])
+            .split_whitespace()
+            .next()?;
+        (program.starts_with('/') && !self.target(program).exists()).then(|| program.to_owned())
     }
 
     /// The last assignment applied completely, if any.
@@ -134,9 +153,12 @@ impl Applier {
             None
         });
         let prev = prev.unwrap_or_default();
+        let (changed, artifact_errors) = self.install_artifacts(next).await?;
         let mut done = Applied {
             revision: next.revision,
-            changed: self.install_artifacts(next).await?,
+            changed,
+            incomplete: !artifact_errors.is_empty(),
+            errors: artifact_errors,
             ..Default::default()
         };
 
@@ -188,6 +210,11 @@ impl Applier {
                 .restart_on_change
                 .iter()
                 .any(|p| touched.contains(p.as_str()));
+            if let Some(program) = self.missing_program(&u.name) {
+                done.errors.push(format!("{} not started: {program} is not installed (its artifact is disabled or could not be downloaded)", u.name));
+                done.skipped.push((u.name.clone(), program));
+                continue;
+            }
             let result = if !prev_units.contains(u.name.as_str()) || at_boot {
                 done.started.push(u.name.clone());
                 self.units.start(&u.name, u.enable).await
@@ -410,6 +437,55 @@ mod tests {
         // Re-applying the same revision changes nothing and restarts nothing.
         let d = ap.apply(&r3, false).await.unwrap();
         assert!(d.changed.is_empty() && d.restarted.is_empty() && d.started.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_unit_whose_program_is_missing_is_reported_not_started() {
+        let root = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let sm = Arc::new(RecordingServiceManager::default());
+        let ap = Applier::new(root.path(), state.path(), sm.clone(), fetcher());
+        let a = pb::Assignment {
+            revision: 1,
+            files: vec![
+                file(
+                    "/etc/systemd/system/kube-apiserver.service",
+                    "[Service]\nExecStart=/usr/local/bin/kube-apiserver --v=2\n",
+                ),
+                file(
+                    "/etc/systemd/system/etcd.service",
+                    "[Service]\nExecStart=/usr/local/bin/etcd\n",
+                ),
+                pb::File {
+                    path: "/usr/local/bin/etcd".into(),
+                    mode: 0o755,
+                    owner: String::new(),
+                    content: b"#!/bin/sh\n".to_vec(),
+                },
+            ],
+            units: vec![
+                unit("kube-apiserver.service", &[]),
+                unit("etcd.service", &[]),
+            ],
+            ..Default::default()
+        };
+        let d = ap.apply(&a, false).await.unwrap();
+        assert_eq!(d.started, ["etcd.service"]);
+        assert_eq!(
+            d.skipped,
+            [(
+                "kube-apiserver.service".to_owned(),
+                "/usr/local/bin/kube-apiserver".to_owned()
+            )]
+        );
+        assert!(
+            d.errors[0].contains(
+                "kube-apiserver.service not started: /usr/local/bin/kube-apiserver is not installed"
+            ),
+            "{:?}",
+            d.errors
+        );
+        assert!(!sm.calls().iter().any(|c| c.contains("kube-apiserver")));
     }
 
     #[tokio::test]

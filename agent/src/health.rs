@@ -12,6 +12,8 @@ pub struct AgentStatus {
     pub units: Vec<String>,
     pub cert_not_after: i64,
     pub errors: Vec<String>,
+    /// Units deliberately not started: (unit, the missing program).
+    pub skipped: Vec<(String, String)>,
 }
 
 pub struct Reporter {
@@ -82,11 +84,21 @@ impl Reporter {
             .status(&status.units)
             .await
             .into_iter()
-            .map(|u| pb::UnitState {
-                name: u.name,
-                active_state: u.active_state,
-                sub_state: u.sub_state,
-            })
+            .map(
+                |u| match status.skipped.iter().find(|(n, _)| *n == u.name) {
+                    // Reported as such, so `status` can say plainly why it is not running.
+                    Some((_, program)) => pb::UnitState {
+                        name: u.name,
+                        active_state: "missing-binary".into(),
+                        sub_state: program.clone(),
+                    },
+                    None => pb::UnitState {
+                        name: u.name,
+                        active_state: u.active_state,
+                        sub_state: u.sub_state,
+                    },
+                },
+            )
             .collect();
         pb::HealthReport {
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")

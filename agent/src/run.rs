@@ -170,6 +170,11 @@ impl Agent {
                 self.status.applied_revision = a.revision;
                 self.status.units = a.units.iter().map(|u| u.name.clone()).collect();
                 self.status.errors = done.errors;
+                self.status.skipped = done.skipped;
+                if done.incomplete {
+                    // Artifacts that failed are tried again at the next report tick.
+                    self.pending.get_or_insert(a);
+                }
             }
             Err(e) => {
                 tracing::error!(revision = a.revision, error = %e, "assignment not applied; will retry");

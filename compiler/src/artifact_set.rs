@@ -33,6 +33,10 @@ pub struct ArtifactEntry {
     /// Short name → path inside the archive (empty for a plain file).
     #[serde(default)]
     pub members: BTreeMap<String, String>,
+    /// Left out of nodes' assignments (no source for it here); the units that need it
+    /// report the missing binary instead of starting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 impl ArtifactEntry {
@@ -59,6 +63,7 @@ pub struct ArtifactOverride {
     pub url: Option<String>,
     pub digest: Option<String>,
     pub members: Option<BTreeMap<String, String>>,
+    pub disabled: Option<bool>,
 }
 
 impl ArtifactSet {
@@ -136,6 +141,9 @@ impl ArtifactSet {
                     if let Some(m) = &o.members {
                         a.members = m.clone();
                     }
+                    if let Some(d) = o.disabled {
+                        a.disabled = d;
+                    }
                 }
                 None => {
                     let (Some(url), Some(digest)) = (&o.url, &o.digest) else {
@@ -147,6 +155,7 @@ impl ArtifactSet {
                         url: url.clone(),
                         digest: digest.clone(),
                         members: o.members.clone().unwrap_or_default(),
+                        disabled: o.disabled.unwrap_or(false),
                     });
                 }
             }

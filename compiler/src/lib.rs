@@ -8,6 +8,7 @@
 pub mod artifact_set;
 pub mod budget;
 pub mod cidr;
+pub mod cloudinit;
 pub mod config;
 pub mod helpers;
 pub mod inputs;

@@ -248,8 +248,13 @@ impl<'c, 'a> Builder<'c, 'a> {
         self.render("kubeconfig", path, 0o600, params)
     }
 
+    /// Adds artifact `name` of the set: an archive kept in the agent's cache with the wanted
+    /// `members` extracted, or — when the set gives it as a single file (no members, as a
+    /// local override for one binary) — that file installed at `plain_dest` or the first
+    /// member's destination. Disabled artifacts are left out; their units then report the
+    /// missing binary instead of starting.
     fn artifact(&mut self, name: &str, members: &[(&str, &str)], plain_dest: Option<&str>) {
-        let Some(a) = self.c.artifacts.get(name) else {
+        let Some(a) = self.c.artifacts.get(name).filter(|a| !a.disabled) else {
             return;
         };
         let ext = if a.url.ends_with(".tgz") {
@@ -257,7 +262,13 @@ impl<'c, 'a> Builder<'c, 'a> {
         } else {
             "tar.gz"
         };
-        let (dest, mode, members) = match plain_dest {
+        let single = plain_dest.or_else(|| {
+            a.members
+                .is_empty()
+                .then(|| members.first().map(|(_, d)| *d))
+                .flatten()
+        });
+        let (dest, mode, members) = match single {
             Some(d) => (d.to_owned(), 0o755, vec![]),
             None => (
                 format!("{ARTIFACT_CACHE}/{name}-{}.{ext}", a.version),

@@ -14,6 +14,7 @@ pub mod controller;
 pub mod issued;
 pub mod mirror;
 pub mod pki;
+pub mod provider;
 pub mod records;
 pub mod service;
 pub mod store;

@@ -34,7 +34,7 @@ async fn three_agents_join_apply_report_and_follow_changes() {
                 files: vec![
                     file(
                         "/etc/systemd/system/etcd.service",
-                        "[Service]\nExecStart=/usr/bin/etcd\n",
+                        "[Service]\nExecStart=sleep infinity\n",
                     ),
                     file("/etc/etcd.conf", "v1"),
                 ],
@@ -78,7 +78,7 @@ async fn three_agents_join_apply_report_and_follow_changes() {
             files: vec![
                 file(
                     "/etc/systemd/system/etcd.service",
-                    "[Service]\nExecStart=/usr/bin/etcd\n",
+                    "[Service]\nExecStart=sleep infinity\n",
                 ),
                 file("/etc/etcd.conf", "v2"),
             ],
