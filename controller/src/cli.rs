@@ -46,6 +46,36 @@ pub enum Command {
         /// they go into its serving certificate.
         #[arg(long)]
         advertise: Vec<String>,
+        /// Also serve the agent binary to booting nodes on this address (plain HTTP; nodes
+        /// check its digest).
+        #[arg(long)]
+        agent_http: Option<SocketAddr>,
+    },
+    /// Bring the cluster up: create what is missing (PKI, controller daemon, node image,
+    /// network, nodes), wait until every node is healthy, write the admin kubeconfig.
+    /// Idempotent: on a healthy cluster it changes nothing. Local provider: needs root.
+    Up {
+        /// How long to wait for the nodes to become healthy.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Where the node image is cached (built once with debootstrap).
+        #[arg(
+            long,
+            env = "PANGAEA_IMAGE_CACHE",
+            default_value = "/var/cache/pangaea/images"
+        )]
+        image_cache: PathBuf,
+    },
+    /// Stop the nodes and the controller daemon; the cluster's state is kept unless --purge.
+    Down {
+        /// Also delete the nodes, their network and the cluster's state (.pangaea).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Print shell exports for a tool, e.g. `eval "$(pangaea-ctl env etcdctl)"`.
+    Env {
+        #[arg(value_enum)]
+        tool: EnvTool,
     },
     /// Inspect the cluster's certificate authorities.
     #[command(subcommand)]
@@ -144,6 +174,12 @@ pub enum NodeCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum EnvTool {
+    /// ETCDCTL_* for the cluster's etcd, with an operator client certificate.
+    Etcdctl,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum Output {
     Table,
     Json,
@@ -193,7 +229,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .config
         .unwrap_or_else(|| find_cluster_dir(&cwd).join("pangaea.yaml"));
     match cli.command {
-        Command::Serve { listen, advertise } => serve(&state_dir, &config, listen, advertise).await,
+        Command::Serve {
+            listen,
+            advertise,
+            agent_http,
+        } => serve(&state_dir, &config, listen, advertise, agent_http).await,
+        Command::Up {
+            timeout,
+            image_cache,
+        } => crate::up::up(&state_dir, &config, timeout, &image_cache).await,
+        Command::Down { purge } => crate::up::down(&state_dir, &config, purge).await,
+        Command::Env {
+            tool: EnvTool::Etcdctl,
+        } => crate::up::env_etcdctl(&state_dir, &config),
         Command::Compile {
             node,
             out,
@@ -221,6 +269,7 @@ async fn serve(
     cluster_config: &Path,
     listen: SocketAddr,
     advertise: Vec<String>,
+    agent_http: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let mut config = ControllerConfig::new(state_dir);
     config.advertise = advertise;
@@ -250,6 +299,15 @@ async fn serve(
         let _ = rx.wait_for(|v| *v).await;
     };
     let admin = tokio::spawn(crate::admin::serve(controller.clone(), stop(rx.clone())));
+    if let Some(addr) = agent_http {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen on {addr} for agent downloads"))?;
+        tokio::spawn(crate::agent_http::serve(
+            l,
+            crate::agent_http::default_binary(),
+        ));
+    }
     let agents = controller.serve(listener, stop(rx));
     tokio::pin!(agents);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

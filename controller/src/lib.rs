@@ -6,6 +6,7 @@
 //! operator's commands over a local socket; [`cli`] is the command line.
 
 pub mod admin;
+pub mod agent_http;
 pub mod assign;
 pub mod certinfo;
 pub mod cli;
@@ -19,5 +20,6 @@ pub mod records;
 pub mod service;
 pub mod store;
 pub mod tokens;
+pub mod up;
 
 pub use controller::{Controller, ControllerConfig, ControllerError, NodeView};
