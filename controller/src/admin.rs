@@ -15,6 +15,9 @@ use tonic::{Request, Response, Status};
 
 pub const SOCKET: &str = "ctl.sock";
 
+/// Agents report every 5 s on provisioned nodes; four missed reports mean the node is down.
+pub const DOWN_AFTER_SECONDS: i64 = 20;
+
 pub fn token_info(t: &TokenRecord) -> pb::TokenInfo {
     pb::TokenInfo {
         id: t.id.clone(),
@@ -255,4 +258,37 @@ impl AdminService {
             .await
             .map(Response::into_inner)
     }
+}
+
+/// Why a node is not healthy, or `None` when it is: it reported within the last 20 s,
+/// applied its assigned revision, and every unit is active or reported as not installed.
+pub fn unhealthy_reason(n: Option<&pb::NodeInfo>, now: i64) -> Option<String> {
+    let Some(n) = n else {
+        return Some("not joined yet".into());
+    };
+    let Some(r) = &n.last_report else {
+        return Some("joined, no report yet".into());
+    };
+    if now - n.last_report_at > DOWN_AFTER_SECONDS {
+        return Some(format!(
+            "down: last report {} s ago",
+            now - n.last_report_at
+        ));
+    }
+    if n.assigned_revision == 0 || r.applied_revision != n.assigned_revision {
+        return Some(format!(
+            "applying revision {} (applied {})",
+            n.assigned_revision, r.applied_revision
+        ));
+    }
+    let waiting: Vec<String> = r
+        .units
+        .iter()
+        .filter(|u| u.active_state != "active" && u.active_state != "missing-binary")
+        .map(|u| format!("{} {}", u.name, u.active_state))
+        .collect();
+    if !waiting.is_empty() {
+        return Some(format!("units not active: {}", waiting.join(", ")));
+    }
+    None
 }

@@ -171,6 +171,8 @@ pub enum TokenCommand {
 pub enum NodeCommand {
     /// Remove a node: its certificates are refused at once.
     Remove { name: String },
+    /// Power a node off and boot it again with the same disk (local provider; root).
+    Reboot { name: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -253,6 +255,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token(&state_dir, cmd).await,
         Command::Status { output } => status(&state_dir, output).await,
         Command::Artifacts(cmd) => artifacts(&state_dir, cmd).await,
+        Command::Node(NodeCommand::Reboot { name }) => {
+            crate::up::reboot(&state_dir, &config, &name)
+        }
         Command::Node(NodeCommand::Remove { name }) => {
             Backend::connect(&state_dir)
                 .await?
@@ -675,6 +680,7 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
                     let r = n.last_report.clone().unwrap_or_default();
                     serde_json::json!({
                         "name": n.name, "instance_id": n.instance_id, "addresses": n.addresses, "removed": n.removed,
+                        "state": if n.removed { "removed".to_owned() } else { crate::admin::unhealthy_reason(Some(n), crate::records::now()).unwrap_or_else(|| "healthy".into()) },
                         "assigned_revision": n.assigned_revision, "applied_revision": r.applied_revision,
                         "last_report_at": n.last_report_at, "certificate_not_after": n.certificate_not_after,
                         "agent_version": r.agent_version, "errors": r.errors,
@@ -691,7 +697,7 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
         Output::Table => {
             let now = crate::records::now();
             println!(
-                "{:<16} {:<18} {:<9} {:<10} {:<22} ERRORS",
+                "{:<12} {:<14} {:<9} {:<10} {:<21} STATE",
                 "NODE", "ADDRESS", "REVISION", "REPORTED", "CERT EXPIRES"
             );
             for n in &nodes {
@@ -701,20 +707,44 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
                 } else {
                     format!("{}s ago", now - n.last_report_at)
                 };
-                let name = if n.removed {
-                    format!("{} (removed)", n.name)
+                let state = if n.removed {
+                    "removed".to_owned()
                 } else {
-                    n.name.clone()
+                    crate::admin::unhealthy_reason(Some(n), now).unwrap_or_else(|| "healthy".into())
                 };
                 println!(
-                    "{:<16} {:<18} {:<9} {:<10} {:<22} {}",
-                    name,
+                    "{:<12} {:<14} {:<9} {:<10} {:<21} {state}",
+                    n.name,
                     n.addresses.first().map_or("-", String::as_str),
                     format!("{}/{}", r.applied_revision, n.assigned_revision),
                     age,
                     rfc3339(n.certificate_not_after),
-                    r.errors.len()
                 );
+                let units: Vec<String> = r
+                    .units
+                    .iter()
+                    .filter(|u| u.active_state != "missing-binary")
+                    .map(|u| format!("{}={}", u.name.trim_end_matches(".service"), u.active_state))
+                    .collect();
+                if !units.is_empty() {
+                    println!("{:<12} units: {}", "", units.join(" "));
+                }
+                let missing: Vec<String> = r
+                    .units
+                    .iter()
+                    .filter(|u| u.active_state == "missing-binary")
+                    .map(|u| u.name.trim_end_matches(".service").to_owned())
+                    .collect();
+                if !missing.is_empty() {
+                    println!(
+                        "{:<12} not started (program not installed): {}",
+                        "",
+                        missing.join(" ")
+                    );
+                }
+                for e in r.errors.iter().filter(|e| !e.contains("not started:")) {
+                    println!("{:<12} error: {e}", "");
+                }
             }
         }
     }

@@ -109,35 +109,6 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(d.hex())
 }
 
-/// Why a node is not healthy yet, or `None` when it is.
-fn not_healthy(n: Option<&pb::NodeInfo>, now: i64) -> Option<String> {
-    let Some(n) = n else {
-        return Some("not joined yet".into());
-    };
-    let Some(r) = &n.last_report else {
-        return Some("joined, no report yet".into());
-    };
-    if now - n.last_report_at > 30 {
-        return Some(format!("last report {} s ago", now - n.last_report_at));
-    }
-    if n.assigned_revision == 0 || r.applied_revision != n.assigned_revision {
-        return Some(format!(
-            "applying revision {} (applied {})",
-            n.assigned_revision, r.applied_revision
-        ));
-    }
-    let waiting: Vec<String> = r
-        .units
-        .iter()
-        .filter(|u| u.active_state != "active" && u.active_state != "missing-binary")
-        .map(|u| format!("{} {}", u.name, u.active_state))
-        .collect();
-    if !waiting.is_empty() {
-        return Some(format!("units not active: {}", waiting.join(", ")));
-    }
-    None
-}
-
 pub async fn up(
     state_dir: &Path,
     config: &Path,
@@ -230,7 +201,7 @@ pub async fn up(
         let mut pending = Vec::new();
         for m in &c.model.nodes {
             let info = nodes.iter().find(|n| n.name == m.name && !n.removed);
-            let state = not_healthy(info, now);
+            let state = crate::admin::unhealthy_reason(info, now);
             let shown = state.clone().unwrap_or_else(|| "healthy".into());
             if last.get(&m.name) != Some(&shown) {
                 eprintln!(
@@ -337,6 +308,20 @@ fn write_admin_kubeconfig(c: &Compilation, state_dir: &Path) -> anyhow::Result<(
             0o600,
         )?;
     }
+    Ok(())
+}
+
+pub fn reboot(state_dir: &Path, config: &Path, name: &str) -> anyhow::Result<()> {
+    require_root()?;
+    let c = Compilation::load(config, state_dir)?;
+    let local = provider(
+        &c,
+        state_dir,
+        local::image_dir(Path::new("/var/cache/pangaea/images")),
+    );
+    step(&format!("{name}: rebooting"));
+    local.reboot(name)?;
+    println!("{name} rebooted; it re-applies its last assignment and reconnects by itself");
     Ok(())
 }
 

@@ -40,6 +40,8 @@ struct Record {
     instance_id: String,
     address: Ipv4Addr,
     created_at: i64,
+    /// The image the node was created from (its overlay's lower layer).
+    image: PathBuf,
 }
 
 fn short_hash(s: &str) -> String {
@@ -240,10 +242,10 @@ impl Local {
                 what: "console log".into(),
                 message: e.to_string(),
             })?;
-        let image = self.image.display().to_string();
+        let image = rec.image.display().to_string();
         let child = Command::new("systemd-nspawn")
             .arg("-D")
-            .arg(&self.image)
+            .arg(&rec.image)
             .arg(format!(
                 "--overlay={image}:{}:/",
                 dir.join("upper").display()
@@ -362,6 +364,7 @@ impl Provider for Local {
             instance_id: instance_id.clone(),
             address: spec.address,
             created_at: crate::records::now(),
+            image: self.image.clone(),
         };
         fsutil::atomic_write(
             &dir.join("record.json"),

@@ -1,0 +1,338 @@
+//! End to end on real nodes: `pangaea-ctl up` boots three systemd-nspawn machines that run
+//! cloud-init, install the agent from the controller, join over mutual TLS and form a real
+//! etcd cluster with TLS from the etcd CA (etcd delivered as an artifact through the
+//! controller's mirror: here Debian's etcd-server binary, as no release can be fetched).
+//! Then the faults: a crashed node (quorum holds, `status` shows it down within 30 s, it
+//! comes back with the same identity and catches up), a reboot, and the controller going
+//! away (nodes keep serving; agents reconnect by themselves).
+//!
+//! Needs root and: apt-get install systemd-container debootstrap etcd-server etcd-client
+//! (`.ci/run` installs them). The node image is built once into /var/cache/pangaea/images.
+
+use pangaea_controller::provider::local::Local;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const NETWORK: &str = "10.231.0.0/24";
+
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        p.is_file(),
+        "{} not found: build the binaries first: cargo build --workspace",
+        p.display()
+    );
+    p
+}
+
+fn require(tool: &str, install: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "{tool} not found: {install}");
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    ctl: PathBuf,
+}
+
+impl Cluster {
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(&self.ctl)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "pangaea-ctl {}: {text}",
+            args.join(" ")
+        );
+        text
+    }
+
+    fn etcdctl_env(&self) -> Vec<(String, String)> {
+        self.ok(&["env", "etcdctl"])
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> Output {
+        Command::new("etcdctl")
+            .envs(self.etcdctl_env())
+            .args(["--dial-timeout=2s", "--command-timeout=5s"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// etcdctl against some members only.
+    fn etcdctl_on(&self, endpoints: &str, args: &[&str]) -> Output {
+        Command::new("etcdctl")
+            .envs(self.etcdctl_env())
+            .env("ETCDCTL_ENDPOINTS", endpoints)
+            .args(["--dial-timeout=2s", "--command-timeout=5s"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self) -> Vec<serde_json::Value> {
+        let out = self.ctl(&["status", "-o", "json"]);
+        assert!(out.status.success(), "status: {}", text(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status -o json: {e}: {}", text(&out)))
+    }
+
+    fn node(&self, name: &str) -> serde_json::Value {
+        self.status()
+            .into_iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("no node {name} in status"))
+    }
+
+    fn local(&self) -> Local {
+        let cidr = pangaea_compiler::cidr::Cidr::parse(NETWORK).unwrap();
+        Local::new(
+            "e2e",
+            cidr,
+            &self.dir.path().join(".pangaea"),
+            PathBuf::new(),
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let out = self.ctl(&["down", "--purge"]);
+        if !out.status.success() {
+            eprintln!(
+                "cleanup: down --purge failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
+    assert!(
+        nix_is_root(),
+        "this test needs root (CI runs as root): systemd-nspawn, network namespaces"
+    );
+    require("systemd-nspawn", "apt-get install systemd-container");
+    require("debootstrap", "apt-get install debootstrap");
+    require("etcdctl", "apt-get install etcd-client");
+    assert!(
+        Path::new("/usr/bin/etcd").is_file(),
+        "/usr/bin/etcd not found: apt-get install etcd-server"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let etcd_sha = text(
+        &Command::new("sha256sum")
+            .arg("/usr/bin/etcd")
+            .output()
+            .unwrap(),
+    )
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .to_owned();
+    let disabled: String = [
+        "kubernetes-server",
+        "containerd",
+        "runc",
+        "cni-plugins",
+        "crictl",
+    ]
+    .iter()
+    .map(|n| format!("  - {{name: {n}, disabled: true}}\n"))
+    .collect();
+    std::fs::write(
+        dir.path().join("pangaea.yaml"),
+        format!("name: e2e\nnetwork:\n  nodes: {NETWORK}\nartifacts:\n  - name: etcd\n    url: file:///usr/bin/etcd\n    digest: sha256:{etcd_sha}\n    members: {{}}\n{disabled}"),
+    )
+    .unwrap();
+    let c = Cluster {
+        dir,
+        ctl: binary("pangaea-ctl"),
+    };
+    assert!(binary("pangaea-agent").is_file());
+
+    // 1. Up from nothing (the image may be built now, once).
+    let out = c.ok(&["up", "--timeout", "240s"]);
+    assert!(out.contains("3 nodes healthy"), "{out}");
+    assert!(
+        out.contains("not started, program not installed: kube-apiserver.service"),
+        "up says plainly what could not start: {out}"
+    );
+    // Idempotent: a second `up` on a healthy cluster creates nothing.
+    let again = c.ok(&["up"]);
+    assert!(
+        !again.contains("creating") && !again.contains("booting"),
+        "{again}"
+    );
+
+    // 2. A real etcd cluster with TLS from the etcd CA.
+    let health = c.etcdctl(&["endpoint", "health"]);
+    assert!(health.status.success(), "{}", text(&health));
+    assert_eq!(
+        text(&health).matches("is healthy").count(),
+        3,
+        "{}",
+        text(&health)
+    );
+    assert!(c.etcdctl(&["put", "before", "1"]).status.success());
+    // etcd refuses a client without a certificate from the etcd CA.
+    let anonymous = Command::new("etcdctl")
+        .envs(
+            c.etcdctl_env()
+                .into_iter()
+                .filter(|(k, _)| k != "ETCDCTL_CERT" && k != "ETCDCTL_KEY"),
+        )
+        .args(["--dial-timeout=2s", "--command-timeout=3s", "get", "before"])
+        .output()
+        .unwrap();
+    assert!(
+        !anonymous.status.success(),
+        "etcd served a client without a certificate: {}",
+        text(&anonymous)
+    );
+    let tokens_before = c.ok(&["token", "list"]).lines().count();
+    let node3 = c.node("node-3");
+
+    // 3. Kill node-3: quorum holds, status shows it down within 30 s.
+    c.local().crash("node-3").unwrap();
+    let put = c.etcdctl_on(
+        "https://10.231.0.11:2379,https://10.231.0.12:2379",
+        &["put", "during", "2"],
+    );
+    assert!(
+        put.status.success(),
+        "writes must succeed with 2 of 3 members: {}",
+        text(&put)
+    );
+    let t = Instant::now();
+    eventually(
+        "status to show node-3 down",
+        Duration::from_secs(30),
+        || {
+            c.node("node-3")["state"]
+                .as_str()
+                .filter(|s| s.starts_with("down"))
+                .map(drop)
+        },
+    );
+    eprintln!("node-3 shown down after {:.1}s", t.elapsed().as_secs_f64());
+
+    // 4. `up` boots it again: same identity, no new token, etcd catches up.
+    let out = c.ok(&["up", "--timeout", "120s"]);
+    assert!(out.contains("node-3: booting"), "{out}");
+    let back = c.node("node-3");
+    assert_eq!(back["instance_id"], node3["instance_id"]);
+    assert_eq!(
+        c.ok(&["token", "list"]).lines().count(),
+        tokens_before,
+        "no new token for a returning node"
+    );
+    eventually("node-3's etcd to catch up", Duration::from_secs(30), || {
+        let o = c.etcdctl_on(
+            "https://10.231.0.13:2379",
+            &["get", "during", "--print-value-only"],
+        );
+        (o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "2").then_some(())
+    });
+
+    // 5. Reboot node-2: it comes back by itself (no `up`), same certificate.
+    let serial = c.node("node-2")["certificate_not_after"].clone();
+    c.ok(&["node", "reboot", "node-2"]);
+    eventually(
+        "node-2 healthy after its reboot",
+        Duration::from_secs(60),
+        || (c.node("node-2")["state"] == "healthy").then_some(()),
+    );
+    assert_eq!(
+        c.node("node-2")["certificate_not_after"],
+        serial,
+        "a reboot must not re-join"
+    );
+
+    // 6. Controller down: the nodes keep serving; when it returns, agents reconnect.
+    let pid = std::fs::read_to_string(c.dir.path().join(".pangaea/serve.pid")).unwrap();
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.trim())
+            .status()
+            .unwrap()
+            .success()
+    );
+    eventually("the controller to stop", Duration::from_secs(10), || {
+        (!c.dir.path().join(".pangaea/ctl.sock").exists()).then_some(())
+    });
+    let health = c.etcdctl(&["endpoint", "health"]);
+    assert!(
+        health.status.success(),
+        "etcd must not depend on the controller: {}",
+        text(&health)
+    );
+    let reported = c.node("node-1")["last_report_at"].as_i64().unwrap();
+    c.ok(&["up", "--timeout", "120s"]);
+    eventually(
+        "agents to report to the restarted controller",
+        Duration::from_secs(60),
+        || {
+            c.status()
+                .iter()
+                .all(|n| n["last_report_at"].as_i64().unwrap_or(0) > reported)
+                .then_some(())
+        },
+    );
+}
+
+fn nix_is_root() -> bool {
+    text(&Command::new("id").arg("-u").output().unwrap()).trim() == "0"
+}
