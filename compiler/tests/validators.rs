@@ -285,3 +285,42 @@ fn compilation_is_deterministic() {
         );
     }
 }
+
+#[test]
+fn the_user_data_passes_cloud_init_schema() {
+    let cloud_init = tool("cloud-init", "apt-get install cloud-init");
+    let data = pangaea_compiler::cloudinit::UserData {
+        node: "node-1".into(),
+        controller: "10.213.0.1:7443".into(),
+        ca_pin: format!("sha256:{}", "ab".repeat(32)),
+        token: "abcdef.0123456789abcdef".into(),
+        agent_url: "http://10.213.0.1:7444/pangaea-agent".into(),
+        agent_sha256: "cd".repeat(32),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("user-data");
+    std::fs::write(&good, pangaea_compiler::cloudinit::render(&data).unwrap()).unwrap();
+    let out = Command::new(&cloud_init)
+        .args(["schema", "--config-file"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cloud-init schema: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The validator does reject a broken document.
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "#cloud-config\nwrite_files: 7\n").unwrap();
+    assert!(
+        !Command::new(&cloud_init)
+            .args(["schema", "--config-file"])
+            .arg(&bad)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+}

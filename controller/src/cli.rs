@@ -683,7 +683,7 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
                         "state": if n.removed { "removed".to_owned() } else { crate::admin::unhealthy_reason(Some(n), crate::records::now()).unwrap_or_else(|| "healthy".into()) },
                         "assigned_revision": n.assigned_revision, "applied_revision": r.applied_revision,
                         "last_report_at": n.last_report_at, "certificate_not_after": n.certificate_not_after,
-                        "agent_version": r.agent_version, "errors": r.errors,
+                        "agent_version": r.agent_version, "agent_rss_bytes": r.agent_rss_bytes, "errors": r.errors,
                         "units": r.units.iter().map(|u| serde_json::json!({"name": u.name, "active": u.active_state, "sub": u.sub_state})).collect::<Vec<_>>(),
                         "artifacts": r.artifacts.iter().map(|a| serde_json::json!({
                             "dest": a.dest, "url": a.url, "state": a.state, "bytes_done": a.bytes_done,
