@@ -152,7 +152,7 @@ pub fn partial_path(dest: &Path, digest: &Digest) -> PathBuf {
 fn free_bytes(dir: &Path) -> Option<u64> {
     nix::sys::statvfs::statvfs(dir)
         .ok()
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks_available() * s.fragment_size())
 }
 
 impl Fetcher {
@@ -354,14 +354,14 @@ impl Fetcher {
             return Err(e); // the partial file keeps what arrived, for the next attempt
         }
         let size = start + written;
-        if let Some(total) = body.total {
-            if size < total {
-                return Err(FetchError::Truncated {
-                    url: url.to_owned(),
-                    got: size,
-                    expected: total,
-                });
-            }
+        if let Some(total) = body.total
+            && size < total
+        {
+            return Err(FetchError::Truncated {
+                url: url.to_owned(),
+                got: size,
+                expected: total,
+            });
         }
         let actual = hasher.finish();
         if actual != spec.digest {

@@ -578,13 +578,13 @@ impl Loaded {
                     ),
                 ));
             }
-            if let Some(p) = e.node_port {
-                if !(30000..=32767).contains(&p) {
-                    return Err(self.err(
-                        &["expose", name, "nodePort"],
-                        format!("nodePort {p} is outside the NodePort range 30000-32767"),
-                    ));
-                }
+            if let Some(p) = e.node_port
+                && !(30000..=32767).contains(&p)
+            {
+                return Err(self.err(
+                    &["expose", name, "nodePort"],
+                    format!("nodePort {p} is outside the NodePort range 30000-32767"),
+                ));
             }
             if e.load_balancer_ip.is_some() && e.kind != ExposeType::LoadBalancer {
                 return Err(self.err(

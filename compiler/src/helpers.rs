@@ -29,6 +29,13 @@ use std::path::{Component, Path, PathBuf};
 
 type HelperFn = dyn Fn(&[Value]) -> Result<Value, String> + Send + Sync;
 
+/// A helper's name, argument names and implementation.
+type Plain = (
+    &'static str,
+    &'static [&'static str],
+    fn(&[Value]) -> Result<Value, String>,
+);
+
 /// A helper with a fixed arity, implemented by a plain function.
 struct Fixed {
     name: &'static str,
@@ -266,11 +273,7 @@ pub fn secret_from_files(base: &Path, a: &[Value]) -> Result<Value, String> {
 
 /// Registers every helper on `hb`; `base` is the cluster directory for file helpers.
 pub fn register(hb: &mut Handlebars<'static>, base: &Path) {
-    let plain: [(
-        &'static str,
-        &'static [&'static str],
-        fn(&[Value]) -> Result<Value, String>,
-    ); 12] = [
+    let plain: [Plain; 12] = [
         ("base64", &["text"], base64),
         ("indent", &["width", "text"], indent),
         ("to_json", &["value"], to_json),

@@ -296,6 +296,8 @@ impl<'c, 'a> Builder<'c, 'a> {
     }
 }
 
+/// A certificate request; the arguments mirror the fields of [`CertRequest`].
+#[allow(clippy::too_many_arguments)]
 fn req(
     ca: CaName,
     id: String,

@@ -80,10 +80,10 @@ impl Mirror {
 
     /// Makes the mirror hold `digest`, fetching it from `url` if it does not yet.
     pub async fn ensure(&self, url: &str, digest: &Digest) -> Result<MirrorEntry, FetchError> {
-        if self.has(digest) {
-            if let Some(e) = self.entry(digest) {
-                return Ok(e);
-            }
+        if self.has(digest)
+            && let Some(e) = self.entry(digest)
+        {
+            return Ok(e);
         }
         let spec = ArtifactSpec {
             url: url.to_owned(),
@@ -183,10 +183,10 @@ impl Mirror {
 /// so nodes fetch it from the controller instead of the internet.
 pub fn localize(dir: &Path, plan: &mut crate::assign::Plan) {
     for a in &mut plan.artifacts {
-        if let Ok(d) = Digest::parse(&a.digest) {
-            if dir.join(d.algorithm()).join(d.hex()).is_file() {
-                a.url = Mirror::url(&d);
-            }
+        if let Ok(d) = Digest::parse(&a.digest)
+            && dir.join(d.algorithm()).join(d.hex()).is_file()
+        {
+            a.url = Mirror::url(&d);
         }
     }
 }
