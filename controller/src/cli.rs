@@ -327,6 +327,37 @@ async fn serve(
     Ok(())
 }
 
+/// When the provider created a node (local provider records it), unix seconds.
+fn created_at(state_dir: &Path, node: &str) -> Option<i64> {
+    let text = std::fs::read(state_dir.join("nodes").join(node).join("record.json")).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&text).ok()?["created_at"].as_i64()
+}
+
+/// `created → joined +4s → applied +6s → healthy +8s`, from the first known milestone.
+fn timeline(created: Option<i64>, n: &pb::NodeInfo) -> Option<String> {
+    let steps = [
+        ("created", created.unwrap_or(0)),
+        ("joined", n.joined_at),
+        ("applied", n.first_applied_at),
+        ("healthy", n.healthy_at),
+    ];
+    let start = steps.iter().map(|(_, t)| *t).find(|t| *t > 0)?;
+    Some(
+        steps
+            .iter()
+            .filter(|(_, t)| *t > 0)
+            .map(|(name, t)| {
+                if *t == start {
+                    (*name).to_owned()
+                } else {
+                    format!("{name} +{}s", t - start)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" → "),
+    )
+}
+
 fn print_warnings(loaded: &pangaea_compiler::config::Loaded) {
     for w in &loaded.warnings {
         let at = w
@@ -680,6 +711,7 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
                     let r = n.last_report.clone().unwrap_or_default();
                     serde_json::json!({
                         "name": n.name, "instance_id": n.instance_id, "addresses": n.addresses, "removed": n.removed,
+                        "timeline": { "created_at": created_at(state_dir, &n.name), "joined_at": n.joined_at, "first_applied_at": n.first_applied_at, "healthy_at": n.healthy_at },
                         "state": if n.removed { "removed".to_owned() } else { crate::admin::unhealthy_reason(Some(n), crate::records::now()).unwrap_or_else(|| "healthy".into()) },
                         "assigned_revision": n.assigned_revision, "applied_revision": r.applied_revision,
                         "last_report_at": n.last_report_at, "certificate_not_after": n.certificate_not_after,
@@ -741,6 +773,10 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
                         "",
                         missing.join(" ")
                     );
+                }
+                let created = created_at(state_dir, &n.name);
+                if let Some(t) = timeline(created, n) {
+                    println!("{:<12} timeline: {t}", "");
                 }
                 for e in r.errors.iter().filter(|e| !e.contains("not started:")) {
                     println!("{:<12} error: {e}", "");

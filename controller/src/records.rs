@@ -34,6 +34,12 @@ pub struct NodeRecord {
     pub active_serials: Vec<String>,
     pub cert_not_after: i64,
     pub removed: bool,
+    /// Boot timeline, unix seconds: first report with the assigned revision applied, and
+    /// first report with every unit active (or reported as not installed).
+    #[serde(default)]
+    pub first_applied_at: Option<i64>,
+    #[serde(default)]
+    pub healthy_at: Option<i64>,
 }
 
 pub fn now() -> i64 {

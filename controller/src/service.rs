@@ -195,6 +195,8 @@ impl pb::enrollment_server::Enrollment for Service {
                     active_serials: vec![serial],
                     cert_not_after: not_after,
                     removed: false,
+                    first_applied_at: None,
+                    healthy_at: None,
                 };
                 let mut plan = match planner.plan(&record) {
                     Ok(p) => p,
@@ -413,7 +415,14 @@ impl pb::node_service_server::NodeService for Service {
         req: Request<pb::HealthReport>,
     ) -> Result<Response<pb::ReportAck>, Status> {
         let node = self.authenticate(&req, "Report")?;
-        let value = encode_report(unix_now(), req.get_ref());
+        let now = unix_now();
+        let value = encode_report(now, req.get_ref());
+        let applied = req.get_ref().applied_revision;
+        let units_ok = req
+            .get_ref()
+            .units
+            .iter()
+            .all(|u| u.active_state == "active" || u.active_state == "missing-binary");
         let n = node.name.clone();
         self.0
             .store
@@ -423,6 +432,30 @@ impl pb::node_service_server::NodeService for Service {
                     .map_err(|e| store::db_err("reports", &n, e))?;
                 t.insert(n.as_str(), value.as_slice())
                     .map_err(|e| store::db_err("reports", &n, e))?;
+                drop(t);
+                // The boot timeline's milestones, recorded once.
+                let assigned = assign::load(
+                    &txn.open_table(ASSIGNMENTS)
+                        .map_err(|e| store::db_err("assignments", &n, e))?,
+                    &n,
+                )?
+                .map_or(0, |a| a.revision);
+                let mut nodes = txn
+                    .open_table(NODES)
+                    .map_err(|e| store::db_err("nodes", &n, e))?;
+                if let Some(mut rec) = store::get::<NodeRecord>(&nodes, "nodes", &n)? {
+                    let done = assigned > 0 && applied == assigned;
+                    let before = (rec.first_applied_at, rec.healthy_at);
+                    if done && rec.first_applied_at.is_none() {
+                        rec.first_applied_at = Some(now);
+                    }
+                    if done && units_ok && rec.healthy_at.is_none() {
+                        rec.healthy_at = Some(now);
+                    }
+                    if before != (rec.first_applied_at, rec.healthy_at) {
+                        store::put(&mut nodes, "nodes", &n, &rec)?;
+                    }
+                }
                 Ok::<_, StoreError>(())
             })
             .await

@@ -27,6 +27,11 @@ pub const IMAGE_PACKAGES: &str =
     "systemd,systemd-sysv,dbus,iproute2,cloud-init,ca-certificates,curl,python3-cffi-backend";
 pub const IMAGE_SUITE: &str = "bookworm";
 pub const IMAGE_MIRROR: &str = "http://deb.debian.org/debian";
+/// cloud-init settings baked into the image: nodes get their network from the provider, and
+/// cloud-init runs only the modules the user-data needs. (The stock module list generates
+/// locales and SSH keys, which slows every boot and at times stalled a node's config stage
+/// so that its runcmd never ran.)
+pub const IMAGE_CLOUD_CFG: &str = "network: {config: disabled}\ndatasource_list: [NoCloud, None]\ncloud_init_modules: [seed_random, bootcmd, write_files, set_hostname, update_hostname, update_etc_hosts]\ncloud_config_modules: [runcmd]\ncloud_final_modules: [scripts_user, final_message]\n";
 
 pub struct Local {
     cluster: String,
@@ -79,7 +84,9 @@ fn alive(pid: u32) -> bool {
 pub fn image_dir(cache: &Path) -> PathBuf {
     cache.join(format!(
         "{IMAGE_SUITE}-{}",
-        short_hash(&format!("{IMAGE_SUITE} {IMAGE_PACKAGES} {IMAGE_MIRROR}"))
+        short_hash(&format!(
+            "{IMAGE_SUITE} {IMAGE_PACKAGES} {IMAGE_MIRROR} {IMAGE_CLOUD_CFG}"
+        ))
     ))
 }
 
@@ -119,10 +126,9 @@ pub fn ensure_image(cache: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf, Pr
         ])
         .arg(&tmp)
         .arg(IMAGE_MIRROR))?;
-    // Nodes get their network from the provider, not from cloud-init's DHCP guesswork.
     std::fs::write(
         tmp.join("etc/cloud/cloud.cfg.d/99-pangaea.cfg"),
-        "network: {config: disabled}\ndatasource_list: [NoCloud, None]\n",
+        IMAGE_CLOUD_CFG,
     )
     .map_err(|e| ProviderError::Io {
         what: "image cloud-init config".into(),
