@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Wall time of `pangaea-ctl up` for 3 nodes from nothing (node image cached) to all healthy,
+# side by side in one run with the floor: ../shared/bench/floor.sh boots three bare nspawn
+# nodes whose cloud-init starts a plain etcd cluster (no TLS, no agent, nothing delivered).
+# Both use Debian's etcd 3.4 (`up` delivers it as an artifact through the mirror; no
+# Kubernetes binaries can be fetched here, so those artifacts are disabled).
+# Needs root, the node image (built by any `up`), and etcd-server on the host.
+# Usage: bench/up-vs-floor.sh [ROUNDS]    (default 3)
+set -euo pipefail
+rounds=${1:-3}
+top=$(cd "$(dirname "$0")/.." && pwd)
+floor_sh="$top/../shared/bench/floor.sh"
+cargo build --release -q --manifest-path "$top/Cargo.toml" -p pangaea-controller -p pangaea-agent
+ctl="$top/target/release/pangaea-ctl"
+floor_img=/var/cache/pangaea/floor-rootfs
+node_img=$(ls -d /var/cache/pangaea/images/bookworm-* | grep -v building | head -1)
+if [ ! -x "$floor_img/usr/bin/etcd" ]; then
+  echo "building the floor image: the node image plus etcd-server" >&2
+  cp -a "$node_img" "$floor_img.tmp"
+  chroot "$floor_img.tmp" sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends etcd-server' >/dev/null
+  mv "$floor_img.tmp" "$floor_img"
+fi
+work=$(mktemp -d)
+cleanup() { (cd "$work" && "$ctl" down --purge >/dev/null 2>&1) || true; rm -rf "$work"; }
+trap cleanup EXIT
+cat > "$work/pangaea.yaml" <<YAML
+name: bench
+network:
+  nodes: 10.234.0.0/24
+artifacts:
+  - name: etcd
+    url: file:///usr/bin/etcd
+    digest: sha256:$(sha256sum /usr/bin/etcd | cut -d' ' -f1)
+    members: {}
+  - {name: kubernetes-server, disabled: true}
+  - {name: containerd, disabled: true}
+  - {name: runc, disabled: true}
+  - {name: cni-plugins, disabled: true}
+  - {name: crictl, disabled: true}
+YAML
+for r in $(seq "$rounds"); do
+  floor=$(bash "$floor_sh" "$floor_img" | sed -n 's/floor_seconds=//p')
+  start=$(date +%s.%N)
+  (cd "$work" && "$ctl" up --timeout 300s > "$work/up.log" 2>&1)
+  up=$(echo "$(date +%s.%N) - $start" | bc)
+  phases=$(grep -E "^\s+(image and network|artifacts and controller|nodes started|all healthy)" "$work/up.log" | awk '{print $NF}' | tr '\n' ' ')
+  echo "round=$r floor_s=$floor up_s=$up ratio=$(echo "scale=2; $up / $floor" | bc) up_phases(image+net,artifacts+controller,nodes-started,all-healthy)=$phases"
+  (cd "$work" && "$ctl" down --purge >/dev/null 2>&1)
+done
