@@ -42,6 +42,7 @@ pub fn node_info(v: &NodeView) -> pb::NodeInfo {
         joined_at: v.record.joined_at,
         first_applied_at: v.record.first_applied_at.unwrap_or(0),
         healthy_at: v.record.healthy_at.unwrap_or(0),
+        roles: v.record.roles.clone(),
     }
 }
 

@@ -30,6 +30,10 @@ pub struct PlanError {
 /// plan, or every call would look like a change.
 pub trait Planner: Send + Sync + 'static {
     fn plan(&self, node: &NodeRecord) -> Result<Plan, PlanError>;
+    /// The roles the cluster configuration gives a node (shown by `status`).
+    fn roles(&self, _node: &str) -> Vec<String> {
+        vec![]
+    }
 }
 
 /// The plan every node gets from the foundation alone: the controller CA (so local tools

@@ -710,7 +710,7 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
                 .map(|n| {
                     let r = n.last_report.clone().unwrap_or_default();
                     serde_json::json!({
-                        "name": n.name, "instance_id": n.instance_id, "addresses": n.addresses, "removed": n.removed,
+                        "name": n.name, "instance_id": n.instance_id, "addresses": n.addresses, "roles": n.roles, "removed": n.removed,
                         "timeline": { "created_at": created_at(state_dir, &n.name), "joined_at": n.joined_at, "first_applied_at": n.first_applied_at, "healthy_at": n.healthy_at },
                         "state": if n.removed { "removed".to_owned() } else { crate::admin::unhealthy_reason(Some(n), crate::records::now()).unwrap_or_else(|| "healthy".into()) },
                         "assigned_revision": n.assigned_revision, "applied_revision": r.applied_revision,
@@ -729,8 +729,8 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
         Output::Table => {
             let now = crate::records::now();
             println!(
-                "{:<12} {:<14} {:<9} {:<10} {:<21} STATE",
-                "NODE", "ADDRESS", "REVISION", "REPORTED", "CERT EXPIRES"
+                "{:<12} {:<14} {:<27} {:<9} {:<10} {:<8} {:<21} STATE",
+                "NODE", "ADDRESS", "ROLES", "REVISION", "REPORTED", "AGENT", "CERT EXPIRES"
             );
             for n in &nodes {
                 let r = n.last_report.clone().unwrap_or_default();
@@ -745,11 +745,21 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
                     crate::admin::unhealthy_reason(Some(n), now).unwrap_or_else(|| "healthy".into())
                 };
                 println!(
-                    "{:<12} {:<14} {:<9} {:<10} {:<21} {state}",
+                    "{:<12} {:<14} {:<27} {:<9} {:<10} {:<8} {:<21} {state}",
                     n.name,
                     n.addresses.first().map_or("-", String::as_str),
+                    if n.roles.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        n.roles.join(",")
+                    },
                     format!("{}/{}", r.applied_revision, n.assigned_revision),
                     age,
+                    if r.agent_version.is_empty() {
+                        "-"
+                    } else {
+                        &r.agent_version
+                    },
                     rfc3339(n.certificate_not_after),
                 );
                 let units: Vec<String> = r

@@ -116,6 +116,14 @@ pub fn to_plan(out: NodeOutput) -> Plan {
 pub struct CompilerPlanner(pub Compilation);
 
 impl Planner for CompilerPlanner {
+    fn roles(&self, node: &str) -> Vec<String> {
+        self.0
+            .model
+            .node(node)
+            .map(|n| n.roles.iter().map(|r| r.as_str().to_owned()).collect())
+            .unwrap_or_default()
+    }
+
     fn plan(&self, node: &NodeRecord) -> Result<Plan, PlanError> {
         self.0
             .compile_node(&node.name)

@@ -190,7 +190,7 @@ impl pb::enrollment_server::Enrollment for Service {
                     hostname: facts.hostname,
                     addresses: facts.addresses,
                     boot_id: facts.boot_id,
-                    roles: vec![],
+                    roles: planner.roles(&n),
                     joined_at: unix_now(),
                     active_serials: vec![serial],
                     cert_not_after: not_after,
