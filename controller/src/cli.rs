@@ -253,7 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => compile(&state_dir, &config, node, &out, template, output, watch).await,
         Command::Pki(cmd) => pki(&state_dir, cmd),
         Command::Token(cmd) => token(&state_dir, cmd).await,
-        Command::Status { output } => status(&state_dir, output).await,
+        Command::Status { output } => status(&state_dir, &config, output).await,
         Command::Artifacts(cmd) => artifacts(&state_dir, cmd).await,
         Command::Node(NodeCommand::Reboot { name }) => {
             crate::up::reboot(&state_dir, &config, &name)
@@ -694,7 +694,7 @@ async fn token(state_dir: &Path, cmd: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
+async fn status(state_dir: &Path, config: &Path, output: Output) -> anyhow::Result<()> {
     let mut backend = Backend::connect(state_dir).await?;
     if matches!(backend, Backend::Local(_)) {
         eprintln!(
@@ -703,6 +703,15 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
         );
     }
     let nodes = backend.list_nodes().await?;
+    let (sd, cf) = (state_dir.to_owned(), config.to_owned());
+    let etcd = tokio::task::spawn_blocking(move || crate::up::etcd_members(&sd, &cf)).await?;
+    let etcd_of = |n: &pb::NodeInfo| match &etcd {
+        Ok(members) => n.addresses.iter().find_map(|a| members.get(a)).map_or_else(
+            || serde_json::json!({"member": null}),
+            |(id, leader)| serde_json::json!({"member": id, "leader": leader}),
+        ),
+        Err(e) => serde_json::json!({"error": e}),
+    };
     match output {
         Output::Json => {
             let rows: Vec<_> = nodes
@@ -710,7 +719,7 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
                 .map(|n| {
                     let r = n.last_report.clone().unwrap_or_default();
                     serde_json::json!({
-                        "name": n.name, "instance_id": n.instance_id, "addresses": n.addresses, "roles": n.roles, "removed": n.removed,
+                        "name": n.name, "instance_id": n.instance_id, "addresses": n.addresses, "roles": n.roles, "removed": n.removed, "etcd": etcd_of(n),
                         "timeline": { "created_at": created_at(state_dir, &n.name), "joined_at": n.joined_at, "first_applied_at": n.first_applied_at, "healthy_at": n.healthy_at },
                         "state": if n.removed { "removed".to_owned() } else { crate::admin::unhealthy_reason(Some(n), crate::records::now()).unwrap_or_else(|| "healthy".into()) },
                         "assigned_revision": n.assigned_revision, "applied_revision": r.applied_revision,
@@ -783,6 +792,18 @@ async fn status(state_dir: &Path, output: Output) -> anyhow::Result<()> {
                         "",
                         missing.join(" ")
                     );
+                }
+                let e = etcd_of(n);
+                if n.roles.iter().any(|r| r == "etcd") || e["member"].is_string() {
+                    let line = match (e["member"].as_str(), e["error"].as_str()) {
+                        (Some(id), _) => format!(
+                            "member {id}{}",
+                            if e["leader"] == true { " (leader)" } else { "" }
+                        ),
+                        (None, Some(err)) => format!("unknown: {err}"),
+                        (None, None) => "not answering".to_owned(),
+                    };
+                    println!("{:<12} etcd: {line}", "");
                 }
                 let created = created_at(state_dir, &n.name);
                 if let Some(t) = timeline(created, n) {

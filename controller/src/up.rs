@@ -381,7 +381,9 @@ pub async fn stop_daemon(state_dir: &Path) {
     }
 }
 
-pub fn env_etcdctl(state_dir: &Path, config: &Path) -> anyhow::Result<()> {
+/// `ETCDCTL_*` settings for the cluster's etcd with an operator client certificate (issued
+/// once from the etcd CA).
+pub fn etcdctl_env(state_dir: &Path, config: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
     let c = Compilation::load(config, state_dir)?;
     let inputs = PkiInputs::new(&c.pki, state_dir);
     let req = CertRequest {
@@ -404,19 +406,68 @@ pub fn env_etcdctl(state_dir: &Path, config: &Path) -> anyhow::Result<()> {
         .filter(|n| n.is_etcd)
         .map(|n| format!("https://{}:2379", n.address))
         .collect();
-    println!("export ETCDCTL_API=3");
-    println!("export ETCDCTL_ENDPOINTS={}", endpoints.join(","));
-    println!(
-        "export ETCDCTL_CACERT={}",
-        abs(state_dir.join("pki/etcd-ca.crt"))
-    );
-    println!(
-        "export ETCDCTL_CERT={}",
-        abs(issued.join("cluster__etcd-operator.crt"))
-    );
-    println!(
-        "export ETCDCTL_KEY={}",
-        abs(issued.join("cluster__etcd-operator.key"))
-    );
+    Ok(vec![
+        ("ETCDCTL_API", "3".to_owned()),
+        ("ETCDCTL_ENDPOINTS", endpoints.join(",")),
+        ("ETCDCTL_CACERT", abs(state_dir.join("pki/etcd-ca.crt"))),
+        (
+            "ETCDCTL_CERT",
+            abs(issued.join("cluster__etcd-operator.crt")),
+        ),
+        (
+            "ETCDCTL_KEY",
+            abs(issued.join("cluster__etcd-operator.key")),
+        ),
+    ])
+}
+
+pub fn env_etcdctl(state_dir: &Path, config: &Path) -> anyhow::Result<()> {
+    for (k, v) in etcdctl_env(state_dir, config)? {
+        println!("export {k}={v}");
+    }
     Ok(())
+}
+
+/// etcd membership as etcd itself reports it: endpoint address → (member ID, is leader).
+/// An error says why it could not be asked (no etcdctl, no quorum, …).
+pub fn etcd_members(
+    state_dir: &Path,
+    config: &Path,
+) -> Result<BTreeMap<String, (String, bool)>, String> {
+    let env = etcdctl_env(state_dir, config).map_err(|e| e.to_string())?;
+    let out = Command::new("etcdctl")
+        .envs(env)
+        .args([
+            "--dial-timeout=1s",
+            "--command-timeout=2s",
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ])
+        .output()
+        .map_err(|_| "etcdctl not found (apt-get install etcd-client)".to_owned())?;
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).map_err(|_| {
+        format!(
+            "etcdctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        )
+    })?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let ep = r["Endpoint"]
+                .as_str()?
+                .trim_start_matches("https://")
+                .split(':')
+                .next()?
+                .to_owned();
+            let id = r["Status"]["header"]["member_id"].as_u64()?;
+            let leader = r["Status"]["leader"].as_u64()? == id;
+            Some((ep, (format!("{id:x}"), leader)))
+        })
+        .collect())
 }

@@ -275,6 +275,24 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
         c.ok(&["status"]).contains("timeline: created"),
         "status shows the timeline"
     );
+    // Membership and leader as etcd reports them: three members, one leader.
+    let status = c.status();
+    assert_eq!(
+        status
+            .iter()
+            .filter(|n| n["etcd"]["member"].is_string())
+            .count(),
+        3,
+        "{status:?}"
+    );
+    assert_eq!(
+        status
+            .iter()
+            .filter(|n| n["etcd"]["leader"] == true)
+            .count(),
+        1,
+        "{status:?}"
+    );
     let tokens_before = c.ok(&["token", "list"]).lines().count();
     let node3 = c.node("node-3");
 
