@@ -703,8 +703,23 @@ async fn status(state_dir: &Path, config: &Path, output: Output) -> anyhow::Resu
         );
     }
     let nodes = backend.list_nodes().await?;
+    // Ask etcd only where it runs: nodes reporting an active etcd unit.
+    let now = crate::records::now();
+    let running: Vec<String> = nodes
+        .iter()
+        .filter(|n| now - n.last_report_at <= crate::admin::DOWN_AFTER_SECONDS)
+        .filter(|n| {
+            n.last_report.as_ref().is_some_and(|r| {
+                r.units
+                    .iter()
+                    .any(|u| u.name == "etcd.service" && u.active_state == "active")
+            })
+        })
+        .filter_map(|n| n.addresses.first().cloned())
+        .collect();
     let (sd, cf) = (state_dir.to_owned(), config.to_owned());
-    let etcd = tokio::task::spawn_blocking(move || crate::up::etcd_members(&sd, &cf)).await?;
+    let etcd =
+        tokio::task::spawn_blocking(move || crate::up::etcd_members(&sd, &cf, &running)).await?;
     let etcd_of = |n: &pb::NodeInfo| match &etcd {
         Ok(members) => n.addresses.iter().find_map(|a| members.get(a)).map_or_else(
             || serde_json::json!({"member": null}),

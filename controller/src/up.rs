@@ -428,18 +428,28 @@ pub fn env_etcdctl(state_dir: &Path, config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// etcd membership as etcd itself reports it: endpoint address → (member ID, is leader).
-/// An error says why it could not be asked (no etcdctl, no quorum, …).
+/// etcd membership as etcd itself reports it, asked of the members at `addresses` (the
+/// nodes whose etcd unit is running): address → (member ID, is leader). An error says why
+/// it could not be asked (no etcdctl, no quorum, …).
 pub fn etcd_members(
     state_dir: &Path,
     config: &Path,
+    addresses: &[String],
 ) -> Result<BTreeMap<String, (String, bool)>, String> {
+    if addresses.is_empty() {
+        return Ok(BTreeMap::new());
+    }
     let env = etcdctl_env(state_dir, config).map_err(|e| e.to_string())?;
+    let endpoints: Vec<String> = addresses
+        .iter()
+        .map(|a| format!("https://{a}:2379"))
+        .collect();
     let out = Command::new("etcdctl")
         .envs(env)
+        .env("ETCDCTL_ENDPOINTS", endpoints.join(","))
         .args([
-            "--dial-timeout=1s",
-            "--command-timeout=2s",
+            "--dial-timeout=500ms",
+            "--command-timeout=1s",
             "endpoint",
             "status",
             "-w",
