@@ -14,7 +14,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const NETWORK: &str = "10.231.0.0/24";
+/// Each run gets its own cluster name and node network (from its PID), so two runs on one
+/// host (two CI jobs, a developer and CI) never collide on names, addresses or ports.
+fn run_id() -> u32 {
+    std::process::id() % 250
+}
+
+fn cluster_name() -> String {
+    format!("e2e{}", run_id())
+}
+
+fn network() -> String {
+    format!("10.231.{}.0/24", run_id())
+}
+
+fn node_ip(n: u8) -> String {
+    format!("10.231.{}.{}", run_id(), 10 + n)
+}
 
 fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -112,9 +128,9 @@ impl Cluster {
     }
 
     fn local(&self) -> Local {
-        let cidr = pangaea_compiler::cidr::Cidr::parse(NETWORK).unwrap();
+        let cidr = pangaea_compiler::cidr::Cidr::parse(&network()).unwrap();
         Local::new(
-            "e2e",
+            &cluster_name(),
             cidr,
             &self.dir.path().join(".pangaea"),
             PathBuf::new(),
@@ -213,7 +229,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     .collect();
     std::fs::write(
         dir.path().join("pangaea.yaml"),
-        format!("name: e2e\nnetwork:\n  nodes: {NETWORK}\nartifacts:\n  - name: etcd\n    url: file:///usr/bin/etcd\n    digest: sha256:{etcd_sha}\n    members: {{}}\n{disabled}"),
+        format!("name: {}\nnetwork:\n  nodes: {}\nartifacts:\n  - name: etcd\n    url: file:///usr/bin/etcd\n    digest: sha256:{etcd_sha}\n    members: {{}}\n{disabled}", cluster_name(), network()),
     )
     .unwrap();
     let c = Cluster {
@@ -304,7 +320,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
         Duration::from_secs(20),
         || {
             let put = c.etcdctl_on(
-                "https://10.231.0.11:2379,https://10.231.0.12:2379",
+                &format!("https://{}:2379,https://{}:2379", node_ip(1), node_ip(2)),
                 &["put", "during", "2"],
             );
             put.status.success().then_some(())
@@ -335,7 +351,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     );
     eventually("node-3's etcd to catch up", Duration::from_secs(30), || {
         let o = c.etcdctl_on(
-            "https://10.231.0.13:2379",
+            &format!("https://{}:2379", node_ip(3)),
             &["get", "during", "--print-value-only"],
         );
         (o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "2").then_some(())
