@@ -185,6 +185,36 @@ impl TestAgent {
     }
 }
 
+/// A node-service client presenting `cert_pem`/`key_pem`, trusting the controller CA.
+pub fn mtls_client(
+    ctl: &TestController,
+    key_pem: &str,
+    cert_pem: &str,
+) -> pb::node_service_client::NodeServiceClient<tonic::transport::Channel> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(
+            ctl.controller
+                .pki()
+                .ca(pangaea_controller::pki::CaKind::Controller)
+                .cert_der
+                .clone(),
+        ))
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    pb::node_service_client::NodeServiceClient::new(
+        pangaea_core::tls::channel(&ctl.endpoint(), Arc::new(cfg)).unwrap(),
+    )
+}
+
 /// Polls `check` every 20 ms until it returns true, failing after `timeout`.
 pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;

@@ -5,7 +5,7 @@
 use pangaea_artifact::{Digest, DigestKind};
 use pangaea_controller::assign::Plan;
 use pangaea_proto as pb;
-use pangaea_tests::{TestAgent, TestController, eventually, file};
+use pangaea_tests::{TestAgent, TestController, eventually, file, mtls_client};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
@@ -111,35 +111,6 @@ async fn agents_install_artifacts_from_the_controller_mirror() {
         report.artifacts
     );
     agent.shutdown().await;
-}
-
-fn mtls_client(
-    ctl: &TestController,
-    key_pem: &str,
-    cert_pem: &str,
-) -> pb::node_service_client::NodeServiceClient<tonic::transport::Channel> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(
-            ctl.controller
-                .pki()
-                .ca(pangaea_controller::pki::CaKind::Controller)
-                .cert_der
-                .clone(),
-        ))
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    pb::node_service_client::NodeServiceClient::new(
-        pangaea_core::tls::channel(&ctl.endpoint(), std::sync::Arc::new(cfg)).unwrap(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,8 @@
 use pangaea_controller::tokens::NewToken;
 use pangaea_core::tls;
 use pangaea_proto as pb;
-use pangaea_tests::{TestAgent, TestController};
+use pangaea_tests::{TestAgent, TestController, mtls_client};
 use rcgen::{CertificateParams, DnType, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
 
@@ -69,35 +67,6 @@ async fn join(
         })
         .await?;
     Ok((key.serialize_pem(), resp.into_inner().certificate_pem))
-}
-
-fn mtls_client(
-    ctl: &TestController,
-    key_pem: &str,
-    cert_pem: &str,
-) -> pb::node_service_client::NodeServiceClient<tonic::transport::Channel> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(
-            ctl.controller
-                .pki()
-                .ca(pangaea_controller::pki::CaKind::Controller)
-                .cert_der
-                .clone(),
-        ))
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let mut cfg = cfg;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    pb::node_service_client::NodeServiceClient::new(
-        tls::channel(&ctl.endpoint(), Arc::new(cfg)).unwrap(),
-    )
 }
 
 fn anonymous_client(
