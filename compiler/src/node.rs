@@ -296,27 +296,38 @@ impl<'c, 'a> Builder<'c, 'a> {
     }
 }
 
-/// A certificate request; the arguments mirror the fields of [`CertRequest`].
-#[allow(clippy::too_many_arguments)]
-fn req(
-    ca: CaName,
-    id: String,
-    cn: &str,
-    orgs: &[&str],
-    dns: Vec<String>,
-    ips: Vec<Ipv4Addr>,
-    server: bool,
-    client: bool,
-) -> CertRequest {
+/// A client certificate: user `cn` in groups `orgs`.
+fn client_cert(ca: CaName, id: String, cn: &str, orgs: &[&str]) -> CertRequest {
     CertRequest {
         ca,
         id,
         common_name: cn.into(),
         organizations: orgs.iter().map(|s| s.to_string()).collect(),
+        dns_names: vec![],
+        ips: vec![],
+        server: false,
+        client: true,
+    }
+}
+
+/// A serving certificate for `dns` and `ips`; etcd's also authenticate as clients.
+fn serving_cert(
+    ca: CaName,
+    id: String,
+    cn: &str,
+    dns: Vec<String>,
+    ips: Vec<Ipv4Addr>,
+    also_client: bool,
+) -> CertRequest {
+    CertRequest {
+        ca,
+        id,
+        common_name: cn.into(),
+        organizations: vec![],
         dns_names: dns,
         ips,
-        server,
-        client,
+        server: true,
+        client: also_client,
     }
 }
 
@@ -402,28 +413,24 @@ impl Compiler<'_> {
             );
             let dns = vec![n.to_owned(), "localhost".into()];
             b.cert(
-                req(
+                serving_cert(
                     CaName::Etcd,
                     format!("{n}/etcd-server"),
                     n,
-                    &[],
                     dns.clone(),
                     vec![addr, lo],
-                    true,
                     true,
                 ),
                 ETCD_PKI,
                 "server",
             )?;
             b.cert(
-                req(
+                serving_cert(
                     CaName::Etcd,
                     format!("{n}/etcd-peer"),
                     n,
-                    &[],
                     dns,
                     vec![addr, lo],
-                    true,
                     true,
                 ),
                 ETCD_PKI,
@@ -464,29 +471,23 @@ impl Compiler<'_> {
             .map(String::from)
             .to_vec();
             b.cert(
-                req(
+                serving_cert(
                     CaName::Cluster,
                     format!("{n}/apiserver"),
                     "kube-apiserver",
-                    &[],
                     api_dns,
                     vec![m.service_ip, addr, lo],
-                    true,
                     false,
                 ),
                 PKI,
                 "apiserver",
             )?;
             b.cert(
-                req(
+                client_cert(
                     CaName::Etcd,
                     format!("{n}/apiserver-etcd-client"),
                     "kube-apiserver-etcd-client",
                     &[],
-                    vec![],
-                    vec![],
-                    false,
-                    true,
                 ),
                 PKI,
                 "apiserver-etcd-client",
@@ -497,15 +498,11 @@ impl Compiler<'_> {
                 self.inputs.ca_cert(CaName::Etcd),
             );
             b.cert(
-                req(
+                client_cert(
                     CaName::Cluster,
                     format!("{n}/apiserver-kubelet-client"),
                     "kube-apiserver-kubelet-client",
                     &["system:masters"],
-                    vec![],
-                    vec![],
-                    false,
-                    true,
                 ),
                 PKI,
                 "apiserver-kubelet-client",
@@ -516,15 +513,11 @@ impl Compiler<'_> {
                 self.inputs.ca_cert(CaName::FrontProxy),
             );
             b.cert(
-                req(
+                client_cert(
                     CaName::FrontProxy,
                     format!("{n}/front-proxy-client"),
                     "front-proxy-client",
                     &[],
-                    vec![],
-                    vec![],
-                    false,
-                    true,
                 ),
                 PKI,
                 "front-proxy-client",
@@ -551,15 +544,11 @@ impl Compiler<'_> {
             )?;
 
             let cm = b.cert(
-                req(
+                client_cert(
                     CaName::Cluster,
                     format!("{n}/controller-manager"),
                     "system:kube-controller-manager",
                     &[],
-                    vec![],
-                    vec![],
-                    false,
-                    true,
                 ),
                 &format!("{PKI}/clients"),
                 "controller-manager",
@@ -571,15 +560,11 @@ impl Compiler<'_> {
                 &cm,
             )?;
             let sched = b.cert(
-                req(
+                client_cert(
                     CaName::Cluster,
                     format!("{n}/scheduler"),
                     "system:kube-scheduler",
                     &[],
-                    vec![],
-                    vec![],
-                    false,
-                    true,
                 ),
                 &format!("{PKI}/clients"),
                 "scheduler",
@@ -591,15 +576,11 @@ impl Compiler<'_> {
                 &sched,
             )?;
             let admin = b.cert(
-                req(
+                client_cert(
                     CaName::Cluster,
                     "cluster/admin".into(),
                     "kubernetes-admin",
                     &["system:masters"],
-                    vec![],
-                    vec![],
-                    false,
-                    true,
                 ),
                 &format!("{PKI}/clients"),
                 "admin",
@@ -668,15 +649,11 @@ impl Compiler<'_> {
 
         if node.is_worker {
             let kubelet = b.cert(
-                req(
+                client_cert(
                     CaName::Cluster,
                     format!("{n}/kubelet-client"),
                     &format!("system:node:{n}"),
                     &["system:nodes"],
-                    vec![],
-                    vec![],
-                    false,
-                    true,
                 ),
                 "/var/lib/kubelet/pki",
                 "kubelet-client",
@@ -688,29 +665,23 @@ impl Compiler<'_> {
                 &kubelet,
             )?;
             b.cert(
-                req(
+                serving_cert(
                     CaName::Cluster,
                     format!("{n}/kubelet-serving"),
                     n,
-                    &[],
                     vec![n.to_owned()],
                     vec![addr],
-                    true,
                     false,
                 ),
                 "/var/lib/kubelet/pki",
                 "kubelet",
             )?;
             let proxy = b.cert(
-                req(
+                client_cert(
                     CaName::Cluster,
                     format!("{n}/kube-proxy"),
                     "system:kube-proxy",
                     &[],
-                    vec![],
-                    vec![],
-                    false,
-                    true,
                 ),
                 &format!("{PKI}/clients"),
                 "kube-proxy",

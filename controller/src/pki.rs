@@ -395,24 +395,15 @@ fn leaf_params(spec: &LeafSpec) -> Result<(CertificateParams, String), PkiError>
     Ok((params, serial_hex))
 }
 
-/// The certificates the cluster's components need, with the names and usages their peers
-/// check (the same as kubeadm issues).
+/// The controller's own certificates. (The cluster's certificates — etcd, API server,
+/// kubelets, clients — are requested by the compiler, `compiler/src/node.rs`, and issued
+/// through `crate::issued`.)
 pub mod profiles {
     use super::{LeafSpec, NODE_CERT_LIFETIME, Usage};
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::net::IpAddr;
     use std::time::Duration;
 
     const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-    const LOOPBACK: [IpAddr; 2] = [
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-    ];
-
-    fn with_loopback(ips: &[IpAddr]) -> Vec<IpAddr> {
-        let mut all = ips.to_vec();
-        all.extend(LOOPBACK.iter().filter(|l| !ips.contains(l)));
-        all
-    }
 
     /// The agent's identity towards the controller (controller CA). CN is the node name.
     pub fn node_identity(node: &str, lifetime: Duration) -> LeafSpec {
@@ -438,78 +429,6 @@ pub mod profiles {
                 .map(|i| i.parse().expect("partitioned"))
                 .collect(),
             usage: Usage::Server,
-            lifetime: YEAR,
-        }
-    }
-
-    /// etcd's client-facing certificate (etcd CA): serves clients on the node's addresses
-    /// and loopback, and is also used by etcd as a client of itself (gateway, health).
-    pub fn etcd_server(node: &str, ips: &[IpAddr]) -> LeafSpec {
-        LeafSpec {
-            common_name: node.into(),
-            organizations: vec![],
-            dns_names: vec![node.into(), "localhost".into()],
-            ips: with_loopback(ips),
-            usage: Usage::ServerAndClient,
-            lifetime: YEAR,
-        }
-    }
-
-    /// etcd's peer certificate (etcd CA): both ends of peer TLS check it.
-    pub fn etcd_peer(node: &str, ips: &[IpAddr]) -> LeafSpec {
-        LeafSpec {
-            common_name: node.into(),
-            organizations: vec![],
-            dns_names: vec![node.into(), "localhost".into()],
-            ips: with_loopback(ips),
-            usage: Usage::ServerAndClient,
-            lifetime: YEAR,
-        }
-    }
-
-    /// A client of etcd (etcd CA): kube-apiserver, or the operator's `etcdctl`.
-    pub fn etcd_client(name: &str) -> LeafSpec {
-        LeafSpec {
-            common_name: name.into(),
-            organizations: vec![],
-            dns_names: vec![],
-            ips: vec![],
-            usage: Usage::Client,
-            lifetime: YEAR,
-        }
-    }
-
-    /// kube-apiserver's serving certificate (cluster CA).
-    pub fn apiserver_serving(node: &str, ips: &[IpAddr], service_ip: IpAddr) -> LeafSpec {
-        let mut all = vec![service_ip];
-        all.extend(with_loopback(ips));
-        LeafSpec {
-            common_name: "kube-apiserver".into(),
-            organizations: vec![],
-            dns_names: [
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-                "localhost",
-                node,
-            ]
-            .map(String::from)
-            .to_vec(),
-            ips: all,
-            usage: Usage::Server,
-            lifetime: YEAR,
-        }
-    }
-
-    /// A Kubernetes client certificate (cluster CA): user `cn` in groups `orgs`.
-    pub fn kube_client(cn: &str, orgs: &[&str]) -> LeafSpec {
-        LeafSpec {
-            common_name: cn.into(),
-            organizations: orgs.iter().map(|s| s.to_string()).collect(),
-            dns_names: vec![],
-            ips: vec![],
-            usage: Usage::Client,
             lifetime: YEAR,
         }
     }

@@ -1,15 +1,17 @@
 //! Cross-checks the controller's PKI with the real `openssl` CLI: every certificate it
 //! issues must chain to the right CA (and only to it), carry the usages and SANs its TLS
 //! peers check, and the CA pin must be the SPKI hash openssl computes.
+//!
+//! The cluster certificates checked are the ones a node really gets: node-1 of the default
+//! cluster compiled through the controller's PKI, as `up` and the planner do it.
 
 use pangaea_controller::pki::{CaKind, Issued, Pki, profiles};
-use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const NODE: &str = "node-1";
-const NODE_IP: &str = "10.0.0.5";
+const NODE_IP: &str = "10.213.0.11";
 const SERVICE_IP: &str = "10.96.0.1";
 const CONTROLLER_NAMES: [&str; 2] = ["pangaea-controller.example", "192.0.2.10"];
 const YEAR_SECS: u64 = 365 * 24 * 3600;
@@ -43,10 +45,6 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("temporary paths are UTF-8")
 }
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("valid test IP")
-}
-
 /// A fresh PKI in a temporary directory, with one certificate of every profile issued and
 /// written next to it as `<name>.crt` / `<name>.key`.
 struct Fixture {
@@ -65,62 +63,77 @@ struct Leaf {
 impl Fixture {
     fn new() -> Fixture {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("pki");
-        let pki = Pki::load_or_create(&dir).expect("create PKI");
-        let node_ips = [ip(NODE_IP)];
-        let controller_names: Vec<String> = CONTROLLER_NAMES.map(String::from).to_vec();
-        let specs = [
-            (
-                "etcd-server",
-                CaKind::Etcd,
-                profiles::etcd_server(NODE, &node_ips),
-            ),
-            (
-                "etcd-peer",
-                CaKind::Etcd,
-                profiles::etcd_peer(NODE, &node_ips),
-            ),
+        let state = tmp.path().join(".pangaea");
+        let compilation = pangaea_controller::compile::Compilation::load(
+            &tmp.path().join("pangaea.yaml"),
+            &state,
+        )
+        .expect("compile the default cluster");
+        let node = compilation.compile_node(NODE).expect("compile node-1");
+        let dir = state.join("pki");
+        let pki = Pki::load_or_create(&dir).expect("load PKI");
+        let out = tmp.path().join("leaves");
+        std::fs::create_dir(&out).expect("mkdir leaves");
+        let file = |path: &str| {
+            node.files
+                .iter()
+                .find(|f| f.path == path)
+                .unwrap_or_else(|| panic!("node-1 has no {path}"))
+                .content
+                .clone()
+        };
+        let mut leaves = Vec::new();
+        let mut add = |name: &'static str, ca: CaKind, cert_pem: String, key_pem: String| {
+            let crt = out.join(format!("{name}.crt"));
+            std::fs::write(&crt, cert_pem).expect("write leaf cert");
+            std::fs::write(out.join(format!("{name}.key")), key_pem).expect("write leaf key");
+            leaves.push(Leaf { name, ca, crt });
+        };
+        // As compiled for node-1: (name, CA, certificate path without extension).
+        let compiled = [
+            ("etcd-server", CaKind::Etcd, "/etc/etcd/pki/server"),
+            ("etcd-peer", CaKind::Etcd, "/etc/etcd/pki/peer"),
             (
                 "etcd-client",
                 CaKind::Etcd,
-                profiles::etcd_client("kube-apiserver-etcd-client"),
+                "/etc/kubernetes/pki/apiserver-etcd-client",
             ),
             (
                 "apiserver",
                 CaKind::Cluster,
-                profiles::apiserver_serving(NODE, &node_ips, ip(SERVICE_IP)),
+                "/etc/kubernetes/pki/apiserver",
             ),
             (
                 "admin",
                 CaKind::Cluster,
-                profiles::kube_client("kubernetes-admin", &["system:masters"]),
+                "/etc/kubernetes/pki/clients/admin",
             ),
+        ];
+        for (name, ca, stem) in compiled {
+            add(
+                name,
+                ca,
+                file(&format!("{stem}.crt")),
+                file(&format!("{stem}.key")),
+            );
+        }
+        // The controller's own: its serving certificate and a node identity.
+        let controller_names: Vec<String> = CONTROLLER_NAMES.map(String::from).to_vec();
+        for (name, spec) in [
             (
                 "controller-serving",
-                CaKind::Controller,
                 profiles::controller_serving(&controller_names),
             ),
             (
                 "node-identity",
-                CaKind::Controller,
                 profiles::node_identity(NODE, profiles::NODE_LIFETIME),
             ),
-        ];
-        let out = tmp.path().join("leaves");
-        std::fs::create_dir(&out).expect("mkdir leaves");
-        let leaves = specs
-            .into_iter()
-            .map(|(name, ca, spec)| {
-                let issued: Issued = pki
-                    .issue(ca, &spec)
-                    .unwrap_or_else(|e| panic!("issue {name}: {e}"));
-                let crt = out.join(format!("{name}.crt"));
-                std::fs::write(&crt, &issued.cert_pem).expect("write leaf cert");
-                std::fs::write(out.join(format!("{name}.key")), &issued.key_pem)
-                    .expect("write leaf key");
-                Leaf { name, ca, crt }
-            })
-            .collect();
+        ] {
+            let issued: Issued = pki
+                .issue(CaKind::Controller, &spec)
+                .unwrap_or_else(|e| panic!("issue {name}: {e}"));
+            add(name, CaKind::Controller, issued.cert_pem, issued.key_pem);
+        }
         Fixture {
             _tmp: tmp,
             pki,
@@ -237,14 +250,8 @@ fn subject_alt_names_and_subjects() {
             crt,
             &[&format!("DNS:{NODE}"), &format!("IP Address:{NODE_IP}")],
         );
+        // etcd listens on the node's address and 127.0.0.1, so those are what peers check.
         assert_sans(crt, &loopback);
-        // OpenSSL 3.0 prints ::1 expanded, newer releases compressed.
-        let got = sans(crt);
-        assert!(
-            got.iter()
-                .any(|g| g == "IP Address:0:0:0:0:0:0:0:1" || g == "IP Address:::1"),
-            "{name}: no IPv6 loopback in {got:?}"
-        );
     }
     let api = &f.leaf("apiserver").crt;
     assert_sans(
@@ -340,6 +347,9 @@ fn key_files_are_private_parse_and_match_their_certificates() {
     let mut keys = 0;
     for entry in std::fs::read_dir(&f.dir).expect("read pki dir") {
         let path = entry.expect("dir entry").path();
+        if path.ends_with("issued") {
+            continue; // leaf certificates issued for nodes; checked through the leaves
+        }
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         match path.extension().and_then(|e| e.to_str()) {
             Some("key") => {
@@ -568,7 +578,10 @@ fn pki_persists_and_refuses_a_certificate_without_its_key() {
     let dir = tmp.path().join("pki");
     let first = Pki::load_or_create(&dir).expect("create PKI");
     let issued = first
-        .issue(CaKind::Etcd, &profiles::etcd_client("etcdctl"))
+        .issue(
+            CaKind::Controller,
+            &profiles::node_identity(NODE, profiles::NODE_LIFETIME),
+        )
         .expect("issue");
     let files_before = snapshot(&dir);
     drop(first);
@@ -585,10 +598,10 @@ fn pki_persists_and_refuses_a_certificate_without_its_key() {
     let files_after = snapshot(&dir);
     assert_eq!(files_before, files_after, "reloading rewrote the PKI");
     // A certificate issued before the reload still chains to the reloaded CA (same key).
-    let leaf = tmp.path().join("etcdctl.crt");
+    let leaf = tmp.path().join("node-identity.crt");
     std::fs::write(&leaf, &issued.cert_pem).unwrap();
-    let ca = tmp.path().join("etcd-ca-reloaded.crt");
-    std::fs::write(&ca, &second.ca(CaKind::Etcd).cert_pem).unwrap();
+    let ca = tmp.path().join("controller-ca-reloaded.crt");
+    std::fs::write(&ca, &second.ca(CaKind::Controller).cert_pem).unwrap();
     let (ok, out) = openssl(&["verify", "-CAfile", s(&ca), s(&leaf)]);
     assert!(
         ok,
@@ -596,10 +609,18 @@ fn pki_persists_and_refuses_a_certificate_without_its_key() {
     );
     // And the reloaded CA still signs for the same chain.
     let again = second
-        .issue(CaKind::Etcd, &profiles::etcd_client("etcdctl"))
+        .issue(
+            CaKind::Controller,
+            &profiles::node_identity(NODE, profiles::NODE_LIFETIME),
+        )
         .expect("issue after reload");
     std::fs::write(&leaf, &again.cert_pem).unwrap();
-    let (ok, out) = openssl(&["verify", "-CAfile", s(&dir.join("etcd-ca.crt")), s(&leaf)]);
+    let (ok, out) = openssl(&[
+        "verify",
+        "-CAfile",
+        s(&dir.join("controller-ca.crt")),
+        s(&leaf),
+    ]);
     assert!(
         ok,
         "post-reload leaf does not verify against the CA on disk:\n{out}"
