@@ -185,6 +185,44 @@ impl TestAgent {
     }
 }
 
+/// One of the workspace's binaries, next to the test executable (`target/<profile>/deps/x`),
+/// which `cargo test --workspace` builds.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let path = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("test executable is in target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build the binaries first: cargo build --workspace",
+        path.display()
+    );
+    path
+}
+
+/// Calls `f` every `step` until it returns `Some`, failing with `what` after `timeout`.
+/// For tests that wait on other processes (synchronous).
+pub fn poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    step: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(step);
+    }
+}
+
 /// A node-service client presenting `cert_pem`/`key_pem`, trusting the controller CA.
 pub fn mtls_client(
     ctl: &TestController,

@@ -5,6 +5,7 @@
 //! The binaries are taken from the target directory beside this test executable, so
 //! `cargo test --workspace` (or `cargo build --workspace` first) must have built them.
 
+use pangaea_tests::binary;
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
@@ -15,32 +16,9 @@ use std::time::{Duration, Instant};
 const DEADLINE: Duration = Duration::from_secs(20);
 const STEP: Duration = Duration::from_millis(25);
 
-/// `target/debug/<name>`: the test executable is `target/debug/deps/cli-XXXX`.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable is in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: build the binaries first: cargo build --workspace",
-        path.display()
-    );
-    path
-}
-
 /// Calls `f` every [`STEP`] until it returns `Some`, failing with `what` after [`DEADLINE`].
-fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(STEP);
-    }
+fn poll<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    pangaea_tests::poll_until(what, DEADLINE, STEP, f)
 }
 
 /// A background process, killed (and reaped) when dropped, even when the test panics; then

@@ -10,6 +10,7 @@
 //! (`.ci/run` installs them). The node image is built once into /var/cache/pangaea/images.
 
 use pangaea_controller::provider::local::Local;
+use pangaea_tests::binary;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -30,17 +31,6 @@ fn network() -> String {
 
 fn node_ip(n: u8) -> String {
     format!("10.231.{}.{}", run_id(), 10 + n)
-}
-
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        p.is_file(),
-        "{} not found: build the binaries first: cargo build --workspace",
-        p.display()
-    );
-    p
 }
 
 fn require(tool: &str, install: &str) {
@@ -170,18 +160,8 @@ impl Drop for Cluster {
     }
 }
 
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+fn eventually<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    pangaea_tests::poll_until(what, timeout, Duration::from_millis(250), f)
 }
 
 fn text(o: &Output) -> String {
