@@ -233,6 +233,7 @@ pub fn tls_incoming(
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: pause instead of spinning.
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
