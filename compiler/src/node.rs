@@ -297,6 +297,16 @@ impl<'c, 'a> Builder<'c, 'a> {
 }
 
 /// A client certificate: user `cn` in groups `orgs`.
+/// The cluster administrator's client certificate (one for the cluster, not per node).
+fn admin_cert() -> CertRequest {
+    client_cert(
+        CaName::Cluster,
+        "cluster/admin".into(),
+        "kubernetes-admin",
+        &["system:masters"],
+    )
+}
+
 fn client_cert(ca: CaName, id: String, cn: &str, orgs: &[&str]) -> CertRequest {
     CertRequest {
         ca,
@@ -386,6 +396,24 @@ impl Compiler<'_> {
             .node(name)
             .ok_or_else(|| CompileError::NoSuchNode(name.to_owned()))?;
         self.compile_with(&self.shared(), node)
+    }
+
+    /// The operator's admin kubeconfig: the same admin client certificate the control plane
+    /// nodes hold, reaching the API at the cluster's external endpoint (nodes reach their
+    /// own API server on 127.0.0.1).
+    pub fn operator_kubeconfig(&self) -> Result<String, CompileError> {
+        let node = self
+            .model
+            .nodes
+            .iter()
+            .find(|n| n.is_control_plane)
+            .ok_or_else(|| CompileError::NoSuchNode("(a control-plane node)".into()))?;
+        let mut b = Builder::new(self, &self.shared(), node);
+        let admin = b.cert(admin_cert(), &format!("{PKI}/clients"), "admin")?;
+        let path = "admin.kubeconfig";
+        b.kubeconfig(path, "kubernetes-admin", &self.model.api_endpoint, &admin)?;
+        let file = b.out.files.into_iter().find(|f| f.path == path);
+        Ok(file.map(|f| f.content).unwrap_or_default())
     }
 
     fn compile_with(&self, shared: &Value, node: &NodeModel) -> Result<NodeOutput, CompileError> {
@@ -575,16 +603,7 @@ impl Compiler<'_> {
                 &local_api,
                 &sched,
             )?;
-            let admin = b.cert(
-                client_cert(
-                    CaName::Cluster,
-                    "cluster/admin".into(),
-                    "kubernetes-admin",
-                    &["system:masters"],
-                ),
-                &format!("{PKI}/clients"),
-                "admin",
-            )?;
+            let admin = b.cert(admin_cert(), &format!("{PKI}/clients"), "admin")?;
             b.kubeconfig(
                 &format!("{KUBE}/admin.kubeconfig"),
                 "kubernetes-admin",

@@ -5,18 +5,14 @@
 
 use crate::controller::{Controller, ControllerError, NodeView};
 use crate::records::TokenRecord;
+use crate::state_dir::StateDir;
 use crate::tokens::NewToken;
 use pangaea_proto as pb;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
-
-pub const SOCKET: &str = "ctl.sock";
-
-/// Agents report every 5 s on provisioned nodes; four missed reports mean the node is down.
-pub const DOWN_AFTER_SECONDS: i64 = 20;
 
 pub fn token_info(t: &TokenRecord) -> pb::TokenInfo {
     pb::TokenInfo {
@@ -133,7 +129,7 @@ pub async fn serve(
     controller: Arc<Controller>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ControllerError> {
-    let path = controller.config().state_dir.join(SOCKET);
+    let path = controller.config().state_dir.socket();
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)
         .map_err(|e| ControllerError::Serve(format!("bind {}: {e}", path.display())))?;
@@ -173,8 +169,8 @@ impl From<Status> for BackendError {
 
 impl Backend {
     /// Connects to the running controller of `state_dir`, or opens the state directly.
-    pub async fn connect(state_dir: &Path) -> Result<Backend, BackendError> {
-        let path: PathBuf = state_dir.join(SOCKET);
+    pub async fn connect(state_dir: &StateDir) -> Result<Backend, BackendError> {
+        let path: PathBuf = state_dir.socket();
         if tokio::net::UnixStream::connect(&path).await.is_ok() {
             let p = path.clone();
             let channel = tonic::transport::Endpoint::from_static("http://ctl.sock")
@@ -191,7 +187,7 @@ impl Backend {
             return Ok(Backend::Daemon(pb::admin_client::AdminClient::new(channel)));
         }
         Ok(Backend::Local(Controller::open(
-            crate::ControllerConfig::new(state_dir),
+            crate::ControllerConfig::new(state_dir.path()),
             None,
         )?))
     }
@@ -262,37 +258,4 @@ impl AdminService {
             .await
             .map(Response::into_inner)
     }
-}
-
-/// Why a node is not healthy, or `None` when it is: it reported within the last 20 s,
-/// applied its assigned revision, and every unit is active or reported as not installed.
-pub fn unhealthy_reason(n: Option<&pb::NodeInfo>, now: i64) -> Option<String> {
-    let Some(n) = n else {
-        return Some("not joined yet".into());
-    };
-    let Some(r) = &n.last_report else {
-        return Some("joined, no report yet".into());
-    };
-    if now - n.last_report_at > DOWN_AFTER_SECONDS {
-        return Some(format!(
-            "down: last report {} s ago",
-            now - n.last_report_at
-        ));
-    }
-    if n.assigned_revision == 0 || r.applied_revision != n.assigned_revision {
-        return Some(format!(
-            "applying revision {} (applied {})",
-            n.assigned_revision, r.applied_revision
-        ));
-    }
-    let waiting: Vec<String> = r
-        .units
-        .iter()
-        .filter(|u| u.active_state != "active" && u.active_state != "missing-binary")
-        .map(|u| format!("{} {}", u.name, u.active_state))
-        .collect();
-    if !waiting.is_empty() {
-        return Some(format!("units not active: {}", waiting.join(", ")));
-    }
-    None
 }

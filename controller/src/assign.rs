@@ -19,7 +19,7 @@ pub struct Plan {
     pub units: Vec<pb::Unit>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot plan node {node}: {message}")]
 pub struct PlanError {
     pub node: String,

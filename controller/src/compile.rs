@@ -5,6 +5,7 @@ use crate::assign::{Plan, PlanError, Planner};
 use crate::issued::PkiInputs;
 use crate::pki::{Pki, PkiError};
 use crate::records::NodeRecord;
+use crate::state_dir::StateDir;
 use pangaea_compiler::artifact_set::ArtifactSet;
 use pangaea_compiler::config::{ConfigError, Loaded};
 use pangaea_compiler::model::ClusterModel;
@@ -34,37 +35,47 @@ pub struct Compilation {
     pub templates: Templates,
     pub artifacts: ArtifactSet,
     pub pki: Pki,
-    pub state_dir: PathBuf,
+    pub state_dir: StateDir,
 }
 
 impl Compilation {
     /// Loads `config` (a missing file means defaults), its template overrides and the PKI.
-    pub fn load(config: &Path, state_dir: &Path) -> Result<Compilation, CompileSetupError> {
+    pub fn load(config: &Path, state_dir: &StateDir) -> Result<Compilation, CompileSetupError> {
         let loaded = Loaded::load(config)?;
         let overrides = loaded.dir.join(&loaded.config.templates_dir);
         let templates = Templates::load(&loaded.dir, Some(&overrides))?;
         let model = ClusterModel::build(&loaded);
         let artifacts = loaded.artifact_set();
-        let pki = Pki::load_or_create(&state_dir.join("pki"))?;
+        let pki = Pki::load_or_create(&state_dir.pki())?;
         Ok(Compilation {
             loaded,
             model,
             templates,
             artifacts,
             pki,
-            state_dir: state_dir.to_owned(),
+            state_dir: state_dir.clone(),
         })
     }
 
+    /// Compiles one node.
     pub fn compile_node(&self, name: &str) -> Result<NodeOutput, CompileError> {
+        self.with_compiler(|c| c.compile_node(name))
+    }
+
+    /// The operator's admin kubeconfig (the API at the cluster's external endpoint).
+    pub fn operator_kubeconfig(&self) -> Result<String, CompileError> {
+        self.with_compiler(|c| c.operator_kubeconfig())
+    }
+
+    /// Runs `f` with a compiler over this cluster and its PKI.
+    pub fn with_compiler<T>(&self, f: impl FnOnce(&Compiler) -> T) -> T {
         let inputs = PkiInputs::new(&self.pki, &self.state_dir);
-        Compiler {
+        f(&Compiler {
             model: &self.model,
             templates: &self.templates,
             inputs: &inputs,
             artifacts: &self.artifacts,
-        }
-        .compile_node(name)
+        })
     }
 }
 

@@ -4,14 +4,14 @@
 
 use crate::assign::{self, BasePlanner, Hub, Planner};
 use crate::certinfo::CertInfo;
-use crate::mirror::{self, Mirror};
+use crate::mirror::Mirror;
 use crate::pki::{CaKind, Pki, PkiError, profiles};
-use crate::records::{NodeRecord, TokenRecord, now};
+use crate::records::{NodeRecord, TokenRecord};
+use crate::state_dir::StateDir;
 use crate::store::{self, ASSIGNMENTS, NODES, REPORTS, Store, StoreError};
 use crate::tokens::{self, NewToken};
 use pangaea_core::token::BootstrapToken;
 use pangaea_proto as pb;
-use prost::Message;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub enum ControllerError {
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
     /// The cluster's `.pangaea/` directory.
-    pub state_dir: PathBuf,
+    pub state_dir: StateDir,
     /// Names and addresses the agents dial; they go into the serving certificate.
     pub advertise: Vec<String>,
     pub node_cert_lifetime: Duration,
@@ -44,7 +44,7 @@ pub struct ControllerConfig {
 impl ControllerConfig {
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
         ControllerConfig {
-            state_dir: state_dir.into(),
+            state_dir: StateDir::new(state_dir),
             advertise: vec![],
             node_cert_lifetime: profiles::NODE_LIFETIME,
         }
@@ -76,14 +76,14 @@ impl Controller {
         planner: Option<Arc<dyn Planner>>,
     ) -> Result<Arc<Controller>, ControllerError> {
         let store = Store::open(&config.state_dir)?;
-        let pki = Pki::load_or_create(&config.state_dir.join("pki"))?;
+        let pki = Pki::load_or_create(&config.state_dir.pki())?;
         let planner = planner.unwrap_or_else(|| {
             Arc::new(BasePlanner {
                 controller_ca_pem: pki.ca(CaKind::Controller).cert_pem.clone(),
             })
         });
         Ok(Arc::new(Controller {
-            mirror: Mirror::new(&config.state_dir.join("artifacts")),
+            mirror: Mirror::new(&config.state_dir.artifacts()),
             store,
             pki,
             hub: Hub::default(),
@@ -97,7 +97,7 @@ impl Controller {
     }
 
     pub(crate) fn mirror_dir(&self) -> std::path::PathBuf {
-        self.config.state_dir.join("artifacts")
+        self.config.state_dir.artifacts()
     }
 
     pub fn pki(&self) -> &Pki {
@@ -166,7 +166,7 @@ impl Controller {
                         .get(record.name.as_str())
                         .map_err(|e| store::db_err("reports", &record.name, e))?
                     {
-                        Some(v) => Some(decode_report(&record.name, v.value())?),
+                        Some(v) => Some(crate::rules::decode_report(&record.name, v.value())?),
                         None => None,
                     };
                     Ok(NodeView {
@@ -211,8 +211,7 @@ impl Controller {
             .node(name)?
             .filter(|r| !r.removed)
             .ok_or_else(|| ControllerError::NoSuchNode(name.to_owned()))?;
-        let mut plan = self.planner.plan(&record)?;
-        mirror::localize(&self.mirror_dir(), &mut plan);
+        let plan = crate::rules::plan(self, &record).await??;
         let n = name.to_owned();
         let changed = self
             .store
@@ -236,90 +235,9 @@ impl Controller {
                 .map_or(0, |a| a.revision)),
         }
     }
-
-    /// The rustls configuration of the gRPC port: controller serving certificate (with the
-    /// controller CA in the chain, for the agents' pin check); client certificates optional
-    /// at the TLS layer, required by every handler except `Join`.
-    pub fn server_tls(&self) -> Result<Arc<rustls::ServerConfig>, ControllerError> {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-        let mut names = vec![
-            "pangaea-controller".to_owned(),
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            "::1".to_owned(),
-        ];
-        for a in &self.config.advertise {
-            if !names.contains(a) {
-                names.push(a.clone());
-            }
-        }
-        let (cert_pem, key_pem) = self.pki.controller_serving(&names)?;
-        let ca = CertificateDer::from(self.pki.ca(CaKind::Controller).cert_der.clone());
-        let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| ControllerError::Tls(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| ControllerError::Tls(e.to_string()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(ca.clone())
-            .map_err(|e| ControllerError::Tls(e.to_string()))?;
-        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| ControllerError::Tls(e.to_string()))?;
-        let mut cfg = rustls::ServerConfig::builder()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![leaf, ca], key)
-            .map_err(|e| ControllerError::Tls(e.to_string()))?;
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Arc::new(cfg))
-    }
-
-    /// Serves the agents on `listener` until `shutdown` completes.
-    pub async fn serve(
-        self: &Arc<Self>,
-        listener: tokio::net::TcpListener,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<(), ControllerError> {
-        let incoming = pangaea_core::tls::tls_incoming(listener, self.server_tls()?);
-        let hub = self.hub.clone();
-        // Watch streams never finish by themselves; end them so connections can close.
-        let shutdown = async move {
-            shutdown.await;
-            hub.close_all();
-        };
-        crate::service::router(self.clone())
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .map_err(|e| ControllerError::Serve(e.to_string()))
-    }
-}
-
-/// Reports are stored as 8 bytes of receive time (unix seconds, big endian) + the protobuf.
-pub(crate) fn encode_report(received_at: i64, report: &pb::HealthReport) -> Vec<u8> {
-    let mut v = received_at.to_be_bytes().to_vec();
-    report.encode(&mut v).expect("vec grows");
-    v
-}
-
-fn decode_report(node: &str, bytes: &[u8]) -> Result<(i64, pb::HealthReport), StoreError> {
-    let corrupt = |m: String| StoreError::Corrupt {
-        table: "reports",
-        key: node.to_owned(),
-        message: m,
-    };
-    let (t, rest) = bytes
-        .split_first_chunk::<8>()
-        .ok_or_else(|| corrupt("short record".into()))?;
-    let report = pb::HealthReport::decode(rest).map_err(|e| corrupt(e.to_string()))?;
-    Ok((i64::from_be_bytes(*t), report))
 }
 
 /// Expiry of a PEM certificate, for reports and listings.
 pub fn not_after(cert_pem: &str) -> Option<i64> {
     CertInfo::from_pem(cert_pem).map(|c| c.not_after)
-}
-
-pub(crate) fn unix_now() -> i64 {
-    now()
 }

@@ -5,17 +5,17 @@
 
 use crate::certinfo::CertInfo;
 use crate::pki::{CaKind, LeafSpec, Pki, Usage};
+use crate::state_dir::StateDir;
 use pangaea_compiler::inputs::{CaName, CertPair, CertRequest, Inputs};
 use pangaea_core::fsutil;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub struct PkiInputs<'a> {
     pki: &'a Pki,
-    issued: PathBuf,
-    secrets: PathBuf,
+    state: StateDir,
 }
 
 fn kind(ca: CaName) -> CaKind {
@@ -28,11 +28,10 @@ fn kind(ca: CaName) -> CaKind {
 
 impl<'a> PkiInputs<'a> {
     /// `state_dir` is the cluster's `.pangaea/`.
-    pub fn new(pki: &'a Pki, state_dir: &Path) -> PkiInputs<'a> {
+    pub fn new(pki: &'a Pki, state_dir: &StateDir) -> PkiInputs<'a> {
         PkiInputs {
             pki,
-            issued: state_dir.join("pki/issued"),
-            secrets: state_dir.join("secrets"),
+            state: state_dir.clone(),
         }
     }
 
@@ -42,7 +41,7 @@ impl<'a> PkiInputs<'a> {
 
     /// A secret generated once (`make`) and kept in `.pangaea/secrets/NAME` (0600).
     fn secret(&self, name: &str, make: impl FnOnce() -> String) -> String {
-        let path = self.secrets.join(name);
+        let path = self.state.secret(name);
         if let Some(s) = Self::read(&path) {
             return s;
         }
@@ -64,12 +63,8 @@ impl Inputs for PkiInputs<'_> {
     }
 
     fn cert(&self, req: &CertRequest) -> Result<CertPair, String> {
-        let stem = self.issued.join(req.id.replace('/', "__"));
-        let (crt, key, spec_path) = (
-            stem.with_extension("crt"),
-            stem.with_extension("key"),
-            stem.with_extension("json"),
-        );
+        let paths = self.state.issued(&req.id);
+        let (crt, key, spec_path) = (paths.cert, paths.key, paths.request);
         let wanted = serde_json::to_string(req).expect("requests serialize");
         if let (Some(cert_pem), Some(key_pem), Some(spec)) =
             (Self::read(&crt), Self::read(&key), Self::read(&spec_path))

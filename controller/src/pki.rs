@@ -171,6 +171,16 @@ impl Pki {
         &self.dir
     }
 
+    /// Where the controller's serving certificate is (PEM).
+    pub fn controller_cert_path(&self) -> PathBuf {
+        self.dir.join("controller.crt")
+    }
+
+    /// Where CA `kind`'s certificate is (PEM).
+    pub fn ca_cert_path(&self, kind: CaKind) -> PathBuf {
+        ca_paths(&self.dir, kind).0
+    }
+
     pub fn ca(&self, kind: CaKind) -> &Ca {
         self.cas
             .iter()
@@ -240,10 +250,7 @@ impl Pki {
     /// The controller's own serving certificate (controller CA), re-issued when the wanted
     /// names change or when less than a third of its lifetime remains.
     pub fn controller_serving(&self, names: &[String]) -> Result<(String, String), PkiError> {
-        let (crt, key) = (
-            self.dir.join("controller.crt"),
-            self.dir.join("controller.key"),
-        );
+        let (crt, key) = (self.controller_cert_path(), self.dir.join("controller.key"));
         if let (Some(cert_pem), Some(key_pem)) = (read_opt(&crt)?, read_opt(&key)?)
             && serving_cert_still_fits(&cert_pem, names)
         {
@@ -291,9 +298,16 @@ fn random_serial() -> (SerialNumber, String) {
     (SerialNumber::from_slice(&bytes), hex::encode(bytes))
 }
 
+/// A CA's certificate and key files in the PKI directory.
+fn ca_paths(dir: &Path, kind: CaKind) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{}.crt", kind.file_stem())),
+        dir.join(format!("{}.key", kind.file_stem())),
+    )
+}
+
 fn load_or_create_ca(dir: &Path, kind: CaKind) -> Result<Ca, PkiError> {
-    let crt = dir.join(format!("{}.crt", kind.file_stem()));
-    let keyp = dir.join(format!("{}.key", kind.file_stem()));
+    let (crt, keyp) = ca_paths(dir, kind);
     let crypto = |path: &Path| {
         let path = path.to_owned();
         move |source| PkiError::Crypto { path, source }

@@ -1,13 +1,15 @@
-//! The gRPC services agents call. Every refusal is logged with the peer address and
-//! returned with a message that says what was wrong; nothing is written on refusal.
+//! The gRPC services agents call: request decoding, peer identity and the mapping of the
+//! cluster's answers to status codes. The rules themselves (who may join, which
+//! certificate is still a node's, what a report records) are in [`crate::rules`]. Every
+//! refusal is logged with the peer address and returned with a message that says what
+//! was wrong; nothing is written on refusal.
 
 use crate::assign;
-use crate::certinfo::CertInfo;
-use crate::controller::{Controller, encode_report, unix_now};
-use crate::pki::{CaKind, profiles};
+use crate::controller::{Controller, ControllerError};
+use crate::pki::CaKind;
 use crate::records::NodeRecord;
-use crate::store::{self, ASSIGNMENTS, NODES, REPORTS, StoreError};
-use crate::tokens;
+use crate::rules::{self, Refusal};
+use crate::store::{self, ASSIGNMENTS};
 use pangaea_core::NodeName;
 use pangaea_core::tls::PeerInfo;
 use pangaea_core::token::BootstrapToken;
@@ -22,9 +24,11 @@ use tonic::{Code, Request, Response, Status};
 /// hundred bytes; a report a few KiB).
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
+/// The agent-facing services over one controller.
 #[derive(Clone)]
 pub struct Service(pub Arc<Controller>);
 
+/// The gRPC router of the agent-facing services.
 pub fn router(controller: Arc<Controller>) -> Router {
     let svc = Service(controller);
     tonic::transport::Server::builder()
@@ -39,6 +43,63 @@ pub fn router(controller: Arc<Controller>) -> Router {
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(pangaea_proto::MAX_MESSAGE_BYTES),
         )
+}
+
+/// The rustls configuration of the gRPC port: controller serving certificate (with the
+/// controller CA in the chain, for the agents' pin check); client certificates optional
+/// at the TLS layer, required by every handler except `Join`.
+pub fn server_tls(c: &Controller) -> Result<Arc<rustls::ServerConfig>, ControllerError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let mut names = vec![
+        "pangaea-controller".to_owned(),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    for a in &c.config().advertise {
+        if !names.contains(a) {
+            names.push(a.clone());
+        }
+    }
+    let (cert_pem, key_pem) = c.pki().controller_serving(&names)?;
+    let ca = CertificateDer::from(c.pki().ca(CaKind::Controller).cert_der.clone());
+    let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| ControllerError::Tls(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| ControllerError::Tls(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .map_err(|e| ControllerError::Tls(e.to_string()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| ControllerError::Tls(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![leaf, ca], key)
+        .map_err(|e| ControllerError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Serves the agents on `listener` until `shutdown` completes.
+pub async fn serve(
+    c: &Arc<Controller>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ControllerError> {
+    let incoming = pangaea_core::tls::tls_incoming(listener, server_tls(c)?);
+    let hub = c.hub.clone();
+    // Watch streams never finish by themselves; end them so connections can close.
+    let shutdown = async move {
+        shutdown.await;
+        hub.close_all();
+    };
+    router(c.clone())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| ControllerError::Serve(e.to_string()))
 }
 
 fn peer<T>(req: &Request<T>) -> (String, Option<PeerInfo>) {
@@ -60,62 +121,38 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
+/// The status code of each refusal.
+fn code(r: &Refusal) -> Code {
+    match r {
+        Refusal::Invalid(_) => Code::InvalidArgument,
+        Refusal::Token(_) | Refusal::Revoked(_) => Code::PermissionDenied,
+        Refusal::NameTaken { .. } => Code::AlreadyExists,
+        Refusal::Plan(_) => Code::FailedPrecondition,
+        Refusal::Unauthenticated(_) => Code::Unauthenticated,
+    }
+}
+
+/// A rule's outcome as a gRPC result: refusals logged with the peer, failures internal.
+fn answer<T>(
+    outcome: Result<Result<T, Refusal>, ControllerError>,
+    remote: &str,
+    what: &str,
+) -> Result<T, Status> {
+    match outcome {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(r)) => Err(refuse(code(&r), remote, what, &r)),
+        Err(e) => Err(internal(e)),
+    }
+}
+
 impl Service {
     /// The calling node, from its verified client certificate and the state store.
     fn authenticate<T>(&self, req: &Request<T>, what: &str) -> Result<NodeRecord, Status> {
         let (remote, info) = peer(req);
-        let Some(certs) = info.and_then(|i| i.certs) else {
-            return Err(refuse(
-                Code::Unauthenticated,
-                &remote,
-                what,
-                "this call needs the node's client certificate (mutual TLS); join with a bootstrap token first",
-            ));
-        };
-        let cert = certs
-            .first()
-            .and_then(|c| CertInfo::from_der(c))
-            .ok_or_else(|| {
-                refuse(
-                    Code::Unauthenticated,
-                    &remote,
-                    what,
-                    "unreadable client certificate",
-                )
-            })?;
-        let name = cert.common_name().unwrap_or_default().to_owned();
-        let record = self.0.node(&name).map_err(internal)?;
-        match record {
-            None => Err(refuse(
-                Code::Unauthenticated,
-                &remote,
-                what,
-                format!("no node {name:?} is registered"),
-            )),
-            Some(r) if r.removed => Err(refuse(
-                Code::PermissionDenied,
-                &remote,
-                what,
-                format!("node {name:?} was removed; its certificates are revoked"),
-            )),
-            Some(r) if !r.active_serials.contains(&cert.serial_hex) => Err(refuse(
-                Code::PermissionDenied,
-                &remote,
-                what,
-                format!(
-                    "certificate {} of node {name:?} is revoked or superseded",
-                    cert.serial_hex
-                ),
-            )),
-            Some(r) => Ok(r),
-        }
+        let certs = info.and_then(|i| i.certs);
+        let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        answer(rules::authenticate(&self.0, leaf), &remote, what)
     }
-}
-
-/// Why a join was refused, decided inside the transaction.
-enum JoinOutcome {
-    Joined(Option<pb::Assignment>),
-    Refused(Code, String),
 }
 
 #[tonic::async_trait]
@@ -144,86 +181,25 @@ impl pb::enrollment_server::Enrollment for Service {
             a.parse::<IpAddr>()
                 .map_err(|_| bad(format!("node address {a:?} is not an IP address")))?;
         }
-        let lifetime = self.0.config.node_cert_lifetime;
-        let issued = self
-            .0
-            .pki
-            .sign_csr(
-                CaKind::Controller,
-                &req.csr_der,
-                &profiles::node_identity(name.as_str(), lifetime),
-            )
-            .map_err(|e| bad(e.to_string()))?;
-
-        let planner = self.0.planner.clone();
-        let mirror_dir = self.0.mirror_dir();
-        let (n, serial, not_after) = (
-            name.to_string(),
-            issued.serial_hex.clone(),
-            issued.not_after,
-        );
-        let outcome = self
-            .0
-            .store
-            .write(move |txn| {
-                // Validate everything first; write only when the join is admitted.
-                let token_rec = match tokens::check(txn, &token, &n)? {
-                    Ok(rec) => rec,
-                    Err(refusal) => return Ok(JoinOutcome::Refused(Code::PermissionDenied, refusal.to_string())),
-                };
-                let mut nodes = txn.open_table(NODES).map_err(|e| store::db_err("nodes", &n, e))?;
-                if let Some(old) = store::get::<NodeRecord>(&nodes, "nodes", &n)? {
-                    let replaceable = old.removed || old.instance_id == facts.instance_id || token_rec.node.as_deref() == Some(n.as_str());
-                    if !replaceable {
-                        return Ok(JoinOutcome::Refused(
-                            Code::AlreadyExists,
-                            format!(
-                                "node name {n:?} belongs to instance {:?}, not {:?}: remove it first (pangaea-ctl node remove {n}) or join with a token bound to it (pangaea-ctl token create --node {n})",
-                                old.instance_id, facts.instance_id
-                            ),
-                        ));
-                    }
-                }
-                let record = NodeRecord {
-                    name: n.clone(),
-                    instance_id: facts.instance_id,
-                    hostname: facts.hostname,
-                    addresses: facts.addresses,
-                    boot_id: facts.boot_id,
-                    roles: planner.roles(&n),
-                    joined_at: unix_now(),
-                    active_serials: vec![serial],
-                    cert_not_after: not_after,
-                    removed: false,
-                    first_applied_at: None,
-                    healthy_at: None,
-                };
-                let mut plan = match planner.plan(&record) {
-                    Ok(p) => p,
-                    Err(e) => return Ok(JoinOutcome::Refused(Code::FailedPrecondition, e.to_string())),
-                };
-                crate::mirror::localize(&mirror_dir, &mut plan);
-                tokens::spend(txn, token_rec)?;
-                store::put(&mut nodes, "nodes", &n, &record)?;
-                drop(nodes);
-                Ok(JoinOutcome::Joined(assign::store_plan(txn, &n, plan)?))
-            })
-            .await
-            .map_err(internal)?;
-        match outcome {
-            JoinOutcome::Refused(code, message) => Err(refuse(code, &remote, "Join", message)),
-            JoinOutcome::Joined(assignment) => {
-                tracing::info!(node = %name, %remote, serial = %issued.serial_hex, "node joined");
-                if let Some(a) = assignment {
-                    self.0.hub.publish(a);
-                }
-                Ok(Response::new(pb::JoinResponse {
-                    node_name: name.to_string(),
-                    certificate_pem: issued.cert_pem,
-                    ca_pem: self.0.pki.ca(CaKind::Controller).cert_pem.clone(),
-                }))
-            }
+        let join = rules::Join {
+            token,
+            name: name.clone(),
+            instance_id: facts.instance_id,
+            hostname: facts.hostname,
+            addresses: facts.addresses,
+            boot_id: facts.boot_id,
+            csr_der: req.csr_der,
+        };
+        let joined = answer(rules::join(&self.0, join).await, &remote, "Join")?;
+        tracing::info!(node = %name, %remote, serial = %joined.serial_hex, "node joined");
+        if let Some(a) = joined.assignment {
+            self.0.hub.publish(a);
         }
+        Ok(Response::new(pb::JoinResponse {
+            node_name: name.to_string(),
+            certificate_pem: joined.certificate_pem,
+            ca_pem: self.0.pki().ca(CaKind::Controller).cert_pem.clone(),
+        }))
     }
 }
 
@@ -244,54 +220,9 @@ impl pb::node_service_server::NodeService for Service {
     ) -> Result<Response<pb::RenewResponse>, Status> {
         let node = self.authenticate(&req, "Renew")?;
         let (remote, _) = peer(&req);
-        let lifetime = self.0.config.node_cert_lifetime;
-        let issued = self
-            .0
-            .pki
-            .sign_csr(
-                CaKind::Controller,
-                &req.get_ref().csr_der,
-                &profiles::node_identity(&node.name, lifetime),
-            )
-            .map_err(|e| refuse(Code::InvalidArgument, &remote, "Renew", e))?;
-        let (n, serial, not_after) = (
-            node.name.clone(),
-            issued.serial_hex.clone(),
-            issued.not_after,
-        );
-        let renewed = self
-            .0
-            .store
-            .write(move |txn| {
-                let mut nodes = txn
-                    .open_table(NODES)
-                    .map_err(|e| store::db_err("nodes", &n, e))?;
-                let Some(mut rec) =
-                    store::get::<NodeRecord>(&nodes, "nodes", &n)?.filter(|r| !r.removed)
-                else {
-                    return Ok(false);
-                };
-                // Keep the certificate in use valid until the agent has switched over.
-                let keep_from = rec.active_serials.len().saturating_sub(1);
-                rec.active_serials.drain(..keep_from);
-                rec.active_serials.push(serial);
-                rec.cert_not_after = not_after;
-                store::put(&mut nodes, "nodes", &n, &rec)?;
-                Ok(true)
-            })
-            .await
-            .map_err(internal)?;
-        if !renewed {
-            return Err(refuse(
-                Code::PermissionDenied,
-                &remote,
-                "Renew",
-                format!("node {:?} was removed", node.name),
-            ));
-        }
-        tracing::info!(node = %node.name, serial = %issued.serial_hex, "node certificate renewed");
+        let outcome = rules::renew(&self.0, &node, &req.get_ref().csr_der).await;
         Ok(Response::new(pb::RenewResponse {
-            certificate_pem: issued.cert_pem,
+            certificate_pem: answer(outcome, &remote, "Renew")?,
         }))
     }
 
@@ -415,49 +346,7 @@ impl pb::node_service_server::NodeService for Service {
         req: Request<pb::HealthReport>,
     ) -> Result<Response<pb::ReportAck>, Status> {
         let node = self.authenticate(&req, "Report")?;
-        let now = unix_now();
-        let value = encode_report(now, req.get_ref());
-        let applied = req.get_ref().applied_revision;
-        let units_ok = req
-            .get_ref()
-            .units
-            .iter()
-            .all(|u| u.active_state == "active" || u.active_state == "missing-binary");
-        let n = node.name.clone();
-        self.0
-            .store
-            .write(move |txn| {
-                let mut t = txn
-                    .open_table(REPORTS)
-                    .map_err(|e| store::db_err("reports", &n, e))?;
-                t.insert(n.as_str(), value.as_slice())
-                    .map_err(|e| store::db_err("reports", &n, e))?;
-                drop(t);
-                // The boot timeline's milestones, recorded once.
-                let assigned = assign::load(
-                    &txn.open_table(ASSIGNMENTS)
-                        .map_err(|e| store::db_err("assignments", &n, e))?,
-                    &n,
-                )?
-                .map_or(0, |a| a.revision);
-                let mut nodes = txn
-                    .open_table(NODES)
-                    .map_err(|e| store::db_err("nodes", &n, e))?;
-                if let Some(mut rec) = store::get::<NodeRecord>(&nodes, "nodes", &n)? {
-                    let done = assigned > 0 && applied == assigned;
-                    let before = (rec.first_applied_at, rec.healthy_at);
-                    if done && rec.first_applied_at.is_none() {
-                        rec.first_applied_at = Some(now);
-                    }
-                    if done && units_ok && rec.healthy_at.is_none() {
-                        rec.healthy_at = Some(now);
-                    }
-                    if before != (rec.first_applied_at, rec.healthy_at) {
-                        store::put(&mut nodes, "nodes", &n, &rec)?;
-                    }
-                }
-                Ok::<_, StoreError>(())
-            })
+        rules::record_report(&self.0, &node.name, req.into_inner())
             .await
             .map_err(internal)?;
         Ok(Response::new(pb::ReportAck {}))

@@ -12,6 +12,7 @@
 //! One process at a time: `.pangaea/lock` is held (flock) for the store's lifetime, and
 //! records the holder's PID for the error message others get.
 
+use crate::state_dir::StateDir;
 use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
 use std::fs::{File, OpenOptions};
@@ -69,13 +70,13 @@ impl Drop for Store {
 
 impl Store {
     /// Opens (creating) the store in `dir`, taking the directory's lock.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
-            path: dir.to_owned(),
+    pub fn open(dir: &StateDir) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir.path()).map_err(|e| StoreError::Db {
+            path: dir.path().to_owned(),
             message: e.to_string(),
         })?;
         let lock = take_lock(dir)?;
-        let path = dir.join("state.redb");
+        let path = dir.store();
         let db_err = |e: &dyn std::fmt::Display| StoreError::Db {
             path: path.clone(),
             message: e.to_string(),
@@ -195,8 +196,8 @@ fn writer_loop(db: Arc<Database>, path: &Path, rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn take_lock(dir: &Path) -> Result<File, StoreError> {
-    let path = dir.join("lock");
+fn take_lock(dir: &StateDir) -> Result<File, StoreError> {
+    let path = dir.lock();
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -217,7 +218,7 @@ fn take_lock(dir: &Path) -> Result<File, StoreError> {
             format!(" (PID {holder})")
         };
         return Err(StoreError::Locked {
-            dir: dir.to_owned(),
+            dir: dir.path().to_owned(),
             holder,
         });
     }
@@ -292,7 +293,7 @@ mod tests {
     async fn acknowledged_writes_survive_reopen_and_failed_ops_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(&StateDir::new(dir.path())).unwrap();
             let mut handles = Vec::new();
             let store = Arc::new(store);
             for i in 0..50 {
@@ -312,7 +313,7 @@ mod tests {
                 assert_eq!(h.await.unwrap().is_ok(), i % 10 != 0);
             }
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(&StateDir::new(dir.path())).unwrap();
         let n: Vec<i32> = store
             .read(|r| all(&r.open_table(NODES).unwrap(), "nodes"))
             .unwrap();
@@ -322,8 +323,8 @@ mod tests {
     #[test]
     fn second_process_is_refused_with_the_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path()).unwrap();
-        let err = Store::open(dir.path())
+        let _first = Store::open(&StateDir::new(dir.path())).unwrap();
+        let err = Store::open(&StateDir::new(dir.path()))
             .err()
             .expect("lock is held")
             .to_string();

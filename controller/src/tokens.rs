@@ -82,15 +82,12 @@ pub fn create(
 
 /// Checks `token` for a node named `node` without changing anything.
 pub fn check(
-    txn: &WriteTransaction,
+    table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
     token: &BootstrapToken,
     node: &str,
 ) -> Result<Result<TokenRecord, TokenRefused>, StoreError> {
-    let table = txn
-        .open_table(TOKENS)
-        .map_err(|e| store::db_err("tokens", "*", e))?;
     let id = token.id().to_owned();
-    let Some(rec) = store::get::<TokenRecord>(&table, "tokens", &id)? else {
+    let Some(rec) = store::get::<TokenRecord>(table, "tokens", &id)? else {
         return Ok(Err(TokenRefused::Unknown(id)));
     };
     let stored = hex::decode(&rec.secret_sha256).unwrap_or_default();

@@ -97,7 +97,7 @@ impl TestController {
         let (stop, mut rx) = watch::channel(false);
         let c = controller.clone();
         let task = tokio::spawn(async move {
-            c.serve(listener, async move {
+            pangaea_controller::service::serve(&c, listener, async move {
                 let _ = rx.wait_for(|v| *v).await;
             })
             .await
@@ -176,6 +176,13 @@ impl TestAgent {
 
     pub fn root_path(&self, path: &str) -> PathBuf {
         self.cfg.root.join(path.trim_start_matches('/'))
+    }
+
+    /// Stops the agent at once, like a power cut (its files stay for the next boot).
+    pub fn power_off(self) -> (tempfile::TempDir, AgentConfig) {
+        let _ = self.stop.send(true);
+        self.task.abort();
+        (self.dir, self.cfg)
     }
 
     pub async fn shutdown(self) -> (tempfile::TempDir, AgentConfig) {

@@ -132,7 +132,9 @@ async fn three_agents_join_apply_report_and_follow_changes() {
     .unwrap();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let c2 = controller.clone();
-    tokio::spawn(async move { c2.serve(listener, std::future::pending()).await });
+    tokio::spawn(async move {
+        pangaea_controller::service::serve(&c2, listener, std::future::pending()).await
+    });
     let before = controller
         .nodes()
         .unwrap()

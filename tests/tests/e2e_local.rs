@@ -10,6 +10,7 @@
 //! (`.ci/run` installs them). The node image is built once into /var/cache/pangaea/images.
 
 use pangaea_controller::provider::local::Local;
+use pangaea_controller::state_dir::StateDir;
 use pangaea_tests::binary;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -117,14 +118,20 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no node {name} in status"))
     }
 
-    fn local(&self) -> Local {
+    /// Crashes a node the way a power cut would.
+    fn crash(&self, node: &str) {
         let cidr = pangaea_compiler::cidr::Cidr::parse(&network()).unwrap();
-        Local::new(
+        let local = Local::new(
             &cluster_name(),
             cidr,
-            &self.dir.path().join(".pangaea"),
-            PathBuf::new(),
-        )
+            &StateDir::new(self.dir.path().join(".pangaea")),
+            Path::new("/var/cache/pangaea/images"),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(local.crash(&node.parse().unwrap())).unwrap();
     }
 }
 
@@ -293,7 +300,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     let node3 = c.node("node-3");
 
     // 3. Kill node-3: quorum holds, status shows it down within 30 s.
-    c.local().crash("node-3").unwrap();
+    c.crash("node-3");
     // If node-3 led, the other two elect a new leader first (about a second).
     eventually(
         "a write through the two remaining members",

@@ -66,7 +66,7 @@ impl Fixture {
         let state = tmp.path().join(".pangaea");
         let compilation = pangaea_controller::compile::Compilation::load(
             &tmp.path().join("pangaea.yaml"),
-            &state,
+            &pangaea_controller::state_dir::StateDir::new(&state),
         )
         .expect("compile the default cluster");
         let node = compilation.compile_node(NODE).expect("compile node-1");

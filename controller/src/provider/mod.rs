@@ -1,71 +1,205 @@
-//! Providers create, start, stop and delete the machines nodes run on. One trait, so that
-//! the reconcile loop (`up`) is written once; the same cloud-init user-data for all.
-//! Implemented: [`local`] (systemd-nspawn machines on this host, the default).
+//! Providers create, start, stop and delete the machines nodes run on. One async trait, so
+//! that the reconcile loop ([`crate::reconcile`]) and every command are written once; the
+//! same cloud-init user-data for all. [`from_config`] picks the implementation from
+//! `pangaea.yaml`.
+//!
+//! Implemented: [`local`] (systemd-nspawn machines on this host, the default). A new
+//! provider is a module here implementing [`Provider`] plus one arm in [`from_config`];
+//! what differs by provider is an explicit step of the trait: [`Provider::prepare`] (build
+//! an image, check credentials), [`Provider::controller_endpoint`] (how nodes reach the
+//! controller), and the machine operations. [`fake`] is an in-process recording provider
+//! for tests.
+//!
+//! The trait is async because cloud providers poll long-running operations; an
+//! implementation must never block the runtime (run processes with `tokio::process`, wait
+//! with `tokio::time`).
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
 pub mod local;
 
-use std::net::Ipv4Addr;
+use async_trait::async_trait;
+use pangaea_core::NodeName;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 
+/// Why a provider operation failed. Each variant keeps what failed and, where there is
+/// one, the underlying error as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("{command}: {message}")]
-    Command { command: String, message: String },
-    #[error("{what}: {message}")]
-    Io { what: String, message: String },
+    /// A command ran and failed.
+    #[error("{command}: {stderr}")]
+    Command {
+        /// The command line, as run.
+        command: String,
+        /// What it printed on standard error.
+        stderr: String,
+    },
+    /// A command could not be started.
+    #[error("cannot run {command}")]
+    Spawn {
+        /// The program.
+        command: String,
+        /// Why it could not start.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file operation failed.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// What was being done (like "write the node record").
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// This host lacks something the provider needs; the message says how to get it.
     #[error("{0}")]
     Prerequisite(String),
-    #[error("node {0:?} does not exist")]
-    NoSuchNode(String),
+    /// The provider has no such node.
+    #[error("node {0} does not exist")]
+    NoSuchNode(NodeName),
+    /// The operation failed for a reason the provider explains.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ProviderError {
+    /// An [`ProviderError::Io`] builder for `map_err`.
+    pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| ProviderError::Io { what, path, source }
+    }
 }
 
 /// What a provider needs to create a node.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
-    pub name: String,
+    /// The node's name (a DNS label).
+    pub name: NodeName,
+    /// Its address on the node network.
     pub address: Ipv4Addr,
+    /// cloud-init user-data (it carries the node's bootstrap token: a secret).
     pub user_data: String,
+    /// Memory, MiB.
     pub memory_mib: u32,
+    /// CPUs.
     pub cpus: u32,
 }
 
+/// Whether a machine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeState {
+    /// Booted (or booting).
     Running,
+    /// Powered off; its disk is kept.
     Stopped,
 }
 
+/// A machine as the provider sees it.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
-    pub name: String,
+    /// The node's name.
+    pub name: NodeName,
+    /// Chosen by the provider at creation; stable for the machine's life.
     pub instance_id: String,
+    /// Its address on the node network.
     pub address: Ipv4Addr,
+    /// Running or stopped.
     pub state: NodeState,
+    /// When it was created, unix seconds.
     pub created_at: i64,
 }
 
-pub trait Provider {
-    /// The host's address on the nodes' network (where the controller listens), after
-    /// making sure that network exists.
-    fn ensure_network(&self) -> Result<Ipv4Addr, ProviderError>;
+/// Where the controller serves the nodes of this provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerEndpoint {
+    /// The address the controller binds.
+    pub listen: IpAddr,
+    /// The address nodes dial (it goes into the controller's serving certificate).
+    pub advertise: IpAddr,
+}
+
+/// Progress lines for long operations (an image build, a node boot).
+pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// The machines a cluster runs on.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The provider's name as `pangaea.yaml` spells it.
+    fn name(&self) -> &'static str;
+
+    /// Fails with a clear message when this process lacks the privileges the provider
+    /// needs (the local provider needs root).
+    fn check_privileges(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    /// Makes ready what nodes are made from, once: the local provider builds its node
+    /// image; a cloud provider checks its credentials and finds its image.
+    async fn prepare(&self, progress: Progress<'_>) -> Result<(), ProviderError>;
+
+    /// Where nodes reach the controller, making sure that path exists (the local provider
+    /// creates its bridge and answers with the bridge's address).
+    async fn controller_endpoint(&self) -> Result<ControllerEndpoint, ProviderError>;
+
     /// Creates and boots a node; its instance ID is chosen here and stays stable.
-    fn create(&self, spec: &NodeSpec) -> Result<NodeInfo, ProviderError>;
+    async fn create(&self, spec: &NodeSpec) -> Result<NodeInfo, ProviderError>;
+
     /// Boots an existing, stopped node with the same disk (after `stop`, or a host reboot).
-    fn start(&self, name: &str) -> Result<(), ProviderError>;
+    async fn start(&self, name: &NodeName) -> Result<(), ProviderError>;
+
     /// Powers a node off cleanly.
-    fn stop(&self, name: &str) -> Result<(), ProviderError>;
-    fn reboot(&self, name: &str) -> Result<(), ProviderError> {
-        self.stop(name)?;
-        self.start(name)
+    async fn stop(&self, name: &NodeName) -> Result<(), ProviderError>;
+
+    /// Powers a node off and boots it again with the same disk.
+    async fn reboot(&self, name: &NodeName) -> Result<(), ProviderError> {
+        self.stop(name).await?;
+        self.start(name).await
     }
+
     /// Removes a node and everything created for it.
-    fn delete(&self, name: &str) -> Result<(), ProviderError>;
-    fn list(&self) -> Result<Vec<NodeInfo>, ProviderError>;
-    fn status(&self, name: &str) -> Result<NodeInfo, ProviderError> {
-        self.list()?
-            .into_iter()
-            .find(|n| n.name == name)
-            .ok_or_else(|| ProviderError::NoSuchNode(name.to_owned()))
+    async fn delete(&self, name: &NodeName) -> Result<(), ProviderError>;
+
+    /// Every node of this cluster the provider has, sorted by name.
+    async fn list(&self) -> Result<Vec<NodeInfo>, ProviderError>;
+
+    /// One node, or `None` when the provider has no such node.
+    async fn describe(&self, name: &NodeName) -> Result<Option<NodeInfo>, ProviderError> {
+        Ok(self.list().await?.into_iter().find(|n| &n.name == name))
     }
-    /// Removes the network once no node is left.
-    fn teardown(&self) -> Result<(), ProviderError>;
+
+    /// Removes what the nodes shared (the local bridge) once no node is left.
+    async fn teardown(&self) -> Result<(), ProviderError>;
+
+    /// Where an operator looks when a node does not come up (a console log, a serial port
+    /// command).
+    fn console_hint(&self, name: &NodeName) -> Option<String> {
+        let _ = name;
+        None
+    }
+}
+
+/// The provider `pangaea.yaml` configures for this cluster.
+pub fn from_config(
+    config: &pangaea_compiler::config::Loaded,
+    state: &crate::state_dir::StateDir,
+    image_cache: &std::path::Path,
+) -> Result<Box<dyn Provider>, ProviderError> {
+    use pangaea_compiler::config::ProviderType;
+    let c = &config.config;
+    match c.provider.kind {
+        ProviderType::Local => Ok(Box::new(local::Local::new(
+            &c.name,
+            c.network.nodes,
+            state,
+            image_cache,
+        ))),
+        ref other => Err(ProviderError::Prerequisite(format!(
+            "provider {:?} is not implemented yet; use provider: {{type: local}}",
+            format!("{other:?}").to_lowercase()
+        ))),
+    }
 }

@@ -52,7 +52,7 @@ fn main() {
         files = out.iter().map(|n| n.files.len()).sum();
     }
 
-    let state = dir.path().join(".pangaea");
+    let state = pangaea_controller::state_dir::StateDir::new(dir.path().join(".pangaea"));
     std::fs::write(dir.path().join("pangaea.yaml"), &config).unwrap();
     let load = || {
         pangaea_controller::compile::Compilation::load(&dir.path().join("pangaea.yaml"), &state)

@@ -31,7 +31,7 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = listener.local_addr().unwrap().to_string();
         let c = controller.clone();
-        tokio::spawn(async move { c.serve(listener, std::future::pending()).await });
+        tokio::spawn(async move { pangaea_controller::service::serve(&c, listener, std::future::pending()).await });
         let token = controller.create_token(NewToken { uses: joins as u32, ttl: Duration::from_secs(3600), ..Default::default() }).await.unwrap().0.expose();
         let pin = controller.pki().controller_pin();
 

@@ -1,0 +1,71 @@
+//! One module per `pangaea-ctl` command. Each takes the [`Ctx`] (where the cluster's
+//! configuration and state are) and its own arguments from [`crate::cli`]; what several
+//! commands share lives outside this module ([`crate::daemon`], [`crate::etcd`],
+//! [`crate::reconcile`], [`crate::status`]).
+
+pub mod artifacts;
+pub mod compile;
+pub mod down;
+pub mod env;
+pub mod node;
+pub mod pki;
+pub mod serve;
+pub mod status;
+pub mod token;
+pub mod up;
+
+use crate::compile::Compilation;
+use crate::provider::{self, Provider};
+use crate::state_dir::StateDir;
+use std::path::PathBuf;
+
+/// Where a command finds its cluster.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    /// The cluster's `.pangaea/`.
+    pub state: StateDir,
+    /// `pangaea.yaml` (a missing file means the defaults).
+    pub config: PathBuf,
+    /// The local provider's node image cache.
+    pub image_cache: PathBuf,
+}
+
+impl Ctx {
+    /// Loads the configuration, templates and PKI.
+    pub fn compilation(&self) -> anyhow::Result<Compilation> {
+        Ok(Compilation::load(&self.config, &self.state)?)
+    }
+
+    /// The configured provider, after checking this process may drive it.
+    pub fn provider(&self, c: &Compilation) -> anyhow::Result<Box<dyn Provider>> {
+        let p = provider::from_config(&c.loaded, &self.state, &self.image_cache)?;
+        p.check_privileges()?;
+        Ok(p)
+    }
+}
+
+/// A progress line of a long operation.
+pub fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+/// Prints the configuration's warnings with their location.
+pub fn print_warnings(loaded: &pangaea_compiler::config::Loaded) {
+    for w in &loaded.warnings {
+        let at = w
+            .location
+            .map(|(l, c)| format!(":{l}:{c}"))
+            .unwrap_or_default();
+        eprintln!("warning: {}{at}: {}", loaded.file, w.message);
+    }
+}
+
+/// A byte count for people: `1.5 MiB`.
+pub fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}

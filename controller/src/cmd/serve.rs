@@ -1,0 +1,66 @@
+//! `pangaea-ctl serve`: the controller daemon. Agents on the gRPC port (mutual TLS after
+//! the join), operator commands on the admin socket, and optionally the agent binary over
+//! plain HTTP for booting nodes (they check its digest).
+
+use super::{Ctx, print_warnings};
+use crate::compile::CompilerPlanner;
+use crate::{Controller, ControllerConfig};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serves until SIGTERM or Ctrl-C.
+pub async fn run(
+    ctx: &Ctx,
+    listen: SocketAddr,
+    advertise: Vec<String>,
+    agent_http: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let state = &ctx.state;
+    let mut config = ControllerConfig::new(state.path());
+    config.advertise = advertise;
+    if !listen.ip().is_unspecified() {
+        config.advertise.push(listen.ip().to_string());
+    }
+    let compilation = ctx.compilation()?;
+    print_warnings(&compilation.loaded);
+    let controller = Controller::open(config, Some(Arc::new(CompilerPlanner(compilation))))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let write = |path: std::path::PathBuf, text: String| {
+        pangaea_core::fsutil::atomic_write(&path, text.as_bytes(), 0o644)
+            .with_context(|| format!("write {}", path.display()))
+    };
+    write(state.serve_pid(), std::process::id().to_string())?;
+    write(state.serve_addr(), addr.to_string())?;
+    tracing::info!(%addr, pin = %controller.pki().controller_pin(), state = %state.path().display(), "controller serving");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let admin = tokio::spawn(crate::admin::serve(controller.clone(), stop(rx.clone())));
+    if let Some(addr) = agent_http {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen on {addr} for agent downloads"))?;
+        tokio::spawn(crate::agent_http::serve(
+            l,
+            crate::agent_http::default_binary(),
+        ));
+    }
+    let agents = crate::service::serve(&controller, listener, stop(rx));
+    tokio::pin!(agents);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = &mut agents => r?,
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+    }
+    let _ = tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
+    let _ = std::fs::remove_file(state.serve_pid());
+    Ok(())
+}

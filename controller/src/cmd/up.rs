@@ -1,0 +1,128 @@
+//! `pangaea-ctl up`: bring the cluster up, idempotently. Each step checks before it acts:
+//! the provider's image and network, the artifact mirror, the controller daemon, then the
+//! reconcile loop over the nodes ([`crate::reconcile`]), and the admin kubeconfig.
+
+use super::{Ctx, print_warnings, step};
+use crate::admin::Backend;
+use crate::compile::Compilation;
+use crate::health;
+use crate::mirror::Mirror;
+use crate::reconcile::{Bootstrap, Reconciler, WantedNode};
+use crate::state_dir::{AGENT_HTTP_PORT, GRPC_PORT};
+use anyhow::Context;
+use pangaea_core::NodeName;
+use std::time::{Duration, Instant};
+
+/// Runs `up`, waiting at most `timeout` for the nodes to become healthy.
+pub async fn run(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let c = ctx.compilation()?;
+    print_warnings(&c.loaded);
+    let provider = ctx.provider(&c)?;
+    provider.prepare(&step).await?;
+    let endpoint = provider.controller_endpoint().await?;
+    let mut phases = vec![("image and network", started.elapsed())];
+
+    fill_mirror(ctx, &c).await?;
+    crate::daemon::ensure(&ctx.state, &ctx.config, &endpoint, &step).await?;
+    phases.push(("artifacts and controller", started.elapsed()));
+
+    let mut backend = Backend::connect(&ctx.state).await?;
+    let agent = crate::agent_http::default_binary();
+    let agent_sha256 =
+        pangaea_artifact::Digest::of_file(pangaea_artifact::DigestKind::Sha256, &agent)
+            .with_context(|| format!("read {}", agent.display()))?
+            .hex();
+    let bootstrap = Bootstrap {
+        controller: format!("{}:{GRPC_PORT}", endpoint.advertise),
+        ca_pin: c.pki.controller_pin().to_string(),
+        agent_url: format!(
+            "http://{}:{AGENT_HTTP_PORT}{}",
+            endpoint.advertise,
+            crate::agent_http::PATH
+        ),
+        agent_sha256,
+    };
+    let wanted = wanted_nodes(&c)?;
+    let names: Vec<NodeName> = wanted.iter().map(|n| n.name.clone()).collect();
+    let mut reconciler = Reconciler {
+        provider: provider.as_ref(),
+        backend: &mut backend,
+        bootstrap: &bootstrap,
+        progress: &step,
+    };
+    reconciler.ensure_nodes(&wanted).await?;
+    phases.push(("nodes started", started.elapsed()));
+    reconciler.wait_healthy(&names, timeout).await?;
+    phases.push(("all healthy", started.elapsed()));
+
+    let kubeconfig = ctx.state.admin_kubeconfig();
+    pangaea_core::fsutil::atomic_write(&kubeconfig, c.operator_kubeconfig()?.as_bytes(), 0o600)
+        .with_context(|| format!("write {}", kubeconfig.display()))?;
+    println!(
+        "cluster {} is up: {} nodes healthy in {:.1}s",
+        c.loaded.config.name,
+        wanted.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for (phase, at) in &phases {
+        println!("  {phase:<26} +{:.1}s", at.as_secs_f64());
+    }
+    for n in backend.list_nodes().await?.iter().filter(|n| !n.removed) {
+        let r = n.last_report.clone().unwrap_or_default();
+        let names = |f: &dyn Fn(&pangaea_proto::UnitState) -> bool| {
+            r.units
+                .iter()
+                .filter(|u| f(u))
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let active = names(&|u| u.active_state == "active");
+        let missing = names(&health::not_started);
+        println!(
+            "  {:<12} {}  active: {active}",
+            n.name,
+            n.addresses.first().map_or("-", String::as_str),
+        );
+        if !missing.is_empty() {
+            println!("  {:<12} not started, program not installed: {missing}", "");
+        }
+    }
+    println!("admin kubeconfig: {}", kubeconfig.display());
+    println!("etcd: eval \"$(pangaea-ctl env etcdctl)\"; etcdctl endpoint health");
+    Ok(())
+}
+
+/// The nodes the configuration wants, as the reconcile loop takes them.
+pub fn wanted_nodes(c: &Compilation) -> anyhow::Result<Vec<WantedNode>> {
+    c.model
+        .nodes
+        .iter()
+        .map(|n| {
+            Ok(WantedNode {
+                name: NodeName::try_from(n.name.as_str())?,
+                address: n.address,
+                memory_mib: n.memory_mib,
+                cpus: n.cpus,
+            })
+        })
+        .collect()
+}
+
+/// Fills the mirror with every enabled artifact before any node asks for one.
+async fn fill_mirror(ctx: &Ctx, c: &Compilation) -> anyhow::Result<()> {
+    let mirror = Mirror::new(&ctx.state.artifacts());
+    for a in c.artifacts.artifacts.iter().filter(|a| !a.disabled) {
+        if !mirror.has(&a.digest()) {
+            step(&format!("fetching artifact {} ({})", a.name, a.url));
+        }
+        mirror.ensure(&a.url, &a.digest()).await.with_context(|| {
+            format!(
+                "artifact {} (disable it in pangaea.yaml with `disabled: true` if it cannot be had here)",
+                a.name
+            )
+        })?;
+    }
+    Ok(())
+}

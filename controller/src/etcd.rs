@@ -1,0 +1,118 @@
+//! The operator's view of the cluster's etcd: `ETCDCTL_*` settings with an operator client
+//! certificate from the etcd CA (issued once, kept in `.pangaea/pki/issued/`), and
+//! membership as etcd itself reports it (asked with `etcdctl`, with short timeouts, so
+//! `status` stays quick when members are down).
+
+use crate::compile::Compilation;
+use crate::issued::PkiInputs;
+use pangaea_compiler::inputs::{CaName, CertRequest, Inputs};
+use std::collections::BTreeMap;
+use std::process::Command;
+
+/// The issued-certificate id of the operator's etcd client certificate.
+const OPERATOR_CERT_ID: &str = "cluster/etcd-operator";
+
+/// etcd's client port.
+pub const CLIENT_PORT: u16 = 2379;
+
+/// `https://ADDRESS:2379`.
+pub fn client_url(address: &str) -> String {
+    format!("https://{address}:{CLIENT_PORT}")
+}
+
+/// `ETCDCTL_*` settings for every etcd member of the cluster.
+pub fn operator_env(c: &Compilation) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let inputs = PkiInputs::new(&c.pki, &c.state_dir);
+    let req = CertRequest {
+        ca: CaName::Etcd,
+        id: OPERATOR_CERT_ID.into(),
+        common_name: "pangaea-operator".into(),
+        organizations: vec![],
+        dns_names: vec![],
+        ips: vec![],
+        server: false,
+        client: true,
+    };
+    inputs.cert(&req).map_err(anyhow::Error::msg)?;
+    let abs = |p: std::path::PathBuf| std::fs::canonicalize(&p).unwrap_or(p).display().to_string();
+    let issued = c.state_dir.issued(OPERATOR_CERT_ID);
+    let endpoints: Vec<String> = c
+        .model
+        .nodes
+        .iter()
+        .filter(|n| n.is_etcd)
+        .map(|n| client_url(&n.address.to_string()))
+        .collect();
+    Ok(vec![
+        ("ETCDCTL_API", "3".to_owned()),
+        ("ETCDCTL_ENDPOINTS", endpoints.join(",")),
+        (
+            "ETCDCTL_CACERT",
+            abs(c.pki.ca_cert_path(crate::pki::CaKind::Etcd)),
+        ),
+        ("ETCDCTL_CERT", abs(issued.cert)),
+        ("ETCDCTL_KEY", abs(issued.key)),
+    ])
+}
+
+/// An etcd member as etcd reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The member ID (hex).
+    pub id: String,
+    /// Whether it is the leader.
+    pub leader: bool,
+}
+
+/// etcd membership as etcd itself reports it, asked of the members at `addresses` (the
+/// nodes whose etcd unit is running): address → member. An error says why it could not
+/// be asked (no etcdctl, no quorum, …). Blocking: it runs `etcdctl`.
+pub fn members(c: &Compilation, addresses: &[String]) -> Result<BTreeMap<String, Member>, String> {
+    if addresses.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let env = operator_env(c).map_err(|e| e.to_string())?;
+    let endpoints: Vec<String> = addresses.iter().map(|a| client_url(a)).collect();
+    let out = Command::new("etcdctl")
+        .envs(env)
+        .env("ETCDCTL_ENDPOINTS", endpoints.join(","))
+        .args([
+            "--dial-timeout=500ms",
+            "--command-timeout=1s",
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ])
+        .output()
+        .map_err(|_| "etcdctl not found (apt-get install etcd-client)".to_owned())?;
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).map_err(|_| {
+        format!(
+            "etcdctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        )
+    })?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let ep = r["Endpoint"]
+                .as_str()?
+                .trim_start_matches("https://")
+                .split(':')
+                .next()?
+                .to_owned();
+            let id = r["Status"]["header"]["member_id"].as_u64()?;
+            let leader = r["Status"]["leader"].as_u64()? == id;
+            Some((
+                ep,
+                Member {
+                    id: format!("{id:x}"),
+                    leader,
+                },
+            ))
+        })
+        .collect())
+}

@@ -1,0 +1,343 @@
+//! The local provider: each node is a systemd-nspawn machine booting real systemd from a
+//! cached Debian image ([`image`]), with an overlay upper directory of its own (its
+//! "disk"), in its own network namespace with a veth pair on a host bridge ([`network`]),
+//! and cloud-init's NoCloud seed.
+//!
+//! Everything it creates is named after the cluster (bridge and veth names carry a hash of
+//! it, namespaces and machine names carry it whole), so two clusters on one host do not
+//! collide, and `delete`/`teardown` remove exactly what was created. Node state lives in
+//! `.pangaea/nodes/<name>/` (upper directory, record, PID, console log).
+//!
+//! Learned the hard way (see DESIGN.md §7): `--register=no` because no machined runs here;
+//! SIGTERM to nspawn powers the machine off; SIGKILL to nspawn orphans the container, so a
+//! crash is simulated by SIGKILL to the container's init.
+
+pub mod image;
+pub mod network;
+
+use super::{ControllerEndpoint, NodeInfo, NodeSpec, NodeState, Progress, Provider, ProviderError};
+use crate::state_dir::StateDir;
+use async_trait::async_trait;
+use network::Network;
+use pangaea_core::{NodeName, fsutil};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+
+/// systemd-nspawn machines on this host.
+pub struct Local {
+    cluster: String,
+    network: Network,
+    nodes_dir: PathBuf,
+    image_cache: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    instance_id: String,
+    address: Ipv4Addr,
+    created_at: i64,
+    /// The image the node was created from (its overlay's lower layer).
+    image: PathBuf,
+}
+
+/// Runs `cmd`; its standard output, or an error with its standard error.
+pub(crate) async fn run(cmd: &mut Command) -> Result<String, ProviderError> {
+    let shown = format!("{:?}", cmd.as_std()).replace('"', "");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| ProviderError::Spawn {
+            command: shown.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ProviderError::Command {
+            command: shown,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.contains("systemd-nspawn"))
+}
+
+impl Local {
+    /// The local nodes of `cluster` on the node network `cidr`, with their files under
+    /// `state` and node images cached in `image_cache`.
+    pub fn new(
+        cluster: &str,
+        cidr: pangaea_compiler::cidr::Cidr,
+        state: &StateDir,
+        image_cache: &Path,
+    ) -> Local {
+        Local {
+            cluster: cluster.to_owned(),
+            network: Network::new(cluster, cidr),
+            nodes_dir: state.nodes(),
+            image_cache: image_cache.to_owned(),
+        }
+    }
+
+    /// The machine name of a node (unique on the host).
+    pub fn machine(&self, node: &NodeName) -> String {
+        format!("{}-{node}", self.cluster)
+    }
+
+    fn dir(&self, node: &NodeName) -> PathBuf {
+        self.nodes_dir.join(node.as_str())
+    }
+
+    fn record(&self, node: &NodeName) -> Option<Record> {
+        serde_json::from_slice(&std::fs::read(self.dir(node).join("record.json")).ok()?).ok()
+    }
+
+    fn pid(&self, node: &NodeName) -> Option<u32> {
+        std::fs::read_to_string(self.dir(node).join("nspawn.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| alive(*p))
+    }
+
+    async fn boot(&self, node: &NodeName) -> Result<(), ProviderError> {
+        let rec = self
+            .record(node)
+            .ok_or_else(|| ProviderError::NoSuchNode(node.clone()))?;
+        if self.pid(node).is_some() {
+            return Ok(());
+        }
+        self.network.ensure_bridge().await?;
+        self.network.ensure_node(node, rec.address).await?;
+        let dir = self.dir(node);
+        let log = dir.join("console.log");
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(ProviderError::io("open the console log", &log))?;
+        let stdout = console
+            .try_clone()
+            .map_err(ProviderError::io("open the console log", &log))?;
+        let image = rec.image.display().to_string();
+        let child = Command::new("systemd-nspawn")
+            .arg("-D")
+            .arg(&rec.image)
+            .arg(format!(
+                "--overlay={image}:{}:/",
+                dir.join("upper").display()
+            ))
+            .args(["--boot", "--register=no", "--keep-unit", "--quiet"])
+            .arg(format!(
+                "--network-namespace-path=/run/netns/{}",
+                self.network.netns(node)
+            ))
+            .arg(format!("--machine={}", self.machine(node)))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(console)
+            // Its own process group: an interrupted `pangaea-ctl` does not take nodes down.
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| ProviderError::Spawn {
+                command: "systemd-nspawn".into(),
+                source,
+            })?;
+        let pid = child
+            .id()
+            .ok_or_else(|| ProviderError::Failed("systemd-nspawn exited at once".into()))?;
+        let pid_file = dir.join("nspawn.pid");
+        fsutil::atomic_write(&pid_file, pid.to_string().as_bytes(), 0o644)
+            .map_err(|e| ProviderError::Failed(format!("write {}: {e}", pid_file.display())))?;
+        // The machine outlives this process; nobody waits for it here.
+        drop(child);
+        Ok(())
+    }
+
+    /// Simulates a crash: SIGKILL to the container's init ends its whole PID namespace.
+    pub async fn crash(&self, node: &NodeName) -> Result<(), ProviderError> {
+        let pid = self
+            .pid(node)
+            .ok_or_else(|| ProviderError::NoSuchNode(node.clone()))?;
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for c in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        self.wait_gone(node, pid, Duration::from_secs(20)).await;
+        Ok(())
+    }
+
+    async fn wait_gone(&self, node: &NodeName, pid: u32, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while alive(pid) {
+            if start.elapsed() > timeout {
+                tracing::warn!(%node, pid, "the machine did not stop in time");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = std::fs::remove_file(self.dir(node).join("nspawn.pid"));
+        true
+    }
+}
+
+#[async_trait]
+impl Provider for Local {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn check_privileges(&self) -> Result<(), ProviderError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(ProviderError::Prerequisite(
+                "the local provider needs root (systemd-nspawn, network namespaces, a bridge): run `sudo pangaea-ctl ...`".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn prepare(&self, progress: Progress<'_>) -> Result<(), ProviderError> {
+        image::ensure_image(&self.image_cache, progress).await?;
+        Ok(())
+    }
+
+    async fn controller_endpoint(&self) -> Result<ControllerEndpoint, ProviderError> {
+        let host = IpAddr::V4(self.network.ensure_bridge().await?);
+        Ok(ControllerEndpoint {
+            listen: host,
+            advertise: host,
+        })
+    }
+
+    async fn create(&self, spec: &NodeSpec) -> Result<NodeInfo, ProviderError> {
+        let dir = self.dir(&spec.name);
+        let write = |path: PathBuf, content: &[u8], mode| {
+            fsutil::atomic_write(&path, content, mode)
+                .map_err(|e| ProviderError::Failed(format!("write {}: {e}", path.display())))
+        };
+        let instance_id = format!(
+            "{}-{}-{}",
+            self.cluster,
+            spec.name,
+            hex::encode(rand::random::<[u8; 4]>())
+        );
+        let seed = dir.join("upper/var/lib/cloud/seed/nocloud");
+        write(
+            seed.join("meta-data"),
+            format!(
+                "instance-id: {instance_id}\nlocal-hostname: {}\n",
+                spec.name
+            )
+            .as_bytes(),
+            0o644,
+        )?;
+        write(seed.join("user-data"), spec.user_data.as_bytes(), 0o600)?;
+        let rec = Record {
+            instance_id: instance_id.clone(),
+            address: spec.address,
+            created_at: crate::records::now(),
+            image: image::image_dir(&self.image_cache),
+        };
+        write(
+            dir.join("record.json"),
+            &serde_json::to_vec(&rec).expect("records serialize"),
+            0o644,
+        )?;
+        self.boot(&spec.name).await?;
+        Ok(NodeInfo {
+            name: spec.name.clone(),
+            instance_id,
+            address: spec.address,
+            state: NodeState::Running,
+            created_at: rec.created_at,
+        })
+    }
+
+    async fn start(&self, name: &NodeName) -> Result<(), ProviderError> {
+        self.boot(name).await
+    }
+
+    async fn stop(&self, name: &NodeName) -> Result<(), ProviderError> {
+        let Some(pid) = self.pid(name) else {
+            return Ok(());
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if !self.wait_gone(name, pid, Duration::from_secs(30)).await {
+            self.crash(name).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, name: &NodeName) -> Result<(), ProviderError> {
+        self.stop(name).await?;
+        self.network.delete_node(name).await?;
+        let dir = self.dir(name);
+        if dir.exists() {
+            tokio::fs::remove_dir_all(&dir)
+                .await
+                .map_err(ProviderError::io("remove the node's files", &dir))?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<NodeInfo>, ProviderError> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.nodes_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(name) = NodeName::try_from(e.file_name().to_string_lossy().into_owned()) else {
+                continue;
+            };
+            if let Some(r) = self.record(&name) {
+                let state = if self.pid(&name).is_some() {
+                    NodeState::Running
+                } else {
+                    NodeState::Stopped
+                };
+                out.push(NodeInfo {
+                    name,
+                    instance_id: r.instance_id,
+                    address: r.address,
+                    state,
+                    created_at: r.created_at,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn teardown(&self) -> Result<(), ProviderError> {
+        if self.list().await?.is_empty() {
+            self.network.delete_bridge().await;
+        }
+        Ok(())
+    }
+
+    fn console_hint(&self, name: &NodeName) -> Option<String> {
+        Some(format!(
+            "console: {}",
+            self.dir(name).join("console.log").display()
+        ))
+    }
+}

@@ -1,0 +1,256 @@
+//! The reconcile loop of `up`, written once over any [`Provider`]: bring the machines the
+//! cluster configuration names into existence and running, then wait until each node's
+//! agent joined, applied its assignment and reports its units settled.
+//!
+//! Every step checks before it acts, so a re-run on a healthy cluster changes nothing and
+//! an interrupted run resumes: a running node is left alone, a stopped one boots with its
+//! disk and identity (no new token), a missing one gets a single-use token bound to its
+//! name and is created. A token whose node could not be created is revoked at once.
+
+use crate::admin::{Backend, BackendError};
+use crate::health::{self, Health};
+use crate::provider::{NodeSpec, NodeState, Progress, Provider, ProviderError};
+use pangaea_compiler::cloudinit::{self, UserData};
+use pangaea_core::NodeName;
+use pangaea_proto as pb;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// How long a node's bootstrap token lives: long enough for a slow machine to boot.
+pub const NODE_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// Why reconciling stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The provider failed on a node.
+    #[error("{node}: {source}")]
+    Provider {
+        /// The node.
+        node: NodeName,
+        /// What the provider said.
+        #[source]
+        source: ProviderError,
+    },
+    /// Listing the provider's machines failed.
+    #[error("list the machines: {0}")]
+    List(#[source] ProviderError),
+    /// The controller refused or failed.
+    #[error("controller: {0}")]
+    Controller(#[from] BackendError),
+    /// The user-data could not be rendered.
+    #[error("render the user-data of {node}: {message}")]
+    UserData {
+        /// The node.
+        node: NodeName,
+        /// The template error.
+        message: String,
+    },
+    /// Nodes not healthy by the deadline, each with its state and where to look.
+    #[error("not healthy after {}s:\n  {}", timeout.as_secs(), stuck.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Stuck {
+        /// How long it waited.
+        timeout: Duration,
+        /// The nodes that were not healthy.
+        stuck: Vec<StuckNode>,
+    },
+}
+
+/// A node that did not become healthy.
+#[derive(Debug, Clone)]
+pub struct StuckNode {
+    /// The node.
+    pub name: NodeName,
+    /// Its last health.
+    pub health: Health,
+    /// Where to look (a console log).
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for StuckNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.health)?;
+        if let Some(h) = &self.hint {
+            write!(f, " ({h})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A node the cluster configuration wants.
+#[derive(Clone, Debug)]
+pub struct WantedNode {
+    /// Its name.
+    pub name: NodeName,
+    /// Its address on the node network.
+    pub address: Ipv4Addr,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// CPUs.
+    pub cpus: u32,
+}
+
+/// What every node's user-data carries besides its name and token.
+#[derive(Clone, Debug)]
+pub struct Bootstrap {
+    /// `host:port` of the controller's gRPC endpoint.
+    pub controller: String,
+    /// The controller CA's SPKI pin.
+    pub ca_pin: String,
+    /// Where cloud-init downloads the agent.
+    pub agent_url: String,
+    /// The agent binary's SHA-256 (hex).
+    pub agent_sha256: String,
+}
+
+/// What the reconcile loop did to a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// It was running: nothing.
+    None,
+    /// It was stopped: booted with its disk.
+    Booted,
+    /// It was missing: created.
+    Created,
+}
+
+/// The reconcile loop over one provider and one controller.
+pub struct Reconciler<'a> {
+    /// Where machines come from.
+    pub provider: &'a dyn Provider,
+    /// The controller (tokens, node health).
+    pub backend: &'a mut Backend,
+    /// What user-data carries.
+    pub bootstrap: &'a Bootstrap,
+    /// Progress lines.
+    pub progress: Progress<'a>,
+}
+
+impl Reconciler<'_> {
+    /// Creates missing nodes and boots stopped ones; returns what it did to each.
+    pub async fn ensure_nodes(
+        &mut self,
+        wanted: &[WantedNode],
+    ) -> Result<Vec<(NodeName, Action)>, ReconcileError> {
+        let existing: BTreeMap<NodeName, NodeState> = self
+            .provider
+            .list()
+            .await
+            .map_err(ReconcileError::List)?
+            .into_iter()
+            .map(|n| (n.name, n.state))
+            .collect();
+        let mut done = Vec::new();
+        for node in wanted {
+            let action = match existing.get(&node.name) {
+                Some(NodeState::Running) => Action::None,
+                Some(NodeState::Stopped) => {
+                    (self.progress)(&format!("{}: booting (existing disk)", node.name));
+                    self.provider.start(&node.name).await.map_err(|source| {
+                        ReconcileError::Provider {
+                            node: node.name.clone(),
+                            source,
+                        }
+                    })?;
+                    Action::Booted
+                }
+                None => {
+                    self.create(node).await?;
+                    Action::Created
+                }
+            };
+            done.push((node.name.clone(), action));
+        }
+        Ok(done)
+    }
+
+    async fn create(&mut self, node: &WantedNode) -> Result<(), ReconcileError> {
+        let token = self
+            .backend
+            .create_token(pb::CreateTokenRequest {
+                ttl_seconds: NODE_TOKEN_TTL.as_secs(),
+                uses: 1,
+                node_name: node.name.to_string(),
+                description: "cloud-init".into(),
+            })
+            .await?
+            .token;
+        let user_data = cloudinit::render(&UserData {
+            node: node.name.to_string(),
+            controller: self.bootstrap.controller.clone(),
+            ca_pin: self.bootstrap.ca_pin.clone(),
+            token: token.clone(),
+            agent_url: self.bootstrap.agent_url.clone(),
+            agent_sha256: self.bootstrap.agent_sha256.clone(),
+        })
+        .map_err(|e| ReconcileError::UserData {
+            node: node.name.clone(),
+            message: e.to_string(),
+        })?;
+        (self.progress)(&format!(
+            "{}: creating ({}, {} MiB)",
+            node.name, node.address, node.memory_mib
+        ));
+        let spec = NodeSpec {
+            name: node.name.clone(),
+            address: node.address,
+            user_data,
+            memory_mib: node.memory_mib,
+            cpus: node.cpus,
+        };
+        if let Err(source) = self.provider.create(&spec).await {
+            // The token was for this machine only; do not leave it valid.
+            let id = token.split('.').next().unwrap_or_default().to_owned();
+            if let Err(e) = self.backend.revoke_token(id).await {
+                tracing::warn!(node = %node.name, "revoke the unused token: {e}");
+            }
+            return Err(ReconcileError::Provider {
+                node: node.name.clone(),
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until every node in `nodes` is healthy ([`health::assess`]), printing each
+    /// change of state; on timeout, fails naming each node that is not, with its state.
+    pub async fn wait_healthy(
+        &mut self,
+        nodes: &[NodeName],
+        timeout: Duration,
+    ) -> Result<(), ReconcileError> {
+        let started = Instant::now();
+        let mut shown: BTreeMap<&NodeName, String> = BTreeMap::new();
+        loop {
+            let infos = self.backend.list_nodes().await?;
+            let now = crate::records::now();
+            let mut stuck = Vec::new();
+            for name in nodes {
+                let info = infos.iter().find(|n| n.name == name.as_str() && !n.removed);
+                let h = health::assess(info, now);
+                let text = h.to_string();
+                if shown.get(name) != Some(&text) {
+                    (self.progress)(&format!(
+                        "    {name:<12} {text}  (+{:.1}s)",
+                        started.elapsed().as_secs_f64()
+                    ));
+                    shown.insert(name, text);
+                }
+                if !h.is_healthy() {
+                    stuck.push(StuckNode {
+                        hint: self.provider.console_hint(name),
+                        name: name.clone(),
+                        health: h,
+                    });
+                }
+            }
+            if stuck.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                return Err(ReconcileError::Stuck { timeout, stuck });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The cluster's rules for what agents ask, apart from how they ask (gRPC lives in
+//! [`crate::service`], which maps these outcomes to status codes): who may join and under
+//! which name, which certificate is still a node's, renewal, and what a report records.
+//!
+//! Writes follow one pattern: decide and compute outside the store's writer (planning
+//! renders templates and issues certificates: slow, and fallible), then commit in one
+//! transaction that re-checks what must still hold (the token is still unspent, the name
+//! still free), so a refused or failed request writes nothing and never stalls or breaks
+//! the writer that every other request shares.
+
+use crate::assign::{self, Plan};
+use crate::certinfo::CertInfo;
+use crate::controller::{Controller, ControllerError};
+use crate::health;
+use crate::pki::{CaKind, profiles};
+use crate::records::{NodeRecord, now};
+use crate::store::{self, ASSIGNMENTS, NODES, REPORTS, StoreError};
+use crate::tokens::{self, TokenRefused};
+use pangaea_core::NodeName;
+use pangaea_core::token::BootstrapToken;
+use pangaea_proto as pb;
+use prost::Message;
+
+/// Why the cluster refused a request. Each says what was wrong and what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// The request itself is malformed (a bad CSR, bad facts).
+    #[error("{0}")]
+    Invalid(String),
+    /// The bootstrap token does not admit this node.
+    #[error(transparent)]
+    Token(#[from] TokenRefused),
+    /// Another instance holds the name.
+    #[error(
+        "node name {name:?} belongs to instance {holder:?}, not {asked:?}: remove it first (pangaea-ctl node remove {name}) or join with a token bound to it (pangaea-ctl token create --node {name})"
+    )]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The instance that has it.
+        holder: String,
+        /// The instance that asked.
+        asked: String,
+    },
+    /// The node's assignment cannot be computed (not in the configuration, a template or
+    /// secret failed); the message names the node and the cause.
+    #[error(transparent)]
+    Plan(#[from] assign::PlanError),
+    /// The caller has no valid node certificate.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The certificate is no longer this node's (removed, revoked, superseded).
+    #[error("{0}")]
+    Revoked(String),
+}
+
+/// What an agent sends to join.
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// The bootstrap token.
+    pub token: BootstrapToken,
+    /// The name it asks for.
+    pub name: NodeName,
+    /// Its instance ID (its identity: stable across reboots).
+    pub instance_id: String,
+    /// Its hostname.
+    pub hostname: String,
+    /// Its addresses.
+    pub addresses: Vec<String>,
+    /// The boot it joins from.
+    pub boot_id: String,
+    /// Its certificate signing request (its key never leaves the node).
+    pub csr_der: Vec<u8>,
+}
+
+/// A successful join.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The node's certificate (controller CA).
+    pub certificate_pem: String,
+    /// The serial of that certificate (hex).
+    pub serial_hex: String,
+    /// The assignment, when it is new or changed (to publish).
+    pub assignment: Option<pb::Assignment>,
+}
+
+/// Admits a node: checks the token and the name, issues its certificate, plans its
+/// assignment, then commits the node, the spent token and the assignment together.
+pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, ControllerError> {
+    let name = req.name.to_string();
+    // 1. Check without writing: a refusal costs no signature and no planning.
+    let precheck = {
+        let (token, name) = (req.token.clone(), name.clone());
+        let instance = req.instance_id.clone();
+        c.store.read(move |r| {
+            let t = r
+                .open_table(crate::store::TOKENS)
+                .map_err(|e| store::db_err("tokens", "*", e))?;
+            let token_rec = match tokens::check(&t, &token, &name)? {
+                Ok(rec) => rec,
+                Err(refused) => return Ok(Err(Refusal::Token(refused))),
+            };
+            let nodes = r
+                .open_table(NODES)
+                .map_err(|e| store::db_err("nodes", &name, e))?;
+            let old = store::get::<NodeRecord>(&nodes, "nodes", &name)?;
+            Ok(name_free(old.as_ref(), &name, &instance, &token_rec).map(|()| token_rec))
+        })?
+    };
+    if let Err(refusal) = precheck {
+        return Ok(Err(refusal));
+    }
+    // 2. Sign and plan, outside the writer.
+    let issued = match c.pki.sign_csr(
+        CaKind::Controller,
+        &req.csr_der,
+        &profiles::node_identity(&name, c.config.node_cert_lifetime),
+    ) {
+        Ok(i) => i,
+        Err(e) => return Ok(Err(Refusal::Invalid(e.to_string()))),
+    };
+    let record = NodeRecord {
+        name: name.clone(),
+        instance_id: req.instance_id,
+        hostname: req.hostname,
+        addresses: req.addresses,
+        boot_id: req.boot_id,
+        roles: c.planner.roles(&name),
+        joined_at: now(),
+        active_serials: vec![issued.serial_hex.clone()],
+        cert_not_after: issued.not_after,
+        removed: false,
+        first_applied_at: None,
+        healthy_at: None,
+    };
+    let plan = match plan(c, &record).await? {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(Refusal::Plan(e))),
+    };
+    // 3. Commit, re-checking what another request could have changed meanwhile.
+    let token = req.token;
+    let committed = c
+        .store
+        .write(move |txn| {
+            let t = txn
+                .open_table(crate::store::TOKENS)
+                .map_err(|e| store::db_err("tokens", "*", e))?;
+            let token_rec = match tokens::check(&t, &token, &record.name)? {
+                Ok(rec) => rec,
+                Err(refused) => return Ok(Err(Refusal::Token(refused))),
+            };
+            drop(t);
+            let mut nodes = txn
+                .open_table(NODES)
+                .map_err(|e| store::db_err("nodes", &record.name, e))?;
+            let old = store::get::<NodeRecord>(&nodes, "nodes", &record.name)?;
+            if let Err(r) = name_free(old.as_ref(), &record.name, &record.instance_id, &token_rec) {
+                return Ok(Err(r));
+            }
+            tokens::spend(txn, token_rec)?;
+            store::put(&mut nodes, "nodes", &record.name, &record)?;
+            drop(nodes);
+            Ok(Ok(assign::store_plan(txn, &record.name, plan)?))
+        })
+        .await?;
+    Ok(committed.map(|assignment| Joined {
+        certificate_pem: issued.cert_pem,
+        serial_hex: issued.serial_hex,
+        assignment,
+    }))
+}
+
+/// Whether `name` may be (re)taken by `instance`: it is free, removed, held by the same
+/// instance (a re-join), or the token was bound to it by the operator (a replacement).
+fn name_free(
+    old: Option<&NodeRecord>,
+    name: &str,
+    instance: &str,
+    token: &crate::records::TokenRecord,
+) -> Result<(), Refusal> {
+    match old {
+        Some(old)
+            if !(old.removed
+                || old.instance_id == instance
+                || token.node.as_deref() == Some(name)) =>
+        {
+            Err(Refusal::NameTaken {
+                name: name.to_owned(),
+                holder: old.instance_id.clone(),
+                asked: instance.to_owned(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A node's plan, computed on the blocking pool (rendering and issuing do file I/O), with
+/// artifacts pointed at the mirror. A panicking planner is an error, not a dead task.
+pub async fn plan(
+    c: &Controller,
+    record: &NodeRecord,
+) -> Result<Result<Plan, assign::PlanError>, ControllerError> {
+    let (planner, mirror_dir, rec) = (c.planner.clone(), c.mirror_dir(), record.clone());
+    let planned = tokio::task::spawn_blocking(move || {
+        planner.plan(&rec).map(|mut p| {
+            crate::mirror::localize(&mirror_dir, &mut p);
+            p
+        })
+    })
+    .await;
+    match planned {
+        Ok(p) => Ok(p),
+        Err(e) => Ok(Err(assign::PlanError {
+            node: record.name.clone(),
+            message: format!("the planner failed: {e}"),
+        })),
+    }
+}
+
+/// The node a client certificate belongs to: registered, not removed, and the certificate's
+/// serial one the controller issued to this incarnation of the node.
+pub fn authenticate(
+    c: &Controller,
+    cert_der: Option<&[u8]>,
+) -> Result<Result<NodeRecord, Refusal>, ControllerError> {
+    let Some(der) = cert_der else {
+        return Ok(Err(Refusal::Unauthenticated(
+            "this call needs the node's client certificate (mutual TLS); join with a bootstrap token first".into(),
+        )));
+    };
+    let Some(cert) = CertInfo::from_der(der) else {
+        return Ok(Err(Refusal::Unauthenticated(
+            "unreadable client certificate".into(),
+        )));
+    };
+    let name = cert.common_name().unwrap_or_default().to_owned();
+    Ok(match c.node(&name)? {
+        None => Err(Refusal::Unauthenticated(format!(
+            "no node {name:?} is registered"
+        ))),
+        Some(r) if r.removed => Err(Refusal::Revoked(format!(
+            "node {name:?} was removed; its certificates are revoked"
+        ))),
+        Some(r) if !r.active_serials.contains(&cert.serial_hex) => Err(Refusal::Revoked(format!(
+            "certificate {} of node {name:?} is revoked or superseded",
+            cert.serial_hex
+        ))),
+        Some(r) => Ok(r),
+    })
+}
+
+/// Issues a renewed certificate for `node` from `csr_der`, keeping the one in use valid
+/// until the agent switches over.
+pub async fn renew(
+    c: &Controller,
+    node: &NodeRecord,
+    csr_der: &[u8],
+) -> Result<Result<String, Refusal>, ControllerError> {
+    let issued = match c.pki.sign_csr(
+        CaKind::Controller,
+        csr_der,
+        &profiles::node_identity(&node.name, c.config.node_cert_lifetime),
+    ) {
+        Ok(i) => i,
+        Err(e) => return Ok(Err(Refusal::Invalid(e.to_string()))),
+    };
+    let (n, serial, not_after) = (
+        node.name.clone(),
+        issued.serial_hex.clone(),
+        issued.not_after,
+    );
+    let renewed = c
+        .store
+        .write(move |txn| {
+            let mut nodes = txn
+                .open_table(NODES)
+                .map_err(|e| store::db_err("nodes", &n, e))?;
+            let Some(mut rec) =
+                store::get::<NodeRecord>(&nodes, "nodes", &n)?.filter(|r| !r.removed)
+            else {
+                return Ok(false);
+            };
+            let keep_from = rec.active_serials.len().saturating_sub(1);
+            rec.active_serials.drain(..keep_from);
+            rec.active_serials.push(serial);
+            rec.cert_not_after = not_after;
+            store::put(&mut nodes, "nodes", &n, &rec)?;
+            Ok(true)
+        })
+        .await?;
+    if !renewed {
+        return Ok(Err(Refusal::Revoked(format!(
+            "node {:?} was removed",
+            node.name
+        ))));
+    }
+    tracing::info!(node = %node.name, serial = %issued.serial_hex, "node certificate renewed");
+    Ok(Ok(issued.cert_pem))
+}
+
+/// Stores a node's report and records the milestones of its boot timeline (first applied,
+/// first healthy: [`health::applied_and_settled`]) once.
+pub async fn record_report(
+    c: &Controller,
+    node: &str,
+    report: pb::HealthReport,
+) -> Result<(), ControllerError> {
+    let now = now();
+    let value = encode_report(now, &report);
+    let n = node.to_owned();
+    c.store
+        .write(move |txn| {
+            let mut t = txn
+                .open_table(REPORTS)
+                .map_err(|e| store::db_err("reports", &n, e))?;
+            t.insert(n.as_str(), value.as_slice())
+                .map_err(|e| store::db_err("reports", &n, e))?;
+            drop(t);
+            let assigned = assign::load(
+                &txn.open_table(ASSIGNMENTS)
+                    .map_err(|e| store::db_err("assignments", &n, e))?,
+                &n,
+            )?
+            .map_or(0, |a| a.revision);
+            let mut nodes = txn
+                .open_table(NODES)
+                .map_err(|e| store::db_err("nodes", &n, e))?;
+            if let Some(mut rec) = store::get::<NodeRecord>(&nodes, "nodes", &n)? {
+                let before = (rec.first_applied_at, rec.healthy_at);
+                if assigned > 0 && report.applied_revision == assigned {
+                    rec.first_applied_at.get_or_insert(now);
+                }
+                if health::applied_and_settled(&report, assigned) {
+                    rec.healthy_at.get_or_insert(now);
+                }
+                if before != (rec.first_applied_at, rec.healthy_at) {
+                    store::put(&mut nodes, "nodes", &n, &rec)?;
+                }
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+    Ok(())
+}
+
+/// Reports are stored as 8 bytes of receive time (unix seconds, big endian) + the protobuf.
+pub(crate) fn encode_report(received_at: i64, report: &pb::HealthReport) -> Vec<u8> {
+    let mut v = received_at.to_be_bytes().to_vec();
+    report.encode(&mut v).expect("vec grows");
+    v
+}
+
+/// The inverse of [`encode_report`].
+pub(crate) fn decode_report(
+    node: &str,
+    bytes: &[u8],
+) -> Result<(i64, pb::HealthReport), StoreError> {
+    let corrupt = |m: String| StoreError::Corrupt {
+        table: "reports",
+        key: node.to_owned(),
+        message: m,
+    };
+    let (t, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("short record".into()))?;
+    let report = pb::HealthReport::decode(rest).map_err(|e| corrupt(e.to_string()))?;
+    Ok((i64::from_be_bytes(*t), report))
+}

@@ -1,0 +1,163 @@
+//! The layout of a cluster's state directory, `.pangaea/` beside `pangaea.yaml`, and the
+//! ports the controller serves on. Every path under `.pangaea/` is named here and only here,
+//! so that what a file is (and who may read it) is decided in one place.
+//!
+//! ```text
+//! .pangaea/
+//!   lock, state.redb          the state store and the lock naming its holder
+//!   ctl.sock                  the running controller's admin socket (0600)
+//!   serve.pid/.addr/.log      the controller daemon
+//!   pki/                      the CAs and the controller's serving certificate
+//!   pki/issued/<id>.{crt,key,json}  leaf certificates issued once per request
+//!   secrets/                  generated cluster secrets (encryption key)
+//!   artifacts/                the verified, content-addressed artifact mirror
+//!   nodes/<name>/             what a provider keeps per node (local: disk, console log)
+//!   admin.kubeconfig          the operator's kubeconfig
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The gRPC port agents dial (mutual TLS after the join).
+pub const GRPC_PORT: u16 = 7443;
+/// The plain-HTTP port booting nodes download the agent binary from (checked by digest).
+pub const AGENT_HTTP_PORT: u16 = 7444;
+
+/// A cluster's `.pangaea/` directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDir(PathBuf);
+
+impl StateDir {
+    /// The state directory at `path` (not created here).
+    pub fn new(path: impl Into<PathBuf>) -> StateDir {
+        StateDir(path.into())
+    }
+
+    /// `.pangaea` beside the nearest `pangaea.yaml` above `start`, else `start/.pangaea`.
+    pub fn find(start: &Path) -> StateDir {
+        StateDir(find_cluster_dir(start).join(".pangaea"))
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The store's lock file (flock; holds the holder's PID).
+    pub fn lock(&self) -> PathBuf {
+        self.0.join("lock")
+    }
+
+    /// The redb state store.
+    pub fn store(&self) -> PathBuf {
+        self.0.join("state.redb")
+    }
+
+    /// The running controller's admin socket.
+    pub fn socket(&self) -> PathBuf {
+        self.0.join("ctl.sock")
+    }
+
+    /// PID of the controller daemon.
+    pub fn serve_pid(&self) -> PathBuf {
+        self.0.join("serve.pid")
+    }
+
+    /// The address the controller daemon serves agents on.
+    pub fn serve_addr(&self) -> PathBuf {
+        self.0.join("serve.addr")
+    }
+
+    /// The controller daemon's log.
+    pub fn serve_log(&self) -> PathBuf {
+        self.0.join("serve.log")
+    }
+
+    /// The CAs and the controller's serving certificate.
+    pub fn pki(&self) -> PathBuf {
+        self.0.join("pki")
+    }
+
+    /// Certificate, key and request of the leaf issued for request `id` (like
+    /// `node-1/etcd-peer`; `/` is not allowed in file names, so it becomes `__`).
+    pub fn issued(&self, id: &str) -> IssuedPaths {
+        let stem = self.pki().join("issued").join(id.replace('/', "__"));
+        IssuedPaths {
+            cert: stem.with_extension("crt"),
+            key: stem.with_extension("key"),
+            request: stem.with_extension("json"),
+        }
+    }
+
+    /// Generated cluster secrets, one file each.
+    pub fn secret(&self, name: &str) -> PathBuf {
+        self.0.join("secrets").join(name)
+    }
+
+    /// The artifact mirror.
+    pub fn artifacts(&self) -> PathBuf {
+        self.0.join("artifacts")
+    }
+
+    /// Where providers keep per-node files.
+    pub fn nodes(&self) -> PathBuf {
+        self.0.join("nodes")
+    }
+
+    /// The operator's admin kubeconfig.
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.0.join("admin.kubeconfig")
+    }
+}
+
+/// Where an issued leaf certificate is kept.
+#[derive(Clone, Debug)]
+pub struct IssuedPaths {
+    /// The certificate (PEM, 0644).
+    pub cert: PathBuf,
+    /// Its private key (PEM, 0600).
+    pub key: PathBuf,
+    /// The request it was issued for (JSON), to notice a changed request.
+    pub request: PathBuf,
+}
+
+/// The directory of the nearest `pangaea.yaml` above `start`, else `start`.
+pub fn find_cluster_dir(start: &Path) -> PathBuf {
+    start
+        .ancestors()
+        .find(|d| d.join("pangaea.yaml").is_file())
+        .unwrap_or(start)
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn found_beside_pangaea_yaml() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("pangaea.yaml"), "").unwrap();
+        let sub = d.path().join("a/b");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert_eq!(StateDir::find(&sub).path(), d.path().join(".pangaea"));
+        let lone = tempfile::tempdir().unwrap();
+        assert_eq!(
+            StateDir::find(lone.path()).path(),
+            lone.path().join(".pangaea")
+        );
+    }
+
+    #[test]
+    fn issued_ids_become_flat_file_names() {
+        let s = StateDir::new("/x/.pangaea");
+        let p = s.issued("cluster/etcd-operator");
+        assert_eq!(
+            p.cert,
+            Path::new("/x/.pangaea/pki/issued/cluster__etcd-operator.crt")
+        );
+        assert_eq!(
+            p.key,
+            Path::new("/x/.pangaea/pki/issued/cluster__etcd-operator.key")
+        );
+    }
+}

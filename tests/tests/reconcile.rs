@@ -1,0 +1,261 @@
+//! `up`'s reconcile loop against the recording FakeProvider, without root: machines are
+//! map entries, and a booting "machine" starts a real in-process agent with the token from
+//! its user-data, which joins the in-process controller over mutual TLS. Create missing
+//! nodes, leave running ones alone, boot stopped ones without a new token, resume an
+//! interrupted run, and name a node that never comes up.
+
+use pangaea_controller::admin::Backend;
+use pangaea_controller::health::Health;
+use pangaea_controller::provider::fake::{Call, FakeProvider, Op};
+use pangaea_controller::reconcile::{Action, Bootstrap, ReconcileError, Reconciler, WantedNode};
+use pangaea_core::NodeName;
+use pangaea_tests::{TestAgent, TestController};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn name(s: &str) -> NodeName {
+    s.parse().unwrap()
+}
+
+fn wanted(n: usize) -> Vec<WantedNode> {
+    (1..=n)
+        .map(|i| WantedNode {
+            name: name(&format!("node-{i}")),
+            address: Ipv4Addr::new(10, 213, 0, 10 + i as u8),
+            memory_mib: 2048,
+            cpus: 2,
+        })
+        .collect()
+}
+
+fn names(n: usize) -> Vec<NodeName> {
+    wanted(n).into_iter().map(|w| w.name).collect()
+}
+
+/// The bootstrap token cloud-init would write on the node.
+fn token_in(user_data: &str) -> String {
+    let mut lines = user_data.lines();
+    lines
+        .find(|l| l.contains("path: /etc/pangaea/bootstrap-token"))
+        .expect("the user-data writes the token file");
+    let content = lines
+        .find_map(|l| l.trim().strip_prefix("content: "))
+        .expect("the token file has content");
+    serde_json::from_str(content).expect("the token is a JSON string")
+}
+
+/// A controller, and a fake provider whose machines run in-process agents.
+struct World {
+    ctl: TestController,
+    provider: Arc<FakeProvider>,
+    /// Running agents, and the disks of stopped ones.
+    agents: Arc<Mutex<BTreeMap<NodeName, TestAgent>>>,
+    disks: Arc<Mutex<BTreeMap<NodeName, (tempfile::TempDir, pangaea_agent::AgentConfig)>>>,
+    backend: Backend,
+    bootstrap: Bootstrap,
+}
+
+impl World {
+    /// `dead`: nodes whose machine boots but whose agent never starts.
+    async fn new(dead: &[&str]) -> World {
+        let ctl = TestController::start().await;
+        let agents: Arc<Mutex<BTreeMap<NodeName, TestAgent>>> = Arc::default();
+        let disks: Arc<Mutex<BTreeMap<_, _>>> = Arc::default();
+        let dead: BTreeSet<NodeName> = dead.iter().map(|d| name(d)).collect();
+        let (endpoint, pin) = (ctl.endpoint(), ctl.controller.pki().controller_pin());
+        let (a, d) = (agents.clone(), disks.clone());
+        let (a2, d2) = (agents.clone(), disks.clone());
+        let provider = FakeProvider::new()
+            .on_boot(move |node, user_data, first| {
+                if dead.contains(node) {
+                    return;
+                }
+                let (dir, cfg) = if first {
+                    let dir = tempfile::tempdir().unwrap();
+                    let token_file = dir.path().join("bootstrap-token");
+                    std::fs::write(&token_file, token_in(user_data)).unwrap();
+                    let cfg = pangaea_agent::AgentConfig {
+                        controller: vec![endpoint.clone()],
+                        ca_pin: pin.clone(),
+                        token_file,
+                        node_name: Some(node.to_string()),
+                        instance_id: Some(format!("i-{node}")),
+                        state_dir: dir.path().join("state"),
+                        root: dir.path().join("root"),
+                        report_interval_seconds: 1,
+                        fake_systemd: true,
+                    };
+                    (dir, cfg)
+                } else {
+                    d.lock()
+                        .unwrap()
+                        .remove(node)
+                        .expect("a stopped node has a disk")
+                };
+                a.lock()
+                    .unwrap()
+                    .insert(node.clone(), TestAgent::spawn(dir, cfg));
+            })
+            .on_stop(move |node| {
+                if let Some(agent) = a2.lock().unwrap().remove(node) {
+                    d2.lock().unwrap().insert(node.clone(), agent.power_off());
+                }
+            });
+        World {
+            backend: Backend::Local(ctl.controller.clone()),
+            ctl,
+            provider: Arc::new(provider),
+            agents,
+            disks,
+            bootstrap: Bootstrap {
+                controller: "127.0.0.1:0".into(),
+                ca_pin: "sha256:00".into(),
+                agent_url: "http://127.0.0.1/pangaea-agent".into(),
+                agent_sha256: "00".repeat(32),
+            },
+        }
+    }
+
+    fn reconciler(&mut self) -> Reconciler<'_> {
+        Reconciler {
+            provider: self.provider.as_ref(),
+            backend: &mut self.backend,
+            bootstrap: &self.bootstrap,
+            progress: &|m| eprintln!("{m}"),
+        }
+    }
+
+    async fn tokens(&mut self) -> Vec<pangaea_proto::TokenInfo> {
+        self.backend.list_tokens().await.unwrap()
+    }
+
+    fn instance_of(&self, node: &str) -> String {
+        self.ctl
+            .controller
+            .node(node)
+            .unwrap()
+            .expect("the node joined")
+            .instance_id
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_creates_missing_nodes_then_a_rerun_changes_nothing() {
+    let mut w = World::new(&[]).await;
+    let done = w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    assert!(done.iter().all(|(_, a)| *a == Action::Created), "{done:?}");
+    assert_eq!(
+        w.provider.calls().await,
+        names(3).into_iter().map(Call::Create).collect::<Vec<_>>()
+    );
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+    // Each node got its own single-use token, bound to its name, and spent it.
+    let tokens = w.tokens().await;
+    assert_eq!(tokens.len(), 3, "{tokens:?}");
+    for t in &tokens {
+        assert_eq!(t.uses_left, 0, "{t:?}");
+        assert!(t.node_name.starts_with("node-"), "{t:?}");
+    }
+
+    w.provider.clear_calls().await;
+    let again = w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    assert!(again.iter().all(|(_, a)| *a == Action::None), "{again:?}");
+    assert_eq!(
+        w.provider.calls().await,
+        vec![],
+        "a healthy cluster is left alone"
+    );
+    assert_eq!(w.tokens().await.len(), 3, "no new token");
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_boots_with_its_disk_and_no_new_token() {
+    let mut w = World::new(&[]).await;
+    w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+    let before = w.instance_of("node-2");
+    w.provider.power_off(&name("node-2")).await;
+    assert!(w.disks.lock().unwrap().contains_key(&name("node-2")));
+
+    w.provider.clear_calls().await;
+    let done = w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    assert_eq!(done[1], (name("node-2"), Action::Booted), "{done:?}");
+    assert_eq!(w.provider.calls().await, vec![Call::Start(name("node-2"))]);
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+    assert_eq!(w.tokens().await.len(), 3, "a returning node needs no token");
+    assert_eq!(w.instance_of("node-2"), before, "same identity");
+    assert!(w.agents.lock().unwrap().contains_key(&name("node-2")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_up_resumes_where_it_stopped() {
+    let mut w = World::new(&[]).await;
+    w.provider.fail_once(Op::Create, &name("node-2")).await;
+    let err = w
+        .reconciler()
+        .ensure_nodes(&wanted(3))
+        .await
+        .expect_err("node-2 fails");
+    assert!(
+        matches!(&err, ReconcileError::Provider { node, .. } if *node == name("node-2")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("node-2"), "{err}");
+    assert_eq!(
+        w.provider.calls().await,
+        vec![Call::Create(name("node-1")), Call::Create(name("node-2"))],
+        "it stops at the failed node"
+    );
+    // The failed node's token is not left valid.
+    let node2: Vec<_> = w
+        .tokens()
+        .await
+        .into_iter()
+        .filter(|t| t.node_name == "node-2")
+        .collect();
+    assert!(node2.iter().all(|t| t.revoked), "{node2:?}");
+
+    w.provider.clear_calls().await;
+    let done = w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    assert_eq!(
+        done.iter().map(|(_, a)| *a).collect::<Vec<_>>(),
+        vec![Action::None, Action::Created, Action::Created]
+    );
+    assert_eq!(
+        w.provider.calls().await,
+        vec![Call::Create(name("node-2")), Call::Create(name("node-3"))],
+        "node-1 is not created twice"
+    );
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_comes_up_is_named_with_its_state() {
+    let mut w = World::new(&["node-3"]).await;
+    w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    let err = w
+        .reconciler()
+        .wait_healthy(&names(3), Duration::from_secs(5))
+        .await
+        .expect_err("node-3 never joins");
+    let ReconcileError::Stuck { stuck, .. } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(stuck.len(), 1, "{err}");
+    assert_eq!(stuck[0].name, name("node-3"));
+    assert_eq!(stuck[0].health, Health::NotJoined);
+    let text = err.to_string();
+    assert!(
+        text.contains("node-3: not joined yet (fake console of node-3)"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("node-1") && !text.contains("node-2"),
+        "{text}"
+    );
+}
