@@ -24,6 +24,8 @@ pub enum CompileSetupError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     Compile(#[from] CompileError),
+    #[error(transparent)]
+    Inputs(#[from] crate::issued::InputsError),
     #[error("write {path}: {message}")]
     Write { path: PathBuf, message: String },
 }
@@ -58,24 +60,27 @@ impl Compilation {
     }
 
     /// Compiles one node.
-    pub fn compile_node(&self, name: &str) -> Result<NodeOutput, CompileError> {
+    pub fn compile_node(&self, name: &str) -> Result<NodeOutput, CompileSetupError> {
         self.with_compiler(|c| c.compile_node(name))
     }
 
     /// The operator's admin kubeconfig (the API at the cluster's external endpoint).
-    pub fn operator_kubeconfig(&self) -> Result<String, CompileError> {
+    pub fn operator_kubeconfig(&self) -> Result<String, CompileSetupError> {
         self.with_compiler(|c| c.operator_kubeconfig())
     }
 
     /// Runs `f` with a compiler over this cluster and its PKI.
-    pub fn with_compiler<T>(&self, f: impl FnOnce(&Compiler) -> T) -> T {
-        let inputs = PkiInputs::new(&self.pki, &self.state_dir);
-        f(&Compiler {
+    pub fn with_compiler<T>(
+        &self,
+        f: impl FnOnce(&Compiler) -> Result<T, CompileError>,
+    ) -> Result<T, CompileSetupError> {
+        let inputs = PkiInputs::new(&self.pki, &self.state_dir)?;
+        Ok(f(&Compiler {
             model: &self.model,
             templates: &self.templates,
             inputs: &inputs,
             artifacts: &self.artifacts,
-        })
+        })?)
     }
 }
 
@@ -142,7 +147,7 @@ impl Planner for CompilerPlanner {
             .map_err(|e| PlanError {
                 node: node.name.clone(),
                 message: match e {
-                    CompileError::NoSuchNode(_) => format!(
+                    CompileSetupError::Compile(CompileError::NoSuchNode(_)) => format!(
                         "node {:?} is not in the cluster configuration ({})",
                         node.name, self.0.loaded.file
                     ),

@@ -22,7 +22,7 @@ pub fn client_url(address: &str) -> String {
 
 /// `ETCDCTL_*` settings for every etcd member of the cluster.
 pub fn operator_env(c: &Compilation) -> anyhow::Result<Vec<(&'static str, String)>> {
-    let inputs = PkiInputs::new(&c.pki, &c.state_dir);
+    let inputs = PkiInputs::new(&c.pki, &c.state_dir)?;
     let req = CertRequest {
         ca: CaName::Etcd,
         id: OPERATOR_CERT_ID.into(),

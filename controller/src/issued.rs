@@ -8,14 +8,43 @@ use crate::pki::{CaKind, LeafSpec, Pki, Usage};
 use crate::state_dir::StateDir;
 use pangaea_compiler::inputs::{CaName, CertPair, CertRequest, Inputs};
 use pangaea_core::fsutil;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// Why the compiler's inputs could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum InputsError {
+    /// A key of the PKI could not be read.
+    #[error("read {what} {}: {source}", path.display())]
+    Read {
+        /// Which key.
+        what: &'static str,
+        /// Its file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A generated cluster secret could not be stored (nothing is used unstored: every
+    /// node must get the same secret).
+    #[error("store the cluster secret {}: {source}", path.display())]
+    StoreSecret {
+        /// The secret's file.
+        path: PathBuf,
+        /// Why.
+        source: fsutil::FsError,
+    },
+}
+
+/// The PKI and secrets as the compiler takes them, read (and generated) once up front, so
+/// that every failure is a typed error here and rendering itself cannot fail on them.
 pub struct PkiInputs<'a> {
     pki: &'a Pki,
     state: StateDir,
+    cluster_ca_key: String,
+    service_account_key: String,
+    encryption_key: String,
 }
 
 fn kind(ca: CaName) -> CaKind {
@@ -28,28 +57,45 @@ fn kind(ca: CaName) -> CaKind {
 
 impl<'a> PkiInputs<'a> {
     /// `state_dir` is the cluster's `.pangaea/`.
-    pub fn new(pki: &'a Pki, state_dir: &StateDir) -> PkiInputs<'a> {
-        PkiInputs {
+    pub fn new(pki: &'a Pki, state_dir: &StateDir) -> Result<PkiInputs<'a>, InputsError> {
+        let key = |what, path: PathBuf| {
+            std::fs::read_to_string(&path).map_err(|source| InputsError::Read {
+                what,
+                path,
+                source,
+            })
+        };
+        Ok(PkiInputs {
+            cluster_ca_key: key("the cluster CA key", pki.ca_key_path(CaKind::Cluster))?,
+            service_account_key: key("the service-account key", pki.dir().join("sa.key"))?,
+            encryption_key: secret(state_dir, "encryption-key", || {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+            })?,
             pki,
             state: state_dir.clone(),
-        }
+        })
     }
 
     fn read(path: &Path) -> Option<String> {
         std::fs::read_to_string(path).ok()
     }
+}
 
-    /// A secret generated once (`make`) and kept in `.pangaea/secrets/NAME` (0600).
-    fn secret(&self, name: &str, make: impl FnOnce() -> String) -> String {
-        let path = self.state.secret(name);
-        if let Some(s) = Self::read(&path) {
-            return s;
-        }
-        let value = make();
-        fsutil::atomic_write(&path, value.as_bytes(), 0o600)
-            .unwrap_or_else(|e| panic!("cannot store cluster secret: {e}"));
-        value
+/// A secret generated once (`make`) and kept in `.pangaea/secrets/NAME` (0600).
+fn secret(
+    state: &StateDir,
+    name: &str,
+    make: impl FnOnce() -> String,
+) -> Result<String, InputsError> {
+    let path = state.secret(name);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s);
     }
+    let value = make();
+    fsutil::atomic_write(&path, value.as_bytes(), 0o600)
+        .map_err(|source| InputsError::StoreSecret { path, source })?;
+    Ok(value)
 }
 
 impl Inputs for PkiInputs<'_> {
@@ -58,8 +104,7 @@ impl Inputs for PkiInputs<'_> {
     }
 
     fn cluster_ca_key(&self) -> String {
-        Self::read(&self.pki.dir().join("cluster-ca.key"))
-            .expect("the cluster CA key exists once the PKI is loaded")
+        self.cluster_ca_key.clone()
     }
 
     fn cert(&self, req: &CertRequest) -> Result<CertPair, String> {
@@ -105,15 +150,13 @@ impl Inputs for PkiInputs<'_> {
     }
 
     fn encryption_key(&self) -> String {
-        self.secret("encryption-key", || {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
-        })
+        self.encryption_key.clone()
     }
 
     fn service_account_keys(&self) -> (String, String) {
-        let key = Self::read(&self.pki.dir().join("sa.key"))
-            .expect("the service-account key exists once the PKI is loaded");
-        (key, self.pki.service_account_public_pem.clone())
+        (
+            self.service_account_key.clone(),
+            self.pki.service_account_public_pem.clone(),
+        )
     }
 }

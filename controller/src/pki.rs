@@ -171,6 +171,11 @@ impl Pki {
         &self.dir
     }
 
+    /// Where CA `kind`'s private key is (PEM, 0600).
+    pub fn ca_key_path(&self, kind: CaKind) -> PathBuf {
+        ca_paths(&self.dir, kind).1
+    }
+
     /// Where the controller's serving certificate is (PEM).
     pub fn controller_cert_path(&self) -> PathBuf {
         self.dir.join("controller.crt")

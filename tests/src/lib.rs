@@ -92,6 +92,37 @@ impl TestController {
         let mut config = ControllerConfig::new(dir.path().join(".pangaea"));
         tweak(&mut config);
         let controller = Controller::open(config, Some(planner.clone())).unwrap();
+        Self::serve(dir, controller, planner).await
+    }
+
+    /// Starts a controller that plans with the real compiler, for the default cluster
+    /// (`node-1`..`node-3`), after `prepare` had its way with the empty state directory.
+    pub async fn start_compiled(prepare: impl FnOnce(&std::path::Path)) -> TestController {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let state = pangaea_controller::state_dir::StateDir::new(dir.path().join(".pangaea"));
+        std::fs::create_dir_all(state.path()).unwrap();
+        prepare(state.path());
+        let compilation = pangaea_controller::compile::Compilation::load(
+            &dir.path().join("pangaea.yaml"),
+            &state,
+        )
+        .unwrap();
+        let controller = Controller::open(
+            ControllerConfig::new(state.path()),
+            Some(Arc::new(pangaea_controller::compile::CompilerPlanner(
+                compilation,
+            ))),
+        )
+        .unwrap();
+        Self::serve(dir, controller, Arc::new(TestPlanner::default())).await
+    }
+
+    async fn serve(
+        dir: tempfile::TempDir,
+        controller: Arc<Controller>,
+        planner: Arc<TestPlanner>,
+    ) -> TestController {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, mut rx) = watch::channel(false);

@@ -356,3 +356,41 @@ async fn an_agent_refuses_a_controller_that_does_not_match_its_pin() {
     .await;
     agent.shutdown().await;
 }
+
+/// Planning renders templates and writes cluster secrets; when a secret cannot be stored,
+/// the join is refused with an error naming it, nothing is written, and the store keeps
+/// working for everything else (planning runs outside the store's shared writer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planner_that_cannot_store_a_secret_refuses_the_join_and_breaks_nothing() {
+    // `secrets` is a file, so `secrets/encryption-key` cannot be written.
+    let ctl = TestController::start_compiled(|state| {
+        std::fs::write(state.join("secrets"), "not a directory").unwrap();
+    })
+    .await;
+    let token = ctl.token(Some("node-1")).await;
+    let before = snapshot(&ctl);
+    let err = join(&ctl, "node-1", "i-1", &token)
+        .await
+        .expect_err("the plan fails");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("cannot plan node node-1")
+            && err.message().contains("encryption-key"),
+        "the error names the node and the secret: {}",
+        err.message()
+    );
+    assert_eq!(snapshot(&ctl), before, "a refused join writes nothing");
+
+    // Later writes still succeed: a token, then the same join once the secret can be stored.
+    let other = ctl
+        .controller
+        .create_token(NewToken::default())
+        .await
+        .expect("the store still takes writes");
+    assert!(!other.0.expose().is_empty());
+    std::fs::remove_file(ctl.dir.path().join(".pangaea/secrets")).unwrap();
+    join(&ctl, "node-1", "i-1", &token)
+        .await
+        .expect("the unspent token joins once the secret can be stored");
+    assert!(ctl.controller.node("node-1").unwrap().is_some());
+}

@@ -68,19 +68,14 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             let node = node
                 .clone()
                 .unwrap_or_else(|| c.model.nodes[0].name.clone());
-            let inputs = crate::issued::PkiInputs::new(&c.pki, &ctx.state);
-            let compiler = pangaea_compiler::node::Compiler {
-                model: &c.model,
-                templates: &c.templates,
-                inputs: &inputs,
-                artifacts: &c.artifacts,
-            };
             let path = Path::new(t);
-            let text = if path.is_file() {
-                compiler.render_one(t, Some(&std::fs::read_to_string(path)?), &node)?
+            let source = if path.is_file() {
+                Some(std::fs::read_to_string(path)?)
             } else {
-                compiler.render_one(t, None, &node)?
+                None
             };
+            let text =
+                c.with_compiler(|compiler| compiler.render_one(t, source.as_deref(), &node))?;
             match &output {
                 Some(o) => {
                     pangaea_core::fsutil::atomic_write(o, text.as_bytes(), 0o644)?;
