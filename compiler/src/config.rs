@@ -17,6 +17,7 @@
 use crate::artifact_set::ArtifactOverride;
 use crate::cidr::Cidr;
 use crate::locate::locate;
+use crate::roles::Role;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -36,24 +37,6 @@ pub struct ConfigError {
 pub struct Warning {
     pub location: Option<(usize, usize)>,
     pub message: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    Etcd,
-    ControlPlane,
-    Worker,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Etcd => "etcd",
-            Role::ControlPlane => "control-plane",
-            Role::Worker => "worker",
-        }
-    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -185,7 +168,7 @@ fn default_count() -> u32 {
     3
 }
 fn all_roles() -> Vec<Role> {
-    vec![Role::Etcd, Role::ControlPlane, Role::Worker]
+    Role::ALL.to_vec()
 }
 
 impl Default for Pool {

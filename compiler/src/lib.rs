@@ -15,4 +15,5 @@ pub mod inputs;
 pub mod locate;
 pub mod model;
 pub mod node;
+pub mod roles;
 pub mod templates;

@@ -3,7 +3,8 @@
 //! DNS IP, API endpoint).
 
 use crate::budget::Budget;
-use crate::config::{Addons, Disk, Expose, Loaded, NfsMount, Registry, Role, UserSecret};
+use crate::config::{Addons, Disk, Expose, Loaded, NfsMount, Registry, UserSecret};
+use crate::roles::Role;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -131,7 +131,7 @@ struct NodeRef<'a> {
     name: &'a str,
     pool: &'a str,
     address: Ipv4Addr,
-    roles: &'a [crate::config::Role],
+    roles: &'a [crate::roles::Role],
     is_etcd: bool,
     is_control_plane: bool,
     is_worker: bool,
