@@ -3,7 +3,8 @@
 //! DNS IP, API endpoint).
 
 use crate::budget::Budget;
-use crate::config::{Addons, Disk, Expose, Loaded, NfsMount, Registry, UserSecret};
+use crate::config::{Addons, Disk, Loaded, NfsMount, Registry, UserSecret};
+use crate::expose::Expose;
 use crate::roles::Role;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -70,8 +71,9 @@ impl ClusterModel {
             let budget = Budget::for_roles(memory, &p.roles).expect("validated");
             for n in 0..p.count {
                 let global = nodes.len() as u64;
-                let zone = (!c.provider.zones.is_empty())
-                    .then(|| c.provider.zones[global as usize % c.provider.zones.len()].clone());
+                let zones = c.provider.zones();
+                let zone =
+                    (!zones.is_empty()).then(|| zones[global as usize % zones.len()].clone());
                 nodes.push(NodeModel {
                     name: format!("{}-{}", p.name, n + 1),
                     pool: p.name.clone(),
@@ -100,7 +102,7 @@ impl ClusterModel {
             .address;
         ClusterModel {
             name: c.name.clone(),
-            provider: format!("{:?}", c.provider.kind).to_lowercase(),
+            provider: format!("{:?}", c.provider.kind()).to_lowercase(),
             domain: c.network.cluster_domain.clone(),
             kubernetes_version: c.versions.kubernetes.clone(),
             etcd_version: c.versions.etcd.clone(),

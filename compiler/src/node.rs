@@ -9,7 +9,7 @@
 //! | (all) | disk and NFS mounts | |
 
 use crate::artifact_set::ArtifactSet;
-use crate::config::ExposeType;
+use crate::expose::ExposeType;
 use crate::inputs::{CaName, CertRequest, Inputs};
 use crate::model::{ClusterModel, NodeModel};
 use crate::templates::{TemplateError, Templates};

@@ -121,10 +121,10 @@ pub async fn up(
     for w in &c.loaded.warnings {
         eprintln!("warning: {}: {}", c.loaded.file, w.message);
     }
-    if c.loaded.config.provider.kind != pangaea_compiler::config::ProviderType::Local {
+    if c.loaded.config.provider.kind() != pangaea_compiler::provider::ProviderKind::Local {
         bail!(
             "provider {:?} is not implemented yet; use provider: {{type: local}}",
-            c.loaded.config.provider.kind
+            c.loaded.config.provider.kind()
         );
     }
     let image = local::ensure_image(image_cache, &|m| step(m))?;
