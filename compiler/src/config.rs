@@ -109,7 +109,8 @@ pub struct Disk {
     #[serde(rename = "sizeGiB")]
     pub size_gib: u32,
     pub mount: String,
-    /// Block device on the node (default: /dev/disk/by-id/google-NAME on GCE, /dev/vdb… elsewhere).
+    /// Block device on the node (default: the provider's, see
+    /// [`ProviderKind::default_disk_device`](crate::provider::ProviderKind::default_disk_device)).
     #[serde(default)]
     pub device: Option<String>,
 }
@@ -171,7 +172,8 @@ pub struct Logging {
 pub struct Monitoring {
     #[serde(default)]
     pub enabled: bool,
-    /// Expose the dashboard outside the cluster (a LoadBalancer on cloud providers).
+    /// Expose the dashboard outside the cluster (how: `expose.grafana`, else the provider's
+    /// [`ProviderKind::external_exposure`](crate::provider::ProviderKind::external_exposure)).
     #[serde(default)]
     pub external_access: bool,
 }
