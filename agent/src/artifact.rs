@@ -8,7 +8,7 @@ use pangaea_proto as pb;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-pub const MIRROR_SCHEME: &str = "pangaea-mirror";
+pub use pangaea_artifact::MIRROR_SCHEME;
 
 /// The install spec of an assignment's artifact, with paths under `root`.
 pub fn spec(root: &Path, a: &pb::Artifact) -> Result<ArtifactSpec, String> {
@@ -75,10 +75,10 @@ impl Source for MirrorSource {
                 url: url.to_owned(),
                 message,
             };
-            let digest = url
-                .strip_prefix(&format!("{MIRROR_SCHEME}:"))
-                .map(|d| d.replacen('/', ":", 1))
-                .ok_or_else(|| transport("not a mirror URL".into()))?;
+            let digest = pangaea_artifact::MirrorUrl::parse(url)
+                .map_err(|e| transport(e.to_string()))?
+                .digest()
+                .to_string();
             let channel = self
                 .channel
                 .lock()

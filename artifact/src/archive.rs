@@ -3,7 +3,9 @@
 //! that is renamed into place once *all* of them were found, so a missing member installs
 //! nothing. Member names are compared without a leading `./`.
 
-use crate::fetch::{FetchError, Member};
+use crate::digest::Digest;
+use crate::error::FetchError;
+use crate::spec::Member;
 use pangaea_core::fsutil;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -116,7 +118,7 @@ fn stamp(path: &Path) -> Option<(u64, u128)> {
     Some((m.len(), t))
 }
 
-fn snapshot(digest: &crate::Digest, members: &[Member]) -> Option<Extracted> {
+fn snapshot(digest: &Digest, members: &[Member]) -> Option<Extracted> {
     let members = members
         .iter()
         .map(|m| stamp(&m.dest).map(|s| (m.dest.clone(), s)))
@@ -129,11 +131,7 @@ fn snapshot(digest: &crate::Digest, members: &[Member]) -> Option<Extracted> {
 
 /// Records that `members` were just extracted from the archive with `digest` that will be
 /// (or is) at `archive`.
-pub fn record(
-    archive: &Path,
-    digest: &crate::Digest,
-    members: &[Member],
-) -> Result<(), FetchError> {
+pub fn record(archive: &Path, digest: &Digest, members: &[Member]) -> Result<(), FetchError> {
     let err = |message: String| FetchError::Archive {
         archive: archive.to_owned(),
         message,
@@ -145,7 +143,7 @@ pub fn record(
 }
 
 /// Whether every member is exactly as the last extraction of this archive left it.
-pub fn members_current(archive: &Path, digest: &crate::Digest, members: &[Member]) -> bool {
+pub fn members_current(archive: &Path, digest: &Digest, members: &[Member]) -> bool {
     let Ok(text) = std::fs::read(record_path(archive)) else {
         return false;
     };

@@ -2,8 +2,10 @@
 
 use crate::archive;
 use crate::digest::{Digest, Hasher};
+use crate::error::FetchError;
 use crate::progress::{Progress, State};
 use crate::source::Sources;
+use crate::spec::ArtifactSpec;
 use bytes::Bytes;
 use pangaea_core::backoff::Backoff;
 use pangaea_core::fsutil;
@@ -16,81 +18,6 @@ use tokio::sync::{Semaphore, mpsc};
 
 /// Space kept free beyond the artifact itself, so a node is not filled to the last block.
 const SPACE_MARGIN: u64 = 16 << 20;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum FetchError {
-    #[error("artifact {url}: unsupported source (supported schemes: {supported})")]
-    UnsupportedSource { url: String, supported: String },
-    #[error("artifact {url}: HTTP status {status}")]
-    Http { url: String, status: u16 },
-    #[error("artifact {url}: transfer failed: {message}")]
-    Transport { url: String, message: String },
-    #[error("artifact {url}: body ended after {got} of {expected} bytes")]
-    Truncated {
-        url: String,
-        got: u64,
-        expected: u64,
-    },
-    #[error(
-        "artifact {url}: digest mismatch, expected {expected}, got {actual}; nothing was installed"
-    )]
-    Mismatch {
-        url: String,
-        expected: String,
-        actual: String,
-        resumed: bool,
-    },
-    #[error(
-        "artifact {url}: not enough space in {dir}: {need_mib} MiB needed, {free_mib} MiB free; {dest} left as it was"
-    )]
-    DiskFull {
-        url: String,
-        dir: PathBuf,
-        dest: PathBuf,
-        need_mib: u64,
-        free_mib: u64,
-    },
-    #[error("artifact {url}: {action} {path}: {message}")]
-    Io {
-        url: String,
-        action: &'static str,
-        path: PathBuf,
-        message: String,
-    },
-    #[error("archive {archive}: {message}")]
-    Archive { archive: PathBuf, message: String },
-}
-
-impl FetchError {
-    /// Worth another attempt: the network or the server may do better next time.
-    pub fn retryable(&self) -> bool {
-        match self {
-            FetchError::Transport { .. } | FetchError::Truncated { .. } => true,
-            FetchError::Http { status, .. } => *status >= 500 || *status == 408 || *status == 429,
-            // A resumed download whose digest is wrong starts over from zero once.
-            FetchError::Mismatch { resumed, .. } => *resumed,
-            _ => false,
-        }
-    }
-}
-
-/// A named file inside a `.tar.gz` artifact, extracted to `dest` after the archive verified.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    pub path: String,
-    pub dest: PathBuf,
-    pub mode: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ArtifactSpec {
-    pub url: String,
-    pub digest: Digest,
-    pub dest: PathBuf,
-    pub mode: u32,
-    /// Empty for a plain file; for an archive, the members to extract.
-    pub members: Vec<Member>,
-}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Installed {

@@ -13,11 +13,17 @@
 
 pub mod archive;
 pub mod digest;
+pub mod error;
 pub mod fetch;
+pub mod mirror;
 pub mod progress;
 pub mod source;
+pub mod spec;
 
 pub use digest::{Digest, DigestKind};
-pub use fetch::{ArtifactSpec, FetchError, Fetcher, Installed, Member, RetryPolicy};
+pub use error::FetchError;
+pub use fetch::{Fetcher, Installed, RetryPolicy};
+pub use mirror::{MIRROR_SCHEME, MirrorUrl, MirrorUrlError};
 pub use progress::{Progress, State, Status};
 pub use source::{Body, BoxFuture, Chunks, Source, Sources};
+pub use spec::{ArtifactSpec, Member};

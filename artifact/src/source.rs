@@ -2,7 +2,7 @@
 //! offset; if it cannot honour the offset (an HTTP server that ignores `Range`), it says so
 //! by returning a body that starts at 0, and the pipeline starts over.
 
-use crate::fetch::FetchError;
+use crate::error::FetchError;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::future::Future;

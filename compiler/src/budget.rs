@@ -11,7 +11,7 @@
 //! rounded up); a node whose roles' floors exceed its memory is refused with the breakdown.
 //! What is left above the floors is shared out by fixed proportions.
 
-use crate::config::Role;
+use crate::roles::Role;
 use serde::Serialize;
 
 /// Floors, MiB.
@@ -160,11 +160,9 @@ impl Budget {
 mod tests {
     use super::*;
 
-    const ALL: [Role; 3] = [Role::Etcd, Role::ControlPlane, Role::Worker];
-
     #[test]
     fn a_one_gigabyte_node_cannot_hold_all_roles_but_can_be_a_worker() {
-        let e = Budget::for_roles(1024, &ALL).unwrap_err();
+        let e = Budget::for_roles(1024, &Role::ALL).unwrap_err();
         assert_eq!(e.needed, 1364);
         assert!(e.to_string().contains("kube-apiserver 320"), "{e}");
         assert!(Budget::for_roles(1024, &[Role::Worker]).is_ok());
@@ -174,7 +172,7 @@ mod tests {
     #[test]
     fn budgets_add_up_and_grow_with_memory() {
         for mem in [1536, 2048, 4096, 8192] {
-            let b = Budget::for_roles(mem, &ALL).unwrap();
+            let b = Budget::for_roles(mem, &Role::ALL).unwrap();
             assert_eq!(
                 b.system_reserved_mib + b.kube_reserved_mib + b.eviction_hard_mib + b.pods_mib,
                 mem,
@@ -183,8 +181,8 @@ mod tests {
             assert!(b.pods_mib >= PODS, "{b:?}");
             assert!(b.etcd_quota_bytes >= 256 << 20 && b.etcd_quota_bytes <= 2048 << 20);
         }
-        let small = Budget::for_roles(1536, &ALL).unwrap();
-        let big = Budget::for_roles(8192, &ALL).unwrap();
+        let small = Budget::for_roles(1536, &Role::ALL).unwrap();
+        let big = Budget::for_roles(8192, &Role::ALL).unwrap();
         assert!(big.apiserver_mib > small.apiserver_mib && big.etcd_mib > small.etcd_mib);
         assert_eq!(
             small.gomemlimit.apiserver,

@@ -4,7 +4,7 @@
 //! apiVersion: pangaea.dev/v1alpha1
 //! kind: Cluster
 //! name: demo
-//! provider: { type: local }            # local | vagrant | gce
+//! provider: { type: local }            # local | vagrant | gce (see `provider`)
 //! network: { nodes: 10.213.0.0/24, pods: 10.244.0.0/16, services: 10.96.0.0/12 }
 //! pools:
 //!   - { name: node, count: 3, roles: [etcd, control-plane, worker], memoryMiB: 2048 }
@@ -16,10 +16,12 @@
 
 use crate::artifact_set::ArtifactOverride;
 use crate::cidr::Cidr;
+use crate::expose::{EXPOSABLE, Expose, ExposeType};
 use crate::locate::locate;
+use crate::provider::Provider;
+use crate::roles::Role;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 pub const API_VERSION: &str = "pangaea.dev/v1alpha1";
@@ -36,55 +38,6 @@ pub struct ConfigError {
 pub struct Warning {
     pub location: Option<(usize, usize)>,
     pub message: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    Etcd,
-    ControlPlane,
-    Worker,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Etcd => "etcd",
-            Role::ControlPlane => "control-plane",
-            Role::Worker => "worker",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderType {
-    #[default]
-    Local,
-    Vagrant,
-    Gce,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Provider {
-    #[serde(rename = "type", default)]
-    pub kind: ProviderType,
-    /// GCE: project (default: `gcloud config get project`).
-    #[serde(default)]
-    pub project: Option<String>,
-    /// GCE: zones, one node per zone in turn (failure domains).
-    #[serde(default)]
-    pub zones: Vec<String>,
-    /// GCE: Spot VMs.
-    #[serde(default)]
-    pub spot: bool,
-    /// GCE: address the nodes use to reach the controller.
-    #[serde(default)]
-    pub advertise_address: Option<String>,
-    /// Vagrant: base box.
-    #[serde(default)]
-    pub box_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -156,7 +109,8 @@ pub struct Disk {
     #[serde(rename = "sizeGiB")]
     pub size_gib: u32,
     pub mount: String,
-    /// Block device on the node (default: /dev/disk/by-id/google-NAME on GCE, /dev/vdb… elsewhere).
+    /// Block device on the node (default: the provider's, see
+    /// [`ProviderKind::default_disk_device`](crate::provider::ProviderKind::default_disk_device)).
     #[serde(default)]
     pub device: Option<String>,
 }
@@ -185,7 +139,7 @@ fn default_count() -> u32 {
     3
 }
 fn all_roles() -> Vec<Role> {
-    vec![Role::Etcd, Role::ControlPlane, Role::Worker]
+    Role::ALL.to_vec()
 }
 
 impl Default for Pool {
@@ -218,7 +172,8 @@ pub struct Logging {
 pub struct Monitoring {
     #[serde(default)]
     pub enabled: bool,
-    /// Expose the dashboard outside the cluster (a LoadBalancer on cloud providers).
+    /// Expose the dashboard outside the cluster (how: `expose.grafana`, else the provider's
+    /// [`ProviderKind::external_exposure`](crate::provider::ProviderKind::external_exposure)).
     #[serde(default)]
     pub external_access: bool,
 }
@@ -288,28 +243,6 @@ pub struct NfsMount {
     pub mount: String,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
-pub enum ExposeType {
-    #[default]
-    ClusterIP,
-    NodePort,
-    LoadBalancer,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Expose {
-    #[serde(rename = "type", default)]
-    pub kind: ExposeType,
-    #[serde(default)]
-    pub node_port: Option<u16>,
-    #[serde(default, rename = "loadBalancerIP")]
-    pub load_balancer_ip: Option<Ipv4Addr>,
-}
-
-/// Services of the add-ons that can be exposed outside the cluster.
-pub const EXPOSABLE: [&str; 2] = ["grafana", "prometheus"];
-
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterConfig {
@@ -366,21 +299,6 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         serde_norway::from_str("{}").expect("defaults deserialize")
     }
-}
-
-/// Memory of well-known machine types, MiB (GCE's shared-core and small standard types).
-pub fn machine_memory_mib(machine_type: &str) -> Option<u32> {
-    Some(match machine_type {
-        "e2-micro" => 1024,
-        "e2-small" => 2048,
-        "e2-medium" => 4096,
-        "e2-standard-2" | "n2-standard-2" | "n1-standard-2" => 8192,
-        "e2-standard-4" | "n2-standard-4" => 16384,
-        "n1-standard-1" => 3840,
-        "g1-small" => 1740,
-        "f1-micro" => 614,
-        _ => return None,
-    })
 }
 
 /// A loaded configuration: where it came from, and its text (for locating errors).
@@ -606,12 +524,17 @@ impl Loaded {
         let p = &self.config.pools[i];
         match (p.memory_mib, &p.machine_type) {
             (Some(m), _) => Ok(m),
-            (None, Some(t)) => machine_memory_mib(t).ok_or_else(|| {
-                self.err(
-                    &["pools", &i.to_string(), "machineType"],
-                    format!("unknown machine type {t:?}: set memoryMiB for this pool"),
-                )
-            }),
+            (None, Some(t)) => self
+                .config
+                .provider
+                .kind()
+                .machine_memory_mib(t)
+                .ok_or_else(|| {
+                    self.err(
+                        &["pools", &i.to_string(), "machineType"],
+                        format!("unknown machine type {t:?}: set memoryMiB for this pool"),
+                    )
+                }),
             (None, None) => Ok(2048),
         }
     }
@@ -636,7 +559,7 @@ mod tests {
         let l = parse("").unwrap();
         assert_eq!(l.config.pools[0].count, 3);
         assert_eq!(l.config.pools[0].roles.len(), 3);
-        assert_eq!(l.config.provider.kind, ProviderType::Local);
+        assert_eq!(l.config.provider, Provider::Local);
         assert!(l.warnings.is_empty());
         assert_eq!(
             parse("apiVersion: pangaea.dev/v1alpha1\nkind: Cluster\n")
@@ -692,6 +615,19 @@ mod tests {
         let e = parse("pools:\n  - name: x\n    machineType: z9-huge\n").unwrap_err();
         assert!(e.message.contains("unknown machine type"), "{e}");
         assert!(parse("pools:\n  - name: cp\n    count: 3\n    roles: [etcd, control-plane]\n  - name: w\n    count: 5\n    roles: [worker]\n    machineType: e2-micro\n").is_ok());
+    }
+
+    #[test]
+    fn a_provider_field_of_another_type_is_refused_where_it_is() {
+        let e = parse("name: demo\nprovider: {type: local, spot: true}\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pangaea.yaml:2:25: provider: `spot` is not valid for provider type local; only provider type gce accepts it"
+        );
+        let e = parse("provider:\n  type: vagrant\n  project: p\n").unwrap_err();
+        assert_eq!(e.location, Some((3, 3)), "{e}");
+        let l = parse("provider:\n  type: gce\n  project: p\n").unwrap();
+        assert_eq!(l.config.provider.kind(), crate::provider::ProviderKind::Gce);
     }
 
     #[test]

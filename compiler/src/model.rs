@@ -3,7 +3,10 @@
 //! DNS IP, API endpoint).
 
 use crate::budget::Budget;
-use crate::config::{Addons, Disk, Expose, Loaded, NfsMount, Registry, Role, UserSecret};
+use crate::config::{Addons, Disk, Loaded, NfsMount, Registry, UserSecret};
+use crate::expose::{Expose, ExposeType};
+use crate::provider::ProviderKind;
+use crate::roles::Role;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -24,8 +27,21 @@ pub struct NodeModel {
     pub cpus: u32,
     pub zone: Option<String>,
     pub labels: BTreeMap<String, String>,
-    pub disks: Vec<Disk>,
+    pub disks: Vec<NodeDisk>,
     pub budget: Budget,
+}
+
+/// A disk of a node: as configured, with its block device resolved once here.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeDisk {
+    /// The disk as `pangaea.yaml` gives it; templates see exactly these fields (`device` is
+    /// null when the configuration leaves it to the provider).
+    #[serde(flatten)]
+    pub config: Disk,
+    /// The block device to format and mount: the configured one, else the provider's
+    /// default ([`ProviderKind::default_disk_device`]).
+    #[serde(skip)]
+    pub device: String,
 }
 
 impl NodeModel {
@@ -37,7 +53,8 @@ impl NodeModel {
 #[derive(Clone, Debug, Serialize)]
 pub struct ClusterModel {
     pub name: String,
-    pub provider: String,
+    /// Templates see it as written in `pangaea.yaml` (`local`, `vagrant`, `gce`).
+    pub provider: ProviderKind,
     pub domain: String,
     pub kubernetes_version: String,
     pub etcd_version: String,
@@ -58,19 +75,27 @@ pub struct ClusterModel {
     pub secrets: Vec<UserSecret>,
     pub nfs: Vec<NfsMount>,
     pub expose: BTreeMap<String, Expose>,
+    /// How services meant to be reachable from outside the cluster are exposed when
+    /// `expose` leaves them at ClusterIP: the provider's
+    /// [`ProviderKind::external_exposure`]. Not serialized: templates see the decision in the
+    /// add-on parameters.
+    #[serde(skip)]
+    pub external_exposure: ExposeType,
 }
 
 impl ClusterModel {
     pub fn build(loaded: &Loaded) -> ClusterModel {
         let c = &loaded.config;
+        let provider = c.provider.kind();
         let mut nodes = Vec::new();
         for (i, p) in c.pools.iter().enumerate() {
             let memory = loaded.pool_memory(i).expect("validated");
             let budget = Budget::for_roles(memory, &p.roles).expect("validated");
             for n in 0..p.count {
                 let global = nodes.len() as u64;
-                let zone = (!c.provider.zones.is_empty())
-                    .then(|| c.provider.zones[global as usize % c.provider.zones.len()].clone());
+                let zones = c.provider.zones();
+                let zone =
+                    (!zones.is_empty()).then(|| zones[global as usize % zones.len()].clone());
                 nodes.push(NodeModel {
                     name: format!("{}-{}", p.name, n + 1),
                     pool: p.name.clone(),
@@ -87,7 +112,18 @@ impl ClusterModel {
                     cpus: p.cpus.unwrap_or(2),
                     zone,
                     labels: p.labels.clone(),
-                    disks: p.disks.clone(),
+                    disks: p
+                        .disks
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| NodeDisk {
+                            device: d
+                                .device
+                                .clone()
+                                .unwrap_or_else(|| provider.default_disk_device(&d.name, i)),
+                            config: d.clone(),
+                        })
+                        .collect(),
                     budget: budget.clone(),
                 });
             }
@@ -99,7 +135,7 @@ impl ClusterModel {
             .address;
         ClusterModel {
             name: c.name.clone(),
-            provider: format!("{:?}", c.provider.kind).to_lowercase(),
+            provider,
             domain: c.network.cluster_domain.clone(),
             kubernetes_version: c.versions.kubernetes.clone(),
             etcd_version: c.versions.etcd.clone(),
@@ -115,6 +151,7 @@ impl ClusterModel {
             secrets: c.secrets.clone(),
             nfs: c.nfs.clone(),
             expose: c.expose.clone(),
+            external_exposure: provider.external_exposure(),
         }
     }
 
@@ -158,5 +195,41 @@ mod tests {
         assert_eq!(m.nodes[4].zone.as_deref(), Some("b"));
         assert_eq!(m.with_role(Role::Etcd).count(), 3);
         assert_eq!(m.nodes[0].memory_mib, 4096);
+        assert_eq!(m.provider, ProviderKind::Gce);
+        assert_eq!(m.external_exposure, ExposeType::LoadBalancer);
+    }
+
+    #[test]
+    fn disk_devices_are_resolved_once_by_the_provider() {
+        let disks = "pools:\n  - name: a\n    count: 1\n    disks:\n      - {name: data, sizeGiB: 1, mount: /data}\n      - {name: logs, sizeGiB: 1, mount: /logs}\n      - {name: own, sizeGiB: 1, mount: /own, device: /dev/sdz}\n";
+        let devices = |provider: &str| {
+            let text = format!("{provider}{disks}");
+            let l = Loaded::parse("p.yaml", &text, std::path::Path::new(".")).unwrap();
+            let m = ClusterModel::build(&l);
+            m.nodes[0]
+                .disks
+                .iter()
+                .map(|d| d.device.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(devices(""), ["/dev/vdb", "/dev/vdc", "/dev/sdz"]);
+        assert_eq!(
+            devices("provider: {type: gce}\n"),
+            [
+                "/dev/disk/by-id/google-data",
+                "/dev/disk/by-id/google-logs",
+                "/dev/sdz"
+            ]
+        );
+        // Templates still see the disk as configured.
+        let l = Loaded::parse("p.yaml", disks, std::path::Path::new(".")).unwrap();
+        let m = ClusterModel::build(&l);
+        let v = serde_json::to_value(&m.nodes[0].disks[0]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"name": "data", "sizeGiB": 1, "mount": "/data", "device": null})
+        );
+        assert_eq!(serde_json::to_value(&m).unwrap()["provider"], "local");
+        assert_eq!(m.external_exposure, ExposeType::ClusterIP);
     }
 }

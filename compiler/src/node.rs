@@ -9,7 +9,7 @@
 //! | (all) | disk and NFS mounts | |
 
 use crate::artifact_set::ArtifactSet;
-use crate::config::ExposeType;
+use crate::expose::ExposeType;
 use crate::inputs::{CaName, CertRequest, Inputs};
 use crate::model::{ClusterModel, NodeModel};
 use crate::templates::{TemplateError, Templates};
@@ -131,7 +131,7 @@ struct NodeRef<'a> {
     name: &'a str,
     pool: &'a str,
     address: Ipv4Addr,
-    roles: &'a [crate::config::Role],
+    roles: &'a [crate::roles::Role],
     is_etcd: bool,
     is_control_plane: bool,
     is_worker: bool,
@@ -798,17 +798,11 @@ impl Compiler<'_> {
             b.artifact("crictl", &[("crictl", "/usr/local/bin/crictl")], None);
         }
 
-        for (i, d) in node.disks.iter().enumerate() {
-            let device = d.device.clone().unwrap_or_else(|| {
-                if self.model.provider == "gce" {
-                    format!("/dev/disk/by-id/google-{}", d.name)
-                } else {
-                    format!("/dev/vd{}", (b'b' + i as u8) as char)
-                }
-            });
-            let mount_unit = format!("{}.mount", systemd_escape_path(&d.mount));
-            let format_unit = format!("pangaea-format-{}.service", d.name);
-            let params = json!({ "disk": d, "device": device, "format_unit": format_unit });
+        for d in &node.disks {
+            let mount_unit = format!("{}.mount", systemd_escape_path(&d.config.mount));
+            let format_unit = format!("pangaea-format-{}.service", d.config.name);
+            let params =
+                json!({ "disk": d.config, "device": d.device, "format_unit": format_unit });
             b.unit(
                 "units/disk-format.service",
                 &format_unit,
@@ -830,15 +824,11 @@ impl Compiler<'_> {
         let a = &self.model.addons;
         let expose = |svc: &str, default_external: bool| {
             let e = self.model.expose.get(svc).cloned().unwrap_or_default();
-            let kind = if e.kind == ExposeType::ClusterIP
-                && default_external
-                && self.model.provider != "local"
-            {
-                ExposeType::LoadBalancer
-            } else {
-                e.kind
+            let kind = match e.kind {
+                ExposeType::ClusterIP if default_external => self.model.external_exposure,
+                kind => kind,
             };
-            json!({ "type": format!("{kind:?}"), "node_port": e.node_port, "load_balancer_ip": e.load_balancer_ip })
+            json!({ "type": kind, "node_port": e.node_port, "load_balancer_ip": e.load_balancer_ip })
         };
         let mut list: Vec<(&str, bool, Value)> = vec![
             ("flannel", a.flannel, json!({})),

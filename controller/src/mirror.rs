@@ -12,8 +12,6 @@ use pangaea_core::fsutil;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub const MIRROR_SCHEME: &str = "pangaea-mirror";
-
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MirrorEntry {
     pub digest: String,
@@ -52,7 +50,7 @@ impl Mirror {
 
     /// The URL under which agents fetch `d` from this mirror.
     pub fn url(d: &Digest) -> String {
-        format!("{MIRROR_SCHEME}:{}/{}", d.algorithm(), d.hex())
+        pangaea_artifact::MirrorUrl::new(d.clone()).to_string()
     }
 
     fn record(&self, d: &Digest, source: &str) -> Result<MirrorEntry, FetchError> {
