@@ -8,7 +8,8 @@ use pangaea_proto as pb;
 use prost::Message;
 use redb::{ReadableTable, WriteTransaction};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use tokio::sync::Mutex;
 use tokio::sync::watch;
 
 /// The content of an assignment, before it gets a revision.
@@ -119,26 +120,27 @@ pub fn store_plan(
 
 type Latest = watch::Sender<Option<Arc<pb::Assignment>>>;
 
-/// In-memory fan-out of assignment changes to the nodes' watch streams.
+/// In-memory fan-out of assignment changes to the nodes' watch streams. The lock is
+/// tokio's: it is only ever held for a map operation, never across other awaits.
 #[derive(Default, Clone)]
 pub struct Hub {
     senders: Arc<Mutex<HashMap<String, Latest>>>,
 }
 
 impl Hub {
-    fn sender(&self, node: &str) -> Latest {
+    async fn sender(&self, node: &str) -> Latest {
         self.senders
             .lock()
-            .expect("hub lock")
+            .await
             .entry(node.to_owned())
             .or_insert_with(|| watch::channel(None).0)
             .clone()
     }
 
     /// Publishes a committed assignment.
-    pub fn publish(&self, a: pb::Assignment) {
+    pub async fn publish(&self, a: pb::Assignment) {
         let node = a.node_name.clone();
-        self.sender(&node).send_if_modified(|cur| {
+        self.sender(&node).await.send_if_modified(|cur| {
             let newer = cur.as_ref().is_none_or(|c| c.revision < a.revision);
             if newer {
                 *cur = Some(Arc::new(a));
@@ -148,26 +150,24 @@ impl Hub {
     }
 
     /// Subscribes to a node's assignment, seeding it with `current` from the store.
-    pub fn subscribe(
+    pub async fn subscribe(
         &self,
         node: &str,
         current: Option<pb::Assignment>,
     ) -> watch::Receiver<Option<Arc<pb::Assignment>>> {
         if let Some(a) = current {
-            self.publish(a);
+            self.publish(a).await;
         }
-        self.sender(node).subscribe()
+        self.sender(node).await.subscribe()
     }
-}
 
-impl Hub {
     /// Ends a node's watch streams (the node was removed).
-    pub fn close(&self, node: &str) {
-        self.senders.lock().expect("hub lock").remove(node);
+    pub async fn close(&self, node: &str) {
+        self.senders.lock().await.remove(node);
     }
 
     /// Ends every watch stream (the controller is shutting down).
-    pub fn close_all(&self) {
-        self.senders.lock().expect("hub lock").clear();
+    pub async fn close_all(&self) {
+        self.senders.lock().await.clear();
     }
 }

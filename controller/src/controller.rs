@@ -166,7 +166,7 @@ impl Controller {
                         .get(record.name.as_str())
                         .map_err(|e| store::db_err("reports", &record.name, e))?
                     {
-                        Some(v) => Some(crate::rules::decode_report(&record.name, v.value())?),
+                        Some(v) => Some(crate::records::decode_report(&record.name, v.value())?),
                         None => None,
                     };
                     Ok(NodeView {
@@ -200,40 +200,9 @@ impl Controller {
         if !found {
             return Err(ControllerError::NoSuchNode(name));
         }
-        self.hub.close(&name);
+        self.hub.close(&name).await;
         tracing::info!(node = %name, "node removed; its certificates are revoked");
         Ok(())
-    }
-
-    /// Recomputes a node's plan and publishes it if it changed. Returns the revision.
-    pub async fn replan(&self, name: &str) -> Result<u64, ControllerError> {
-        let record = self
-            .node(name)?
-            .filter(|r| !r.removed)
-            .ok_or_else(|| ControllerError::NoSuchNode(name.to_owned()))?;
-        let plan = crate::rules::plan(self, &record).await??;
-        let n = name.to_owned();
-        let changed = self
-            .store
-            .write(move |txn| assign::store_plan(txn, &n, plan))
-            .await?;
-        match changed {
-            Some(a) => {
-                let rev = a.revision;
-                self.hub.publish(a);
-                Ok(rev)
-            }
-            None => Ok(self
-                .store
-                .read(|r| {
-                    assign::load(
-                        &r.open_table(ASSIGNMENTS)
-                            .map_err(|e| store::db_err("assignments", name, e))?,
-                        name,
-                    )
-                })?
-                .map_or(0, |a| a.revision)),
-        }
     }
 }
 

@@ -5,6 +5,8 @@
 //! cluster's rules; [`service`] exposes them to agents over mutual TLS and [`admin`] to the
 //! operator's commands over a local socket; [`cli`] is the command line.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod agent_http;
 pub mod assign;

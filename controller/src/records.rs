@@ -1,5 +1,8 @@
 //! What the state store keeps about tokens and nodes.
 
+use crate::store::StoreError;
+use pangaea_proto as pb;
+use prost::Message;
 use serde::{Deserialize, Serialize};
 
 /// A bootstrap token. Only the SHA-256 of its secret is kept.
@@ -47,4 +50,25 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// Reports are stored as 8 bytes of receive time (unix seconds, big endian) + the protobuf.
+pub fn encode_report(received_at: i64, report: &pb::HealthReport) -> Vec<u8> {
+    let mut v = received_at.to_be_bytes().to_vec();
+    report.encode(&mut v).expect("vec grows");
+    v
+}
+
+/// The inverse of [`encode_report`].
+pub fn decode_report(node: &str, bytes: &[u8]) -> Result<(i64, pb::HealthReport), StoreError> {
+    let corrupt = |m: String| StoreError::Corrupt {
+        table: "reports",
+        key: node.to_owned(),
+        message: m,
+    };
+    let (t, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("short record".into()))?;
+    let report = pb::HealthReport::decode(rest).map_err(|e| corrupt(e.to_string()))?;
+    Ok((i64::from_be_bytes(*t), report))
 }

@@ -19,7 +19,6 @@ use crate::tokens::{self, TokenRefused};
 use pangaea_core::NodeName;
 use pangaea_core::token::BootstrapToken;
 use pangaea_proto as pb;
-use prost::Message;
 
 /// Why the cluster refused a request. Each says what was wrong and what to do.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -306,7 +305,7 @@ pub async fn record_report(
     report: pb::HealthReport,
 ) -> Result<(), ControllerError> {
     let now = now();
-    let value = encode_report(now, &report);
+    let value = crate::records::encode_report(now, &report);
     let n = node.to_owned();
     c.store
         .write(move |txn| {
@@ -343,26 +342,33 @@ pub async fn record_report(
     Ok(())
 }
 
-/// Reports are stored as 8 bytes of receive time (unix seconds, big endian) + the protobuf.
-pub(crate) fn encode_report(received_at: i64, report: &pb::HealthReport) -> Vec<u8> {
-    let mut v = received_at.to_be_bytes().to_vec();
-    report.encode(&mut v).expect("vec grows");
-    v
-}
-
-/// The inverse of [`encode_report`].
-pub(crate) fn decode_report(
-    node: &str,
-    bytes: &[u8],
-) -> Result<(i64, pb::HealthReport), StoreError> {
-    let corrupt = |m: String| StoreError::Corrupt {
-        table: "reports",
-        key: node.to_owned(),
-        message: m,
-    };
-    let (t, rest) = bytes
-        .split_first_chunk::<8>()
-        .ok_or_else(|| corrupt("short record".into()))?;
-    let report = pb::HealthReport::decode(rest).map_err(|e| corrupt(e.to_string()))?;
-    Ok((i64::from_be_bytes(*t), report))
+/// Recomputes a node's plan and publishes it if it changed. Returns the revision.
+pub async fn replan(c: &Controller, name: &str) -> Result<u64, ControllerError> {
+    let record = c
+        .node(name)?
+        .filter(|r| !r.removed)
+        .ok_or_else(|| ControllerError::NoSuchNode(name.to_owned()))?;
+    let plan = plan(c, &record).await??;
+    let n = name.to_owned();
+    let changed = c
+        .store
+        .write(move |txn| assign::store_plan(txn, &n, plan))
+        .await?;
+    match changed {
+        Some(a) => {
+            let rev = a.revision;
+            c.hub.publish(a).await;
+            Ok(rev)
+        }
+        None => Ok(c
+            .store
+            .read(|r| {
+                assign::load(
+                    &r.open_table(ASSIGNMENTS)
+                        .map_err(|e| store::db_err("assignments", name, e))?,
+                    name,
+                )
+            })?
+            .map_or(0, |a| a.revision)),
+    }
 }

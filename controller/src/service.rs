@@ -94,7 +94,7 @@ pub async fn serve(
     // Watch streams never finish by themselves; end them so connections can close.
     let shutdown = async move {
         shutdown.await;
-        hub.close_all();
+        hub.close_all().await;
     };
     router(c.clone())
         .serve_with_incoming_shutdown(incoming, shutdown)
@@ -193,7 +193,7 @@ impl pb::enrollment_server::Enrollment for Service {
         let joined = answer(rules::join(&self.0, join).await, &remote, "Join")?;
         tracing::info!(node = %name, %remote, serial = %joined.serial_hex, "node joined");
         if let Some(a) = joined.assignment {
-            self.0.hub.publish(a);
+            self.0.hub.publish(a).await;
         }
         Ok(Response::new(pb::JoinResponse {
             node_name: name.to_string(),
@@ -257,7 +257,7 @@ impl pb::node_service_server::NodeService for Service {
                 )
             })
             .map_err(internal)?;
-        let rx = self.0.hub.subscribe(&node.name, current);
+        let rx = self.0.hub.subscribe(&node.name, current).await;
         let stream = tokio_stream::wrappers::WatchStream::new(rx)
             .filter_map(|a| a.map(|a| Ok((*a).clone())));
         Ok(Response::new(Box::pin(stream)))

@@ -87,7 +87,9 @@ async fn three_agents_join_apply_report_and_follow_changes() {
         },
     );
     for n in ["node-1", "node-2", "node-3"] {
-        ctl.controller.replan(n).await.unwrap();
+        pangaea_controller::rules::replan(&ctl.controller, n)
+            .await
+            .unwrap();
     }
     eventually("node-2 applies v2", T, || {
         std::fs::read_to_string(agents[1].root_path("/etc/etcd.conf")).unwrap() == "v2"

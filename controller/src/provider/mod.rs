@@ -188,18 +188,18 @@ pub fn from_config(
     state: &crate::state_dir::StateDir,
     image_cache: &std::path::Path,
 ) -> Result<Box<dyn Provider>, ProviderError> {
-    use pangaea_compiler::config::ProviderType;
+    use pangaea_compiler::provider::ProviderKind;
     let c = &config.config;
-    match c.provider.kind {
-        ProviderType::Local => Ok(Box::new(local::Local::new(
+    match c.provider.kind() {
+        ProviderKind::Local => Ok(Box::new(local::Local::new(
             &c.name,
             c.network.nodes,
             state,
             image_cache,
         ))),
-        ref other => Err(ProviderError::Prerequisite(format!(
+        other => Err(ProviderError::Prerequisite(format!(
             "provider {:?} is not implemented yet; use provider: {{type: local}}",
-            format!("{other:?}").to_lowercase()
+            other.as_str()
         ))),
     }
 }
