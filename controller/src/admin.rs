@@ -27,7 +27,7 @@ pub fn token_info(t: &TokenRecord) -> pb::TokenInfo {
 
 pub fn node_info(v: &NodeView) -> pb::NodeInfo {
     pb::NodeInfo {
-        name: v.record.name.clone(),
+        name: v.record.name.to_string(),
         instance_id: v.record.instance_id.clone(),
         addresses: v.record.addresses.clone(),
         certificate_not_after: v.record.cert_not_after,
@@ -38,7 +38,12 @@ pub fn node_info(v: &NodeView) -> pb::NodeInfo {
         joined_at: v.record.joined_at,
         first_applied_at: v.record.first_applied_at.unwrap_or(0),
         healthy_at: v.record.healthy_at.unwrap_or(0),
-        roles: v.record.roles.clone(),
+        roles: v
+            .record
+            .roles
+            .iter()
+            .map(|r| r.as_str().to_owned())
+            .collect(),
     }
 }
 

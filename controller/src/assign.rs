@@ -4,6 +4,8 @@
 
 use crate::records::NodeRecord;
 use crate::store::{self, ASSIGNMENTS, StoreError};
+use pangaea_compiler::roles::Role;
+use pangaea_core::NodeName;
 use pangaea_proto as pb;
 use prost::Message;
 use redb::{ReadableTable, WriteTransaction};
@@ -32,7 +34,7 @@ pub struct PlanError {
 pub trait Planner: Send + Sync + 'static {
     fn plan(&self, node: &NodeRecord) -> Result<Plan, PlanError>;
     /// The roles the cluster configuration gives a node (shown by `status`).
-    fn roles(&self, _node: &str) -> Vec<String> {
+    fn roles(&self, _node: &NodeName) -> Vec<Role> {
         vec![]
     }
 }

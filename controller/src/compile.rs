@@ -10,7 +10,9 @@ use pangaea_compiler::artifact_set::ArtifactSet;
 use pangaea_compiler::config::{ConfigError, Loaded};
 use pangaea_compiler::model::ClusterModel;
 use pangaea_compiler::node::{CompileError, Compiler, NodeOutput};
+use pangaea_compiler::roles::Role;
 use pangaea_compiler::templates::{TemplateError, Templates};
+use pangaea_core::NodeName;
 use pangaea_proto as pb;
 use std::path::{Path, PathBuf};
 
@@ -132,11 +134,11 @@ pub fn to_plan(out: NodeOutput) -> Plan {
 pub struct CompilerPlanner(pub Compilation);
 
 impl Planner for CompilerPlanner {
-    fn roles(&self, node: &str) -> Vec<String> {
+    fn roles(&self, node: &NodeName) -> Vec<Role> {
         self.0
             .model
-            .node(node)
-            .map(|n| n.roles.iter().map(|r| r.as_str().to_owned()).collect())
+            .node(node.as_str())
+            .map(|n| n.roles.clone())
             .unwrap_or_default()
     }
 
@@ -145,7 +147,7 @@ impl Planner for CompilerPlanner {
             .compile_node(&node.name)
             .map(to_plan)
             .map_err(|e| PlanError {
-                node: node.name.clone(),
+                node: node.name.to_string(),
                 message: match e {
                     CompileSetupError::Compile(CompileError::NoSuchNode(_)) => format!(
                         "node {:?} is not in the cluster configuration ({})",

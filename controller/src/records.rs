@@ -1,6 +1,8 @@
 //! What the state store keeps about tokens and nodes.
 
 use crate::store::StoreError;
+use pangaea_compiler::roles::Role;
+use pangaea_core::NodeName;
 use pangaea_proto as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -24,12 +26,12 @@ pub struct TokenRecord {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRecord {
-    pub name: String,
+    pub name: NodeName,
     pub instance_id: String,
     pub hostname: String,
     pub addresses: Vec<String>,
     pub boot_id: String,
-    pub roles: Vec<String>,
+    pub roles: Vec<Role>,
     pub joined_at: i64,
     /// Serials (hex) of the agent certificates this incarnation of the node may use. A
     /// client certificate whose serial is not listed is refused even if it chains to the

@@ -119,12 +119,12 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
         Err(e) => return Ok(Err(Refusal::Invalid(e.to_string()))),
     };
     let record = NodeRecord {
-        name: name.clone(),
+        name: req.name.clone(),
         instance_id: req.instance_id,
         hostname: req.hostname,
         addresses: req.addresses,
         boot_id: req.boot_id,
-        roles: c.planner.roles(&name),
+        roles: c.planner.roles(&req.name),
         joined_at: now(),
         active_serials: vec![issued.serial_hex.clone()],
         cert_not_after: issued.not_after,
@@ -210,7 +210,7 @@ pub async fn plan(
     match planned {
         Ok(p) => Ok(p),
         Err(e) => Ok(Err(assign::PlanError {
-            node: record.name.clone(),
+            node: record.name.to_string(),
             message: format!("the planner failed: {e}"),
         })),
     }

@@ -234,7 +234,7 @@ impl pb::node_service_server::NodeService for Service {
     ) -> Result<Response<AssignmentStream>, Status> {
         let node = self.authenticate(&req, "WatchAssignment")?;
         let asked = &req.get_ref().node_name;
-        if !asked.is_empty() && *asked != node.name {
+        if !asked.is_empty() && node.name != *asked.as_str() {
             let (remote, _) = peer(&req);
             return Err(refuse(
                 Code::PermissionDenied,

@@ -25,6 +25,26 @@ impl NodeName {
     }
 }
 
+/// A node name reads as the string it is (validation happens once, at construction).
+impl std::ops::Deref for NodeName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for NodeName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for NodeName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
 impl TryFrom<String> for NodeName {
     type Error = InvalidName;
     fn try_from(name: String) -> Result<Self, InvalidName> {

@@ -44,7 +44,7 @@ impl Planner for TestPlanner {
             .plans
             .lock()
             .unwrap()
-            .get(&node.name)
+            .get(node.name.as_str())
             .cloned()
             .unwrap_or_default();
         plan.files

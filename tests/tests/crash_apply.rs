@@ -18,7 +18,18 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
             .arg(state.path())
             .spawn()
             .unwrap();
-        // Kill points spread over the first tens of milliseconds of applying.
+        // Kill points spread over the first tens of milliseconds of applying; every tenth
+        // round waits for a completed apply first, so that the loop provably makes progress
+        // across kills even on a machine too loaded to finish one in 60 ms.
+        if round % 10 == 9 {
+            let before = applied_revision(state.path());
+            pangaea_tests::poll_until(
+                "an apply to complete",
+                Duration::from_secs(30),
+                Duration::from_millis(5),
+                || (applied_revision(state.path()) > before).then_some(()),
+            );
+        }
         std::thread::sleep(Duration::from_millis(3 + (round * 7) % 60));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -53,4 +64,12 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
         "applied revision {}",
         applied.revision
     );
+}
+
+/// The revision the loop recorded as applied (0: none yet, or being replaced right now).
+fn applied_revision(state: &std::path::Path) -> u64 {
+    std::fs::read(state.join("applied-assignment.pb"))
+        .ok()
+        .and_then(|b| pangaea_proto::Assignment::decode(b.as_slice()).ok())
+        .map_or(0, |a| a.revision)
 }
