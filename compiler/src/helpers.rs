@@ -19,6 +19,7 @@
 //! | `quote_shell` | `{{quote_shell s}}` | `'…'` safe for sh |
 
 use crate::cidr::Cidr;
+use crate::roles::Role;
 use base64::Engine;
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason,
@@ -189,7 +190,7 @@ pub fn etcd_endpoints(a: &[Value]) -> Result<Value, String> {
 /// `{{#each (nodes_with_role nodes "worker")}}`: the nodes that have the role.
 pub fn nodes_with_role(a: &[Value]) -> Result<Value, String> {
     let role = str_arg(&a[1], "role")?;
-    if !["etcd", "control-plane", "worker"].contains(&role) {
+    if !Role::ALL.iter().any(|r| r.as_str() == role) {
         return Err(format!(
             "unknown role {role:?}: use etcd, control-plane or worker"
         ));
