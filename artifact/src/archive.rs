@@ -15,6 +15,8 @@ fn normalize(p: &str) -> &str {
     p.trim_start_matches("./")
 }
 
+/// Extracts `members` from the `.tar.gz` at `archive` into their destinations: all of them,
+/// or (when one is missing or cannot be written) none.
 pub fn extract(archive: &Path, members: &[Member]) -> Result<(), FetchError> {
     let err = |message: String| FetchError::Archive {
         archive: archive.to_owned(),

@@ -8,26 +8,35 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
+/// A hash algorithm artifacts are pinned with.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum DigestKind {
+    /// SHA-256 (the default: most upstreams publish it).
     Sha256,
+    /// SHA-512 (what some upstreams publish instead).
     Sha512,
 }
 
+/// A content digest; displays (and parses) as `sha256:<hex>` or `sha512:<hex>`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
+    /// The algorithm.
     pub kind: DigestKind,
+    /// The raw hash (32 or 64 bytes).
     pub bytes: Vec<u8>,
 }
 
+/// A string that is not a digest (the string is kept for the message).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("malformed digest {0:?}: expected sha256:<64 hex> or sha512:<128 hex>")]
 pub struct MalformedDigest(pub String);
 
 impl Digest {
+    /// Parses `sha256:<64 hex>`, `sha512:<128 hex>` or a bare 64-hex SHA-256; hex must be
+    /// lowercase.
     pub fn parse(s: &str) -> Result<Digest, MalformedDigest> {
         let bad = || MalformedDigest(s.to_owned());
         let (kind, hexpart) = match s.split_once(':') {
@@ -53,10 +62,12 @@ impl Digest {
         })
     }
 
+    /// The hash in lowercase hex, without the algorithm.
     pub fn hex(&self) -> String {
         hex::encode(&self.bytes)
     }
 
+    /// The algorithm's name (`sha256`, `sha512`).
     pub fn algorithm(&self) -> &'static str {
         match self.kind {
             DigestKind::Sha256 => "sha256",
@@ -64,6 +75,7 @@ impl Digest {
         }
     }
 
+    /// A hasher of this digest's kind, to check content against it.
     pub fn hasher(&self) -> Hasher {
         Hasher::new(self.kind)
     }
@@ -105,11 +117,14 @@ impl std::str::FromStr for Digest {
 /// An incremental hasher of either kind.
 #[derive(Clone)]
 pub enum Hasher {
+    /// SHA-256 in progress.
     Sha256(sha2::Sha256),
+    /// SHA-512 in progress.
     Sha512(sha2::Sha512),
 }
 
 impl Hasher {
+    /// A hasher of `kind` that has seen nothing yet.
     pub fn new(kind: DigestKind) -> Hasher {
         match kind {
             DigestKind::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
@@ -117,6 +132,7 @@ impl Hasher {
         }
     }
 
+    /// Feeds the next bytes.
     pub fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(data),
@@ -124,6 +140,7 @@ impl Hasher {
         }
     }
 
+    /// The digest of everything fed.
     pub fn finish(self) -> Digest {
         match self {
             Hasher::Sha256(h) => Digest {

@@ -19,19 +19,28 @@ use tokio::sync::{Semaphore, mpsc};
 /// Space kept free beyond the artifact itself, so a node is not filled to the last block.
 const SPACE_MARGIN: u64 = 16 << 20;
 
+/// What [`Fetcher::install`] did: callers restart units only when something `changed`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Installed {
     /// The destination (or a member) changed.
     pub changed: bool,
+    /// Bytes transferred by the attempt that succeeded (0 when nothing was downloaded).
     pub downloaded_bytes: u64,
+    /// Where that attempt resumed from (0 when it started from the beginning).
     pub resumed_from: u64,
+    /// Download attempts made (0 when the destination was already current).
     pub attempts: u32,
 }
 
+/// How often and how patiently a failed download is tried again (only for errors that
+/// [`FetchError::retryable`] says another attempt may fix).
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
+    /// Attempts in all, the first included.
     pub attempts: u32,
+    /// Delay before the first retry; it grows ×1.6 per failure, with jitter.
     pub initial: Duration,
+    /// Longest delay between attempts.
     pub max: Duration,
 }
 
@@ -45,6 +54,9 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Installs artifacts: a limited number of downloads at once, each through the verified,
+/// resumable, atomic pipeline described in the crate documentation, with their state in a
+/// shared [`Progress`].
 pub struct Fetcher {
     sources: Sources,
     limit: Arc<Semaphore>,
@@ -93,11 +105,13 @@ impl Fetcher {
         }
     }
 
+    /// Replaces the default retry policy (5 attempts, 1 s to 30 s apart).
     pub fn with_policy(mut self, policy: RetryPolicy) -> Fetcher {
         self.policy = policy;
         self
     }
 
+    /// The state of every download this fetcher was asked for.
     pub fn progress(&self) -> &Progress {
         &self.progress
     }

@@ -11,6 +11,8 @@
 //! Sources are pluggable by URL scheme ([`Source`]): `http(s)://` (reqwest), `file://`, and
 //! whatever the embedding program registers (the agent adds the controller's mirror).
 
+#![warn(missing_docs)]
+
 pub mod archive;
 pub mod digest;
 pub mod error;

@@ -4,15 +4,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// Where one artifact's installation stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
+    /// Being downloaded (or checked, or extracted).
     Downloading,
+    /// An attempt failed; waiting to try again.
     Retrying,
+    /// In place and verified.
     Installed,
+    /// Given up on; `error` says why.
     Failed,
 }
 
 impl State {
+    /// The state as health reports and the CLI show it (`downloading`, `installed`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             State::Downloading => "downloading",
@@ -23,14 +29,20 @@ impl State {
     }
 }
 
+/// One artifact's installation, as last seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
+    /// Where it is downloaded from.
     pub url: String,
+    /// Where it stands.
     pub state: State,
+    /// Bytes of the content on disk so far, counting a resumed prefix.
     pub bytes_done: u64,
+    /// Size of the content, when the source said.
     pub bytes_total: Option<u64>,
     /// Where this attempt started (non-zero when resumed).
     pub resumed_from: u64,
+    /// The last error, while retrying or after failing.
     pub error: Option<String>,
 }
 
@@ -41,6 +53,7 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Every artifact's status, by destination.
     pub fn snapshot(&self) -> Vec<(PathBuf, Status)> {
         self.inner
             .lock()
@@ -50,6 +63,7 @@ impl Progress {
             .collect()
     }
 
+    /// The status of the artifact installed at `dest`.
     pub fn get(&self, dest: &Path) -> Option<Status> {
         self.inner.lock().expect("progress lock").get(dest).cloned()
     }

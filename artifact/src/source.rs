@@ -10,22 +10,29 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The future a [`Source`] or [`Chunks`] returns (boxed, so the traits stay object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A body delivered in chunks. `None` marks its end.
 pub trait Chunks: Send {
+    /// The next chunk, or `None` at the end of the body.
     fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, FetchError>>;
 }
 
+/// What a source delivers for one request: where it starts, and the bytes from there.
 pub struct Body {
     /// Offset of the first byte this body delivers (0 when the offset was not honoured).
     pub start: u64,
     /// Size of the whole content, when the source knows it.
     pub total: Option<u64>,
+    /// The bytes, from `start` on.
     pub chunks: Box<dyn Chunks>,
 }
 
+/// Where artifact bytes come from, for the URLs of one scheme.
 pub trait Source: Send + Sync {
+    /// Opens `url` at byte `offset`. A source that cannot start there returns a body that
+    /// starts at 0, and the pipeline starts the file over.
     fn open<'a>(&'a self, url: &'a str, offset: u64) -> BoxFuture<'a, Result<Body, FetchError>>;
 }
 
@@ -46,10 +53,13 @@ impl Sources {
         Sources { by_scheme }
     }
 
+    /// Adds (or replaces) the source for URLs of `scheme` (e.g. the agent's mirror source
+    /// under [`crate::MIRROR_SCHEME`]).
     pub fn register(&mut self, scheme: &str, source: Arc<dyn Source>) {
         self.by_scheme.insert(scheme.to_owned(), source);
     }
 
+    /// The source for `url`'s scheme.
     pub fn for_url(&self, url: &str) -> Result<&Arc<dyn Source>, FetchError> {
         let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
         self.by_scheme
@@ -66,6 +76,7 @@ impl Sources {
     }
 }
 
+/// `http://` and `https://` through reqwest, resuming with `Range` requests.
 pub struct HttpSource {
     client: reqwest::Client,
 }
@@ -77,6 +88,8 @@ impl Default for HttpSource {
 }
 
 impl HttpSource {
+    /// A client with connect and read timeouts, so a stalled server is abandoned and the
+    /// download resumed rather than waited on forever.
     pub fn new() -> HttpSource {
         // reqwest's rustls needs the process-wide provider; installing it is idempotent.
         pangaea_core::install_crypto_provider();

@@ -1,4 +1,8 @@
-//! The pinned default artifact set (`controller/artifacts.yaml`, embedded) and overrides.
+//! The pinned default artifact set (`compiler/artifacts.yaml`, embedded) and overrides.
+//!
+//! Every binary a node runs is pinned here by version, URL and the digest its upstream
+//! publishes, so a compilation decides exactly which bytes nodes install; `artifacts:` in
+//! `pangaea.yaml` can move an entry to another source or replace it.
 
 use pangaea_artifact::Digest;
 use serde::{Deserialize, Serialize};
@@ -6,29 +10,43 @@ use std::collections::BTreeMap;
 
 const DEFAULTS: &str = include_str!("../artifacts.yaml");
 
+/// Why an artifact set (or an override of it) was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactSetError {
+    /// The YAML does not parse or has the wrong shape.
     #[error("artifact set {origin}{location}: {message}")]
     Parse {
+        /// Where the set came from (a file, or the built-in set).
         origin: String,
+        /// `:line:column`, when known.
         location: String,
+        /// The parser's message.
         message: String,
     },
+    /// One entry is invalid (digest, URL scheme, a duplicate name, an incomplete new entry).
     #[error("artifact set {origin}: entry {name:?}: {message}")]
     Invalid {
+        /// Where the set came from.
         origin: String,
+        /// The entry's name.
         name: String,
+        /// What is wrong with it.
         message: String,
     },
 }
 
+/// One pinned artifact.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactEntry {
+    /// What the compiler asks for it by (`etcd`, `kubernetes-server`, …).
     pub name: String,
+    /// Upstream version; part of the cached archive's file name on nodes.
     #[serde(default)]
     pub version: String,
+    /// Where nodes (or the controller's mirror) download it.
     pub url: String,
+    /// The digest it must have (`sha256:…` or `sha512:…`), validated when the set loads.
     pub digest: String,
     /// Short name → path inside the archive (empty for a plain file).
     #[serde(default)]
@@ -40,16 +58,21 @@ pub struct ArtifactEntry {
 }
 
 impl ArtifactEntry {
+    /// The entry's digest, typed.
     pub fn digest(&self) -> Digest {
         Digest::parse(&self.digest).expect("validated when the set was loaded")
     }
 }
 
+/// The artifacts a cluster's nodes install.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactSet {
+    /// Version of the built-in set, bumped with any change to it.
     pub set_version: u32,
+    /// CPU architecture of the binaries (`amd64`).
     pub arch: String,
+    /// The entries, by unique name.
     pub artifacts: Vec<ArtifactEntry>,
 }
 
@@ -58,20 +81,28 @@ pub struct ArtifactSet {
 #[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactOverride {
+    /// The entry to override or add.
     pub name: String,
+    /// Replaces the entry's version.
     pub version: Option<String>,
+    /// Replaces the entry's URL (alone: the same content from another place).
     pub url: Option<String>,
+    /// Replaces the entry's digest.
     pub digest: Option<String>,
+    /// Replaces the entry's archive members.
     pub members: Option<BTreeMap<String, String>>,
+    /// Leaves the entry out of (or back in) nodes' assignments.
     pub disabled: Option<bool>,
 }
 
 impl ArtifactSet {
+    /// The built-in set, embedded at build time.
     pub fn defaults() -> ArtifactSet {
         ArtifactSet::parse("compiler/artifacts.yaml (built in)", DEFAULTS)
             .expect("the built-in artifact set is valid")
     }
 
+    /// Parses and validates a set; `origin` names it in errors.
     pub fn parse(origin: &str, text: &str) -> Result<ArtifactSet, ArtifactSetError> {
         let set: ArtifactSet =
             serde_norway::from_str(text).map_err(|e| ArtifactSetError::Parse {
@@ -110,6 +141,7 @@ impl ArtifactSet {
         Ok(())
     }
 
+    /// The entry named `name`.
     pub fn get(&self, name: &str) -> Option<&ArtifactEntry> {
         self.artifacts.iter().find(|a| a.name == name)
     }

@@ -24,40 +24,67 @@ const APISERVER: u32 = 320;
 const CONTROLLER_MANAGER: u32 = 96;
 const SCHEDULER: u32 = 48;
 
+/// One node's memory, shared out; templates see it as `budget`. Components a node's roles
+/// do not run get 0.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Budget {
+    /// The node's memory, MiB.
     pub memory_mib: u32,
+    /// kubelet's `systemReserved`: the system and every control-plane component, i.e.
+    /// everything outside kubelet's pods and its own daemons.
     pub system_reserved_mib: u32,
+    /// kubelet's `kubeReserved`: kubelet, containerd and kube-proxy (workers only).
     pub kube_reserved_mib: u32,
+    /// kubelet's hard eviction threshold on available memory (workers only).
     pub eviction_hard_mib: u32,
+    /// etcd's share.
     pub etcd_mib: u32,
+    /// etcd's `--quota-backend-bytes`: its database is memory-mapped, so it is capped by
+    /// etcd's share (256 MiB to 2 GiB).
     pub etcd_quota_bytes: u64,
+    /// etcd's `--snapshot-count`: fewer entries kept in memory on small shares.
     pub etcd_snapshot_count: u32,
+    /// kube-apiserver's share.
     pub apiserver_mib: u32,
+    /// kube-controller-manager's share.
     pub controller_manager_mib: u32,
+    /// kube-scheduler's share.
     pub scheduler_mib: u32,
+    /// What is left for pods.
     pub pods_mib: u32,
     /// `GOMEMLIMIT` values (90 % of each allocation), as `NNNMiB`.
     pub gomemlimit: GoMemLimits,
 }
 
+/// `GOMEMLIMIT` of each Go component, as `NNNMiB`: 90 % of its share, so that its garbage
+/// collector works to stay inside it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GoMemLimits {
+    /// etcd.
     pub etcd: String,
+    /// kube-apiserver.
     pub apiserver: String,
+    /// kube-controller-manager.
     pub controller_manager: String,
+    /// kube-scheduler.
     pub scheduler: String,
+    /// kubelet (half of the kubelet/containerd/kube-proxy floor).
     pub kubelet: String,
 }
 
+/// A node whose memory is below the sum of its roles' floors.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error(
     "{memory_mib} MiB cannot hold the roles {roles}: they need at least {needed} MiB ({breakdown}); use a machine with more memory or split the roles across pools"
 )]
 pub struct BudgetError {
+    /// The node's memory, MiB.
     pub memory_mib: u32,
+    /// Its roles, as `etcd+control-plane+worker`.
     pub roles: String,
+    /// The sum of the floors, MiB.
     pub needed: u32,
+    /// Each floor, as `name MiB`, comma-separated.
     pub breakdown: String,
 }
 
@@ -66,6 +93,8 @@ fn limit(mib: u32) -> String {
 }
 
 impl Budget {
+    /// The budget of a node with `memory_mib` and `roles`; refused with the breakdown when
+    /// the roles' floors do not fit.
     pub fn for_roles(memory_mib: u32, roles: &[Role]) -> Result<Budget, BudgetError> {
         let (etcd, cp, worker) = (
             roles.contains(&Role::Etcd),

@@ -4,23 +4,44 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
+/// An IPv4 network, `network/prefix`; displays (and deserializes) as `10.96.0.0/12`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
+    /// The network address (no host bits set).
     pub network: Ipv4Addr,
+    /// The prefix length, 0-32.
     pub prefix: u8,
 }
 
+/// Why a string is not a CIDR block, or an address is not in one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CidrError {
+    /// Not `a.b.c.d/n` with n at most 32.
     #[error("invalid CIDR {0:?}: expected an IPv4 network like 10.96.0.0/12")]
     Malformed(String),
+    /// An address inside the network rather than the network itself.
     #[error("invalid CIDR {given:?}: host bits are set; did you mean {suggest}?")]
-    HostBits { given: String, suggest: String },
+    HostBits {
+        /// The string as given.
+        given: String,
+        /// The network it probably means.
+        suggest: String,
+    },
+    /// [`Cidr::nth`] past the end of the block.
     #[error("address #{n} is outside {cidr} ({size} addresses)")]
-    OutOfRange { n: u64, cidr: String, size: u64 },
+    OutOfRange {
+        /// The address number asked for.
+        n: u64,
+        /// The block.
+        cidr: String,
+        /// How many addresses the block has.
+        size: u64,
+    },
 }
 
 impl Cidr {
+    /// Parses `a.b.c.d/n`, refusing host bits (a common slip that would silently move the
+    /// network).
     pub fn parse(s: &str) -> Result<Cidr, CidrError> {
         let bad = || CidrError::Malformed(s.to_owned());
         let (ip, prefix) = s.trim().split_once('/').ok_or_else(bad)?;
@@ -36,14 +57,17 @@ impl Cidr {
         Ok(Cidr { network, prefix })
     }
 
+    /// Number of addresses in the block, network and broadcast included.
     pub fn size(&self) -> u64 {
         1u64 << (32 - self.prefix)
     }
 
+    /// Whether `ip` is in the block.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask(self.prefix) == u32::from(self.network)
     }
 
+    /// Whether the two blocks share any address.
     pub fn overlaps(&self, other: &Cidr) -> bool {
         self.contains(other.network) || other.contains(self.network)
     }

@@ -6,18 +6,26 @@ use serde::Serialize;
 
 const TEMPLATE: &str = include_str!("../../cloud-init/user-data.yaml.hbs");
 
+/// What differs between nodes' user-data.
 #[derive(Clone, Debug, Serialize)]
 pub struct UserData {
+    /// The node's name (also its hostname).
     pub node: String,
     /// HOST:PORT of the controller's gRPC endpoint, as the node reaches it.
     pub controller: String,
+    /// SPKI SHA-256 pin of the controller's CA (`sha256:<hex>`): the agent trusts nothing
+    /// else when it first connects.
     pub ca_pin: String,
+    /// The single-use bootstrap token the agent joins with.
     pub token: String,
     /// Where the node downloads the agent binary.
     pub agent_url: String,
+    /// SHA-256 (hex) the downloaded agent binary must have.
     pub agent_sha256: String,
 }
 
+/// Renders the user-data for one node (strict: a missing value is an error, not an empty
+/// string).
 pub fn render(data: &UserData) -> Result<String, crate::templates::TemplateError> {
     let mut hb = handlebars::Handlebars::new();
     hb.set_strict_mode(true);

@@ -24,27 +24,40 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The only `apiVersion` this compiler reads; a later format gets a new one, so an old
+/// compiler refuses a newer file instead of misreading it.
 pub const API_VERSION: &str = "pangaea.dev/v1alpha1";
 
+/// A refused configuration; displays as `file:line:column: message`.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{file}{}: {message}", location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
 pub struct ConfigError {
+    /// The configuration file, as given.
     pub file: String,
+    /// 1-based line and column of the offending value, when it can be found.
     pub location: Option<(usize, usize)>,
+    /// What is wrong, and what to do about it.
     pub message: String,
 }
 
+/// Something allowed but probably unwise (an even number of etcd members).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
+    /// 1-based line and column it is about, when it can be found.
     pub location: Option<(usize, usize)>,
+    /// What, and why it matters.
     pub message: String,
 }
 
+/// `versions:`: the component versions templates see (the binaries themselves are pinned
+/// in the artifact set).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Versions {
+    /// Kubernetes (`v1.35.1`).
     #[serde(default = "default_k8s")]
     pub kubernetes: String,
+    /// etcd (`v3.5.27`).
     #[serde(default = "default_etcd")]
     pub etcd: String,
 }
@@ -65,15 +78,20 @@ impl Default for Versions {
     }
 }
 
+/// `network:`: the three address ranges, which must not overlap, and the DNS domain.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Network {
+    /// Node addresses (`10.213.0.0/24`); nodes get .11 onwards, .1 is the host's bridge.
     #[serde(default = "default_nodes_cidr")]
     pub nodes: Cidr,
+    /// Pod addresses (`10.244.0.0/16`), split per node by flannel.
     #[serde(default = "default_pods_cidr")]
     pub pods: Cidr,
+    /// Service addresses (`10.96.0.0/12`); the first is the API service, the tenth DNS.
     #[serde(default = "default_services_cidr")]
     pub services: Cidr,
+    /// `clusterDomain` (`cluster.local`).
     #[serde(default = "default_domain")]
     pub cluster_domain: String,
 }
@@ -102,12 +120,16 @@ impl Default for Network {
     }
 }
 
+/// An extra disk of each node of a pool, formatted (ext4, if empty) and mounted.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Disk {
+    /// Its name: part of the format unit's name, the filesystem label and (on GCE) the device.
     pub name: String,
+    /// `sizeGiB`: its size, for the provider creating it.
     #[serde(rename = "sizeGiB")]
     pub size_gib: u32,
+    /// Where it is mounted (absolute).
     pub mount: String,
     /// Block device on the node (default: the provider's, see
     /// [`ProviderKind::default_disk_device`](crate::provider::ProviderKind::default_disk_device)).
@@ -115,22 +137,32 @@ pub struct Disk {
     pub device: Option<String>,
 }
 
+/// `pools[]`: nodes that are alike; they are named `NAME-1`, `NAME-2`, ….
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Pool {
+    /// The pool's name, the prefix of its nodes' names.
     pub name: String,
+    /// How many nodes (default 3).
     #[serde(default = "default_count")]
     pub count: u32,
+    /// What its nodes do (default: all roles).
     #[serde(default = "all_roles")]
     pub roles: Vec<Role>,
+    /// `machineType`: the provider's machine type; gives the memory when `memoryMiB` does
+    /// not.
     #[serde(default)]
     pub machine_type: Option<String>,
+    /// `memoryMiB`: each node's memory (default: the machine type's, else 2048).
     #[serde(default, rename = "memoryMiB")]
     pub memory_mib: Option<u32>,
+    /// CPUs of each node (default 2).
     #[serde(default)]
     pub cpus: Option<u32>,
+    /// Extra disks of each node.
     #[serde(default)]
     pub disks: Vec<Disk>,
+    /// Kubernetes labels of its nodes.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -157,9 +189,11 @@ impl Default for Pool {
     }
 }
 
+/// `addons.logging`: collect container and system logs on the cluster.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Logging {
+    /// Install it (default: no).
     #[serde(default)]
     pub enabled: bool,
     /// Keep logs on a persistent volume (hostPath on the node) instead of in memory.
@@ -167,9 +201,11 @@ pub struct Logging {
     pub persistent_storage: bool,
 }
 
+/// `addons.monitoring`: Prometheus and a Grafana dashboard.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Monitoring {
+    /// Install it (default: no).
     #[serde(default)]
     pub enabled: bool,
     /// Expose the dashboard outside the cluster (how: `expose.grafana`, else the provider's
@@ -178,17 +214,23 @@ pub struct Monitoring {
     pub external_access: bool,
 }
 
+/// `addons:`: what the control plane applies to the cluster once it is up.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Addons {
+    /// The pod network (default: yes).
     #[serde(default = "yes")]
     pub flannel: bool,
+    /// Cluster DNS (default: yes).
     #[serde(default = "yes")]
     pub coredns: bool,
+    /// `metricsServer`: resource metrics for `kubectl top` and autoscaling (default: yes).
     #[serde(default = "yes")]
     pub metrics_server: bool,
+    /// Log collection.
     #[serde(default)]
     pub logging: Logging,
+    /// Metrics and dashboards.
     #[serde(default)]
     pub monitoring: Monitoring,
 }
@@ -209,22 +251,30 @@ impl Default for Addons {
     }
 }
 
+/// `registry:`: credentials for a private image registry, installed as an image pull
+/// secret.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Registry {
-    /// e.g. https://gcr.io or europe-docker.pkg.dev
+    /// The registry, e.g. `https://gcr.io` or `europe-docker.pkg.dev`.
     pub server: String,
+    /// The user name (`_json_key` for a Google service account key).
     pub username: String,
     /// File (relative to the cluster directory) holding the password or JSON key.
     pub password_file: String,
+    /// The e-mail address some registries want with the credentials.
     #[serde(default)]
     pub email: Option<String>,
 }
 
+/// `secrets[]`: a Kubernetes secret made from files in the cluster directory, so secrets
+/// need not be written into manifests.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UserSecret {
+    /// The secret's name.
     pub name: String,
+    /// Its namespace (default: `default`).
     #[serde(default = "default_namespace")]
     pub namespace: String,
     /// Files relative to the cluster directory; each becomes a key named after the file.
@@ -235,39 +285,56 @@ fn default_namespace() -> String {
     "default".into()
 }
 
+/// `nfs[]`: an NFS export mounted on every node.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NfsMount {
+    /// The NFS server's address.
     pub server: String,
+    /// The exported path on the server.
     pub export: String,
+    /// Where it is mounted on the nodes (absolute).
     pub mount: String,
 }
 
+/// The whole of `pangaea.yaml`, as written (validation is [`Loaded`]'s).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterConfig {
+    /// `apiVersion`: must be [`API_VERSION`].
     #[serde(default = "api_version")]
     pub api_version: String,
+    /// Must be `Cluster`.
     #[serde(default = "kind")]
     pub kind: String,
+    /// The cluster's name (default `pangaea`); a valid node name.
     #[serde(default = "default_name")]
     pub name: String,
+    /// Where the nodes run (default: local).
     #[serde(default)]
     pub provider: Provider,
+    /// Component versions.
     #[serde(default)]
     pub versions: Versions,
+    /// Address ranges and DNS domain.
     #[serde(default)]
     pub network: Network,
+    /// The nodes, by pool (default: one pool of 3 nodes with all roles).
     #[serde(default = "default_pools")]
     pub pools: Vec<Pool>,
+    /// Changes to the pinned artifact set.
     #[serde(default)]
     pub artifacts: Vec<ArtifactOverride>,
+    /// Add-ons.
     #[serde(default)]
     pub addons: Addons,
+    /// A private image registry.
     #[serde(default)]
     pub registry: Option<Registry>,
+    /// Secrets made from files.
     #[serde(default)]
     pub secrets: Vec<UserSecret>,
+    /// NFS mounts of every node.
     #[serde(default)]
     pub nfs: Vec<NfsMount>,
     /// Per add-on service: how to expose it (`grafana`, `prometheus`).
@@ -304,11 +371,15 @@ impl Default for ClusterConfig {
 /// A loaded configuration: where it came from, and its text (for locating errors).
 #[derive(Clone, Debug)]
 pub struct Loaded {
+    /// The configuration, validated.
     pub config: ClusterConfig,
     /// The directory relative paths in the config refer to.
     pub dir: PathBuf,
+    /// The file, as named in errors.
     pub file: String,
+    /// Its text (empty for a missing file).
     pub text: String,
+    /// What validation allowed but warns about.
     pub warnings: Vec<Warning>,
 }
 
@@ -335,6 +406,8 @@ impl Loaded {
         Loaded::parse(&file, &text, &dir)
     }
 
+    /// Parses and validates `text` (named `file` in errors; relative paths under `dir`); an
+    /// empty text means all defaults.
     pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Loaded, ConfigError> {
         let config: ClusterConfig = if text.trim().is_empty() {
             ClusterConfig::default()
@@ -539,6 +612,7 @@ impl Loaded {
         }
     }
 
+    /// The artifact set with the configuration's overrides applied.
     pub fn artifact_set(&self) -> crate::artifact_set::ArtifactSet {
         crate::artifact_set::ArtifactSet::defaults()
             .with_overrides(&self.file, &self.config.artifacts)

@@ -19,6 +19,7 @@
 //! | `quote_shell` | `{{quote_shell s}}` | `'…'` safe for sh |
 
 use crate::cidr::Cidr;
+use crate::roles::Role;
 use base64::Engine;
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason,
@@ -87,12 +88,15 @@ fn short(v: &Value) -> String {
     }
 }
 
+/// `{{base64 text}}`: standard base64 of the text (kubeconfig data, secrets).
 pub fn base64(a: &[Value]) -> Result<Value, String> {
     Ok(json!(
         base64::engine::general_purpose::STANDARD.encode(str_arg(&a[0], "text")?)
     ))
 }
 
+/// `{{indent 4 text}}`: every non-empty line of `text` indented by that many spaces, to
+/// embed a document in YAML.
 pub fn indent(a: &[Value]) -> Result<Value, String> {
     let n = a[0]
         .as_u64()
@@ -111,17 +115,21 @@ pub fn indent(a: &[Value]) -> Result<Value, String> {
     ))
 }
 
+/// `{{to_json value}}`: compact JSON, which is also a valid YAML scalar or flow value.
 pub fn to_json(a: &[Value]) -> Result<Value, String> {
     Ok(json!(
         serde_json::to_string(&a[0]).map_err(|e| e.to_string())?
     ))
 }
 
+/// `{{to_yaml value}}`: block YAML without the document marker or trailing newline.
 pub fn to_yaml(a: &[Value]) -> Result<Value, String> {
     let y = serde_norway::to_string(&a[0]).map_err(|e| e.to_string())?;
     Ok(json!(y.trim_start_matches("---\n").trim_end()))
 }
 
+/// `{{join list ","}}`: the items joined by the separator (strings as they are, other
+/// values as JSON).
 pub fn join(a: &[Value]) -> Result<Value, String> {
     let items = array_arg(&a[0], "list")?;
     let sep = str_arg(&a[1], "separator")?;
@@ -156,6 +164,8 @@ fn etcd_nodes(nodes: &Value) -> Result<Vec<(&str, &str)>, String> {
     Ok(out)
 }
 
+/// `{{etcd_initial_cluster nodes}}`: etcd's `--initial-cluster`,
+/// `name=https://address:2380,…` over the nodes with the etcd role.
 pub fn etcd_initial_cluster(a: &[Value]) -> Result<Value, String> {
     Ok(json!(
         etcd_nodes(&a[0])?
@@ -166,6 +176,7 @@ pub fn etcd_initial_cluster(a: &[Value]) -> Result<Value, String> {
     ))
 }
 
+/// `{{etcd_endpoints nodes}}`: the etcd client URLs, `https://address:2379,…`.
 pub fn etcd_endpoints(a: &[Value]) -> Result<Value, String> {
     Ok(json!(
         etcd_nodes(&a[0])?
@@ -176,9 +187,10 @@ pub fn etcd_endpoints(a: &[Value]) -> Result<Value, String> {
     ))
 }
 
+/// `{{#each (nodes_with_role nodes "worker")}}`: the nodes that have the role.
 pub fn nodes_with_role(a: &[Value]) -> Result<Value, String> {
     let role = str_arg(&a[1], "role")?;
-    if !["etcd", "control-plane", "worker"].contains(&role) {
+    if !Role::ALL.iter().any(|r| r.as_str() == role) {
         return Err(format!(
             "unknown role {role:?}: use etcd, control-plane or worker"
         ));
@@ -196,6 +208,7 @@ pub fn nodes_with_role(a: &[Value]) -> Result<Value, String> {
     ))
 }
 
+/// `{{cidr_host "10.96.0.0/12" 10}}`: the n-th address of the block (`10.96.0.10`).
 pub fn cidr_host(a: &[Value]) -> Result<Value, String> {
     let cidr = Cidr::parse(str_arg(&a[0], "cidr")?).map_err(|e| e.to_string())?;
     let n = a[1]
@@ -242,6 +255,8 @@ fn confined(base: &Path, rel: &str) -> Result<PathBuf, String> {
     Ok(base.join(p))
 }
 
+/// `{{read_file "files/ca.pem"}}`: a file's text; the path is relative to the cluster
+/// directory (`base`) and may not leave it.
 pub fn read_file(base: &Path, a: &[Value]) -> Result<Value, String> {
     let path = confined(base, str_arg(&a[0], "path")?)?;
     std::fs::read_to_string(&path)
@@ -249,6 +264,8 @@ pub fn read_file(base: &Path, a: &[Value]) -> Result<Value, String> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// `{{secret_from_files "name" "namespace" files}}`: a Secret manifest (YAML) with one key
+/// per file, named after the file; paths as for [`read_file`].
 pub fn secret_from_files(base: &Path, a: &[Value]) -> Result<Value, String> {
     let name = str_arg(&a[0], "name")?;
     let namespace = str_arg(&a[1], "namespace")?;

@@ -6,37 +6,57 @@
 use serde::Serialize;
 use std::net::Ipv4Addr;
 
+/// The cluster's certificate authorities; each trust domain has its own, so a certificate
+/// of one is worthless to the others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum CaName {
+    /// Kubernetes: API server, kubelets, clients.
     Cluster,
+    /// etcd: its members and its clients (the API server).
     Etcd,
+    /// The API server's aggregation layer (front proxy).
     FrontProxy,
 }
 
 /// A leaf certificate a node needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CertRequest {
+    /// The CA that signs it.
     pub ca: CaName,
     /// Stable identity of this certificate, e.g. `node-1/etcd-peer` or `cluster/admin`.
     pub id: String,
+    /// Subject CN: the user name for client certificates.
     pub common_name: String,
+    /// Subject O: the groups for client certificates.
     pub organizations: Vec<String>,
+    /// DNS subject alternative names.
     pub dns_names: Vec<String>,
+    /// IP subject alternative names.
     pub ips: Vec<Ipv4Addr>,
+    /// For TLS servers (serverAuth).
     pub server: bool,
+    /// For TLS clients (clientAuth).
     pub client: bool,
 }
 
+/// An issued certificate and its private key, PEM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertPair {
+    /// The certificate.
     pub cert_pem: String,
+    /// Its private key.
     pub key_pem: String,
 }
 
+/// Where certificates, keys and secrets come from, so that the compiler itself does no
+/// cryptography or I/O and its output depends only on its input.
 pub trait Inputs {
+    /// The CA's certificate, PEM.
     fn ca_cert(&self, ca: CaName) -> String;
     /// The cluster CA's key, for kube-controller-manager's CSR signer (control-plane only).
     fn cluster_ca_key(&self) -> String;
+    /// The certificate for `req`: the same one for the same request, so recompiling does not
+    /// change nodes' files. The error says why it could not be issued.
     fn cert(&self, req: &CertRequest) -> Result<CertPair, String>;
     /// 32 random bytes, base64, for encryption at rest (secretbox).
     fn encryption_key(&self) -> String;

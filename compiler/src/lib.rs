@@ -5,6 +5,8 @@
 //! names: certificates and keys come in through [`inputs::Inputs`], so rendering is
 //! deterministic (the same input gives byte-identical output) and testable.
 
+#![warn(missing_docs)]
+
 pub mod artifact_set;
 pub mod budget;
 pub mod cidr;

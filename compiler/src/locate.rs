@@ -3,6 +3,8 @@
 //! the 1-based line and column of that key. Works on the block style people write by hand;
 //! returns the deepest prefix of the path it could find.
 
+/// The 1-based (line, column) of the key at `path` (keys, and list indices as numbers), or
+/// of the deepest prefix of it that is found; `None` when not even the first key is.
 pub fn locate(text: &str, path: &[&str]) -> Option<(usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut found = None;

@@ -14,20 +14,34 @@ use std::net::Ipv4Addr;
 /// First host number of node addresses in the node network (.1 is the host's bridge).
 pub const FIRST_NODE_HOST: u64 = 11;
 
+/// One node; templates see it as `node`.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeModel {
+    /// `POOL-N`, N from 1: stable as long as pools keep their order and names.
     pub name: String,
+    /// The pool it comes from.
     pub pool: String,
+    /// Its address in the node network, in order across pools from [`FIRST_NODE_HOST`].
     pub address: Ipv4Addr,
+    /// Its roles.
     pub roles: Vec<Role>,
+    /// Has the etcd role (for templates, which cannot search a list).
     pub is_etcd: bool,
+    /// Has the control-plane role.
     pub is_control_plane: bool,
+    /// Has the worker role.
     pub is_worker: bool,
+    /// Its memory, MiB.
     pub memory_mib: u32,
+    /// Its CPUs.
     pub cpus: u32,
+    /// Its zone, when the provider spreads nodes over zones (in turn, across all nodes).
     pub zone: Option<String>,
+    /// Its Kubernetes labels.
     pub labels: BTreeMap<String, String>,
+    /// Its extra disks.
     pub disks: Vec<NodeDisk>,
+    /// Its memory, shared out among the components its roles run.
     pub budget: Budget,
 }
 
@@ -45,21 +59,31 @@ pub struct NodeDisk {
 }
 
 impl NodeModel {
+    /// Whether the node has role `r`.
     pub fn has(&self, r: Role) -> bool {
         self.roles.contains(&r)
     }
 }
 
+/// The cluster; templates see it as `cluster` (without the nodes, which are `nodes`).
 #[derive(Clone, Debug, Serialize)]
 pub struct ClusterModel {
+    /// The cluster's name.
     pub name: String,
-    /// Templates see it as written in `pangaea.yaml` (`local`, `vagrant`, `gce`).
+    /// The provider type; templates see it as written in `pangaea.yaml` (`local`,
+    /// `vagrant`, `gce`).
     pub provider: ProviderKind,
+    /// The cluster DNS domain.
     pub domain: String,
+    /// Kubernetes version.
     pub kubernetes_version: String,
+    /// etcd version.
     pub etcd_version: String,
+    /// The node network, `a.b.c.d/n`.
     pub node_cidr: String,
+    /// The pod network.
     pub pod_cidr: String,
+    /// The service network.
     pub service_cidr: String,
     /// First address of the service network: the `kubernetes` service.
     pub service_ip: Ipv4Addr,
@@ -70,10 +94,15 @@ pub struct ClusterModel {
     /// Not serialized: templates see the nodes as the top-level `nodes` list.
     #[serde(skip)]
     pub nodes: Vec<NodeModel>,
+    /// The add-ons, as configured.
     pub addons: Addons,
+    /// The private registry, as configured.
     pub registry: Option<Registry>,
+    /// Secrets made from files, as configured.
     pub secrets: Vec<UserSecret>,
+    /// NFS mounts, as configured.
     pub nfs: Vec<NfsMount>,
+    /// How add-on services are exposed, as configured.
     pub expose: BTreeMap<String, Expose>,
     /// How services meant to be reachable from outside the cluster are exposed when
     /// `expose` leaves them at ClusterIP: the provider's
@@ -84,6 +113,7 @@ pub struct ClusterModel {
 }
 
 impl ClusterModel {
+    /// Expands a validated configuration (it panics on what validation refuses).
     pub fn build(loaded: &Loaded) -> ClusterModel {
         let c = &loaded.config;
         let provider = c.provider.kind();
@@ -155,10 +185,12 @@ impl ClusterModel {
         }
     }
 
+    /// The node named `name`.
     pub fn node(&self, name: &str) -> Option<&NodeModel> {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// The nodes that have role `r`, in order.
     pub fn with_role(&self, r: Role) -> impl Iterator<Item = &NodeModel> {
         self.nodes.iter().filter(move |n| n.has(r))
     }

@@ -18,59 +18,99 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 
+/// Kubernetes certificates and keys on a node (templates: `paths.pki`).
 pub const PKI: &str = "/etc/kubernetes/pki";
+/// etcd's certificates and keys (`paths.etcd_pki`).
 pub const ETCD_PKI: &str = "/etc/etcd/pki";
+/// Kubernetes configuration: kubeconfigs, encryption and audit config (`paths.kube`).
 pub const KUBE: &str = "/etc/kubernetes";
+/// Where binaries are installed (`paths.bin`).
 pub const BIN: &str = "/usr/local/bin";
+/// Add-on manifests, applied in name order (`paths.addons`).
 pub const ADDONS: &str = "/etc/kubernetes/addons";
+/// systemd units.
 pub const UNITS: &str = "/etc/systemd/system";
+/// The agent's cache of downloaded archives, kept so members can be re-extracted.
 pub const ARTIFACT_CACHE: &str = "/var/lib/pangaea-agent/artifacts";
 
+/// A file the node gets.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct OutFile {
+    /// Absolute path on the node.
     pub path: String,
+    /// Permission bits (keys and kubeconfigs 0600).
     pub mode: u32,
+    /// The whole content.
     pub content: String,
 }
 
+/// A file extracted from an archive artifact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct OutMember {
+    /// Path inside the archive.
     pub path: String,
+    /// Absolute path on the node.
     pub dest: String,
+    /// Permission bits.
     pub mode: u32,
 }
 
+/// An artifact the node downloads, verifies and installs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct OutArtifact {
+    /// The artifact set's name for it.
     pub name: String,
+    /// Where it comes from (the controller may point it at its mirror).
     pub url: String,
+    /// The digest it must have, `sha256:…` or `sha512:…`.
     pub digest: String,
+    /// Where it is installed: the file itself, or the archive in [`ARTIFACT_CACHE`].
     pub dest: String,
+    /// Permission bits of `dest`.
     pub mode: u32,
+    /// For an archive, the members to extract; empty for a plain file.
     pub members: Vec<OutMember>,
 }
 
+/// A systemd unit the node runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct OutUnit {
+    /// The unit's name (`etcd.service`, `var-lib-data.mount`).
     pub name: String,
+    /// Also enabled at boot (it is started either way).
     pub enable: bool,
+    /// Files (configs, certificates, binaries) whose change restarts the unit.
     pub restart_on_change: Vec<String>,
 }
 
+/// Everything one node gets: what the controller sends it as its assignment.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NodeOutput {
+    /// The node's name.
     pub node: String,
+    /// Its files.
     pub files: Vec<OutFile>,
+    /// Its artifacts, one per archive.
     pub artifacts: Vec<OutArtifact>,
+    /// Its units.
     pub units: Vec<OutUnit>,
 }
 
+/// Why a node could not be compiled.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CompileError {
+    /// A template failed to render.
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// The inputs could not issue a certificate.
     #[error("certificate {id}: {message}")]
-    Cert { id: String, message: String },
+    Cert {
+        /// The certificate's stable id (`node-1/etcd-peer`).
+        id: String,
+        /// Why.
+        message: String,
+    },
+    /// Asked for a node the configuration does not have.
     #[error("no node named {0:?} in the cluster")]
     NoSuchNode(String),
 }
@@ -94,9 +134,13 @@ const PATHS: Paths = Paths {
 
 /// Everything a compilation shares across nodes.
 pub struct Compiler<'a> {
+    /// The cluster.
     pub model: &'a ClusterModel,
+    /// The templates.
     pub templates: &'a Templates,
+    /// Certificates, keys and secrets.
     pub inputs: &'a dyn Inputs,
+    /// The artifacts nodes install.
     pub artifacts: &'a ArtifactSet,
 }
 
@@ -381,6 +425,7 @@ impl Compiler<'_> {
         json!({ "cluster": self.model, "nodes": nodes, "paths": PATHS })
     }
 
+    /// Every node's output, in node order.
     pub fn compile_all(&self) -> Result<Vec<NodeOutput>, CompileError> {
         let shared = self.shared();
         self.model
@@ -390,6 +435,7 @@ impl Compiler<'_> {
             .collect()
     }
 
+    /// The output of the node named `name`.
     pub fn compile_node(&self, name: &str) -> Result<NodeOutput, CompileError> {
         let node = self
             .model

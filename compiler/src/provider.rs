@@ -34,8 +34,7 @@ use std::fmt;
 /// The type of provider, without its settings: what code outside the configuration uses to
 /// tell providers apart. Serializes as `pangaea.yaml` spells it (`local`, `vagrant`, `gce`),
 /// which is also what templates see as `cluster.provider`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProviderKind {
     /// systemd-nspawn machines on this host.
     #[default]
@@ -103,6 +102,12 @@ impl ProviderKind {
             ProviderKind::Local => ExposeType::ClusterIP,
             ProviderKind::Vagrant | ProviderKind::Gce => ExposeType::LoadBalancer,
         }
+    }
+}
+
+impl Serialize for ProviderKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -229,10 +234,13 @@ impl Key {
     /// The error for this key under a provider type that does not take it.
     fn not_valid<E: de::Error>(self, kind: ProviderKind, why_kind: &str) -> E {
         let accepted: Vec<&str> = self.accepted_by().iter().map(|k| k.as_str()).collect();
+        let by = match accepted.as_slice() {
+            [one] => format!("only provider type {one} accepts it"),
+            many => format!("only provider types {} accept it", many.join(", ")),
+        };
         E::custom(format_args!(
-            "`{}` is not valid for provider type {kind}{why_kind}; only provider type {} accepts it",
-            self.name(),
-            accepted.join(", ")
+            "`{}` is not valid for provider type {kind}{why_kind}; {by}",
+            self.name()
         ))
     }
 }
@@ -520,6 +528,15 @@ mod tests {
             serde_json::json!("gce")
         );
         assert_eq!(ProviderKind::Vagrant.to_string(), "vagrant");
+        // The tag of Provider and the name of its kind are the same string.
+        for p in [
+            Provider::Local,
+            Provider::Vagrant(VagrantProvider::default()),
+            Provider::Gce(GceProvider::default()),
+        ] {
+            assert_eq!(v(&p)["type"], p.kind().as_str());
+            assert_eq!(serde_json::to_value(p.kind()).unwrap(), p.kind().as_str());
+        }
     }
 
     #[test]

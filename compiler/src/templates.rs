@@ -42,22 +42,38 @@ pub const BUILTIN: &[(&str, &str)] = builtin![
     "addons/user-secrets.yaml",
 ];
 
+/// Why a template could not be loaded or rendered; every variant names the template (and,
+/// where handlebars knows it, the line).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TemplateError {
+    /// The template does not parse.
     #[error("template {name} ({origin}): {message}")]
     Syntax {
+        /// The template's name.
         name: String,
+        /// Where it came from (built in, an override's path, a given file).
         origin: String,
+        /// The parser's message, with line and column.
         message: String,
     },
+    /// Rendering failed (an unknown variable or helper, a helper's error); the message
+    /// names the template, the line and where the template came from.
     #[error("{0}")]
     Render(String),
+    /// An override file could not be read.
     #[error("read template override {path}: {message}")]
-    Read { path: PathBuf, message: String },
+    Read {
+        /// The override file.
+        path: PathBuf,
+        /// The operating system's error.
+        message: String,
+    },
+    /// No built-in template has this name.
     #[error("no template named {0:?} (see `templates/` for the names)")]
     Unknown(String),
 }
 
+/// The loaded templates (built-in, or their overrides) with the helpers registered.
 pub struct Templates {
     hb: Handlebars<'static>,
     /// Where each template came from: "built in" or the override's path.
@@ -137,6 +153,7 @@ impl Templates {
         })
     }
 
+    /// Renders template `name` with `data` as its context.
     pub fn render(&self, name: &str, data: &impl Serialize) -> Result<String, TemplateError> {
         if !self.origins.contains_key(name) {
             return Err(TemplateError::Unknown(name.to_owned()));
