@@ -10,7 +10,7 @@ const TEMPLATE: &str = include_str!("../../cloud-init/user-data.yaml.hbs");
 #[derive(Clone, Debug, Serialize)]
 pub struct UserData {
     /// The node's name (also its hostname).
-    pub node: String,
+    pub node: pangaea_core::NodeName,
     /// HOST:PORT of the controller's gRPC endpoint, as the node reaches it.
     pub controller: String,
     /// SPKI SHA-256 pin of the controller's CA (`sha256:<hex>`): the agent trusts nothing
@@ -42,7 +42,7 @@ mod tests {
 
     pub fn sample() -> UserData {
         UserData {
-            node: "node-1".into(),
+            node: "node-1".parse().unwrap(),
             controller: "10.213.0.1:7443".into(),
             ca_pin: format!("sha256:{}", "ab".repeat(32)),
             token: "abcdef.0123456789abcdef".into(),

@@ -491,7 +491,12 @@ impl Loaded {
         let mut total = 0u64;
         for (i, p) in c.pools.iter().enumerate() {
             let idx = i.to_string();
-            if let Err(e) = pangaea_core::NodeName::try_from(p.name.as_str()) {
+            // The pool's nodes are named `<pool>-<n>`; the longest of those must be a
+            // valid node name too.
+            let longest = format!("{}-{}", p.name, p.count.max(1));
+            if let Err(e) = pangaea_core::NodeName::try_from(p.name.as_str())
+                .and_then(|_| pangaea_core::NodeName::try_from(longest))
+            {
                 return Err(self.err(&["pools", &idx, "name"], format!("pool name: {e}")));
             }
             if !names.insert(p.name.clone()) {

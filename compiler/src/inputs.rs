@@ -6,23 +6,13 @@
 use serde::Serialize;
 use std::net::Ipv4Addr;
 
-/// The cluster's certificate authorities; each trust domain has its own, so a certificate
-/// of one is worthless to the others.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum CaName {
-    /// Kubernetes: API server, kubelets, clients.
-    Cluster,
-    /// etcd: its members and its clients (the API server).
-    Etcd,
-    /// The API server's aggregation layer (front proxy).
-    FrontProxy,
-}
+pub use pangaea_core::ca::CaKind;
 
 /// A leaf certificate a node needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CertRequest {
     /// The CA that signs it.
-    pub ca: CaName,
+    pub ca: CaKind,
     /// Stable identity of this certificate, e.g. `node-1/etcd-peer` or `cluster/admin`.
     pub id: String,
     /// Subject CN: the user name for client certificates.
@@ -52,7 +42,7 @@ pub struct CertPair {
 /// cryptography or I/O and its output depends only on its input.
 pub trait Inputs {
     /// The CA's certificate, PEM.
-    fn ca_cert(&self, ca: CaName) -> String;
+    fn ca_cert(&self, ca: CaKind) -> String;
     /// The cluster CA's key, for kube-controller-manager's CSR signer (control-plane only).
     fn cluster_ca_key(&self) -> String;
     /// The certificate for `req`: the same one for the same request, so recompiling does not
@@ -72,7 +62,7 @@ fn fake(kind: &str, id: &str) -> String {
 }
 
 impl Inputs for FakeInputs {
-    fn ca_cert(&self, ca: CaName) -> String {
+    fn ca_cert(&self, ca: CaKind) -> String {
         fake("CERTIFICATE", &format!("{ca:?}-ca"))
     }
     fn cluster_ca_key(&self) -> String {

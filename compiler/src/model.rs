@@ -7,6 +7,7 @@ use crate::config::{Addons, Disk, Loaded, NfsMount, Registry, UserSecret};
 use crate::expose::{Expose, ExposeType};
 use crate::provider::ProviderKind;
 use crate::roles::Role;
+use pangaea_core::NodeName;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -18,7 +19,7 @@ pub const FIRST_NODE_HOST: u64 = 11;
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeModel {
     /// `POOL-N`, N from 1: stable as long as pools keep their order and names.
-    pub name: String,
+    pub name: NodeName,
     /// The pool it comes from.
     pub pool: String,
     /// Its address in the node network, in order across pools from [`FIRST_NODE_HOST`].
@@ -127,7 +128,8 @@ impl ClusterModel {
                 let zone =
                     (!zones.is_empty()).then(|| zones[global as usize % zones.len()].clone());
                 nodes.push(NodeModel {
-                    name: format!("{}-{}", p.name, n + 1),
+                    name: NodeName::try_from(format!("{}-{}", p.name, n + 1))
+                        .expect("validated: pool names leave room for the node number"),
                     pool: p.name.clone(),
                     address: c
                         .network

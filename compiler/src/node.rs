@@ -10,10 +10,11 @@
 
 use crate::artifact_set::ArtifactSet;
 use crate::expose::ExposeType;
-use crate::inputs::{CaName, CertRequest, Inputs};
+use crate::inputs::{CaKind, CertRequest, Inputs};
 use crate::model::{ClusterModel, NodeModel};
 use crate::templates::{TemplateError, Templates};
 use base64::Engine;
+use pangaea_core::NodeName;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
@@ -84,10 +85,10 @@ pub struct OutUnit {
 }
 
 /// Everything one node gets: what the controller sends it as its assignment.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodeOutput {
     /// The node's name.
-    pub node: String,
+    pub node: NodeName,
     /// Its files.
     pub files: Vec<OutFile>,
     /// Its artifacts, one per archive.
@@ -202,7 +203,9 @@ impl<'c, 'a> Builder<'c, 'a> {
             c,
             out: NodeOutput {
                 node: node.name.clone(),
-                ..Default::default()
+                files: vec![],
+                artifacts: vec![],
+                units: vec![],
             },
             base,
             plain: handlebars::Context::from(plain),
@@ -286,7 +289,7 @@ impl<'c, 'a> Builder<'c, 'a> {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let params = json!({
             "user": user, "server": server,
-            "ca_data": b64(&self.c.inputs.ca_cert(CaName::Cluster)),
+            "ca_data": b64(&self.c.inputs.ca_cert(CaKind::Cluster)),
             "cert_data": b64(&cert.0), "key_data": b64(&cert.1),
         });
         self.render("kubeconfig", path, 0o600, params)
@@ -344,14 +347,14 @@ impl<'c, 'a> Builder<'c, 'a> {
 /// The cluster administrator's client certificate (one for the cluster, not per node).
 fn admin_cert() -> CertRequest {
     client_cert(
-        CaName::Cluster,
+        CaKind::Cluster,
         "cluster/admin".into(),
         "kubernetes-admin",
         &["system:masters"],
     )
 }
 
-fn client_cert(ca: CaName, id: String, cn: &str, orgs: &[&str]) -> CertRequest {
+fn client_cert(ca: CaKind, id: String, cn: &str, orgs: &[&str]) -> CertRequest {
     CertRequest {
         ca,
         id,
@@ -366,7 +369,7 @@ fn client_cert(ca: CaName, id: String, cn: &str, orgs: &[&str]) -> CertRequest {
 
 /// A serving certificate for `dns` and `ips`; etcd's also authenticate as clients.
 fn serving_cert(
-    ca: CaName,
+    ca: CaKind,
     id: String,
     cn: &str,
     dns: Vec<String>,
@@ -476,19 +479,19 @@ impl Compiler<'_> {
         b.file(
             &format!("{PKI}/ca.crt"),
             0o644,
-            self.inputs.ca_cert(CaName::Cluster),
+            self.inputs.ca_cert(CaKind::Cluster),
         );
 
         if node.is_etcd {
             b.file(
                 &format!("{ETCD_PKI}/ca.crt"),
                 0o644,
-                self.inputs.ca_cert(CaName::Etcd),
+                self.inputs.ca_cert(CaKind::Etcd),
             );
             let dns = vec![n.to_owned(), "localhost".into()];
             b.cert(
                 serving_cert(
-                    CaName::Etcd,
+                    CaKind::Etcd,
                     format!("{n}/etcd-server"),
                     n,
                     dns.clone(),
@@ -500,7 +503,7 @@ impl Compiler<'_> {
             )?;
             b.cert(
                 serving_cert(
-                    CaName::Etcd,
+                    CaKind::Etcd,
                     format!("{n}/etcd-peer"),
                     n,
                     dns,
@@ -546,7 +549,7 @@ impl Compiler<'_> {
             .to_vec();
             b.cert(
                 serving_cert(
-                    CaName::Cluster,
+                    CaKind::Cluster,
                     format!("{n}/apiserver"),
                     "kube-apiserver",
                     api_dns,
@@ -558,7 +561,7 @@ impl Compiler<'_> {
             )?;
             b.cert(
                 client_cert(
-                    CaName::Etcd,
+                    CaKind::Etcd,
                     format!("{n}/apiserver-etcd-client"),
                     "kube-apiserver-etcd-client",
                     &[],
@@ -569,11 +572,11 @@ impl Compiler<'_> {
             b.file(
                 &format!("{PKI}/etcd-ca.crt"),
                 0o644,
-                self.inputs.ca_cert(CaName::Etcd),
+                self.inputs.ca_cert(CaKind::Etcd),
             );
             b.cert(
                 client_cert(
-                    CaName::Cluster,
+                    CaKind::Cluster,
                     format!("{n}/apiserver-kubelet-client"),
                     "kube-apiserver-kubelet-client",
                     &["system:masters"],
@@ -584,11 +587,11 @@ impl Compiler<'_> {
             b.file(
                 &format!("{PKI}/front-proxy-ca.crt"),
                 0o644,
-                self.inputs.ca_cert(CaName::FrontProxy),
+                self.inputs.ca_cert(CaKind::FrontProxy),
             );
             b.cert(
                 client_cert(
-                    CaName::FrontProxy,
+                    CaKind::FrontProxy,
                     format!("{n}/front-proxy-client"),
                     "front-proxy-client",
                     &[],
@@ -619,7 +622,7 @@ impl Compiler<'_> {
 
             let cm = b.cert(
                 client_cert(
-                    CaName::Cluster,
+                    CaKind::Cluster,
                     format!("{n}/controller-manager"),
                     "system:kube-controller-manager",
                     &[],
@@ -635,7 +638,7 @@ impl Compiler<'_> {
             )?;
             let sched = b.cert(
                 client_cert(
-                    CaName::Cluster,
+                    CaKind::Cluster,
                     format!("{n}/scheduler"),
                     "system:kube-scheduler",
                     &[],
@@ -715,7 +718,7 @@ impl Compiler<'_> {
         if node.is_worker {
             let kubelet = b.cert(
                 client_cert(
-                    CaName::Cluster,
+                    CaKind::Cluster,
                     format!("{n}/kubelet-client"),
                     &format!("system:node:{n}"),
                     &["system:nodes"],
@@ -731,7 +734,7 @@ impl Compiler<'_> {
             )?;
             b.cert(
                 serving_cert(
-                    CaName::Cluster,
+                    CaKind::Cluster,
                     format!("{n}/kubelet-serving"),
                     n,
                     vec![n.to_owned()],
@@ -743,7 +746,7 @@ impl Compiler<'_> {
             )?;
             let proxy = b.cert(
                 client_cert(
-                    CaName::Cluster,
+                    CaKind::Cluster,
                     format!("{n}/kube-proxy"),
                     "system:kube-proxy",
                     &[],

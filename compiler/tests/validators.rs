@@ -290,7 +290,7 @@ fn compilation_is_deterministic() {
 fn the_user_data_passes_cloud_init_schema() {
     let cloud_init = tool("cloud-init", "apt-get install cloud-init");
     let data = pangaea_compiler::cloudinit::UserData {
-        node: "node-1".into(),
+        node: "node-1".parse().unwrap(),
         controller: "10.213.0.1:7443".into(),
         ca_pin: format!("sha256:{}", "ab".repeat(32)),
         token: "abcdef.0123456789abcdef".into(),

@@ -5,7 +5,8 @@
 
 use crate::compile::Compilation;
 use crate::issued::PkiInputs;
-use pangaea_compiler::inputs::{CaName, CertRequest, Inputs};
+use crate::pki::CaKind;
+use pangaea_compiler::inputs::{CertRequest, Inputs};
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -24,7 +25,7 @@ pub fn client_url(address: &str) -> String {
 pub fn operator_env(c: &Compilation) -> anyhow::Result<Vec<(&'static str, String)>> {
     let inputs = PkiInputs::new(&c.pki, &c.state_dir)?;
     let req = CertRequest {
-        ca: CaName::Etcd,
+        ca: CaKind::Etcd,
         id: OPERATOR_CERT_ID.into(),
         common_name: "pangaea-operator".into(),
         organizations: vec![],
@@ -46,10 +47,7 @@ pub fn operator_env(c: &Compilation) -> anyhow::Result<Vec<(&'static str, String
     Ok(vec![
         ("ETCDCTL_API", "3".to_owned()),
         ("ETCDCTL_ENDPOINTS", endpoints.join(",")),
-        (
-            "ETCDCTL_CACERT",
-            abs(c.pki.ca_cert_path(crate::pki::CaKind::Etcd)),
-        ),
+        ("ETCDCTL_CACERT", abs(c.pki.ca_cert_path(CaKind::Etcd))),
         ("ETCDCTL_CERT", abs(issued.cert)),
         ("ETCDCTL_KEY", abs(issued.key)),
     ])

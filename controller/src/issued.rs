@@ -6,7 +6,7 @@
 use crate::certinfo::CertInfo;
 use crate::pki::{CaKind, LeafSpec, Pki, Usage};
 use crate::state_dir::StateDir;
-use pangaea_compiler::inputs::{CaName, CertPair, CertRequest, Inputs};
+use pangaea_compiler::inputs::{CertPair, CertRequest, Inputs};
 use pangaea_core::fsutil;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,14 +45,6 @@ pub struct PkiInputs<'a> {
     cluster_ca_key: String,
     service_account_key: String,
     encryption_key: String,
-}
-
-fn kind(ca: CaName) -> CaKind {
-    match ca {
-        CaName::Cluster => CaKind::Cluster,
-        CaName::Etcd => CaKind::Etcd,
-        CaName::FrontProxy => CaKind::FrontProxy,
-    }
 }
 
 impl<'a> PkiInputs<'a> {
@@ -99,8 +91,8 @@ fn secret(
 }
 
 impl Inputs for PkiInputs<'_> {
-    fn ca_cert(&self, ca: CaName) -> String {
-        self.pki.ca(kind(ca)).cert_pem.clone()
+    fn ca_cert(&self, ca: CaKind) -> String {
+        self.pki.ca(ca).cert_pem.clone()
     }
 
     fn cluster_ca_key(&self) -> String {
@@ -108,6 +100,12 @@ impl Inputs for PkiInputs<'_> {
     }
 
     fn cert(&self, req: &CertRequest) -> Result<CertPair, String> {
+        if !req.ca.signs_node_certificates() {
+            return Err(format!(
+                "certificate {} asks for the {:?} CA, which signs only agent identities",
+                req.id, req.ca
+            ));
+        }
         let paths = self.state.issued(&req.id);
         let (crt, key, spec_path) = (paths.cert, paths.key, paths.request);
         let wanted = serde_json::to_string(req).expect("requests serialize");
@@ -133,10 +131,7 @@ impl Inputs for PkiInputs<'_> {
             },
             lifetime: LEAF_LIFETIME,
         };
-        let issued = self
-            .pki
-            .issue(kind(req.ca), &spec)
-            .map_err(|e| e.to_string())?;
+        let issued = self.pki.issue(req.ca, &spec).map_err(|e| e.to_string())?;
         let write = |p: &Path, s: &str, mode| {
             fsutil::atomic_write(p, s.as_bytes(), mode).map_err(|e| e.to_string())
         };

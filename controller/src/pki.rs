@@ -59,40 +59,7 @@ pub enum PkiError {
     Issue { cn: String, source: rcgen::Error },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CaKind {
-    Controller,
-    Cluster,
-    Etcd,
-    FrontProxy,
-}
-
-impl CaKind {
-    pub const ALL: [CaKind; 4] = [
-        CaKind::Controller,
-        CaKind::Cluster,
-        CaKind::Etcd,
-        CaKind::FrontProxy,
-    ];
-
-    pub fn file_stem(self) -> &'static str {
-        match self {
-            CaKind::Controller => "controller-ca",
-            CaKind::Cluster => "cluster-ca",
-            CaKind::Etcd => "etcd-ca",
-            CaKind::FrontProxy => "front-proxy-ca",
-        }
-    }
-
-    fn common_name(self) -> &'static str {
-        match self {
-            CaKind::Controller => "pangaea-controller-ca",
-            CaKind::Cluster => "kubernetes",
-            CaKind::Etcd => "etcd-ca",
-            CaKind::FrontProxy => "front-proxy-ca",
-        }
-    }
-}
+pub use pangaea_core::ca::CaKind;
 
 /// What a leaf certificate is for; decides its extended key usages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

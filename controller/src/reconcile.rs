@@ -176,7 +176,7 @@ impl Reconciler<'_> {
             .await?
             .token;
         let user_data = cloudinit::render(&UserData {
-            node: node.name.to_string(),
+            node: node.name.clone(),
             controller: self.bootstrap.controller.clone(),
             ca_pin: self.bootstrap.ca_pin.clone(),
             token: token.clone(),

@@ -9,6 +9,7 @@
 //!   the server's TLS listener that exposes the peer certificate to handlers.
 
 pub mod backoff;
+pub mod ca;
 pub mod fsutil;
 pub mod names;
 pub mod pin;

@@ -39,9 +39,29 @@ impl AsRef<str> for NodeName {
     }
 }
 
+/// A node name is a safe file name (a DNS label: no `/`, no `..`), so it names per-node
+/// directories directly.
+impl AsRef<std::path::Path> for NodeName {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for NodeName {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        std::ffi::OsStr::new(&self.0)
+    }
+}
+
 impl PartialEq<str> for NodeName {
     fn eq(&self, other: &str) -> bool {
         self.0 == other
+    }
+}
+
+impl PartialEq<&str> for NodeName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
     }
 }
 

@@ -67,7 +67,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         if let Some(t) = &template {
             let node = node
                 .clone()
-                .unwrap_or_else(|| c.model.nodes[0].name.clone());
+                .unwrap_or_else(|| c.model.nodes[0].name.to_string());
             let path = Path::new(t);
             let source = if path.is_file() {
                 Some(std::fs::read_to_string(path)?)
@@ -87,7 +87,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         }
         let names: Vec<String> = match &node {
             Some(n) => vec![n.clone()],
-            None => c.model.nodes.iter().map(|n| n.name.clone()).collect(),
+            None => c.model.nodes.iter().map(|n| n.name.to_string()).collect(),
         };
         // Render everything first: an error anywhere writes nothing.
         let outputs = names

@@ -43,7 +43,7 @@ pub async fn run(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
         ),
         agent_sha256,
     };
-    let wanted = wanted_nodes(&c)?;
+    let wanted = wanted_nodes(&c);
     let names: Vec<NodeName> = wanted.iter().map(|n| n.name.clone()).collect();
     let mut reconciler = Reconciler {
         provider: provider.as_ref(),
@@ -95,17 +95,15 @@ pub async fn run(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
 }
 
 /// The nodes the configuration wants, as the reconcile loop takes them.
-pub fn wanted_nodes(c: &Compilation) -> anyhow::Result<Vec<WantedNode>> {
+pub fn wanted_nodes(c: &Compilation) -> Vec<WantedNode> {
     c.model
         .nodes
         .iter()
-        .map(|n| {
-            Ok(WantedNode {
-                name: NodeName::try_from(n.name.as_str())?,
-                address: n.address,
-                memory_mib: n.memory_mib,
-                cpus: n.cpus,
-            })
+        .map(|n| WantedNode {
+            name: n.name.clone(),
+            address: n.address,
+            memory_mib: n.memory_mib,
+            cpus: n.cpus,
         })
         .collect()
 }
