@@ -1,7 +1,8 @@
 //! Health reports: what the node looks like now. sysinfo is refreshed only for what is
 //! reported (CPU, memory, disks), never for the whole process table, to keep the agent small.
 
-use crate::service_manager::ServiceManager;
+use crate::apply::SkippedUnit;
+use crate::service_manager::{ServiceManager, UnitStatus};
 use pangaea_proto as pb;
 use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
 
@@ -12,8 +13,8 @@ pub struct AgentStatus {
     pub units: Vec<String>,
     pub cert_not_after: i64,
     pub errors: Vec<String>,
-    /// Units deliberately not started: (unit, the missing program).
-    pub skipped: Vec<(String, String)>,
+    /// Units deliberately not started, and why.
+    pub skipped: Vec<SkippedUnit>,
 }
 
 pub struct Reporter {
@@ -84,21 +85,7 @@ impl Reporter {
             .status(&status.units)
             .await
             .into_iter()
-            .map(
-                |u| match status.skipped.iter().find(|(n, _)| *n == u.name) {
-                    // Reported as such, so `status` can say plainly why it is not running.
-                    Some((_, program)) => pb::UnitState {
-                        name: u.name,
-                        active_state: "missing-binary".into(),
-                        sub_state: program.clone(),
-                    },
-                    None => pb::UnitState {
-                        name: u.name,
-                        active_state: u.active_state,
-                        sub_state: u.sub_state,
-                    },
-                },
-            )
+            .map(|u| unit_state(u, &status.skipped))
             .collect();
         pb::HealthReport {
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -129,5 +116,59 @@ impl Reporter {
                 })
                 .collect(),
         }
+    }
+}
+
+/// A unit as reported: systemd's own state, plus why the agent held it back if it did, so
+/// that the controller can tell "not started on purpose" from "failing".
+fn unit_state(u: UnitStatus, skipped: &[SkippedUnit]) -> pb::UnitState {
+    let mut state = pb::UnitState {
+        name: u.name,
+        active_state: u.active_state,
+        sub_state: u.sub_state,
+        ..Default::default()
+    };
+    if let Some(s) = skipped.iter().find(|s| s.unit == state.name) {
+        state.set_not_running_reason(s.reason);
+        state.not_running_detail = s.detail.clone();
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service_manager::RecordingServiceManager;
+
+    #[tokio::test]
+    async fn a_held_back_unit_reports_systemds_state_and_why() {
+        let sm = RecordingServiceManager::default();
+        sm.start("etcd.service", true).await.unwrap();
+        let status = AgentStatus {
+            units: vec!["etcd.service".into(), "kube-apiserver.service".into()],
+            skipped: vec![SkippedUnit {
+                unit: "kube-apiserver.service".into(),
+                reason: pb::NotRunningReason::ProgramNotInstalled,
+                detail: "/usr/local/bin/kube-apiserver".into(),
+            }],
+            ..Default::default()
+        };
+        let report = Reporter::default()
+            .collect(&status, &sm, &pangaea_artifact::Progress::default())
+            .await;
+        let [etcd, api] = &report.units[..] else {
+            panic!("{:?}", report.units)
+        };
+        assert!(etcd.is_active() && etcd.not_started().is_none());
+        // systemd's word, not a made-up state; the reason travels in its own field.
+        assert_eq!(api.active_state, "inactive");
+        assert_eq!(api.sub_state, "dead");
+        assert_eq!(
+            api.not_running_reason(),
+            pb::NotRunningReason::ProgramNotInstalled
+        );
+        assert_eq!(api.not_running_detail, "/usr/local/bin/kube-apiserver");
+        assert!(api.is_settled());
+        assert!(report.errors.iter().all(|e| !e.contains("not started")));
     }
 }

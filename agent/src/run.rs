@@ -167,6 +167,9 @@ impl Agent {
                 for e in &done.errors {
                     tracing::warn!(revision = done.revision, "{e}");
                 }
+                for s in &done.skipped {
+                    tracing::warn!(revision = done.revision, "{s}");
+                }
                 self.status.applied_revision = a.revision;
                 self.status.units = a.units.iter().map(|u| u.name.clone()).collect();
                 self.status.errors = done.errors;
@@ -187,9 +190,12 @@ impl Agent {
 
     /// Asks for `a` to be applied as soon as the current apply (if any) is done.
     fn want(&mut self, a: pb::Assignment) {
+        // A unit held back because its program is missing may start once it is installed,
+        // so a revision with skipped units is applied again too.
         if a.revision != self.status.applied_revision
             || self.pending.is_some()
             || !self.status.errors.is_empty()
+            || !self.status.skipped.is_empty()
         {
             self.pending = Some(a);
             self.start_next();
