@@ -1,7 +1,10 @@
 //! Health reports: what the node looks like now. sysinfo is refreshed only for what is
-//! reported (CPU, memory, disks), never for the whole process table, to keep the agent small.
+//! reported (CPU, memory, disks), never for the whole process table, to keep the agent small,
+//! and read on tokio's blocking pool, so that a slow `/proc` or a hung mount never stalls the
+//! agent's single runtime thread.
 
 use crate::apply::SkippedUnit;
+use crate::blocking;
 use crate::service_manager::{ServiceManager, UnitStatus};
 use pangaea_proto as pb;
 use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
@@ -17,9 +20,10 @@ pub struct AgentStatus {
     pub skipped: Vec<SkippedUnit>,
 }
 
+/// Builds health reports. sysinfo's state is kept between reports (CPU usage is the
+/// difference between two refreshes).
 pub struct Reporter {
-    /// `None` where sysinfo cannot read this system; the report then carries zeros and an error.
-    sys: Option<System>,
+    machine: Machine,
 }
 
 impl Default for Reporter {
@@ -28,7 +32,9 @@ impl Default for Reporter {
             .with_cpu(CpuRefreshKind::nothing().with_usage())
             .with_memory(MemoryRefreshKind::nothing().with_ram());
         Reporter {
-            sys: System::new_with_specifics(kinds).ok(),
+            machine: Machine {
+                sys: System::new_with_specifics(kinds).ok(),
+            },
         }
     }
 }
@@ -46,29 +52,35 @@ pub fn own_rss_bytes() -> u64 {
     pages * 4096
 }
 
-impl Reporter {
-    pub async fn collect(
-        &mut self,
-        status: &AgentStatus,
-        units: &dyn ServiceManager,
-        artifacts: &pangaea_artifact::Progress,
-    ) -> pb::HealthReport {
-        let mut errors = status.errors.clone();
-        let (cpu_percent, memory_total_bytes, memory_used_bytes) = match self.sys.as_mut() {
-            Some(sys) => {
-                sys.refresh_cpu_usage();
-                sys.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-                (
-                    sys.global_cpu_usage(),
-                    sys.total_memory(),
-                    sys.used_memory(),
-                )
-            }
-            None => {
-                errors.push("sysinfo cannot read CPU and memory figures on this system".into());
-                (0.0, 0, 0)
-            }
-        };
+/// The machine's side of a report: everything read from `/proc` and the filesystems
+/// (`statvfs` of each mount, which can block on a hung network mount). Sampled on the
+/// blocking pool, never on the agent's runtime thread.
+struct Machine {
+    /// `None` where sysinfo cannot read this system; the report then carries zeros and an error.
+    sys: Option<System>,
+}
+
+/// One sample of the machine.
+struct Sample {
+    /// `None` where sysinfo cannot read CPU and memory figures.
+    cpu_and_memory: Option<(f32, u64, u64)>,
+    disks: Vec<pb::DiskUsage>,
+    boot_id: String,
+    uptime_seconds: u64,
+    agent_rss_bytes: u64,
+}
+
+impl Machine {
+    fn sample(&mut self) -> Sample {
+        let cpu_and_memory = self.sys.as_mut().map(|sys| {
+            sys.refresh_cpu_usage();
+            sys.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
+            (
+                sys.global_cpu_usage(),
+                sys.total_memory(),
+                sys.used_memory(),
+            )
+        });
         let disks = Disks::new_with_refreshed_list()
             .map(|disks| {
                 disks
@@ -81,6 +93,41 @@ impl Reporter {
                     .collect()
             })
             .unwrap_or_default();
+        Sample {
+            cpu_and_memory,
+            disks,
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            uptime_seconds: System::uptime().unwrap_or(0),
+            agent_rss_bytes: own_rss_bytes(),
+        }
+    }
+}
+
+impl Reporter {
+    /// The report for now: the machine's figures (sampled on the blocking pool), the units'
+    /// states from `units`, what the agent knows (`status`) and the artifacts' progress.
+    pub async fn collect(
+        &mut self,
+        status: &AgentStatus,
+        units: &dyn ServiceManager,
+        artifacts: &pangaea_artifact::Progress,
+    ) -> pb::HealthReport {
+        // The machine moves to the blocking pool and back with the sample.
+        let mut machine = std::mem::replace(&mut self.machine, Machine { sys: None });
+        let (machine, sample) = blocking::run(move || {
+            let sample = machine.sample();
+            (machine, sample)
+        })
+        .await;
+        self.machine = machine;
+        let mut errors = status.errors.clone();
+        let (cpu_percent, memory_total_bytes, memory_used_bytes) =
+            sample.cpu_and_memory.unwrap_or_else(|| {
+                errors.push("sysinfo cannot read CPU and memory figures on this system".into());
+                (0.0, 0, 0)
+            });
         let unit_states = units
             .status(&status.units)
             .await
@@ -88,20 +135,18 @@ impl Reporter {
             .map(|u| unit_state(u, &status.skipped))
             .collect();
         pb::HealthReport {
-            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_default(),
-            uptime_seconds: System::uptime().unwrap_or(0),
+            boot_id: sample.boot_id,
+            uptime_seconds: sample.uptime_seconds,
             cpu_percent,
             memory_total_bytes,
             memory_used_bytes,
-            disks,
+            disks: sample.disks,
             units: unit_states,
             applied_revision: status.applied_revision,
             certificate_not_after: status.cert_not_after,
             errors,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            agent_rss_bytes: own_rss_bytes(),
+            agent_rss_bytes: sample.agent_rss_bytes,
             artifacts: artifacts
                 .snapshot()
                 .into_iter()

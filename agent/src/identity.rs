@@ -5,6 +5,7 @@
 //! kept together in one file (`identity.pem`, 0600) so that replacing them is one atomic
 //! rename: a crash during renewal can never pair a new key with an old certificate.
 
+use crate::blocking;
 use crate::config::AgentConfig;
 use pangaea_core::fsutil;
 use pangaea_core::pin::SpkiPin;
@@ -127,6 +128,8 @@ fn new_key_and_csr(node: &str) -> (KeyPair, Vec<u8>) {
 }
 
 impl Identity {
+    /// The identity kept in `state_dir`, if this node has joined. Reads files: in async code,
+    /// call it on the blocking pool.
     pub fn load(state_dir: &Path) -> Result<Option<Identity>, IdentityError> {
         let path = state_dir.join(IDENTITY_FILE);
         let pem = match std::fs::read_to_string(&path) {
@@ -178,6 +181,7 @@ impl Identity {
         }))
     }
 
+    /// Writes the identity durably (fsync): call it on the blocking pool.
     fn save(&self, state_dir: &Path) -> Result<(), IdentityError> {
         fsutil::atomic_write(&state_dir.join(CA_FILE), self.ca_pem.as_bytes(), 0o644)?;
         fsutil::atomic_write(
@@ -240,12 +244,19 @@ pub fn pinned_config(pin: SpkiPin) -> Arc<rustls::ClientConfig> {
 
 /// Joins the cluster with the bootstrap token, stores the identity, then deletes the token.
 pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
-    let token =
-        std::fs::read_to_string(&cfg.token_file).map_err(|source| IdentityError::NoToken {
-            path: cfg.token_file.clone(),
-            source,
-        })?;
-    let facts = node_facts(cfg);
+    let (token, facts) = {
+        let cfg = cfg.clone();
+        blocking::run(move || {
+            let token = std::fs::read_to_string(&cfg.token_file).map_err(|source| {
+                IdentityError::NoToken {
+                    path: cfg.token_file.clone(),
+                    source,
+                }
+            })?;
+            Ok::<_, IdentityError>((token, node_facts(&cfg)))
+        })
+        .await?
+    };
     let node_name = cfg
         .node_name
         .clone()
@@ -282,9 +293,15 @@ pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
                     not_before,
                     not_after,
                 };
-                id.save(&cfg.state_dir)?;
-                // The token is single-use and now spent: it must not stay on the node.
-                fsutil::remove_durably(&cfg.token_file)?;
+                let (saved, state_dir, token_file) =
+                    (id.clone(), cfg.state_dir.clone(), cfg.token_file.clone());
+                blocking::run(move || {
+                    saved.save(&state_dir)?;
+                    // The token is single-use and now spent: it must not stay on the node.
+                    fsutil::remove_durably(&token_file)?;
+                    Ok::<_, IdentityError>(())
+                })
+                .await?;
                 tracing::info!(node = %id.node_name, "joined the cluster; bootstrap token removed");
                 return Ok(id);
             }
@@ -336,7 +353,8 @@ pub async fn renew(
         not_before,
         not_after,
     };
-    id.save(&cfg.state_dir)?;
+    let (saved, state_dir) = (id.clone(), cfg.state_dir.clone());
+    blocking::run(move || saved.save(&state_dir)).await?;
     tracing::info!(node = %id.node_name, not_after = id.not_after, "node certificate renewed");
     Ok(id)
 }

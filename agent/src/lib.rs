@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod artifact;
+mod blocking;
 pub mod config;
 pub mod health;
 pub mod identity;

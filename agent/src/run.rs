@@ -4,6 +4,7 @@
 
 use crate::apply::{Applied, Applier, ApplyError};
 use crate::artifact::{MIRROR_SCHEME, MirrorSource};
+use crate::blocking;
 use crate::config::AgentConfig;
 use crate::health::{AgentStatus, Reporter};
 use crate::identity::{self, Identity, IdentityError};
@@ -79,7 +80,8 @@ pub async fn run(
 
     let mut backoff = Backoff::default();
     let mut identity = loop {
-        if let Some(id) = Identity::load(&agent.cfg.state_dir)? {
+        let state_dir = agent.cfg.state_dir.clone();
+        if let Some(id) = blocking::run(move || Identity::load(&state_dir)).await? {
             break id;
         }
         match identity::join(&agent.cfg).await {
@@ -145,7 +147,8 @@ impl Agent {
     /// Brings the node's services up from the last applied assignment, before (and
     /// without) the controller: the cluster must not depend on the controller being up.
     async fn boot_from_disk(&mut self) {
-        match self.applier.last_applied() {
+        let applier = self.applier.clone();
+        match blocking::run(move || applier.last_applied()).await {
             Ok(Some(a)) => {
                 tracing::info!(
                     revision = a.revision,
