@@ -10,13 +10,13 @@ use crate::config::AgentConfig;
 use pangaea_core::fsutil;
 use pangaea_core::pin::SpkiPin;
 use pangaea_core::tls::{self, PinnedCaVerifier};
+use pangaea_core::x509::{CertInfo, first_cert_der};
 use pangaea_proto as pb;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -108,13 +108,9 @@ pub fn node_facts(cfg: &AgentConfig) -> pb::NodeFacts {
     }
 }
 
+/// (not_before, not_after) of the first certificate in `pem`, unix seconds.
 fn cert_validity(pem: &str) -> Option<(i64, i64)> {
-    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
-    let (_, c) = X509Certificate::from_der(&der).ok()?;
-    Some((
-        c.validity().not_before.timestamp(),
-        c.validity().not_after.timestamp(),
-    ))
+    CertInfo::from_pem(pem).map(|c| (c.not_before, c.not_after))
 }
 
 fn new_key_and_csr(node: &str) -> (KeyPair, Vec<u8>) {
@@ -159,16 +155,10 @@ impl Identity {
             pem[..key_end].to_owned() + "\n",
             pem[key_end..].trim_start().to_owned(),
         );
-        let (not_before, not_after) =
-            cert_validity(&cert_pem).ok_or_else(|| corrupt("no readable certificate"))?;
-        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|_| corrupt("certificate"))?;
-        let (_, c) = X509Certificate::from_der(&der).map_err(|_| corrupt("certificate"))?;
-        let node_name = c
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
+        let cert =
+            CertInfo::from_pem(&cert_pem).ok_or_else(|| corrupt("no readable certificate"))?;
+        let node_name = cert
+            .common_name()
             .ok_or_else(|| corrupt("certificate has no common name"))?
             .to_owned();
         Ok(Some(Identity {
@@ -176,8 +166,8 @@ impl Identity {
             key_pem,
             cert_pem,
             ca_pem,
-            not_before,
-            not_after,
+            not_before: cert.not_before,
+            not_after: cert.not_after,
         }))
     }
 
@@ -206,15 +196,9 @@ impl Identity {
         let bad = |m: String| IdentityError::Other(format!("identity unusable for TLS: {m}"));
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(
-                CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
-                    .map_err(|e| bad(e.to_string()))?,
-            )
+            .add(first_cert_der(&self.ca_pem).map_err(|e| bad(e.to_string()))?)
             .map_err(|e| bad(e.to_string()))?;
-        let chain = vec![
-            CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
-                .map_err(|e| bad(e.to_string()))?,
-        ];
+        let chain = vec![first_cert_der(&self.cert_pem).map_err(|e| bad(e.to_string()))?];
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
             .map_err(|e| bad(e.to_string()))?;
         let mut cfg = rustls::ClientConfig::builder()
@@ -276,7 +260,7 @@ pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
         match client.join(req).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
-                let ca_der = CertificateDer::from_pem_slice(resp.ca_pem.as_bytes())
+                let ca_der = first_cert_der(&resp.ca_pem)
                     .map_err(|e| IdentityError::Other(format!("controller CA unreadable: {e}")))?;
                 if SpkiPin::of_cert_der(&ca_der).ok() != Some(cfg.ca_pin) {
                     return Err(IdentityError::PinMismatch { pin: cfg.ca_pin });
@@ -357,4 +341,46 @@ pub async fn renew(
     blocking::run(move || saved.save(&state_dir)).await?;
     tracing::info!(node = %id.node_name, not_after = id.not_after, "node certificate renewed");
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_reads_back_what_save_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Identity::load(dir.path()).unwrap().is_none());
+        let (key, _) = new_key_and_csr("node-1");
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "node-1");
+        params.distinguished_name = dn;
+        params.not_before = rcgen::date_time_ymd(2030, 1, 2);
+        params.not_after = rcgen::date_time_ymd(2031, 1, 2);
+        let cert_pem = params.self_signed(&key).unwrap().pem();
+        let saved = Identity {
+            node_name: "node-1".into(),
+            key_pem: key.serialize_pem(),
+            cert_pem: cert_pem.clone(),
+            ca_pem: cert_pem,
+            not_before: 0,
+            not_after: 0,
+        };
+        saved.save(dir.path()).unwrap();
+        let id = Identity::load(dir.path()).unwrap().unwrap();
+        assert_eq!(id.node_name, "node-1");
+        assert_eq!(id.cert_pem, saved.cert_pem);
+        assert_eq!(
+            (id.not_before, id.not_after),
+            (1_893_542_400, 1_925_078_400)
+        );
+        assert!(id.client_config().is_ok());
+
+        std::fs::write(dir.path().join(IDENTITY_FILE), saved.key_pem).unwrap();
+        assert!(matches!(
+            Identity::load(dir.path()),
+            Err(IdentityError::Corrupt { .. })
+        ));
+    }
 }

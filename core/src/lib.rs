@@ -7,6 +7,7 @@
 //! * [`fsutil`]: atomic file replacement (temp + fsync + rename + fsync dir).
 //! * [`tls`]: rustls plumbing under tonic: the pinned-CA verifier, the client connector and
 //!   the server's TLS listener that exposes the peer certificate to handlers.
+//! * [`x509`]: reading certificates: PEM to DER, and the fields shown and checked.
 
 pub mod backoff;
 pub mod fsutil;
@@ -14,6 +15,7 @@ pub mod names;
 pub mod pin;
 pub mod tls;
 pub mod token;
+pub mod x509;
 
 pub use names::NodeName;
 
