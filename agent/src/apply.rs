@@ -24,28 +24,49 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Why an assignment was not applied (it is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// The assignment is refused before anything changes (bad path, mode or unit name).
     #[error("assignment revision {revision} is invalid: {message}")]
-    Invalid { revision: u64, message: String },
+    Invalid {
+        /// The refused revision.
+        revision: u64,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Writing or removing a file failed.
     #[error(transparent)]
     Fs(#[from] fsutil::FsError),
+    /// An artifact could not be installed.
     #[error("{0}")]
     Artifact(#[from] pangaea_artifact::FetchError),
+    /// The record of the last applied assignment cannot be read.
     #[error(
         "last applied assignment {path} is unreadable ({message}); it will be replaced by the controller's"
     )]
-    Corrupt { path: PathBuf, message: String },
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// Why it is unreadable.
+        message: String,
+    },
 }
 
 /// What one apply did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Applied {
+    /// The revision applied.
     pub revision: u64,
+    /// Paths written (files, and artifacts with their archive members).
     pub changed: Vec<String>,
+    /// Paths the revision dropped, removed.
     pub removed: Vec<String>,
+    /// Units started (new ones, or all at boot).
     pub started: Vec<String>,
+    /// Units restarted because their unit file or a `restart_on_change` path changed.
     pub restarted: Vec<String>,
+    /// Units the revision dropped, stopped and disabled.
     pub stopped: Vec<String>,
     /// Unit operations and artifact installs that failed; everything else is in place and
     /// the failed parts are retried.
@@ -81,6 +102,8 @@ impl std::fmt::Display for SkippedUnit {
     }
 }
 
+/// Applies assignments under a root directory, through a service manager, keeping the
+/// record of the last applied one in the state directory.
 pub struct Applier {
     root: PathBuf,
     state_file: PathBuf,
@@ -93,6 +116,7 @@ const UNIT_SUFFIXES: [&str; 6] = [
 ];
 
 impl Applier {
+    /// An applier writing under `root` (`/` on a node) and recording in `state_dir`.
     pub fn new(
         root: &Path,
         state_dir: &Path,

@@ -8,6 +8,7 @@ use pangaea_proto as pb;
 use std::path::Path;
 use tokio::sync::watch;
 
+/// URL scheme of the controller's mirror: `pangaea-mirror:<algorithm>/<hex>`.
 pub const MIRROR_SCHEME: &str = "pangaea-mirror";
 
 /// The install spec of an assignment's artifact, with paths under `root`.

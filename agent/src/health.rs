@@ -12,9 +12,13 @@ use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
 /// What the agent itself knows and reports alongside the machine's figures.
 #[derive(Clone, Debug, Default)]
 pub struct AgentStatus {
+    /// The last revision applied (0 before the first).
     pub applied_revision: u64,
+    /// The units of that revision, whose states are reported.
     pub units: Vec<String>,
+    /// End of the node certificate's validity, unix seconds.
     pub cert_not_after: i64,
+    /// What went wrong in the last apply (it is retried).
     pub errors: Vec<String>,
     /// Units deliberately not started, and why.
     pub skipped: Vec<SkippedUnit>,

@@ -18,29 +18,55 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Why joining, loading or renewing the node's identity failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// Not joined, and no bootstrap token to join with.
     #[error(
         "this node has not joined and has no bootstrap token at {path} ({source}); create one with `pangaea-ctl token create --node NAME` and write it there"
     )]
     NoToken {
+        /// Where the token was looked for.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// Writing the identity or removing the token failed.
     #[error(transparent)]
     Fs(#[from] fsutil::FsError),
+    /// The identity on disk is unreadable.
     #[error("identity file {path}: {message}")]
-    Corrupt { path: PathBuf, message: String },
-    #[error("controller {endpoint} refused the join: {message}")]
-    Refused {
-        endpoint: String,
-        code: tonic::Code,
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
         message: String,
     },
+    /// The controller answered with a refusal.
+    #[error("controller {endpoint} refused the join: {message}")]
+    Refused {
+        /// The controller asked.
+        endpoint: String,
+        /// Its gRPC status code.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
+    /// No controller could be reached.
     #[error("controller {endpoint} unreachable: {message}")]
-    Unreachable { endpoint: String, message: String },
+    Unreachable {
+        /// The last controller tried.
+        endpoint: String,
+        /// Why it could not be reached.
+        message: String,
+    },
+    /// The controller's CA does not have the pinned key: it is not the cluster's controller.
     #[error("controller sent a CA whose key does not match the pin {pin}: refusing it")]
-    PinMismatch { pin: SpkiPin },
+    PinMismatch {
+        /// The configured pin.
+        pin: SpkiPin,
+    },
+    /// Anything else (an unusable certificate or endpoint), described.
     #[error("{0}")]
     Other(String),
 }
@@ -57,13 +83,20 @@ impl IdentityError {
     }
 }
 
+/// The node's key and certificate, and the controller CA it trusts.
 #[derive(Clone)]
 pub struct Identity {
+    /// The node's name: its certificate's common name.
     pub node_name: String,
+    /// Private key (PKCS#8 PEM); never leaves the node.
     pub key_pem: String,
+    /// Node certificate, PEM.
     pub cert_pem: String,
+    /// Controller CA certificate, PEM.
     pub ca_pem: String,
+    /// Start of the certificate's validity, unix seconds.
     pub not_before: i64,
+    /// End of the certificate's validity, unix seconds.
     pub not_after: i64,
 }
 

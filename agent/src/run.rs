@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
+/// Why the agent stopped (everything else is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The identity on disk is unusable.
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }

@@ -4,28 +4,39 @@
 use std::collections::BTreeMap;
 use tokio::sync::watch;
 
+/// A unit operation that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("systemctl {args}: {message}")]
 pub struct UnitError {
+    /// The `systemctl` arguments, e.g. `restart etcd.service`.
     pub args: String,
+    /// Why it failed (exit status and stderr).
     pub message: String,
 }
 
+/// A unit's state as systemd sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnitStatus {
+    /// e.g. `etcd.service`.
     pub name: String,
+    /// systemd's ActiveState (`active`, `inactive`, `failed`, ...), or `unknown`.
     pub active_state: String,
+    /// systemd's SubState (`running`, `dead`, ...), or `unknown`.
     pub sub_state: String,
 }
 
+/// What the applier and the health report need from systemd.
 #[tonic::async_trait]
 pub trait ServiceManager: Send + Sync + 'static {
+    /// Reloads unit files (after one changed).
     async fn daemon_reload(&self) -> Result<(), UnitError>;
     /// Enables (when asked) and starts the unit; a running unit is left alone.
     async fn start(&self, unit: &str, enable: bool) -> Result<(), UnitError>;
+    /// Restarts the unit (its files changed).
     async fn restart(&self, unit: &str) -> Result<(), UnitError>;
     /// Stops and disables the unit.
     async fn remove(&self, unit: &str) -> Result<(), UnitError>;
+    /// The state of each of `units`, in order.
     async fn status(&self, units: &[String]) -> Vec<UnitStatus>;
 }
 

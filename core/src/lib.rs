@@ -9,6 +9,8 @@
 //!   the server's TLS listener that exposes the peer certificate to handlers.
 //! * [`x509`]: reading certificates: PEM to DER, and the fields shown and checked.
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 pub mod fsutil;
 pub mod names;
