@@ -7,50 +7,103 @@
 //! changed; then new units start and units whose files changed restart — only those. The
 //! applied revision is recorded on disk last, so a crash anywhere re-applies the whole
 //! revision at the next start, which is idempotent.
+//!
+//! The agent's runtime has one thread; reading, writing, fsyncing and renaming files run on
+//! tokio's blocking pool, one step at a time, so that reports keep flowing during an apply
+//! without changing the order above.
 
 use crate::artifact;
+use crate::blocking;
 use crate::service_manager::ServiceManager;
 use pangaea_artifact::Fetcher;
 use pangaea_core::fsutil;
 use pangaea_proto as pb;
 use prost::Message;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Why an assignment was not applied (it is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// The assignment is refused before anything changes (bad path, mode or unit name).
     #[error("assignment revision {revision} is invalid: {message}")]
-    Invalid { revision: u64, message: String },
+    Invalid {
+        /// The refused revision.
+        revision: u64,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Writing or removing a file failed.
     #[error(transparent)]
     Fs(#[from] fsutil::FsError),
+    /// An artifact could not be installed.
     #[error("{0}")]
     Artifact(#[from] pangaea_artifact::FetchError),
+    /// The record of the last applied assignment cannot be read.
     #[error(
         "last applied assignment {path} is unreadable ({message}); it will be replaced by the controller's"
     )]
-    Corrupt { path: PathBuf, message: String },
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// Why it is unreadable.
+        message: String,
+    },
 }
 
 /// What one apply did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Applied {
+    /// The revision applied.
     pub revision: u64,
+    /// Paths written (files, and artifacts with their archive members).
     pub changed: Vec<String>,
+    /// Paths the revision dropped, removed.
     pub removed: Vec<String>,
+    /// Units started (new ones, or all at boot).
     pub started: Vec<String>,
+    /// Units restarted because their unit file or a `restart_on_change` path changed.
     pub restarted: Vec<String>,
+    /// Units the revision dropped, stopped and disabled.
     pub stopped: Vec<String>,
     /// Unit operations and artifact installs that failed; everything else is in place and
     /// the failed parts are retried.
     pub errors: Vec<String>,
-    /// Units not started because their program is not installed: (unit, missing path).
-    pub skipped: Vec<(String, String)>,
+    /// Units deliberately not started (reported as such, not as errors).
+    pub skipped: Vec<SkippedUnit>,
     /// Some artifact could not be installed (the assignment should be applied again later).
     pub incomplete: bool,
 }
 
+/// A unit the agent deliberately did not start, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedUnit {
+    /// e.g. `kube-apiserver.service`.
+    pub unit: String,
+    /// Why it was not started.
+    pub reason: pb::NotRunningReason,
+    /// What the reason is about: for `ProgramNotInstalled`, the missing program's path.
+    pub detail: String,
+}
+
+/// `kube-apiserver.service not started: /usr/local/bin/kube-apiserver is not installed (…)`
+impl std::fmt::Display for SkippedUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.reason {
+            pb::NotRunningReason::ProgramNotInstalled => write!(
+                f,
+                "{} not started: {} is not installed (its artifact is disabled or could not be downloaded)",
+                self.unit, self.detail
+            ),
+            pb::NotRunningReason::Unspecified => write!(f, "{} not started", self.unit),
+        }
+    }
+}
+
+/// Applies assignments under a root directory, through a service manager, keeping the
+/// record of the last applied one in the state directory.
 pub struct Applier {
     root: PathBuf,
     state_file: PathBuf,
@@ -63,6 +116,7 @@ const UNIT_SUFFIXES: [&str; 6] = [
 ];
 
 impl Applier {
+    /// An applier writing under `root` (`/` on a node) and recording in `state_dir`.
     pub fn new(
         root: &Path,
         state_dir: &Path,
@@ -108,47 +162,33 @@ impl Applier {
         Ok((changed, errors))
     }
 
-    /// The program a unit runs, when the assignment's unit file names one that is missing.
-    fn missing_program(&self, unit: &str) -> Option<String> {
-        let text =
-            std::fs::read_to_string(self.target(&format!("/etc/systemd/system/{unit}"))).ok()?;
-        let exec = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("ExecStart="))?;
-        let program = exec
-            .trim_start_matches(['-', '@', '+', '!', ':'])
-            .split_whitespace()
-            .next()?;
-        (program.starts_with('/') && !self.target(program).exists()).then(|| program.to_owned())
-    }
-
-    /// The last assignment applied completely, if any.
+    /// The last assignment applied completely, if any. Reads the state file: in async code,
+    /// call it on the blocking pool.
     pub fn last_applied(&self) -> Result<Option<pb::Assignment>, ApplyError> {
-        match std::fs::read(&self.state_file) {
-            Ok(bytes) => pb::Assignment::decode(bytes.as_slice())
-                .map(Some)
-                .map_err(|e| ApplyError::Corrupt {
-                    path: self.state_file.clone(),
-                    message: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ApplyError::Corrupt {
-                path: self.state_file.clone(),
-                message: e.to_string(),
-            }),
-        }
+        read_last_applied(&self.state_file)
     }
 
     fn target(&self, path: &str) -> PathBuf {
-        self.root.join(path.trim_start_matches('/'))
+        target(&self.root, path)
     }
 
     /// Applies `next`. With `at_boot`, every unit is (re)started even if nothing changed,
     /// which is how a rebooted node brings its services up before the controller answers.
+    ///
+    /// Each filesystem step runs on the blocking pool (see `blocking`) and is awaited before
+    /// the next one starts, so the order of the module documentation holds exactly.
     pub async fn apply(&self, next: &pb::Assignment, at_boot: bool) -> Result<Applied, ApplyError> {
         validate(next)?;
-        self.sweep_leftovers(next);
-        let prev = self.last_applied().unwrap_or_else(|e| {
+        let prev = {
+            let targets: Vec<PathBuf> = destinations(next).map(|p| self.target(p)).collect();
+            let state_file = self.state_file.clone();
+            blocking::run(move || {
+                sweep_leftovers(&targets);
+                read_last_applied(&state_file)
+            })
+            .await
+        };
+        let prev = prev.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "ignoring unreadable last applied assignment");
             None
         });
@@ -174,20 +214,33 @@ impl Applier {
             }
         }
 
+        // One file at a time, so that only one file's content is copied for the blocking pool.
         for f in &next.files {
-            let target = self.target(&f.path);
-            if !same_file(&target, &f.content, f.mode) {
-                fsutil::atomic_write(&target, &f.content, f.mode)?;
+            let (target, file) = (self.target(&f.path), f.clone());
+            let (changed, owner_errors) = blocking::run(move || {
+                let changed = !same_file(&target, &file.content, file.mode);
+                if changed {
+                    fsutil::atomic_write(&target, &file.content, file.mode)?;
+                }
+                let mut errors = Vec::new();
+                set_owner(&target, &file.owner, &mut errors);
+                Ok::<_, fsutil::FsError>((changed, errors))
+            })
+            .await?;
+            if changed {
                 done.changed.push(f.path.clone());
             }
-            set_owner(&target, &f.owner, &mut done.errors);
+            done.errors.extend(owner_errors);
         }
 
         let keep: BTreeSet<&str> = destinations(next).map(String::as_str).collect();
-        for gone in destinations(&prev).filter(|p| !keep.contains(p.as_str())) {
-            fsutil::remove_durably(&self.target(gone))?;
-            done.removed.push(gone.clone());
-        }
+        let gone: Vec<String> = destinations(&prev)
+            .filter(|p| !keep.contains(p.as_str()))
+            .cloned()
+            .collect();
+        let targets: Vec<PathBuf> = gone.iter().map(|p| self.target(p)).collect();
+        blocking::run(move || targets.iter().try_for_each(|t| fsutil::remove_durably(t))).await?;
+        done.removed.extend(gone);
 
         let touched: BTreeSet<&str> = done
             .changed
@@ -203,6 +256,19 @@ impl Applier {
         {
             done.errors.push(e.to_string());
         }
+        let missing = {
+            let (root, names): (PathBuf, Vec<String>) = (
+                self.root.clone(),
+                next.units.iter().map(|u| u.name.clone()).collect(),
+            );
+            blocking::run(move || {
+                names
+                    .into_iter()
+                    .filter_map(|n| missing_program(&root, &n).map(|p| (n, p)))
+                    .collect::<BTreeMap<String, String>>()
+            })
+            .await
+        };
         let prev_units: BTreeSet<&str> = prev.units.iter().map(|u| u.name.as_str()).collect();
         for u in &next.units {
             let own_file_changed = touched.iter().any(|p| p.ends_with(&format!("/{}", u.name)));
@@ -210,9 +276,12 @@ impl Applier {
                 .restart_on_change
                 .iter()
                 .any(|p| touched.contains(p.as_str()));
-            if let Some(program) = self.missing_program(&u.name) {
-                done.errors.push(format!("{} not started: {program} is not installed (its artifact is disabled or could not be downloaded)", u.name));
-                done.skipped.push((u.name.clone(), program));
+            if let Some(program) = missing.get(&u.name).cloned() {
+                done.skipped.push(SkippedUnit {
+                    unit: u.name.clone(),
+                    reason: pb::NotRunningReason::ProgramNotInstalled,
+                    detail: program,
+                });
                 continue;
             }
             let result = if !prev_units.contains(u.name.as_str()) || at_boot {
@@ -229,36 +298,68 @@ impl Applier {
             }
         }
 
-        fsutil::atomic_write(&self.state_file, &next.encode_to_vec(), 0o600)?;
+        let (state_file, record) = (self.state_file.clone(), next.encode_to_vec());
+        blocking::run(move || fsutil::atomic_write(&state_file, &record, 0o600)).await?;
         Ok(done)
     }
 }
 
-impl Applier {
-    /// Removes temporary files that an interrupted write (a crash, SIGKILL, power loss)
-    /// left beside the assignment's destinations. They are never the destination itself,
-    /// so nothing a service reads is affected.
-    fn sweep_leftovers(&self, a: &pb::Assignment) {
-        let mut by_dir: std::collections::BTreeMap<PathBuf, Vec<String>> = Default::default();
-        for p in destinations(a) {
-            let target = self.target(p);
-            if let (Some(dir), Some(name)) = (target.parent(), target.file_name()) {
-                by_dir
-                    .entry(dir.to_owned())
-                    .or_default()
-                    .push(format!(".{}.", name.to_string_lossy()));
-            }
+fn target(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+/// The last assignment applied completely, from the state file, if any.
+fn read_last_applied(state_file: &Path) -> Result<Option<pb::Assignment>, ApplyError> {
+    let corrupt = |message: String| ApplyError::Corrupt {
+        path: state_file.to_owned(),
+        message,
+    };
+    match std::fs::read(state_file) {
+        Ok(bytes) => pb::Assignment::decode(bytes.as_slice())
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(corrupt(e.to_string())),
+    }
+}
+
+/// The program a unit runs, when the assignment's unit file (under `root`) names one that
+/// is missing.
+fn missing_program(root: &Path, unit: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(target(root, &format!("/etc/systemd/system/{unit}"))).ok()?;
+    let exec = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ExecStart="))?;
+    let program = exec
+        .trim_start_matches(['-', '@', '+', '!', ':'])
+        .split_whitespace()
+        .next()?;
+    (program.starts_with('/') && !target(root, program).exists()).then(|| program.to_owned())
+}
+
+/// Removes temporary files that an interrupted write (a crash, SIGKILL, power loss) left
+/// beside `targets` (the assignment's destinations). They are never the destination itself,
+/// so nothing a service reads is affected.
+fn sweep_leftovers(targets: &[PathBuf]) {
+    let mut by_dir: BTreeMap<&Path, Vec<String>> = BTreeMap::new();
+    for target in targets {
+        if let (Some(dir), Some(name)) = (target.parent(), target.file_name()) {
+            by_dir
+                .entry(dir)
+                .or_default()
+                .push(format!(".{}.", name.to_string_lossy()));
         }
-        for (dir, prefixes) in by_dir {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".tmp") && prefixes.iter().any(|p| name.starts_with(p)) {
-                    tracing::info!(path = %e.path().display(), "removing a leftover temporary file");
-                    let _ = std::fs::remove_file(e.path());
-                }
+    }
+    for (dir, prefixes) in by_dir {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") && prefixes.iter().any(|p| name.starts_with(p)) {
+                tracing::info!(path = %e.path().display(), "removing a leftover temporary file");
+                let _ = std::fs::remove_file(e.path());
             }
         }
     }
@@ -304,8 +405,6 @@ fn set_owner(path: &Path, owner: &str, errors: &mut Vec<String>) {
     }
 }
 
-/// Refuses paths that could escape the root or are not absolute, duplicate destinations,
-/// and unit names that are not plain systemd unit names.
 /// Every path the assignment puts on the node: files, artifacts and archive members.
 fn destinations(a: &pb::Assignment) -> impl Iterator<Item = &String> {
     a.files.iter().map(|f| &f.path).chain(
@@ -315,6 +414,8 @@ fn destinations(a: &pb::Assignment) -> impl Iterator<Item = &String> {
     )
 }
 
+/// Refuses paths that could escape the root or are not absolute, duplicate destinations,
+/// and unit names that are not plain systemd unit names.
 fn validate(a: &pb::Assignment) -> Result<(), ApplyError> {
     let invalid = |message: String| ApplyError::Invalid {
         revision: a.revision,
@@ -473,18 +574,15 @@ mod tests {
         assert_eq!(d.started, ["etcd.service"]);
         assert_eq!(
             d.skipped,
-            [(
-                "kube-apiserver.service".to_owned(),
-                "/usr/local/bin/kube-apiserver".to_owned()
-            )]
+            [SkippedUnit {
+                unit: "kube-apiserver.service".into(),
+                reason: pb::NotRunningReason::ProgramNotInstalled,
+                detail: "/usr/local/bin/kube-apiserver".into(),
+            }]
         );
-        assert!(
-            d.errors[0].contains(
-                "kube-apiserver.service not started: /usr/local/bin/kube-apiserver is not installed"
-            ),
-            "{:?}",
-            d.errors
-        );
+        // Held back on purpose: reported as such (see `health`), not as an error.
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        assert!(!d.incomplete);
         assert!(!sm.calls().iter().any(|c| c.contains("kube-apiserver")));
     }
 

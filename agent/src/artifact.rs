@@ -6,7 +6,7 @@ use bytes::Bytes;
 use pangaea_artifact::{ArtifactSpec, Body, BoxFuture, Chunks, Digest, FetchError, Member, Source};
 use pangaea_proto as pb;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 pub use pangaea_artifact::MIRROR_SCHEME;
 
@@ -34,13 +34,15 @@ pub fn spec(root: &Path, a: &pb::Artifact) -> Result<ArtifactSpec, String> {
 /// Reads artifacts from the controller's mirror over the agent's current channel.
 #[derive(Clone, Default)]
 pub struct MirrorSource {
-    channel: Arc<Mutex<Option<tonic::transport::Channel>>>,
+    /// The current session's channel (`None` before the first). A watch cell: its clones
+    /// share it, and it is set and read without a lock that could be held across `.await`.
+    channel: watch::Sender<Option<tonic::transport::Channel>>,
 }
 
 impl MirrorSource {
     /// Called when a session with the controller starts.
     pub fn set_channel(&self, channel: tonic::transport::Channel) {
-        *self.channel.lock().expect("mirror lock") = Some(channel);
+        self.channel.send_replace(Some(channel));
     }
 }
 
@@ -81,8 +83,7 @@ impl Source for MirrorSource {
                 .to_string();
             let channel = self
                 .channel
-                .lock()
-                .expect("mirror lock")
+                .borrow()
                 .clone()
                 .ok_or_else(|| transport("not connected to the controller yet".into()))?;
             let mut client = pb::node_service_client::NodeServiceClient::new(channel);

@@ -14,38 +14,54 @@ use pangaea_core::pin::SpkiPin;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// Why the configuration file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("read agent config {path}: {source}")]
     Read {
+        /// The configuration file.
         path: PathBuf,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The file is not a valid configuration.
     #[error("agent config {path}{location}: {message}")]
     Parse {
+        /// The configuration file.
         path: PathBuf,
+        /// `:line:column` of the error, when known.
         location: String,
+        /// What is wrong.
         message: String,
     },
 }
 
+/// The agent's configuration (see the module documentation for the file).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// `HOST:PORT` of the controller, tried in order.
     pub controller: Vec<String>,
+    /// SPKI SHA-256 of the controller CA, trusted before the node has joined.
     #[serde(deserialize_with = "de_pin")]
     pub ca_pin: SpkiPin,
+    /// The bootstrap token; deleted after a successful join.
     #[serde(default = "default_token_file")]
     pub token_file: PathBuf,
+    /// The name the node asks for; defaults to its hostname.
     #[serde(default)]
     pub node_name: Option<String>,
     /// Overrides the instance ID read from cloud-init or /etc/machine-id (tests).
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// Where the identity and the last applied assignment are kept.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Prefix for every path of the assignment (`/` on a node).
     #[serde(default = "default_root")]
     pub root: PathBuf,
+    /// Seconds between health reports.
     #[serde(default = "default_report_interval")]
     pub report_interval_seconds: u64,
     /// Use the built-in recording service manager instead of systemd (tests without root).
@@ -94,6 +110,7 @@ fn locate(text: &str, err: &serde_norway::Error) -> String {
 }
 
 impl AgentConfig {
+    /// Reads and checks the configuration file at `path`.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -102,6 +119,7 @@ impl AgentConfig {
         AgentConfig::parse(path, &text)
     }
 
+    /// Checks the configuration `text` (errors name `path` with line and column).
     pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
         let cfg: AgentConfig = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),

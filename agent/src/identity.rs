@@ -5,41 +5,68 @@
 //! kept together in one file (`identity.pem`, 0600) so that replacing them is one atomic
 //! rename: a crash during renewal can never pair a new key with an old certificate.
 
+use crate::blocking;
 use crate::config::AgentConfig;
 use pangaea_core::fsutil;
 use pangaea_core::pin::SpkiPin;
 use pangaea_core::tls::{self, PinnedCaVerifier};
+use pangaea_core::x509::{CertInfo, first_cert_der};
 use pangaea_proto as pb;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
+/// Why joining, loading or renewing the node's identity failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// Not joined, and no bootstrap token to join with.
     #[error(
         "this node has not joined and has no bootstrap token at {path} ({source}); create one with `pangaea-ctl token create --node NAME` and write it there"
     )]
     NoToken {
+        /// Where the token was looked for.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// Writing the identity or removing the token failed.
     #[error(transparent)]
     Fs(#[from] fsutil::FsError),
+    /// The identity on disk is unreadable.
     #[error("identity file {path}: {message}")]
-    Corrupt { path: PathBuf, message: String },
-    #[error("controller {endpoint} refused the join: {message}")]
-    Refused {
-        endpoint: String,
-        code: tonic::Code,
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
         message: String,
     },
+    /// The controller answered with a refusal.
+    #[error("controller {endpoint} refused the join: {message}")]
+    Refused {
+        /// The controller asked.
+        endpoint: String,
+        /// Its gRPC status code.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
+    /// No controller could be reached.
     #[error("controller {endpoint} unreachable: {message}")]
-    Unreachable { endpoint: String, message: String },
+    Unreachable {
+        /// The last controller tried.
+        endpoint: String,
+        /// Why it could not be reached.
+        message: String,
+    },
+    /// The controller's CA does not have the pinned key: it is not the cluster's controller.
     #[error("controller sent a CA whose key does not match the pin {pin}: refusing it")]
-    PinMismatch { pin: SpkiPin },
+    PinMismatch {
+        /// The configured pin.
+        pin: SpkiPin,
+    },
+    /// Anything else (an unusable certificate or endpoint), described.
     #[error("{0}")]
     Other(String),
 }
@@ -56,13 +83,20 @@ impl IdentityError {
     }
 }
 
+/// The node's key and certificate, and the controller CA it trusts.
 #[derive(Clone)]
 pub struct Identity {
+    /// The node's name: its certificate's common name.
     pub node_name: String,
+    /// Private key (PKCS#8 PEM); never leaves the node.
     pub key_pem: String,
+    /// Node certificate, PEM.
     pub cert_pem: String,
+    /// Controller CA certificate, PEM.
     pub ca_pem: String,
+    /// Start of the certificate's validity, unix seconds.
     pub not_before: i64,
+    /// End of the certificate's validity, unix seconds.
     pub not_after: i64,
 }
 
@@ -107,13 +141,9 @@ pub fn node_facts(cfg: &AgentConfig) -> pb::NodeFacts {
     }
 }
 
+/// (not_before, not_after) of the first certificate in `pem`, unix seconds.
 fn cert_validity(pem: &str) -> Option<(i64, i64)> {
-    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
-    let (_, c) = X509Certificate::from_der(&der).ok()?;
-    Some((
-        c.validity().not_before.timestamp(),
-        c.validity().not_after.timestamp(),
-    ))
+    CertInfo::from_pem(pem).map(|c| (c.not_before, c.not_after))
 }
 
 fn new_key_and_csr(node: &str) -> (KeyPair, Vec<u8>) {
@@ -127,6 +157,8 @@ fn new_key_and_csr(node: &str) -> (KeyPair, Vec<u8>) {
 }
 
 impl Identity {
+    /// The identity kept in `state_dir`, if this node has joined. Reads files: in async code,
+    /// call it on the blocking pool.
     pub fn load(state_dir: &Path) -> Result<Option<Identity>, IdentityError> {
         let path = state_dir.join(IDENTITY_FILE);
         let pem = match std::fs::read_to_string(&path) {
@@ -156,16 +188,10 @@ impl Identity {
             pem[..key_end].to_owned() + "\n",
             pem[key_end..].trim_start().to_owned(),
         );
-        let (not_before, not_after) =
-            cert_validity(&cert_pem).ok_or_else(|| corrupt("no readable certificate"))?;
-        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|_| corrupt("certificate"))?;
-        let (_, c) = X509Certificate::from_der(&der).map_err(|_| corrupt("certificate"))?;
-        let node_name = c
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
+        let cert =
+            CertInfo::from_pem(&cert_pem).ok_or_else(|| corrupt("no readable certificate"))?;
+        let node_name = cert
+            .common_name()
             .ok_or_else(|| corrupt("certificate has no common name"))?
             .to_owned();
         Ok(Some(Identity {
@@ -173,11 +199,12 @@ impl Identity {
             key_pem,
             cert_pem,
             ca_pem,
-            not_before,
-            not_after,
+            not_before: cert.not_before,
+            not_after: cert.not_after,
         }))
     }
 
+    /// Writes the identity durably (fsync): call it on the blocking pool.
     fn save(&self, state_dir: &Path) -> Result<(), IdentityError> {
         fsutil::atomic_write(&state_dir.join(CA_FILE), self.ca_pem.as_bytes(), 0o644)?;
         fsutil::atomic_write(
@@ -202,15 +229,9 @@ impl Identity {
         let bad = |m: String| IdentityError::Other(format!("identity unusable for TLS: {m}"));
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(
-                CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
-                    .map_err(|e| bad(e.to_string()))?,
-            )
+            .add(first_cert_der(&self.ca_pem).map_err(|e| bad(e.to_string()))?)
             .map_err(|e| bad(e.to_string()))?;
-        let chain = vec![
-            CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
-                .map_err(|e| bad(e.to_string()))?,
-        ];
+        let chain = vec![first_cert_der(&self.cert_pem).map_err(|e| bad(e.to_string()))?];
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
             .map_err(|e| bad(e.to_string()))?;
         let mut cfg = rustls::ClientConfig::builder()
@@ -240,12 +261,19 @@ pub fn pinned_config(pin: SpkiPin) -> Arc<rustls::ClientConfig> {
 
 /// Joins the cluster with the bootstrap token, stores the identity, then deletes the token.
 pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
-    let token =
-        std::fs::read_to_string(&cfg.token_file).map_err(|source| IdentityError::NoToken {
-            path: cfg.token_file.clone(),
-            source,
-        })?;
-    let facts = node_facts(cfg);
+    let (token, facts) = {
+        let cfg = cfg.clone();
+        blocking::run(move || {
+            let token = std::fs::read_to_string(&cfg.token_file).map_err(|source| {
+                IdentityError::NoToken {
+                    path: cfg.token_file.clone(),
+                    source,
+                }
+            })?;
+            Ok::<_, IdentityError>((token, node_facts(&cfg)))
+        })
+        .await?
+    };
     let node_name = cfg
         .node_name
         .clone()
@@ -265,7 +293,7 @@ pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
         match client.join(req).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
-                let ca_der = CertificateDer::from_pem_slice(resp.ca_pem.as_bytes())
+                let ca_der = first_cert_der(&resp.ca_pem)
                     .map_err(|e| IdentityError::Other(format!("controller CA unreadable: {e}")))?;
                 if SpkiPin::of_cert_der(&ca_der).ok() != Some(cfg.ca_pin) {
                     return Err(IdentityError::PinMismatch { pin: cfg.ca_pin });
@@ -282,9 +310,15 @@ pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
                     not_before,
                     not_after,
                 };
-                id.save(&cfg.state_dir)?;
-                // The token is single-use and now spent: it must not stay on the node.
-                fsutil::remove_durably(&cfg.token_file)?;
+                let (saved, state_dir, token_file) =
+                    (id.clone(), cfg.state_dir.clone(), cfg.token_file.clone());
+                blocking::run(move || {
+                    saved.save(&state_dir)?;
+                    // The token is single-use and now spent: it must not stay on the node.
+                    fsutil::remove_durably(&token_file)?;
+                    Ok::<_, IdentityError>(())
+                })
+                .await?;
                 tracing::info!(node = %id.node_name, "joined the cluster; bootstrap token removed");
                 return Ok(id);
             }
@@ -336,7 +370,50 @@ pub async fn renew(
         not_before,
         not_after,
     };
-    id.save(&cfg.state_dir)?;
+    let (saved, state_dir) = (id.clone(), cfg.state_dir.clone());
+    blocking::run(move || saved.save(&state_dir)).await?;
     tracing::info!(node = %id.node_name, not_after = id.not_after, "node certificate renewed");
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_reads_back_what_save_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Identity::load(dir.path()).unwrap().is_none());
+        let (key, _) = new_key_and_csr("node-1");
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "node-1");
+        params.distinguished_name = dn;
+        params.not_before = rcgen::date_time_ymd(2030, 1, 2);
+        params.not_after = rcgen::date_time_ymd(2031, 1, 2);
+        let cert_pem = params.self_signed(&key).unwrap().pem();
+        let saved = Identity {
+            node_name: "node-1".into(),
+            key_pem: key.serialize_pem(),
+            cert_pem: cert_pem.clone(),
+            ca_pem: cert_pem,
+            not_before: 0,
+            not_after: 0,
+        };
+        saved.save(dir.path()).unwrap();
+        let id = Identity::load(dir.path()).unwrap().unwrap();
+        assert_eq!(id.node_name, "node-1");
+        assert_eq!(id.cert_pem, saved.cert_pem);
+        assert_eq!(
+            (id.not_before, id.not_after),
+            (1_893_542_400, 1_925_078_400)
+        );
+        assert!(id.client_config().is_ok());
+
+        std::fs::write(dir.path().join(IDENTITY_FILE), saved.key_pem).unwrap();
+        assert!(matches!(
+            Identity::load(dir.path()),
+            Err(IdentityError::Corrupt { .. })
+        ));
+    }
 }

@@ -1,12 +1,18 @@
 //! `pangaea-agent`: the on-node half of Pangaea.
 //!
-//! [`run`] is the whole life of the agent; below it, [`identity`] (join, renew),
+//! [`run()`] is the whole life of the agent; below it, [`identity`] (join, renew),
 //! [`apply`] (atomic application of assignments through a [`service_manager`]),
 //! [`artifact`] (verified installs), and [`health`]. [`config`] is the file
 //! cloud-init writes.
+//!
+//! The runtime has a single thread (the agent is mostly idle, and one thread keeps it
+//! small); file I/O and `/proc` reads run on tokio's blocking pool so that it never stalls.
+
+#![warn(missing_docs)]
 
 pub mod apply;
 pub mod artifact;
+mod blocking;
 pub mod config;
 pub mod health;
 pub mod identity;

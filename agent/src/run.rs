@@ -4,6 +4,7 @@
 
 use crate::apply::{Applied, Applier, ApplyError};
 use crate::artifact::{MIRROR_SCHEME, MirrorSource};
+use crate::blocking;
 use crate::config::AgentConfig;
 use crate::health::{AgentStatus, Reporter};
 use crate::identity::{self, Identity, IdentityError};
@@ -15,8 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
+/// Why the agent stopped (everything else is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The identity on disk is unusable.
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }
@@ -79,7 +82,8 @@ pub async fn run(
 
     let mut backoff = Backoff::default();
     let mut identity = loop {
-        if let Some(id) = Identity::load(&agent.cfg.state_dir)? {
+        let state_dir = agent.cfg.state_dir.clone();
+        if let Some(id) = blocking::run(move || Identity::load(&state_dir)).await? {
             break id;
         }
         match identity::join(&agent.cfg).await {
@@ -145,7 +149,8 @@ impl Agent {
     /// Brings the node's services up from the last applied assignment, before (and
     /// without) the controller: the cluster must not depend on the controller being up.
     async fn boot_from_disk(&mut self) {
-        match self.applier.last_applied() {
+        let applier = self.applier.clone();
+        match blocking::run(move || applier.last_applied()).await {
             Ok(Some(a)) => {
                 tracing::info!(
                     revision = a.revision,
@@ -167,6 +172,9 @@ impl Agent {
                 for e in &done.errors {
                     tracing::warn!(revision = done.revision, "{e}");
                 }
+                for s in &done.skipped {
+                    tracing::warn!(revision = done.revision, "{s}");
+                }
                 self.status.applied_revision = a.revision;
                 self.status.units = a.units.iter().map(|u| u.name.clone()).collect();
                 self.status.errors = done.errors;
@@ -187,9 +195,12 @@ impl Agent {
 
     /// Asks for `a` to be applied as soon as the current apply (if any) is done.
     fn want(&mut self, a: pb::Assignment) {
+        // A unit held back because its program is missing may start once it is installed,
+        // so a revision with skipped units is applied again too.
         if a.revision != self.status.applied_revision
             || self.pending.is_some()
             || !self.status.errors.is_empty()
+            || !self.status.skipped.is_empty()
         {
             self.pending = Some(a);
             self.start_next();

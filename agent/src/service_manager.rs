@@ -2,30 +2,41 @@
 //! in integration tests. The applier only ever talks to this trait.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use tokio::sync::watch;
 
+/// A unit operation that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("systemctl {args}: {message}")]
 pub struct UnitError {
+    /// The `systemctl` arguments, e.g. `restart etcd.service`.
     pub args: String,
+    /// Why it failed (exit status and stderr).
     pub message: String,
 }
 
+/// A unit's state as systemd sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnitStatus {
+    /// e.g. `etcd.service`.
     pub name: String,
+    /// systemd's ActiveState (`active`, `inactive`, `failed`, ...), or `unknown`.
     pub active_state: String,
+    /// systemd's SubState (`running`, `dead`, ...), or `unknown`.
     pub sub_state: String,
 }
 
+/// What the applier and the health report need from systemd.
 #[tonic::async_trait]
 pub trait ServiceManager: Send + Sync + 'static {
+    /// Reloads unit files (after one changed).
     async fn daemon_reload(&self) -> Result<(), UnitError>;
     /// Enables (when asked) and starts the unit; a running unit is left alone.
     async fn start(&self, unit: &str, enable: bool) -> Result<(), UnitError>;
+    /// Restarts the unit (its files changed).
     async fn restart(&self, unit: &str) -> Result<(), UnitError>;
     /// Stops and disables the unit.
     async fn remove(&self, unit: &str) -> Result<(), UnitError>;
+    /// The state of each of `units`, in order.
     async fn status(&self, units: &[String]) -> Vec<UnitStatus>;
 }
 
@@ -95,18 +106,22 @@ impl ServiceManager for Systemctl {
 }
 
 /// Records every call; units it "started" report `active/running`. For tests.
+///
+/// Its state lives in watch cells: readable from synchronous test code and from async
+/// code alike, and never locked across an `.await`.
 #[derive(Default)]
 pub struct RecordingServiceManager {
-    pub calls: Mutex<Vec<String>>,
-    running: Mutex<BTreeMap<String, bool>>,
+    calls: watch::Sender<Vec<String>>,
+    running: watch::Sender<BTreeMap<String, bool>>,
 }
 
 impl RecordingServiceManager {
+    /// Every call so far, in order, e.g. `start etcd.service --enable`, `daemon-reload`.
     pub fn calls(&self) -> Vec<String> {
-        self.calls.lock().expect("lock").clone()
+        self.calls.borrow().clone()
     }
     fn record(&self, call: String) {
-        self.calls.lock().expect("lock").push(call);
+        self.calls.send_modify(|calls| calls.push(call));
     }
 }
 
@@ -121,21 +136,27 @@ impl ServiceManager for RecordingServiceManager {
             "start {unit}{}",
             if enable { " --enable" } else { "" }
         ));
-        self.running.lock().expect("lock").insert(unit.into(), true);
+        self.running.send_modify(|r| {
+            r.insert(unit.into(), true);
+        });
         Ok(())
     }
     async fn restart(&self, unit: &str) -> Result<(), UnitError> {
         self.record(format!("restart {unit}"));
-        self.running.lock().expect("lock").insert(unit.into(), true);
+        self.running.send_modify(|r| {
+            r.insert(unit.into(), true);
+        });
         Ok(())
     }
     async fn remove(&self, unit: &str) -> Result<(), UnitError> {
         self.record(format!("remove {unit}"));
-        self.running.lock().expect("lock").remove(unit);
+        self.running.send_modify(|r| {
+            r.remove(unit);
+        });
         Ok(())
     }
     async fn status(&self, units: &[String]) -> Vec<UnitStatus> {
-        let running = self.running.lock().expect("lock");
+        let running = self.running.borrow();
         units
             .iter()
             .map(|u| {

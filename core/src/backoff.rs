@@ -5,6 +5,7 @@
 use rand::Rng;
 use std::time::Duration;
 
+/// Delays between attempts; [`Default`] is gRPC's 1 s to 120 s.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: f64,
@@ -19,6 +20,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Starts at `initial` and grows to at most `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
         Backoff {
             next: initial.as_secs_f64(),
@@ -35,6 +37,7 @@ impl Backoff {
         Duration::from_secs_f64((base * (1.0 + jitter)).min(self.max))
     }
 
+    /// Back to the initial delay, after a success.
     pub fn reset(&mut self) {
         self.next = self.initial;
     }

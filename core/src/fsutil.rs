@@ -8,11 +8,15 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// A filesystem step that failed, naming the step and the path.
 #[derive(Debug, thiserror::Error)]
 #[error("{action} {path}: {source}")]
 pub struct FsError {
+    /// What was being done, e.g. `fsync` or `rename into place`.
     pub action: &'static str,
+    /// The file or directory it was done to.
     pub path: PathBuf,
+    /// Why it failed.
     #[source]
     pub source: io::Error,
 }

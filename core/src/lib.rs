@@ -7,6 +7,9 @@
 //! * [`fsutil`]: atomic file replacement (temp + fsync + rename + fsync dir).
 //! * [`tls`]: rustls plumbing under tonic: the pinned-CA verifier, the client connector and
 //!   the server's TLS listener that exposes the peer certificate to handlers.
+//! * [`x509`]: reading certificates: PEM to DER, and the fields shown and checked.
+
+#![warn(missing_docs)]
 
 pub mod backoff;
 pub mod ca;
@@ -15,6 +18,7 @@ pub mod names;
 pub mod pin;
 pub mod tls;
 pub mod token;
+pub mod x509;
 
 pub use names::NodeName;
 

@@ -4,15 +4,19 @@
 
 use std::fmt;
 
+/// A name that is not a valid node name, and why.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "invalid node name {name:?}: {reason} (use 1-63 lowercase letters, digits or '-', like \"node-1\")"
 )]
 pub struct InvalidName {
+    /// The name as given.
     pub name: String,
+    /// What is wrong with it.
     pub reason: &'static str,
 }
 
+/// A node name, valid by construction (built with `TryFrom`).
 #[derive(
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -20,6 +24,7 @@ pub struct InvalidName {
 pub struct NodeName(String);
 
 impl NodeName {
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }

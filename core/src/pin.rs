@@ -6,18 +6,23 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+/// Why a pin could not be read or computed.
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
+    /// The text is not `sha256:<64 hex>`.
     #[error("malformed CA pin {0:?}: expected \"sha256:\" followed by 64 hex digits")]
     Malformed(String),
+    /// The DER is not a certificate.
     #[error("cannot parse certificate to compute its pin: {0}")]
     BadCertificate(String),
 }
 
+/// The SHA-256 of a certificate's SubjectPublicKeyInfo; displays as `sha256:<64 hex>`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SpkiPin([u8; 32]);
 
 impl SpkiPin {
+    /// The pin of a DER certificate's key.
     pub fn of_cert_der(der: &[u8]) -> Result<Self, PinError> {
         let (_, cert) =
             X509Certificate::from_der(der).map_err(|e| PinError::BadCertificate(e.to_string()))?;
@@ -26,6 +31,7 @@ impl SpkiPin {
         ))
     }
 
+    /// Reads `sha256:<64 hex>` (surrounding whitespace is ignored).
     pub fn parse(s: &str) -> Result<Self, PinError> {
         let hexpart = s
             .trim()

@@ -35,6 +35,7 @@ pub struct PinnedCaVerifier {
 }
 
 impl PinnedCaVerifier {
+    /// Trusts a chain only through a certificate whose key has `pin`.
     pub fn new(pin: SpkiPin) -> Self {
         PinnedCaVerifier {
             pin,
@@ -108,6 +109,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
 /// Errors building a connection to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The endpoint is not `HOST:PORT` or `https://HOST:PORT`.
     #[error("invalid controller endpoint {0:?}: expected HOST:PORT or https://HOST:PORT")]
     BadEndpoint(String),
 }
@@ -158,6 +160,7 @@ pub fn channel(endpoint: &str, config: Arc<rustls::ClientConfig>) -> Result<Chan
 /// What a handler knows about the connection a request came on.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
+    /// The client's address, when the socket knows it.
     pub remote_addr: Option<SocketAddr>,
     /// The client's verified certificate chain, leaf first; `None` without client auth.
     pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,

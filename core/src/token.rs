@@ -9,10 +9,13 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use subtle::ConstantTimeEq;
 
+/// Characters in a token's public id.
 pub const ID_LEN: usize = 6;
+/// Characters in a token's secret.
 pub const SECRET_LEN: usize = 16;
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
+/// The text is not a bootstrap token.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "malformed bootstrap token: expected <6 chars>.<16 chars> from [a-z0-9], like \"abcdef.0123456789abcdef\""
@@ -27,6 +30,7 @@ pub struct BootstrapToken {
 }
 
 impl BootstrapToken {
+    /// A new random token.
     pub fn generate() -> Self {
         let mut rng = rand::rng();
         let mut pick = |n| {
@@ -40,6 +44,7 @@ impl BootstrapToken {
         }
     }
 
+    /// Reads `<id>.<secret>` (surrounding whitespace is ignored).
     pub fn parse(s: &str) -> Result<Self, MalformedToken> {
         let (id, secret) = s.trim().split_once('.').ok_or(MalformedToken)?;
         let valid = |part: &str, len: usize| {
@@ -54,6 +59,7 @@ impl BootstrapToken {
         })
     }
 
+    /// The public id, under which the controller stores the token.
     pub fn id(&self) -> &str {
         &self.id
     }

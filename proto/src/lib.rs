@@ -2,13 +2,22 @@
 //!
 //! Generated at build time from `proto/pangaea.proto`; see that file for the meaning of each
 //! message. Enrollment is the only service a client without a certificate may call.
+//!
+//! Rules that read a message the same way on every side live here, next to the generated
+//! types, as methods: [`UnitState::is_settled`] and [`UnitState::not_started`] (module
+//! [`unit_state`]).
 
-#![allow(clippy::all)]
+#![warn(missing_docs)]
 
+/// The generated messages, enums and services (documented in `proto/pangaea.proto`).
+#[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("pangaea.v1");
 }
 
+pub mod unit_state;
+
+pub use unit_state::NotStarted;
 pub use v1::*;
 
 /// Largest message either side accepts. Assignments carry rendered files, not binaries
