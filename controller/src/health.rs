@@ -66,21 +66,12 @@ impl fmt::Display for Health {
     }
 }
 
-/// Whether a unit is where it should be: active, or deliberately not started (its program
-/// is not installed, which the agent reports instead of letting it crash-loop).
-pub fn unit_settled(u: &pb::UnitState) -> bool {
-    u.active_state == "active" || not_started(u)
-}
-
-/// Whether the agent deliberately did not start this unit (its program is not installed).
-pub fn not_started(u: &pb::UnitState) -> bool {
-    u.active_state == "missing-binary"
-}
-
 /// Whether `report` shows `assigned` applied with every unit settled (the report alone,
 /// without its age: the report handler records the boot timeline with this).
 pub fn applied_and_settled(report: &pb::HealthReport, assigned: u64) -> bool {
-    assigned > 0 && report.applied_revision == assigned && report.units.iter().all(unit_settled)
+    assigned > 0
+        && report.applied_revision == assigned
+        && report.units.iter().all(pb::UnitState::is_settled)
 }
 
 /// The health of node `n` (None: no record) at unix time `now`.
@@ -108,7 +99,7 @@ pub fn assess(n: Option<&pb::NodeInfo>, now: i64) -> Health {
     let waiting: Vec<(String, String)> = r
         .units
         .iter()
-        .filter(|u| !unit_settled(u))
+        .filter(|u| !u.is_settled())
         .map(|u| (u.name.clone(), u.active_state.clone()))
         .collect();
     if !waiting.is_empty() {
@@ -125,6 +116,16 @@ mod tests {
         pb::UnitState {
             name: name.into(),
             active_state: state.into(),
+            ..Default::default()
+        }
+    }
+
+    fn not_installed(name: &str, program: &str) -> pb::UnitState {
+        pb::UnitState {
+            name: name.into(),
+            active_state: "inactive".into(),
+            not_running_reason: pb::NotRunningReason::ProgramNotInstalled as i32,
+            not_running_detail: program.into(),
             ..Default::default()
         }
     }
@@ -168,11 +169,14 @@ mod tests {
             2,
             vec![
                 unit("etcd.service", "active"),
-                unit("kubelet.service", "missing-binary"),
+                not_installed("kubelet.service", "/usr/local/bin/kubelet"),
             ],
             now,
         );
         assert!(assess(Some(&ok), now).is_healthy());
+        // An inactive unit the agent did not hold back is waited for.
+        let waiting = node(2, vec![unit("kubelet.service", "inactive")], now);
+        assert!(!assess(Some(&waiting), now).is_healthy());
         assert!(applied_and_settled(ok.last_report.as_ref().unwrap(), 2));
         assert!(!applied_and_settled(ok.last_report.as_ref().unwrap(), 3));
     }

@@ -117,8 +117,18 @@ pub struct UnitRow {
     pub active: String,
     /// systemd's SubState.
     pub sub: String,
-    /// Deliberately not started (its program is not installed).
-    pub not_started: bool,
+    /// Why the agent deliberately did not start it, if it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_started: Option<NotStartedRow>,
+}
+
+/// Why a unit was deliberately not started.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct NotStartedRow {
+    /// The reason in a few words (`program not installed`).
+    pub reason: &'static str,
+    /// What it is about (the missing program's path).
+    pub detail: String,
 }
 
 /// An artifact download on a node.
@@ -202,7 +212,10 @@ pub fn node_status(
                 name: u.name.clone(),
                 active: u.active_state.clone(),
                 sub: u.sub_state.clone(),
-                not_started: health::not_started(u),
+                not_started: u.not_started().map(|n| NotStartedRow {
+                    reason: n.why(),
+                    detail: n.detail.to_owned(),
+                }),
             })
             .collect(),
         artifacts: r.artifacts.iter().map(ArtifactRow::from).collect(),

@@ -82,24 +82,20 @@ fn print_table(rows: &[NodeStatus], now: i64) {
         let running: Vec<String> = n
             .units
             .iter()
-            .filter(|u| !u.not_started)
+            .filter(|u| u.not_started.is_none())
             .map(|u| format!("{}={}", short(&u.name), u.active))
             .collect();
         if !running.is_empty() {
             println!("{:<12} units: {}", "", running.join(" "));
         }
-        let missing: Vec<String> = n
-            .units
-            .iter()
-            .filter(|u| u.not_started)
-            .map(|u| short(&u.name))
-            .collect();
-        if !missing.is_empty() {
-            println!(
-                "{:<12} not started (program not installed): {}",
-                "",
-                missing.join(" ")
-            );
+        let mut held: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for u in &n.units {
+            if let Some(ns) = &u.not_started {
+                held.entry(ns.reason).or_default().push(short(&u.name));
+            }
+        }
+        for (reason, units) in held {
+            println!("{:<12} not started ({reason}): {}", "", units.join(" "));
         }
         let is_etcd = n.roles.iter().any(|r| r == "etcd");
         let line = match &n.etcd {

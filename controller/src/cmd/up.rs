@@ -5,7 +5,6 @@
 use super::{Ctx, print_warnings, step};
 use crate::admin::Backend;
 use crate::compile::Compilation;
-use crate::health;
 use crate::mirror::Mirror;
 use crate::reconcile::{Bootstrap, Reconciler, WantedNode};
 use crate::state_dir::{AGENT_HTTP_PORT, GRPC_PORT};
@@ -78,8 +77,8 @@ pub async fn run(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        let active = names(&|u| u.active_state == "active");
-        let missing = names(&health::not_started);
+        let active = names(&pangaea_proto::UnitState::is_active);
+        let missing = names(&|u| u.not_started().is_some());
         println!(
             "  {:<12} {}  active: {active}",
             n.name,
