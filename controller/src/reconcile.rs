@@ -35,6 +35,9 @@ pub enum ReconcileError {
     /// Listing the provider's machines failed.
     #[error("list the machines: {0}")]
     List(#[source] ProviderError),
+    /// Removing what the nodes shared failed.
+    #[error("remove what the nodes shared: {0}")]
+    Teardown(#[source] ProviderError),
     /// The controller refused or failed.
     #[error("controller: {0}")]
     Controller(#[from] BackendError),
@@ -253,4 +256,50 @@ impl Reconciler<'_> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// `down`'s half of the loop: power off every running node, or with `purge` delete every
+/// node and then what they shared. Returns what it did to each node.
+pub async fn power_down(
+    provider: &dyn Provider,
+    purge: bool,
+    progress: Progress<'_>,
+) -> Result<Vec<(NodeName, DownAction)>, ReconcileError> {
+    let mut done = Vec::new();
+    for n in provider.list().await.map_err(ReconcileError::List)? {
+        let fail = |source| ReconcileError::Provider {
+            node: n.name.clone(),
+            source,
+        };
+        let action = if purge {
+            progress(&format!("{}: deleting", n.name));
+            provider.delete(&n.name).await.map_err(fail)?;
+            DownAction::Deleted
+        } else if n.state == NodeState::Running {
+            progress(&format!("{}: stopping", n.name));
+            provider.stop(&n.name).await.map_err(fail)?;
+            DownAction::Stopped
+        } else {
+            DownAction::None
+        };
+        done.push((n.name, action));
+    }
+    if purge {
+        provider
+            .teardown()
+            .await
+            .map_err(ReconcileError::Teardown)?;
+    }
+    Ok(done)
+}
+
+/// What `down` did to a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownAction {
+    /// It was stopped already.
+    None,
+    /// Powered off, disk kept.
+    Stopped,
+    /// Deleted with everything created for it.
+    Deleted,
 }

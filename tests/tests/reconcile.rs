@@ -2,12 +2,14 @@
 //! map entries, and a booting "machine" starts a real in-process agent with the token from
 //! its user-data, which joins the in-process controller over mutual TLS. Create missing
 //! nodes, leave running ones alone, boot stopped ones without a new token, resume an
-//! interrupted run, and name a node that never comes up.
+//! interrupted run, name a node that never comes up; and `down`, with and without purge.
 
 use pangaea_controller::admin::Backend;
 use pangaea_controller::health::Health;
 use pangaea_controller::provider::fake::{Call, FakeProvider, Op};
-use pangaea_controller::reconcile::{Action, Bootstrap, ReconcileError, Reconciler, WantedNode};
+use pangaea_controller::reconcile::{
+    Action, Bootstrap, DownAction, ReconcileError, Reconciler, WantedNode, power_down,
+};
 use pangaea_core::NodeName;
 use pangaea_tests::{TestAgent, TestController};
 use std::collections::{BTreeMap, BTreeSet};
@@ -258,4 +260,46 @@ async fn a_node_that_never_comes_up_is_named_with_its_state() {
         !text.contains("node-1") && !text.contains("node-2"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_powers_off_running_nodes_and_purge_deletes_everything() {
+    let mut w = World::new(&[]).await;
+    w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+    w.provider.power_off(&name("node-3")).await;
+    w.provider.clear_calls().await;
+
+    let done = power_down(w.provider.as_ref(), false, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        done.iter().map(|(_, a)| *a).collect::<Vec<_>>(),
+        vec![DownAction::Stopped, DownAction::Stopped, DownAction::None]
+    );
+    assert_eq!(
+        w.provider.calls().await,
+        vec![Call::Stop(name("node-1")), Call::Stop(name("node-2"))],
+        "a stopped node is left alone"
+    );
+    assert!(w.agents.lock().unwrap().is_empty(), "every agent is down");
+
+    // `up` after `down` boots all three with their disks, no new token.
+    let back = w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    assert!(back.iter().all(|(_, a)| *a == Action::Booted), "{back:?}");
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+    assert_eq!(w.tokens().await.len(), 3);
+
+    w.provider.clear_calls().await;
+    power_down(w.provider.as_ref(), true, &|_| {})
+        .await
+        .unwrap();
+    let calls = w.provider.calls().await;
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert_eq!(
+        calls.last(),
+        Some(&Call::Teardown),
+        "teardown after the last node"
+    );
+    assert!(w.provider.list_now().await.is_empty());
 }

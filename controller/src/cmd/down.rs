@@ -2,26 +2,16 @@
 //! `--purge`, delete the nodes, what they shared and the cluster's state.
 
 use super::{Ctx, step};
-use crate::provider::NodeState;
 use anyhow::Context;
 
 /// Runs `down`.
 pub async fn run(ctx: &Ctx, purge: bool) -> anyhow::Result<()> {
     let c = ctx.compilation()?;
     let provider = ctx.provider(&c)?;
-    for n in provider.list().await? {
-        if purge {
-            step(&format!("{}: deleting", n.name));
-            provider.delete(&n.name).await?;
-        } else if n.state == NodeState::Running {
-            step(&format!("{}: stopping", n.name));
-            provider.stop(&n.name).await?;
-        }
-    }
+    crate::reconcile::power_down(provider.as_ref(), purge, &step).await?;
     crate::daemon::stop(&ctx.state, &step).await;
     let name = &c.loaded.config.name;
     if purge {
-        provider.teardown().await?;
         let dir = ctx.state.path();
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;

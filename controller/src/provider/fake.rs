@@ -87,6 +87,17 @@ impl FakeProvider {
         self.state.lock().await.calls.clone()
     }
 
+    /// The machines it has now.
+    pub async fn list_now(&self) -> Vec<NodeInfo> {
+        self.state
+            .lock()
+            .await
+            .nodes
+            .values()
+            .map(|(i, _)| i.clone())
+            .collect()
+    }
+
     /// Forgets the recorded calls.
     pub async fn clear_calls(&self) {
         self.state.lock().await.calls.clear();
@@ -209,14 +220,7 @@ impl Provider for FakeProvider {
     }
 
     async fn list(&self) -> Result<Vec<NodeInfo>, ProviderError> {
-        Ok(self
-            .state
-            .lock()
-            .await
-            .nodes
-            .values()
-            .map(|(i, _)| i.clone())
-            .collect())
+        Ok(self.list_now().await)
     }
 
     async fn teardown(&self) -> Result<(), ProviderError> {
