@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
+/// A token record as the admin API lists it: without the secret's hash, and with an empty
+/// `node_name` when the token is not bound to a node.
 pub fn token_info(t: &TokenRecord) -> pb::TokenInfo {
     pb::TokenInfo {
         id: t.id.clone(),
@@ -25,6 +27,7 @@ pub fn token_info(t: &TokenRecord) -> pb::TokenInfo {
     }
 }
 
+/// A node as the admin API lists it; absent times and reports become 0 or `None`.
 pub fn node_info(v: &NodeView) -> pb::NodeInfo {
     pb::NodeInfo {
         name: v.record.name.to_string(),
@@ -158,10 +161,14 @@ pub enum Backend {
     Local(Arc<Controller>),
 }
 
+/// Why an operator command failed, on either backend.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// The local controller failed (or could not be opened).
     #[error(transparent)]
     Controller(#[from] ControllerError),
+    /// The running controller answered with an error, or could not be reached; the
+    /// message only (the gRPC code is dropped).
     #[error("{0}")]
     Status(String),
 }
@@ -197,6 +204,7 @@ impl Backend {
         )?))
     }
 
+    /// Creates a bootstrap token; the response holds the token, secret included.
     pub async fn create_token(
         &mut self,
         req: pb::CreateTokenRequest,
@@ -207,6 +215,7 @@ impl Backend {
         }
     }
 
+    /// Lists every token (metadata only).
     pub async fn list_tokens(&mut self) -> Result<Vec<pb::TokenInfo>, BackendError> {
         match self {
             Backend::Daemon(c) => Ok(c
@@ -218,6 +227,7 @@ impl Backend {
         }
     }
 
+    /// Revokes the token `id`; an error when there is no such token.
     pub async fn revoke_token(&mut self, id: String) -> Result<(), BackendError> {
         match self {
             Backend::Daemon(c) => Ok(c
@@ -231,6 +241,7 @@ impl Backend {
         }
     }
 
+    /// Lists every node, removed ones included.
     pub async fn list_nodes(&mut self) -> Result<Vec<pb::NodeInfo>, BackendError> {
         match self {
             Backend::Daemon(c) => Ok(c
@@ -242,6 +253,8 @@ impl Backend {
         }
     }
 
+    /// Removes node `name`: its certificates are refused at once. An error when there is no
+    /// such node.
     pub async fn remove_node(&mut self, name: String) -> Result<(), BackendError> {
         match self {
             Backend::Daemon(c) => Ok(c

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// The only path served.
 pub const PATH: &str = "/pangaea-agent";
 
 /// The agent binary shipped beside this `pangaea-ctl`.
@@ -17,6 +18,8 @@ pub fn default_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("pangaea-agent"))
 }
 
+/// Serves `binary` at [`PATH`] to every connection on `listener`, one task per connection,
+/// one request per connection (`Connection: close`); anything else gets 404. Never returns.
 pub async fn serve(listener: TcpListener, binary: PathBuf) {
     loop {
         let Ok((mut sock, peer)) = listener.accept().await else {

@@ -17,21 +17,30 @@ use tokio::sync::watch;
 /// The content of an assignment, before it gets a revision.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
+    /// Files to write on the node, with their modes.
     pub files: Vec<pb::File>,
+    /// Artifacts to download, verify against their digests and install.
     pub artifacts: Vec<pb::Artifact>,
+    /// systemd units the agent manages: whether each is enabled, and which file changes
+    /// restart it.
     pub units: Vec<pb::Unit>,
 }
 
+/// A node's plan could not be computed (at join, the node is refused with it).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot plan node {node}: {message}")]
 pub struct PlanError {
+    /// The node being planned.
     pub node: String,
+    /// Why, for the operator (and the agent's log).
     pub message: String,
 }
 
 /// Computes a node's plan. Must be deterministic: the same node and cluster give the same
 /// plan, or every call would look like a change.
 pub trait Planner: Send + Sync + 'static {
+    /// The plan for `node`. The controller calls it on the blocking pool, so it may do
+    /// file I/O.
     fn plan(&self, node: &NodeRecord) -> Result<Plan, PlanError>;
     /// The roles the cluster configuration gives a node (shown by `status`).
     fn roles(&self, _node: &NodeName) -> Vec<Role> {
@@ -42,6 +51,7 @@ pub trait Planner: Send + Sync + 'static {
 /// The plan every node gets from the foundation alone: the controller CA (so local tools
 /// can verify the controller) and a description of the node itself.
 pub struct BasePlanner {
+    /// The controller CA certificate (PEM), written to `/etc/pangaea/controller-ca.pem`.
     pub controller_ca_pem: String,
 }
 

@@ -32,10 +32,12 @@ pub struct Cli {
         default_value = "/var/cache/pangaea/images"
     )]
     pub image_cache: PathBuf,
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// `pangaea-ctl`'s commands.
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the controller: serve agents (mutual TLS) and operator commands (local socket).
@@ -68,6 +70,7 @@ pub enum Command {
     },
     /// Print shell exports for a tool, e.g. `eval "$(pangaea-ctl env etcdctl)"`.
     Env {
+        /// The tool to print exports for.
         #[arg(value_enum)]
         tool: EnvTool,
     },
@@ -79,6 +82,7 @@ pub enum Command {
     Token(TokenCommand),
     /// Show the nodes, their assignment revisions and latest health reports.
     Status {
+        /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -110,16 +114,21 @@ pub enum Command {
     Artifacts(ArtifactsCommand),
 }
 
+/// `pangaea-ctl artifacts` subcommands.
 #[derive(Subcommand)]
 pub enum ArtifactsCommand {
     /// Show the pinned artifact set and what the mirror holds, with sizes and digests.
     List,
     /// Copy a local file into the mirror (air-gapped use); it then serves any pin of its
     /// SHA-256 or SHA-512.
-    Import { file: PathBuf },
+    Import {
+        /// The file to import.
+        file: PathBuf,
+    },
     /// Fetch artifacts of the pinned set into the mirror (all, or the names given), each
     /// verified against its pinned digest; already mirrored ones are skipped.
     Fetch {
+        /// Names of the artifacts to fetch, as `artifacts list` shows them [default: all].
         names: Vec<String>,
         /// YAML list of overrides by name (url, digest, version, members), e.g. a local
         /// source for an artifact.
@@ -128,10 +137,12 @@ pub enum ArtifactsCommand {
     },
 }
 
+/// `pangaea-ctl pki` subcommands.
 #[derive(Subcommand)]
 pub enum PkiCommand {
     /// List each CA and the controller certificate with subject, SANs and expiry.
     Show {
+        /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -139,6 +150,7 @@ pub enum PkiCommand {
     Pin,
 }
 
+/// `pangaea-ctl token` subcommands.
 #[derive(Subcommand)]
 pub enum TokenCommand {
     /// Create a bootstrap token and print it (the only time its secret is shown).
@@ -152,32 +164,47 @@ pub enum TokenCommand {
         /// Admit only a node of this name (and let it replace an old node of that name).
         #[arg(long)]
         node: Option<pangaea_core::NodeName>,
+        /// A note kept with the token, shown by `token list`.
         #[arg(long, default_value = "")]
         description: String,
     },
     /// List tokens (ids only; secrets are not stored).
     List,
     /// Revoke a token by id.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id: the part before the dot, as `token list` shows it.
+        id: String,
+    },
 }
 
+/// `pangaea-ctl node` subcommands.
 #[derive(Subcommand)]
 pub enum NodeCommand {
     /// Remove a node: its certificates are refused at once.
-    Remove { name: pangaea_core::NodeName },
+    Remove {
+        /// The node's name, as `status` shows it.
+        name: pangaea_core::NodeName,
+    },
     /// Power a node off and boot it again with the same disk (local provider; root).
-    Reboot { name: pangaea_core::NodeName },
+    Reboot {
+        /// The node's name, as `status` shows it.
+        name: pangaea_core::NodeName,
+    },
 }
 
+/// A tool `pangaea-ctl env` prints shell exports for.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum EnvTool {
     /// ETCDCTL_* for the cluster's etcd, with an operator client certificate.
     Etcdctl,
 }
 
+/// How `status` and `pki show` print.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Output {
+    /// Aligned columns, for reading.
     Table,
+    /// Pretty-printed JSON, for scripts.
     Json,
 }
 

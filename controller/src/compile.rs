@@ -16,29 +16,49 @@ use pangaea_core::NodeName;
 use pangaea_proto as pb;
 use std::path::{Path, PathBuf};
 
+/// Why the cluster could not be loaded, compiled or written out.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileSetupError {
+    /// `pangaea.yaml` could not be read or is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A template (built-in or override) could not be loaded.
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// The PKI could not be loaded or created.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// Compiling failed: unknown node, a template that does not render, a certificate
+    /// that cannot be issued.
     #[error(transparent)]
     Compile(#[from] CompileError),
+    /// The compiler's inputs could not be prepared: a PKI key unreadable, or a generated
+    /// cluster secret not stored.
     #[error(transparent)]
     Inputs(#[from] crate::issued::InputsError),
+    /// `compile` could not write an output file.
     #[error("write {path}: {message}")]
-    Write { path: PathBuf, message: String },
+    Write {
+        /// The output file.
+        path: PathBuf,
+        /// The I/O error's text.
+        message: String,
+    },
 }
 
 /// Everything needed to compile a cluster, loaded once.
 pub struct Compilation {
+    /// The configuration file as loaded (its path, directory and parsed content).
     pub loaded: Loaded,
+    /// The cluster built from the configuration: nodes, roles, addresses.
     pub model: ClusterModel,
+    /// Built-in templates with the configuration's overrides applied.
     pub templates: Templates,
+    /// The pinned artifact set, with the configuration's overrides.
     pub artifacts: ArtifactSet,
+    /// The cluster's PKI (created on first use).
     pub pki: Pki,
+    /// The cluster's `.pangaea/` directory.
     pub state_dir: StateDir,
 }
 

@@ -16,32 +16,44 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What can go wrong in a controller operation (refusals of agents are not errors; see
+/// [`crate::rules`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
+    /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The PKI could not be loaded, created or used.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// A node's assignment could not be computed.
     #[error(transparent)]
     Plan(#[from] assign::PlanError),
+    /// The serving certificate or the rustls configuration could not be set up.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// A gRPC server (agents' or admin) failed, or the admin socket could not be set up.
     #[error("serve gRPC: {0}")]
     Serve(String),
+    /// An operator command named a node that is not registered.
     #[error("no node named {0:?}")]
     NoSuchNode(String),
 }
 
+/// How to run a controller.
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
     /// The cluster's `.pangaea/` directory.
     pub state_dir: StateDir,
     /// Names and addresses the agents dial; they go into the serving certificate.
     pub advertise: Vec<String>,
+    /// Lifetime of the agent certificates issued at join and renewal.
     pub node_cert_lifetime: Duration,
 }
 
 impl ControllerConfig {
+    /// Defaults for the state in `state_dir`: no advertised names, the default node
+    /// certificate lifetime.
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
         ControllerConfig {
             state_dir: StateDir::new(state_dir),
@@ -54,11 +66,16 @@ impl ControllerConfig {
 /// A node as `status` shows it: its record, assignment revision and latest report.
 #[derive(Clone, Debug)]
 pub struct NodeView {
+    /// The node's stored record.
     pub record: NodeRecord,
+    /// Revision of its stored assignment; 0 when it has none.
     pub assigned_revision: u64,
+    /// Its latest health report with the time it was received (unix seconds), if any.
     pub last_report: Option<(i64, pb::HealthReport)>,
 }
 
+/// One cluster's controller: the state store (whose lock it holds), the PKI, the artifact
+/// mirror, the planner and the fan-out of assignments to connected agents.
 pub struct Controller {
     pub(crate) mirror: Mirror,
     pub(crate) store: Store,
@@ -92,6 +109,7 @@ impl Controller {
         }))
     }
 
+    /// The artifact mirror in `.pangaea/artifacts/`.
     pub fn mirror(&self) -> &Mirror {
         &self.mirror
     }
@@ -100,18 +118,23 @@ impl Controller {
         self.config.state_dir.artifacts()
     }
 
+    /// The cluster's PKI.
     pub fn pki(&self) -> &Pki {
         &self.pki
     }
 
+    /// The state store.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
+    /// The configuration the controller was opened with.
     pub fn config(&self) -> &ControllerConfig {
         &self.config
     }
 
+    /// Creates a bootstrap token; returns once it is durably stored. The returned token
+    /// carries the only copy of its secret.
     pub async fn create_token(
         &self,
         spec: NewToken,
@@ -122,6 +145,7 @@ impl Controller {
             .await?)
     }
 
+    /// Revokes a token by id; `false` when there is no such token.
     pub async fn revoke_token(&self, id: String) -> Result<bool, ControllerError> {
         Ok(self
             .store
@@ -129,10 +153,12 @@ impl Controller {
             .await?)
     }
 
+    /// Every token record.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, ControllerError> {
         Ok(tokens::list(&self.store)?)
     }
 
+    /// The record of the node named `name`, removed or not.
     pub fn node(&self, name: &str) -> Result<Option<NodeRecord>, ControllerError> {
         Ok(self.store.read(|r| {
             store::get(
@@ -144,6 +170,8 @@ impl Controller {
         })?)
     }
 
+    /// Every node (removed ones included) with its assignment revision and latest report,
+    /// read from one snapshot.
     pub fn nodes(&self) -> Result<Vec<NodeView>, ControllerError> {
         Ok(self.store.read(|r| {
             let records: Vec<NodeRecord> = store::all(

@@ -12,21 +12,27 @@ use pangaea_core::fsutil;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// A mirrored blob, as recorded in its JSON sidecar.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MirrorEntry {
+    /// The blob's digest, `<algorithm>:<hex>`.
     pub digest: String,
+    /// Size in bytes (0 if the blob could not be read when recorded).
     pub size: u64,
     /// Where the content came from: its upstream URL or the imported file.
     pub source: String,
+    /// When the entry was recorded, unix seconds.
     pub added_at: i64,
 }
 
+/// The mirror directory, and the fetcher that fills it.
 pub struct Mirror {
     dir: PathBuf,
     fetcher: Fetcher,
 }
 
 impl Mirror {
+    /// A mirror kept in `dir`; nothing is read or created until used.
     pub fn new(dir: &Path) -> Mirror {
         Mirror {
             dir: dir.to_owned(),
@@ -34,6 +40,7 @@ impl Mirror {
         }
     }
 
+    /// Where the blob with digest `d` is (or would be) stored: `<dir>/<algorithm>/<hex>`.
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.dir.join(d.algorithm()).join(d.hex())
     }
@@ -44,6 +51,7 @@ impl Mirror {
             .join(format!("{}.json", d.hex()))
     }
 
+    /// Whether the blob with digest `d` is present (its sidecar is not checked).
     pub fn has(&self, d: &Digest) -> bool {
         self.blob_path(d).is_file()
     }
@@ -149,6 +157,7 @@ impl Mirror {
         Ok([self.record(&s256, &source)?, self.record(&s512, &source)?])
     }
 
+    /// The sidecar entry of `d`; `None` unless both the sidecar and the blob are present.
     pub fn entry(&self, d: &Digest) -> Option<MirrorEntry> {
         let text = std::fs::read(self.sidecar(d)).ok()?;
         serde_json::from_slice(&text).ok().filter(|_| self.has(d))

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use time::OffsetDateTime;
 
+/// Validity of each CA certificate: ten years from creation.
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Default lifetime of a node's agent certificate; the agent renews at about 2/3 of it.
 pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -38,25 +39,50 @@ pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// the lifetime at most, so that short-lived certificates are not mostly in the past.
 const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
+/// Why the PKI could not be loaded, created or used.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// Writing a key or certificate file failed.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// Reading a key or certificate file failed (other than its not existing).
     #[error("read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A CA certificate exists without its key: the CA can sign nothing, and replacing it
+    /// would invalidate everything it issued, so this needs the operator.
     #[error(
         "{path} exists but its key {key} is missing: the PKI is damaged; restore .pangaea/pki from a backup"
     )]
-    OrphanCertificate { path: PathBuf, key: PathBuf },
+    OrphanCertificate {
+        /// The CA certificate.
+        path: PathBuf,
+        /// Where its key should be.
+        key: PathBuf,
+    },
+    /// A stored key or certificate does not parse, or a CA could not be created.
     #[error("{path}: {source}")]
-    Crypto { path: PathBuf, source: rcgen::Error },
+    Crypto {
+        /// The file concerned.
+        path: PathBuf,
+        /// rcgen's error.
+        source: rcgen::Error,
+    },
+    /// A CSR does not parse or its key is not ECDSA P-256; the requester is at fault.
     #[error("certificate signing request rejected: {0}")]
     BadCsr(String),
+    /// Building or signing a leaf certificate failed (e.g. a name is not a valid DNS name).
     #[error("issue certificate for {cn:?}: {source}")]
-    Issue { cn: String, source: rcgen::Error },
+    Issue {
+        /// The requested common name.
+        cn: String,
+        /// rcgen's error.
+        source: rcgen::Error,
+    },
 }
 
 pub use pangaea_core::ca::CaKind;
@@ -64,7 +90,9 @@ pub use pangaea_core::ca::CaKind;
 /// What a leaf certificate is for; decides its extended key usages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Usage {
+    /// TLS server authentication.
     Server,
+    /// TLS client authentication.
     Client,
     /// etcd peers and etcd servers act as both ends of TLS.
     ServerAndClient,
@@ -73,33 +101,52 @@ pub enum Usage {
 /// Subject, names and purpose of a leaf certificate.
 #[derive(Clone, Debug)]
 pub struct LeafSpec {
+    /// Subject CN (for Kubernetes client certificates, the user name).
     pub common_name: String,
+    /// Subject O values, in order (for Kubernetes client certificates, the groups).
     pub organizations: Vec<String>,
+    /// DNS subject alternative names.
     pub dns_names: Vec<String>,
+    /// IP address subject alternative names.
     pub ips: Vec<IpAddr>,
+    /// Which extended key usages the certificate gets.
     pub usage: Usage,
+    /// Validity from now; `not_before` is backdated a little for clock skew.
     pub lifetime: Duration,
 }
 
 /// A freshly issued certificate. `key_pem` is empty when the key stayed with the requester.
 #[derive(Clone, Debug)]
 pub struct Issued {
+    /// The certificate (PEM).
     pub cert_pem: String,
+    /// Its private key (PEM), or empty when it was signed from a CSR.
     pub key_pem: String,
+    /// Serial number, lowercase hex; what [`NodeRecord::active_serials`] lists.
+    ///
+    /// [`NodeRecord::active_serials`]: crate::records::NodeRecord::active_serials
     pub serial_hex: String,
+    /// Expiry, unix seconds.
     pub not_after: i64,
 }
 
+/// One loaded CA: its certificate, and its key ready to sign.
 pub struct Ca {
+    /// Which CA this is.
     pub kind: CaKind,
+    /// Its self-signed certificate (PEM), as stored in `<stem>.crt`.
     pub cert_pem: String,
+    /// The same certificate, DER.
     pub cert_der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
 }
 
+/// The cluster's PKI, loaded from `.pangaea/pki/`: every CA of [`CaKind::ALL`] and the
+/// service-account key pair.
 pub struct Pki {
     dir: PathBuf,
     cas: Vec<Ca>,
+    /// The service-account signing key's public half (PEM), also in `sa.pub`.
     pub service_account_public_pem: String,
 }
 
@@ -134,6 +181,7 @@ impl Pki {
         })
     }
 
+    /// The PKI directory (`.pangaea/pki/`).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -153,6 +201,7 @@ impl Pki {
         ca_paths(&self.dir, kind).0
     }
 
+    /// CA `kind` (every kind is loaded).
     pub fn ca(&self, kind: CaKind) -> &Ca {
         self.cas
             .iter()

@@ -11,14 +11,21 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRecord {
+    /// The token's public id (its key in the table); shown in listings and refusals.
     pub id: String,
+    /// Lowercase hex SHA-256 of the secret; the secret itself is never stored.
     pub secret_sha256: String,
+    /// Creation time, unix seconds.
     pub created_at: i64,
+    /// Unix seconds from which the token is refused as expired.
     pub expires_at: i64,
+    /// Joins the token still admits; each join spends one.
     pub uses_left: u32,
     /// When set, only a node of this name may join with the token.
     pub node: Option<String>,
+    /// The operator's free-text note.
     pub description: String,
+    /// Set by `token revoke`; a revoked token admits nothing.
     pub revoked: bool,
 }
 
@@ -26,27 +33,40 @@ pub struct TokenRecord {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRecord {
+    /// The node's name (its key in the table and its certificate's CN).
     pub name: NodeName,
+    /// The machine's instance ID; another instance may take the name only if the node was
+    /// removed or its token was bound to the name.
     pub instance_id: String,
+    /// The hostname the agent reported when it joined.
     pub hostname: String,
+    /// The addresses the agent reported when it joined.
     pub addresses: Vec<String>,
+    /// The kernel boot ID the agent reported when it joined.
     pub boot_id: String,
+    /// The roles the cluster configuration gave the node when it joined.
     pub roles: Vec<Role>,
+    /// When the node (last) joined, unix seconds.
     pub joined_at: i64,
     /// Serials (hex) of the agent certificates this incarnation of the node may use. A
     /// client certificate whose serial is not listed is refused even if it chains to the
     /// controller CA: this is how removal and re-creation revoke old identities at once.
     pub active_serials: Vec<String>,
+    /// Expiry of the newest certificate issued to the node, unix seconds.
     pub cert_not_after: i64,
+    /// The operator removed the node; its certificates are refused and its name may be
+    /// taken by another instance.
     pub removed: bool,
     /// Boot timeline, unix seconds: first report with the assigned revision applied, and
     /// first report with every unit active (or reported as not installed).
     #[serde(default)]
     pub first_applied_at: Option<i64>,
+    /// See `first_applied_at`: when the node first reported every unit active.
     #[serde(default)]
     pub healthy_at: Option<i64>,
 }
 
+/// The current time, unix seconds (0 if the clock is before 1970).
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

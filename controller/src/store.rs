@@ -22,25 +22,51 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
+/// Bootstrap tokens by id: JSON [`TokenRecord`](crate::records::TokenRecord)s.
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// Nodes by name: JSON [`NodeRecord`](crate::records::NodeRecord)s.
 pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// Each node's current assignment by node name: protobuf `Assignment`s.
 pub const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
+/// Each node's latest health report by node name, as
+/// [`encode_report`](crate::records::encode_report) writes it.
 pub const REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("reports");
 
+/// Why the state store could not open, read or write.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another process holds `.pangaea/lock`; the caller should go through that process's
+    /// admin socket instead of opening the store.
     #[error(
         "another pangaea-ctl process{holder} is using the state in {dir}: stop it first, or run this command while it is up so it goes through its admin socket"
     )]
-    Locked { dir: PathBuf, holder: String },
+    Locked {
+        /// The state directory whose lock is held.
+        dir: PathBuf,
+        /// ` (PID n)` read from the lock file, or empty when it records no PID.
+        holder: String,
+    },
+    /// redb or the file system failed, on the database file or on one record.
     #[error("state store {path}: {message}")]
-    Db { path: PathBuf, message: String },
-    #[error("state store record {table}/{key} is unreadable: {message}")]
-    Corrupt {
-        table: &'static str,
-        key: String,
+    Db {
+        /// The database file, or `table/key` for errors raised on one record.
+        path: PathBuf,
+        /// The underlying error's text.
         message: String,
     },
+    /// A stored record does not decode: the store was damaged or written by an
+    /// incompatible version.
+    #[error("state store record {table}/{key} is unreadable: {message}")]
+    Corrupt {
+        /// The table's name.
+        table: &'static str,
+        /// The record's key.
+        key: String,
+        /// The decoder's error.
+        message: String,
+    },
+    /// The operation got no answer from the writer thread (the store is closing, the
+    /// writer could not begin a transaction, or it panicked): nothing of it was committed.
     #[error("state store writer has stopped")]
     WriterGone,
 }
@@ -48,6 +74,8 @@ pub enum StoreError {
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&WriteTransaction) -> Completion + Send>;
 
+/// The open state store: holds the directory's lock, reads from snapshots and funnels every
+/// write through the group-committing writer thread. Dropping it finishes queued writes.
 pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
@@ -103,6 +131,7 @@ impl Store {
         })
     }
 
+    /// The database file (`.pangaea/state.redb`).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -247,6 +276,7 @@ pub fn get<T: DeserializeOwned>(
         })
 }
 
+/// Writes `value` as JSON under `key`; `name` is the table's name, for errors.
 pub fn put<T: Serialize>(
     table: &mut redb::Table<&'static str, &'static [u8]>,
     name: &'static str,
@@ -260,6 +290,7 @@ pub fn put<T: Serialize>(
     Ok(())
 }
 
+/// Every record of a table, in key order; `name` is the table's name, for errors.
 pub fn all<T: DeserializeOwned>(
     table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
     name: &'static str,
@@ -278,6 +309,7 @@ pub fn all<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// A [`StoreError::Db`] for a failure on record `table/key` (`*` for the whole table).
 pub fn db_err(table: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Db {
         path: PathBuf::from(format!("{table}/{key}")),

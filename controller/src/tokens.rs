@@ -6,37 +6,58 @@ use pangaea_core::token::BootstrapToken;
 use redb::WriteTransaction;
 use std::time::Duration;
 
+/// Lifetime of a token created without one: an hour.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// Why a token did not admit a node. The message names the token (by id) and the reason,
 /// so that an operator reading the agent's log knows what to do.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TokenRefused {
+    /// No token has this id (never created, or the id was mistyped).
     #[error("bootstrap token {0} is unknown (create one with `pangaea-ctl token create`)")]
     Unknown(String),
+    /// The id exists but the secret does not hash to the stored SHA-256.
     #[error("bootstrap token {0}: wrong secret")]
     WrongSecret(String),
+    /// The token's lifetime is over.
     #[error(
         "bootstrap token {id} expired at {at} (create a new one with `pangaea-ctl token create`)"
     )]
-    Expired { id: String, at: String },
+    Expired {
+        /// The token's id.
+        id: String,
+        /// When it expired, RFC 3339 UTC.
+        at: String,
+    },
+    /// Every use the token was created with has been spent on a join.
     #[error("bootstrap token {0} has already been used up")]
     UsedUp(String),
+    /// The operator revoked the token.
     #[error("bootstrap token {0} was revoked")]
     Revoked(String),
+    /// The token is bound to a node name and the joining node asked for another.
     #[error("bootstrap token {id} is bound to node {bound:?}, not {asked:?}")]
     OtherNode {
+        /// The token's id.
         id: String,
+        /// The node name the token admits.
         bound: String,
+        /// The name the joining node asked for.
         asked: String,
     },
 }
 
+/// What to create a token with (`token create`'s options).
 #[derive(Debug, Clone)]
 pub struct NewToken {
+    /// How long the token admits joins, from its creation.
     pub ttl: Duration,
+    /// How many joins it admits; 0 is taken as 1.
     pub uses: u32,
+    /// When set, only a node of this name may join with it (and may replace an existing
+    /// node of that name).
     pub node: Option<String>,
+    /// Free text for the operator, shown by `token list`.
     pub description: String,
 }
 
@@ -123,6 +144,7 @@ pub fn spend(txn: &WriteTransaction, mut rec: TokenRecord) -> Result<(), StoreEr
     store::put(&mut table, "tokens", &rec.id.clone(), &rec)
 }
 
+/// Every token record (ids and metadata; secrets exist only as their SHA-256).
 pub fn list(store: &Store) -> Result<Vec<TokenRecord>, StoreError> {
     store.read(|r| {
         store::all(
