@@ -365,24 +365,18 @@ fn load_or_create_ca(dir: &Path, kind: CaKind) -> Result<Ca, PkiError> {
         }
     };
     let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(crypto(&crt))?;
-    let cert_der = rustls_pemfile_der(&cert_pem).ok_or_else(|| PkiError::Crypto {
-        path: crt.clone(),
-        source: rcgen::Error::CouldNotParseCertificate,
-    })?;
+    let cert_der = pangaea_core::x509::first_cert_der(&cert_pem)
+        .map_err(|_| PkiError::Crypto {
+            path: crt.clone(),
+            source: rcgen::Error::CouldNotParseCertificate,
+        })?
+        .to_vec();
     Ok(Ca {
         kind,
         cert_pem,
         cert_der,
         issuer,
     })
-}
-
-/// DER of the first certificate in a PEM string.
-pub fn rustls_pemfile_der(pem: &str) -> Option<Vec<u8>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-        .ok()
-        .map(|c| c.to_vec())
 }
 
 fn dn(cn: &str, orgs: &[impl AsRef<str>]) -> DistinguishedName {

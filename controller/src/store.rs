@@ -65,10 +65,14 @@ pub enum StoreError {
         /// The decoder's error.
         message: String,
     },
-    /// The operation got no answer from the writer thread (the store is closing, the
-    /// writer could not begin a transaction, or it panicked): nothing of it was committed.
+    /// The writer thread is gone (the store is closing): nothing was written.
     #[error("state store writer has stopped")]
     WriterGone,
+    /// The operation's batch was rolled back (the writer could not begin a transaction,
+    /// or another operation in the batch panicked; the log says which): nothing of it was
+    /// written, and it may be retried.
+    #[error("state store write rolled back (see the controller log); nothing was written")]
+    RolledBack,
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -142,7 +146,7 @@ impl Store {
         &self,
         op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.submit(op)?.await.map_err(|_| StoreError::WriterGone)?
+        self.submit(op)?.await.map_err(|_| StoreError::RolledBack)?
     }
 
     /// [`Store::write`] for synchronous callers (CLI commands).
@@ -152,7 +156,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         self.submit(op)?
             .blocking_recv()
-            .map_err(|_| StoreError::WriterGone)?
+            .map_err(|_| StoreError::RolledBack)?
     }
 
     fn submit<T: Send + 'static>(
@@ -206,12 +210,29 @@ fn writer_loop(db: Arc<Database>, path: &Path, rx: mpsc::Receiver<Job>) {
                 };
                 tracing::error!(error = %err, "cannot begin a state transaction");
                 // Each job needs a transaction to produce its completion; without one, the
-                // job's reply channel is dropped and the caller sees WriterGone.
+                // job's reply channel is dropped and the caller sees RolledBack.
                 drop(batch);
                 continue;
             }
         };
-        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&txn)).collect();
+        // A panicking operation must not take the writer (and with it every later write)
+        // down, nor commit what it half wrote: the batch is rolled back, the others are
+        // told so, and the writer goes on.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+            for job in batch {
+                completions.push(job(&txn));
+            }
+            completions
+        }));
+        let completions = match ran {
+            Ok(c) => c,
+            Err(_) => {
+                tracing::error!("a state operation panicked; its batch is rolled back");
+                let _ = txn.abort();
+                continue;
+            }
+        };
         let committed = txn.commit().map_err(|e| StoreError::Db {
             path: path.to_owned(),
             message: e.to_string(),
@@ -350,6 +371,32 @@ mod tests {
             .read(|r| all(&r.open_table(NODES).unwrap(), "nodes"))
             .unwrap();
         assert_eq!(n.len(), 45);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_operation_rolls_back_its_batch_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StateDir::new(dir.path())).unwrap();
+        let r = store
+            .write(|txn| -> Result<(), StoreError> {
+                let mut t = txn.open_table(NODES).unwrap();
+                put(&mut t, "nodes", "half", &1)?;
+                panic!("an operation panics after writing");
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::RolledBack)), "{r:?}");
+        store
+            .write(|txn| put(&mut txn.open_table(NODES).unwrap(), "nodes", "after", &2))
+            .await
+            .expect("later writes succeed");
+        let n: Vec<i32> = store
+            .read(|r| all(&r.open_table(NODES).unwrap(), "nodes"))
+            .unwrap();
+        assert_eq!(
+            n,
+            vec![2],
+            "the panicking operation's write was not committed"
+        );
     }
 
     #[test]

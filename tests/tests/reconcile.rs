@@ -82,7 +82,7 @@ impl World {
                     std::fs::write(&token_file, token_in(user_data)).unwrap();
                     let cfg = pangaea_agent::AgentConfig {
                         controller: vec![endpoint.clone()],
-                        ca_pin: pin.clone(),
+                        ca_pin: pin,
                         token_file,
                         node_name: Some(node.to_string()),
                         instance_id: Some(format!("i-{node}")),

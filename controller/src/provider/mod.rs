@@ -7,7 +7,7 @@
 //! provider is a module here implementing [`Provider`] plus one arm in [`from_config`];
 //! what differs by provider is an explicit step of the trait: [`Provider::prepare`] (build
 //! an image, check credentials), [`Provider::controller_endpoint`] (how nodes reach the
-//! controller), and the machine operations. [`fake`] is an in-process recording provider
+//! controller), and the machine operations. `fake` (feature `test-util`) is an in-process recording provider
 //! for tests.
 //!
 //! The trait is async because cloud providers poll long-running operations; an
