@@ -213,18 +213,14 @@ impl Controller {
         let found = self
             .store
             .write(move |txn| {
-                let mut t = txn
-                    .open_table(NODES)
-                    .map_err(|e| store::db_err("nodes", &n, e))?;
-                let Some(mut rec) = store::get::<NodeRecord>(&t, "nodes", &n)? else {
-                    return Ok(false);
-                };
-                rec.removed = true;
-                rec.active_serials.clear();
-                store::put(&mut t, "nodes", &n, &rec)?;
-                Ok(true)
+                crate::records::update_node(txn, &n, |rec| {
+                    rec.removed = true;
+                    rec.active_serials.clear();
+                    Some(())
+                })
             })
-            .await?;
+            .await?
+            .is_some();
         if !found {
             return Err(ControllerError::NoSuchNode(name));
         }

@@ -1,6 +1,6 @@
 //! What the state store keeps about tokens and nodes.
 
-use crate::store::StoreError;
+use crate::store::{self, NODES, StoreError};
 use pangaea_compiler::roles::Role;
 use pangaea_core::NodeName;
 use pangaea_proto as pb;
@@ -93,4 +93,24 @@ pub fn decode_report(node: &str, bytes: &[u8]) -> Result<(i64, pb::HealthReport)
         .ok_or_else(|| corrupt("short record".into()))?;
     let report = pb::HealthReport::decode(rest).map_err(|e| corrupt(e.to_string()))?;
     Ok((i64::from_be_bytes(*t), report))
+}
+
+/// Changes node `name`'s record in `txn`: `change` edits it and returns `Some` to have it
+/// written, `None` to leave it as it was. `Ok(None)` also when there is no such node.
+pub fn update_node<T>(
+    txn: &redb::WriteTransaction,
+    name: &str,
+    change: impl FnOnce(&mut NodeRecord) -> Option<T>,
+) -> Result<Option<T>, StoreError> {
+    let mut nodes = txn
+        .open_table(NODES)
+        .map_err(|e| store::db_err("nodes", name, e))?;
+    let Some(mut rec) = store::get::<NodeRecord>(&nodes, "nodes", name)? else {
+        return Ok(None);
+    };
+    let Some(out) = change(&mut rec) else {
+        return Ok(None);
+    };
+    store::put(&mut nodes, "nodes", name, &rec)?;
+    Ok(Some(out))
 }

@@ -13,7 +13,7 @@ use crate::certinfo::CertInfo;
 use crate::controller::{Controller, ControllerError};
 use crate::health;
 use crate::pki::{CaKind, profiles};
-use crate::records::{NodeRecord, now};
+use crate::records::{NodeRecord, now, update_node};
 use crate::store::{self, ASSIGNMENTS, NODES, REPORTS, StoreError};
 use crate::tokens::{self, TokenRefused};
 use pangaea_core::NodeName;
@@ -271,22 +271,18 @@ pub async fn renew(
     let renewed = c
         .store
         .write(move |txn| {
-            let mut nodes = txn
-                .open_table(NODES)
-                .map_err(|e| store::db_err("nodes", &n, e))?;
-            let Some(mut rec) =
-                store::get::<NodeRecord>(&nodes, "nodes", &n)?.filter(|r| !r.removed)
-            else {
-                return Ok(false);
-            };
-            let keep_from = rec.active_serials.len().saturating_sub(1);
-            rec.active_serials.drain(..keep_from);
-            rec.active_serials.push(serial);
-            rec.cert_not_after = not_after;
-            store::put(&mut nodes, "nodes", &n, &rec)?;
-            Ok(true)
+            update_node(txn, &n, |rec| {
+                (!rec.removed).then(|| {
+                    // Keep the certificate in use valid until the agent has switched over.
+                    let keep_from = rec.active_serials.len().saturating_sub(1);
+                    rec.active_serials.drain(..keep_from);
+                    rec.active_serials.push(serial);
+                    rec.cert_not_after = not_after;
+                })
+            })
         })
-        .await?;
+        .await?
+        .is_some();
     if !renewed {
         return Ok(Err(Refusal::Revoked(format!(
             "node {:?} was removed",
@@ -321,10 +317,7 @@ pub async fn record_report(
                 &n,
             )?
             .map_or(0, |a| a.revision);
-            let mut nodes = txn
-                .open_table(NODES)
-                .map_err(|e| store::db_err("nodes", &n, e))?;
-            if let Some(mut rec) = store::get::<NodeRecord>(&nodes, "nodes", &n)? {
+            update_node(txn, &n, |rec| {
                 let before = (rec.first_applied_at, rec.healthy_at);
                 if assigned > 0 && report.applied_revision == assigned {
                     rec.first_applied_at.get_or_insert(now);
@@ -332,10 +325,8 @@ pub async fn record_report(
                 if health::applied_and_settled(&report, assigned) {
                     rec.healthy_at.get_or_insert(now);
                 }
-                if before != (rec.first_applied_at, rec.healthy_at) {
-                    store::put(&mut nodes, "nodes", &n, &rec)?;
-                }
-            }
+                (before != (rec.first_applied_at, rec.healthy_at)).then_some(())
+            })?;
             Ok::<_, StoreError>(())
         })
         .await?;

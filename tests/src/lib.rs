@@ -158,21 +158,12 @@ impl TestController {
 
     /// A configuration for a fresh agent with its own temporary directories.
     pub fn agent_config(&self, name: &str, token: &str) -> (tempfile::TempDir, AgentConfig) {
-        let d = tempfile::tempdir().unwrap();
-        let token_file = d.path().join("bootstrap-token");
-        std::fs::write(&token_file, token).unwrap();
-        let cfg = AgentConfig {
-            controller: vec![self.endpoint()],
-            ca_pin: self.controller.pki().controller_pin(),
-            token_file,
-            node_name: Some(name.to_owned()),
-            instance_id: Some(format!("i-{name}")),
-            state_dir: d.path().join("state"),
-            root: d.path().join("root"),
-            report_interval_seconds: 1,
-            fake_systemd: true,
-        };
-        (d, cfg)
+        agent_config(
+            &self.endpoint(),
+            self.controller.pki().controller_pin(),
+            name,
+            token,
+        )
     }
 
     /// Stops serving (the controller's state stays open).
@@ -181,6 +172,31 @@ impl TestController {
         let _ = self.task.await;
         (self.dir, self.controller)
     }
+}
+
+/// A configuration for a fresh agent of node `name` (instance `i-NAME`) that joins the
+/// controller at `endpoint` with `token`, with its own temporary directories.
+pub fn agent_config(
+    endpoint: &str,
+    pin: pangaea_core::pin::SpkiPin,
+    name: &str,
+    token: &str,
+) -> (tempfile::TempDir, AgentConfig) {
+    let d = tempfile::tempdir().unwrap();
+    let token_file = d.path().join("bootstrap-token");
+    std::fs::write(&token_file, token).unwrap();
+    let cfg = AgentConfig {
+        controller: vec![endpoint.to_owned()],
+        ca_pin: pin,
+        token_file,
+        node_name: Some(name.to_owned()),
+        instance_id: Some(format!("i-{name}")),
+        state_dir: d.path().join("state"),
+        root: d.path().join("root"),
+        report_interval_seconds: 1,
+        fake_systemd: true,
+    };
+    (d, cfg)
 }
 
 pub struct TestAgent {

@@ -11,7 +11,7 @@ use pangaea_controller::reconcile::{
     Action, Bootstrap, DownAction, ReconcileError, Reconciler, WantedNode, power_down,
 };
 use pangaea_core::NodeName;
-use pangaea_tests::{TestAgent, TestController};
+use pangaea_tests::{TestAgent, TestController, agent_config};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -77,21 +77,7 @@ impl World {
                     return;
                 }
                 let (dir, cfg) = if first {
-                    let dir = tempfile::tempdir().unwrap();
-                    let token_file = dir.path().join("bootstrap-token");
-                    std::fs::write(&token_file, token_in(user_data)).unwrap();
-                    let cfg = pangaea_agent::AgentConfig {
-                        controller: vec![endpoint.clone()],
-                        ca_pin: pin,
-                        token_file,
-                        node_name: Some(node.to_string()),
-                        instance_id: Some(format!("i-{node}")),
-                        state_dir: dir.path().join("state"),
-                        root: dir.path().join("root"),
-                        report_interval_seconds: 1,
-                        fake_systemd: true,
-                    };
-                    (dir, cfg)
+                    agent_config(&endpoint, pin, node, &token_in(user_data))
                 } else {
                     d.lock()
                         .unwrap()
