@@ -1,9 +1,16 @@
 //! `pangaea-ctl`: the controller side of Pangaea.
 //!
-//! Layers, bottom up: [`store`] (durable state, group commit) and [`pki`] (CAs and
-//! issuance) know nothing of gRPC; [`tokens`], [`assign`] and [`controller`] hold the
-//! cluster's rules; [`service`] exposes them to agents over mutual TLS and [`admin`] to the
-//! operator's commands over a local socket; [`cli`] is the command line.
+//! Layers, bottom up:
+//! * [`state_dir`] names every path of `.pangaea/`; [`store`] (durable state, group
+//!   commit), [`records`] and [`pki`] (CAs and issuance) know nothing of gRPC;
+//! * [`tokens`], [`assign`], [`rules`] (join, authenticate, renew, report) and [`health`]
+//!   (when a node is healthy) hold the cluster's rules; [`controller`] opens them together;
+//! * [`service`] exposes the rules to agents over mutual TLS, [`admin`] to the operator's
+//!   commands over a local socket;
+//! * [`provider`] creates the machines, [`reconcile`] drives them to the configuration;
+//! * [`cli`] parses the command line and [`cmd`] holds one module per command.
+//!
+//! `docs/ARCHITECTURE.md` has the module map and says where a new provider or command goes.
 
 #![warn(missing_docs)]
 

@@ -3,13 +3,13 @@
 //! view of its membership, and the provider's creation time.
 
 use crate::etcd::Member;
-use crate::health::{self, Health};
+use crate::health;
 use pangaea_proto as pb;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One node in `status`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// The node's name.
     pub name: String,
@@ -25,7 +25,7 @@ pub struct NodeStatus {
     pub etcd: EtcdStatus,
     /// Its boot timeline, unix seconds (0: not reached).
     pub timeline: Timeline,
-    /// `healthy`, or why not ([`Health`]'s text).
+    /// `healthy`, or why not ([`crate::health::Health`]'s text).
     pub state: String,
     /// The revision the controller assigned.
     pub assigned_revision: u64,
@@ -45,33 +45,52 @@ pub struct NodeStatus {
     pub units: Vec<UnitRow>,
     /// Artifact downloads in progress or failed.
     pub artifacts: Vec<ArtifactRow>,
-    /// The health behind `state`.
-    #[serde(skip)]
-    pub health: Health,
 }
 
 /// etcd's view of one node: `{"member": ID, "leader": bool}`, `{"member": null}` when etcd
 /// does not list it, or `{"error": ...}` when etcd could not be asked.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum EtcdStatus {
+    /// Why etcd could not be asked. (First: an untagged reader tries it before `Asked`,
+    /// whose fields may all be absent.)
+    Unknown {
+        /// The reason.
+        error: String,
+    },
     /// Asked: the node's member, if any.
     Asked {
         /// The member ID (hex), or null.
         member: Option<String>,
         /// Whether it leads (absent when not a member).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         leader: Option<bool>,
-    },
-    /// Why etcd could not be asked.
-    Unknown {
-        /// The reason.
-        error: String,
     },
 }
 
+impl EtcdStatus {
+    /// The node's member ID, when etcd lists it.
+    pub fn member(&self) -> Option<&str> {
+        match self {
+            EtcdStatus::Asked { member, .. } => member.as_deref(),
+            EtcdStatus::Unknown { .. } => None,
+        }
+    }
+
+    /// Whether the node's member leads.
+    pub fn is_leader(&self) -> bool {
+        matches!(
+            self,
+            EtcdStatus::Asked {
+                leader: Some(true),
+                ..
+            }
+        )
+    }
+}
+
 /// The boot timeline: created → joined → applied → healthy, unix seconds.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Timeline {
     /// The provider created the machine (None: unknown to the provider).
     pub created_at: Option<i64>,
@@ -109,7 +128,7 @@ impl Timeline {
 }
 
 /// A unit on a node.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UnitRow {
     /// The unit's name.
     pub name: String,
@@ -123,16 +142,16 @@ pub struct UnitRow {
 }
 
 /// Why a unit was deliberately not started.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NotStartedRow {
     /// The reason in a few words (`program not installed`).
-    pub reason: &'static str,
+    pub reason: String,
     /// What it is about (the missing program's path).
     pub detail: String,
 }
 
 /// An artifact download on a node.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ArtifactRow {
     /// Where it is installed.
     pub dest: String,
@@ -213,13 +232,12 @@ pub fn node_status(
                 active: u.active_state.clone(),
                 sub: u.sub_state.clone(),
                 not_started: u.not_started().map(|n| NotStartedRow {
-                    reason: n.why(),
+                    reason: n.why().to_owned(),
                     detail: n.detail.to_owned(),
                 }),
             })
             .collect(),
         artifacts: r.artifacts.iter().map(ArtifactRow::from).collect(),
-        health,
     }
 }
 

@@ -11,6 +11,7 @@
 
 use pangaea_controller::provider::local::Local;
 use pangaea_controller::state_dir::StateDir;
+use pangaea_controller::status::NodeStatus;
 use pangaea_tests::binary;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -104,18 +105,22 @@ impl Cluster {
             .unwrap()
     }
 
-    fn status(&self) -> Vec<serde_json::Value> {
+    fn status(&self) -> Vec<NodeStatus> {
         let out = self.ctl(&["status", "-o", "json"]);
         assert!(out.status.success(), "status: {}", text(&out));
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("status -o json: {e}: {}", text(&out)))
     }
 
-    fn node(&self, name: &str) -> serde_json::Value {
+    fn node(&self, name: &str) -> NodeStatus {
         self.status()
             .into_iter()
-            .find(|n| n["name"] == name)
+            .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name} in status"))
+    }
+
+    fn state(&self) -> StateDir {
+        StateDir::new(self.dir.path().join(".pangaea"))
     }
 
     /// Crashes a node the way a power cut would.
@@ -124,7 +129,7 @@ impl Cluster {
         let local = Local::new(
             &cluster_name(),
             cidr,
-            &StateDir::new(self.dir.path().join(".pangaea")),
+            &self.state(),
             Path::new("/var/cache/pangaea/images"),
         );
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -139,14 +144,14 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // What the nodes and the controller said, before the evidence is purged.
-            let state = self.dir.path().join(".pangaea");
-            let mut logs: Vec<PathBuf> = std::fs::read_dir(state.join("nodes"))
+            let state = self.state();
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(state.nodes())
                 .into_iter()
                 .flatten()
                 .flatten()
                 .map(|e| e.path().join("console.log"))
                 .collect();
-            logs.push(state.join("serve.log"));
+            logs.push(state.serve_log());
             for log in logs {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
@@ -265,14 +270,14 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
         text(&anonymous)
     );
     // The boot timeline: created → joined → applied → healthy, in order.
-    let tl = &c.node("node-1")["timeline"];
-    let at = |k: &str| tl[k].as_i64().unwrap_or(0);
+    let tl = c.node("node-1").timeline;
+    let created = tl.created_at.unwrap_or(0);
     assert!(
-        at("created_at") > 0
-            && at("created_at") <= at("joined_at")
-            && at("joined_at") <= at("first_applied_at")
-            && at("first_applied_at") <= at("healthy_at"),
-        "{tl}"
+        created > 0
+            && created <= tl.joined_at
+            && tl.joined_at <= tl.first_applied_at
+            && tl.first_applied_at <= tl.healthy_at,
+        "{tl:?}"
     );
     assert!(
         c.ok(&["status"]).contains("timeline: created"),
@@ -281,20 +286,26 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     // Membership and leader as etcd reports them: three members, one leader.
     let status = c.status();
     assert_eq!(
-        status
-            .iter()
-            .filter(|n| n["etcd"]["member"].is_string())
-            .count(),
+        status.iter().filter(|n| n.etcd.member().is_some()).count(),
         3,
         "{status:?}"
     );
     assert_eq!(
-        status
-            .iter()
-            .filter(|n| n["etcd"]["leader"] == true)
-            .count(),
+        status.iter().filter(|n| n.etcd.is_leader()).count(),
         1,
         "{status:?}"
+    );
+    // Held-back units are reported with their reason, not as failures.
+    let held: Vec<_> = status[0]
+        .units
+        .iter()
+        .filter_map(|u| u.not_started.as_ref().map(|n| (u.name.as_str(), n)))
+        .collect();
+    assert!(
+        held.iter().any(|(u, n)| *u == "kube-apiserver.service"
+            && n.reason == "program not installed"
+            && n.detail.ends_with("/kube-apiserver")),
+        "{held:?}"
     );
     let tokens_before = c.ok(&["token", "list"]).lines().count();
     let node3 = c.node("node-3");
@@ -317,12 +328,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     eventually(
         "status to show node-3 down",
         Duration::from_secs(30),
-        || {
-            c.node("node-3")["state"]
-                .as_str()
-                .filter(|s| s.starts_with("down"))
-                .map(drop)
-        },
+        || c.node("node-3").state.starts_with("down").then_some(()),
     );
     eprintln!("node-3 shown down after {:.1}s", t.elapsed().as_secs_f64());
 
@@ -330,7 +336,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     let out = c.ok(&["up", "--timeout", "120s"]);
     assert!(out.contains("node-3: booting"), "{out}");
     let back = c.node("node-3");
-    assert_eq!(back["instance_id"], node3["instance_id"]);
+    assert_eq!(back.instance_id, node3.instance_id);
     assert_eq!(
         c.ok(&["token", "list"]).lines().count(),
         tokens_before,
@@ -345,21 +351,21 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     });
 
     // 5. Reboot node-2: it comes back by itself (no `up`), same certificate.
-    let serial = c.node("node-2")["certificate_not_after"].clone();
+    let serial = c.node("node-2").certificate_not_after;
     c.ok(&["node", "reboot", "node-2"]);
     eventually(
         "node-2 healthy after its reboot",
         Duration::from_secs(60),
-        || (c.node("node-2")["state"] == "healthy").then_some(()),
+        || (c.node("node-2").state == "healthy").then_some(()),
     );
     assert_eq!(
-        c.node("node-2")["certificate_not_after"],
+        c.node("node-2").certificate_not_after,
         serial,
         "a reboot must not re-join"
     );
 
     // 6. Controller down: the nodes keep serving; when it returns, agents reconnect.
-    let pid = std::fs::read_to_string(c.dir.path().join(".pangaea/serve.pid")).unwrap();
+    let pid = std::fs::read_to_string(c.state().serve_pid()).unwrap();
     assert!(
         Command::new("kill")
             .arg("-TERM")
@@ -369,7 +375,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
             .success()
     );
     eventually("the controller to stop", Duration::from_secs(10), || {
-        (!c.dir.path().join(".pangaea/ctl.sock").exists()).then_some(())
+        (!c.state().socket().exists()).then_some(())
     });
     let health = c.etcdctl(&["endpoint", "health"]);
     assert!(
@@ -377,7 +383,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
         "etcd must not depend on the controller: {}",
         text(&health)
     );
-    let reported = c.node("node-1")["last_report_at"].as_i64().unwrap();
+    let reported = c.node("node-1").last_report_at;
     c.ok(&["up", "--timeout", "120s"]);
     eventually(
         "agents to report to the restarted controller",
@@ -385,7 +391,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
         || {
             c.status()
                 .iter()
-                .all(|n| n["last_report_at"].as_i64().unwrap_or(0) > reported)
+                .all(|n| n.last_report_at > reported)
                 .then_some(())
         },
     );

@@ -91,27 +91,22 @@ fn print_table(rows: &[NodeStatus], now: i64) {
         let mut held: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for u in &n.units {
             if let Some(ns) = &u.not_started {
-                held.entry(ns.reason).or_default().push(short(&u.name));
+                held.entry(ns.reason.as_str())
+                    .or_default()
+                    .push(short(&u.name));
             }
         }
         for (reason, units) in held {
             println!("{:<12} not started ({reason}): {}", "", units.join(" "));
         }
         let is_etcd = n.roles.iter().any(|r| r == "etcd");
-        let line = match &n.etcd {
-            EtcdStatus::Asked {
-                member: Some(id),
-                leader,
-            } => Some(format!(
+        let line = match (&n.etcd, n.etcd.member()) {
+            (_, Some(id)) => Some(format!(
                 "member {id}{}",
-                if *leader == Some(true) {
-                    " (leader)"
-                } else {
-                    ""
-                }
+                if n.etcd.is_leader() { " (leader)" } else { "" }
             )),
-            EtcdStatus::Asked { member: None, .. } => is_etcd.then(|| "not answering".into()),
-            EtcdStatus::Unknown { error } => is_etcd.then(|| format!("unknown: {error}")),
+            (EtcdStatus::Unknown { error }, None) => is_etcd.then(|| format!("unknown: {error}")),
+            (EtcdStatus::Asked { .. }, None) => is_etcd.then(|| "not answering".into()),
         };
         if let Some(line) = line {
             println!("{:<12} etcd: {line}", "");
