@@ -13,12 +13,13 @@ use crate::certinfo::CertInfo;
 use crate::controller::{Controller, ControllerError};
 use crate::health;
 use crate::pki::{CaKind, profiles};
-use crate::records::{NodeRecord, now, update_node};
+use crate::records::{NodeRecord, TokenRecord, now, update_node};
 use crate::store::{self, ASSIGNMENTS, NODES, REPORTS, StoreError};
 use crate::tokens::{self, TokenRefused};
 use pangaea_core::NodeName;
 use pangaea_core::token::BootstrapToken;
 use pangaea_proto as pb;
+use redb::ReadableTable;
 
 /// Why the cluster refused a request. Each says what was wrong and what to do.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -92,18 +93,13 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
         let (token, name) = (req.token.clone(), name.clone());
         let instance = req.instance_id.clone();
         c.store.read(move |r| {
-            let t = r
+            let tokens = r
                 .open_table(crate::store::TOKENS)
                 .map_err(|e| store::db_err("tokens", "*", e))?;
-            let token_rec = match tokens::check(&t, &token, &name)? {
-                Ok(rec) => rec,
-                Err(refused) => return Ok(Err(Refusal::Token(refused))),
-            };
             let nodes = r
                 .open_table(NODES)
                 .map_err(|e| store::db_err("nodes", &name, e))?;
-            let old = store::get::<NodeRecord>(&nodes, "nodes", &name)?;
-            Ok(name_free(old.as_ref(), &name, &instance, &token_rec).map(|()| token_rec))
+            admission(&tokens, &nodes, &token, &name, &instance)
         })?
     };
     if let Err(refusal) = precheck {
@@ -144,18 +140,15 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
             let t = txn
                 .open_table(crate::store::TOKENS)
                 .map_err(|e| store::db_err("tokens", "*", e))?;
-            let token_rec = match tokens::check(&t, &token, &record.name)? {
-                Ok(rec) => rec,
-                Err(refused) => return Ok(Err(Refusal::Token(refused))),
-            };
-            drop(t);
             let mut nodes = txn
                 .open_table(NODES)
                 .map_err(|e| store::db_err("nodes", &record.name, e))?;
-            let old = store::get::<NodeRecord>(&nodes, "nodes", &record.name)?;
-            if let Err(r) = name_free(old.as_ref(), &record.name, &record.instance_id, &token_rec) {
-                return Ok(Err(r));
-            }
+            let token_rec = match admission(&t, &nodes, &token, &record.name, &record.instance_id)?
+            {
+                Ok(rec) => rec,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            drop(t);
             tokens::spend(txn, token_rec)?;
             store::put(&mut nodes, "nodes", &record.name, &record)?;
             drop(nodes);
@@ -169,28 +162,35 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
     }))
 }
 
-/// Whether `name` may be (re)taken by `instance`: it is free, removed, held by the same
-/// instance (a re-join), or the token was bound to it by the operator (a replacement).
-fn name_free(
-    old: Option<&NodeRecord>,
+/// Whether `token` admits `instance` as node `name`: the token is valid for the name, and
+/// the name is free, removed, held by the same instance (a re-join), or the token was bound
+/// to it by the operator (a replacement). Checked before signing and again in the commit.
+fn admission(
+    tokens: &impl ReadableTable<&'static str, &'static [u8]>,
+    nodes: &impl ReadableTable<&'static str, &'static [u8]>,
+    token: &BootstrapToken,
     name: &str,
     instance: &str,
-    token: &crate::records::TokenRecord,
-) -> Result<(), Refusal> {
-    match old {
+) -> Result<Result<TokenRecord, Refusal>, StoreError> {
+    let token_rec = match tokens::check(tokens, token, name)? {
+        Ok(rec) => rec,
+        Err(refused) => return Ok(Err(Refusal::Token(refused))),
+    };
+    let old = store::get::<NodeRecord>(nodes, "nodes", name)?;
+    Ok(match old {
         Some(old)
             if !(old.removed
                 || old.instance_id == instance
-                || token.node.as_deref() == Some(name)) =>
+                || token_rec.node.as_deref() == Some(name)) =>
         {
             Err(Refusal::NameTaken {
                 name: name.to_owned(),
-                holder: old.instance_id.clone(),
+                holder: old.instance_id,
                 asked: instance.to_owned(),
             })
         }
-        _ => Ok(()),
-    }
+        _ => Ok(token_rec),
+    })
 }
 
 /// A node's plan, computed on the blocking pool (rendering and issuing do file I/O), with
