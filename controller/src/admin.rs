@@ -8,7 +8,6 @@ use crate::records::TokenRecord;
 use crate::state_dir::StateDir;
 use crate::tokens::NewToken;
 use pangaea_proto as pb;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,10 +138,14 @@ pub async fn serve(
 ) -> Result<(), ControllerError> {
     let path = controller.config().state_dir.socket();
     let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)
-        .map_err(|e| ControllerError::Serve(format!("bind {}: {e}", path.display())))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| ControllerError::Serve(format!("chmod {}: {e}", path.display())))?;
+    // Created owner-only (umask 0177 around bind), not chmod'ed after: no moment exists in
+    // which another user could connect. The umask is the process's, so it is restored at
+    // once; the socket sits in the 0700 state directory besides.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(&path);
+    nix::sys::stat::umask(old);
+    let listener =
+        bound.map_err(|e| ControllerError::Serve(format!("bind {}: {e}", path.display())))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .add_service(pb::admin_server::AdminServer::new(AdminService(controller)))

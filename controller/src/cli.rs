@@ -244,6 +244,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .unwrap_or_else(|| find_cluster_dir(&cwd).join("pangaea.yaml")),
         image_cache: cli.image_cache,
     };
+    ctx.state
+        .ensure()
+        .with_context(|| format!("create {}", ctx.state.path().display()))?;
     match cli.command {
         Command::Serve {
             listen,

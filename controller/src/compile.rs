@@ -70,6 +70,10 @@ impl Compilation {
         let templates = Templates::load(&loaded.dir, Some(&overrides))?;
         let model = ClusterModel::build(&loaded);
         let artifacts = loaded.artifact_set();
+        state_dir.ensure().map_err(|e| CompileSetupError::Write {
+            path: state_dir.path().to_owned(),
+            message: e.to_string(),
+        })?;
         let pki = Pki::load_or_create(&state_dir.pki())?;
         Ok(Compilation {
             loaded,

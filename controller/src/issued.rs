@@ -136,8 +136,8 @@ impl Inputs for PkiInputs<'_> {
             fsutil::atomic_write(p, s.as_bytes(), mode).map_err(|e| e.to_string())
         };
         write(&key, &issued.key_pem, 0o600)?;
-        write(&crt, &issued.cert_pem, 0o644)?;
-        write(&spec_path, &wanted, 0o644)?;
+        write(&crt, &issued.cert_pem, 0o600)?;
+        write(&spec_path, &wanted, 0o600)?;
         Ok(CertPair {
             cert_pem: issued.cert_pem,
             key_pem: issued.key_pem,

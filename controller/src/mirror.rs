@@ -73,7 +73,7 @@ impl Mirror {
         fsutil::atomic_write(
             &self.sidecar(d),
             &serde_json::to_vec_pretty(&entry).expect("json"),
-            0o644,
+            0o600,
         )
         .map_err(|e| FetchError::Io {
             url: source.into(),
@@ -95,7 +95,7 @@ impl Mirror {
             url: url.to_owned(),
             digest: digest.clone(),
             dest: self.blob_path(digest),
-            mode: 0o644,
+            mode: 0o600,
             members: vec![],
         };
         self.fetcher.install(&spec).await?;
@@ -133,7 +133,7 @@ impl Mirror {
             url: url.clone(),
             digest: s256.clone(),
             dest: self.blob_path(&s256),
-            mode: 0o644,
+            mode: 0o600,
             members: vec![],
         };
         self.fetcher.install(&spec).await?;

@@ -15,8 +15,8 @@
 //! must not authenticate to kube-apiserver (which trusts every client certificate of the
 //! cluster CA), and a Kubernetes client certificate must not enroll as a node.
 //!
-//! Keys are written first, certificates second, each atomically with mode 0600 (keys) or
-//! 0644 (certificates), so a crash never leaves a certificate without its key.
+//! Keys are written first, certificates second, each atomically and owner-only (0600, like
+//! every file in the state directory), so a crash never leaves a certificate without its key.
 
 use pangaea_core::fsutil::{self, FsError};
 use pangaea_core::pin::SpkiPin;
@@ -172,7 +172,7 @@ impl Pki {
         };
         let public = key.public_key_pem();
         if read_opt(&sa_pub)?.as_deref() != Some(public.as_str()) {
-            fsutil::atomic_write(&sa_pub, public.as_bytes(), 0o644)?;
+            fsutil::atomic_write(&sa_pub, public.as_bytes(), 0o600)?;
         }
         Ok(Pki {
             dir: dir.to_owned(),
@@ -279,7 +279,7 @@ impl Pki {
         }
         let issued = self.issue(CaKind::Controller, &profiles::controller_serving(names))?;
         fsutil::atomic_write(&key, issued.key_pem.as_bytes(), 0o600)?;
-        fsutil::atomic_write(&crt, issued.cert_pem.as_bytes(), 0o644)?;
+        fsutil::atomic_write(&crt, issued.cert_pem.as_bytes(), 0o600)?;
         Ok((issued.cert_pem, issued.key_pem))
     }
 }
@@ -360,7 +360,7 @@ fn load_or_create_ca(dir: &Path, kind: CaKind) -> Result<Ca, PkiError> {
             params.serial_number = Some(random_serial().0);
             let cert = params.self_signed(&key).map_err(crypto(&crt))?;
             fsutil::atomic_write(&keyp, key.serialize_pem().as_bytes(), 0o600)?;
-            fsutil::atomic_write(&crt, cert.pem().as_bytes(), 0o644)?;
+            fsutil::atomic_write(&crt, cert.pem().as_bytes(), 0o600)?;
             (cert.pem(), key)
         }
     };

@@ -2,6 +2,10 @@
 //! ports the controller serves on. Every path under `.pangaea/` is named here and only here,
 //! so that what a file is (and who may read it) is decided in one place.
 //!
+//! Who may read it: the directory is 0700 ([`StateDir::ensure`], also tightening one made
+//! by an older version or by hand) and the controller writes every file in it 0600, so no
+//! other local user reaches a key, a token or the store.
+//!
 //! ```text
 //! .pangaea/
 //!   lock, state.redb          the state store and the lock naming its holder
@@ -40,6 +44,27 @@ impl StateDir {
     /// The directory itself.
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// Creates the directory private to its owner (0700), or makes an existing one so.
+    /// Everything of the cluster's that must stay secret lives below it; called before
+    /// anything is written there.
+    pub fn ensure(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Some(parent) = self.0.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.0) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mode = std::fs::metadata(&self.0)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700))?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The store's lock file (flock; holds the holder's PID).
@@ -112,7 +137,7 @@ impl StateDir {
 /// Where an issued leaf certificate is kept.
 #[derive(Clone, Debug)]
 pub struct IssuedPaths {
-    /// The certificate (PEM, 0644).
+    /// The certificate (PEM, 0600 like every file here).
     pub cert: PathBuf,
     /// Its private key (PEM, 0600).
     pub key: PathBuf,
@@ -144,6 +169,25 @@ mod tests {
         assert_eq!(
             StateDir::find(lone.path()).path(),
             lone.path().join(".pangaea")
+        );
+    }
+
+    #[test]
+    fn the_directory_is_private_new_or_old() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let fresh = StateDir::new(d.path().join("a/.pangaea"));
+        fresh.ensure().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(fresh.path()), 0o700);
+        let old = d.path().join("b/.pangaea");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        StateDir::new(&old).ensure().unwrap();
+        assert_eq!(
+            mode(&old),
+            0o700,
+            "an older, open state directory is tightened"
         );
     }
 

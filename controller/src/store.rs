@@ -17,6 +17,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition, WriteTr
 use serde::{Serialize, de::DeserializeOwned};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -103,12 +104,18 @@ impl Drop for Store {
 impl Store {
     /// Opens (creating) the store in `dir`, taking the directory's lock.
     pub fn open(dir: &StateDir) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir.path()).map_err(|e| StoreError::Db {
+        dir.ensure().map_err(|e| StoreError::Db {
             path: dir.path().to_owned(),
             message: e.to_string(),
         })?;
         let lock = take_lock(dir)?;
         let path = dir.store();
+        // redb creates its file with the process umask; create it owner-only first. It holds
+        // the assignments, and with them control-plane keys.
+        private_file(&path).map_err(|e| StoreError::Db {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         let db_err = |e: &dyn std::fmt::Display| StoreError::Db {
             path: path.clone(),
             message: e.to_string(),
@@ -246,6 +253,18 @@ fn writer_loop(db: Arc<Database>, path: &Path, rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Creates `path` empty with mode 0600 if it does not exist, and makes it 0600 if it does.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+}
+
 fn take_lock(dir: &StateDir) -> Result<File, StoreError> {
     let path = dir.lock();
     let mut f = OpenOptions::new()
@@ -253,6 +272,7 @@ fn take_lock(dir: &StateDir) -> Result<File, StoreError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| StoreError::Db {
             path: path.clone(),

@@ -256,6 +256,49 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Every file below `dir` (not following links).
+pub fn files_below(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The paths of `paths` that user `nobody` can open for reading (needs root; switches
+/// with `setpriv` from util-linux).
+pub fn readable_by_nobody(paths: &[PathBuf]) -> Vec<String> {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args([
+            "sh",
+            "-c",
+            "for f; do if cat \"$f\" >/dev/null 2>&1; then echo \"$f\"; fi; done",
+            "sh",
+        ])
+        .args(paths)
+        .output()
+        .expect("setpriv not found: apt-get install util-linux");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Calls `f` every `step` until it returns `Some`, failing with `what` after `timeout`.
 /// For tests that wait on other processes (synchronous).
 pub fn poll_until<T>(

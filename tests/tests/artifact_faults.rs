@@ -1052,8 +1052,18 @@ async fn sigkill_loop_never_leaves_a_partial_destination_and_resumes() {
         let mut child = fetch(Stdio::null())
             .spawn()
             .expect("start pangaea-agent fetch");
-        // The deliberate kill point.
-        tokio::time::sleep(Duration::from_millis(30 * round)).await;
+        // The deliberate kill point: once this round has added to the partial file (so a
+        // loaded machine, slow to start the process, still makes progress every round),
+        // then a little later, at a point that moves with the round.
+        let before = sizes.last().copied().unwrap_or(0);
+        let grew = tokio::time::timeout(Duration::from_secs(20), async {
+            while partial_len(&dest, &digest).unwrap_or(0) <= before {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(grew.is_ok(), "round {round}: the download made no progress");
+        tokio::time::sleep(Duration::from_millis(10 * (round % 4))).await;
         child.start_kill().expect("SIGKILL");
         let status = child.wait().await.unwrap();
         if status.signal() == Some(9) {

@@ -237,6 +237,15 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
         out.contains("not started, program not installed: kube-apiserver.service"),
         "up says plainly what could not start: {out}"
     );
+    // Hardening #1: nothing under the state directory (PKI, secrets, store, the nodes'
+    // disks with their keys) is readable by another local user.
+    let state_files = pangaea_tests::files_below(c.state().path());
+    assert!(state_files.len() > 50, "{} files", state_files.len());
+    assert_eq!(
+        pangaea_tests::readable_by_nobody(&state_files),
+        Vec::<String>::new(),
+        "files of the state directory readable by another user after up"
+    );
     // Idempotent: a second `up` on a healthy cluster creates nothing.
     let again = c.ok(&["up"]);
     assert!(

@@ -31,7 +31,7 @@ pub async fn run(
         .with_context(|| format!("listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let write = |path: std::path::PathBuf, text: String| {
-        pangaea_core::fsutil::atomic_write(&path, text.as_bytes(), 0o644)
+        pangaea_core::fsutil::atomic_write(&path, text.as_bytes(), 0o600)
             .with_context(|| format!("write {}", path.display()))
     };
     write(state.serve_pid(), std::process::id().to_string())?;
