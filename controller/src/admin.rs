@@ -65,6 +65,13 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let r = req.into_inner();
+        if r.ttl_seconds > crate::tokens::MAX_TTL.as_secs() {
+            return Err(Status::invalid_argument(format!(
+                "a token lifetime of {} s is longer than the {} days allowed",
+                r.ttl_seconds,
+                crate::tokens::MAX_TTL.as_secs() / 86400
+            )));
+        }
         let spec = NewToken {
             ttl: if r.ttl_seconds == 0 {
                 crate::tokens::DEFAULT_TTL
@@ -278,5 +285,34 @@ impl AdminService {
         self.create_token(Request::new(req))
             .await
             .map(Response::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hardening #12: an overflowing or overlong token lifetime is refused, with or without
+    /// a running daemon (both go through the admin service).
+    #[tokio::test]
+    async fn an_overlong_token_lifetime_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = Controller::open(crate::ControllerConfig::new(dir.path()), None).unwrap();
+        let mut backend = Backend::Local(ctl);
+        let ask = |ttl_seconds| pb::CreateTokenRequest {
+            ttl_seconds,
+            uses: 1,
+            ..Default::default()
+        };
+        for ttl in [u64::MAX, i64::MAX as u64 + 1, 400 * 86400] {
+            let err = backend.create_token(ask(ttl)).await.expect_err("refused");
+            assert!(err.to_string().contains("365 days"), "{err}");
+        }
+        assert!(
+            backend.list_tokens().await.unwrap().is_empty(),
+            "nothing written"
+        );
+        let ok = backend.create_token(ask(3600)).await.unwrap();
+        assert!(ok.expires_at > crate::records::now());
     }
 }

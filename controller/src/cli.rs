@@ -218,13 +218,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid duration {s:?}: use a number with s, m, h or d, like 30m"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
     };
+    let secs = n
+        .checked_mul(unit_secs)
+        .ok_or_else(|| format!("duration {s:?} is too long"))?;
     if secs == 0 {
         return Err("duration must be positive".into());
     }
@@ -294,6 +297,9 @@ mod tests {
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("0s").is_err());
+        // Hardening #12: an overflowing duration is refused, not wrapped.
+        assert!(parse_duration("999999999999999999d").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
     }
 
     #[test]

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 /// Lifetime of a token created without one: an hour.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// The longest a bootstrap token may live: a join secret valid for longer is a standing
+/// credential, and expiry arithmetic stays far from overflow.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why a token did not admit a node. The message names the token (by id) and the reason,
 /// so that an operator reading the agent's log knows what to do.
@@ -91,7 +94,7 @@ pub fn create(
         id: token.id().to_owned(),
         secret_sha256: hex::encode(token.secret_hash()),
         created_at,
-        expires_at: created_at + spec.ttl.as_secs() as i64,
+        expires_at: created_at.saturating_add(spec.ttl.min(MAX_TTL).as_secs() as i64),
         uses_left: spec.uses.max(1),
         node: spec.node.clone(),
         description: spec.description.clone(),

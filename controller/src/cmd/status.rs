@@ -8,6 +8,7 @@ use crate::certinfo::rfc3339;
 use crate::cli::Output;
 use crate::status::{EtcdStatus, NodeStatus, etcd_addresses, node_status};
 use std::collections::BTreeMap;
+use std::io::Write;
 
 /// Runs `status`.
 pub async fn run(ctx: &Ctx, output: Output) -> anyhow::Result<()> {
@@ -44,16 +45,24 @@ pub async fn run(ctx: &Ctx, output: Output) -> anyhow::Result<()> {
         .collect();
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => print_table(&rows, now),
+        Output::Table => print_table(&rows, now, &mut std::io::stdout())?,
     }
     Ok(())
 }
 
-fn print_table(rows: &[NodeStatus], now: i64) {
-    println!(
+/// Prints the table through [`terminal_safe`]: nodes report most of the strings in it.
+pub fn print_table(rows: &[NodeStatus], now: i64, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut raw = Vec::new();
+    render_table(rows, now, &mut raw)?;
+    out.write_all(terminal_safe(&String::from_utf8_lossy(&raw)).as_bytes())
+}
+
+fn render_table(rows: &[NodeStatus], now: i64, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{:<12} {:<14} {:<27} {:<9} {:<10} {:<8} {:<21} STATE",
         "NODE", "ADDRESS", "ROLES", "REVISION", "REPORTED", "AGENT", "CERT EXPIRES"
-    );
+    )?;
     let dash = |s: &str| {
         if s.is_empty() {
             "-".to_owned()
@@ -67,7 +76,8 @@ fn print_table(rows: &[NodeStatus], now: i64) {
         } else {
             format!("{}s ago", now - n.last_report_at)
         };
-        println!(
+        writeln!(
+            out,
             "{:<12} {:<14} {:<27} {:<9} {:<10} {:<8} {:<21} {}",
             n.name,
             n.addresses.first().map_or("-", String::as_str),
@@ -77,7 +87,7 @@ fn print_table(rows: &[NodeStatus], now: i64) {
             dash(&n.agent_version),
             rfc3339(n.certificate_not_after),
             n.state,
-        );
+        )?;
         let short = |name: &str| name.trim_end_matches(".service").to_owned();
         let running: Vec<String> = n
             .units
@@ -86,7 +96,7 @@ fn print_table(rows: &[NodeStatus], now: i64) {
             .map(|u| format!("{}={}", short(&u.name), u.active))
             .collect();
         if !running.is_empty() {
-            println!("{:<12} units: {}", "", running.join(" "));
+            writeln!(out, "{:<12} units: {}", "", running.join(" "))?;
         }
         let mut held: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for u in &n.units {
@@ -97,7 +107,12 @@ fn print_table(rows: &[NodeStatus], now: i64) {
             }
         }
         for (reason, units) in held {
-            println!("{:<12} not started ({reason}): {}", "", units.join(" "));
+            writeln!(
+                out,
+                "{:<12} not started ({reason}): {}",
+                "",
+                units.join(" ")
+            )?;
         }
         let is_etcd = n.roles.iter().any(|r| r == "etcd");
         let line = match (&n.etcd, n.etcd.member()) {
@@ -109,13 +124,67 @@ fn print_table(rows: &[NodeStatus], now: i64) {
             (EtcdStatus::Asked { .. }, None) => is_etcd.then(|| "not answering".into()),
         };
         if let Some(line) = line {
-            println!("{:<12} etcd: {line}", "");
+            writeln!(out, "{:<12} etcd: {line}", "")?;
         }
         if let Some(t) = n.timeline.describe() {
-            println!("{:<12} timeline: {t}", "");
+            writeln!(out, "{:<12} timeline: {t}", "")?;
         }
         for e in &n.errors {
-            println!("{:<12} error: {e}", "");
+            writeln!(out, "{:<12} error: {e}", "")?;
         }
+    }
+    Ok(())
+}
+
+/// `text` with every control character but the newline escaped (`\u{1b}`), so that what a
+/// node reports (unit names, errors, versions) cannot move the cursor, retitle or clear the
+/// operator's terminal.
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pangaea_proto as pb;
+
+    /// Hardening #12: strings a node reports are printed with control characters escaped.
+    #[test]
+    fn reported_strings_cannot_inject_terminal_escapes() {
+        let node = pb::NodeInfo {
+            name: "node-1".into(),
+            last_report_at: 100,
+            assigned_revision: 1,
+            last_report: Some(pb::HealthReport {
+                applied_revision: 1,
+                agent_version: "1.0\x1b]0;pwned\x07".into(),
+                errors: vec!["disk \x1b[31mfull\x1b[0m\r".into()],
+                units: vec![pb::UnitState {
+                    name: "evil\x1b[2J.service".into(),
+                    active_state: "failed\x08".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let row = crate::status::node_status(&node, &Ok(Default::default()), None, 100);
+        let mut table = Vec::new();
+        print_table(&[row], 100, &mut table).unwrap();
+        let shown = String::from_utf8(table).unwrap();
+        assert!(
+            !shown.chars().any(|c| c.is_control() && c != '\n'),
+            "{shown:?}"
+        );
+        assert!(shown.contains("disk \\u{1b}[31mfull"), "{shown}");
+        assert!(shown.contains("evil\\u{1b}[2J"), "{shown}");
     }
 }
