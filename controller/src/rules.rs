@@ -82,6 +82,9 @@ pub struct Joined {
     pub serial_hex: String,
     /// The assignment, when it is new or changed (to publish).
     pub assignment: Option<pb::Assignment>,
+    /// The join replaced a live record of that name (another instance, or the same one
+    /// joining afresh): the old incarnation's watch streams must end.
+    pub replaced: bool,
 }
 
 /// Admits a node: checks the token and the name, issues its certificate, plans its
@@ -99,7 +102,7 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
             let nodes = r
                 .open_table(NODES)
                 .map_err(|e| store::db_err("nodes", &name, e))?;
-            admission(&tokens, &nodes, &token, &name, &instance)
+            Ok(admission(&tokens, &nodes, &token, &name, &instance)?.map(|(rec, _)| rec))
         })?
     };
     if let Err(refusal) = precheck {
@@ -143,22 +146,24 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
             let mut nodes = txn
                 .open_table(NODES)
                 .map_err(|e| store::db_err("nodes", &record.name, e))?;
-            let token_rec = match admission(&t, &nodes, &token, &record.name, &record.instance_id)?
-            {
-                Ok(rec) => rec,
-                Err(refusal) => return Ok(Err(refusal)),
-            };
+            let (token_rec, old) =
+                match admission(&t, &nodes, &token, &record.name, &record.instance_id)? {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => return Ok(Err(refusal)),
+                };
+            let replaced = old.is_some_and(|o| !o.removed);
             drop(t);
             tokens::spend(txn, token_rec)?;
             store::put(&mut nodes, "nodes", &record.name, &record)?;
             drop(nodes);
-            Ok(Ok(assign::store_plan(txn, &record.name, plan)?))
+            Ok(Ok((assign::store_plan(txn, &record.name, plan)?, replaced)))
         })
         .await?;
-    Ok(committed.map(|assignment| Joined {
+    Ok(committed.map(|(assignment, replaced)| Joined {
         certificate_pem: issued.cert_pem,
         serial_hex: issued.serial_hex,
         assignment,
+        replaced,
     }))
 }
 
@@ -171,7 +176,7 @@ fn admission(
     token: &BootstrapToken,
     name: &str,
     instance: &str,
-) -> Result<Result<TokenRecord, Refusal>, StoreError> {
+) -> Result<Result<(TokenRecord, Option<NodeRecord>), Refusal>, StoreError> {
     let token_rec = match tokens::check(tokens, token, name)? {
         Ok(rec) => rec,
         Err(refused) => return Ok(Err(Refusal::Token(refused))),
@@ -189,7 +194,7 @@ fn admission(
                 asked: instance.to_owned(),
             })
         }
-        _ => Ok(token_rec),
+        old => Ok((token_rec, old)),
     })
 }
 

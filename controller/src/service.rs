@@ -192,6 +192,10 @@ impl pb::enrollment_server::Enrollment for Service {
         };
         let joined = answer(rules::join(&self.0, join).await, &remote, "Join")?;
         tracing::info!(node = %name, %remote, serial = %joined.serial_hex, "node joined");
+        if joined.replaced {
+            // The previous incarnation's streams end; its certificate is no longer listed.
+            self.0.hub.close(&name).await;
+        }
         if let Some(a) = joined.assignment {
             self.0.hub.publish(a).await;
         }
@@ -258,6 +262,11 @@ impl pb::node_service_server::NodeService for Service {
             })
             .map_err(internal)?;
         let rx = self.0.hub.subscribe(&node.name, current).await;
+        // Check the caller again now that it is subscribed: a removal or replacement
+        // committed since the first check closed the hub before this subscription existed,
+        // and one committed from now on closes this subscription. Either way no stream of a
+        // revoked certificate stays open.
+        self.authenticate(&req, "WatchAssignment")?;
         let stream = tokio_stream::wrappers::WatchStream::new(rx)
             .filter_map(|a| a.map(|a| Ok((*a).clone())));
         Ok(Response::new(Box::pin(stream)))

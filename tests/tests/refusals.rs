@@ -394,3 +394,95 @@ async fn a_planner_that_cannot_store_a_secret_refuses_the_join_and_breaks_nothin
         .expect("the unspent token joins once the secret can be stored");
     assert!(ctl.controller.node("node-1").unwrap().is_some());
 }
+
+/// Waits until the watch stream `s` ends (closed or failed), failing after 5 s.
+async fn ends(mut s: tonic::Streaming<pb::Assignment>, what: &str) {
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "{what}: the watch stream is still open");
+}
+
+async fn watch(
+    ctl: &TestController,
+    node: &str,
+    key: &str,
+    cert: &str,
+) -> Result<tonic::Streaming<pb::Assignment>, tonic::Status> {
+    let mut c = mtls_client(ctl, key, cert);
+    Ok(c.watch_assignment(pb::WatchRequest {
+        node_name: node.into(),
+    })
+    .await?
+    .into_inner())
+}
+
+/// Hardening #4: a node's watch stream ends when the node is replaced by another instance
+/// or removed, so a revoked incarnation never receives another assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_stream_ends_when_its_node_is_replaced_or_removed() {
+    let ctl = TestController::start().await;
+    let (key1, cert1) = join(&ctl, "node-a", "i-1", &ctl.token(None).await)
+        .await
+        .unwrap();
+    let mut first = watch(&ctl, "node-a", &key1, &cert1).await.unwrap();
+    assert!(first.message().await.unwrap().is_some(), "the assignment");
+
+    // A replacement (the operator's token bound to the name, another instance).
+    let bound = ctl.token(Some("node-a")).await;
+    let (key2, cert2) = join(&ctl, "node-a", "i-2", &bound).await.unwrap();
+    ends(first, "after the replacement").await;
+    let s = watch(&ctl, "node-a", &key1, &cert1).await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+
+    // The replacement's own stream, until the node is removed.
+    let second = watch(&ctl, "node-a", &key2, &cert2).await.unwrap();
+    ctl.controller.remove_node("node-a".into()).await.unwrap();
+    ends(second, "after the removal").await;
+}
+
+/// Hardening #4, the interleaving: watches racing a removal either are refused or end;
+/// none stays open (a removal committed between a watch's check and its subscription is
+/// caught by the check after subscribing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_racing_a_removal_all_end() {
+    let ctl = TestController::start().await;
+    let (key, cert) = join(&ctl, "node-b", "i-b", &ctl.token(None).await)
+        .await
+        .unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..40 {
+        let (ctl_key, ctl_cert) = (key.clone(), cert.clone());
+        let client = mtls_client(&ctl, &ctl_key, &ctl_cert);
+        calls.push(tokio::spawn(async move {
+            let mut c = client;
+            c.watch_assignment(pb::WatchRequest {
+                node_name: "node-b".into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    ctl.controller.remove_node("node-b".into()).await.unwrap();
+    let (mut refused, mut ended) = (0, 0);
+    for c in calls {
+        match c.await.unwrap() {
+            Err(s) => {
+                assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+                refused += 1;
+            }
+            Ok(stream) => {
+                ends(stream, "a watch racing the removal").await;
+                ended += 1;
+            }
+        }
+    }
+    assert_eq!(refused + ended, 40);
+}
