@@ -54,6 +54,21 @@ pub enum Refusal {
     Revoked(String),
 }
 
+impl Refusal {
+    /// What the caller is told. The same as the log's text, except that an unknown token and
+    /// a wrong secret read alike, so a caller cannot probe which token ids exist.
+    pub fn public_message(&self) -> String {
+        match self {
+            Refusal::Token(TokenRefused::Unknown(id) | TokenRefused::WrongSecret(id)) => {
+                format!(
+                    "bootstrap token {id} is not valid: unknown, or a wrong secret (create one with `pangaea-ctl token create`)"
+                )
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// What an agent sends to join.
 #[derive(Debug, Clone)]
 pub struct Join {

@@ -140,7 +140,10 @@ fn answer<T>(
 ) -> Result<T, Status> {
     match outcome {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(r)) => Err(refuse(code(&r), remote, what, &r)),
+        Ok(Err(r)) => {
+            tracing::warn!(%remote, call = what, "refused: {r}");
+            Err(Status::new(code(&r), r.public_message()))
+        }
         Err(e) => Err(internal(e)),
     }
 }

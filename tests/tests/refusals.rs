@@ -143,6 +143,21 @@ async fn bad_tokens_csrs_and_names_are_refused_and_change_nothing() {
         Code::PermissionDenied,
         "wrong secret",
     );
+    // Hardening #6: an unknown token and a wrong secret read alike to the caller, so
+    // token ids cannot be probed.
+    let unknown = format!("zzzzzz.{}", wrong_secret.split_once('.').unwrap().1);
+    let (a, b) = (
+        join(&ctl, "node-b", "i-b", &wrong_secret)
+            .await
+            .unwrap_err(),
+        join(&ctl, "node-b", "i-b", &unknown).await.unwrap_err(),
+    );
+    let id = wrong_secret.split_once('.').unwrap().0;
+    assert_eq!(a.code(), b.code());
+    assert_eq!(
+        a.message().replace(id, "ID"),
+        b.message().replace("zzzzzz", "ID")
+    );
     assert_refused(
         join(&ctl, "node-b", "i-b", "not-a-token").await,
         Code::InvalidArgument,
