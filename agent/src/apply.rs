@@ -8,6 +8,10 @@
 //! applied revision is recorded on disk last, so a crash anywhere re-applies the whole
 //! revision at the next start, which is idempotent.
 //!
+//! "Changed" is measured against the last *applied* revision (the recorded one), not only
+//! against the disk: a file that an earlier, failed attempt already wrote is unchanged on
+//! disk, yet the units reading it have not been restarted, nor systemd reloaded.
+//!
 //! The agent's runtime has one thread; reading, writing, fsyncing and renaming files run on
 //! tokio's blocking pool, one step at a time, so that reports keep flowing during an apply
 //! without changing the order above.
@@ -111,6 +115,16 @@ pub struct Applier {
     fetcher: Arc<Fetcher>,
 }
 
+/// What installing the artifacts of an assignment did.
+struct Installs {
+    /// Destinations (and archive members) written.
+    changed: Vec<String>,
+    /// Destinations of the artifacts that could not be installed.
+    failed: BTreeSet<String>,
+    /// Why they could not.
+    errors: Vec<String>,
+}
+
 const UNIT_SUFFIXES: [&str; 6] = [
     ".service", ".socket", ".timer", ".mount", ".path", ".target",
 ];
@@ -131,13 +145,10 @@ impl Applier {
         }
     }
 
-    /// Installs every artifact of `next` (concurrently, bounded by the fetcher). Returns the
-    /// destinations that changed and the errors of those that failed: a missing artifact
-    /// does not hold back the rest of the node (its units report it instead of starting).
-    async fn install_artifacts(
-        &self,
-        next: &pb::Assignment,
-    ) -> Result<(Vec<String>, Vec<String>), ApplyError> {
+    /// Installs every artifact of `next` (concurrently, bounded by the fetcher). A missing
+    /// artifact does not hold back the rest of the node (its units report it instead of
+    /// starting).
+    async fn install_artifacts(&self, next: &pb::Assignment) -> Result<Installs, ApplyError> {
         let mut tasks = tokio::task::JoinSet::new();
         for a in &next.artifacts {
             let spec = artifact::spec(&self.root, a).map_err(|message| ApplyError::Invalid {
@@ -145,21 +156,28 @@ impl Applier {
                 message,
             })?;
             let (fetcher, a) = (self.fetcher.clone(), a.clone());
-            tasks.spawn(async move { fetcher.install(&spec).await.map(|i| (a, i.changed)) });
+            tasks.spawn(async move { (fetcher.install(&spec).await, a) });
         }
-        let (mut changed, mut errors) = (Vec::new(), Vec::new());
+        let mut out = Installs {
+            changed: Vec::new(),
+            failed: BTreeSet::new(),
+            errors: Vec::new(),
+        };
         while let Some(r) = tasks.join_next().await {
             match r.expect("artifact task does not panic") {
-                Ok((a, true)) => {
-                    changed.push(a.dest.clone());
-                    changed.extend(a.members.iter().map(|m| m.dest.clone()));
+                (Ok(i), a) if i.changed => {
+                    out.changed.push(a.dest.clone());
+                    out.changed.extend(a.members.iter().map(|m| m.dest.clone()));
                 }
-                Ok((_, false)) => {}
-                Err(e) => errors.push(e.to_string()),
+                (Ok(_), _) => {}
+                (Err(e), a) => {
+                    out.errors.push(e.to_string());
+                    out.failed.insert(a.dest);
+                }
             }
         }
-        errors.sort();
-        Ok((changed, errors))
+        out.errors.sort();
+        Ok(out)
     }
 
     /// The last assignment applied completely, if any. Reads the state file: in async code,
@@ -193,12 +211,12 @@ impl Applier {
             None
         });
         let prev = prev.unwrap_or_default();
-        let (changed, artifact_errors) = self.install_artifacts(next).await?;
+        let installs = self.install_artifacts(next).await?;
         let mut done = Applied {
             revision: next.revision,
-            changed,
-            incomplete: !artifact_errors.is_empty(),
-            errors: artifact_errors,
+            changed: installs.changed,
+            incomplete: !installs.errors.is_empty(),
+            errors: installs.errors,
             ..Default::default()
         };
 
@@ -242,12 +260,10 @@ impl Applier {
         blocking::run(move || targets.iter().try_for_each(|t| fsutil::remove_durably(t))).await?;
         done.removed.extend(gone);
 
-        let touched: BTreeSet<&str> = done
-            .changed
-            .iter()
-            .chain(done.removed.iter())
-            .map(String::as_str)
-            .collect();
+        // What this attempt wrote, and what the revision changes relative to the last applied
+        // one (removals included), whatever an earlier, failed attempt left on disk.
+        let mut touched = changed_since(&prev, next, &installs.failed);
+        touched.extend(done.changed.iter().chain(&done.removed).cloned());
         if (touched
             .iter()
             .any(|p| UNIT_SUFFIXES.iter().any(|s| p.ends_with(s)))
@@ -272,10 +288,7 @@ impl Applier {
         let prev_units: BTreeSet<&str> = prev.units.iter().map(|u| u.name.as_str()).collect();
         for u in &next.units {
             let own_file_changed = touched.iter().any(|p| p.ends_with(&format!("/{}", u.name)));
-            let dependency_changed = u
-                .restart_on_change
-                .iter()
-                .any(|p| touched.contains(p.as_str()));
+            let dependency_changed = u.restart_on_change.iter().any(|p| touched.contains(p));
             if let Some(program) = missing.get(&u.name).cloned() {
                 done.skipped.push(SkippedUnit {
                     unit: u.name.clone(),
@@ -302,6 +315,40 @@ impl Applier {
         blocking::run(move || fsutil::atomic_write(&state_file, &record, 0o600)).await?;
         Ok(done)
     }
+}
+
+/// The paths `next` changes relative to `prev` (the last applied revision), whatever the
+/// disk holds now: files that are new or whose content or mode differ, and the destinations
+/// (with archive members) of artifacts that are new or differ — except those in `failed`,
+/// which this attempt could not install.
+fn changed_since(
+    prev: &pb::Assignment,
+    next: &pb::Assignment,
+    failed: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let files: BTreeMap<&str, &pb::File> =
+        prev.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let artifacts: BTreeMap<&str, &pb::Artifact> = prev
+        .artifacts
+        .iter()
+        .map(|a| (a.dest.as_str(), a))
+        .collect();
+    let mut out = BTreeSet::new();
+    for f in &next.files {
+        if files
+            .get(f.path.as_str())
+            .is_none_or(|p| p.content != f.content || p.mode != f.mode)
+        {
+            out.insert(f.path.clone());
+        }
+    }
+    for a in &next.artifacts {
+        if !failed.contains(&a.dest) && artifacts.get(a.dest.as_str()) != Some(&a) {
+            out.insert(a.dest.clone());
+            out.extend(a.members.iter().map(|m| m.dest.clone()));
+        }
+    }
+    out
 }
 
 fn target(root: &Path, path: &str) -> PathBuf {
@@ -615,5 +662,122 @@ mod tests {
         assert!(ap.apply(&a, false).await.is_err());
         assert!(!root.path().join("etc/ok").exists());
         assert!(ap.last_applied().unwrap().is_none());
+    }
+
+    struct Setup {
+        root: tempfile::TempDir,
+        _state: tempfile::TempDir,
+        sm: Arc<RecordingServiceManager>,
+        ap: Applier,
+    }
+
+    impl Setup {
+        fn new() -> Setup {
+            let root = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let sm = Arc::new(RecordingServiceManager::default());
+            let ap = Applier::new(root.path(), state.path(), sm.clone(), fetcher());
+            Setup {
+                root,
+                _state: state,
+                sm,
+                ap,
+            }
+        }
+        /// The unit calls made by `f`.
+        async fn calls_of<T>(&self, f: impl Future<Output = T>) -> (T, Vec<String>) {
+            let before = self.sm.calls().len();
+            let out = f.await;
+            (out, self.sm.calls()[before..].to_vec())
+        }
+        fn applied(&self) -> u64 {
+            self.ap.last_applied().unwrap().map_or(0, |a| a.revision)
+        }
+    }
+
+    /// Revision 1: unit `a` (its unit file, and `/etc/a.conf`) and unit `b` (its unit file,
+    /// and `/etc/b.conf`).
+    fn two_units() -> pb::Assignment {
+        pb::Assignment {
+            revision: 1,
+            files: vec![
+                file("/etc/systemd/system/a.service", "A1"),
+                file("/etc/a.conf", "a1"),
+                file("/etc/systemd/system/b.service", "B1"),
+                file("/etc/b.conf", "b1"),
+            ],
+            units: vec![
+                unit("a.service", &["/etc/a.conf"]),
+                unit("b.service", &["/etc/b.conf"]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// hardening #9: an apply that fails part-way (its 3rd file cannot be written) is not
+    /// recorded as applied. Once the obstruction is gone, the retry reloads systemd and
+    /// restarts the unit whose files the failed attempt already wrote — unchanged on disk
+    /// by then — leaves the unchanged unit alone, and only then records the revision.
+    #[tokio::test]
+    async fn hardening_9_a_retry_after_a_failed_write_reloads_and_restarts() {
+        let t = Setup::new();
+        t.ap.apply(&two_units(), false).await.unwrap();
+        let mut r2 = two_units();
+        r2.revision = 2;
+        r2.files = vec![
+            file("/etc/systemd/system/a.service", "A2"),
+            file("/etc/a.conf", "a2"),
+            file("/etc/blocked/c.conf", "c"),
+            file("/etc/systemd/system/b.service", "B1"),
+            file("/etc/b.conf", "b1"),
+        ];
+        // The 3rd file's directory is a regular file.
+        let obstruction = t.root.path().join("etc/blocked");
+        std::fs::write(&obstruction, "in the way").unwrap();
+
+        let (r, calls) = t.calls_of(t.ap.apply(&r2, false)).await;
+        let e = r.unwrap_err();
+        assert!(matches!(e, ApplyError::Fs(_)), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(t.root.path().join("etc/a.conf")).unwrap(),
+            "a2",
+            "the failed attempt wrote the first files"
+        );
+        assert!(calls.is_empty(), "{calls:?}");
+        assert_eq!(t.applied(), 1);
+
+        std::fs::remove_file(&obstruction).unwrap();
+        let (r, calls) = t.calls_of(t.ap.apply(&r2, false)).await;
+        let d = r.unwrap();
+        assert_eq!(
+            d.changed,
+            ["/etc/blocked/c.conf"],
+            "the rest was on disk already"
+        );
+        assert_eq!(calls, ["daemon-reload", "restart a.service"]);
+        assert_eq!(d.restarted, ["a.service"]);
+        assert_eq!(t.applied(), 2);
+    }
+
+    /// A newer revision arriving after a failed attempt is measured against the last
+    /// *applied* revision too: what the failed attempt wrote still restarts its unit.
+    #[tokio::test]
+    async fn a_newer_revision_after_a_failed_one_restarts_what_the_failed_one_wrote() {
+        let t = Setup::new();
+        t.ap.apply(&two_units(), false).await.unwrap();
+        let mut r2 = two_units();
+        r2.revision = 2;
+        r2.files[1] = file("/etc/a.conf", "a2");
+        r2.files.insert(2, file("/etc/blocked/c.conf", "c"));
+        std::fs::write(t.root.path().join("etc/blocked"), "in the way").unwrap();
+        assert!(t.ap.apply(&r2, false).await.is_err());
+
+        let mut r3 = r2.clone();
+        r3.revision = 3;
+        r3.files.remove(2);
+        let (r, calls) = t.calls_of(t.ap.apply(&r3, false)).await;
+        assert!(r.unwrap().changed.is_empty());
+        assert_eq!(calls, ["restart a.service"]);
+        assert_eq!(t.applied(), 3);
     }
 }
