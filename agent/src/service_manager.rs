@@ -105,7 +105,8 @@ impl ServiceManager for Systemctl {
     }
 }
 
-/// Records every call; units it "started" report `active/running`. For tests.
+/// Records every call; units it "started" report `active/running`. For tests, which can
+/// also make a call fail ([`RecordingServiceManager::fail_once`]).
 ///
 /// Its state lives in watch cells: readable from synchronous test code and from async
 /// code alike, and never locked across an `.await`.
@@ -113,43 +114,72 @@ impl ServiceManager for Systemctl {
 pub struct RecordingServiceManager {
     calls: watch::Sender<Vec<String>>,
     running: watch::Sender<BTreeMap<String, bool>>,
+    /// Calls (as recorded) that fail the next time they are made, once per entry.
+    failing: watch::Sender<Vec<String>>,
 }
 
 impl RecordingServiceManager {
     /// Every call so far, in order, e.g. `start etcd.service --enable`, `daemon-reload`.
+    /// A call made to fail is recorded too.
     pub fn calls(&self) -> Vec<String> {
         self.calls.borrow().clone()
     }
-    fn record(&self, call: String) {
-        self.calls.send_modify(|calls| calls.push(call));
+
+    /// Makes the next call recorded as `call` (e.g. `restart etcd.service`,
+    /// `daemon-reload`) fail, once; calling this twice makes it fail twice. A unit whose
+    /// start or restart failed reports `inactive/dead`, as systemd would report it failed.
+    pub fn fail_once(&self, call: &str) {
+        self.failing.send_modify(|f| f.push(call.to_owned()));
+    }
+
+    /// Records `call`; fails it if [`Self::fail_once`] asked for that.
+    fn record(&self, call: String) -> Result<(), UnitError> {
+        let fail = self
+            .failing
+            .send_if_modified(|f| match f.iter().position(|c| *c == call) {
+                Some(i) => {
+                    f.remove(i);
+                    true
+                }
+                None => false,
+            });
+        self.calls.send_modify(|calls| calls.push(call.clone()));
+        if fail {
+            return Err(UnitError {
+                args: call,
+                message: "failed on purpose (RecordingServiceManager::fail_once)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn set_running(&self, unit: &str, up: bool) {
+        self.running.send_modify(|r| {
+            r.insert(unit.into(), up);
+        });
     }
 }
 
 #[tonic::async_trait]
 impl ServiceManager for RecordingServiceManager {
     async fn daemon_reload(&self) -> Result<(), UnitError> {
-        self.record("daemon-reload".into());
-        Ok(())
+        self.record("daemon-reload".into())
     }
     async fn start(&self, unit: &str, enable: bool) -> Result<(), UnitError> {
-        self.record(format!(
+        let result = self.record(format!(
             "start {unit}{}",
             if enable { " --enable" } else { "" }
         ));
-        self.running.send_modify(|r| {
-            r.insert(unit.into(), true);
-        });
-        Ok(())
+        self.set_running(unit, result.is_ok());
+        result
     }
     async fn restart(&self, unit: &str) -> Result<(), UnitError> {
-        self.record(format!("restart {unit}"));
-        self.running.send_modify(|r| {
-            r.insert(unit.into(), true);
-        });
-        Ok(())
+        let result = self.record(format!("restart {unit}"));
+        self.set_running(unit, result.is_ok());
+        result
     }
     async fn remove(&self, unit: &str) -> Result<(), UnitError> {
-        self.record(format!("remove {unit}"));
+        self.record(format!("remove {unit}"))?;
         self.running.send_modify(|r| {
             r.remove(unit);
         });
@@ -168,5 +198,36 @@ impl ServiceManager for RecordingServiceManager {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_fake_fails_a_call_once_when_asked_and_records_it() {
+        let sm = RecordingServiceManager::default();
+        sm.fail_once("restart a.service");
+        assert!(sm.restart("b.service").await.is_ok());
+        let e = sm.restart("a.service").await.unwrap_err();
+        assert_eq!(e.args, "restart a.service");
+        assert_eq!(
+            sm.status(&["a.service".into()]).await[0].active_state,
+            "inactive"
+        );
+        assert!(sm.restart("a.service").await.is_ok());
+        assert_eq!(
+            sm.calls(),
+            [
+                "restart b.service",
+                "restart a.service",
+                "restart a.service"
+            ]
+        );
+        assert_eq!(
+            sm.status(&["a.service".into()]).await[0].active_state,
+            "active"
+        );
     }
 }
