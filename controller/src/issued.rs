@@ -16,6 +16,9 @@ const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Why the compiler's inputs could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum InputsError {
+    /// The PKI's lock could not be taken.
+    #[error(transparent)]
+    Lock(#[from] crate::pki::PkiError),
     /// A key of the PKI could not be read.
     #[error("read {what} {}: {source}", path.display())]
     Read {
@@ -57,6 +60,7 @@ impl<'a> PkiInputs<'a> {
                 source,
             })
         };
+        let _lock = pki.lock()?;
         Ok(PkiInputs {
             cluster_ca_key: key("the cluster CA key", pki.ca_key_path(CaKind::Cluster))?,
             service_account_key: key("the service-account key", pki.dir().join("sa.key"))?,
@@ -106,6 +110,9 @@ impl Inputs for PkiInputs<'_> {
                 req.id, req.ca
             ));
         }
+        // Reading and (re)issuing under the PKI's lock: another process issuing the same
+        // certificate waits, then finds it fresh and reuses it.
+        let _lock = self.pki.lock().map_err(|e| e.to_string())?;
         let paths = self.state.issued(&req.id);
         let (crt, key, spec_path) = (paths.cert, paths.key, paths.request);
         let wanted = serde_json::to_string(req).expect("requests serialize");

@@ -18,23 +18,24 @@
 //! Keys are written first, certificates second, each atomically and owner-only (0600, like
 //! every file in the state directory), so a crash never leaves a certificate without its key.
 
+pub mod profiles;
+
 use pangaea_core::fsutil::{self, FsError};
 use pangaea_core::pin::SpkiPin;
+pub use profiles::{LeafSpec, NODE_CERT_LIFETIME, Usage};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateSigningRequestDer;
-use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use time::OffsetDateTime;
 
 /// Validity of each CA certificate: ten years from creation.
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Default lifetime of a node's agent certificate; the agent renews at about 2/3 of it.
-pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Leaf certificates are valid from slightly in the past, for clocks that lag; a tenth of
 /// the lifetime at most, so that short-lived certificates are not mostly in the past.
 const CLOCK_SKEW: Duration = Duration::from_secs(300);
@@ -87,34 +88,6 @@ pub enum PkiError {
 
 pub use pangaea_core::ca::CaKind;
 
-/// What a leaf certificate is for; decides its extended key usages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Usage {
-    /// TLS server authentication.
-    Server,
-    /// TLS client authentication.
-    Client,
-    /// etcd peers and etcd servers act as both ends of TLS.
-    ServerAndClient,
-}
-
-/// Subject, names and purpose of a leaf certificate.
-#[derive(Clone, Debug)]
-pub struct LeafSpec {
-    /// Subject CN (for Kubernetes client certificates, the user name).
-    pub common_name: String,
-    /// Subject O values, in order (for Kubernetes client certificates, the groups).
-    pub organizations: Vec<String>,
-    /// DNS subject alternative names.
-    pub dns_names: Vec<String>,
-    /// IP address subject alternative names.
-    pub ips: Vec<IpAddr>,
-    /// Which extended key usages the certificate gets.
-    pub usage: Usage,
-    /// Validity from now; `not_before` is backdated a little for clock skew.
-    pub lifetime: Duration,
-}
-
 /// A freshly issued certificate. `key_pem` is empty when the key stayed with the requester.
 #[derive(Clone, Debug)]
 pub struct Issued {
@@ -150,9 +123,42 @@ pub struct Pki {
     pub service_account_public_pem: String,
 }
 
+/// The lock file in the PKI directory; see [`PkiLock`].
+const LOCK_FILE: &str = ".lock";
+
+/// An exclusive lock over the PKI directory and the secrets generated beside it, held while
+/// a key and its certificate (or a secret) are read or written. Every process that issues
+/// takes it — the controller daemon, `compile`, `env`, `up` — so two of them never interleave
+/// a key of one issuance with the certificate of another, nor create two different CAs or
+/// secrets. It is held for one issuance at a time, unlike the state store's lock, which the
+/// daemon holds for its life. Released when dropped.
+pub struct PkiLock(#[allow(dead_code)] std::fs::File);
+
+impl PkiLock {
+    /// Waits for the lock of the PKI directory `dir` (creating the directory).
+    pub fn acquire(dir: &Path) -> Result<PkiLock, PkiError> {
+        let path = dir.join(LOCK_FILE);
+        let io = |source| PkiError::Read {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        f.lock().map_err(io)?;
+        Ok(PkiLock(f))
+    }
+}
+
 impl Pki {
-    /// Loads the PKI from `dir`, creating whatever is missing.
+    /// Loads the PKI from `dir`, creating whatever is missing (under [`PkiLock`]).
     pub fn load_or_create(dir: &Path) -> Result<Pki, PkiError> {
+        let _lock = PkiLock::acquire(dir)?;
         let cas = CaKind::ALL
             .iter()
             .map(|&k| load_or_create_ca(dir, k))
@@ -184,6 +190,11 @@ impl Pki {
     /// The PKI directory (`.pangaea/pki/`).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Waits for the PKI's [`PkiLock`].
+    pub fn lock(&self) -> Result<PkiLock, PkiError> {
+        PkiLock::acquire(&self.dir)
     }
 
     /// Where CA `kind`'s private key is (PEM, 0600).
@@ -422,46 +433,4 @@ fn leaf_params(spec: &LeafSpec) -> Result<(CertificateParams, String), PkiError>
     let (serial, serial_hex) = random_serial();
     params.serial_number = Some(serial);
     Ok((params, serial_hex))
-}
-
-/// The controller's own certificates. (The cluster's certificates — etcd, API server,
-/// kubelets, clients — are requested by the compiler, `compiler/src/node.rs`, and issued
-/// through `crate::issued`.)
-pub mod profiles {
-    use super::{LeafSpec, NODE_CERT_LIFETIME, Usage};
-    use std::net::IpAddr;
-    use std::time::Duration;
-
-    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-
-    /// The agent's identity towards the controller (controller CA). CN is the node name.
-    pub fn node_identity(node: &str, lifetime: Duration) -> LeafSpec {
-        LeafSpec {
-            common_name: node.into(),
-            organizations: vec!["pangaea:nodes".into()],
-            dns_names: vec![node.into()],
-            ips: vec![],
-            usage: Usage::Client,
-            lifetime,
-        }
-    }
-
-    /// The controller's gRPC serving certificate: `names` are DNS names or IP addresses.
-    pub fn controller_serving(names: &[String]) -> LeafSpec {
-        let (ips, dns): (Vec<_>, Vec<_>) = names.iter().partition(|n| n.parse::<IpAddr>().is_ok());
-        LeafSpec {
-            common_name: "pangaea-controller".into(),
-            organizations: vec!["pangaea".into()],
-            dns_names: dns.into_iter().cloned().collect(),
-            ips: ips
-                .iter()
-                .map(|i| i.parse().expect("partitioned"))
-                .collect(),
-            usage: Usage::Server,
-            lifetime: YEAR,
-        }
-    }
-
-    /// Default node identity lifetime, re-exported for callers choosing a profile.
-    pub const NODE_LIFETIME: Duration = NODE_CERT_LIFETIME;
 }

@@ -11,7 +11,8 @@
 //!   lock, state.redb          the state store and the lock naming its holder
 //!   ctl.sock                  the running controller's admin socket (0600)
 //!   serve.pid/.addr/.log      the controller daemon
-//!   pki/                      the CAs and the controller's serving certificate
+//!   pki/                      the CAs and the controller's serving certificate; pki/.lock
+//!                             serializes issuance across processes (pki::PkiLock)
 //!   pki/issued/<id>.{crt,key,json}  leaf certificates issued once per request
 //!   secrets/                  generated cluster secrets (encryption key)
 //!   artifacts/                the verified, content-addressed artifact mirror
