@@ -91,7 +91,15 @@ pub fn partial_path(dest: &Path, digest: &Digest) -> PathBuf {
 fn free_bytes(dir: &Path) -> Option<u64> {
     nix::sys::statvfs::statvfs(dir)
         .ok()
-        .map(|s| s.blocks_available() * s.fragment_size())
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+}
+
+/// Bytes the destination's file system must have free to take the rest of a `total`-byte
+/// artifact whose first `start` bytes are already on disk, plus [`SPACE_MARGIN`]. Saturating:
+/// a huge (or hostile) announced size asks for more than any disk has instead of wrapping
+/// around to a small number that passes the check.
+fn space_needed(total: u64, start: u64) -> u64 {
+    total.saturating_sub(start).saturating_add(SPACE_MARGIN)
 }
 
 impl Fetcher {
@@ -214,7 +222,7 @@ impl Fetcher {
             hasher = spec.digest.hasher();
         }
         if let Some(total) = body.total {
-            let need = total.saturating_sub(start) + SPACE_MARGIN;
+            let need = space_needed(total, start);
             if let Some(free) = free_bytes(&dir).filter(|f| *f < need) {
                 let _ = std::fs::remove_file(&partial);
                 return Err(FetchError::DiskFull {
@@ -405,6 +413,126 @@ fn remove_stale_partials(dest: &Path, keep: &Digest) {
         let n = e.file_name().to_string_lossy().into_owned();
         if n.starts_with(&prefix) && n.ends_with(".partial") && e.path() != keep {
             let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{Body, BoxFuture, Chunks, Source};
+
+    /// A source under the `canned:` scheme: announces `total` (true or not), then delivers
+    /// `data` once, or over and over when `endless`.
+    struct Canned {
+        total: Option<u64>,
+        data: Bytes,
+        endless: bool,
+    }
+
+    struct CannedChunks {
+        data: Option<Bytes>,
+        endless: bool,
+    }
+
+    impl Chunks for CannedChunks {
+        fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, FetchError>> {
+            let next = if self.endless {
+                self.data.clone()
+            } else {
+                self.data.take()
+            };
+            Box::pin(async move { Ok(next) })
+        }
+    }
+
+    impl Source for Canned {
+        fn open<'a>(
+            &'a self,
+            _url: &'a str,
+            _offset: u64,
+        ) -> BoxFuture<'a, Result<Body, FetchError>> {
+            Box::pin(async move {
+                Ok(Body {
+                    start: 0,
+                    total: self.total,
+                    chunks: Box::new(CannedChunks {
+                        data: Some(self.data.clone()),
+                        endless: self.endless,
+                    }),
+                })
+            })
+        }
+    }
+
+    const URL: &str = "canned:artifact";
+
+    fn fetcher(source: Canned) -> Fetcher {
+        let mut sources = Sources::standard();
+        sources.register("canned", Arc::new(source));
+        Fetcher::new(sources, 1).with_policy(RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        })
+    }
+
+    fn spec(dest: &Path, data: &[u8]) -> ArtifactSpec {
+        let mut h = Hasher::new(crate::DigestKind::Sha256);
+        h.update(data);
+        ArtifactSpec {
+            url: URL.to_owned(),
+            digest: h.finish(),
+            dest: dest.to_owned(),
+            mode: 0o755,
+            members: Vec::new(),
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    /// hardening #11, case 2: `total - start + margin` overflowed for a huge announced size
+    /// (a panic in debug builds, a tiny wrapped-around need in release builds).
+    #[test]
+    fn space_needed_saturates_for_huge_sizes() {
+        assert_eq!(space_needed(u64::MAX, 0), u64::MAX);
+        assert_eq!(space_needed(u64::MAX - 1, 1), u64::MAX);
+        assert_eq!(space_needed(u64::MAX - SPACE_MARGIN / 2, 0), u64::MAX);
+        assert_eq!(space_needed(300, 100), 200 + SPACE_MARGIN);
+        assert_eq!(space_needed(100, 300), SPACE_MARGIN);
+    }
+
+    /// hardening #11, case 2: a u64::MAX-ish announced size is refused with the free-space
+    /// error before a byte is written, never passed because the need wrapped around.
+    #[tokio::test]
+    async fn huge_announced_size_is_refused_as_disk_full() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("tool");
+        std::fs::write(&dest, b"previous").unwrap();
+        for total in [u64::MAX, u64::MAX - 1, u64::MAX - SPACE_MARGIN / 2] {
+            let f = fetcher(Canned {
+                total: Some(total),
+                data: Bytes::from_static(b"small"),
+                endless: false,
+            });
+            let err = f
+                .install(&spec(&dest, b"small"))
+                .await
+                .expect_err("a size no disk holds must be refused");
+            assert!(matches!(err, FetchError::DiskFull { .. }), "{total}: {err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("not enough space") && msg.contains(URL),
+                "{msg}"
+            );
+            assert_eq!(std::fs::read(&dest).unwrap(), b"previous", "{total}");
+            assert_eq!(names(tmp.path()), ["tool"], "{total}: no partial file");
         }
     }
 }
