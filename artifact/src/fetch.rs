@@ -19,6 +19,13 @@ use tokio::sync::{Semaphore, mpsc};
 /// Space kept free beyond the artifact itself, so a node is not filled to the last block.
 const SPACE_MARGIN: u64 = 16 << 20;
 
+/// The most a download whose size nobody declared may be (4 GiB): a body without a
+/// `Content-Length` (or a source that reports no size) is abandoned beyond it rather than
+/// written until the disk is full. Several times the largest artifact in
+/// `compiler/artifacts.yaml` (the Kubernetes server bundle, a few hundred MiB); change it
+/// with [`Fetcher::with_max_size`].
+pub const DEFAULT_MAX_SIZE: u64 = 4 << 30;
+
 /// What [`Fetcher::install`] did: callers restart units only when something `changed`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Installed {
@@ -62,6 +69,7 @@ pub struct Fetcher {
     limit: Arc<Semaphore>,
     policy: RetryPolicy,
     progress: Progress,
+    max_size: u64,
 }
 
 fn io_err(
@@ -110,7 +118,17 @@ impl Fetcher {
             limit: Arc::new(Semaphore::new(max_concurrent.max(1))),
             policy: RetryPolicy::default(),
             progress: Progress::default(),
+            max_size: DEFAULT_MAX_SIZE,
         }
+    }
+
+    /// Replaces the most a download of undeclared size may be ([`DEFAULT_MAX_SIZE`]). When
+    /// the source declares the size (`Content-Length`, `Content-Range`, a file's length),
+    /// that size is the limit instead; either way a body running past its limit fails with
+    /// [`FetchError::TooLarge`] and installs nothing.
+    pub fn with_max_size(mut self, bytes: u64) -> Fetcher {
+        self.max_size = bytes;
+        self
     }
 
     /// Replaces the default retry policy (5 attempts, 1 s to 30 s apart).
@@ -234,6 +252,20 @@ impl Fetcher {
                 });
             }
         }
+        // Every download has a limit, so a body that never ends cannot fill the disk.
+        let (limit, declared) = match body.total {
+            Some(total) => (total, true),
+            None => (self.max_size, false),
+        };
+        let too_large = || FetchError::TooLarge {
+            url: url.to_owned(),
+            limit,
+            declared,
+        };
+        if start > limit {
+            let _ = std::fs::remove_file(&partial);
+            return Err(too_large());
+        }
         self.progress.update(&spec.dest, |s| {
             s.state = State::Downloading;
             s.bytes_done = start;
@@ -266,9 +298,14 @@ impl Fetcher {
         let mut chunks = body.chunks;
         let mut received = 0u64;
         let mut transfer_error = None;
+        let mut over_limit = false;
         loop {
             match chunks.next_chunk().await {
                 Ok(Some(b)) => {
+                    if (start + received).saturating_add(b.len() as u64) > limit {
+                        over_limit = true;
+                        break; // nothing past the limit is written
+                    }
                     received += b.len() as u64;
                     self.progress
                         .update(&spec.dest, |s| s.bytes_done = start + received);
@@ -285,6 +322,11 @@ impl Fetcher {
         }
         drop(tx);
         let written = writer.await.expect("writer task");
+        if over_limit {
+            tracing::warn!(limit, "artifact body exceeds its limit; abandoned");
+            let _ = std::fs::remove_file(&partial);
+            return Err(too_large());
+        }
         let (hasher, written) = match written {
             Ok(w) => w,
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {
@@ -534,5 +576,92 @@ mod tests {
             assert_eq!(std::fs::read(&dest).unwrap(), b"previous", "{total}");
             assert_eq!(names(tmp.path()), ["tool"], "{total}: no partial file");
         }
+    }
+
+    /// hardening #11, case 1: a body of undeclared size that never ends is abandoned at the
+    /// fetcher's maximum; the partial file is removed and the previous version stays.
+    #[tokio::test]
+    async fn endless_body_of_undeclared_size_stops_at_the_maximum() {
+        assert_eq!(
+            Fetcher::new(Sources::standard(), 1).max_size,
+            DEFAULT_MAX_SIZE
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("tool");
+        std::fs::write(&dest, b"previous").unwrap();
+        let f = fetcher(Canned {
+            total: None,
+            data: Bytes::from(vec![b'x'; 64 << 10]),
+            endless: true,
+        })
+        .with_max_size(1 << 20);
+        let err = f
+            .install(&spec(&dest, b"whatever"))
+            .await
+            .expect_err("an endless body must not install");
+        assert!(
+            matches!(
+                err,
+                FetchError::TooLarge {
+                    limit: 1048576,
+                    declared: false,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let msg = err.to_string();
+        for w in [
+            URL,
+            "1048576 bytes",
+            "undeclared size",
+            "nothing was installed",
+        ] {
+            assert!(msg.contains(w), "{msg:?} should mention {w:?}");
+        }
+        assert!(!err.retryable());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"previous");
+        assert_eq!(names(tmp.path()), ["tool"], "the partial file is removed");
+    }
+
+    /// hardening #11, case 1: a body running past the size its source declared is abandoned
+    /// there, and one of exactly the maximum still installs.
+    #[tokio::test]
+    async fn body_past_its_declared_size_is_abandoned_and_the_limit_itself_is_fine() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("tool");
+        let f = fetcher(Canned {
+            total: Some(100_000),
+            data: Bytes::from(vec![b'x'; 64 << 10]),
+            endless: true,
+        });
+        let err = f.install(&spec(&dest, b"whatever")).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FetchError::TooLarge {
+                    limit: 100_000,
+                    declared: true,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("the size the source declared"),
+            "{err}"
+        );
+        assert!(names(tmp.path()).is_empty(), "nothing left behind");
+
+        let data = vec![b'y'; 1000];
+        let f = fetcher(Canned {
+            total: None,
+            data: Bytes::from(data.clone()),
+            endless: false,
+        })
+        .with_max_size(1000);
+        let installed = f.install(&spec(&dest, &data)).await.unwrap();
+        assert_eq!(installed.downloaded_bytes, 1000);
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
     }
 }

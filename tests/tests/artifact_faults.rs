@@ -22,6 +22,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const KIB: usize = 1 << 10;
@@ -1209,4 +1210,180 @@ async fn progress_shows_downloading_then_installed_or_failed() {
         "{failed:?}"
     );
     assert_holds(&node.dest, &v2, "other destinations are untouched");
+}
+
+// ---------------------------------------------------------------------------------------
+// 13. Limits, links and planted files (hardening #11)
+// ---------------------------------------------------------------------------------------
+
+/// A loopback server whose body never ends: `Transfer-Encoding: chunked`, no
+/// `Content-Length`. A `Range: bytes=N-` request gets a 206 whose `Content-Range` declares
+/// `declared` bytes in all (when given) — and the same endless body.
+struct EndlessServer {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicUsize>,
+    /// Connections the client hung up on (the server's write failed).
+    hung_up: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EndlessServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EndlessServer {
+    async fn start(declared: Option<u64>) -> EndlessServer {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let hung_up = Arc::new(AtomicUsize::new(0));
+        let (r, h) = (requests.clone(), hung_up.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (r, h) = (r.clone(), h.clone());
+                tokio::spawn(async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    if serve_endless(sock, declared).await.is_err() {
+                        h.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        EndlessServer {
+            addr,
+            requests,
+            hung_up,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/endless", self.addr)
+    }
+}
+
+/// Sends chunks until a write fails (the only way it ends).
+async fn serve_endless(
+    mut sock: tokio::net::TcpStream,
+    declared: Option<u64>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let range_start = text
+        .lines()
+        .find_map(|l| l.strip_prefix("range: bytes="))
+        .and_then(|r| r.trim().trim_end_matches('-').parse::<u64>().ok());
+    let status = match (range_start, declared) {
+        (Some(start), Some(total)) => format!(
+            "206 Partial Content\r\nContent-Range: bytes {start}-{}/{total}",
+            total - 1
+        ),
+        _ => "200 OK".to_owned(),
+    };
+    let head =
+        format!("HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    sock.write_all(head.as_bytes()).await?;
+    let mut chunk = format!("{:x}\r\n", 64 * KIB).into_bytes();
+    chunk.extend(std::iter::repeat_n(b'E', 64 * KIB));
+    chunk.extend_from_slice(b"\r\n");
+    loop {
+        sock.write_all(&chunk).await?;
+    }
+}
+
+/// hardening #11, case 1: a chunked body without `Content-Length` that never ends is
+/// abandoned at the fetcher's maximum instead of being written until the disk is full; the
+/// error names the URL and the limit, the partial file is removed, the previous version
+/// stays, and the connection is closed.
+#[tokio::test]
+async fn endless_chunked_body_is_abandoned_at_the_maximum() {
+    let node = Node::with_v1(100 * KIB).await;
+    let server = EndlessServer::start(None).await;
+    let spec = spec(server.url(), b"never served", &node.dest);
+    let err = fetcher(3)
+        .with_max_size(MIB as u64)
+        .install(&spec)
+        .await
+        .expect_err("an endless body must not install");
+    assert!(
+        matches!(
+            err,
+            FetchError::TooLarge {
+                limit: 1_048_576,
+                declared: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_mentions(
+        &err,
+        &[
+            &server.url(),
+            "exceeds 1048576 bytes",
+            "the maximum for a download of undeclared size",
+            "nothing was installed",
+        ],
+    );
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        1,
+        "too large is not retried"
+    );
+    node.assert_v1_intact("endless body");
+    assert_only_dest(&node.dir, &node.dest, "endless body");
+    wait_for("the client to hang up on the endless body", || {
+        server.hung_up.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+/// hardening #11, case 1: a resumed download whose 206 declares the content's size
+/// (`Content-Range: …/2000`) but whose chunked body runs past it is abandoned at the declared
+/// size, and the partial file (resumed prefix included) is removed.
+#[tokio::test]
+async fn body_past_the_declared_size_is_abandoned_and_the_partial_removed() {
+    let node = Node::with_v1(100 * KIB).await;
+    let server = EndlessServer::start(Some(2000)).await;
+    let spec = spec(server.url(), b"never served", &node.dest);
+    let partial = partial_path(&node.dest, &spec.digest);
+    std::fs::write(&partial, vec![b'p'; 1000]).unwrap();
+    let err = fetcher(1)
+        .install(&spec)
+        .await
+        .expect_err("a body past its declared size must not install");
+    assert!(
+        matches!(
+            err,
+            FetchError::TooLarge {
+                limit: 2000,
+                declared: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_mentions(
+        &err,
+        &[
+            &server.url(),
+            "exceeds 2000 bytes",
+            "the size the source declared",
+        ],
+    );
+    node.assert_v1_intact("body past the declared size");
+    assert_only_dest(&node.dir, &node.dest, "body past the declared size");
 }
