@@ -831,13 +831,18 @@ fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, data).unwrap();
     }
-    let out = tmp.path().join("a.tar.gz");
+    tar_czf(&src, &files.iter().map(|(p, _)| *p).collect::<Vec<_>>())
+}
+
+/// `tar czf` of `names` under `src`, as the system `tar` stores them (links as links).
+fn tar_czf(src: &Path, names: &[&str]) -> Vec<u8> {
+    let out = src.with_extension("tar.gz");
     let status = Command::new("tar")
         .arg("czf")
         .arg(&out)
         .arg("-C")
-        .arg(&src)
-        .args(files.iter().map(|(p, _)| *p))
+        .arg(src)
+        .args(names)
         .status()
         .expect("run tar");
     assert!(status.success(), "tar czf: {status}");
@@ -1386,4 +1391,60 @@ async fn body_past_the_declared_size_is_abandoned_and_the_partial_removed() {
     );
     node.assert_v1_intact("body past the declared size");
     assert_only_dest(&node.dir, &node.dest, "body past the declared size");
+}
+
+/// hardening #11, case 3: a wanted tar member that is a symbolic link (to `/etc/passwd`) or a
+/// hard link was installed as an empty executable. It is refused with an error naming the
+/// archive and the member, and no member is installed.
+#[tokio::test]
+async fn archive_member_that_is_a_link_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    std::fs::write(src.join("dir/b"), b"b contents\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.join("bin/a")).unwrap();
+    let symlinked = tar_czf(&src, &["dir/b", "./bin/a"]);
+    std::fs::remove_file(src.join("bin/a")).unwrap();
+    // Archived after `dir/b`, the second name of the same file is stored as a hard link.
+    std::fs::hard_link(src.join("dir/b"), src.join("bin/a")).unwrap();
+    let hard_linked = tar_czf(&src, &["dir/b", "bin/a"]);
+
+    for (what, archive, words) in [
+        (
+            "symbolic link",
+            symlinked,
+            ["./bin/a", "a symbolic link to \"/etc/passwd\""],
+        ),
+        (
+            "hard link",
+            hard_linked,
+            ["bin/a", "a hard link to \"dir/b\""],
+        ),
+    ] {
+        let fx = HttpFixture::start(archive.clone()).await;
+        let dir = tmp.path().join(what.replace(' ', "-"));
+        let spec = archive_spec(fx.url(), &archive, &dir, &[]);
+        let err = fetcher(3)
+            .install(&spec)
+            .await
+            .expect_err("a link member must not install");
+        assert!(matches!(err, FetchError::Archive { .. }), "{what}: {err}");
+        assert_mentions(&err, &words);
+        assert_mentions(
+            &err,
+            &[
+                "archive ",
+                ".bundle.tar.gz.",
+                "only regular files are extracted",
+                "no member was installed",
+            ],
+        );
+        assert_eq!(fx.requests().len(), 1, "{what}: not retried");
+        assert_eq!(
+            list_dir(&dir),
+            Vec::<String>::new(),
+            "{what}: no member, no archive, no partial or temporary file"
+        );
+    }
 }
