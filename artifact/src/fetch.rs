@@ -224,7 +224,7 @@ impl Fetcher {
         let dir = spec.dest.parent().unwrap_or(Path::new("/")).to_owned();
         std::fs::create_dir_all(&dir).map_err(io_err(url, "create directory", &dir))?;
         let partial = partial_path(&spec.dest, &spec.digest);
-        let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let have = partial_on_disk(url, &partial)?;
         let mut hasher = spec.digest.hasher();
         if have > 0 {
             let (p, mut h) = (partial.clone(), hasher.clone());
@@ -277,23 +277,16 @@ impl Fetcher {
         // chunks; the bounded channel keeps at most a few chunks in memory.
         let (tx, mut rx) = mpsc::channel::<Bytes>(8);
         let writer_path = partial.clone();
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(Hasher, u64)> {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&writer_path)?;
-            f.set_len(start)?;
-            f.seek(std::io::SeekFrom::Start(start))?;
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut f = open_partial(&writer_path, start).map_err(|e| ("open", e))?;
             let mut written = 0u64;
             while let Some(chunk) = rx.blocking_recv() {
                 hasher.update(&chunk);
-                f.write_all(&chunk)?;
+                f.write_all(&chunk).map_err(|e| ("write", e))?;
                 written += chunk.len() as u64;
             }
-            f.sync_all()?;
-            Ok((hasher, written))
+            f.sync_all().map_err(|e| ("write", e))?;
+            Ok::<_, (&'static str, std::io::Error)>((hasher, written))
         });
         let mut chunks = body.chunks;
         let mut received = 0u64;
@@ -329,7 +322,7 @@ impl Fetcher {
         }
         let (hasher, written) = match written {
             Ok(w) => w,
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {
+            Err((_, e)) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {
                 let _ = std::fs::remove_file(&partial);
                 return Err(FetchError::DiskFull {
                     url: url.to_owned(),
@@ -339,7 +332,7 @@ impl Fetcher {
                     free_mib: free_bytes(&dir).unwrap_or(0) >> 20,
                 });
             }
-            Err(e) => return Err(io_err(url, "write", &partial)(e)),
+            Err((action, e)) => return Err(io_err(url, action, &partial)(e)),
         };
         if let Some(e) = transfer_error {
             return Err(e); // the partial file keeps what arrived, for the next attempt
@@ -384,8 +377,7 @@ impl Fetcher {
                 return Err(e);
             }
         }
-        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(spec.mode))
-            .map_err(io_err(url, "chmod", &partial))?;
+        chmod_nofollow(&partial, spec.mode).map_err(io_err(url, "chmod", &partial))?;
         std::fs::rename(&partial, &spec.dest).map_err(io_err(
             url,
             "rename into place",
@@ -418,9 +410,92 @@ impl Fetcher {
     }
 }
 
+/// Bytes an earlier attempt left in the partial file. Anything else at that path — a
+/// symbolic link (planted so the download writes through it), a file with other hard links,
+/// a directory — is removed (the name only: what a link points to is never touched) and the
+/// download starts from zero.
+fn partial_on_disk(url: &str, partial: &Path) -> Result<u64, FetchError> {
+    match std::fs::symlink_metadata(partial) {
+        Ok(m) if not_plain(&m).is_none() => Ok(m.len()),
+        Ok(m) => {
+            tracing::warn!(
+                path = %partial.display(),
+                found = %not_plain(&m).unwrap_or_default(),
+                "not a plain partial file: removing it (without following it) and starting over"
+            );
+            std::fs::remove_file(partial).map_err(io_err(
+                url,
+                "remove what is not a plain partial file at",
+                partial,
+            ))?;
+            Ok(0)
+        }
+        Err(_) => Ok(0),
+    }
+}
+
+/// What is at a partial file's path when it is not a plain file of ours (one link, ours alone).
+fn not_plain(m: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let t = m.file_type();
+    if t.is_symlink() {
+        Some("a symbolic link".into())
+    } else if t.is_dir() {
+        Some("a directory".into())
+    } else if !t.is_file() {
+        Some("a special file".into())
+    } else if m.nlink() != 1 {
+        Some(format!("a file with {} hard links", m.nlink()))
+    } else {
+        None
+    }
+}
+
+/// Opens the partial file to write from `start` on: never through a symbolic link
+/// (`O_NOFOLLOW`), and only a plain file with no other hard link, so that nothing planted at
+/// the partial path (say a link to `/etc/passwd`) is ever written to. [`partial_on_disk`]
+/// removes such a thing beforehand; this catches one planted in between.
+fn open_partial(path: &Path, start: u64) -> std::io::Result<std::fs::File> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => std::io::Error::new(
+                e.kind(),
+                "a symbolic link is in its place; refusing to write through it",
+            ),
+            _ => e,
+        })?;
+    if let Some(found) = not_plain(&f.metadata()?) {
+        return Err(std::io::Error::other(format!(
+            "{found} is in its place; refusing to write to it"
+        )));
+    }
+    f.set_len(start)?;
+    f.seek(std::io::SeekFrom::Start(start))?;
+    Ok(f)
+}
+
+/// `chmod` of the verified partial file through a descriptor opened with `O_NOFOLLOW`, so a
+/// link put in its place is not followed to change another file's mode.
+fn chmod_nofollow(path: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+}
+
 fn hash_prefix(path: &Path, hasher: &mut Hasher) -> std::io::Result<()> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf)?;
@@ -663,5 +738,44 @@ mod tests {
         let installed = f.install(&spec(&dest, &data)).await.unwrap();
         assert_eq!(installed.downloaded_bytes, 1000);
         assert_eq!(std::fs::read(&dest).unwrap(), data);
+    }
+
+    /// hardening #11, case 4: a link planted at the partial path between the check and the
+    /// open (a race [`partial_on_disk`] cannot close) is not written through: opening it
+    /// fails with a clear error, and what it points to is untouched (nor created).
+    #[test]
+    fn open_partial_refuses_links_and_leaves_their_targets_alone() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("passwd");
+        std::fs::write(&victim, b"root:x:0:0\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let link = tmp.path().join(".tool.0123.partial");
+        symlink(&victim, &link).unwrap();
+        let e = open_partial(&link, 0).unwrap_err();
+        assert!(
+            e.to_string().contains("a symbolic link is in its place"),
+            "{e}"
+        );
+        assert!(chmod_nofollow(&link, 0o777).is_err());
+
+        let dangling = tmp.path().join(".dangling.partial");
+        symlink(tmp.path().join("created"), &dangling).unwrap();
+        let e = open_partial(&dangling, 0).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(
+            !tmp.path().join("created").exists(),
+            "created through a link"
+        );
+
+        let hard = tmp.path().join(".hard.partial");
+        std::fs::hard_link(&victim, &hard).unwrap();
+        let e = open_partial(&hard, 0).unwrap_err();
+        assert!(e.to_string().contains("a file with 2 hard links"), "{e}");
+
+        assert_eq!(std::fs::read(&victim).unwrap(), b"root:x:0:0\n");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o644);
     }
 }

@@ -1448,3 +1448,49 @@ async fn archive_member_that_is_a_link_is_refused() {
         );
     }
 }
+
+/// hardening #11, case 4: a link planted at the `.partial` path — a symbolic link to a
+/// stand-in for `/etc/passwd`, one to a file that does not exist yet, a hard link — is never
+/// written through: the download removes the link (not its target), starts from zero and
+/// installs, and the target keeps its bytes and mode (or is never created).
+#[tokio::test]
+async fn link_planted_at_the_partial_path_is_never_written_through() {
+    let v2 = content(MIB, 2);
+    let fx = HttpFixture::start(v2.clone()).await;
+    let outside = tempfile::tempdir().unwrap();
+    let passwd = outside.path().join("passwd");
+    let original = content(1000, 9);
+    std::fs::write(&passwd, &original).unwrap();
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let not_yet = outside.path().join("cron-job");
+
+    for what in ["symbolic link", "dangling symbolic link", "hard link"] {
+        let node = Node::empty();
+        let spec = spec(fx.url(), &v2, &node.dest);
+        let partial = partial_path(&node.dest, &spec.digest);
+        match what {
+            "symbolic link" => std::os::unix::fs::symlink(&passwd, &partial).unwrap(),
+            "dangling symbolic link" => std::os::unix::fs::symlink(&not_yet, &partial).unwrap(),
+            _ => std::fs::hard_link(&passwd, &partial).unwrap(),
+        }
+        let before = fx.requests().len();
+        let installed = fetcher(1)
+            .install(&spec)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            installed.resumed_from, 0,
+            "{what}: not resumed from the link"
+        );
+        assert_eq!(
+            fx.requests()[before].range_start,
+            None,
+            "{what}: the request asks for everything"
+        );
+        assert_holds(&node.dest, &v2, what);
+        assert_only_dest(&node.dir, &node.dest, what);
+        assert_holds(&passwd, &original, &format!("{what}: the link's target"));
+        assert_eq!(mode_of(&passwd), 0o644, "{what}: the target's mode");
+        assert!(!not_yet.exists(), "{what}: a file created through the link");
+    }
+}
