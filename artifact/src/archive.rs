@@ -1,7 +1,9 @@
 //! Extracting named members from a verified `.tar.gz` (Kubernetes server bundle, etcd and
 //! containerd releases). Only members asked for are written, each through a temporary file
 //! that is renamed into place once *all* of them were found, so a missing member installs
-//! nothing. Member names are compared without a leading `./`.
+//! nothing. Member names are compared without a leading `./`. A wanted member that is not a
+//! regular file (a symbolic or hard link, a directory, a device) is refused, again installing
+//! nothing: its data is empty, and a link's target is not ours to follow.
 
 use crate::digest::Digest;
 use crate::error::FetchError;
@@ -51,6 +53,12 @@ pub fn extract(archive: &Path, members: &[Member]) -> Result<(), FetchError> {
         if staged.iter().any(|(_, m)| m.path == member.path) {
             continue;
         }
+        if let Some(what) = not_a_file(&entry) {
+            cleanup(&staged);
+            return Err(err(format!(
+                "member {name} is {what}: refused, only regular files are extracted; no member was installed"
+            )));
+        }
         let dir = member.dest.parent().unwrap_or(Path::new("/"));
         let tmp = fsutil::temp_path_for(&member.dest);
         let result = (|| -> std::io::Result<()> {
@@ -91,6 +99,27 @@ pub fn extract(archive: &Path, members: &[Member]) -> Result<(), FetchError> {
             .map_err(|e| err(e.to_string()))?;
     }
     Ok(())
+}
+
+/// What an entry is when it is not a regular file (a link, a directory, a device…): copying
+/// its (empty) data would install an empty file in the member's place.
+fn not_a_file<R: std::io::Read>(entry: &tar::Entry<'_, R>) -> Option<String> {
+    use tar::EntryType;
+    let kind = entry.header().entry_type();
+    let target = || {
+        entry
+            .link_name()
+            .ok()
+            .flatten()
+            .map(|t| t.display().to_string())
+            .unwrap_or_default()
+    };
+    match kind {
+        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => None,
+        EntryType::Symlink => Some(format!("a symbolic link to {:?}", target())),
+        EntryType::Link => Some(format!("a hard link to {:?}", target())),
+        other => Some(format!("not a regular file ({other:?})")),
+    }
 }
 
 /// Where the record of an archive's last extraction lives: `.NAME.members` beside it.

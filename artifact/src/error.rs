@@ -42,6 +42,21 @@ pub enum FetchError {
         /// Bytes the source announced.
         expected: u64,
     },
+    /// The body ran past the most an artifact may be: the size the source declared, or
+    /// when it declared none the fetcher's maximum ([`crate::Fetcher::with_max_size`]). The
+    /// download was abandoned and its partial file removed.
+    #[error(
+        "artifact {url}: body exceeds {limit} bytes, {}; download abandoned, nothing was installed",
+        limit_source(*.declared)
+    )]
+    TooLarge {
+        /// The artifact's URL.
+        url: String,
+        /// The limit in bytes (of the whole content, counting a resumed prefix).
+        limit: u64,
+        /// Whether the limit is the size the source declared (else the fetcher's maximum).
+        declared: bool,
+    },
     /// The downloaded content does not have the pinned digest; it was discarded.
     #[error(
         "artifact {url}: digest mismatch, expected {expected}, got {actual}; nothing was installed"
@@ -93,6 +108,14 @@ pub enum FetchError {
         /// What went wrong (a missing member, a read or write error).
         message: String,
     },
+}
+
+fn limit_source(declared: bool) -> &'static str {
+    if declared {
+        "the size the source declared"
+    } else {
+        "the maximum for a download of undeclared size"
+    }
 }
 
 impl FetchError {

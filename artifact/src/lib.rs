@@ -24,7 +24,7 @@ pub mod spec;
 
 pub use digest::{Digest, DigestKind};
 pub use error::FetchError;
-pub use fetch::{Fetcher, Installed, RetryPolicy};
+pub use fetch::{DEFAULT_MAX_SIZE, Fetcher, Installed, RetryPolicy};
 pub use mirror::{MIRROR_SCHEME, MirrorUrl, MirrorUrlError};
 pub use progress::{Progress, State, Status};
 pub use source::{Body, BoxFuture, Chunks, Source, Sources};

@@ -22,6 +22,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const KIB: usize = 1 << 10;
@@ -830,13 +831,18 @@ fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, data).unwrap();
     }
-    let out = tmp.path().join("a.tar.gz");
+    tar_czf(&src, &files.iter().map(|(p, _)| *p).collect::<Vec<_>>())
+}
+
+/// `tar czf` of `names` under `src`, as the system `tar` stores them (links as links).
+fn tar_czf(src: &Path, names: &[&str]) -> Vec<u8> {
+    let out = src.with_extension("tar.gz");
     let status = Command::new("tar")
         .arg("czf")
         .arg(&out)
         .arg("-C")
-        .arg(&src)
-        .args(files.iter().map(|(p, _)| *p))
+        .arg(src)
+        .args(names)
         .status()
         .expect("run tar");
     assert!(status.success(), "tar czf: {status}");
@@ -1219,4 +1225,282 @@ async fn progress_shows_downloading_then_installed_or_failed() {
         "{failed:?}"
     );
     assert_holds(&node.dest, &v2, "other destinations are untouched");
+}
+
+// ---------------------------------------------------------------------------------------
+// 13. Limits, links and planted files (hardening #11)
+// ---------------------------------------------------------------------------------------
+
+/// A loopback server whose body never ends: `Transfer-Encoding: chunked`, no
+/// `Content-Length`. A `Range: bytes=N-` request gets a 206 whose `Content-Range` declares
+/// `declared` bytes in all (when given) — and the same endless body.
+struct EndlessServer {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicUsize>,
+    /// Connections the client hung up on (the server's write failed).
+    hung_up: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EndlessServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EndlessServer {
+    async fn start(declared: Option<u64>) -> EndlessServer {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let hung_up = Arc::new(AtomicUsize::new(0));
+        let (r, h) = (requests.clone(), hung_up.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (r, h) = (r.clone(), h.clone());
+                tokio::spawn(async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    if serve_endless(sock, declared).await.is_err() {
+                        h.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        EndlessServer {
+            addr,
+            requests,
+            hung_up,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/endless", self.addr)
+    }
+}
+
+/// Sends chunks until a write fails (the only way it ends).
+async fn serve_endless(
+    mut sock: tokio::net::TcpStream,
+    declared: Option<u64>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let range_start = text
+        .lines()
+        .find_map(|l| l.strip_prefix("range: bytes="))
+        .and_then(|r| r.trim().trim_end_matches('-').parse::<u64>().ok());
+    let status = match (range_start, declared) {
+        (Some(start), Some(total)) => format!(
+            "206 Partial Content\r\nContent-Range: bytes {start}-{}/{total}",
+            total - 1
+        ),
+        _ => "200 OK".to_owned(),
+    };
+    let head =
+        format!("HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    sock.write_all(head.as_bytes()).await?;
+    let mut chunk = format!("{:x}\r\n", 64 * KIB).into_bytes();
+    chunk.extend(std::iter::repeat_n(b'E', 64 * KIB));
+    chunk.extend_from_slice(b"\r\n");
+    loop {
+        sock.write_all(&chunk).await?;
+    }
+}
+
+/// hardening #11, case 1: a chunked body without `Content-Length` that never ends is
+/// abandoned at the fetcher's maximum instead of being written until the disk is full; the
+/// error names the URL and the limit, the partial file is removed, the previous version
+/// stays, and the connection is closed.
+#[tokio::test]
+async fn endless_chunked_body_is_abandoned_at_the_maximum() {
+    let node = Node::with_v1(100 * KIB).await;
+    let server = EndlessServer::start(None).await;
+    let spec = spec(server.url(), b"never served", &node.dest);
+    let err = fetcher(3)
+        .with_max_size(MIB as u64)
+        .install(&spec)
+        .await
+        .expect_err("an endless body must not install");
+    assert!(
+        matches!(
+            err,
+            FetchError::TooLarge {
+                limit: 1_048_576,
+                declared: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_mentions(
+        &err,
+        &[
+            &server.url(),
+            "exceeds 1048576 bytes",
+            "the maximum for a download of undeclared size",
+            "nothing was installed",
+        ],
+    );
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        1,
+        "too large is not retried"
+    );
+    node.assert_v1_intact("endless body");
+    assert_only_dest(&node.dir, &node.dest, "endless body");
+    wait_for("the client to hang up on the endless body", || {
+        server.hung_up.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+/// hardening #11, case 1: a resumed download whose 206 declares the content's size
+/// (`Content-Range: …/2000`) but whose chunked body runs past it is abandoned at the declared
+/// size, and the partial file (resumed prefix included) is removed.
+#[tokio::test]
+async fn body_past_the_declared_size_is_abandoned_and_the_partial_removed() {
+    let node = Node::with_v1(100 * KIB).await;
+    let server = EndlessServer::start(Some(2000)).await;
+    let spec = spec(server.url(), b"never served", &node.dest);
+    let partial = partial_path(&node.dest, &spec.digest);
+    std::fs::write(&partial, vec![b'p'; 1000]).unwrap();
+    let err = fetcher(1)
+        .install(&spec)
+        .await
+        .expect_err("a body past its declared size must not install");
+    assert!(
+        matches!(
+            err,
+            FetchError::TooLarge {
+                limit: 2000,
+                declared: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_mentions(
+        &err,
+        &[
+            &server.url(),
+            "exceeds 2000 bytes",
+            "the size the source declared",
+        ],
+    );
+    node.assert_v1_intact("body past the declared size");
+    assert_only_dest(&node.dir, &node.dest, "body past the declared size");
+}
+
+/// hardening #11, case 3: a wanted tar member that is a symbolic link (to `/etc/passwd`) or a
+/// hard link was installed as an empty executable. It is refused with an error naming the
+/// archive and the member, and no member is installed.
+#[tokio::test]
+async fn archive_member_that_is_a_link_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    std::fs::write(src.join("dir/b"), b"b contents\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.join("bin/a")).unwrap();
+    let symlinked = tar_czf(&src, &["dir/b", "./bin/a"]);
+    std::fs::remove_file(src.join("bin/a")).unwrap();
+    // Archived after `dir/b`, the second name of the same file is stored as a hard link.
+    std::fs::hard_link(src.join("dir/b"), src.join("bin/a")).unwrap();
+    let hard_linked = tar_czf(&src, &["dir/b", "bin/a"]);
+
+    for (what, archive, words) in [
+        (
+            "symbolic link",
+            symlinked,
+            ["./bin/a", "a symbolic link to \"/etc/passwd\""],
+        ),
+        (
+            "hard link",
+            hard_linked,
+            ["bin/a", "a hard link to \"dir/b\""],
+        ),
+    ] {
+        let fx = HttpFixture::start(archive.clone()).await;
+        let dir = tmp.path().join(what.replace(' ', "-"));
+        let spec = archive_spec(fx.url(), &archive, &dir, &[]);
+        let err = fetcher(3)
+            .install(&spec)
+            .await
+            .expect_err("a link member must not install");
+        assert!(matches!(err, FetchError::Archive { .. }), "{what}: {err}");
+        assert_mentions(&err, &words);
+        assert_mentions(
+            &err,
+            &[
+                "archive ",
+                ".bundle.tar.gz.",
+                "only regular files are extracted",
+                "no member was installed",
+            ],
+        );
+        assert_eq!(fx.requests().len(), 1, "{what}: not retried");
+        assert_eq!(
+            list_dir(&dir),
+            Vec::<String>::new(),
+            "{what}: no member, no archive, no partial or temporary file"
+        );
+    }
+}
+
+/// hardening #11, case 4: a link planted at the `.partial` path — a symbolic link to a
+/// stand-in for `/etc/passwd`, one to a file that does not exist yet, a hard link — is never
+/// written through: the download removes the link (not its target), starts from zero and
+/// installs, and the target keeps its bytes and mode (or is never created).
+#[tokio::test]
+async fn link_planted_at_the_partial_path_is_never_written_through() {
+    let v2 = content(MIB, 2);
+    let fx = HttpFixture::start(v2.clone()).await;
+    let outside = tempfile::tempdir().unwrap();
+    let passwd = outside.path().join("passwd");
+    let original = content(1000, 9);
+    std::fs::write(&passwd, &original).unwrap();
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let not_yet = outside.path().join("cron-job");
+
+    for what in ["symbolic link", "dangling symbolic link", "hard link"] {
+        let node = Node::empty();
+        let spec = spec(fx.url(), &v2, &node.dest);
+        let partial = partial_path(&node.dest, &spec.digest);
+        match what {
+            "symbolic link" => std::os::unix::fs::symlink(&passwd, &partial).unwrap(),
+            "dangling symbolic link" => std::os::unix::fs::symlink(&not_yet, &partial).unwrap(),
+            _ => std::fs::hard_link(&passwd, &partial).unwrap(),
+        }
+        let before = fx.requests().len();
+        let installed = fetcher(1)
+            .install(&spec)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            installed.resumed_from, 0,
+            "{what}: not resumed from the link"
+        );
+        assert_eq!(
+            fx.requests()[before].range_start,
+            None,
+            "{what}: the request asks for everything"
+        );
+        assert_holds(&node.dest, &v2, what);
+        assert_only_dest(&node.dir, &node.dest, what);
+        assert_holds(&passwd, &original, &format!("{what}: the link's target"));
+        assert_eq!(mode_of(&passwd), 0o644, "{what}: the target's mode");
+        assert!(!not_yet.exists(), "{what}: a file created through the link");
+    }
 }
