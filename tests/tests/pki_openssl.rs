@@ -358,8 +358,13 @@ fn key_files_are_private_parse_and_match_their_certificates() {
                 let (ok, out) = openssl(&["pkey", "-in", s(&path), "-noout"]);
                 assert!(ok, "openssl rejects {}:\n{out}", path.display());
             }
+            // Public material too is owner-only: every file of the state directory is
+            // (hardening #1), and so is the issuance lock (hardening #8).
             Some("crt") | Some("pub") => {
-                assert_eq!(mode, 0o644, "{} has mode {mode:o}", path.display())
+                assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display())
+            }
+            _ if path.file_name().is_some_and(|n| n == ".lock") => {
+                assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display())
             }
             _ => panic!("unexpected file in PKI dir: {}", path.display()),
         }
