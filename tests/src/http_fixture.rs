@@ -99,20 +99,9 @@ async fn serve(
     faults: &Mutex<Faults>,
     log: &Mutex<Vec<Logged>>,
 ) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = sock.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let range_start = text
-        .lines()
-        .find_map(|l| l.strip_prefix("range: bytes="))
-        .and_then(|r| r.trim().trim_end_matches('-').parse::<u64>().ok());
+    let Some(range_start) = read_request(&mut sock).await? else {
+        return Ok(());
+    };
     let f = faults.lock().unwrap().clone();
     let served_so_far = log.lock().unwrap().len();
     let status = if let Some(s) = f.status {
@@ -180,4 +169,26 @@ async fn serve(
         sock.write_all(&vec![b'G'; f.trailing_garbage]).await?;
     }
     sock.shutdown().await
+}
+
+/// Reads one request head from `sock`: `None` when the client closed first, else the start
+/// of its `Range: bytes=N-` (if any).
+pub async fn read_request(
+    sock: &mut tokio::net::TcpStream,
+) -> std::io::Result<Option<Option<u64>>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    Ok(Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix("range: bytes="))
+            .and_then(|r| r.trim().trim_end_matches('-').parse::<u64>().ok()),
+    ))
 }

@@ -1286,21 +1286,10 @@ async fn serve_endless(
     mut sock: tokio::net::TcpStream,
     declared: Option<u64>,
 ) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = sock.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let range_start = text
-        .lines()
-        .find_map(|l| l.strip_prefix("range: bytes="))
-        .and_then(|r| r.trim().trim_end_matches('-').parse::<u64>().ok());
+    use tokio::io::AsyncWriteExt;
+    let Some(range_start) = pangaea_tests::http_fixture::read_request(&mut sock).await? else {
+        return Ok(());
+    };
     let status = match (range_start, declared) {
         (Some(start), Some(total)) => format!(
             "206 Partial Content\r\nContent-Range: bytes {start}-{}/{total}",
