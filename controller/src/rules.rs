@@ -236,12 +236,21 @@ pub async fn plan(
     }
 }
 
+/// A node calling with one of its certificates.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The node.
+    pub record: NodeRecord,
+    /// The serial (hex) of the certificate it presented.
+    pub serial: String,
+}
+
 /// The node a client certificate belongs to: registered, not removed, and the certificate's
 /// serial one the controller issued to this incarnation of the node.
 pub fn authenticate(
     c: &Controller,
     cert_der: Option<&[u8]>,
-) -> Result<Result<NodeRecord, Refusal>, ControllerError> {
+) -> Result<Result<Caller, Refusal>, ControllerError> {
     let Some(der) = cert_der else {
         return Ok(Err(Refusal::Unauthenticated(
             "this call needs the node's client certificate (mutual TLS); join with a bootstrap token first".into(),
@@ -264,39 +273,44 @@ pub fn authenticate(
             "certificate {} of node {name:?} is revoked or superseded",
             cert.serial_hex
         ))),
-        Some(r) => Ok(r),
+        Some(r) => Ok(Caller {
+            record: r,
+            serial: cert.serial_hex,
+        }),
     })
 }
 
-/// Issues a renewed certificate for `node` from `csr_der`, keeping the one in use valid
-/// until the agent switches over.
+/// Issues a renewed certificate for the caller from `csr_der`. The certificate the caller
+/// presented stays valid beside the new one until the agent uses the new one: if the reply
+/// is lost, the agent renews again with the certificate it still has, and is not locked out
+/// however many replies are lost (hardening #10).
 pub async fn renew(
     c: &Controller,
-    node: &NodeRecord,
+    caller: &Caller,
     csr_der: &[u8],
 ) -> Result<Result<String, Refusal>, ControllerError> {
     let issued = match c.pki.sign_csr(
         CaKind::Controller,
         csr_der,
-        &profiles::node_identity(&node.name, c.config.node_cert_lifetime),
+        &profiles::node_identity(&caller.record.name, c.config.node_cert_lifetime),
     ) {
         Ok(i) => i,
         Err(e) => return Ok(Err(Refusal::Invalid(e.to_string()))),
     };
     let (n, serial, not_after) = (
-        node.name.clone(),
+        caller.record.name.clone(),
         issued.serial_hex.clone(),
         issued.not_after,
     );
+    let presented = caller.serial.clone();
     let renewed = c
         .store
         .write(move |txn| {
             update_node(txn, &n, |rec| {
                 (!rec.removed).then(|| {
-                    // Keep the certificate in use valid until the agent has switched over.
-                    let keep_from = rec.active_serials.len().saturating_sub(1);
-                    rec.active_serials.drain(..keep_from);
-                    rec.active_serials.push(serial);
+                    // The presented certificate and the new one; earlier renewals whose
+                    // certificates the agent never used lapse.
+                    rec.active_serials = vec![presented, serial];
                     rec.cert_not_after = not_after;
                 })
             })
@@ -306,10 +320,10 @@ pub async fn renew(
     if !renewed {
         return Ok(Err(Refusal::Revoked(format!(
             "node {:?} was removed",
-            node.name
+            caller.record.name
         ))));
     }
-    tracing::info!(node = %node.name, serial = %issued.serial_hex, "node certificate renewed");
+    tracing::info!(node = %caller.record.name, serial = %issued.serial_hex, "node certificate renewed");
     Ok(Ok(issued.cert_pem))
 }
 

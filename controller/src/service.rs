@@ -7,7 +7,6 @@
 use crate::assign;
 use crate::controller::{Controller, ControllerError};
 use crate::pki::CaKind;
-use crate::records::NodeRecord;
 use crate::rules::{self, Refusal};
 use crate::store::{self, ASSIGNMENTS};
 use pangaea_core::NodeName;
@@ -150,7 +149,7 @@ fn answer<T>(
 
 impl Service {
     /// The calling node, from its verified client certificate and the state store.
-    fn authenticate<T>(&self, req: &Request<T>, what: &str) -> Result<NodeRecord, Status> {
+    fn authenticate<T>(&self, req: &Request<T>, what: &str) -> Result<rules::Caller, Status> {
         let (remote, info) = peer(req);
         let certs = info.and_then(|i| i.certs);
         let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
@@ -225,9 +224,9 @@ impl pb::node_service_server::NodeService for Service {
         &self,
         req: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
-        let node = self.authenticate(&req, "Renew")?;
+        let caller = self.authenticate(&req, "Renew")?;
         let (remote, _) = peer(&req);
-        let outcome = rules::renew(&self.0, &node, &req.get_ref().csr_der).await;
+        let outcome = rules::renew(&self.0, &caller, &req.get_ref().csr_der).await;
         Ok(Response::new(pb::RenewResponse {
             certificate_pem: answer(outcome, &remote, "Renew")?,
         }))
@@ -239,7 +238,7 @@ impl pb::node_service_server::NodeService for Service {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<AssignmentStream>, Status> {
-        let node = self.authenticate(&req, "WatchAssignment")?;
+        let node = self.authenticate(&req, "WatchAssignment")?.record;
         let asked = &req.get_ref().node_name;
         if !asked.is_empty() && node.name != *asked.as_str() {
             let (remote, _) = peer(&req);
@@ -282,7 +281,7 @@ impl pb::node_service_server::NodeService for Service {
         req: Request<pb::FetchArtifactRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let node = self.authenticate(&req, "FetchArtifact")?;
+        let node = self.authenticate(&req, "FetchArtifact")?.record;
         let (remote, _) = peer(&req);
         let r = req.into_inner();
         let digest = pangaea_artifact::Digest::parse(&r.digest)
@@ -357,7 +356,7 @@ impl pb::node_service_server::NodeService for Service {
         &self,
         req: Request<pb::HealthReport>,
     ) -> Result<Response<pb::ReportAck>, Status> {
-        let node = self.authenticate(&req, "Report")?;
+        let node = self.authenticate(&req, "Report")?.record;
         rules::record_report(&self.0, &node.name, req.into_inner())
             .await
             .map_err(internal)?;

@@ -501,3 +501,46 @@ async fn watches_racing_a_removal_all_end() {
     }
     assert_eq!(refused + ended, 40);
 }
+
+/// Hardening #10: lost renewal replies never lock a node out. The agent keeps using the
+/// certificate it has until a renewal reply reaches it; renewals whose replies were lost
+/// lapse, the presented certificate does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_renewal_replies_never_lock_a_node_out() {
+    let ctl = TestController::start().await;
+    let (key_a, cert_a) = join(&ctl, "node-r", "i-r", &ctl.token(None).await)
+        .await
+        .unwrap();
+    let mut a = mtls_client(&ctl, &key_a, &cert_a);
+    let mut renew = async |client: &mut pb::node_service_client::NodeServiceClient<_>| {
+        let (key, csr_der) = csr("node-r");
+        let cert = client
+            .renew(pb::RenewRequest { csr_der })
+            .await
+            .unwrap()
+            .into_inner()
+            .certificate_pem;
+        (key.serialize_pem(), cert)
+    };
+    // Two renewals whose replies are lost: the agent goes on with A.
+    let (key_b, cert_b) = renew(&mut a).await;
+    let _lost_too = renew(&mut a).await;
+    a.report(pb::HealthReport::default())
+        .await
+        .expect("the certificate in use still works after lost renewals");
+    // The third reply arrives, and the agent switches to it.
+    let (key_d, cert_d) = renew(&mut a).await;
+    mtls_client(&ctl, &key_d, &cert_d)
+        .report(pb::HealthReport::default())
+        .await
+        .expect("the renewed certificate works");
+    let s = mtls_client(&ctl, &key_b, &cert_b)
+        .report(pb::HealthReport::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        s.code(),
+        Code::PermissionDenied,
+        "a lost renewal lapses: {s:?}"
+    );
+}
