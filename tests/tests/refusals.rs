@@ -512,7 +512,7 @@ async fn lost_renewal_replies_never_lock_a_node_out() {
         .await
         .unwrap();
     let mut a = mtls_client(&ctl, &key_a, &cert_a);
-    let mut renew = async |client: &mut pb::node_service_client::NodeServiceClient<_>| {
+    let renew = async |client: &mut pb::node_service_client::NodeServiceClient<_>| {
         let (key, csr_der) = csr("node-r");
         let cert = client
             .renew(pb::RenewRequest { csr_der })
