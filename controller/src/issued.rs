@@ -78,6 +78,19 @@ impl<'a> PkiInputs<'a> {
     }
 }
 
+/// Deletes every certificate issued for node `name` (under the PKI's lock), so that its
+/// next plan issues new keys and serials: a replacement never gets its predecessor's.
+pub fn forget_node(pki: &Pki, state: &StateDir, name: &str) -> Result<(), crate::pki::PkiError> {
+    let _lock = pki.lock()?;
+    for path in state.issued_for_node(name) {
+        std::fs::remove_file(&path).map_err(|source| crate::pki::PkiError::Read {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// A secret generated once (`make`) and kept in `.pangaea/secrets/NAME` (0600).
 fn secret(
     state: &StateDir,

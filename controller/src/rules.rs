@@ -117,11 +117,17 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
             let nodes = r
                 .open_table(NODES)
                 .map_err(|e| store::db_err("nodes", &name, e))?;
-            Ok(admission(&tokens, &nodes, &token, &name, &instance)?.map(|(rec, _)| rec))
+            admission(&tokens, &nodes, &token, &name, &instance)
         })?
     };
-    if let Err(refusal) = precheck {
-        return Ok(Err(refusal));
+    let predecessor = match precheck {
+        Ok((_, old)) => old,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    // Another instance takes the name (a replacement): its node certificates are issued
+    // afresh, never handed down from the predecessor (hardening #3).
+    if predecessor.is_some_and(|old| old.instance_id != req.instance_id) {
+        crate::issued::forget_node(&c.pki, &c.config.state_dir, &name)?;
     }
     // 2. Sign and plan, outside the writer.
     let issued = match c.pki.sign_csr(

@@ -114,6 +114,18 @@ impl StateDir {
         }
     }
 
+    /// Every file of every certificate issued for node `node` (ids `NODE/...`).
+    pub fn issued_for_node(&self, node: &str) -> Vec<PathBuf> {
+        let prefix = format!("{node}__");
+        std::fs::read_dir(self.pki().join("issued"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
+    }
+
     /// Generated cluster secrets, one file each.
     pub fn secret(&self, name: &str) -> PathBuf {
         self.0.join("secrets").join(name)

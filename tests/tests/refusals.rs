@@ -544,3 +544,59 @@ async fn lost_renewal_replies_never_lock_a_node_out() {
         "a lost renewal lapses: {s:?}"
     );
 }
+
+/// The content of `path` in node `node`'s current assignment, read through its own stream.
+async fn assigned_file(
+    ctl: &TestController,
+    node: &str,
+    key: &str,
+    cert: &str,
+    path: &str,
+) -> Vec<u8> {
+    let a = watch(ctl, node, key, cert)
+        .await
+        .unwrap()
+        .message()
+        .await
+        .unwrap()
+        .expect("an assignment");
+    a.files
+        .into_iter()
+        .find(|f| f.path == path)
+        .unwrap_or_else(|| panic!("{path} is not in {node}'s assignment"))
+        .content
+}
+
+/// Hardening #3 (replacement keys): a node that replaces another of the same name gets new
+/// keys and serials for its cluster certificates, never its predecessor's; the same
+/// instance joining again keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_node_gets_new_keys_never_its_predecessors() {
+    let ctl = TestController::start_compiled(|_| {}).await;
+    const KEY: &str = "/etc/etcd/pki/peer.key";
+    let (k1, c1) = join(&ctl, "node-1", "i-1", &ctl.token(None).await)
+        .await
+        .unwrap();
+    let first = assigned_file(&ctl, "node-1", &k1, &c1, KEY).await;
+    // The same instance again (its identity lost): the same keys, no needless restart.
+    let (k2, c2) = join(&ctl, "node-1", "i-1", &ctl.token(Some("node-1")).await)
+        .await
+        .unwrap();
+    assert_eq!(assigned_file(&ctl, "node-1", &k2, &c2, KEY).await, first);
+    // Another instance takes the name.
+    let (k3, c3) = join(&ctl, "node-1", "i-2", &ctl.token(Some("node-1")).await)
+        .await
+        .unwrap();
+    let replaced = assigned_file(&ctl, "node-1", &k3, &c3, KEY).await;
+    assert_ne!(
+        replaced, first,
+        "the replacement got its predecessor's etcd key"
+    );
+    // And after a removal too.
+    ctl.controller.remove_node("node-1".into()).await.unwrap();
+    let (k4, c4) = join(&ctl, "node-1", "i-3", &ctl.token(None).await)
+        .await
+        .unwrap();
+    let again = assigned_file(&ctl, "node-1", &k4, &c4, KEY).await;
+    assert!(again != replaced && again != first);
+}
