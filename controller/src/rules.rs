@@ -189,8 +189,8 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
 }
 
 /// Whether `token` admits `instance` as node `name`: the token is valid for the name, and
-/// the name is free, removed, held by the same instance (a re-join), or the token was bound
-/// to it by the operator (a replacement). Checked before signing and again in the commit.
+/// the name is free, removed, or the token was bound to it by the operator (a re-join or a
+/// replacement). Checked before signing and again in the commit.
 fn admission(
     tokens: &impl ReadableTable<&'static str, &'static [u8]>,
     nodes: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -204,11 +204,10 @@ fn admission(
     };
     let old = store::get::<NodeRecord>(nodes, "nodes", name)?;
     Ok(match old {
-        Some(old)
-            if !(old.removed
-                || old.instance_id == instance
-                || token_rec.node.as_deref() == Some(name)) =>
-        {
+        // An instance ID is not secret (a provider's API, a node's metadata show it), so it
+        // is never proof by itself: a live node's name is taken over only with a token the
+        // operator bound to that name (hardening #5).
+        Some(old) if !(old.removed || token_rec.node.as_deref() == Some(name)) => {
             Err(Refusal::NameTaken {
                 name: name.to_owned(),
                 holder: old.instance_id,

@@ -600,3 +600,27 @@ async fn a_replacement_node_gets_new_keys_never_its_predecessors() {
     let again = assigned_file(&ctl, "node-1", &k4, &c4, KEY).await;
     assert!(again != replaced && again != first);
 }
+
+/// Hardening #5: an instance ID is not a secret. An unbound token presented with a live
+/// node's name and instance ID is refused; only a token the operator bound to the name
+/// re-joins it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbound_token_with_a_live_nodes_instance_id_is_refused() {
+    let ctl = TestController::start().await;
+    join(&ctl, "node-v", "i-v", &ctl.token(None).await)
+        .await
+        .unwrap();
+    let before = snapshot(&ctl);
+    let stolen = ctl.token(None).await;
+    let before_tokens = snapshot(&ctl);
+    assert_refused(
+        join(&ctl, "node-v", "i-v", &stolen).await,
+        Code::AlreadyExists,
+        "belongs to instance",
+    );
+    assert_eq!(snapshot(&ctl), before_tokens, "the refusal wrote nothing");
+    assert_ne!(before, before_tokens, "(the new token itself was recorded)");
+    join(&ctl, "node-v", "i-v", &ctl.token(Some("node-v")).await)
+        .await
+        .expect("a token bound to the name re-joins it");
+}
