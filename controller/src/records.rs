@@ -27,6 +27,20 @@ pub struct TokenRecord {
     pub description: String,
     /// Set by `token revoke`; a revoked token admits nothing.
     pub revoked: bool,
+    /// The join that spent the token's last use. The same join sent again (its reply was
+    /// lost) is admitted once more while the token is otherwise valid.
+    #[serde(default)]
+    pub spent_by: Option<JoinAttempt>,
+}
+
+/// What identifies one join attempt: its CSR (hence its key) and instance.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JoinAttempt {
+    /// Lowercase hex SHA-256 of the CSR (DER).
+    pub csr_sha256: String,
+    /// The instance that sent it.
+    pub instance_id: String,
 }
 
 /// A node, keyed by name; its identity is its instance ID.

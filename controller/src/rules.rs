@@ -13,13 +13,14 @@ use crate::certinfo::CertInfo;
 use crate::controller::{Controller, ControllerError};
 use crate::health;
 use crate::pki::{CaKind, profiles};
-use crate::records::{NodeRecord, TokenRecord, now, update_node};
+use crate::records::{JoinAttempt, NodeRecord, TokenRecord, now, update_node};
 use crate::store::{self, ASSIGNMENTS, NODES, REPORTS, StoreError};
 use crate::tokens::{self, TokenRefused};
 use pangaea_core::NodeName;
 use pangaea_core::token::BootstrapToken;
 use pangaea_proto as pb;
 use redb::ReadableTable;
+use sha2::Digest;
 
 /// Why the cluster refused a request. Each says what was wrong and what to do.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -106,10 +107,13 @@ pub struct Joined {
 /// assignment, then commits the node, the spent token and the assignment together.
 pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, ControllerError> {
     let name = req.name.to_string();
+    let attempt = JoinAttempt {
+        csr_sha256: hex::encode(sha2::Sha256::digest(&req.csr_der)),
+        instance_id: req.instance_id.clone(),
+    };
     // 1. Check without writing: a refusal costs no signature and no planning.
     let precheck = {
-        let (token, name) = (req.token.clone(), name.clone());
-        let instance = req.instance_id.clone();
+        let (token, name, attempt) = (req.token.clone(), name.clone(), attempt.clone());
         c.store.read(move |r| {
             let tokens = r
                 .open_table(crate::store::TOKENS)
@@ -117,7 +121,7 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
             let nodes = r
                 .open_table(NODES)
                 .map_err(|e| store::db_err("nodes", &name, e))?;
-            admission(&tokens, &nodes, &token, &name, &instance)
+            admission(&tokens, &nodes, &token, &name, &attempt)
         })?
     };
     let predecessor = match precheck {
@@ -167,14 +171,13 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
             let mut nodes = txn
                 .open_table(NODES)
                 .map_err(|e| store::db_err("nodes", &record.name, e))?;
-            let (token_rec, old) =
-                match admission(&t, &nodes, &token, &record.name, &record.instance_id)? {
-                    Ok(admitted) => admitted,
-                    Err(refusal) => return Ok(Err(refusal)),
-                };
+            let (token_rec, old) = match admission(&t, &nodes, &token, &record.name, &attempt)? {
+                Ok(admitted) => admitted,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
             let replaced = old.is_some_and(|o| !o.removed);
             drop(t);
-            tokens::spend(txn, token_rec)?;
+            tokens::spend(txn, token_rec, attempt)?;
             store::put(&mut nodes, "nodes", &record.name, &record)?;
             drop(nodes);
             Ok(Ok((assign::store_plan(txn, &record.name, plan)?, replaced)))
@@ -196,9 +199,10 @@ fn admission(
     nodes: &impl ReadableTable<&'static str, &'static [u8]>,
     token: &BootstrapToken,
     name: &str,
-    instance: &str,
+    attempt: &JoinAttempt,
 ) -> Result<Result<(TokenRecord, Option<NodeRecord>), Refusal>, StoreError> {
-    let token_rec = match tokens::check(tokens, token, name)? {
+    let instance = attempt.instance_id.as_str();
+    let token_rec = match tokens::check(tokens, token, name, attempt)? {
         Ok(rec) => rec,
         Err(refused) => return Ok(Err(Refusal::Token(refused))),
     };
@@ -207,7 +211,14 @@ fn admission(
         // An instance ID is not secret (a provider's API, a node's metadata show it), so it
         // is never proof by itself: a live node's name is taken over only with a token the
         // operator bound to that name (hardening #5).
-        Some(old) if !(old.removed || token_rec.node.as_deref() == Some(name)) => {
+        // The same join sent again after its reply was lost may take back the record it
+        // made (hardening #10).
+        Some(old)
+            if !(old.removed
+                || token_rec.node.as_deref() == Some(name)
+                || (token_rec.spent_by.as_ref() == Some(attempt)
+                    && old.instance_id == instance)) =>
+        {
             Err(Refusal::NameTaken {
                 name: name.to_owned(),
                 holder: old.instance_id,

@@ -1,6 +1,6 @@
 //! Bootstrap tokens: creation, listing, revocation, and the check made at join time.
 
-use crate::records::{TokenRecord, now};
+use crate::records::{JoinAttempt, TokenRecord, now};
 use crate::store::{self, Store, StoreError, TOKENS};
 use pangaea_core::token::BootstrapToken;
 use redb::WriteTransaction;
@@ -99,6 +99,7 @@ pub fn create(
         node: spec.node.clone(),
         description: spec.description.clone(),
         revoked: false,
+        spent_by: None,
     };
     store::put(&mut table, "tokens", &record.id, &record)?;
     Ok((token, record))
@@ -109,6 +110,7 @@ pub fn check(
     table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
     token: &BootstrapToken,
     node: &str,
+    attempt: &JoinAttempt,
 ) -> Result<Result<TokenRecord, TokenRefused>, StoreError> {
     let id = token.id().to_owned();
     let Some(rec) = store::get::<TokenRecord>(table, "tokens", &id)? else {
@@ -124,7 +126,7 @@ pub fn check(
             id,
             at: crate::certinfo::rfc3339(rec.expires_at),
         }
-    } else if rec.uses_left == 0 {
+    } else if rec.uses_left == 0 && rec.spent_by.as_ref() != Some(attempt) {
         TokenRefused::UsedUp(id)
     } else if let Some(bound) = rec.node.as_ref().filter(|b| b.as_str() != node) {
         TokenRefused::OtherNode {
@@ -139,11 +141,19 @@ pub fn check(
 }
 
 /// Spends one use of a token that [`check`] admitted.
-pub fn spend(txn: &WriteTransaction, mut rec: TokenRecord) -> Result<(), StoreError> {
+pub fn spend(
+    txn: &WriteTransaction,
+    mut rec: TokenRecord,
+    attempt: JoinAttempt,
+) -> Result<(), StoreError> {
     let mut table = txn
         .open_table(TOKENS)
         .map_err(|e| store::db_err("tokens", "*", e))?;
+    if rec.spent_by.as_ref() == Some(&attempt) && rec.uses_left == 0 {
+        return Ok(()); // the same join again: nothing more to spend
+    }
     rec.uses_left = rec.uses_left.saturating_sub(1);
+    rec.spent_by = Some(attempt);
     store::put(&mut table, "tokens", &rec.id.clone(), &rec)
 }
 

@@ -624,3 +624,42 @@ async fn an_unbound_token_with_a_live_nodes_instance_id_is_refused() {
         .await
         .expect("a token bound to the name re-joins it");
 }
+
+/// Hardening #10 (lost join reply): the same join sent again — same token, CSR and instance
+/// — is admitted once more, so a lost reply does not strand a node whose single-use token it
+/// spent; any other join with the spent token is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_whose_reply_was_lost_can_be_sent_again() {
+    let ctl = TestController::start().await;
+    let token = ctl.token(None).await;
+    let (key, csr_der) = csr("node-j");
+    let send = |csr_der: Vec<u8>, instance: &'static str| {
+        let mut e = enrollment(&ctl);
+        let token = token.clone();
+        async move {
+            e.join(pb::JoinRequest {
+                token,
+                csr_der,
+                node_name: "node-j".into(),
+                facts: Some(facts(instance)),
+            })
+            .await
+            .map(|r| r.into_inner().certificate_pem)
+        }
+    };
+    let _lost = send(csr_der.clone(), "i-j").await.expect("the first join");
+    let again = send(csr_der.clone(), "i-j")
+        .await
+        .expect("the same join again is admitted");
+    mtls_client(&ctl, &key.serialize_pem(), &again)
+        .report(pb::HealthReport::default())
+        .await
+        .expect("the certificate from the repeated join works");
+    assert_eq!(ctl.controller.tokens().unwrap()[0].uses_left, 0);
+    // Another key, or another instance, with the spent token: refused.
+    let (_, other_csr) = csr("node-j");
+    let s = send(other_csr, "i-j").await.unwrap_err();
+    assert!(s.message().contains("used up"), "{s:?}");
+    let s = send(csr_der, "i-x").await.unwrap_err();
+    assert!(s.message().contains("used up"), "{s:?}");
+}
