@@ -203,7 +203,9 @@ impl Reconciler<'_> {
         };
         if let Err(source) = self.provider.create(&spec).await {
             // The token was for this machine only; do not leave it valid.
-            let id = token.split('.').next().unwrap_or_default().to_owned();
+            let id = pangaea_core::token::BootstrapToken::parse(&token)
+                .map(|t| t.id().to_owned())
+                .unwrap_or_default();
             if let Err(e) = self.backend.revoke_token(id).await {
                 tracing::warn!(node = %node.name, "revoke the unused token: {e}");
             }
