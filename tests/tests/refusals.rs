@@ -663,3 +663,32 @@ async fn a_join_whose_reply_was_lost_can_be_sent_again() {
     let s = send(csr_der, "i-x").await.unwrap_err();
     assert!(s.message().contains("used up"), "{s:?}");
 }
+
+/// Hardening #6 (idle connections): hundreds of idle TCP connections held open against the
+/// gRPC port do not keep a legitimate join and renewal from completing within 5 s (each
+/// handshake runs on its own and times out; none holds the accept loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_block_a_join_or_a_renewal() {
+    let ctl = TestController::start().await;
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        idle.push(tokio::net::TcpStream::connect(ctl.addr).await.unwrap());
+    }
+    let token = ctl.token(None).await;
+    let started = std::time::Instant::now();
+    let (key, cert) =
+        tokio::time::timeout(Duration::from_secs(5), join(&ctl, "node-f", "i-f", &token))
+            .await
+            .expect("a join within 5 s")
+            .unwrap();
+    let (_, csr_der) = csr("node-f");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        mtls_client(&ctl, &key, &cert).renew(pb::RenewRequest { csr_der }),
+    )
+    .await
+    .expect("a renewal within 5 s")
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(idle);
+}
