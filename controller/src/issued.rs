@@ -78,6 +78,17 @@ impl<'a> PkiInputs<'a> {
     }
 }
 
+/// The nearest expiry (unix seconds) of the certificates issued for node `name`, if any.
+pub fn nearest_expiry(state: &StateDir, name: &str) -> Option<i64> {
+    state
+        .issued_for_node(name)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|pem| CertInfo::from_pem(&pem).map(|c| c.not_after))
+        .min()
+}
+
 /// Deletes every certificate issued for node `name` (under the PKI's lock), so that its
 /// next plan issues new keys and serials: a replacement never gets its predecessor's.
 pub fn forget_node(pki: &Pki, state: &StateDir, name: &str) -> Result<(), crate::pki::PkiError> {
@@ -173,5 +184,43 @@ impl Inputs for PkiInputs<'_> {
             self.service_account_key.clone(),
             self.pki.service_account_public_pem.clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::CaKind;
+    use std::time::Duration;
+
+    /// Hardening #3 (`status`): the nearest expiry of the certificates issued for a node is
+    /// its soonest one, and only its own count.
+    #[test]
+    fn nearest_expiry_is_the_soonest_of_the_nodes_own_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join(".pangaea"));
+        state.ensure().unwrap();
+        let pki = Pki::load_or_create(&state.pki()).unwrap();
+        let put = |id: &str, lifetime: Duration| {
+            let spec = LeafSpec {
+                common_name: id.into(),
+                organizations: vec![],
+                dns_names: vec![],
+                ips: vec![],
+                usage: Usage::Client,
+                lifetime,
+            };
+            let issued = pki.issue(CaKind::Cluster, &spec).unwrap();
+            let at = state.issued(id);
+            fsutil::atomic_write(&at.cert, issued.cert_pem.as_bytes(), 0o600).unwrap();
+            issued.not_after
+        };
+        let year = put("node-1/kubelet", LEAF_LIFETIME);
+        let hour = put("node-1/etcd-peer", Duration::from_secs(3600));
+        let other = put("node-10/kubelet", Duration::from_secs(60));
+        assert!(hour < year && other < hour);
+        assert_eq!(nearest_expiry(&state, "node-1"), Some(hour));
+        assert_eq!(nearest_expiry(&state, "node-10"), Some(other));
+        assert_eq!(nearest_expiry(&state, "node-2"), None);
     }
 }

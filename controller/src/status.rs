@@ -35,6 +35,9 @@ pub struct NodeStatus {
     pub last_report_at: i64,
     /// Expiry of its agent certificate, unix seconds.
     pub certificate_not_after: i64,
+    /// The nearest expiry of any certificate the node holds — its agent certificate and every
+    /// cluster certificate issued for it — unix seconds (0: none known).
+    pub nearest_certificate_expiry: i64,
     /// The agent's version.
     pub agent_version: String,
     /// The agent's resident memory.
@@ -184,11 +187,13 @@ impl From<&pb::ArtifactProgress> for ArtifactRow {
 }
 
 /// Builds a node's row. `etcd` is etcd's membership by address (or why it could not be
-/// asked), `created_at` the provider's creation time.
+/// asked), `created_at` the provider's creation time, `issued_expiry` the nearest expiry of
+/// the cluster certificates issued for the node.
 pub fn node_status(
     n: &pb::NodeInfo,
     etcd: &Result<BTreeMap<String, Member>, String>,
     created_at: Option<i64>,
+    issued_expiry: Option<i64>,
     now: i64,
 ) -> NodeStatus {
     let r = n.last_report.clone().unwrap_or_default();
@@ -221,6 +226,12 @@ pub fn node_status(
         applied_revision: r.applied_revision,
         last_report_at: n.last_report_at,
         certificate_not_after: n.certificate_not_after,
+        nearest_certificate_expiry: [Some(n.certificate_not_after), issued_expiry]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > 0)
+            .min()
+            .unwrap_or(0),
         agent_version: r.agent_version.clone(),
         agent_rss_bytes: r.agent_rss_bytes,
         errors: r.errors.clone(),

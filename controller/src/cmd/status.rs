@@ -41,7 +41,10 @@ pub async fn run(ctx: &Ctx, output: Output) -> anyhow::Result<()> {
     let etcd = tokio::task::spawn_blocking(move || crate::etcd::members(&c, &addresses)).await?;
     let rows: Vec<NodeStatus> = nodes
         .iter()
-        .map(|n| node_status(n, &etcd, created.get(&n.name).copied(), now))
+        .map(|n| {
+            let issued = crate::issued::nearest_expiry(&ctx.state, &n.name);
+            node_status(n, &etcd, created.get(&n.name).copied(), issued, now)
+        })
         .collect();
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
@@ -85,7 +88,7 @@ fn render_table(rows: &[NodeStatus], now: i64, out: &mut dyn Write) -> std::io::
             format!("{}/{}", n.applied_revision, n.assigned_revision),
             age,
             dash(&n.agent_version),
-            rfc3339(n.certificate_not_after),
+            rfc3339(n.nearest_certificate_expiry),
             n.state,
         )?;
         let short = |name: &str| name.trim_end_matches(".service").to_owned();
@@ -176,7 +179,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let row = crate::status::node_status(&node, &Ok(Default::default()), None, 100);
+        let row = crate::status::node_status(&node, &Ok(Default::default()), None, None, 100);
         let mut table = Vec::new();
         print_table(&[row], 100, &mut table).unwrap();
         let shown = String::from_utf8(table).unwrap();
