@@ -60,6 +60,8 @@ pub struct Compilation {
     pub pki: Pki,
     /// The cluster's `.pangaea/` directory.
     pub state_dir: StateDir,
+    /// Lifetime of the leaf certificates issued for nodes.
+    pub leaf_lifetime: std::time::Duration,
 }
 
 impl Compilation {
@@ -82,6 +84,7 @@ impl Compilation {
             artifacts,
             pki,
             state_dir: state_dir.clone(),
+            leaf_lifetime: crate::issued::LEAF_LIFETIME,
         })
     }
 
@@ -100,7 +103,7 @@ impl Compilation {
         &self,
         f: impl FnOnce(&Compiler) -> Result<T, CompileError>,
     ) -> Result<T, CompileSetupError> {
-        let inputs = PkiInputs::new(&self.pki, &self.state_dir)?;
+        let inputs = PkiInputs::new(&self.pki, &self.state_dir)?.with_lifetime(self.leaf_lifetime);
         Ok(f(&Compiler {
             model: &self.model,
             templates: &self.templates,

@@ -11,7 +11,11 @@ use pangaea_core::fsutil;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of the cluster certificates issued for nodes (etcd, API server, kubelet,
+/// clients): short, so that a leaked or forgotten one stops working by itself. Each is
+/// issued again once less than a third of it remains — when the node is next planned, which
+/// the controller's rotation loop ([`crate::rules::rotate`]) does at least hourly.
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Why the compiler's inputs could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,7 @@ pub enum InputsError {
 pub struct PkiInputs<'a> {
     pki: &'a Pki,
     state: StateDir,
+    lifetime: Duration,
     cluster_ca_key: String,
     service_account_key: String,
     encryption_key: String,
@@ -70,7 +75,14 @@ impl<'a> PkiInputs<'a> {
             })?,
             pki,
             state: state_dir.clone(),
+            lifetime: LEAF_LIFETIME,
         })
+    }
+
+    /// Issues leaf certificates valid for `lifetime` instead of [`LEAF_LIFETIME`].
+    pub fn with_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = lifetime;
+        self
     }
 
     fn read(path: &Path) -> Option<String> {
@@ -160,7 +172,7 @@ impl Inputs for PkiInputs<'_> {
                 (true, false) => Usage::Server,
                 _ => Usage::Client,
             },
-            lifetime: LEAF_LIFETIME,
+            lifetime: self.lifetime,
         };
         let issued = self.pki.issue(req.ca, &spec).map_err(|e| e.to_string())?;
         let write = |p: &Path, s: &str, mode| {

@@ -383,6 +383,39 @@ pub async fn record_report(
     Ok(())
 }
 
+/// How often the controller daemon re-plans every node (see [`rotate`]).
+pub const ROTATION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Re-plans every node, one at a time, every `every`, until `shutdown`: certificates with
+/// less than a third of their life left are issued again on the way, and each node gets
+/// them through its watch stream and restarts only the units that use them. A node whose
+/// plan fails is logged and retried on the next round.
+pub async fn rotate(
+    c: std::sync::Arc<Controller>,
+    every: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let nodes = match c.nodes() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "rotation: cannot list the nodes");
+                continue;
+            }
+        };
+        for n in nodes.iter().filter(|n| !n.record.removed) {
+            if let Err(e) = replan(&c, &n.record.name).await {
+                tracing::warn!(node = %n.record.name, error = %e, "rotation: replan failed");
+            }
+        }
+    }
+}
+
 /// Recomputes a node's plan and publishes it if it changed. Returns the revision.
 pub async fn replan(c: &Controller, name: &str) -> Result<u64, ControllerError> {
     let record = c

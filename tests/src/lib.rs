@@ -98,16 +98,28 @@ impl TestController {
     /// Starts a controller that plans with the real compiler, for the default cluster
     /// (`node-1`..`node-3`), after `prepare` had its way with the empty state directory.
     pub async fn start_compiled(prepare: impl FnOnce(&std::path::Path)) -> TestController {
+        Self::start_compiled_rotating(prepare, None).await
+    }
+
+    /// [`TestController::start_compiled`] with node certificates of `rotation.0` lifetime,
+    /// re-planned every `rotation.1` (the daemon's rotation loop).
+    pub async fn start_compiled_rotating(
+        prepare: impl FnOnce(&std::path::Path),
+        rotation: Option<(Duration, Duration)>,
+    ) -> TestController {
         init();
         let dir = tempfile::tempdir().unwrap();
         let state = pangaea_controller::state_dir::StateDir::new(dir.path().join(".pangaea"));
         std::fs::create_dir_all(state.path()).unwrap();
         prepare(state.path());
-        let compilation = pangaea_controller::compile::Compilation::load(
+        let mut compilation = pangaea_controller::compile::Compilation::load(
             &dir.path().join("pangaea.yaml"),
             &state,
         )
         .unwrap();
+        if let Some((lifetime, _)) = rotation {
+            compilation.leaf_lifetime = lifetime;
+        }
         let controller = Controller::open(
             ControllerConfig::new(state.path()),
             Some(Arc::new(pangaea_controller::compile::CompilerPlanner(
@@ -115,6 +127,13 @@ impl TestController {
             ))),
         )
         .unwrap();
+        if let Some((_, every)) = rotation {
+            tokio::spawn(pangaea_controller::rules::rotate(
+                controller.clone(),
+                every,
+                std::future::pending(),
+            ));
+        }
         Self::serve(dir, controller, Arc::new(TestPlanner::default())).await
     }
 

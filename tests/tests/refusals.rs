@@ -692,3 +692,43 @@ async fn idle_connections_do_not_block_a_join_or_a_renewal() {
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(idle);
 }
+
+/// Hardening #3 (rotation): a node's cluster certificate nearing the end of its life is
+/// issued again by the controller's rotation loop and delivered through the node's watch
+/// stream, with no operator action. (Lifetimes of seconds here; 30 days in a cluster.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_near_its_end_is_reissued_and_delivered_without_operator_action() {
+    let ctl = TestController::start_compiled_rotating(
+        |_| {},
+        Some((Duration::from_secs(6), Duration::from_millis(300))),
+    )
+    .await;
+    const CERT: &str = "/etc/etcd/pki/peer.crt";
+    let (key, cert) = join(&ctl, "node-1", "i-1", &ctl.token(None).await)
+        .await
+        .unwrap();
+    let mut stream = watch(&ctl, "node-1", &key, &cert).await.unwrap();
+    let first = stream.message().await.unwrap().expect("an assignment");
+    let file = |a: &pb::Assignment| {
+        a.files
+            .iter()
+            .find(|f| f.path == CERT)
+            .map(|f| String::from_utf8(f.content.clone()).unwrap())
+            .expect("the etcd peer certificate")
+    };
+    let expiry = |pem: &str| {
+        pangaea_core::x509::CertInfo::from_pem(pem)
+            .unwrap()
+            .not_after
+    };
+    let old = file(&first);
+    let next = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("a new assignment within 20 s")
+        .unwrap()
+        .expect("the stream stays open");
+    assert!(next.revision > first.revision);
+    let new = file(&next);
+    assert_ne!(new, old, "the certificate was issued again");
+    assert!(expiry(&new) > expiry(&old), "with a later expiry");
+}

@@ -42,6 +42,11 @@ pub async fn run(
         let _ = rx.wait_for(|v| *v).await;
     };
     let admin = tokio::spawn(crate::admin::serve(controller.clone(), stop(rx.clone())));
+    tokio::spawn(crate::rules::rotate(
+        controller.clone(),
+        crate::rules::ROTATION_INTERVAL,
+        stop(rx.clone()),
+    ));
     if let Some(addr) = agent_http {
         let l = tokio::net::TcpListener::bind(addr)
             .await
