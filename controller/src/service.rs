@@ -23,6 +23,9 @@ use tonic::{Code, Request, Response, Status};
 /// hundred bytes; a report a few KiB).
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
+/// Requests (HTTP/2 streams) served at once on one agent connection.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 16;
+
 /// The agent-facing services over one controller.
 #[derive(Clone)]
 pub struct Service(pub Arc<Controller>);
@@ -31,6 +34,11 @@ pub struct Service(pub Arc<Controller>);
 pub fn router(controller: Arc<Controller>) -> Router {
     let svc = Service(controller);
     tonic::transport::Server::builder()
+        // One connection cannot take the controller for itself: an agent needs a watch,
+        // a report and now and then a renewal or a download at once; more wait their turn
+        // on that connection only (hardening #6).
+        .concurrency_limit_per_connection(MAX_REQUESTS_PER_CONNECTION)
+        .max_concurrent_streams(Some(MAX_REQUESTS_PER_CONNECTION as u32))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(

@@ -732,3 +732,38 @@ async fn a_certificate_near_its_end_is_reissued_and_delivered_without_operator_a
     assert_ne!(new, old, "the certificate was issued again");
     assert!(expiry(&new) > expiry(&old), "with a later expiry");
 }
+
+/// Hardening #6 (flood): one client flooding the gRPC port with oversized join requests on
+/// one connection gets them refused, and a legitimate join on another connection still
+/// completes within 5 s (requests per connection are bounded; oversized bodies are refused
+/// before they are decoded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_oversized_joins_does_not_starve_a_legitimate_one() {
+    let ctl = TestController::start().await;
+    let flooder = enrollment(&ctl);
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let mut c = flooder.clone();
+        flood.push(tokio::spawn(async move {
+            c.join(pb::JoinRequest {
+                token: "abcdef.0123456789abcdef".into(),
+                csr_der: vec![0u8; 512 * 1024],
+                node_name: "node-z".into(),
+                facts: Some(facts("i-z")),
+            })
+            .await
+        }));
+    }
+    let token = ctl.token(None).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), join(&ctl, "node-l", "i-l", &token))
+        .await
+        .expect("a legitimate join within 5 s")
+        .expect("admitted");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for f in flood {
+        let r = f.await.unwrap();
+        assert!(r.is_err(), "an oversized join must be refused");
+    }
+    assert!(ctl.controller.node("node-z").unwrap().is_none());
+}
