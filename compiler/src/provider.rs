@@ -373,6 +373,15 @@ mod tests {
 
     /// `text` as the value of `provider:` in a document, and the error's
     /// (line, column, message) when it is refused.
+    /// Asserts that `text` is refused at `at` (line, column) with a message containing
+    /// `needle`.
+    #[track_caller]
+    fn refused_at(text: &str, at: (usize, usize), needle: &str) {
+        let (line, column, message) = parse(text).unwrap_err();
+        assert_eq!((line, column), at, "{message}");
+        assert!(message.contains(needle), "{message}");
+    }
+
     fn parse(text: &str) -> Result<Provider, (usize, usize, String)> {
         #[derive(Deserialize, Debug)]
         #[serde(deny_unknown_fields)]
@@ -395,20 +404,15 @@ mod tests {
         assert_eq!(parse("provider: {}").unwrap(), Provider::Local);
         assert_eq!(parse("provider: {type: local}").unwrap(), Provider::Local);
         assert_eq!(Provider::Local.kind(), ProviderKind::Local);
-        let (line, column, message) =
-            parse("provider:\n  type: local\n  spot: true\n").unwrap_err();
-        assert_eq!((line, column), (3, 3), "{message}");
-        assert!(
-            message.contains(
-                "`spot` is not valid for provider type local; only provider type gce accepts it"
-            ),
-            "{message}"
+        refused_at(
+            "provider:\n  type: local\n  spot: true\n",
+            (3, 3),
+            "`spot` is not valid for provider type local; only provider type gce accepts it",
         );
-        let (line, column, message) = parse("provider: {type: local, boxName: b}").unwrap_err();
-        assert_eq!((line, column), (1, 25), "{message}");
-        assert!(
-            message.contains("only provider type vagrant accepts it"),
-            "{message}"
+        refused_at(
+            "provider: {type: local, boxName: b}",
+            (1, 25),
+            "only provider type vagrant accepts it",
         );
     }
 
@@ -427,14 +431,10 @@ mod tests {
             parse("provider: {type: vagrant}").unwrap(),
             Provider::Vagrant(VagrantProvider::default())
         );
-        let (line, column, message) =
-            parse("provider:\n  type: vagrant\n  boxName: b\n  zones: [a]\n").unwrap_err();
-        assert_eq!((line, column), (4, 3), "{message}");
-        assert!(
-            message.contains(
-                "`zones` is not valid for provider type vagrant; only provider type gce accepts it"
-            ),
-            "{message}"
+        refused_at(
+            "provider:\n  type: vagrant\n  boxName: b\n  zones: [a]\n",
+            (4, 3),
+            "`zones` is not valid for provider type vagrant; only provider type gce accepts it",
         );
     }
 
@@ -456,23 +456,19 @@ mod tests {
             parse("provider: {type: gce}").unwrap(),
             Provider::Gce(GceProvider::default())
         );
-        let (line, column, message) =
-            parse("# GCE\nprovider:\n  type: gce\n  boxName: b\n").unwrap_err();
-        assert_eq!((line, column), (4, 3), "{message}");
-        assert!(
-            message.contains("`boxName` is not valid for provider type gce"),
-            "{message}"
+        refused_at(
+            "# GCE\nprovider:\n  type: gce\n  boxName: b\n",
+            (4, 3),
+            "`boxName` is not valid for provider type gce",
         );
     }
 
     #[test]
     fn a_field_before_the_type_is_refused_at_the_type() {
-        let (line, column, message) =
-            parse("provider:\n  spot: true\n  type: vagrant\n").unwrap_err();
-        assert_eq!((line, column), (3, 9), "{message}");
-        assert!(
-            message.contains("`spot` is not valid for provider type vagrant"),
-            "{message}"
+        refused_at(
+            "provider:\n  spot: true\n  type: vagrant\n",
+            (3, 9),
+            "`spot` is not valid for provider type vagrant",
         );
         // In that order, the right type is still accepted.
         assert_eq!(
@@ -485,27 +481,24 @@ mod tests {
 
     #[test]
     fn a_field_without_a_type_is_refused_as_not_local() {
-        let (line, column, message) = parse("provider:\n  project: demo\n").unwrap_err();
-        assert_eq!((line, column), (2, 3), "{message}");
-        assert!(
-            message.contains("`project` is not valid for provider type local (the default when `type` is not given)"),
-            "{message}"
+        refused_at(
+            "provider:\n  project: demo\n",
+            (2, 3),
+            "`project` is not valid for provider type local (the default when `type` is not given)",
         );
     }
 
     #[test]
     fn unknown_fields_types_and_duplicates_are_refused_where_they_are() {
-        let (line, column, message) = parse("provider:\n  type: gce\n  zone: a\n").unwrap_err();
-        assert_eq!((line, column), (3, 3), "{message}");
-        assert!(
-            message.contains("unknown field `zone`, expected one of"),
-            "{message}"
+        refused_at(
+            "provider:\n  type: gce\n  zone: a\n",
+            (3, 3),
+            "unknown field `zone`, expected one of",
         );
-        let (line, column, message) = parse("provider:\n  type: aws\n").unwrap_err();
-        assert_eq!((line, column), (2, 9), "{message}");
-        assert!(
-            message.contains("unknown variant `aws`, expected one of `local`, `vagrant`, `gce`"),
-            "{message}"
+        refused_at(
+            "provider:\n  type: aws\n",
+            (2, 9),
+            "unknown variant `aws`, expected one of `local`, `vagrant`, `gce`",
         );
         let (line, _, message) = parse("provider:\n  type: gce\n  spot: yes-please\n").unwrap_err();
         assert_eq!(line, 3, "{message}");
