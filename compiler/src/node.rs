@@ -488,6 +488,13 @@ impl Compiler<'_> {
                 0o644,
                 self.inputs.ca_cert(CaKind::Etcd),
             );
+            // Read by etcd on every new connection: not among the files that restart it, so
+            // revoking a removed node's certificates restarts no member.
+            b.file(
+                &format!("{ETCD_PKI}/crl.pem"),
+                0o644,
+                self.inputs.revocation_list(CaKind::Etcd),
+            );
             let dns = vec![n.to_owned(), "localhost".into()];
             b.cert(
                 serving_cert(

@@ -26,29 +26,6 @@ pub fn token_info(t: &TokenRecord) -> pb::TokenInfo {
     }
 }
 
-/// A node as the admin API lists it; absent times and reports become 0 or `None`.
-pub fn node_info(v: &NodeView) -> pb::NodeInfo {
-    pb::NodeInfo {
-        name: v.record.name.to_string(),
-        instance_id: v.record.instance_id.clone(),
-        addresses: v.record.addresses.clone(),
-        certificate_not_after: v.record.cert_not_after,
-        assigned_revision: v.assigned_revision,
-        last_report: v.last_report.as_ref().map(|(_, r)| r.clone()),
-        last_report_at: v.last_report.as_ref().map_or(0, |(t, _)| *t),
-        removed: v.record.removed,
-        joined_at: v.record.joined_at,
-        first_applied_at: v.record.first_applied_at.unwrap_or(0),
-        healthy_at: v.record.healthy_at.unwrap_or(0),
-        roles: v
-            .record
-            .roles
-            .iter()
-            .map(|r| r.as_str().to_owned())
-            .collect(),
-    }
-}
-
 fn status(e: ControllerError) -> Status {
     match e {
         ControllerError::NoSuchNode(_) => Status::not_found(e.to_string()),
@@ -122,7 +99,7 @@ impl pb::admin_server::Admin for AdminService {
                 .nodes()
                 .map_err(status)?
                 .iter()
-                .map(node_info)
+                .map(NodeView::info)
                 .collect(),
         }))
     }
@@ -130,8 +107,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        self.0
-            .remove_node(req.into_inner().name)
+        crate::rules::remove(&self.0, &req.into_inner().name)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RemoveNodeResponse {}))
@@ -259,7 +235,7 @@ impl Backend {
                 .await?
                 .into_inner()
                 .nodes),
-            Backend::Local(ctl) => Ok(ctl.nodes()?.iter().map(node_info).collect()),
+            Backend::Local(ctl) => Ok(ctl.nodes()?.iter().map(NodeView::info).collect()),
         }
     }
 
@@ -271,7 +247,7 @@ impl Backend {
                 .remove_node(pb::RemoveNodeRequest { name })
                 .await
                 .map(drop)?),
-            Backend::Local(ctl) => Ok(ctl.remove_node(name).await?),
+            Backend::Local(ctl) => Ok(crate::rules::remove(ctl, &name).await?),
         }
     }
 }

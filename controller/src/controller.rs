@@ -74,6 +74,33 @@ pub struct NodeView {
     pub last_report: Option<(i64, pb::HealthReport)>,
 }
 
+impl NodeView {
+    /// The node as the admin API lists it (and as [`crate::health::assess`] judges it);
+    /// absent times and reports become 0 or `None`.
+    pub fn info(&self) -> pb::NodeInfo {
+        let v = self;
+        pb::NodeInfo {
+            name: v.record.name.to_string(),
+            instance_id: v.record.instance_id.clone(),
+            addresses: v.record.addresses.clone(),
+            certificate_not_after: v.record.cert_not_after,
+            assigned_revision: v.assigned_revision,
+            last_report: v.last_report.as_ref().map(|(_, r)| r.clone()),
+            last_report_at: v.last_report.as_ref().map_or(0, |(t, _)| *t),
+            removed: v.record.removed,
+            joined_at: v.record.joined_at,
+            first_applied_at: v.record.first_applied_at.unwrap_or(0),
+            healthy_at: v.record.healthy_at.unwrap_or(0),
+            roles: v
+                .record
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+        }
+    }
+}
+
 /// One cluster's controller: the state store (whose lock it holds), the PKI, the artifact
 /// mirror, the planner and the fan-out of assignments to connected agents.
 pub struct Controller {
@@ -205,28 +232,6 @@ impl Controller {
                 })
                 .collect()
         })?)
-    }
-
-    /// Removes a node: its certificates stop working at once and its watch stream ends.
-    pub async fn remove_node(&self, name: String) -> Result<(), ControllerError> {
-        let n = name.clone();
-        let found = self
-            .store
-            .write(move |txn| {
-                crate::records::update_node(txn, &n, |rec| {
-                    rec.removed = true;
-                    rec.active_serials.clear();
-                    Some(())
-                })
-            })
-            .await?
-            .is_some();
-        if !found {
-            return Err(ControllerError::NoSuchNode(name));
-        }
-        self.hub.close(&name).await;
-        tracing::info!(node = %name, "node removed; its certificates are revoked");
-        Ok(())
     }
 }
 

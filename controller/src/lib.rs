@@ -31,6 +31,7 @@ pub mod pki;
 pub mod provider;
 pub mod reconcile;
 pub mod records;
+pub mod revocation;
 pub mod rules;
 pub mod service;
 pub mod state_dir;

@@ -102,10 +102,10 @@ impl TestController {
     }
 
     /// [`TestController::start_compiled`] with node certificates of `rotation.0` lifetime,
-    /// re-planned every `rotation.1` (the daemon's rotation loop).
+    /// re-planned at the pace `rotation.1` (the daemon's rotation loop).
     pub async fn start_compiled_rotating(
         prepare: impl FnOnce(&std::path::Path),
-        rotation: Option<(Duration, Duration)>,
+        rotation: Option<(Duration, pangaea_controller::rules::Rotation)>,
     ) -> TestController {
         init();
         let dir = tempfile::tempdir().unwrap();
@@ -127,10 +127,10 @@ impl TestController {
             ))),
         )
         .unwrap();
-        if let Some((_, every)) = rotation {
+        if let Some((_, pace)) = rotation {
             tokio::spawn(pangaea_controller::rules::rotate(
                 controller.clone(),
-                every,
+                pace,
                 std::future::pending(),
             ));
         }
@@ -192,6 +192,17 @@ impl TestController {
         (self.dir, self.controller)
     }
 }
+
+/// Every artifact of the default artifact set: a configuration that disables them all
+/// needs no download (nothing is reachable from the tests).
+pub const ARTIFACTS: [&str; 6] = [
+    "etcd",
+    "kubernetes-server",
+    "containerd",
+    "runc",
+    "cni-plugins",
+    "crictl",
+];
 
 /// A configuration for a fresh agent of node `name` (instance `i-NAME`) that joins the
 /// controller at `endpoint` with `token`, with its own temporary directories.
