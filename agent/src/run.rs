@@ -1,6 +1,7 @@
-//! The agent's life: bring the node up from the last applied assignment, join (once), then
-//! keep a session with the controller — watch the assignment, apply it, report health,
-//! renew the certificate — and reconnect with jittered backoff whenever it breaks.
+//! The agent's life: bring the node up from the last applied assignment, join (once — and
+//! again only if its identity expired, with a recovery token), then keep a session with the
+//! controller — watch the assignment, apply it, report health, renew the certificate — and
+//! reconnect with jittered backoff whenever it breaks.
 
 use crate::apply::{Applied, Applier, ApplyError};
 use crate::artifact::{MIRROR_SCHEME, MirrorSource};
@@ -81,51 +82,79 @@ pub async fn run(
     agent.boot_from_disk().await;
 
     let mut backoff = Backoff::default();
-    let mut identity = loop {
-        let state_dir = agent.cfg.state_dir.clone();
-        if let Some(id) = blocking::run(move || Identity::load(&state_dir)).await? {
-            break id;
+    loop {
+        let Some(mut identity) = obtain_identity(&agent.cfg, &mut backoff, &mut shutdown).await?
+        else {
+            return Ok(());
+        };
+        agent.status.cert_not_after = identity.not_after;
+        // Until the identity expires (the controller was away longer than its lifetime):
+        // then it joins again, with the recovery token `up` delivers.
+        while !identity.expired() {
+            match agent.session(&identity, &mut shutdown).await {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Renew => {
+                    match identity::renew(&agent.cfg, agent.current_endpoint(), &identity).await {
+                        Ok(id) => {
+                            agent.status.cert_not_after = id.not_after;
+                            identity = id;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "certificate renewal failed; retrying")
+                        }
+                    }
+                }
+                SessionEnd::Lost { connected, why } => {
+                    if connected {
+                        backoff.reset();
+                    } else {
+                        agent.endpoint += 1;
+                    }
+                    tracing::warn!(reason = %why, "lost the controller; reconnecting");
+                }
+            }
+            if wait_or_shutdown(backoff.next_delay(), &mut shutdown).await {
+                return Ok(());
+            }
         }
-        match identity::join(&agent.cfg).await {
-            Ok(id) => break id,
+        tracing::error!(
+            node = %identity.node_name,
+            "this node's certificate expired: joining again (a recovery token from `pangaea-ctl up` lets it)"
+        );
+    }
+}
+
+/// The node's identity: the one on disk while it is valid, else a new one from a join
+/// (retried with backoff until it succeeds). `None` when shutdown was asked for.
+async fn obtain_identity(
+    cfg: &AgentConfig,
+    backoff: &mut Backoff,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Identity>, AgentError> {
+    loop {
+        let state_dir = cfg.state_dir.clone();
+        // An expired identity stays on disk until a new one replaces it.
+        if let Some(id) = blocking::run(move || Identity::load(&state_dir)).await?
+            && !id.expired()
+        {
+            return Ok(Some(id));
+        }
+        match identity::join(cfg).await {
+            Ok(id) => {
+                backoff.reset();
+                return Ok(Some(id));
+            }
             Err(e) => {
                 if e.needs_operator() {
                     tracing::error!(error = %e, "cannot join");
                 } else {
                     tracing::warn!(error = %e, "cannot join yet");
                 }
-                if wait_or_shutdown(backoff.next_delay(), &mut shutdown).await {
-                    return Ok(());
+                if wait_or_shutdown(backoff.next_delay(), shutdown).await {
+                    return Ok(None);
                 }
             }
-        }
-    };
-    agent.status.cert_not_after = identity.not_after;
-
-    loop {
-        match agent.session(&identity, &mut shutdown).await {
-            SessionEnd::Shutdown => return Ok(()),
-            SessionEnd::Renew => {
-                match identity::renew(&agent.cfg, agent.current_endpoint(), &identity).await {
-                    Ok(id) => {
-                        agent.status.cert_not_after = id.not_after;
-                        identity = id;
-                        continue;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
-                }
-            }
-            SessionEnd::Lost { connected, why } => {
-                if connected {
-                    backoff.reset();
-                } else {
-                    agent.endpoint += 1;
-                }
-                tracing::warn!(reason = %why, "lost the controller; reconnecting");
-            }
-        }
-        if wait_or_shutdown(backoff.next_delay(), &mut shutdown).await {
-            return Ok(());
         }
     }
 }

@@ -219,6 +219,7 @@ pub fn agent_config(
         controller: vec![endpoint.to_owned()],
         ca_pin: pin,
         token_file,
+        recovery_token_file: d.path().join("seed/recovery-token"),
         node_name: Some(name.to_owned()),
         instance_id: Some(format!("i-{name}")),
         state_dir: d.path().join("state"),

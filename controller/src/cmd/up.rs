@@ -41,6 +41,7 @@ pub async fn run(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
             crate::agent_http::PATH
         ),
         agent_sha256,
+        token_ttl: crate::reconcile::NODE_TOKEN_TTL,
     };
     let wanted = wanted_nodes(&c);
     let names: Vec<NodeName> = wanted.iter().map(|n| n.name.clone()).collect();

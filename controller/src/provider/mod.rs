@@ -160,6 +160,12 @@ pub trait Provider: Send + Sync {
         self.start(name).await
     }
 
+    /// Puts a recovery token on node `name` at
+    /// [`RECOVERY_TOKEN_FILE`](pangaea_core::token::RECOVERY_TOKEN_FILE), where its agent
+    /// finds it — at once on a running node, or when a stopped one boots — replacing any
+    /// earlier one. Readable by the node's root only.
+    async fn deliver_token(&self, name: &NodeName, token: &str) -> Result<(), ProviderError>;
+
     /// Removes a node and everything created for it.
     async fn delete(&self, name: &NodeName) -> Result<(), ProviderError>;
 

@@ -94,6 +94,18 @@ impl Local {
         self.nodes_dir.join(node.as_str())
     }
 
+    /// The host directory bound read-only into the node as its seed (0700, created here).
+    fn seed_dir(&self, node: &NodeName) -> Result<PathBuf, ProviderError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.dir(node).join("seed");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(ProviderError::io("create the seed directory", &dir))?;
+        Ok(dir)
+    }
+
     fn record(&self, node: &NodeName) -> Option<Record> {
         serde_json::from_slice(&std::fs::read(self.dir(node).join("record.json")).ok()?).ok()
     }
@@ -140,6 +152,16 @@ impl Local {
                 self.network.netns(node)
             ))
             .arg(format!("--machine={}", self.machine(node)))
+            // The node's seed, live and read-only: a recovery token written here later is
+            // seen by the running node at once.
+            .arg(format!(
+                "--bind-ro={}:{}",
+                self.seed_dir(node)?.display(),
+                Path::new(pangaea_core::token::RECOVERY_TOKEN_FILE)
+                    .parent()
+                    .expect("an absolute file path")
+                    .display()
+            ))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(console)
@@ -284,6 +306,18 @@ impl Provider for Local {
             self.crash(name).await?;
         }
         Ok(())
+    }
+
+    async fn deliver_token(&self, name: &NodeName, token: &str) -> Result<(), ProviderError> {
+        if self.record(name).is_none() {
+            return Err(ProviderError::NoSuchNode(name.clone()));
+        }
+        let file = Path::new(pangaea_core::token::RECOVERY_TOKEN_FILE)
+            .file_name()
+            .expect("a file path");
+        let path = self.seed_dir(name)?.join(file);
+        fsutil::atomic_write(&path, token.as_bytes(), 0o600)
+            .map_err(|e| ProviderError::Failed(format!("write {}: {e}", path.display())))
     }
 
     async fn delete(&self, name: &NodeName) -> Result<(), ProviderError> {
