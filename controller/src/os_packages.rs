@@ -237,9 +237,11 @@ impl Import {
                 line
             })
             .collect();
-        out.extend(self.unavailable.iter().map(|(a, why)| {
-            format!("artifact {a}: unavailable ({why}); its units will not start")
-        }));
+        out.extend(
+            self.unavailable.iter().map(|(a, why)| {
+                format!("artifact {a}: unavailable ({why}); left out of the nodes")
+            }),
+        );
         out
     }
 }

@@ -10,7 +10,7 @@
 //! Needs root and: apt-get install systemd-container debootstrap etcd-server containerd
 //! runc containernetworking-plugins busybox-static (`.ci/run` installs them).
 
-use pangaea_controller::provider::local::{Local, host};
+use pangaea_controller::provider::local::{Local, cgroup, host};
 use pangaea_controller::state_dir::StateDir;
 use pangaea_tests::binary;
 use sha2::{Digest, Sha256};
@@ -76,10 +76,15 @@ impl Cluster {
     /// Runs `script` with /bin/sh inside `node` as a unit of the node's systemd, with
     /// `input` on its standard input.
     fn sh(&self, node: &str, script: &str, input: &[u8]) -> Output {
+        self.try_sh(node, script, input)
+            .unwrap_or_else(|| panic!("{node} is not running"))
+    }
+
+    /// [`Cluster::sh`], or `None` when the node is not running.
+    fn try_sh(&self, node: &str, script: &str, input: &[u8]) -> Option<Output> {
         let argv = self
             .local()
-            .exec_argv(&node.parse().unwrap(), &["/bin/sh", "-c", script])
-            .unwrap_or_else(|| panic!("{node} is not running"));
+            .exec_argv(&node.parse().unwrap(), &["/bin/sh", "-c", script])?;
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::piped())
@@ -88,8 +93,9 @@ impl Cluster {
             .spawn()
             .expect("nsenter not found: apt-get install util-linux");
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap()
+        // A process that exits without reading its input closes the pipe; that is its answer.
+        let _ = child.stdin.take().unwrap().write_all(input);
+        Some(child.wait_with_output().unwrap())
     }
 
     fn sh_ok(&self, node: &str, script: &str, input: &[u8]) -> String {
@@ -266,7 +272,7 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
     let up = c.ctl(&["up", "--timeout", "240s"]);
     let out = text(&up);
     assert!(up.status.success(), "up: {out}");
-    eprintln!("up took {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!("up took {:.1}s:\n{out}", t.elapsed().as_secs_f64());
     assert!(out.contains("2 nodes healthy"), "{out}");
     for expected in [
         "artifact containerd: from OS packages containerd 1.",
@@ -382,4 +388,56 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
         cgroups.push(path.clone());
     }
     assert_ne!(cgroups[0], cgroups[1]);
+
+    // 7. `status` says the same about the host as `up`.
+    let status = text(&c.ctl(&["status"]));
+    assert_eq!(
+        status.contains("refuses to start on cgroup v1"),
+        v1,
+        "{status}"
+    );
+
+    // 8. A reboot keeps the node's machine ID and containerd's images (its directory is
+    // kept with the node's disk).
+    let out = c.ctl(&["node", "reboot", "wk-1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // `node reboot` returns once the new machine is booting; the agent starts containerd
+    // again from its last assignment.
+    pangaea_tests::poll_until(
+        "containerd active in wk-1 after its reboot",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            let out = c.try_sh("wk-1", "systemctl is-active containerd", b"")?;
+            (out.status.success() && out.stdout.starts_with(b"active")).then_some(())
+        },
+    );
+    assert_eq!(
+        c.sh_ok("wk-1", "cat /etc/machine-id", b"").trim(),
+        machine_ids[1]
+    );
+    let images = c.sh_ok("wk-1", "ctr image ls -q", b"");
+    assert!(images.contains("docker.io/local/busybox:1"), "{images}");
+
+    // 9. `down` powers the nodes off promptly although a container ignores SIGTERM (the
+    // image's stop timeout), and removes their cgroups.
+    let t = Instant::now();
+    let out = c.ctl(&["down"]);
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("down took {:.1}s", t.elapsed().as_secs_f64());
+    assert!(
+        t.elapsed() < Duration::from_secs(40),
+        "down took {:?}",
+        t.elapsed()
+    );
+    for node in NODES {
+        let machine = cgroup::name(&format!("{}-{node}", cluster_name()));
+        for m in cgroup::current() {
+            assert!(
+                !m.dir.join(&machine).exists(),
+                "{} left behind",
+                m.dir.join(&machine).display()
+            );
+        }
+    }
 }
