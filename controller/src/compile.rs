@@ -6,7 +6,7 @@ use crate::issued::PkiInputs;
 use crate::pki::{Pki, PkiError};
 use crate::records::NodeRecord;
 use crate::state_dir::StateDir;
-use pangaea_compiler::artifact_set::{ArtifactSet, ArtifactSource};
+use pangaea_compiler::artifact_set::ArtifactSet;
 use pangaea_compiler::config::{ConfigError, Loaded};
 use pangaea_compiler::model::ClusterModel;
 use pangaea_compiler::node::{CompileError, Compiler, NodeOutput};
@@ -78,36 +78,11 @@ impl Compilation {
         let overrides = loaded.dir.join(&loaded.config.templates_dir);
         let templates = Templates::load(&loaded.dir, Some(&overrides))?;
         let model = ClusterModel::build(&loaded);
-        let mut artifacts = loaded.artifact_set();
         state_dir.ensure().map_err(|e| CompileSetupError::Write {
             path: state_dir.path().to_owned(),
             message: e.to_string(),
         })?;
-        let os_packages = match loaded.config.artifact_source {
-            ArtifactSource::Pinned => None,
-            ArtifactSource::OsPackages => {
-                use crate::os_packages as os;
-                // What the configuration names explicitly stays as it says.
-                let keep: Vec<String> = loaded
-                    .config
-                    .artifacts
-                    .iter()
-                    .map(|o| o.name.clone())
-                    .collect();
-                let mirror = crate::mirror::Mirror::new(&state_dir.artifacts());
-                let record = state_dir.artifacts().join("os-packages.json");
-                let import = os::import(
-                    &artifacts,
-                    &keep,
-                    &os::Dpkg,
-                    Path::new("/"),
-                    &mirror,
-                    &record,
-                )?;
-                os::apply(&mut artifacts, &import, &mirror);
-                Some(import)
-            }
-        };
+        let (artifacts, os_packages) = crate::os_packages::resolve(&loaded, state_dir)?;
         let pki = Pki::load_or_create(&state_dir.pki())?;
         Ok(Compilation {
             loaded,

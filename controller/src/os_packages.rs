@@ -14,8 +14,10 @@
 //! assignments (their units then say "program not installed").
 
 use crate::mirror::{Mirror, MirrorEntry};
+use crate::state_dir::StateDir;
 use pangaea_artifact::{Digest, DigestKind};
-use pangaea_compiler::artifact_set::ArtifactSet;
+use pangaea_compiler::artifact_set::{ArtifactSet, ArtifactSource};
+use pangaea_compiler::config::Loaded;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -393,6 +395,9 @@ pub fn import(
             missing,
         });
     }
+    if let Some(dir) = record.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    }
     pangaea_core::fsutil::atomic_write(
         record,
         &serde_json::to_vec_pretty(&out).expect("json"),
@@ -451,6 +456,33 @@ fn store(
         .adopt(tmp.path(), source)
         .map_err(io("add to the mirror", tmp.path()))?;
     Ok(entry)
+}
+
+/// The artifact set a cluster's nodes install, as `loaded` configures it: the pinned set
+/// with the configuration's overrides, or — with `artifactSource: os-packages` — the
+/// installed packages' binaries imported into the mirror of `state` (and what was imported
+/// and what is unavailable). Entries named in `artifacts:` stay as configured there.
+pub fn resolve(
+    loaded: &Loaded,
+    state: &StateDir,
+) -> Result<(ArtifactSet, Option<Import>), OsPackagesError> {
+    let mut set = loaded.artifact_set();
+    match loaded.config.artifact_source {
+        ArtifactSource::Pinned => Ok((set, None)),
+        ArtifactSource::OsPackages => {
+            let keep: Vec<String> = loaded
+                .config
+                .artifacts
+                .iter()
+                .map(|o| o.name.clone())
+                .collect();
+            let mirror = Mirror::new(&state.artifacts());
+            let record = state.artifacts().join("os-packages.json");
+            let import = import(&set, &keep, &Dpkg, Path::new("/"), &mirror, &record)?;
+            apply(&mut set, &import, &mirror);
+            Ok((set, Some(import)))
+        }
+    }
 }
 
 /// The set nodes install with `import` applied: imported artifacts point to the mirror with

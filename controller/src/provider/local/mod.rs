@@ -78,7 +78,8 @@ pub fn runtime_options(node_dir: &Path) -> Vec<String> {
         // runc brings up `lo` in each container's network namespace, the CNI bridge plugin
         // makes bridges and veths, kube-proxy writes iptables rules; nspawn drops
         // CAP_NET_ADMIN with --network-namespace-path. CAP_SYSLOG: the kubelet's OOM watcher
-        // reads /dev/kmsg (with kernel.dmesg_restrict=1).
+        // opens /dev/kmsg, which needs it with kernel.dmesg_restrict=1 (CAP_SYS_ADMIN still
+        // passes, deprecated).
         "--capability=CAP_NET_ADMIN,CAP_SYSLOG".to_owned(),
         // runc joins a session keyring per container; cgroup v2 device rules are BPF programs.
         "--system-call-filter=@keyring bpf".to_owned(),
