@@ -27,6 +27,7 @@ pub mod etcd;
 pub mod health;
 pub mod issued;
 pub mod mirror;
+pub mod os_packages;
 pub mod pki;
 pub mod provider;
 pub mod reconcile;

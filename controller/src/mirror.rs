@@ -51,6 +51,42 @@ impl Mirror {
             .join(format!("{}.json", d.hex()))
     }
 
+    /// The mirror's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Adds the file at `tmp` (in the mirror's directory, so that a rename moves it) under
+    /// its SHA-256, with a link under its SHA-512, recording `source`: fsynced, renamed,
+    /// directory fsynced. Content already present is left as it is and `tmp` removed.
+    pub fn adopt(&self, tmp: &Path, source: &str) -> std::io::Result<MirrorEntry> {
+        let bad = |what: &str| std::io::Error::other(format!("{what} {}", tmp.display()));
+        let s256 = Digest::of_file(DigestKind::Sha256, tmp).ok_or_else(|| bad("cannot read"))?;
+        let s512 = Digest::of_file(DigestKind::Sha512, tmp).ok_or_else(|| bad("cannot read"))?;
+        let dest = self.blob_path(&s256);
+        std::fs::create_dir_all(dest.parent().expect("blob has a parent"))?;
+        if dest.is_file() {
+            std::fs::remove_file(tmp)?;
+        } else {
+            std::fs::File::open(tmp)?.sync_all()?;
+            std::fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            std::fs::rename(tmp, &dest)?;
+            fsutil::sync_dir(dest.parent().expect("blob has a parent"))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        let link = self.blob_path(&s512);
+        std::fs::create_dir_all(link.parent().expect("blob has a parent"))?;
+        if !link.exists() {
+            std::fs::hard_link(&dest, &link)?;
+        }
+        let record = |d: &Digest| {
+            self.record(d, source)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        record(&s512)?;
+        record(&s256)
+    }
+
     /// Whether the blob with digest `d` is present (its sidecar is not checked).
     pub fn has(&self, d: &Digest) -> bool {
         self.blob_path(d).is_file()

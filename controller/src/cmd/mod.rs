@@ -60,6 +60,23 @@ pub fn print_warnings(loaded: &pangaea_compiler::config::Loaded) {
     }
 }
 
+/// Prints what `provider`'s nodes cannot do for the cluster's worker runtime
+/// ([`crate::provider::Provider::runtime_findings`]).
+pub fn print_runtime_findings(
+    provider: &dyn crate::provider::Provider,
+    c: &crate::compile::Compilation,
+) {
+    let worker = c
+        .model
+        .nodes
+        .iter()
+        .any(|n| n.roles.contains(&pangaea_compiler::roles::Role::Worker));
+    let kubelet = worker.then_some(c.loaded.config.versions.kubernetes.as_str());
+    for f in provider.runtime_findings(kubelet) {
+        eprintln!("warning: {f}");
+    }
+}
+
 /// A byte count for people: `1.5 MiB`.
 pub fn human(bytes: u64) -> String {
     match bytes {

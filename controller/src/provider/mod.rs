@@ -186,6 +186,15 @@ pub trait Provider: Send + Sync {
         let _ = name;
         None
     }
+
+    /// What this provider's nodes cannot do for the worker runtime, and cannot be prepared
+    /// by it (a host setting, a kernel feature), each with what the operator can do; `up`
+    /// and `status` print them. `kubelet` is the Kubernetes version of the cluster's
+    /// workers, `None` when it has none.
+    fn runtime_findings(&self, kubelet: Option<&str>) -> Vec<String> {
+        let _ = kubelet;
+        Vec::new()
+    }
 }
 
 /// The provider `pangaea.yaml` configures for this cluster.
