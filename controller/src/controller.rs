@@ -102,12 +102,14 @@ impl NodeView {
 }
 
 /// One cluster's controller: the state store (whose lock it holds), the PKI, the artifact
-/// mirror, the planner and the fan-out of assignments to connected agents.
+/// mirror, the planner, the fan-out of assignments to connected agents and their one-shot
+/// jobs.
 pub struct Controller {
     pub(crate) mirror: Mirror,
     pub(crate) store: Store,
     pub(crate) pki: Pki,
     pub(crate) hub: Hub,
+    pub(crate) jobs: crate::jobs::Jobs,
     pub(crate) planner: Arc<dyn Planner>,
     pub(crate) config: ControllerConfig,
 }
@@ -131,6 +133,7 @@ impl Controller {
             store,
             pki,
             hub: Hub::default(),
+            jobs: crate::jobs::Jobs::default(),
             planner,
             config,
         }))
@@ -143,6 +146,11 @@ impl Controller {
 
     pub(crate) fn mirror_dir(&self) -> std::path::PathBuf {
         self.config.state_dir.artifacts()
+    }
+
+    /// The agents' one-shot jobs.
+    pub fn jobs(&self) -> &crate::jobs::Jobs {
+        &self.jobs
     }
 
     /// The cluster's PKI.
