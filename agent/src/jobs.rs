@@ -307,8 +307,10 @@ async fn image_load(
         load.namespace.clone(),
         "images".into(),
         "import".into(),
-        // An image the archive does not name is kept under its digest, not dropped.
+        // An image the archive does not name is kept under its digest, not dropped; a
+        // named one only under its name.
         "--digests".into(),
+        "--skip-digest-for-named".into(),
         dest.display().to_string(),
     ];
     let shown = format!("{} -n {} images import", ctr.display(), load.namespace);

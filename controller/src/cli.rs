@@ -120,14 +120,14 @@ pub enum Command {
 /// `pangaea-ctl image` subcommands.
 #[derive(Subcommand)]
 pub enum ImageCommand {
-    /// Load an image archive into the containerd of every node (or the named ones).
+    /// Load an image archive into the containerd of every node (or the named ones)
     ///
     /// The archive is a tar of one or more images in OCI or docker format, as written by
     /// `docker save -o app.tar app:1`, `podman save -o app.tar app:1`,
     /// `ctr images export app.tar docker.io/library/app:1` or
     /// `skopeo copy docker://app:1 docker-archive:app.tar:app:1`. Pods then use the image
-    /// by the name inside the archive, with `imagePullPolicy: IfNotPresent` (or `Never`):
-    /// no registry is involved.
+    /// by the name inside the archive with `imagePullPolicy: IfNotPresent` or `Never`, and
+    /// no registry is involved (a `:latest` tag defaults to `Always`, which asks one).
     ///
     /// How: the archive is copied into the controller's mirror (its SHA-256 computed once);
     /// the running controller hands each node a job; each node's agent fetches the archive

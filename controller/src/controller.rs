@@ -49,6 +49,9 @@ pub struct ControllerConfig {
     pub advertise: Vec<String>,
     /// Lifetime of the agent certificates issued at join and renewal.
     pub node_cert_lifetime: Duration,
+    /// How long a node chosen for a job may take to connect before its part fails
+    /// ([`crate::image::CONNECT_GRACE`]).
+    pub job_connect_grace: Duration,
 }
 
 impl ControllerConfig {
@@ -59,6 +62,7 @@ impl ControllerConfig {
             state_dir: StateDir::new(state_dir),
             advertise: vec![],
             node_cert_lifetime: profiles::NODE_LIFETIME,
+            job_connect_grace: crate::image::CONNECT_GRACE,
         }
     }
 }

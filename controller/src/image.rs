@@ -20,7 +20,8 @@ pub const NAMESPACE: &str = "k8s.io";
 /// How long a load waits for every node when the request does not say.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// How long a chosen node may take to connect its jobs stream before its part fails.
+/// How long a chosen node may take to connect its jobs stream before its part fails (by
+/// default; `ControllerConfig::job_connect_grace`).
 pub const CONNECT_GRACE: Duration = Duration::from_secs(15);
 
 /// The largest archive that can be loaded (what an agent accepts).
@@ -129,10 +130,11 @@ pub fn load(
     let handle = c.jobs.submit(job, &targets);
     let (tx, rx) = mpsc::channel(64);
     let jobs = c.jobs.clone();
+    let grace = c.config().job_connect_grace;
     tokio::spawn(async move {
         let mut status = handle.status.clone();
         let mut sent = Statuses::new();
-        let grace = tokio::time::sleep(CONNECT_GRACE.min(timeout));
+        let grace = tokio::time::sleep(grace.min(timeout));
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(grace, deadline);
         let mut graced = false;

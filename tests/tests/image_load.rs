@@ -156,8 +156,15 @@ async fn the_archive_reaches_only_the_named_nodes_whole_and_twice_is_fine() {
         assert_eq!(calls.len(), 1, "{n}: {calls:?}");
         assert_eq!(calls[0].program, c.agent(n).root_path("/usr/local/bin/ctr"));
         assert_eq!(
-            calls[0].args[..5],
-            ["-n", "k8s.io", "images", "import", "--digests"]
+            calls[0].args[..6],
+            [
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                "--digests",
+                "--skip-digest-for-named"
+            ]
         );
         assert_eq!(*seen[i].lock().unwrap(), [sha256(&bytes)], "{n}");
     }
@@ -320,4 +327,52 @@ async fn refusals_before_any_node_is_asked_are_clear() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("the controller is not running"), "{err}");
+}
+
+/// A node that is down is named at once (after the connect grace), not waited for until
+/// the timeout; the others load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_down_fails_at_once_and_the_others_load() {
+    let ctl =
+        TestController::start_with(|c| c.job_connect_grace = Duration::from_millis(500)).await;
+    ctl.serve_admin().await;
+    let mut agents = Vec::new();
+    for n in ["n-1", "n-2"] {
+        let (dir, cfg) = ctl.agent_config(n, &ctl.token(None).await);
+        let ctr = cfg.root.join("usr/bin/ctr");
+        std::fs::create_dir_all(ctr.parent().unwrap()).unwrap();
+        std::fs::write(&ctr, "").unwrap();
+        agents.push(TestAgent::spawn(dir, cfg));
+    }
+    for n in ["n-1", "n-2"] {
+        eventually(n, T, || ctl.controller.jobs().connected(n)).await;
+    }
+    let down = agents.pop().unwrap().power_off();
+    eventually("n-2's stream closed", T, || {
+        !ctl.controller.jobs().connected("n-2")
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("app.tar");
+    std::fs::write(&archive, image_archive("1")).unwrap();
+    let started = std::time::Instant::now();
+    let args = Args {
+        archive,
+        nodes: vec![],
+        timeout: Duration::from_secs(60),
+    };
+    let outcome = load(&ctl.state_dir(), &args, &mut |_| {}).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = outcome.check().unwrap_err().to_string();
+    assert!(
+        err.starts_with("image load failed on 1 of 2 nodes:")
+            && err.contains("n-2: not connected to the controller"),
+        "{err}"
+    );
+    assert_eq!(agents[0].commands.calls().len(), 1);
+    drop(down);
 }
