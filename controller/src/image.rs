@@ -182,7 +182,7 @@ pub fn load(
 /// A job's state in words: `queued`, `downloading (40 %)`, `importing`, ….
 pub fn describe(r: &pb::JobReport) -> String {
     match r.state() {
-        pb::JobState::Downloading if r.bytes_total > 0 => format!(
+        pb::JobState::Downloading if r.bytes_total > 0 && r.bytes_done > 0 => format!(
             "downloading ({} %)",
             r.bytes_done.saturating_mul(100) / r.bytes_total
         ),

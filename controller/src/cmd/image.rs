@@ -149,7 +149,14 @@ pub async fn load(
     let file = archive.clone();
     let entry = tokio::task::spawn_blocking(move || mirror.add_file(&file, MAX_ARCHIVE_BYTES))
         .await
-        .context("copy task")??;
+        .context("copy task")?
+        .with_context(|| {
+            format!(
+                "copy {} into the controller's mirror {}",
+                archive.display(),
+                state.artifacts().display()
+            )
+        })?;
     let name = archive.file_name().map_or_else(
         || archive.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -214,10 +221,13 @@ pub async fn load(
             Some((prev, at)) => prev.state() != r.state() || at.elapsed() >= Duration::from_secs(3),
         };
         if show {
-            let bytes = if r.state() == pb::JobState::Downloading && r.bytes_total > 0 {
-                format!(" {} of {}", human(r.bytes_done), human(r.bytes_total))
-            } else {
-                String::new()
+            let bytes = match (r.state(), r.bytes_done, r.bytes_total) {
+                (pb::JobState::Downloading, _, 0) => String::new(),
+                (pb::JobState::Downloading, 0, total) => format!(" {}", human(total)),
+                (pb::JobState::Downloading, done, total) => {
+                    format!(" {} of {}", human(done), human(total))
+                }
+                _ => String::new(),
             };
             progress(format!("{node}: {}{bytes}", describe(&r)));
             last.insert(node, (r, Instant::now()));
