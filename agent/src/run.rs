@@ -1,21 +1,24 @@
 //! The agent's life: bring the node up from the last applied assignment, join (once — and
 //! again only if its identity expired, with a recovery token), then keep a session with the
-//! controller — watch the assignment, apply it, report health, renew the certificate — and
-//! reconnect with jittered backoff whenever it breaks.
+//! controller — watch the assignment, apply it, report health, renew the certificate, run
+//! the controller's one-shot jobs ([`crate::jobs`]) — and reconnect with jittered backoff
+//! whenever it breaks.
 
 use crate::apply::{Applied, Applier, ApplyError};
 use crate::artifact::{MIRROR_SCHEME, MirrorSource};
 use crate::blocking;
+use crate::command::{CommandRunner, Processes};
 use crate::config::AgentConfig;
 use crate::health::{AgentStatus, Reporter};
 use crate::identity::{self, Identity, IdentityError};
+use crate::jobs::Jobs;
 use crate::service_manager::ServiceManager;
 use pangaea_artifact::{Fetcher, Sources};
 use pangaea_core::backoff::Backoff;
 use pangaea_proto as pb;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Why the agent stopped (everything else is retried).
 #[derive(Debug, thiserror::Error)]
@@ -46,15 +49,28 @@ struct Agent {
     /// The controller's artifact mirror; gets each new session's channel.
     mirror: MirrorSource,
     fetcher: Arc<Fetcher>,
+    /// The controller's one-shot jobs (image loads).
+    jobs: Jobs,
 }
 
 /// Downloads at once: enough to overlap latency, few enough for a small node's memory.
 const MAX_CONCURRENT_DOWNLOADS: usize = 3;
 
-/// Runs the agent until `shutdown` turns true (or its sender is dropped).
+/// Runs the agent until `shutdown` turns true (or its sender is dropped); jobs run their
+/// programs as real processes.
 pub async fn run(
     cfg: AgentConfig,
     units: Arc<dyn ServiceManager>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    run_with(cfg, units, Arc::new(Processes), shutdown).await
+}
+
+/// [`run`] with the programs of jobs (`ctr`) run through `commands`.
+pub async fn run_with(
+    cfg: AgentConfig,
+    units: Arc<dyn ServiceManager>,
+    commands: Arc<dyn CommandRunner>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let mirror = MirrorSource::default();
@@ -67,6 +83,14 @@ pub async fn run(
         units.clone(),
         fetcher.clone(),
     ));
+    let (job_reports, mut job_outcomes) = mpsc::unbounded_channel();
+    let jobs = Jobs::new(
+        &cfg.root,
+        &cfg.state_dir.join("jobs"),
+        fetcher.clone(),
+        commands,
+        job_reports,
+    );
     let mut agent = Agent {
         cfg,
         applier,
@@ -78,6 +102,7 @@ pub async fn run(
         endpoint: 0,
         mirror,
         fetcher,
+        jobs,
     };
     agent.boot_from_disk().await;
 
@@ -91,7 +116,10 @@ pub async fn run(
         // Until the identity expires (the controller was away longer than its lifetime):
         // then it joins again, with the recovery token `up` delivers.
         while !identity.expired() {
-            match agent.session(&identity, &mut shutdown).await {
+            match agent
+                .session(&identity, &mut shutdown, &mut job_outcomes)
+                .await
+            {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Renew => {
                     match identity::renew(&agent.cfg, agent.current_endpoint(), &identity).await {
@@ -266,6 +294,7 @@ impl Agent {
         &mut self,
         identity: &Identity,
         shutdown: &mut watch::Receiver<bool>,
+        job_reports: &mut mpsc::UnboundedReceiver<pb::JobReport>,
     ) -> SessionEnd {
         let endpoint = self.current_endpoint().to_owned();
         let channel = match identity.channel(&endpoint) {
@@ -294,6 +323,23 @@ impl Agent {
                 };
             }
         };
+        // The jobs stream; a controller that predates jobs has none, and the node does
+        // without.
+        let mut jobs = match client.watch_jobs(pb::WatchJobsRequest {}).await {
+            Ok(s) => Some(s.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                tracing::warn!(
+                    "the controller sends no jobs (an older version); image loads will not reach this node"
+                );
+                None
+            }
+            Err(s) => {
+                return SessionEnd::Lost {
+                    connected: true,
+                    why: lost_reason(&s),
+                };
+            }
+        };
         tracing::info!(node = %identity.node_name, controller = %endpoint, "connected to the controller");
         let renew_in = identity
             .renew_at()
@@ -313,6 +359,26 @@ impl Agent {
                     Ok(None) => return SessionEnd::Lost { connected: true, why: "the controller ended the assignment stream".into() },
                     Err(s) => return SessionEnd::Lost { connected: true, why: lost_reason(&s) },
                 },
+                set = async { jobs.as_mut().expect("guarded").message().await }, if jobs.is_some() => match set {
+                    Ok(Some(set)) => {
+                        for again in self.jobs.update(set) {
+                            if let Err(s) = client.report_job(again).await {
+                                return SessionEnd::Lost { connected: true, why: lost_reason(&s) };
+                            }
+                        }
+                    }
+                    Ok(None) => return SessionEnd::Lost { connected: true, why: "the controller ended the jobs stream".into() },
+                    Err(s) => return SessionEnd::Lost { connected: true, why: lost_reason(&s) },
+                },
+                Some(r) = job_reports.recv() => {
+                    self.jobs.note(&r);
+                    match client.report_job(r).await {
+                        // The job was cancelled or timed out meanwhile: nobody waits for it.
+                        Err(s) if s.code() == tonic::Code::NotFound => {}
+                        Err(s) => return SessionEnd::Lost { connected: true, why: lost_reason(&s) },
+                        Ok(_) => {}
+                    }
+                }
                 done = async { self.applying.as_mut().expect("guarded").await }, if self.applying.is_some() => {
                     self.applying = None;
                     let (a, result) = done.expect("apply task does not panic");

@@ -112,6 +112,28 @@ impl pb::admin_server::Admin for AdminService {
             .map_err(status)?;
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }
+
+    type LoadImageStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::LoadImageEvent, Status>> + Send>,
+    >;
+
+    async fn load_image(
+        &self,
+        req: Request<pb::LoadImageRequest>,
+    ) -> Result<Response<Self::LoadImageStream>, Status> {
+        use crate::image::LoadError;
+        use tokio_stream::StreamExt;
+        let rx = crate::image::load(&self.0, req.into_inner()).map_err(|e| match e {
+            LoadError::NotInMirror(_) | LoadError::NoSuchNode { .. } => {
+                Status::not_found(e.to_string())
+            }
+            LoadError::Controller(_) => Status::internal(e.to_string()),
+            _ => Status::invalid_argument(e.to_string()),
+        })?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
+        )))
+    }
 }
 
 /// Serves the admin API on `<state_dir>/ctl.sock` until `shutdown`.
@@ -236,6 +258,21 @@ impl Backend {
                 .into_inner()
                 .nodes),
             Backend::Local(ctl) => Ok(ctl.nodes()?.iter().map(NodeView::info).collect()),
+        }
+    }
+
+    /// Loads an image archive from the mirror into the nodes' containerd
+    /// ([`crate::image::load`]): each node's state, then every change until all have an
+    /// outcome. Only a running controller can: it is what the agents are connected to.
+    pub async fn load_image(
+        &mut self,
+        req: pb::LoadImageRequest,
+    ) -> Result<tonic::Streaming<pb::LoadImageEvent>, BackendError> {
+        match self {
+            Backend::Daemon(c) => Ok(c.load_image(req).await?.into_inner()),
+            Backend::Local(_) => Err(BackendError::Status(
+                "the controller is not running, so no node can receive the image: start it with `pangaea-ctl up`".into(),
+            )),
         }
     }
 

@@ -49,6 +49,9 @@ pub struct ControllerConfig {
     pub advertise: Vec<String>,
     /// Lifetime of the agent certificates issued at join and renewal.
     pub node_cert_lifetime: Duration,
+    /// How long a node chosen for a job may take to connect before its part fails
+    /// ([`crate::image::CONNECT_GRACE`]).
+    pub job_connect_grace: Duration,
 }
 
 impl ControllerConfig {
@@ -59,6 +62,7 @@ impl ControllerConfig {
             state_dir: StateDir::new(state_dir),
             advertise: vec![],
             node_cert_lifetime: profiles::NODE_LIFETIME,
+            job_connect_grace: crate::image::CONNECT_GRACE,
         }
     }
 }
@@ -102,12 +106,14 @@ impl NodeView {
 }
 
 /// One cluster's controller: the state store (whose lock it holds), the PKI, the artifact
-/// mirror, the planner and the fan-out of assignments to connected agents.
+/// mirror, the planner, the fan-out of assignments to connected agents and their one-shot
+/// jobs.
 pub struct Controller {
     pub(crate) mirror: Mirror,
     pub(crate) store: Store,
     pub(crate) pki: Pki,
     pub(crate) hub: Hub,
+    pub(crate) jobs: crate::jobs::Jobs,
     pub(crate) planner: Arc<dyn Planner>,
     pub(crate) config: ControllerConfig,
 }
@@ -131,6 +137,7 @@ impl Controller {
             store,
             pki,
             hub: Hub::default(),
+            jobs: crate::jobs::Jobs::default(),
             planner,
             config,
         }))
@@ -143,6 +150,11 @@ impl Controller {
 
     pub(crate) fn mirror_dir(&self) -> std::path::PathBuf {
         self.config.state_dir.artifacts()
+    }
+
+    /// The agents' one-shot jobs.
+    pub fn jobs(&self) -> &crate::jobs::Jobs {
+        &self.jobs
     }
 
     /// The cluster's PKI.

@@ -523,6 +523,7 @@ pub async fn remove(c: &Controller, name: &str) -> Result<(), ControllerError> {
         return Err(ControllerError::NoSuchNode(name.to_owned()));
     }
     c.hub.close(name).await;
+    c.jobs.close(name, "the node was removed");
     let revoked = crate::revocation::revoke_node(&c.pki, &c.config.state_dir, name)?;
     tracing::info!(node = %name, revoked, "node removed; its certificates are revoked");
     for other in c.nodes()?.iter().filter(|n| !n.record.removed) {

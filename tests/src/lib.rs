@@ -2,6 +2,7 @@
 //! running in-process with temporary roots and a recording service manager.
 
 use pangaea_agent::AgentConfig;
+use pangaea_agent::command::RecordingCommandRunner;
 use pangaea_agent::service_manager::RecordingServiceManager;
 use pangaea_controller::assign::{Plan, PlanError, Planner};
 use pangaea_controller::records::NodeRecord;
@@ -167,6 +168,33 @@ impl TestController {
         self.addr.to_string()
     }
 
+    /// The state directory (`.pangaea`).
+    pub fn state_dir(&self) -> pangaea_controller::state_dir::StateDir {
+        self.controller.config().state_dir.clone()
+    }
+
+    /// Also serves the admin socket (`.pangaea/ctl.sock`), as `pangaea-ctl serve` does, so
+    /// that operator commands reach this controller; returns once it accepts connections.
+    pub async fn serve_admin(&self) {
+        let mut rx = self.stop.subscribe();
+        tokio::spawn(pangaea_controller::admin::serve(
+            self.controller.clone(),
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            },
+        ));
+        let socket = self.state_dir().socket();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "admin socket {} not accepting",
+                socket.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn token(&self, node: Option<&str>) -> String {
         let spec = pangaea_controller::tokens::NewToken {
             node: node.map(str::to_owned),
@@ -234,6 +262,8 @@ pub struct TestAgent {
     pub dir: tempfile::TempDir,
     pub cfg: AgentConfig,
     pub units: Arc<RecordingServiceManager>,
+    /// The programs its jobs ran (`ctr`), answered by the test.
+    pub commands: Arc<RecordingCommandRunner>,
     stop: watch::Sender<bool>,
     pub task: tokio::task::JoinHandle<Result<(), pangaea_agent::run::AgentError>>,
 }
@@ -241,12 +271,19 @@ pub struct TestAgent {
 impl TestAgent {
     pub fn spawn(dir: tempfile::TempDir, cfg: AgentConfig) -> TestAgent {
         let units = Arc::new(RecordingServiceManager::default());
+        let commands = Arc::new(RecordingCommandRunner::default());
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(pangaea_agent::run(cfg.clone(), units.clone(), rx));
+        let task = tokio::spawn(pangaea_agent::run_with(
+            cfg.clone(),
+            units.clone(),
+            commands.clone(),
+            rx,
+        ));
         TestAgent {
             dir,
             cfg,
             units,
+            commands,
             stop,
             task,
         }

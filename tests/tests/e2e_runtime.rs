@@ -2,10 +2,13 @@
 //! `artifactSource: os-packages` (the one config line) boots two systemd-nspawn machines
 //! whose etcd, containerd, runc and CNI plugins come from this host's Debian packages
 //! through the controller's mirror; the agent starts containerd with the rendered config.
-//! Then, inside each node (as one of its own units, not with the host's capabilities):
-//! an OCI image the test builds is imported, a container started from it exits 0, gets an
-//! address from a CNI bridge configuration and reaches its node. The nodes have distinct
-//! machine IDs, and two nodes' containers named alike land in distinct host cgroups.
+//! An OCI image the test builds is loaded into every node's containerd with `pangaea-ctl
+//! image load` (through the agents, into the kubelet's namespace `k8s.io`; twice, which is
+//! fine), and a corrupt archive is refused by every node with containerd's words. Then,
+//! inside each node (as one of its own units, not with the host's capabilities): a
+//! container started from the image exits 0, gets an address from a CNI bridge
+//! configuration and reaches its node. The nodes have distinct machine IDs, and two nodes'
+//! containers named alike land in distinct host cgroups.
 //!
 //! Needs root and: apt-get install systemd-container debootstrap etcd-server containerd
 //! runc containernetworking-plugins busybox-static (`.ci/run` installs them).
@@ -291,7 +294,56 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
         "cgroup v1 host: {v1}; {out}"
     );
 
+    // 2. The image built here, into every node's containerd through the agents; the same
+    // archive again is fine; a corrupt one is refused by every node, each named.
     let image = busybox_image();
+    let archive = c.dir.path().join("busybox.tar");
+    std::fs::write(&archive, &image).unwrap();
+    let archive = archive.to_str().unwrap();
+    for round in ["first", "again"] {
+        let t = Instant::now();
+        let load = c.ctl(&["image", "load", archive]);
+        let said = text(&load);
+        assert!(load.status.success(), "image load ({round}): {said}");
+        eprintln!(
+            "image load ({round}) of {} KiB into 2 nodes took {:.2}s:\n{said}",
+            image.len() / 1024,
+            t.elapsed().as_secs_f64()
+        );
+        for node in NODES {
+            assert!(
+                said.lines().any(|l| l.starts_with(node)
+                    && l.contains("loaded")
+                    && l.contains("docker.io/local/busybox:1")),
+                "{node}: {said}"
+            );
+        }
+    }
+    for node in NODES {
+        let images = c.sh_ok(node, "ctr -n k8s.io images ls -q", b"");
+        assert!(
+            images.lines().any(|l| l == "docker.io/local/busybox:1"),
+            "{node}: {images}"
+        );
+    }
+    let corrupt = c.dir.path().join("corrupt.tar");
+    std::fs::write(&corrupt, &image[..image.len() / 2]).unwrap();
+    let t = Instant::now();
+    let load = c.ctl(&["image", "load", corrupt.to_str().unwrap()]);
+    let said = text(&load);
+    eprintln!(
+        "image load of a corrupt archive took {:.2}s:\n{said}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(!load.status.success(), "a corrupt archive: {said}");
+    assert!(said.contains("image load failed on 2 of 2 nodes"), "{said}");
+    for node in NODES {
+        assert!(
+            said.contains(&format!("  {node}: ")) && said.contains("images import failed"),
+            "{node} is named with containerd's words: {said}"
+        );
+    }
+
     let mut machine_ids = Vec::new();
     for node in NODES {
         let addr = c
@@ -301,7 +353,7 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
             .and_then(|a| a.split('/').next().map(str::to_owned))
             .unwrap_or_else(|| panic!("{node} has no address on eth0"));
         assert!(addr.starts_with(&format!("10.232.{}.", run_id())), "{addr}");
-        // 2. containerd runs with the rendered configuration, as the agent started it.
+        // 3. containerd runs with the rendered configuration, as the agent started it.
         let state = c.sh_ok(
             node,
             "systemctl is-active containerd; systemctl show -p ExecStart --value containerd",
@@ -315,19 +367,18 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
         // The kubelet's OOM watcher can open /dev/kmsg.
         c.sh_ok(node, "exec 3</dev/kmsg", b"");
 
-        // 3. An image built here, imported from standard input; a container from it exits 0,
-        // gets an address from the CNI bridge configuration and reaches its node.
+        // 4. A container from the loaded image exits 0, gets an address from the CNI bridge
+        // configuration and reaches its node.
         c.sh_ok(
             node,
             "mkdir -p /etc/cni/net.d && cat > /etc/cni/net.d/10-e2e.conflist",
             CNI_CONF.as_bytes(),
         );
-        c.sh_ok(node, "ctr image import -", &image);
         let t = Instant::now();
         let run = c.sh(
             node,
             &format!(
-                "ctr run --rm --cni docker.io/local/busybox:1 probe /bin/sh -c 'ip -4 -o addr show eth0 && ping -c1 -W2 {addr} && echo reached'"
+                "ctr -n k8s.io run --rm --cni docker.io/local/busybox:1 probe /bin/sh -c 'ip -4 -o addr show eth0 && ping -c1 -W2 {addr} && echo reached'"
             ),
             b"",
         );
@@ -344,23 +395,23 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
         // A failing container fails the run: exit codes come through.
         let fail = c.sh(
             node,
-            "ctr run --rm docker.io/local/busybox:1 fails /bin/sh -c 'exit 3'",
+            "ctr -n k8s.io run --rm docker.io/local/busybox:1 fails /bin/sh -c 'exit 3'",
             b"",
         );
         assert_eq!(fail.status.code(), Some(3), "{node}: {}", text(&fail));
 
-        // 4. A long-running container with the same name in every node.
+        // 5. A long-running container with the same name in every node.
         c.sh_ok(
             node,
             &format!(
-                "ctr run -d docker.io/local/busybox:1 same /bin/sh -c 'while :; do sleep 1; done' marker-{}-{node}",
+                "ctr -n k8s.io run -d docker.io/local/busybox:1 same /bin/sh -c 'while :; do sleep 1; done' marker-{}-{node}",
                 cluster_name()
             ),
             b"",
         );
     }
 
-    // 5. Distinct machine IDs, each a real one.
+    // 6. Distinct machine IDs, each a real one.
     assert!(
         machine_ids
             .iter()
@@ -369,7 +420,7 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
     );
     assert_ne!(machine_ids[0], machine_ids[1]);
 
-    // 6. The two containers named `same` are in distinct cgroups, each below its node's.
+    // 7. The two containers named `same` are in distinct cgroups, each below its node's.
     let mut cgroups = Vec::new();
     for node in NODES {
         let marker = format!("marker-{}-{node}", cluster_name());
@@ -389,7 +440,7 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
     }
     assert_ne!(cgroups[0], cgroups[1]);
 
-    // 7. `status` says the same about the host as `up`.
+    // 8. `status` says the same about the host as `up`.
     let status = text(&c.ctl(&["status"]));
     assert_eq!(
         status.contains("refuses to start on cgroup v1"),
@@ -397,7 +448,7 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
         "{status}"
     );
 
-    // 8. A reboot keeps the node's machine ID and containerd's images (its directory is
+    // 9. A reboot keeps the node's machine ID and containerd's images (its directory is
     // kept with the node's disk).
     let out = c.ctl(&["node", "reboot", "wk-1"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -416,10 +467,10 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
         c.sh_ok("wk-1", "cat /etc/machine-id", b"").trim(),
         machine_ids[1]
     );
-    let images = c.sh_ok("wk-1", "ctr image ls -q", b"");
+    let images = c.sh_ok("wk-1", "ctr -n k8s.io image ls -q", b"");
     assert!(images.contains("docker.io/local/busybox:1"), "{images}");
 
-    // 9. `down` powers the nodes off promptly although a container ignores SIGTERM (the
+    // 10. `down` powers the nodes off promptly although a container ignores SIGTERM (the
     // image's stop timeout), and removes their cgroups.
     let t = Instant::now();
     let out = c.ctl(&["down"]);

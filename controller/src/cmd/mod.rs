@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod compile;
 pub mod down;
 pub mod env;
+pub mod image;
 pub mod node;
 pub mod pki;
 pub mod serve;
