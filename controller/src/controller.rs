@@ -49,6 +49,8 @@ pub struct ControllerConfig {
     pub advertise: Vec<String>,
     /// Lifetime of the agent certificates issued at join and renewal.
     pub node_cert_lifetime: Duration,
+    /// What the agent-facing service takes on at once, and for how long.
+    pub limits: crate::service::Limits,
 }
 
 impl ControllerConfig {
@@ -59,6 +61,7 @@ impl ControllerConfig {
             state_dir: StateDir::new(state_dir),
             advertise: vec![],
             node_cert_lifetime: profiles::NODE_LIFETIME,
+            limits: crate::service::Limits::default(),
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct Controller {
     pub(crate) pki: Pki,
     pub(crate) hub: Hub,
     pub(crate) planner: Arc<dyn Planner>,
+    /// One slot per artifact download being served.
+    pub(crate) downloads: Arc<tokio::sync::Semaphore>,
     pub(crate) config: ControllerConfig,
 }
 
@@ -105,6 +110,7 @@ impl Controller {
             pki,
             hub: Hub::default(),
             planner,
+            downloads: Arc::new(tokio::sync::Semaphore::new(config.limits.max_downloads)),
             config,
         }))
     }

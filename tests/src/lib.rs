@@ -345,6 +345,15 @@ pub fn mtls_client(
     key_pem: &str,
     cert_pem: &str,
 ) -> pb::node_service_client::NodeServiceClient<tonic::transport::Channel> {
+    pb::node_service_client::NodeServiceClient::new(mtls_channel(ctl, key_pem, cert_pem))
+}
+
+/// A channel presenting `cert_pem`/`key_pem`, trusting the controller CA.
+pub fn mtls_channel(
+    ctl: &TestController,
+    key_pem: &str,
+    cert_pem: &str,
+) -> tonic::transport::Channel {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -364,9 +373,7 @@ pub fn mtls_client(
         )
         .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    pb::node_service_client::NodeServiceClient::new(
-        pangaea_core::tls::channel(&ctl.endpoint(), Arc::new(cfg)).unwrap(),
-    )
+    pangaea_core::tls::channel(&ctl.endpoint(), Arc::new(cfg)).unwrap()
 }
 
 /// Polls `check` every 20 ms until it returns true, failing after `timeout`.
