@@ -24,6 +24,7 @@ pub mod compile;
 pub mod controller;
 pub mod daemon;
 pub mod etcd;
+pub mod fdlimit;
 pub mod health;
 pub mod issued;
 pub mod mirror;

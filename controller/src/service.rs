@@ -83,6 +83,35 @@ impl Default for Limits {
     }
 }
 
+/// File descriptors the controller keeps for itself beyond connections and downloads: the
+/// store, its log, the admin socket and its clients, files being planned or imported.
+pub const RESERVED_FILE_DESCRIPTORS: usize = 256;
+
+impl Limits {
+    /// File descriptors the controller may need at once under these limits: one per agent
+    /// connection and per download (its open file), the agent-binary endpoint's
+    /// connections, and [`RESERVED_FILE_DESCRIPTORS`]. With the defaults, 11,552.
+    pub fn file_descriptors(&self) -> u64 {
+        (self.accept.max_connections
+            + self.max_downloads
+            + crate::agent_http::MAX_CONNECTIONS
+            + RESERVED_FILE_DESCRIPTORS) as u64
+    }
+
+    /// These limits with the connection cap (and the handshake cap, if it is larger)
+    /// lowered so that they fit in `nofile` file descriptors; at least 64 connections.
+    pub fn fitted_to(mut self, nofile: u64) -> Limits {
+        let others = self.file_descriptors() as usize - self.accept.max_connections;
+        let room = usize::try_from(nofile)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(others)
+            .max(64);
+        self.accept.max_connections = self.accept.max_connections.min(room);
+        self.accept.max_handshakes = self.accept.max_handshakes.min(self.accept.max_connections);
+        self
+    }
+}
+
 /// The agent-facing services over one controller.
 #[derive(Clone)]
 pub struct Service(pub Arc<Controller>);
@@ -514,5 +543,24 @@ impl pb::node_service_server::NodeService for Service {
             .await
             .map_err(internal)?;
         Ok(Response::new(pb::ReportAck {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_fit_the_file_descriptors() {
+        let l = Limits::default();
+        assert_eq!(l.file_descriptors(), 11_552);
+        assert_eq!(l.fitted_to(1 << 20), l, "room enough: unchanged");
+        let small = l.fitted_to(4096);
+        assert_eq!(small.file_descriptors(), 4096);
+        assert_eq!(small.accept.max_connections, 4096 - 1312);
+        assert_eq!(small.accept.max_handshakes, MAX_HANDSHAKES);
+        let tiny = l.fitted_to(1024);
+        assert_eq!(tiny.accept.max_connections, 64);
+        assert_eq!(tiny.accept.max_handshakes, 64);
     }
 }

@@ -241,3 +241,47 @@ async fn downloads_are_bounded_and_an_abandoned_one_frees_its_slot() {
         "the rest of the artifact from the offset"
     );
 }
+
+/// Hardening #6 (file descriptors): `pangaea-ctl serve` started with a soft limit of 512
+/// open files raises it to the hard limit before it serves.
+#[test]
+fn serve_raises_its_open_file_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join(".pangaea");
+    let mut serve = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Sn 512 && exec \"$0\" \"$@\""])
+        .arg(pangaea_tests::binary("pangaea-ctl"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = serve.id();
+    pangaea_tests::poll_until(
+        "serve.addr",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            assert!(serve.try_wait().unwrap().is_none(), "pangaea-ctl serve exited");
+            state.join("serve.addr").exists().then_some(())
+        },
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    serve.wait().unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_eq!(soft, hard, "the soft limit was raised: {line}");
+    assert_ne!(soft, "512", "{line}");
+}

@@ -23,6 +23,24 @@ pub async fn run(
     if !listen.ip().is_unspecified() {
         config.advertise.push(listen.ip().to_string());
     }
+    // Every connection holds a file descriptor: take what the hard limit allows, and keep
+    // the connection cap within it, so that the store and downloads never meet EMFILE.
+    let need = config.limits.file_descriptors();
+    match crate::fdlimit::raise_nofile() {
+        Ok(nofile) if nofile >= need => tracing::debug!(nofile, need, "file descriptor limit"),
+        Ok(nofile) => {
+            config.limits = config.limits.fitted_to(nofile);
+            tracing::warn!(
+                nofile,
+                need,
+                max_connections = config.limits.accept.max_connections,
+                "the file descriptor limit (RLIMIT_NOFILE hard limit) is below what the \
+                 controller needs; agent connections are capped lower (raise it with \
+                 `ulimit -Hn` or LimitNOFILE=)"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise RLIMIT_NOFILE"),
+    }
     let compilation = ctx.compilation()?;
     print_warnings(&compilation.loaded);
     let controller = Controller::open(config, Some(Arc::new(CompilerPlanner(compilation))))?;
