@@ -83,6 +83,26 @@ impl Default for Limits {
     }
 }
 
+/// Connections the kernel completes and queues for the controller to accept. The default
+/// of Rust's and tokio's `bind` is 128: a fleet reconnecting at once, or a flood of
+/// connections, overflows it, and each overflow costs a client a dropped SYN and a
+/// retransmission one, three, seven seconds later. The kernel caps it at
+/// `net.core.somaxconn` (4096 since Linux 5.4).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`] (for the agent port and the
+/// agent-binary port).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// File descriptors the controller keeps for itself beyond connections and downloads: the
 /// store, its log, the admin socket and its clients, files being planned or imported.
 pub const RESERVED_FILE_DESCRIPTORS: usize = 256;
@@ -562,5 +582,33 @@ mod tests {
         let tiny = l.fitted_to(1024);
         assert_eq!(tiny.accept.max_connections, 64);
         assert_eq!(tiny.accept.max_handshakes, 64);
+    }
+
+    /// Hardening #6 (listen backlog): a burst of connections that the controller has not
+    /// accepted yet waits in the kernel's queue; none loses its SYN, which would delay it
+    /// by a second or more (with tokio's default backlog of 128, most of these would).
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_listen_queue() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..600 {
+            connects.spawn(async move {
+                let connect = tokio::net::TcpStream::connect(addr);
+                tokio::time::timeout(Duration::from_millis(900), connect).await
+            });
+        }
+        let (mut held, mut late) = (Vec::new(), 0);
+        while let Some(r) = connects.join_next().await {
+            match r.unwrap() {
+                Ok(s) => held.push(s.unwrap()),
+                Err(_) => late += 1,
+            }
+        }
+        assert_eq!(
+            late, 0,
+            "connects that took over 900 ms: their SYN was dropped"
+        );
+        drop(listener);
     }
 }

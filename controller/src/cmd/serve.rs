@@ -44,14 +44,23 @@ pub async fn run(
     let compilation = ctx.compilation()?;
     print_warnings(&compilation.loaded);
     let controller = Controller::open(config, Some(Arc::new(CompilerPlanner(compilation))))?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listen on {listen}"))?;
+    let listener = crate::service::bind(listen).with_context(|| format!("listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let write = |path: std::path::PathBuf, text: String| {
         pangaea_core::fsutil::atomic_write(&path, text.as_bytes(), 0o600)
             .with_context(|| format!("write {}", path.display()))
     };
+    let agent_http = match agent_http {
+        Some(addr) => Some(
+            crate::service::bind(addr)
+                .with_context(|| format!("listen on {addr} for agent downloads"))?,
+        ),
+        None => None,
+    };
+    // Written before serve.addr, which tells that the daemon is listening.
+    if let Some(l) = &agent_http {
+        write(state.agent_http_addr(), l.local_addr()?.to_string())?;
+    }
     write(state.serve_pid(), std::process::id().to_string())?;
     write(state.serve_addr(), addr.to_string())?;
     tracing::info!(%addr, pin = %controller.pki().controller_pin(), state = %state.path().display(), "controller serving");
@@ -65,10 +74,7 @@ pub async fn run(
         crate::rules::ROTATION_INTERVAL,
         stop(rx.clone()),
     ));
-    if let Some(addr) = agent_http {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listen on {addr} for agent downloads"))?;
+    if let Some(l) = agent_http {
         tokio::spawn(crate::agent_http::serve(
             l,
             crate::agent_http::default_binary(),
