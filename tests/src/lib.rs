@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+pub mod bench;
 pub mod http_fixture;
 
 pub fn init() {
@@ -142,7 +143,7 @@ impl TestController {
         controller: Arc<Controller>,
         planner: Arc<TestPlanner>,
     ) -> TestController {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = pangaea_controller::service::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, mut rx) = watch::channel(false);
         let c = controller.clone();

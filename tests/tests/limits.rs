@@ -265,7 +265,10 @@ fn serve_raises_its_open_file_limit_to_the_hard_limit() {
         Duration::from_secs(30),
         Duration::from_millis(50),
         || {
-            assert!(serve.try_wait().unwrap().is_none(), "pangaea-ctl serve exited");
+            assert!(
+                serve.try_wait().unwrap().is_none(),
+                "pangaea-ctl serve exited"
+            );
             state.join("serve.addr").exists().then_some(())
         },
     );
