@@ -222,6 +222,17 @@ pub async fn serve(
         .map_err(|e| ControllerError::Serve(e.to_string()))
 }
 
+/// A node's current assignment, from the store.
+fn load_assignment(c: &Controller, node: &str) -> Result<Option<pb::Assignment>, ControllerError> {
+    Ok(c.store.read(|r| {
+        assign::load(
+            &r.open_table(ASSIGNMENTS)
+                .map_err(|e| store::db_err("assignments", node, e))?,
+            node,
+        )
+    })?)
+}
+
 fn peer<T>(req: &Request<T>) -> (String, Option<PeerInfo>) {
     let info = req.extensions().get::<PeerInfo>().cloned();
     let addr = info
@@ -478,25 +489,34 @@ impl pb::node_service_server::NodeService for Service {
                 ),
             ));
         }
-        let current = self
+        let current = load_assignment(&self.0, &node.name).map_err(internal)?;
+        let rx = self
             .0
-            .store
-            .read(|r| {
-                assign::load(
-                    &r.open_table(ASSIGNMENTS)
-                        .map_err(|e| store::db_err("assignments", &node.name, e))?,
-                    &node.name,
-                )
-            })
-            .map_err(internal)?;
-        let rx = self.0.hub.subscribe(&node.name, current).await;
+            .hub
+            .subscribe(&node.name, current.map_or(0, |a| a.revision))
+            .await;
         // Check the caller again now that it is subscribed: a removal or replacement
         // committed since the first check closed the hub before this subscription existed,
         // and one committed from now on closes this subscription. Either way no stream of a
         // revoked certificate stays open.
         self.authenticate(&req, "WatchAssignment")?;
-        let stream = tokio_stream::wrappers::WatchStream::new(rx)
-            .filter_map(|a| a.map(|a| Ok((*a).clone())));
+        // Each time the revision moves, the assignment is read from the store, sent, and
+        // dropped: nothing of it stays in memory between changes.
+        let (c, name) = (self.0.clone(), node.name);
+        let mut sent = 0;
+        let stream = tokio_stream::wrappers::WatchStream::new(rx).filter_map(move |revision| {
+            if revision <= sent {
+                return None;
+            }
+            match load_assignment(&c, &name) {
+                Ok(Some(a)) if a.revision > sent => {
+                    sent = a.revision;
+                    Some(Ok(a))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(internal(e))),
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
