@@ -37,6 +37,7 @@ pub mod service;
 pub mod state_dir;
 pub mod status;
 pub mod store;
+pub mod stream_body;
 pub mod tokens;
 
 pub use controller::{Controller, ControllerConfig, ControllerError, NodeView};
