@@ -26,9 +26,18 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The `pangaea-ctl` to run: `$PANGAEA_CTL` if set (another build, or a wrapper that
+/// `exec`s it under a profiler), else the one beside the benchmark.
+pub fn ctl_binary() -> anyhow::Result<PathBuf> {
+    match std::env::var_os("PANGAEA_CTL") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => sibling_binary("pangaea-ctl"),
+    }
+}
+
 /// Runs `pangaea-ctl --state-dir STATE --config DIR/pangaea.yaml ARGS`; returns its stdout.
 pub fn ctl(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(sibling_binary("pangaea-ctl")?)
+    let out = Command::new(ctl_binary()?)
         .arg("--state-dir")
         .arg(dir.join(".pangaea"))
         .arg("--config")
@@ -63,7 +72,7 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(dir.join("serve.log"))?;
-        let mut cmd = Command::new(sibling_binary("pangaea-ctl")?);
+        let mut cmd = Command::new(ctl_binary()?);
         cmd.arg("--state-dir")
             .arg(&state)
             .arg("--config")
