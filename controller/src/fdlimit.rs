@@ -18,6 +18,7 @@ pub fn raise_nofile() -> nix::Result<u64> {
 mod tests {
     use super::*;
 
+    /// Hardening #6 (file descriptors): the soft limit is raised to the hard limit.
     #[test]
     fn the_soft_limit_reaches_the_hard_limit() {
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();

@@ -209,6 +209,9 @@ mod tests {
         out
     }
 
+    /// Hardening #7 (memory): each message of a server stream is a frame that owns its
+    /// allocation alone (nothing of it stays with the stream once sent), in gRPC's wire
+    /// format, and the stream's status ends it in the trailers.
     #[tokio::test]
     async fn each_message_owns_its_frame_and_the_status_ends_the_stream() {
         let a = pb::WatchRequest {
