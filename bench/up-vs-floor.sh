@@ -4,10 +4,15 @@
 # nodes whose cloud-init starts a plain etcd cluster (no TLS, no agent, nothing delivered).
 # Both use Debian's etcd 3.4 (`up` delivers it as an artifact through the mirror; no
 # Kubernetes binaries can be fetched here, so those artifacts are disabled).
-# Needs root, the node image (built by any `up`), and etcd-server on the host.
-# Usage: bench/up-vs-floor.sh [ROUNDS]    (default 3)
+# With `containerd` as second argument, `up` takes etcd and containerd (with runc and the
+# CNI plugins) from the host's Debian packages (`artifactSource: os-packages`), so every
+# node runs containerd beside etcd; the floor stays etcd alone.
+# Needs root, the node image (built by any `up`), and etcd-server on the host (and
+# containerd runc containernetworking-plugins for the second mode).
+# Usage: bench/up-vs-floor.sh [ROUNDS] [etcd|containerd]    (default 3 etcd)
 set -euo pipefail
 rounds=${1:-3}
+mode=${2:-etcd}
 top=$(cd "$(dirname "$0")/.." && pwd)
 floor_sh="$top/../shared/bench/floor.sh"
 cargo build --release -q --manifest-path "$top/Cargo.toml" -p pangaea-controller -p pangaea-agent
@@ -23,6 +28,9 @@ fi
 work=$(mktemp -d)
 cleanup() { (cd "$work" && "$ctl" down --purge >/dev/null 2>&1) || true; rm -rf "$work"; }
 trap cleanup EXIT
+if [ "$mode" = containerd ]; then
+  printf 'name: bench\nnetwork:\n  nodes: 10.234.0.0/24\nartifactSource: os-packages\n' > "$work/pangaea.yaml"
+else
 cat > "$work/pangaea.yaml" <<YAML
 name: bench
 network:
@@ -38,12 +46,13 @@ artifacts:
   - {name: cni-plugins, disabled: true}
   - {name: crictl, disabled: true}
 YAML
+fi
 for r in $(seq "$rounds"); do
   floor=$(bash "$floor_sh" "$floor_img" | sed -n 's/floor_seconds=//p')
   start=$(date +%s.%N)
   (cd "$work" && "$ctl" up --timeout 300s > "$work/up.log" 2>&1)
   up=$(echo "$(date +%s.%N) - $start" | bc)
   phases=$(grep -E "^\s+(image and network|artifacts and controller|nodes started|all healthy)" "$work/up.log" | awk '{print $NF}' | tr '\n' ' ')
-  echo "round=$r floor_s=$floor up_s=$up ratio=$(echo "scale=2; $up / $floor" | bc) up_phases(image+net,artifacts+controller,nodes-started,all-healthy)=$phases"
+  echo "mode=$mode round=$r floor_s=$floor up_s=$up ratio=$(echo "scale=2; $up / $floor" | bc) up_phases(image+net,artifacts+controller,nodes-started,all-healthy)=$phases"
   (cd "$work" && "$ctl" down --purge >/dev/null 2>&1)
 done

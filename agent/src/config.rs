@@ -4,6 +4,7 @@
 //! controller: ["10.213.0.1:7443"]      # HOST:PORT of the controller, tried in order
 //! ca_pin: "sha256:<64 hex>"            # SPKI SHA-256 of the controller CA
 //! token_file: /etc/pangaea/bootstrap-token   # deleted after a successful join
+//! recovery_token_file: /var/lib/pangaea/seed/recovery-token   # put there by the provider
 //! node_name: node-1                    # optional; defaults to the hostname
 //! state_dir: /var/lib/pangaea-agent    # identity and the last applied assignment
 //! root: /                              # prefix for every path of the assignment
@@ -49,6 +50,11 @@ pub struct AgentConfig {
     /// The bootstrap token; deleted after a successful join.
     #[serde(default = "default_token_file")]
     pub token_file: PathBuf,
+    /// A recovery token the provider's seed puts on the node when `up` finds it stuck (it
+    /// never joined and its bootstrap token expired, or its identity expired while the
+    /// cluster was off). Read-only to the agent; tried after `token_file`.
+    #[serde(default = "default_recovery_token_file")]
+    pub recovery_token_file: PathBuf,
     /// The name the node asks for; defaults to its hostname.
     #[serde(default)]
     pub node_name: Option<String>,
@@ -71,6 +77,9 @@ pub struct AgentConfig {
 
 fn default_token_file() -> PathBuf {
     "/etc/pangaea/bootstrap-token".into()
+}
+fn default_recovery_token_file() -> PathBuf {
+    pangaea_core::token::RECOVERY_TOKEN_FILE.into()
 }
 fn default_state_dir() -> PathBuf {
     "/var/lib/pangaea-agent".into()

@@ -21,13 +21,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Why joining, loading or renewing the node's identity failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    /// Not joined, and no bootstrap token to join with.
+    /// Not joined (or its identity expired), and no token to join with.
     #[error(
-        "this node has not joined and has no bootstrap token at {path} ({source}); create one with `pangaea-ctl token create --node NAME` and write it there"
+        "this node has no valid identity and no token to join with at {path} ({source}) or {recovery}; `pangaea-ctl up` delivers a recovery token to a stuck node, or create one with `pangaea-ctl token create --node NAME` and write it to {path}"
     )]
     NoToken {
         /// Where the token was looked for.
         path: PathBuf,
+        /// Where a recovery token was looked for.
+        recovery: PathBuf,
         /// Why it could not be read.
         source: std::io::Error,
     },
@@ -146,13 +148,18 @@ fn cert_validity(pem: &str) -> Option<(i64, i64)> {
     CertInfo::from_pem(pem).map(|c| (c.not_before, c.not_after))
 }
 
-fn new_key_and_csr(node: &str) -> (KeyPair, Vec<u8>) {
+fn new_request(node: &str) -> (KeyPair, rcgen::CertificateSigningRequest) {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("ring generates P-256 keys");
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, node);
     params.distinguished_name = dn;
     let csr = params.serialize_request(&key).expect("CSR serializes");
+    (key, csr)
+}
+
+fn new_key_and_csr(node: &str) -> (KeyPair, Vec<u8>) {
+    let (key, csr) = new_request(node);
     (key, csr.der().to_vec())
 }
 
@@ -215,6 +222,15 @@ impl Identity {
         Ok(())
     }
 
+    /// Whether the certificate has expired (the controller refuses it: the node must join
+    /// again, with a recovery token).
+    pub fn expired(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        now >= self.not_after
+    }
+
     /// When to renew: at 2/3 of the certificate's lifetime.
     pub fn renew_at(&self) -> SystemTime {
         UNIX_EPOCH
@@ -259,18 +275,96 @@ pub fn pinned_config(pin: SpkiPin) -> Arc<rustls::ClientConfig> {
     Arc::new(cfg)
 }
 
-/// Joins the cluster with the bootstrap token, stores the identity, then deletes the token.
+/// The key and certificate request a join sends, kept in the state directory
+/// (`join-request.pem`, 0600) until a join succeeds: a join whose reply was lost is sent
+/// again with the same request, which the controller admits once more with the spent token
+/// (hardening #10), instead of being refused as a second use.
+struct JoinRequestKey {
+    key: KeyPair,
+    csr_der: Vec<u8>,
+}
+
+const JOIN_REQUEST_FILE: &str = "join-request.pem";
+
+impl JoinRequestKey {
+    /// The kept request for `node`, or a new one, written durably before it is ever sent.
+    /// Reads and writes files: call it on the blocking pool.
+    fn load_or_create(state_dir: &Path, node: &str) -> Result<JoinRequestKey, IdentityError> {
+        use rustls::pki_types::CertificateSigningRequestDer;
+        let path = state_dir.join(JOIN_REQUEST_FILE);
+        if let Ok(pem) = std::fs::read_to_string(&path)
+            && let Ok(key) = KeyPair::from_pem(&pem)
+            && let Ok(csr) = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+            && rcgen::CertificateSigningRequestParams::from_der(&csr).is_ok_and(|p| {
+                p.params
+                    .distinguished_name
+                    .get(&DnType::CommonName)
+                    .is_some_and(|cn| *cn == rcgen::DnValue::Utf8String(node.to_owned()))
+            })
+        {
+            return Ok(JoinRequestKey {
+                key,
+                csr_der: csr.as_ref().to_vec(),
+            });
+        }
+        let (key, csr) = new_request(node);
+        let csr_pem = csr
+            .pem()
+            .map_err(|e| IdentityError::Other(format!("encode the join request: {e}")))?;
+        fsutil::atomic_write(
+            &path,
+            format!("{}{csr_pem}", key.serialize_pem()).as_bytes(),
+            0o600,
+        )?;
+        Ok(JoinRequestKey {
+            key,
+            csr_der: csr.der().to_vec(),
+        })
+    }
+}
+
+/// The tokens this node may join with, in the order tried: its bootstrap token, then a
+/// recovery token the provider's seed put there. Reads files: call it on the blocking pool.
+fn join_tokens(cfg: &AgentConfig) -> Result<Vec<(PathBuf, String)>, IdentityError> {
+    let mut found = Vec::new();
+    let mut missing = None;
+    for path in [&cfg.token_file, &cfg.recovery_token_file] {
+        match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => found.push((path.clone(), t.trim().to_owned())),
+            Ok(_) => {}
+            Err(source) => {
+                missing.get_or_insert(IdentityError::NoToken {
+                    path: path.clone(),
+                    recovery: cfg.recovery_token_file.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    match (found.is_empty(), missing) {
+        (true, Some(e)) => Err(e),
+        (true, None) => Err(IdentityError::NoToken {
+            path: cfg.token_file.clone(),
+            recovery: cfg.recovery_token_file.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "empty"),
+        }),
+        _ => Ok(found),
+    }
+}
+
+/// Joins the cluster with the bootstrap token, or else the recovery token, stores the
+/// identity, then deletes the bootstrap token (a recovery token sits on the provider's
+/// read-only seed and is spent anyway). Also how a node whose identity expired comes back.
 pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
-    let (token, facts) = {
+    let node_name = cfg.node_name.clone();
+    let (tokens, facts, request) = {
         let cfg = cfg.clone();
         blocking::run(move || {
-            let token = std::fs::read_to_string(&cfg.token_file).map_err(|source| {
-                IdentityError::NoToken {
-                    path: cfg.token_file.clone(),
-                    source,
-                }
-            })?;
-            Ok::<_, IdentityError>((token, node_facts(&cfg)))
+            let tokens = join_tokens(&cfg)?;
+            let facts = node_facts(&cfg);
+            let name = node_name.unwrap_or_else(|| facts.hostname.clone());
+            let request = JoinRequestKey::load_or_create(&cfg.state_dir, &name)?;
+            Ok::<_, IdentityError>((tokens, facts, request))
         })
         .await?
     };
@@ -278,16 +372,50 @@ pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
         .node_name
         .clone()
         .unwrap_or_else(|| facts.hostname.clone());
-    let (key, csr_der) = new_key_and_csr(&node_name);
+    let mut last = None;
+    for (token_file, token) in tokens {
+        match join_with(cfg, &token, &node_name, &facts, &request).await {
+            Ok(id) => {
+                let (saved, state_dir) = (id.clone(), cfg.state_dir.clone());
+                let bootstrap = (token_file == cfg.token_file).then_some(token_file);
+                blocking::run(move || {
+                    saved.save(&state_dir)?;
+                    // The token is single-use and now spent: it must not stay on the node.
+                    if let Some(t) = bootstrap {
+                        fsutil::remove_durably(&t)?;
+                    }
+                    fsutil::remove_durably(&state_dir.join(JOIN_REQUEST_FILE))?;
+                    Ok::<_, IdentityError>(())
+                })
+                .await?;
+                tracing::info!(node = %id.node_name, "joined the cluster; bootstrap token removed");
+                return Ok(id);
+            }
+            // A refused token: the next one may do.
+            Err(e @ IdentityError::Refused { .. }) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| IdentityError::Other("no token to join with".into())))
+}
+
+/// One join with `token`, trying each controller endpoint until one answers.
+async fn join_with(
+    cfg: &AgentConfig,
+    token: &str,
+    node_name: &str,
+    facts: &pb::NodeFacts,
+    request: &JoinRequestKey,
+) -> Result<Identity, IdentityError> {
     let mut last = None;
     for endpoint in &cfg.controller {
         let channel = tls::channel(endpoint, pinned_config(cfg.ca_pin))
             .map_err(|e| IdentityError::Other(e.to_string()))?;
         let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
         let req = pb::JoinRequest {
-            token: token.trim().to_owned(),
-            csr_der: csr_der.clone(),
-            node_name: node_name.clone(),
+            token: token.to_owned(),
+            csr_der: request.csr_der.clone(),
+            node_name: node_name.to_owned(),
             facts: Some(facts.clone()),
         };
         match client.join(req).await {
@@ -302,25 +430,14 @@ pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
                     cert_validity(&resp.certificate_pem).ok_or_else(|| {
                         IdentityError::Other("controller sent an unreadable certificate".into())
                     })?;
-                let id = Identity {
+                return Ok(Identity {
                     node_name: resp.node_name,
-                    key_pem: key.serialize_pem(),
+                    key_pem: request.key.serialize_pem(),
                     cert_pem: resp.certificate_pem,
                     ca_pem: resp.ca_pem,
                     not_before,
                     not_after,
-                };
-                let (saved, state_dir, token_file) =
-                    (id.clone(), cfg.state_dir.clone(), cfg.token_file.clone());
-                blocking::run(move || {
-                    saved.save(&state_dir)?;
-                    // The token is single-use and now spent: it must not stay on the node.
-                    fsutil::remove_durably(&token_file)?;
-                    Ok::<_, IdentityError>(())
-                })
-                .await?;
-                tracing::info!(node = %id.node_name, "joined the cluster; bootstrap token removed");
-                return Ok(id);
+                });
             }
             Err(status)
                 if status.code() == tonic::Code::Unavailable
@@ -379,6 +496,32 @@ pub async fn renew(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hardening #10 (lost join reply): the join request (key and CSR) is kept until a join
+    /// succeeds, so a retry sends the very same CSR, which the controller admits again with
+    /// the token the lost reply spent; another node name gets a new request.
+    #[test]
+    fn a_join_is_retried_with_the_same_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = JoinRequestKey::load_or_create(dir.path(), "node-1").unwrap();
+        let again = JoinRequestKey::load_or_create(dir.path(), "node-1").unwrap();
+        assert_eq!(
+            first.csr_der, again.csr_der,
+            "the same CSR after a lost reply"
+        );
+        assert_eq!(first.key.serialize_pem(), again.key.serialize_pem());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join(JOIN_REQUEST_FILE))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "the key is the node's alone");
+        let renamed = JoinRequestKey::load_or_create(dir.path(), "node-2").unwrap();
+        assert_ne!(renamed.csr_der, first.csr_der);
+        std::fs::write(dir.path().join(JOIN_REQUEST_FILE), "garbage").unwrap();
+        let fresh = JoinRequestKey::load_or_create(dir.path(), "node-2").unwrap();
+        assert_ne!(fresh.csr_der, renamed.csr_der, "a damaged file is replaced");
+    }
 
     #[test]
     fn load_reads_back_what_save_wrote() {

@@ -2,8 +2,9 @@
 //!
 //! [`run()`] is the whole life of the agent; below it, [`identity`] (join, renew),
 //! [`apply`] (atomic application of assignments through a [`service_manager`]),
-//! [`artifact`] (verified installs), and [`health`]. [`config`] is the file
-//! cloud-init writes.
+//! [`artifact`] (verified installs), [`health`], and [`jobs`] (one-shot work such as
+//! loading an image archive, running programs through a [`command`] runner). [`config`] is
+//! the file cloud-init writes.
 //!
 //! The runtime has a single thread (the agent is mostly idle, and one thread keeps it
 //! small); file I/O and `/proc` reads run on tokio's blocking pool so that it never stalls.
@@ -13,11 +14,13 @@
 pub mod apply;
 pub mod artifact;
 mod blocking;
+pub mod command;
 pub mod config;
 pub mod health;
 pub mod identity;
+pub mod jobs;
 pub mod run;
 pub mod service_manager;
 
 pub use config::AgentConfig;
-pub use run::run;
+pub use run::{run, run_with};

@@ -1,20 +1,24 @@
-//! The agent's life: bring the node up from the last applied assignment, join (once), then
-//! keep a session with the controller — watch the assignment, apply it, report health,
-//! renew the certificate — and reconnect with jittered backoff whenever it breaks.
+//! The agent's life: bring the node up from the last applied assignment, join (once — and
+//! again only if its identity expired, with a recovery token), then keep a session with the
+//! controller — watch the assignment, apply it, report health, renew the certificate, run
+//! the controller's one-shot jobs ([`crate::jobs`]) — and reconnect with jittered backoff
+//! whenever it breaks.
 
 use crate::apply::{Applied, Applier, ApplyError};
 use crate::artifact::{MIRROR_SCHEME, MirrorSource};
 use crate::blocking;
+use crate::command::{CommandRunner, Processes};
 use crate::config::AgentConfig;
 use crate::health::{AgentStatus, Reporter};
 use crate::identity::{self, Identity, IdentityError};
+use crate::jobs::Jobs;
 use crate::service_manager::ServiceManager;
 use pangaea_artifact::{Fetcher, Sources};
 use pangaea_core::backoff::Backoff;
 use pangaea_proto as pb;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Why the agent stopped (everything else is retried).
 #[derive(Debug, thiserror::Error)]
@@ -45,15 +49,28 @@ struct Agent {
     /// The controller's artifact mirror; gets each new session's channel.
     mirror: MirrorSource,
     fetcher: Arc<Fetcher>,
+    /// The controller's one-shot jobs (image loads).
+    jobs: Jobs,
 }
 
 /// Downloads at once: enough to overlap latency, few enough for a small node's memory.
 const MAX_CONCURRENT_DOWNLOADS: usize = 3;
 
-/// Runs the agent until `shutdown` turns true (or its sender is dropped).
+/// Runs the agent until `shutdown` turns true (or its sender is dropped); jobs run their
+/// programs as real processes.
 pub async fn run(
     cfg: AgentConfig,
     units: Arc<dyn ServiceManager>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    run_with(cfg, units, Arc::new(Processes), shutdown).await
+}
+
+/// [`run`] with the programs of jobs (`ctr`) run through `commands`.
+pub async fn run_with(
+    cfg: AgentConfig,
+    units: Arc<dyn ServiceManager>,
+    commands: Arc<dyn CommandRunner>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let mirror = MirrorSource::default();
@@ -66,6 +83,14 @@ pub async fn run(
         units.clone(),
         fetcher.clone(),
     ));
+    let (job_reports, mut job_outcomes) = mpsc::unbounded_channel();
+    let jobs = Jobs::new(
+        &cfg.root,
+        &cfg.state_dir.join("jobs"),
+        fetcher.clone(),
+        commands,
+        job_reports,
+    );
     let mut agent = Agent {
         cfg,
         applier,
@@ -77,55 +102,87 @@ pub async fn run(
         endpoint: 0,
         mirror,
         fetcher,
+        jobs,
     };
     agent.boot_from_disk().await;
 
     let mut backoff = Backoff::default();
-    let mut identity = loop {
-        let state_dir = agent.cfg.state_dir.clone();
-        if let Some(id) = blocking::run(move || Identity::load(&state_dir)).await? {
-            break id;
+    loop {
+        let Some(mut identity) = obtain_identity(&agent.cfg, &mut backoff, &mut shutdown).await?
+        else {
+            return Ok(());
+        };
+        agent.status.cert_not_after = identity.not_after;
+        // Until the identity expires (the controller was away longer than its lifetime):
+        // then it joins again, with the recovery token `up` delivers.
+        while !identity.expired() {
+            match agent
+                .session(&identity, &mut shutdown, &mut job_outcomes)
+                .await
+            {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Renew => {
+                    match identity::renew(&agent.cfg, agent.current_endpoint(), &identity).await {
+                        Ok(id) => {
+                            agent.status.cert_not_after = id.not_after;
+                            identity = id;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "certificate renewal failed; retrying")
+                        }
+                    }
+                }
+                SessionEnd::Lost { connected, why } => {
+                    if connected {
+                        backoff.reset();
+                    } else {
+                        agent.endpoint += 1;
+                    }
+                    tracing::warn!(reason = %why, "lost the controller; reconnecting");
+                }
+            }
+            if wait_or_shutdown(backoff.next_delay(), &mut shutdown).await {
+                return Ok(());
+            }
         }
-        match identity::join(&agent.cfg).await {
-            Ok(id) => break id,
+        tracing::error!(
+            node = %identity.node_name,
+            "this node's certificate expired: joining again (a recovery token from `pangaea-ctl up` lets it)"
+        );
+    }
+}
+
+/// The node's identity: the one on disk while it is valid, else a new one from a join
+/// (retried with backoff until it succeeds). `None` when shutdown was asked for.
+async fn obtain_identity(
+    cfg: &AgentConfig,
+    backoff: &mut Backoff,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Identity>, AgentError> {
+    loop {
+        let state_dir = cfg.state_dir.clone();
+        // An expired identity stays on disk until a new one replaces it.
+        if let Some(id) = blocking::run(move || Identity::load(&state_dir)).await?
+            && !id.expired()
+        {
+            return Ok(Some(id));
+        }
+        match identity::join(cfg).await {
+            Ok(id) => {
+                backoff.reset();
+                return Ok(Some(id));
+            }
             Err(e) => {
                 if e.needs_operator() {
                     tracing::error!(error = %e, "cannot join");
                 } else {
                     tracing::warn!(error = %e, "cannot join yet");
                 }
-                if wait_or_shutdown(backoff.next_delay(), &mut shutdown).await {
-                    return Ok(());
+                if wait_or_shutdown(backoff.next_delay(), shutdown).await {
+                    return Ok(None);
                 }
             }
-        }
-    };
-    agent.status.cert_not_after = identity.not_after;
-
-    loop {
-        match agent.session(&identity, &mut shutdown).await {
-            SessionEnd::Shutdown => return Ok(()),
-            SessionEnd::Renew => {
-                match identity::renew(&agent.cfg, agent.current_endpoint(), &identity).await {
-                    Ok(id) => {
-                        agent.status.cert_not_after = id.not_after;
-                        identity = id;
-                        continue;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
-                }
-            }
-            SessionEnd::Lost { connected, why } => {
-                if connected {
-                    backoff.reset();
-                } else {
-                    agent.endpoint += 1;
-                }
-                tracing::warn!(reason = %why, "lost the controller; reconnecting");
-            }
-        }
-        if wait_or_shutdown(backoff.next_delay(), &mut shutdown).await {
-            return Ok(());
         }
     }
 }
@@ -237,6 +294,7 @@ impl Agent {
         &mut self,
         identity: &Identity,
         shutdown: &mut watch::Receiver<bool>,
+        job_reports: &mut mpsc::UnboundedReceiver<pb::JobReport>,
     ) -> SessionEnd {
         let endpoint = self.current_endpoint().to_owned();
         let channel = match identity.channel(&endpoint) {
@@ -265,6 +323,23 @@ impl Agent {
                 };
             }
         };
+        // The jobs stream; a controller that predates jobs has none, and the node does
+        // without.
+        let mut jobs = match client.watch_jobs(pb::WatchJobsRequest {}).await {
+            Ok(s) => Some(s.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                tracing::warn!(
+                    "the controller sends no jobs (an older version); image loads will not reach this node"
+                );
+                None
+            }
+            Err(s) => {
+                return SessionEnd::Lost {
+                    connected: true,
+                    why: lost_reason(&s),
+                };
+            }
+        };
         tracing::info!(node = %identity.node_name, controller = %endpoint, "connected to the controller");
         let renew_in = identity
             .renew_at()
@@ -284,6 +359,26 @@ impl Agent {
                     Ok(None) => return SessionEnd::Lost { connected: true, why: "the controller ended the assignment stream".into() },
                     Err(s) => return SessionEnd::Lost { connected: true, why: lost_reason(&s) },
                 },
+                set = async { jobs.as_mut().expect("guarded").message().await }, if jobs.is_some() => match set {
+                    Ok(Some(set)) => {
+                        for again in self.jobs.update(set) {
+                            if let Err(s) = client.report_job(again).await {
+                                return SessionEnd::Lost { connected: true, why: lost_reason(&s) };
+                            }
+                        }
+                    }
+                    Ok(None) => return SessionEnd::Lost { connected: true, why: "the controller ended the jobs stream".into() },
+                    Err(s) => return SessionEnd::Lost { connected: true, why: lost_reason(&s) },
+                },
+                Some(r) = job_reports.recv() => {
+                    self.jobs.note(&r);
+                    match client.report_job(r).await {
+                        // The job was cancelled or timed out meanwhile: nobody waits for it.
+                        Err(s) if s.code() == tonic::Code::NotFound => {}
+                        Err(s) => return SessionEnd::Lost { connected: true, why: lost_reason(&s) },
+                        Ok(_) => {}
+                    }
+                }
                 done = async { self.applying.as_mut().expect("guarded").await }, if self.applying.is_some() => {
                     self.applying = None;
                     let (a, result) = done.expect("apply task does not panic");

@@ -76,6 +76,21 @@ pub struct ArtifactSet {
     pub artifacts: Vec<ArtifactEntry>,
 }
 
+/// Where the cluster's binaries come from: `artifactSource:` in `pangaea.yaml`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArtifactSource {
+    /// The pinned upstream releases of this set, fetched once into the controller's mirror.
+    #[default]
+    Pinned,
+    /// The binaries of the operator's installed OS packages (Debian's `etcd-server`,
+    /// `containerd`, `runc`, `containernetworking-plugins`), for machines that reach only
+    /// their package mirror. The controller imports them (the table of which package gives
+    /// which binary is its `os_packages` module); artifacts no installed package provides are
+    /// left out, and reported. Entries named in `artifacts:` stay as configured there.
+    OsPackages,
+}
+
 /// An override: any subset of fields for an entry named like a default (or a new entry
 /// when `url` and `digest` are both given).
 #[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 //! kind: Cluster
 //! name: demo
 //! provider: { type: local }            # local | vagrant | gce (see `provider`)
+//! artifactSource: pinned               # pinned releases | os-packages (installed .debs)
 //! network: { nodes: 10.213.0.0/24, pods: 10.244.0.0/16, services: 10.96.0.0/12 }
 //! pools:
 //!   - { name: node, count: 3, roles: [etcd, control-plane, worker], memoryMiB: 2048 }
@@ -14,7 +15,7 @@
 //! Every field has a default, so an empty or missing file is a valid 3-node local cluster.
 //! Unknown fields are refused; every error names the file, line and column.
 
-use crate::artifact_set::ArtifactOverride;
+use crate::artifact_set::{ArtifactOverride, ArtifactSource};
 use crate::cidr::Cidr;
 use crate::expose::{EXPOSABLE, Expose, ExposeType};
 use crate::locate::locate;
@@ -322,6 +323,9 @@ pub struct ClusterConfig {
     /// The nodes, by pool (default: one pool of 3 nodes with all roles).
     #[serde(default = "default_pools")]
     pub pools: Vec<Pool>,
+    /// Where the binaries come from: `pinned` (default) or `os-packages`.
+    #[serde(default)]
+    pub artifact_source: ArtifactSource,
     /// Changes to the pinned artifact set.
     #[serde(default)]
     pub artifacts: Vec<ArtifactOverride>,

@@ -50,6 +50,9 @@ pub trait Inputs {
     fn cert(&self, req: &CertRequest) -> Result<CertPair, String>;
     /// 32 random bytes, base64, for encryption at rest (secretbox).
     fn encryption_key(&self) -> String;
+    /// The CA's current certificate revocation list, PEM (etcd reads the etcd CA's on each
+    /// new connection). The same text while nothing new is revoked.
+    fn revocation_list(&self, ca: CaKind) -> String;
     /// Service-account token signing key pair (private PEM, public PEM).
     fn service_account_keys(&self) -> (String, String);
 }
@@ -73,6 +76,9 @@ impl Inputs for FakeInputs {
             cert_pem: fake("CERTIFICATE", &req.id),
             key_pem: fake("PRIVATE KEY", &req.id),
         })
+    }
+    fn revocation_list(&self, ca: CaKind) -> String {
+        fake("X509 CRL", &format!("{ca:?}-crl"))
     }
     fn encryption_key(&self) -> String {
         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()

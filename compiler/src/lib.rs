@@ -12,6 +12,7 @@ pub mod budget;
 pub mod cidr;
 pub mod cloudinit;
 pub mod config;
+pub mod containerd;
 pub mod expose;
 pub mod helpers;
 pub mod inputs;

@@ -114,6 +114,14 @@ pub enum CompileError {
     /// Asked for a node the configuration does not have.
     #[error("no node named {0:?} in the cluster")]
     NoSuchNode(String),
+    /// An artifact of the set cannot be configured (an unsupported version, say).
+    #[error("artifact {name}: {message}")]
+    Artifact {
+        /// The artifact's name.
+        name: String,
+        /// Why.
+        message: String,
+    },
 }
 
 #[derive(Serialize)]
@@ -488,6 +496,13 @@ impl Compiler<'_> {
                 0o644,
                 self.inputs.ca_cert(CaKind::Etcd),
             );
+            // Read by etcd on every new connection: not among the files that restart it, so
+            // revoking a removed node's certificates restarts no member.
+            b.file(
+                &format!("{ETCD_PKI}/crl.pem"),
+                0o644,
+                self.inputs.revocation_list(CaKind::Etcd),
+            );
             let dns = vec![n.to_owned(), "localhost".into()];
             b.cert(
                 serving_cert(
@@ -772,8 +787,16 @@ impl Compiler<'_> {
                 0o644,
                 json!({}),
             )?;
+            let containerd = self.artifacts.get("containerd");
+            let format = crate::containerd::ConfigVersion::for_containerd(
+                containerd.map_or("", |a| a.version.as_str()),
+            )
+            .map_err(|message| CompileError::Artifact {
+                name: "containerd".into(),
+                message,
+            })?;
             b.render(
-                "config/containerd-config.toml",
+                format.template(),
                 "/etc/containerd/config.toml",
                 0o644,
                 json!({}),

@@ -324,3 +324,66 @@ fn the_user_data_passes_cloud_init_schema() {
             .success()
     );
 }
+
+/// The containerd configuration rendered for containerd 1.x is read by the real containerd
+/// 1.x of this machine as meant (systemd cgroups for runc, the CNI directories); the 2.x
+/// format given to it instead is silently ignored — which is why the compiler renders by
+/// version.
+#[test]
+fn the_containerd_1x_configuration_is_read_by_containerd_1x() {
+    let containerd = tool("containerd", "apt-get install containerd");
+    let version = Command::new(&containerd).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).to_string();
+    assert!(
+        version
+            .split_whitespace()
+            .nth(2)
+            .is_some_and(|v| v.starts_with("1.") || v.starts_with("v1.")),
+        "this check needs containerd 1.x (Debian 12's package): {version}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = |case: &str| {
+        let (_, yaml) = CASES.iter().find(|(c, _)| *c == case).unwrap();
+        let nodes = compile(yaml, dir.path());
+        nodes[0]
+            .files
+            .iter()
+            .find(|f| f.path == "/etc/containerd/config.toml")
+            .expect("a worker node has a containerd config")
+            .content
+            .clone()
+    };
+    let dump = |content: &str| {
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, content).unwrap();
+        let out = Command::new(&containerd)
+            .arg("--config")
+            .arg(&p)
+            .args(["config", "dump"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let v2 = dump(&config("containerd-1x"));
+    for want in [
+        "SystemdCgroup = true",
+        "BinaryName = \"/usr/local/sbin/runc\"",
+        "bin_dir = \"/opt/cni/bin\"",
+        "conf_dir = \"/etc/cni/net.d\"",
+    ] {
+        assert!(
+            v2.contains(want),
+            "containerd 1.x read {want:?} from the rendered file:\n{v2}"
+        );
+    }
+    let v3 = dump(&config("default"));
+    assert!(
+        v3.contains("SystemdCgroup = false"),
+        "containerd 1.x ignores the 2.x format (if it no longer does, revisit containerd.rs)"
+    );
+}

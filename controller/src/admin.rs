@@ -26,29 +26,6 @@ pub fn token_info(t: &TokenRecord) -> pb::TokenInfo {
     }
 }
 
-/// A node as the admin API lists it; absent times and reports become 0 or `None`.
-pub fn node_info(v: &NodeView) -> pb::NodeInfo {
-    pb::NodeInfo {
-        name: v.record.name.to_string(),
-        instance_id: v.record.instance_id.clone(),
-        addresses: v.record.addresses.clone(),
-        certificate_not_after: v.record.cert_not_after,
-        assigned_revision: v.assigned_revision,
-        last_report: v.last_report.as_ref().map(|(_, r)| r.clone()),
-        last_report_at: v.last_report.as_ref().map_or(0, |(t, _)| *t),
-        removed: v.record.removed,
-        joined_at: v.record.joined_at,
-        first_applied_at: v.record.first_applied_at.unwrap_or(0),
-        healthy_at: v.record.healthy_at.unwrap_or(0),
-        roles: v
-            .record
-            .roles
-            .iter()
-            .map(|r| r.as_str().to_owned())
-            .collect(),
-    }
-}
-
 fn status(e: ControllerError) -> Status {
     match e {
         ControllerError::NoSuchNode(_) => Status::not_found(e.to_string()),
@@ -122,7 +99,7 @@ impl pb::admin_server::Admin for AdminService {
                 .nodes()
                 .map_err(status)?
                 .iter()
-                .map(node_info)
+                .map(NodeView::info)
                 .collect(),
         }))
     }
@@ -130,11 +107,32 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        self.0
-            .remove_node(req.into_inner().name)
+        crate::rules::remove(&self.0, &req.into_inner().name)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    type LoadImageStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::LoadImageEvent, Status>> + Send>,
+    >;
+
+    async fn load_image(
+        &self,
+        req: Request<pb::LoadImageRequest>,
+    ) -> Result<Response<Self::LoadImageStream>, Status> {
+        use crate::image::LoadError;
+        use tokio_stream::StreamExt;
+        let rx = crate::image::load(&self.0, req.into_inner()).map_err(|e| match e {
+            LoadError::NotInMirror(_) | LoadError::NoSuchNode { .. } => {
+                Status::not_found(e.to_string())
+            }
+            LoadError::Controller(_) => Status::internal(e.to_string()),
+            _ => Status::invalid_argument(e.to_string()),
+        })?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
+        )))
     }
 }
 
@@ -259,7 +257,22 @@ impl Backend {
                 .await?
                 .into_inner()
                 .nodes),
-            Backend::Local(ctl) => Ok(ctl.nodes()?.iter().map(node_info).collect()),
+            Backend::Local(ctl) => Ok(ctl.nodes()?.iter().map(NodeView::info).collect()),
+        }
+    }
+
+    /// Loads an image archive from the mirror into the nodes' containerd
+    /// ([`crate::image::load`]): each node's state, then every change until all have an
+    /// outcome. Only a running controller can: it is what the agents are connected to.
+    pub async fn load_image(
+        &mut self,
+        req: pb::LoadImageRequest,
+    ) -> Result<tonic::Streaming<pb::LoadImageEvent>, BackendError> {
+        match self {
+            Backend::Daemon(c) => Ok(c.load_image(req).await?.into_inner()),
+            Backend::Local(_) => Err(BackendError::Status(
+                "the controller is not running, so no node can receive the image: start it with `pangaea-ctl up`".into(),
+            )),
         }
     }
 
@@ -271,7 +284,7 @@ impl Backend {
                 .remove_node(pb::RemoveNodeRequest { name })
                 .await
                 .map(drop)?),
-            Backend::Local(ctl) => Ok(ctl.remove_node(name).await?),
+            Backend::Local(ctl) => Ok(crate::rules::remove(ctl, &name).await?),
         }
     }
 }

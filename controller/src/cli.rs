@@ -112,6 +112,48 @@ pub enum Command {
     /// The verified artifact mirror in .pangaea/artifacts (what nodes download).
     #[command(subcommand)]
     Artifacts(ArtifactsCommand),
+    /// Container images in the nodes' containerd (no registry needed).
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `pangaea-ctl image` subcommands.
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Load an image archive into the containerd of every node (or the named ones)
+    ///
+    /// The archive is a tar of one or more images in OCI or docker format, as written by
+    /// `docker save -o app.tar app:1`, `podman save -o app.tar app:1`,
+    /// `ctr images export app.tar docker.io/library/app:1` or
+    /// `skopeo copy docker://app:1 docker-archive:app.tar:app:1`. Pods then use the image
+    /// by the name inside the archive with `imagePullPolicy: IfNotPresent` or `Never`, and
+    /// no registry is involved (a `:latest` tag defaults to `Always`, which asks one).
+    ///
+    /// How: the archive is copied into the controller's mirror (its SHA-256 computed once);
+    /// the running controller hands each node a job; each node's agent fetches the archive
+    /// over mutual TLS, checks its digest, and imports it with
+    /// `ctr -n k8s.io images import` into the namespace the kubelet uses.
+    ///
+    /// Prints each node's progress, then one line per node. Exits non-zero if any node
+    /// failed, naming the node and what containerd said (a damaged archive is refused by
+    /// every node). Loading the same archive again is harmless: containerd keeps one copy.
+    /// Needs the controller running (`pangaea-ctl up`).
+    #[command(verbatim_doc_comment)]
+    #[command(after_help = "Examples:\n  \
+        docker save -o app.tar registry.example/app:1.2\n  \
+        pangaea-ctl image load app.tar                     # every node\n  \
+        pangaea-ctl image load app.tar --node wk-1 --node wk-2\n  \
+        pangaea-ctl image load big.tar --timeout 30m")]
+    Load {
+        /// The image archive (tar, OCI or docker format).
+        archive: PathBuf,
+        /// Load only into this node (repeatable) [default: every node].
+        #[arg(long = "node", value_name = "NODE")]
+        nodes: Vec<pangaea_core::NodeName>,
+        /// How long to wait for every node; a node still busy then is reported failed.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 /// `pangaea-ctl artifacts` subcommands.
@@ -282,6 +324,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { output } => cmd::status::run(&ctx, output).await,
         Command::Artifacts(c) => cmd::artifacts::run(&ctx, c).await,
         Command::Node(c) => cmd::node::run(&ctx, c).await,
+        Command::Image(ImageCommand::Load {
+            archive,
+            nodes,
+            timeout,
+        }) => {
+            let args = cmd::image::Args {
+                archive,
+                nodes: nodes.iter().map(ToString::to_string).collect(),
+                timeout,
+            };
+            cmd::image::run(&ctx, args).await
+        }
     }
 }
 

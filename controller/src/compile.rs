@@ -36,6 +36,9 @@ pub enum CompileSetupError {
     /// cluster secret not stored.
     #[error(transparent)]
     Inputs(#[from] crate::issued::InputsError),
+    /// `artifactSource: os-packages`, and the installed packages could not be imported.
+    #[error(transparent)]
+    OsPackages(#[from] crate::os_packages::OsPackagesError),
     /// `compile` could not write an output file.
     #[error("write {path}: {message}")]
     Write {
@@ -54,8 +57,12 @@ pub struct Compilation {
     pub model: ClusterModel,
     /// Built-in templates with the configuration's overrides applied.
     pub templates: Templates,
-    /// The pinned artifact set, with the configuration's overrides.
+    /// The artifact set nodes install: the pinned set, or the installed OS packages'
+    /// binaries (`artifactSource: os-packages`), with the configuration's overrides.
     pub artifacts: ArtifactSet,
+    /// With `artifactSource: os-packages`: what was imported from which package, and what
+    /// is unavailable.
+    pub os_packages: Option<crate::os_packages::Import>,
     /// The cluster's PKI (created on first use).
     pub pki: Pki,
     /// The cluster's `.pangaea/` directory.
@@ -71,17 +78,18 @@ impl Compilation {
         let overrides = loaded.dir.join(&loaded.config.templates_dir);
         let templates = Templates::load(&loaded.dir, Some(&overrides))?;
         let model = ClusterModel::build(&loaded);
-        let artifacts = loaded.artifact_set();
         state_dir.ensure().map_err(|e| CompileSetupError::Write {
             path: state_dir.path().to_owned(),
             message: e.to_string(),
         })?;
+        let (artifacts, os_packages) = crate::os_packages::resolve(&loaded, state_dir)?;
         let pki = Pki::load_or_create(&state_dir.pki())?;
         Ok(Compilation {
             loaded,
             model,
             templates,
             artifacts,
+            os_packages,
             pki,
             state_dir: state_dir.clone(),
             leaf_lifetime: crate::issued::LEAF_LIFETIME,

@@ -51,6 +51,9 @@ pub struct ControllerConfig {
     pub node_cert_lifetime: Duration,
     /// What the agent-facing service takes on at once, and for how long.
     pub limits: crate::service::Limits,
+    /// How long a node chosen for a job may take to connect before its part fails
+    /// ([`crate::image::CONNECT_GRACE`]).
+    pub job_connect_grace: Duration,
 }
 
 impl ControllerConfig {
@@ -62,6 +65,7 @@ impl ControllerConfig {
             advertise: vec![],
             node_cert_lifetime: profiles::NODE_LIFETIME,
             limits: crate::service::Limits::default(),
+            job_connect_grace: crate::image::CONNECT_GRACE,
         }
     }
 }
@@ -77,13 +81,42 @@ pub struct NodeView {
     pub last_report: Option<(i64, pb::HealthReport)>,
 }
 
+impl NodeView {
+    /// The node as the admin API lists it (and as [`crate::health::assess`] judges it);
+    /// absent times and reports become 0 or `None`.
+    pub fn info(&self) -> pb::NodeInfo {
+        let v = self;
+        pb::NodeInfo {
+            name: v.record.name.to_string(),
+            instance_id: v.record.instance_id.clone(),
+            addresses: v.record.addresses.clone(),
+            certificate_not_after: v.record.cert_not_after,
+            assigned_revision: v.assigned_revision,
+            last_report: v.last_report.as_ref().map(|(_, r)| r.clone()),
+            last_report_at: v.last_report.as_ref().map_or(0, |(t, _)| *t),
+            removed: v.record.removed,
+            joined_at: v.record.joined_at,
+            first_applied_at: v.record.first_applied_at.unwrap_or(0),
+            healthy_at: v.record.healthy_at.unwrap_or(0),
+            roles: v
+                .record
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+        }
+    }
+}
+
 /// One cluster's controller: the state store (whose lock it holds), the PKI, the artifact
-/// mirror, the planner and the fan-out of assignments to connected agents.
+/// mirror, the planner, the fan-out of assignments to connected agents and their one-shot
+/// jobs.
 pub struct Controller {
     pub(crate) mirror: Mirror,
     pub(crate) store: Store,
     pub(crate) pki: Pki,
     pub(crate) hub: Hub,
+    pub(crate) jobs: crate::jobs::Jobs,
     pub(crate) planner: Arc<dyn Planner>,
     /// One slot per artifact download being served.
     pub(crate) downloads: Arc<tokio::sync::Semaphore>,
@@ -109,6 +142,7 @@ impl Controller {
             store,
             pki,
             hub: Hub::default(),
+            jobs: crate::jobs::Jobs::default(),
             planner,
             downloads: Arc::new(tokio::sync::Semaphore::new(config.limits.max_downloads)),
             config,
@@ -122,6 +156,11 @@ impl Controller {
 
     pub(crate) fn mirror_dir(&self) -> std::path::PathBuf {
         self.config.state_dir.artifacts()
+    }
+
+    /// The agents' one-shot jobs.
+    pub fn jobs(&self) -> &crate::jobs::Jobs {
+        &self.jobs
     }
 
     /// The cluster's PKI.
@@ -211,28 +250,6 @@ impl Controller {
                 })
                 .collect()
         })?)
-    }
-
-    /// Removes a node: its certificates stop working at once and its watch stream ends.
-    pub async fn remove_node(&self, name: String) -> Result<(), ControllerError> {
-        let n = name.clone();
-        let found = self
-            .store
-            .write(move |txn| {
-                crate::records::update_node(txn, &n, |rec| {
-                    rec.removed = true;
-                    rec.active_serials.clear();
-                    Some(())
-                })
-            })
-            .await?
-            .is_some();
-        if !found {
-            return Err(ControllerError::NoSuchNode(name));
-        }
-        self.hub.close(&name).await;
-        tracing::info!(node = %name, "node removed; its certificates are revoked");
-        Ok(())
     }
 }
 

@@ -53,6 +53,7 @@ pub struct PkiInputs<'a> {
     cluster_ca_key: String,
     service_account_key: String,
     encryption_key: String,
+    etcd_crl: String,
 }
 
 impl<'a> PkiInputs<'a> {
@@ -73,6 +74,7 @@ impl<'a> PkiInputs<'a> {
                 use base64::Engine;
                 base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
             })?,
+            etcd_crl: crate::revocation::crl_pem(pki, state_dir, CaKind::Etcd)?,
             pki,
             state: state_dir.clone(),
             lifetime: LEAF_LIFETIME,
@@ -99,19 +101,6 @@ pub fn nearest_expiry(state: &StateDir, name: &str) -> Option<i64> {
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .filter_map(|pem| CertInfo::from_pem(&pem).map(|c| c.not_after))
         .min()
-}
-
-/// Deletes every certificate issued for node `name` (under the PKI's lock), so that its
-/// next plan issues new keys and serials: a replacement never gets its predecessor's.
-pub fn forget_node(pki: &Pki, state: &StateDir, name: &str) -> Result<(), crate::pki::PkiError> {
-    let _lock = pki.lock()?;
-    for path in state.issued_for_node(name) {
-        std::fs::remove_file(&path).map_err(|source| crate::pki::PkiError::Read {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    Ok(())
 }
 
 /// A secret generated once (`make`) and kept in `.pangaea/secrets/NAME` (0600).
@@ -175,6 +164,10 @@ impl Inputs for PkiInputs<'_> {
             lifetime: self.lifetime,
         };
         let issued = self.pki.issue(req.ca, &spec).map_err(|e| e.to_string())?;
+        // The node may still hold the one this replaces: removing it must revoke both.
+        if let Some(node) = req.id.split_once('/').map(|(node, _)| node) {
+            crate::revocation::retire(&self.state, node, &crt).map_err(|e| e.to_string())?;
+        }
         let write = |p: &Path, s: &str, mode| {
             fsutil::atomic_write(p, s.as_bytes(), mode).map_err(|e| e.to_string())
         };
@@ -189,6 +182,14 @@ impl Inputs for PkiInputs<'_> {
 
     fn encryption_key(&self) -> String {
         self.encryption_key.clone()
+    }
+
+    fn revocation_list(&self, ca: CaKind) -> String {
+        match ca {
+            CaKind::Etcd => self.etcd_crl.clone(),
+            // Only etcd reads a revocation list; the others are never asked for.
+            _ => String::new(),
+        }
     }
 
     fn service_account_keys(&self) -> (String, String) {

@@ -4,7 +4,8 @@
 //! * [`state_dir`] names every path of `.pangaea/`; [`store`] (durable state, group
 //!   commit), [`records`] and [`pki`] (CAs and issuance) know nothing of gRPC;
 //! * [`tokens`], [`assign`], [`rules`] (join, authenticate, renew, report) and [`health`]
-//!   (when a node is healthy) hold the cluster's rules; [`controller`] opens them together;
+//!   (when a node is healthy) hold the cluster's rules; [`jobs`] hands agents one-shot work
+//!   ([`image`]: loading an image archive); [`controller`] opens them together;
 //! * [`service`] exposes the rules to agents over mutual TLS, [`admin`] to the operator's
 //!   commands over a local socket;
 //! * [`provider`] creates the machines, [`reconcile`] drives them to the configuration;
@@ -26,12 +27,16 @@ pub mod daemon;
 pub mod etcd;
 pub mod fdlimit;
 pub mod health;
+pub mod image;
 pub mod issued;
+pub mod jobs;
 pub mod mirror;
+pub mod os_packages;
 pub mod pki;
 pub mod provider;
 pub mod reconcile;
 pub mod records;
+pub mod revocation;
 pub mod rules;
 pub mod service;
 pub mod state_dir;

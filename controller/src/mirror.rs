@@ -51,6 +51,42 @@ impl Mirror {
             .join(format!("{}.json", d.hex()))
     }
 
+    /// The mirror's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Adds the file at `tmp` (in the mirror's directory, so that a rename moves it) under
+    /// its SHA-256, with a link under its SHA-512, recording `source`: fsynced, renamed,
+    /// directory fsynced. Content already present is left as it is and `tmp` removed.
+    pub fn adopt(&self, tmp: &Path, source: &str) -> std::io::Result<MirrorEntry> {
+        let bad = |what: &str| std::io::Error::other(format!("{what} {}", tmp.display()));
+        let s256 = Digest::of_file(DigestKind::Sha256, tmp).ok_or_else(|| bad("cannot read"))?;
+        let s512 = Digest::of_file(DigestKind::Sha512, tmp).ok_or_else(|| bad("cannot read"))?;
+        let dest = self.blob_path(&s256);
+        std::fs::create_dir_all(dest.parent().expect("blob has a parent"))?;
+        if dest.is_file() {
+            std::fs::remove_file(tmp)?;
+        } else {
+            std::fs::File::open(tmp)?.sync_all()?;
+            std::fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            std::fs::rename(tmp, &dest)?;
+            fsutil::sync_dir(dest.parent().expect("blob has a parent"))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        let link = self.blob_path(&s512);
+        std::fs::create_dir_all(link.parent().expect("blob has a parent"))?;
+        if !link.exists() {
+            std::fs::hard_link(&dest, &link)?;
+        }
+        let record = |d: &Digest| {
+            self.record(d, source)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        record(&s512)?;
+        record(&s256)
+    }
+
     /// Whether the blob with digest `d` is present (its sidecar is not checked).
     pub fn has(&self, d: &Digest) -> bool {
         self.blob_path(d).is_file()
@@ -155,6 +191,60 @@ impl Mirror {
             })?;
         }
         Ok([self.record(&s256, &source)?, self.record(&s512, &source)?])
+    }
+
+    /// Copies `file` into the mirror under its SHA-256, hashing while it copies (the file is
+    /// read once), and records `file` as its source; a file larger than `limit` bytes is
+    /// refused once the copy passes it. Content already present is kept as it is. Blocking
+    /// (it reads the whole file): run it on the blocking pool.
+    pub fn add_file(&self, file: &Path, limit: u64) -> Result<MirrorEntry, FetchError> {
+        use std::io::{Read, Write};
+        let source = file.display().to_string();
+        let io = |action: &'static str, path: &Path| {
+            let (source, path) = (source.clone(), path.to_owned());
+            move |e: std::io::Error| FetchError::Io {
+                url: source,
+                action,
+                path,
+                message: e.to_string(),
+            }
+        };
+        let dir = self.dir.join("sha256");
+        std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        let mut input = std::fs::File::open(file).map_err(io("open", file))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".incoming.")
+            .tempfile_in(&dir)
+            .map_err(io("create a temporary file in", &dir))?;
+        let mut hasher = pangaea_artifact::digest::Hasher::new(DigestKind::Sha256);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = input.read(&mut buf).map_err(io("read", file))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            if size > limit {
+                return Err(FetchError::TooLarge {
+                    url: source,
+                    limit,
+                    declared: false,
+                });
+            }
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n]).map_err(io("write", tmp.path()))?;
+        }
+        let digest = hasher.finish();
+        let dest = self.blob_path(&digest);
+        if !dest.is_file() {
+            tmp.as_file().sync_all().map_err(io("sync", tmp.path()))?;
+            tmp.persist(&dest)
+                .map_err(|e| io("rename into", &dest)(e.error))?;
+            fsutil::sync_dir(&dir)
+                .map_err(|e| io("sync", &dir)(std::io::Error::other(e.to_string())))?;
+        }
+        self.record(&digest, &source)
     }
 
     /// The sidecar entry of `d`; `None` unless both the sidecar and the blob are present.

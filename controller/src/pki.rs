@@ -279,6 +279,46 @@ impl Pki {
         })
     }
 
+    /// A certificate revocation list of CA `kind` listing `revoked`, valid for `lifetime`
+    /// from now. Its CRL number is the signing time, so a newer list has a larger one.
+    pub fn sign_crl(
+        &self,
+        kind: CaKind,
+        revoked: &[crate::revocation::Entry],
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
+        use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams};
+        let now = OffsetDateTime::now_utc();
+        let at = |unix: i64| OffsetDateTime::from_unix_timestamp(unix).unwrap_or(now);
+        let issue_err = |source| PkiError::Issue {
+            cn: format!("{} revocation list", kind.common_name()),
+            source,
+        };
+        let revoked_certs = revoked
+            .iter()
+            .map(|e| {
+                let serial = hex::decode(&e.serial_hex)
+                    .map_err(|_| issue_err(rcgen::Error::CouldNotParseCertificate))?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial),
+                    revocation_time: at(e.revoked_at.unwrap_or(now.unix_timestamp())),
+                    reason_code: Some(rcgen::RevocationReason::CessationOfOperation),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, PkiError>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: now - CLOCK_SKEW,
+            next_update: now + lifetime,
+            crl_number: SerialNumber::from(now.unix_timestamp() as u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.ca(kind).issuer).map_err(issue_err)?;
+        crl.pem().map_err(issue_err)
+    }
+
     /// The controller's own serving certificate (controller CA), re-issued when the wanted
     /// names change or when less than a third of its lifetime remains.
     pub fn controller_serving(&self, names: &[String]) -> Result<(String, String), PkiError> {

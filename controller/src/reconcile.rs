@@ -104,6 +104,58 @@ pub struct Bootstrap {
     pub agent_url: String,
     /// The agent binary's SHA-256 (hex).
     pub agent_sha256: String,
+    /// How long a node's bootstrap (or recovery) token lives: [`NODE_TOKEN_TTL`].
+    pub token_ttl: Duration,
+}
+
+/// Why an existing machine cannot join with what it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stuck {
+    /// It never joined (its bootstrap token may have expired before it first booted).
+    NeverJoined,
+    /// Another instance of that name joined; this machine never did.
+    OtherInstance,
+    /// Its identity expired (the cluster was off, or the controller away, for longer than
+    /// a node certificate lives).
+    IdentityExpired,
+}
+
+impl std::fmt::Display for Stuck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stuck::NeverJoined => "never joined",
+            Stuck::OtherInstance => "this machine never joined (another instance did)",
+            Stuck::IdentityExpired => "its identity expired",
+        })
+    }
+}
+
+/// Whether `machine` needs a recovery token to join, given the controller's record of its
+/// name and the tokens it knows (the one rule `up` follows; hardening #10): a machine that
+/// never joined and has no live token bound to its name, or whose identity expired. A
+/// removed node gets none: the operator removed it.
+pub fn stuck_without_token(
+    machine: &crate::provider::NodeInfo,
+    record: Option<&pb::NodeInfo>,
+    tokens: &[pb::TokenInfo],
+) -> Option<Stuck> {
+    let now = crate::records::now();
+    let has_live_token = || {
+        tokens.iter().any(|t| {
+            t.node_name == machine.name.as_str()
+                && !t.revoked
+                && t.uses_left > 0
+                && t.expires_at > now
+        })
+    };
+    match record {
+        None if has_live_token() => None,
+        None => Some(Stuck::NeverJoined),
+        Some(r) if r.removed => None,
+        Some(r) if r.instance_id != machine.instance_id => Some(Stuck::OtherInstance),
+        Some(r) if r.certificate_not_after <= now => Some(Stuck::IdentityExpired),
+        Some(_) => None,
+    }
 }
 
 /// What the reconcile loop did to a node.
@@ -135,17 +187,31 @@ impl Reconciler<'_> {
         &mut self,
         wanted: &[WantedNode],
     ) -> Result<Vec<(NodeName, Action)>, ReconcileError> {
-        let existing: BTreeMap<NodeName, NodeState> = self
+        let existing: BTreeMap<NodeName, crate::provider::NodeInfo> = self
             .provider
             .list()
             .await
             .map_err(ReconcileError::List)?
             .into_iter()
-            .map(|n| (n.name, n.state))
+            .map(|n| (n.name.clone(), n))
             .collect();
+        let records: BTreeMap<String, pb::NodeInfo> = self
+            .backend
+            .list_nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.name.clone(), n))
+            .collect();
+        let tokens = self.backend.list_tokens().await?;
         let mut done = Vec::new();
         for node in wanted {
-            let action = match existing.get(&node.name) {
+            let machine = existing.get(&node.name);
+            if let Some(m) = machine
+                && let Some(why) = stuck_without_token(m, records.get(node.name.as_str()), &tokens)
+            {
+                self.recover(node, why).await?;
+            }
+            let action = match machine.map(|m| m.state) {
                 Some(NodeState::Running) => Action::None,
                 Some(NodeState::Stopped) => {
                     (self.progress)(&format!("{}: booting (existing disk)", node.name));
@@ -167,17 +233,54 @@ impl Reconciler<'_> {
         Ok(done)
     }
 
-    async fn create(&mut self, node: &WantedNode) -> Result<(), ReconcileError> {
-        let token = self
+    /// A single-use token bound to `node`'s name, for `purpose`.
+    async fn node_token(
+        &mut self,
+        node: &WantedNode,
+        purpose: &str,
+    ) -> Result<String, ReconcileError> {
+        Ok(self
             .backend
             .create_token(pb::CreateTokenRequest {
-                ttl_seconds: NODE_TOKEN_TTL.as_secs(),
+                ttl_seconds: self.bootstrap.token_ttl.as_secs().max(1),
                 uses: 1,
                 node_name: node.name.to_string(),
-                description: "cloud-init".into(),
+                description: purpose.into(),
             })
             .await?
-            .token;
+            .token)
+    }
+
+    /// Delivers a recovery token to an existing machine that cannot join by itself
+    /// (hardening #10); its agent joins with it at once if running, or when it boots.
+    async fn recover(&mut self, node: &WantedNode, why: Stuck) -> Result<(), ReconcileError> {
+        let token = self.node_token(node, "recovery").await?;
+        (self.progress)(&format!(
+            "{}: {why}; delivering a recovery token",
+            node.name
+        ));
+        if let Err(source) = self.provider.deliver_token(&node.name, &token).await {
+            self.revoke_unused(node, &token).await;
+            return Err(ReconcileError::Provider {
+                node: node.name.clone(),
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    /// Revokes a token made for `node` that never reached it.
+    async fn revoke_unused(&mut self, node: &WantedNode, token: &str) {
+        let id = pangaea_core::token::BootstrapToken::parse(token)
+            .map(|t| t.id().to_owned())
+            .unwrap_or_default();
+        if let Err(e) = self.backend.revoke_token(id).await {
+            tracing::warn!(node = %node.name, "revoke the unused token: {e}");
+        }
+    }
+
+    async fn create(&mut self, node: &WantedNode) -> Result<(), ReconcileError> {
+        let token = self.node_token(node, "cloud-init").await?;
         let user_data = cloudinit::render(&UserData {
             node: node.name.clone(),
             controller: self.bootstrap.controller.clone(),
@@ -203,12 +306,7 @@ impl Reconciler<'_> {
         };
         if let Err(source) = self.provider.create(&spec).await {
             // The token was for this machine only; do not leave it valid.
-            let id = pangaea_core::token::BootstrapToken::parse(&token)
-                .map(|t| t.id().to_owned())
-                .unwrap_or_default();
-            if let Err(e) = self.backend.revoke_token(id).await {
-                tracing::warn!(node = %node.name, "revoke the unused token: {e}");
-            }
+            self.revoke_unused(node, &token).await;
             return Err(ReconcileError::Provider {
                 node: node.name.clone(),
                 source,

@@ -131,7 +131,7 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
     // Another instance takes the name (a replacement): its node certificates are issued
     // afresh, never handed down from the predecessor (hardening #3).
     if predecessor.is_some_and(|old| old.instance_id != req.instance_id) {
-        crate::issued::forget_node(&c.pki, &c.config.state_dir, &name)?;
+        crate::revocation::revoke_node(&c.pki, &c.config.state_dir, &name)?;
     }
     // 2. Sign and plan, outside the writer.
     let issued = match c.pki.sign_csr(
@@ -386,38 +386,102 @@ pub async fn record_report(
 /// How often the controller daemon re-plans every node (see [`rotate`]).
 pub const ROTATION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Re-plans every node, one at a time, every `every`, until `shutdown`: certificates with
+/// The pace of the rotation loop ([`rotate`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Rotation {
+    /// How often every node is re-planned.
+    pub every: std::time::Duration,
+    /// How long a round waits for a node that got new certificates to be healthy again
+    /// before it gives up on the round, leaving the nodes after it for the next round.
+    pub settle_timeout: std::time::Duration,
+}
+
+impl Default for Rotation {
+    /// Hourly rounds; ten minutes for a node to come back.
+    fn default() -> Rotation {
+        Rotation {
+            every: ROTATION_INTERVAL,
+            settle_timeout: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+/// Re-plans every node, one at a time, every `pace.every`, until `shutdown`: certificates with
 /// less than a third of their life left are issued again on the way, and each node gets
 /// them through its watch stream and restarts only the units that use them. A node whose
-/// plan fails is logged and retried on the next round.
+/// plan changed must be healthy again ([`crate::health::assess`]) before the next one is
+/// touched, so a rotation never restarts the etcd members or API servers of two nodes at
+/// once. When one does not recover within `pace.settle_timeout`, the round stops there;
+/// the next round finds that node's plan unchanged and goes on with the others, so a dead
+/// node delays the others' rotation by one round, never forever. A node whose plan fails is
+/// logged and retried on the next round.
 pub async fn rotate(
     c: std::sync::Arc<Controller>,
-    every: std::time::Duration,
+    pace: Rotation,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pace.every) => {}
         }
-        let nodes = match c.nodes() {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "rotation: cannot list the nodes");
-                continue;
+        let round = async {
+            let nodes = match c.nodes() {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rotation: cannot list the nodes");
+                    return;
+                }
+            };
+            for n in nodes.iter().filter(|n| !n.record.removed) {
+                let name = &n.record.name;
+                match replan(&c, name).await {
+                    Ok(Some(revision)) => {
+                        if !settled(&c, name, pace.settle_timeout).await {
+                            tracing::warn!(
+                                node = %name,
+                                revision,
+                                "rotation: node not healthy after its new certificates; \
+                                 the other nodes wait for the next round"
+                            );
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(node = %name, error = %e, "rotation: replan failed"),
+                }
             }
         };
-        for n in nodes.iter().filter(|n| !n.record.removed) {
-            if let Err(e) = replan(&c, &n.record.name).await {
-                tracing::warn!(node = %n.record.name, error = %e, "rotation: replan failed");
-            }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = round => {}
         }
     }
 }
 
-/// Recomputes a node's plan and publishes it if it changed. Returns the revision.
-pub async fn replan(c: &Controller, name: &str) -> Result<u64, ControllerError> {
+/// Waits (polling each second) until node `name` is healthy, at most `timeout`.
+async fn settled(c: &Controller, name: &str, timeout: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let healthy = c.nodes().is_ok_and(|nodes| {
+            nodes.iter().any(|n| {
+                n.record.name == name && crate::health::assess(Some(&n.info()), now()).is_healthy()
+            })
+        });
+        if healthy {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Recomputes a node's plan and publishes it if it changed. Returns the new revision, or
+/// `None` when nothing changed.
+pub async fn replan(c: &Controller, name: &str) -> Result<Option<u64>, ControllerError> {
     let record = c
         .node(name)?
         .filter(|r| !r.removed)
@@ -428,21 +492,44 @@ pub async fn replan(c: &Controller, name: &str) -> Result<u64, ControllerError> 
         .store
         .write(move |txn| assign::store_plan(txn, &n, plan))
         .await?;
-    match changed {
+    Ok(match changed {
         Some(a) => {
             let rev = a.revision;
             c.hub.publish(a).await;
-            Ok(rev)
+            Some(rev)
         }
-        None => Ok(c
-            .store
-            .read(|r| {
-                assign::load(
-                    &r.open_table(ASSIGNMENTS)
-                        .map_err(|e| store::db_err("assignments", name, e))?,
-                    name,
-                )
-            })?
-            .map_or(0, |a| a.revision)),
+        None => None,
+    })
+}
+
+/// Removes node `name`: its agent certificate is refused from now on and its watch stream
+/// ends; every cluster certificate issued for it is revoked and the remaining nodes are
+/// re-planned at once, so the etcd members get the new revocation list (and refuse the
+/// removed node's etcd certificates) within seconds.
+pub async fn remove(c: &Controller, name: &str) -> Result<(), ControllerError> {
+    let n = name.to_owned();
+    let found = c
+        .store
+        .write(move |txn| {
+            crate::records::update_node(txn, &n, |rec| {
+                rec.removed = true;
+                rec.active_serials.clear();
+                Some(())
+            })
+        })
+        .await?
+        .is_some();
+    if !found {
+        return Err(ControllerError::NoSuchNode(name.to_owned()));
     }
+    c.hub.close(name).await;
+    c.jobs.close(name, "the node was removed");
+    let revoked = crate::revocation::revoke_node(&c.pki, &c.config.state_dir, name)?;
+    tracing::info!(node = %name, revoked, "node removed; its certificates are revoked");
+    for other in c.nodes()?.iter().filter(|n| !n.record.removed) {
+        if let Err(e) = replan(c, &other.record.name).await {
+            tracing::warn!(node = %other.record.name, error = %e, "revocation: replan failed");
+        }
+    }
+    Ok(())
 }

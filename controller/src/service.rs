@@ -332,6 +332,9 @@ impl pb::enrollment_server::Enrollment for Service {
         if joined.replaced {
             // The previous incarnation's streams end; its certificate is no longer listed.
             self.0.hub.close(&name).await;
+            self.0
+                .jobs
+                .close(&name, "the node was replaced by a new machine");
         }
         if let Some(a) = joined.assignment {
             self.0.hub.publish(a).await;
@@ -575,6 +578,32 @@ impl pb::node_service_server::NodeService for Service {
             total,
             Some(slot),
         )))
+    }
+
+    type WatchJobsStream = crate::jobs::JobStream;
+
+    async fn watch_jobs(
+        &self,
+        req: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<crate::jobs::JobStream>, Status> {
+        let node = self.authenticate(&req, "WatchJobs")?.record;
+        let stream = crate::jobs::stream(&self.0.jobs, &node.name);
+        // As for the assignment: a removal committed meanwhile is caught here.
+        self.authenticate(&req, "WatchJobs")?;
+        Ok(Response::new(stream))
+    }
+
+    async fn report_job(
+        &self,
+        req: Request<pb::JobReport>,
+    ) -> Result<Response<pb::JobAck>, Status> {
+        let node = self.authenticate(&req, "ReportJob")?.record;
+        let (remote, _) = peer(&req);
+        self.0
+            .jobs
+            .report(&node.name, req.into_inner())
+            .map_err(|r| refuse(Code::NotFound, &remote, "ReportJob", r))?;
+        Ok(Response::new(pb::JobAck {}))
     }
 
     async fn report(

@@ -4,6 +4,12 @@
 //! Only the SHA-256 of the secret is stored. The secret is high-entropy and random, so a
 //! fast hash is sufficient (no password stretching is needed), and comparison is constant-time.
 
+/// Where every provider makes a recovery token appear on a node (read-only to the node):
+/// `up` puts a fresh single-use token bound to the node's name there when it finds the node
+/// stuck — never joined with its bootstrap token expired, or its identity expired while the
+/// cluster was off — and the agent joins with it.
+pub const RECOVERY_TOKEN_FILE: &str = "/var/lib/pangaea/seed/recovery-token";
+
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::fmt;

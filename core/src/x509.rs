@@ -96,6 +96,37 @@ impl CertInfo {
     }
 }
 
+/// What Pangaea reads from a certificate revocation list: the serials it revokes and until
+/// when it is valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// The revoked serial numbers, lowercase hex of their DER bytes (as
+    /// [`CertInfo::serial_hex`]).
+    pub serials_hex: Vec<String>,
+    /// The list's `nextUpdate`, unix seconds (0 when it has none).
+    pub next_update: i64,
+}
+
+impl CrlInfo {
+    /// Reads the first `X509 CRL` section of a PEM text; `None` when there is no readable one.
+    pub fn from_pem(pem: &str) -> Option<CrlInfo> {
+        use rustls_pki_types::CertificateRevocationListDer;
+        let der = CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).ok()?;
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&der).ok()?;
+        Some(CrlInfo {
+            issuer: crl.issuer().to_string(),
+            serials_hex: crl
+                .iter_revoked_certificates()
+                .map(|r| hex::encode(r.raw_serial()))
+                .collect(),
+            next_update: crl.next_update().map_or(0, |t| t.timestamp()),
+        })
+    }
+}
+
 fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
     match b.len() {
         4 => Some(<[u8; 4]>::try_from(b).ok()?.into()),

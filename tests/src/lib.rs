@@ -2,6 +2,7 @@
 //! running in-process with temporary roots and a recording service manager.
 
 use pangaea_agent::AgentConfig;
+use pangaea_agent::command::RecordingCommandRunner;
 use pangaea_agent::service_manager::RecordingServiceManager;
 use pangaea_controller::assign::{Plan, PlanError, Planner};
 use pangaea_controller::records::NodeRecord;
@@ -103,10 +104,10 @@ impl TestController {
     }
 
     /// [`TestController::start_compiled`] with node certificates of `rotation.0` lifetime,
-    /// re-planned every `rotation.1` (the daemon's rotation loop).
+    /// re-planned at the pace `rotation.1` (the daemon's rotation loop).
     pub async fn start_compiled_rotating(
         prepare: impl FnOnce(&std::path::Path),
-        rotation: Option<(Duration, Duration)>,
+        rotation: Option<(Duration, pangaea_controller::rules::Rotation)>,
     ) -> TestController {
         init();
         let dir = tempfile::tempdir().unwrap();
@@ -128,10 +129,10 @@ impl TestController {
             ))),
         )
         .unwrap();
-        if let Some((_, every)) = rotation {
+        if let Some((_, pace)) = rotation {
             tokio::spawn(pangaea_controller::rules::rotate(
                 controller.clone(),
-                every,
+                pace,
                 std::future::pending(),
             ));
         }
@@ -168,6 +169,33 @@ impl TestController {
         self.addr.to_string()
     }
 
+    /// The state directory (`.pangaea`).
+    pub fn state_dir(&self) -> pangaea_controller::state_dir::StateDir {
+        self.controller.config().state_dir.clone()
+    }
+
+    /// Also serves the admin socket (`.pangaea/ctl.sock`), as `pangaea-ctl serve` does, so
+    /// that operator commands reach this controller; returns once it accepts connections.
+    pub async fn serve_admin(&self) {
+        let mut rx = self.stop.subscribe();
+        tokio::spawn(pangaea_controller::admin::serve(
+            self.controller.clone(),
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            },
+        ));
+        let socket = self.state_dir().socket();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "admin socket {} not accepting",
+                socket.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn token(&self, node: Option<&str>) -> String {
         let spec = pangaea_controller::tokens::NewToken {
             node: node.map(str::to_owned),
@@ -194,6 +222,17 @@ impl TestController {
     }
 }
 
+/// Every artifact of the default artifact set: a configuration that disables them all
+/// needs no download (nothing is reachable from the tests).
+pub const ARTIFACTS: [&str; 6] = [
+    "etcd",
+    "kubernetes-server",
+    "containerd",
+    "runc",
+    "cni-plugins",
+    "crictl",
+];
+
 /// A configuration for a fresh agent of node `name` (instance `i-NAME`) that joins the
 /// controller at `endpoint` with `token`, with its own temporary directories.
 pub fn agent_config(
@@ -209,6 +248,7 @@ pub fn agent_config(
         controller: vec![endpoint.to_owned()],
         ca_pin: pin,
         token_file,
+        recovery_token_file: d.path().join("seed/recovery-token"),
         node_name: Some(name.to_owned()),
         instance_id: Some(format!("i-{name}")),
         state_dir: d.path().join("state"),
@@ -223,6 +263,8 @@ pub struct TestAgent {
     pub dir: tempfile::TempDir,
     pub cfg: AgentConfig,
     pub units: Arc<RecordingServiceManager>,
+    /// The programs its jobs ran (`ctr`), answered by the test.
+    pub commands: Arc<RecordingCommandRunner>,
     stop: watch::Sender<bool>,
     pub task: tokio::task::JoinHandle<Result<(), pangaea_agent::run::AgentError>>,
 }
@@ -230,12 +272,19 @@ pub struct TestAgent {
 impl TestAgent {
     pub fn spawn(dir: tempfile::TempDir, cfg: AgentConfig) -> TestAgent {
         let units = Arc::new(RecordingServiceManager::default());
+        let commands = Arc::new(RecordingCommandRunner::default());
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(pangaea_agent::run(cfg.clone(), units.clone(), rx));
+        let task = tokio::spawn(pangaea_agent::run_with(
+            cfg.clone(),
+            units.clone(),
+            commands.clone(),
+            rx,
+        ));
         TestAgent {
             dir,
             cfg,
             units,
+            commands,
             stop,
             task,
         }

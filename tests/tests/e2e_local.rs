@@ -96,9 +96,16 @@ impl Cluster {
 
     /// etcdctl against some members only.
     fn etcdctl_on(&self, endpoints: &str, args: &[&str]) -> Output {
+        self.etcdctl_as(endpoints, &[], args)
+    }
+
+    /// etcdctl against some members, with some `ETCDCTL_*` variables replaced (another
+    /// client certificate).
+    fn etcdctl_as(&self, endpoints: &str, env: &[(&str, &Path)], args: &[&str]) -> Output {
         Command::new("etcdctl")
             .envs(self.etcdctl_env())
             .env("ETCDCTL_ENDPOINTS", endpoints)
+            .envs(env.iter().copied())
             .args(["--dial-timeout=2s", "--command-timeout=5s"])
             .args(args)
             .output()
@@ -403,6 +410,43 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
                 .all(|n| n.last_report_at > reported)
                 .then_some(())
         },
+    );
+
+    // 7. Hardening #3: `node remove` revokes the node's etcd certificates. Its API server's
+    // etcd client certificate, kept by someone, is refused by the remaining members within
+    // 10 s (they read the etcd CA's revocation list on each new connection; no restart).
+    let kept = tempfile::tempdir().unwrap();
+    let issued = c.state().issued("node-3/apiserver-etcd-client");
+    let (cert, key) = (kept.path().join("c.crt"), kept.path().join("c.key"));
+    std::fs::copy(&issued.cert, &cert).unwrap();
+    std::fs::copy(&issued.key, &key).unwrap();
+    let members = format!("https://{}:2379,https://{}:2379", node_ip(1), node_ip(2));
+    let as_node_3 = || {
+        c.etcdctl_as(
+            &members,
+            &[("ETCDCTL_CERT", &cert), ("ETCDCTL_KEY", &key)],
+            &["--dial-timeout=1s", "--command-timeout=1s", "get", "before"],
+        )
+    };
+    let before = as_node_3();
+    assert!(before.status.success(), "before removal: {}", text(&before));
+    c.ok(&["node", "remove", "node-3"]);
+    let removed = std::time::Instant::now();
+    // The time a refused attempt started: the attempt itself waits for its timeouts.
+    let refused_at = eventually(
+        "the remaining members to refuse node-3's etcd client certificate",
+        Duration::from_secs(10),
+        || {
+            let tried = removed.elapsed();
+            (!as_node_3().status.success()).then_some(tried)
+        },
+    );
+    eprintln!("refused from {refused_at:?} after `node remove`");
+    let mine = c.etcdctl_on(&members, &["get", "before"]);
+    assert!(
+        mine.status.success(),
+        "the operator's client: {}",
+        text(&mine)
     );
 }
 

@@ -363,6 +363,15 @@ fn key_files_are_private_parse_and_match_their_certificates() {
             Some("crt") | Some("pub") => {
                 assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display())
             }
+            // The etcd CA's revocation list, and the ledger of revoked serials.
+            Some("crl") => {
+                assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
+                let (ok, out) = openssl(&["crl", "-in", s(&path), "-noout"]);
+                assert!(ok, "openssl rejects {}:\n{out}", path.display());
+            }
+            _ if path.file_name().is_some_and(|n| n == "revocations.json") => {
+                assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display())
+            }
             _ if path.file_name().is_some_and(|n| n == ".lock") => {
                 assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display())
             }

@@ -50,6 +50,13 @@ fn token_in(user_data: &str) -> String {
     serde_json::from_str(content).expect("the token is a JSON string")
 }
 
+/// Writes a recovery token where the agent of `cfg` looks for one.
+fn seed(cfg: &pangaea_agent::AgentConfig, token: &str) {
+    let path = &cfg.recovery_token_file;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, token).unwrap();
+}
+
 /// A controller, and a fake provider whose machines run in-process agents.
 struct World {
     ctl: TestController,
@@ -57,36 +64,82 @@ struct World {
     /// Running agents, and the disks of stopped ones.
     agents: Arc<Mutex<BTreeMap<NodeName, TestAgent>>>,
     disks: Arc<Mutex<BTreeMap<NodeName, (tempfile::TempDir, pangaea_agent::AgentConfig)>>>,
+    /// Nodes whose machine boots but whose agent does not start (until revived).
+    dead: Arc<Mutex<BTreeSet<NodeName>>>,
     backend: Backend,
     bootstrap: Bootstrap,
+}
+
+/// Lifetimes for a [`World`]: its nodes' agent certificates and bootstrap tokens.
+#[derive(Clone, Copy)]
+struct Lifetimes {
+    node_cert: Option<Duration>,
+    token: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Lifetimes {
+        Lifetimes {
+            node_cert: None,
+            token: pangaea_controller::reconcile::NODE_TOKEN_TTL,
+        }
+    }
 }
 
 impl World {
     /// `dead`: nodes whose machine boots but whose agent never starts.
     async fn new(dead: &[&str]) -> World {
-        let ctl = TestController::start().await;
+        World::with(dead, Lifetimes::default()).await
+    }
+
+    async fn with(dead: &[&str], lifetimes: Lifetimes) -> World {
+        let ctl = TestController::start_with(|c| {
+            if let Some(l) = lifetimes.node_cert {
+                c.node_cert_lifetime = l;
+            }
+        })
+        .await;
         let agents: Arc<Mutex<BTreeMap<NodeName, TestAgent>>> = Arc::default();
         let disks: Arc<Mutex<BTreeMap<_, _>>> = Arc::default();
-        let dead: BTreeSet<NodeName> = dead.iter().map(|d| name(d)).collect();
+        // Recovery tokens delivered to a machine that has not booted an agent yet.
+        let seeds: Arc<Mutex<BTreeMap<NodeName, String>>> = Arc::default();
+        let dead: Arc<Mutex<BTreeSet<NodeName>>> =
+            Arc::new(Mutex::new(dead.iter().map(|d| name(d)).collect()));
         let (endpoint, pin) = (ctl.endpoint(), ctl.controller.pki().controller_pin());
-        let (a, d) = (agents.clone(), disks.clone());
+        let (a, d, s, dd) = (agents.clone(), disks.clone(), seeds.clone(), dead.clone());
         let (a2, d2) = (agents.clone(), disks.clone());
+        let (a3, d3, s3) = (agents.clone(), disks.clone(), seeds.clone());
         let provider = FakeProvider::new()
-            .on_boot(move |node, user_data, first| {
-                if dead.contains(node) {
+            .on_boot(move |machine, user_data, _first| {
+                let node = &machine.name;
+                if dd.lock().unwrap().contains(node) {
                     return;
                 }
-                let (dir, cfg) = if first {
-                    agent_config(&endpoint, pin, node, &token_in(user_data))
-                } else {
-                    d.lock()
-                        .unwrap()
-                        .remove(node)
-                        .expect("a stopped node has a disk")
-                };
+                // A machine boots with its disk, or for the first time with its user-data.
+                let (dir, cfg) = d.lock().unwrap().remove(node).unwrap_or_else(|| {
+                    // The agent reads its instance ID from the provider (cloud-init's
+                    // meta-data on a real node).
+                    let (dir, mut cfg) = agent_config(&endpoint, pin, node, &token_in(user_data));
+                    cfg.instance_id = Some(machine.instance_id.clone());
+                    (dir, cfg)
+                });
+                if let Some(token) = s.lock().unwrap().remove(node) {
+                    seed(&cfg, &token);
+                }
                 a.lock()
                     .unwrap()
                     .insert(node.clone(), TestAgent::spawn(dir, cfg));
+            })
+            // The provider's seed: the node's agent finds the token in its recovery file,
+            // running or stopped, or when it first boots.
+            .on_token(move |node, token| {
+                if let Some(a) = a3.lock().unwrap().get(node) {
+                    seed(&a.cfg, token);
+                } else if let Some((_, cfg)) = d3.lock().unwrap().get(node) {
+                    seed(cfg, token);
+                } else {
+                    s3.lock().unwrap().insert(node.clone(), token.to_owned());
+                }
             })
             .on_stop(move |node| {
                 if let Some(agent) = a2.lock().unwrap().remove(node) {
@@ -99,11 +152,13 @@ impl World {
             provider: Arc::new(provider),
             agents,
             disks,
+            dead,
             bootstrap: Bootstrap {
                 controller: "127.0.0.1:0".into(),
                 ca_pin: "sha256:00".into(),
                 agent_url: "http://127.0.0.1/pangaea-agent".into(),
                 agent_sha256: "00".repeat(32),
+                token_ttl: lifetimes.token,
             },
         }
     }
@@ -288,4 +343,108 @@ async fn down_powers_off_running_nodes_and_purge_deletes_everything() {
         "teardown after the last node"
     );
     assert!(w.provider.list_now().await.is_empty());
+}
+
+/// Hardening #10 (token expired before first boot): a machine whose bootstrap token expired
+/// before its agent ever ran gets a recovery token from the next `up` (bound to its name,
+/// single-use), delivered through the provider's seed before it boots, and joins with it.
+/// Nodes with a live token, or joined, get none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_token_expired_before_first_boot_joins_with_a_recovery_token() {
+    let ttl = Duration::from_secs(2);
+    let lifetimes = Lifetimes {
+        token: ttl,
+        ..Lifetimes::default()
+    };
+    let mut w = World::with(&["node-2"], lifetimes).await;
+    w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    // While its token lives, a re-run delivers nothing: the node may still be booting.
+    w.provider.clear_calls().await;
+    w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    assert_eq!(
+        w.provider.calls().await,
+        vec![],
+        "no recovery while a token lives"
+    );
+    w.reconciler()
+        .wait_healthy(&[name("node-1"), name("node-3")], T)
+        .await
+        .unwrap();
+    tokio::time::sleep(ttl + Duration::from_millis(1100)).await;
+    // Its agent starts only now, with the expired token in its user-data.
+    w.provider.power_off(&name("node-2")).await;
+    w.dead.lock().unwrap().clear();
+
+    w.provider.clear_calls().await;
+    w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    assert_eq!(
+        w.provider.calls().await,
+        vec![
+            Call::DeliverToken(name("node-2")),
+            Call::Start(name("node-2"))
+        ],
+        "the recovery token is delivered before the node boots, to it alone"
+    );
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+    let recovery: Vec<_> = w
+        .tokens()
+        .await
+        .into_iter()
+        .filter(|t| t.description == "recovery")
+        .collect();
+    assert_eq!(recovery.len(), 1, "{recovery:?}");
+    assert_eq!(recovery[0].node_name, "node-2");
+    assert_eq!(recovery[0].uses_left, 0, "spent by the join");
+}
+
+/// Hardening #10 (identity expired while off): a node powered off for longer than its
+/// agent certificate lives cannot renew; the next `up` sees the expired identity, delivers
+/// a recovery token to it and boots it, and it joins again as the same instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_identity_expired_while_off_joins_again_with_a_recovery_token() {
+    let lifetime = Duration::from_secs(3);
+    let lifetimes = Lifetimes {
+        node_cert: Some(lifetime),
+        ..Lifetimes::default()
+    };
+    let mut w = World::with(&[], lifetimes).await;
+    w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+    let instance = w.instance_of("node-3");
+    w.provider.power_off(&name("node-3")).await;
+    tokio::time::sleep(lifetime + Duration::from_millis(1100)).await;
+    let expired = w
+        .ctl
+        .controller
+        .node("node-3")
+        .unwrap()
+        .unwrap()
+        .cert_not_after;
+    assert!(expired <= pangaea_controller::records::now());
+
+    w.provider.clear_calls().await;
+    w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    assert_eq!(
+        w.provider.calls().await,
+        vec![
+            Call::DeliverToken(name("node-3")),
+            Call::Start(name("node-3"))
+        ]
+    );
+    pangaea_tests::eventually("node-3 to join again with a new certificate", T, || {
+        w.ctl
+            .controller
+            .node("node-3")
+            .unwrap()
+            .unwrap()
+            .cert_not_after
+            > expired
+    })
+    .await;
+    let record = w.ctl.controller.node("node-3").unwrap().unwrap();
+    assert_eq!(
+        record.instance_id, instance,
+        "the same instance, joined again"
+    );
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
 }

@@ -1,6 +1,7 @@
 //! Bad input and attacks: each is refused with a clear error, logged, and changes nothing in
 //! the controller's state.
 
+use pangaea_controller::rules;
 use pangaea_controller::tokens::NewToken;
 use pangaea_core::tls;
 use pangaea_proto as pb;
@@ -333,7 +334,7 @@ async fn node_calls_need_a_valid_current_certificate_and_see_only_their_own_assi
     .unwrap();
 
     // Removal revokes at once.
-    ctl.controller.remove_node("node-a".into()).await.unwrap();
+    rules::remove(&ctl.controller, "node-a").await.unwrap();
     let s = a.report(pb::HealthReport::default()).await.unwrap_err();
     assert_eq!(s.code(), Code::PermissionDenied);
     assert!(s.message().contains("removed"), "{}", s.message());
@@ -458,7 +459,7 @@ async fn a_watch_stream_ends_when_its_node_is_replaced_or_removed() {
 
     // The replacement's own stream, until the node is removed.
     let second = watch(&ctl, "node-a", &key2, &cert2).await.unwrap();
-    ctl.controller.remove_node("node-a".into()).await.unwrap();
+    rules::remove(&ctl.controller, "node-a").await.unwrap();
     ends(second, "after the removal").await;
 }
 
@@ -485,7 +486,7 @@ async fn watches_racing_a_removal_all_end() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
-    ctl.controller.remove_node("node-b".into()).await.unwrap();
+    rules::remove(&ctl.controller, "node-b").await.unwrap();
     let (mut refused, mut ended) = (0, 0);
     for c in calls {
         match c.await.unwrap() {
@@ -593,7 +594,7 @@ async fn a_replacement_node_gets_new_keys_never_its_predecessors() {
         "the replacement got its predecessor's etcd key"
     );
     // And after a removal too.
-    ctl.controller.remove_node("node-1".into()).await.unwrap();
+    rules::remove(&ctl.controller, "node-1").await.unwrap();
     let (k4, c4) = join(&ctl, "node-1", "i-3", &ctl.token(None).await)
         .await
         .unwrap();
@@ -700,7 +701,13 @@ async fn idle_connections_do_not_block_a_join_or_a_renewal() {
 async fn a_certificate_near_its_end_is_reissued_and_delivered_without_operator_action() {
     let ctl = TestController::start_compiled_rotating(
         |_| {},
-        Some((Duration::from_secs(6), Duration::from_millis(300))),
+        Some((
+            Duration::from_secs(6),
+            rules::Rotation {
+                every: Duration::from_millis(300),
+                settle_timeout: Duration::from_secs(1),
+            },
+        )),
     )
     .await;
     const CERT: &str = "/etc/etcd/pki/peer.crt";

@@ -35,7 +35,7 @@ pub fn try_compile(
 
 /// The configurations the tests exercise: the default cluster, separate pools with disks
 /// and NFS, and everything optional switched on.
-pub const CASES: [(&str, &str); 3] = [
+pub const CASES: [(&str, &str); 4] = [
     ("default", ""),
     (
         "pools",
@@ -44,5 +44,10 @@ pub const CASES: [(&str, &str); 3] = [
     (
         "everything",
         "addons:\n  logging:\n    enabled: true\n    persistentStorage: true\n  monitoring:\n    enabled: true\n    externalAccess: true\nexpose:\n  grafana:\n    type: NodePort\n    nodePort: 30300\n",
+    ),
+    // containerd 1.x (as Debian 12 packages it): configuration version 2.
+    (
+        "containerd-1x",
+        "artifacts:\n  - name: containerd\n    version: 1.6.20~ds1-1+deb12u3\n",
     ),
 ];

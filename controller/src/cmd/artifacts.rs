@@ -4,7 +4,7 @@ use super::{Ctx, human};
 use crate::cli::ArtifactsCommand;
 use crate::mirror::Mirror;
 use anyhow::Context;
-use pangaea_compiler::artifact_set::{ArtifactOverride, ArtifactSet};
+use pangaea_compiler::artifact_set::{ArtifactOverride, ArtifactSet, ArtifactSource};
 use std::path::Path;
 
 /// Runs an `artifacts` subcommand.
@@ -14,6 +14,18 @@ pub async fn run(ctx: &Ctx, cmd: ArtifactsCommand) -> anyhow::Result<()> {
     let mirror = Mirror::new(&ctx.state.artifacts());
     match cmd {
         ArtifactsCommand::List => {
+            let loaded = pangaea_compiler::config::Loaded::load(&ctx.config)?;
+            if loaded.config.artifact_source == ArtifactSource::OsPackages {
+                ctx.state.ensure()?;
+                let (_, import) = crate::os_packages::resolve(&loaded, &ctx.state)?;
+                println!(
+                    "artifactSource: os-packages (installed packages, imported into the mirror)"
+                );
+                for line in import.iter().flat_map(|i| i.report()) {
+                    println!("{line}");
+                }
+                return Ok(());
+            }
             let set = ArtifactSet::defaults();
             println!("pinned set v{} ({})", set.set_version, set.arch);
             println!(

@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod compile;
 pub mod down;
 pub mod env;
+pub mod image;
 pub mod node;
 pub mod pki;
 pub mod serve;
@@ -57,6 +58,23 @@ pub fn print_warnings(loaded: &pangaea_compiler::config::Loaded) {
             .map(|(l, c)| format!(":{l}:{c}"))
             .unwrap_or_default();
         eprintln!("warning: {}{at}: {}", loaded.file, w.message);
+    }
+}
+
+/// Prints what `provider`'s nodes cannot do for the cluster's worker runtime
+/// ([`crate::provider::Provider::runtime_findings`]).
+pub fn print_runtime_findings(
+    provider: &dyn crate::provider::Provider,
+    c: &crate::compile::Compilation,
+) {
+    let worker = c
+        .model
+        .nodes
+        .iter()
+        .any(|n| n.roles.contains(&pangaea_compiler::roles::Role::Worker));
+    let kubelet = worker.then_some(c.loaded.config.versions.kubernetes.as_str());
+    for f in provider.runtime_findings(kubelet) {
+        eprintln!("warning: {f}");
     }
 }
 

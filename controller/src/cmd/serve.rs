@@ -71,7 +71,7 @@ pub async fn run(
     let admin = tokio::spawn(crate::admin::serve(controller.clone(), stop(rx.clone())));
     tokio::spawn(crate::rules::rotate(
         controller.clone(),
-        crate::rules::ROTATION_INTERVAL,
+        crate::rules::Rotation::default(),
         stop(rx.clone()),
     ));
     if let Some(l) = agent_http {

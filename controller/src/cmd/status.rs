@@ -26,15 +26,17 @@ pub async fn run(ctx: &Ctx, output: Output) -> anyhow::Result<()> {
     // that cannot be asked only leaves them out.
     let created: BTreeMap<String, i64> =
         match crate::provider::from_config(&c.loaded, &ctx.state, &ctx.image_cache) {
-            Ok(p) => p
-                .list()
-                .await
-                .map(|l| {
-                    l.into_iter()
-                        .map(|n| (n.name.to_string(), n.created_at))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            Ok(p) => {
+                super::print_runtime_findings(p.as_ref(), &c);
+                p.list()
+                    .await
+                    .map(|l| {
+                        l.into_iter()
+                            .map(|n| (n.name.to_string(), n.created_at))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
             Err(_) => BTreeMap::new(),
         };
     let addresses = etcd_addresses(&nodes, now);

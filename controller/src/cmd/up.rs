@@ -18,6 +18,10 @@ pub async fn run(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
     let c = ctx.compilation()?;
     print_warnings(&c.loaded);
     let provider = ctx.provider(&c)?;
+    super::print_runtime_findings(provider.as_ref(), &c);
+    for line in c.os_packages.iter().flat_map(|i| i.report()) {
+        step(&line);
+    }
     provider.prepare(&step).await?;
     let endpoint = provider.controller_endpoint().await?;
     let mut phases = vec![("image and network", started.elapsed())];
@@ -41,6 +45,7 @@ pub async fn run(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
             crate::agent_http::PATH
         ),
         agent_sha256,
+        token_ttl: crate::reconcile::NODE_TOKEN_TTL,
     };
     let wanted = wanted_nodes(&c);
     let names: Vec<NodeName> = wanted.iter().map(|n| n.name.clone()).collect();

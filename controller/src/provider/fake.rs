@@ -24,6 +24,8 @@ pub enum Call {
     Stop(NodeName),
     /// `delete` of a node.
     Delete(NodeName),
+    /// `deliver_token` to a node.
+    DeliverToken(NodeName),
     /// `teardown`.
     Teardown,
 }
@@ -37,11 +39,13 @@ pub enum Op {
     Start,
 }
 
-/// A node booting: its name, its user-data (with the bootstrap token) and whether it is
-/// the first boot.
-pub type BootHook = Box<dyn Fn(&NodeName, &str, bool) + Send + Sync>;
+/// A node booting: the machine (name, instance ID), its user-data (with the bootstrap
+/// token) and whether it is the first boot.
+pub type BootHook = Box<dyn Fn(&NodeInfo, &str, bool) + Send + Sync>;
 /// A node going down.
 pub type StopHook = Box<dyn Fn(&NodeName) + Send + Sync>;
+/// A recovery token delivered to a node (a test writes it where the node's agent looks).
+pub type TokenHook = Box<dyn Fn(&NodeName, &str) + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -57,6 +61,7 @@ pub struct FakeProvider {
     state: Mutex<State>,
     on_boot: Option<BootHook>,
     on_stop: Option<StopHook>,
+    on_token: Option<TokenHook>,
 }
 
 impl FakeProvider {
@@ -66,7 +71,7 @@ impl FakeProvider {
     }
 
     /// Runs `hook` whenever a node boots (created or started).
-    pub fn on_boot(mut self, hook: impl Fn(&NodeName, &str, bool) + Send + Sync + 'static) -> Self {
+    pub fn on_boot(mut self, hook: impl Fn(&NodeInfo, &str, bool) + Send + Sync + 'static) -> Self {
         self.on_boot = Some(Box::new(hook));
         self
     }
@@ -74,6 +79,12 @@ impl FakeProvider {
     /// Runs `hook` whenever a node stops (stopped or deleted).
     pub fn on_stop(mut self, hook: impl Fn(&NodeName) + Send + Sync + 'static) -> Self {
         self.on_stop = Some(Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` whenever a recovery token is delivered to a node.
+    pub fn on_token(mut self, hook: impl Fn(&NodeName, &str) + Send + Sync + 'static) -> Self {
+        self.on_token = Some(Box::new(hook));
         self
     }
 
@@ -170,9 +181,23 @@ impl Provider for FakeProvider {
             info
         };
         if let Some(h) = &self.on_boot {
-            h(&spec.name, &spec.user_data, true);
+            h(&info, &spec.user_data, true);
         }
         Ok(info)
+    }
+
+    async fn deliver_token(&self, name: &NodeName, token: &str) -> Result<(), ProviderError> {
+        {
+            let mut s = self.state.lock().await;
+            s.calls.push(Call::DeliverToken(name.clone()));
+            if !s.nodes.contains_key(name) {
+                return Err(ProviderError::NoSuchNode(name.clone()));
+            }
+        }
+        if let Some(h) = &self.on_token {
+            h(name, token);
+        }
+        Ok(())
     }
 
     async fn start(&self, name: &NodeName) -> Result<(), ProviderError> {
@@ -182,7 +207,7 @@ impl Provider for FakeProvider {
             .calls
             .push(Call::Start(name.clone()));
         self.injected(Op::Start, name).await?;
-        let user_data = {
+        let (info, user_data) = {
             let mut s = self.state.lock().await;
             let (info, user_data) = s
                 .nodes
@@ -192,10 +217,10 @@ impl Provider for FakeProvider {
                 return Ok(());
             }
             info.state = NodeState::Running;
-            user_data.clone()
+            (info.clone(), user_data.clone())
         };
         if let Some(h) = &self.on_boot {
-            h(name, &user_data, false);
+            h(&info, &user_data, false);
         }
         Ok(())
     }

@@ -160,6 +160,12 @@ pub trait Provider: Send + Sync {
         self.start(name).await
     }
 
+    /// Puts a recovery token on node `name` at
+    /// [`RECOVERY_TOKEN_FILE`](pangaea_core::token::RECOVERY_TOKEN_FILE), where its agent
+    /// finds it — at once on a running node, or when a stopped one boots — replacing any
+    /// earlier one. Readable by the node's root only.
+    async fn deliver_token(&self, name: &NodeName, token: &str) -> Result<(), ProviderError>;
+
     /// Removes a node and everything created for it.
     async fn delete(&self, name: &NodeName) -> Result<(), ProviderError>;
 
@@ -179,6 +185,15 @@ pub trait Provider: Send + Sync {
     fn console_hint(&self, name: &NodeName) -> Option<String> {
         let _ = name;
         None
+    }
+
+    /// What this provider's nodes cannot do for the worker runtime, and cannot be prepared
+    /// by it (a host setting, a kernel feature), each with what the operator can do; `up`
+    /// and `status` print them. `kubelet` is the Kubernetes version of the cluster's
+    /// workers, `None` when it has none.
+    fn runtime_findings(&self, kubelet: Option<&str>) -> Vec<String> {
+        let _ = kubelet;
+        Vec::new()
     }
 }
 

@@ -1,6 +1,11 @@
 //! The node image of the local provider: a debootstrap of Debian with systemd and
 //! cloud-init, built once and cached under a hash of its recipe, so a changed recipe builds
 //! a new image while nodes created from the old one keep their lower layer.
+//!
+//! Besides the packages, the image carries what a worker's container runtime needs inside a
+//! systemd-nspawn machine and that cannot be given from outside ([`IMAGE_FILES`]; the boot
+//! options are in the provider, `super::Local::boot`). Each is explained in
+//! docs/ARCHITECTURE.md, "Nodes that run containers".
 
 use super::run;
 use crate::provider::{Progress, ProviderError};
@@ -11,8 +16,9 @@ use tokio::process::Command;
 /// The recipe of the node image; the cache key is its hash, so a changed recipe rebuilds.
 /// (python3-cffi-backend is named because debootstrap does not resolve the virtual
 /// packages python3-cryptography depends on.)
-pub const IMAGE_PACKAGES: &str =
-    "systemd,systemd-sysv,dbus,iproute2,cloud-init,ca-certificates,curl,python3-cffi-backend";
+/// iptables and conntrack are for kube-proxy and the CNI plugins (masquerading, port
+/// mappings, flushing conntrack entries of deleted services).
+pub const IMAGE_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,cloud-init,ca-certificates,curl,python3-cffi-backend,iptables,conntrack";
 /// The Debian suite of the image.
 pub const IMAGE_SUITE: &str = "bookworm";
 /// Where debootstrap fetches packages.
@@ -23,6 +29,62 @@ pub const IMAGE_MIRROR: &str = "http://deb.debian.org/debian";
 /// so that its runcmd never ran.)
 pub const IMAGE_CLOUD_CFG: &str = "network: {config: disabled}\ndatasource_list: [NoCloud, None]\ncloud_init_modules: [seed_random, bootcmd, write_files, set_hostname, update_hostname, update_etc_hosts]\ncloud_config_modules: [runcmd]\ncloud_final_modules: [scripts_user, final_message]\n";
 
+/// The unit that makes the cgroup v1 controllers writable in a node. Without a user
+/// namespace, nspawn mounts them read-only, and runc fails with `mkdir
+/// /sys/fs/cgroup/cpuset/default: read-only file system`. The node's cgroup namespace
+/// starts at its own per-node cgroup, so what it writes stays below it. A no-op on a
+/// cgroup v2 host (the conditions fail).
+pub const CGROUP_RW_UNIT: &str = "pangaea-cgroup-rw.service";
+
+/// Files written into the image after debootstrap: (path, content, mode). An empty content
+/// for `/etc/machine-id` is deliberate: systemd then gives each node its own machine ID at
+/// first boot and commits it to the node's disk (the debootstrapped image carries one fixed
+/// ID, which every node would share: journald, D-Bus, the kubelet's machine ID).
+pub const IMAGE_FILES: &[(&str, &str, u32)] = &[
+    (
+        "etc/cloud/cloud.cfg.d/99-pangaea.cfg",
+        IMAGE_CLOUD_CFG,
+        0o644,
+    ),
+    ("etc/machine-id", "", 0o444),
+    (
+        "etc/systemd/system/pangaea-cgroup-rw.service",
+        "[Unit]
+Description=Remount the cgroup v1 controllers read-write (nspawn mounts them read-only)
+DefaultDependencies=no
+ConditionPathExists=/sys/fs/cgroup/memory
+ConditionPathIsReadWrite=!/sys/fs/cgroup/memory
+Before=sysinit.target containerd.service kubelet.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'for c in /sys/fs/cgroup/*; do [ -L \"$c\" ] || ! findmnt -no OPTIONS \"$c\" | grep -q \"^ro,\" || mount -o remount,bind,rw \"$c\"; done'
+
+[Install]
+WantedBy=sysinit.target
+",
+        0o644,
+    ),
+    // A container that ignores SIGTERM would hold a node's power-off for systemd's default
+    // 90 s; 10 s keeps `down` and `node reboot` short.
+    (
+        "etc/systemd/system.conf.d/10-pangaea-stop-timeout.conf",
+        "[Manager]\nDefaultTimeoutStopSec=10s\n",
+        0o644,
+    ),
+];
+
+/// Symbolic links made in the image: (link, target). D-Bus keeps its own copy of the
+/// machine ID unless it is a link to systemd's; the cgroup unit is enabled by its link.
+pub const IMAGE_LINKS: &[(&str, &str)] = &[
+    ("var/lib/dbus/machine-id", "/etc/machine-id"),
+    (
+        "etc/systemd/system/sysinit.target.wants/pangaea-cgroup-rw.service",
+        "/etc/systemd/system/pangaea-cgroup-rw.service",
+    ),
+];
+
 /// Eight hex digits of SHA-256: short, stable names derived from longer ones.
 pub(super) fn short_hash(s: &str) -> String {
     hex::encode(&Sha256::digest(s.as_bytes())[..4])
@@ -30,16 +92,24 @@ pub(super) fn short_hash(s: &str) -> String {
 
 /// The image directory for the current recipe, under `cache`.
 pub fn image_dir(cache: &Path) -> PathBuf {
-    cache.join(format!(
-        "{IMAGE_SUITE}-{}",
-        short_hash(&format!(
-            "{IMAGE_SUITE} {IMAGE_PACKAGES} {IMAGE_MIRROR} {IMAGE_CLOUD_CFG}"
-        ))
-    ))
+    cache.join(format!("{IMAGE_SUITE}-{}", short_hash(&recipe())))
+}
+
+/// Everything the image is made from, as one string (its hash names the image).
+fn recipe() -> String {
+    let mut r = format!("{IMAGE_SUITE} {IMAGE_PACKAGES} {IMAGE_MIRROR}");
+    for (path, content, mode) in IMAGE_FILES {
+        r.push_str(&format!("\n{path} {mode:o}\n{content}"));
+    }
+    for (link, target) in IMAGE_LINKS {
+        r.push_str(&format!("\n{link} -> {target}"));
+    }
+    r
 }
 
 /// Builds the node image with debootstrap if the cache lacks it (about a minute), into a
-/// temporary directory renamed into place when complete.
+/// temporary directory of this process renamed into place when complete (two processes
+/// building at once each build their own; the first rename wins, the other is discarded).
 pub async fn ensure_image(cache: &Path, progress: Progress<'_>) -> Result<PathBuf, ProviderError> {
     let dir = image_dir(cache);
     if dir.join("usr/lib/systemd/systemd").exists() {
@@ -61,7 +131,7 @@ pub async fn ensure_image(cache: &Path, progress: Progress<'_>) -> Result<PathBu
         "building the node image with debootstrap ({IMAGE_SUITE}; about a minute, once) into {}",
         dir.display()
     ));
-    let tmp = dir.with_extension("building");
+    let tmp = dir.with_extension(format!("building-{}", std::process::id()));
     let _ = tokio::fs::remove_dir_all(&tmp).await;
     tokio::fs::create_dir_all(cache)
         .await
@@ -75,15 +145,39 @@ pub async fn ensure_image(cache: &Path, progress: Progress<'_>) -> Result<PathBu
         .arg(&tmp)
         .arg(IMAGE_MIRROR))
     .await?;
-    let cfg = tmp.join("etc/cloud/cloud.cfg.d/99-pangaea.cfg");
-    tokio::fs::write(&cfg, IMAGE_CLOUD_CFG)
-        .await
-        .map_err(ProviderError::io(
-            "write the image's cloud-init config",
-            &cfg,
-        ))?;
-    tokio::fs::rename(&tmp, &dir)
-        .await
-        .map_err(ProviderError::io("move the built image into place", &dir))?;
+    customize(&tmp)?;
+    if let Err(e) = tokio::fs::rename(&tmp, &dir).await {
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        if !dir.join("usr/lib/systemd/systemd").exists() {
+            return Err(ProviderError::io("move the built image into place", &dir)(
+                e,
+            ));
+        }
+    }
     Ok(dir)
+}
+
+/// Writes [`IMAGE_FILES`] and [`IMAGE_LINKS`] into the debootstrapped tree at `root`.
+fn customize(root: &Path) -> Result<(), ProviderError> {
+    use std::os::unix::fs::PermissionsExt;
+    for (path, content, mode) in IMAGE_FILES {
+        let p = root.join(path);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(p.parent().expect("image files are below the root"))?;
+            let _ = std::fs::remove_file(&p);
+            std::fs::write(&p, content)?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
+        };
+        write().map_err(ProviderError::io("write into the node image", &p))?;
+    }
+    for (link, target) in IMAGE_LINKS {
+        let p = root.join(link);
+        let make = || -> std::io::Result<()> {
+            std::fs::create_dir_all(p.parent().expect("image links are below the root"))?;
+            let _ = std::fs::remove_file(&p);
+            std::os::unix::fs::symlink(target, &p)
+        };
+        make().map_err(ProviderError::io("link in the node image", &p))?;
+    }
+    Ok(())
 }

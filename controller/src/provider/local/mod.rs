@@ -6,12 +6,19 @@
 //! Everything it creates is named after the cluster (bridge and veth names carry a hash of
 //! it, namespaces and machine names carry it whole), so two clusters on one host do not
 //! collide, and `delete`/`teardown` remove exactly what was created. Node state lives in
-//! `.pangaea/nodes/<name>/` (upper directory, record, PID, console log).
+//! `.pangaea/nodes/<name>/` (upper directory, containerd's directory, record, PID, console
+//! log, the list of its cgroups).
 //!
 //! Learned the hard way (see DESIGN.md §7): `--register=no` because no machined runs here;
 //! SIGTERM to nspawn powers the machine off; SIGKILL to nspawn orphans the container, so a
 //! crash is simulated by SIGKILL to the container's init.
+//!
+//! Nodes can run containers: [`runtime_options`] are the nspawn options a worker's
+//! container runtime needs, [`cgroup`] gives each node cgroups of its own, [`image`] carries
+//! the rest, and [`host`] reports what cannot be prepared on this host.
 
+pub mod cgroup;
+pub mod host;
 pub mod image;
 pub mod network;
 
@@ -63,6 +70,46 @@ pub(crate) async fn run(cmd: &mut Command) -> Result<String, ProviderError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The systemd-nspawn options (beyond booting the image in the node's namespace) that let
+/// a node run containers, for the node whose files are in `node_dir`. Why each is needed
+/// (the error without it) is in docs/ARCHITECTURE.md, "Nodes that run containers".
+pub fn runtime_options(node_dir: &Path) -> Vec<String> {
+    let mut o = vec![
+        // runc brings up `lo` in each container's network namespace, the CNI bridge plugin
+        // makes bridges and veths, kube-proxy writes iptables rules; nspawn drops
+        // CAP_NET_ADMIN with --network-namespace-path. CAP_SYSLOG: the kubelet's OOM watcher
+        // opens /dev/kmsg, which needs it with kernel.dmesg_restrict=1 (CAP_SYS_ADMIN still
+        // passes, deprecated).
+        "--capability=CAP_NET_ADMIN,CAP_SYSLOG".to_owned(),
+        // runc joins a session keyring per container; cgroup v2 device rules are BPF programs.
+        "--system-call-filter=@keyring bpf".to_owned(),
+        // containerd's overlay snapshotter cannot use the node's overlay root as upper dir.
+        format!(
+            "--bind={}:{CONTAINERD_DIR}",
+            node_dir.join("containerd").display()
+        ),
+    ];
+    for (host_path, what) in [
+        ("/dev/kmsg", "kubelet OOM watcher"),
+        ("/lib/modules", "modprobe"),
+    ] {
+        if Path::new(host_path).exists() {
+            tracing::trace!(host_path, what, "bound read-only into the node");
+            o.push(format!("--bind-ro={host_path}"));
+        }
+    }
+    o
+}
+
+/// Where containerd keeps images and snapshots in a node; a directory of the node's on the
+/// host, bound there.
+pub const CONTAINERD_DIR: &str = "/var/lib/containerd";
+
+/// nspawn's environment: `/proc/sys/net` writable (per network namespace, so it changes only
+/// the node), for the CNI bridge's `ip_forward` and kube-proxy's settings. The rest of
+/// `/proc/sys` stays read-only: it is the host's.
+pub const NSPAWN_ENV: (&str, &str) = ("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network");
+
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| c.contains("systemd-nspawn"))
@@ -92,6 +139,18 @@ impl Local {
 
     fn dir(&self, node: &NodeName) -> PathBuf {
         self.nodes_dir.join(node.as_str())
+    }
+
+    /// The host directory bound read-only into the node as its seed (0700, created here).
+    fn seed_dir(&self, node: &NodeName) -> Result<PathBuf, ProviderError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.dir(node).join("seed");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(ProviderError::io("create the seed directory", &dir))?;
+        Ok(dir)
     }
 
     fn record(&self, node: &NodeName) -> Option<Record> {
@@ -127,7 +186,17 @@ impl Local {
             .try_clone()
             .map_err(ProviderError::io("open the console log", &log))?;
         let image = rec.image.display().to_string();
-        let child = Command::new("systemd-nspawn")
+        let containerd = dir.join("containerd");
+        std::fs::create_dir_all(&containerd).map_err(ProviderError::io(
+            "create the node's containerd directory",
+            &containerd,
+        ))?;
+        let cgroups = cgroup::create(&self.machine(node), &dir.join("cgroups"))?;
+        let child = Command::new("sh")
+            .args(["-c", cgroup::enter_script(), "pangaea-cgroup-enter"])
+            .env("PANGAEA_CGROUP_PROCS", cgroup::procs_list(&cgroups))
+            .env(NSPAWN_ENV.0, NSPAWN_ENV.1)
+            .arg("systemd-nspawn")
             .arg("-D")
             .arg(&rec.image)
             .arg(format!(
@@ -140,6 +209,17 @@ impl Local {
                 self.network.netns(node)
             ))
             .arg(format!("--machine={}", self.machine(node)))
+            // The node's seed, live and read-only: a recovery token written here later is
+            // seen by the running node at once.
+            .arg(format!(
+                "--bind-ro={}:{}",
+                self.seed_dir(node)?.display(),
+                Path::new(pangaea_core::token::RECOVERY_TOKEN_FILE)
+                    .parent()
+                    .expect("an absolute file path")
+                    .display()
+            ))
+            .args(runtime_options(&dir))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(console)
@@ -162,19 +242,48 @@ impl Local {
         Ok(())
     }
 
+    /// The host PID of a running node's init (systemd-nspawn's child).
+    pub fn init_pid(&self, node: &NodeName) -> Option<u32> {
+        let pid = self.pid(node)?;
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .find_map(|c| c.parse().ok())
+    }
+
+    /// The command line that runs `argv` inside a running node as a transient unit of its
+    /// systemd (`nsenter` into all its namespaces, then `systemd-run --wait --pipe`), so the
+    /// program gets the node's capabilities, seccomp filter and cgroups rather than the
+    /// caller's; standard input and output are passed through, and its exit status returned.
+    pub fn exec_argv(&self, node: &NodeName, argv: &[&str]) -> Option<Vec<String>> {
+        let init = self.init_pid(node)?;
+        let mut cmd: Vec<String> = [
+            "nsenter",
+            "-t",
+            &init.to_string(),
+            "-a",
+            "systemd-run",
+            "--quiet",
+            "--wait",
+            "--pipe",
+            "--collect",
+            "--",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        cmd.extend(argv.iter().map(|s| s.to_string()));
+        Some(cmd)
+    }
+
     /// Simulates a crash: SIGKILL to the container's init ends its whole PID namespace.
     pub async fn crash(&self, node: &NodeName) -> Result<(), ProviderError> {
         let pid = self
             .pid(node)
             .ok_or_else(|| ProviderError::NoSuchNode(node.clone()))?;
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        for c in children
-            .split_whitespace()
-            .filter_map(|c| c.parse::<i32>().ok())
-        {
+        if let Some(init) = self.init_pid(node) {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c),
+                nix::unistd::Pid::from_raw(init as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
@@ -192,6 +301,14 @@ impl Local {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = std::fs::remove_file(self.dir(node).join("nspawn.pid"));
+        // The node's last processes may still be exiting for a moment.
+        let record = self.dir(node).join("cgroups");
+        for attempt in 1..=20 {
+            if cgroup::remove(&record, attempt == 20) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         true
     }
 }
@@ -286,6 +403,18 @@ impl Provider for Local {
         Ok(())
     }
 
+    async fn deliver_token(&self, name: &NodeName, token: &str) -> Result<(), ProviderError> {
+        if self.record(name).is_none() {
+            return Err(ProviderError::NoSuchNode(name.clone()));
+        }
+        let file = Path::new(pangaea_core::token::RECOVERY_TOKEN_FILE)
+            .file_name()
+            .expect("a file path");
+        let path = self.seed_dir(name)?.join(file);
+        fsutil::atomic_write(&path, token.as_bytes(), 0o600)
+            .map_err(|e| ProviderError::Failed(format!("write {}: {e}", path.display())))
+    }
+
     async fn delete(&self, name: &NodeName) -> Result<(), ProviderError> {
         self.stop(name).await?;
         self.network.delete_node(name).await?;
@@ -332,6 +461,13 @@ impl Provider for Local {
             self.network.delete_bridge().await;
         }
         Ok(())
+    }
+
+    fn runtime_findings(&self, kubelet: Option<&str>) -> Vec<String> {
+        host::check(kubelet)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     fn console_hint(&self, name: &NodeName) -> Option<String> {

@@ -1,0 +1,380 @@
+//! One-shot jobs from the controller (`NodeService/WatchJobs`), today one kind: loading an
+//! image archive into the node's containerd.
+//!
+//! The controller sends the node's outstanding jobs as a set, now and whenever it changes
+//! (the set is level-triggered, like the assignment: a reconnect sends it whole). [`Jobs`]
+//! starts a task for each job it has not seen, stops the tasks of jobs that left the set
+//! (cancelled or timed out on the controller), and sends an outcome again when a job it
+//! already finished is still in the set (its report was lost). Jobs are kept in memory
+//! only: after a restart of the agent the controller hands an unfinished job out again, a
+//! bounded number of times (`controller/src/jobs.rs`); loading an image twice is harmless.
+//!
+//! An image load fetches the archive from the controller's mirror through the artifact
+//! pipeline (streamed, size-limited, digest-checked before anything reads it) into the
+//! job's own directory, then runs `ctr -n <namespace> images import` on it through a
+//! [`CommandRunner`], and removes the directory whatever happened.
+
+use crate::command::CommandRunner;
+use pangaea_artifact::{ArtifactSpec, Digest, Fetcher, MirrorUrl};
+use pangaea_proto as pb;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+/// The largest archive an agent loads (the artifact pipeline's limit for a download).
+pub const MAX_ARCHIVE_BYTES: u64 = pangaea_artifact::DEFAULT_MAX_SIZE;
+
+/// Where `ctr` may be: the pinned release installs it in `/usr/local/bin`, a distribution's
+/// package in `/usr/bin`. The first that exists is used.
+pub const CTR_PATHS: [&str; 2] = ["/usr/local/bin/ctr", "/usr/bin/ctr"];
+
+/// How often a running download's progress is reported.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What a job needs from the agent.
+struct Context {
+    /// The node's root (`/` on a node; a temporary directory in tests).
+    root: PathBuf,
+    /// Where jobs keep their files: one subdirectory per job, removed when it ends.
+    dir: PathBuf,
+    fetcher: Arc<Fetcher>,
+    commands: Arc<dyn CommandRunner>,
+}
+
+/// The agent's jobs: the running ones and the outcomes still owed to the controller.
+pub struct Jobs {
+    ctx: Arc<Context>,
+    running: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// Outcomes of jobs still in the controller's set.
+    finished: HashMap<String, pb::JobReport>,
+    reports: mpsc::UnboundedSender<pb::JobReport>,
+}
+
+impl Jobs {
+    /// Jobs whose files go below `dir` (emptied now: what is there is left from a previous
+    /// life of the agent) and whose reports, progress and outcomes, go to `reports`.
+    pub fn new(
+        root: &Path,
+        dir: &Path,
+        fetcher: Arc<Fetcher>,
+        commands: Arc<dyn CommandRunner>,
+        reports: mpsc::UnboundedSender<pb::JobReport>,
+    ) -> Jobs {
+        let stale = dir.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::remove_dir_all(&stale)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %stale.display(), error = %e, "cannot remove old job files");
+            }
+        });
+        Jobs {
+            ctx: Arc::new(Context {
+                root: root.to_owned(),
+                dir: dir.to_owned(),
+                fetcher,
+                commands,
+            }),
+            running: HashMap::new(),
+            finished: HashMap::new(),
+            reports,
+        }
+    }
+
+    /// Takes the controller's current set: starts new jobs, stops those that left it.
+    /// Returns the outcomes to send again (jobs finished here but still in the set).
+    pub fn update(&mut self, set: pb::JobSet) -> Vec<pb::JobReport> {
+        let wanted: HashSet<&str> = set.jobs.iter().map(|j| j.id.as_str()).collect();
+        self.running.retain(|id, task| {
+            let keep = wanted.contains(id.as_str()) && !task.is_finished();
+            if !keep && !task.is_finished() {
+                tracing::info!(job = %id, "job cancelled by the controller");
+                task.abort();
+            }
+            keep
+        });
+        self.finished.retain(|id, _| wanted.contains(id.as_str()));
+        let mut again = Vec::new();
+        for job in set.jobs {
+            if let Some(r) = self.finished.get(&job.id) {
+                again.push(r.clone());
+            } else if !self.running.contains_key(&job.id) {
+                let id = job.id.clone();
+                let (ctx, tx) = (self.ctx.clone(), self.reports.clone());
+                let span = tracing::info_span!("job", id = %id);
+                self.running
+                    .insert(id, tokio::spawn(run(ctx, job, tx).instrument(span)));
+            }
+        }
+        again
+    }
+
+    /// Notes a report on its way to the controller; an outcome is kept until the job
+    /// leaves the controller's set.
+    pub fn note(&mut self, r: &pb::JobReport) {
+        if is_final(r) {
+            self.running.remove(&r.id);
+            self.finished.insert(r.id.clone(), r.clone());
+        }
+    }
+}
+
+fn is_final(r: &pb::JobReport) -> bool {
+    matches!(r.state(), pb::JobState::Succeeded | pb::JobState::Failed)
+}
+
+fn report(id: &str, state: pb::JobState) -> pb::JobReport {
+    let mut r = pb::JobReport {
+        id: id.to_owned(),
+        ..Default::default()
+    };
+    r.set_state(state);
+    r
+}
+
+fn failed(id: &str, message: String) -> pb::JobReport {
+    let mut r = report(id, pb::JobState::Failed);
+    r.message = message;
+    r
+}
+
+/// Runs one job to its outcome, which it sends last.
+async fn run(ctx: Arc<Context>, job: pb::Job, tx: mpsc::UnboundedSender<pb::JobReport>) {
+    let id = job.id.clone();
+    let timeout = Duration::from_secs(job.timeout_seconds.max(1));
+    let outcome = match job.kind {
+        Some(pb::job::Kind::ImageLoad(load)) => {
+            match tokio::time::timeout(timeout, image_load(&ctx, &id, &load, &tx)).await {
+                Ok(r) => r,
+                Err(_) => failed(
+                    &id,
+                    format!("timed out after {} s on the node", timeout.as_secs()),
+                ),
+            }
+        }
+        None => failed(
+            &id,
+            "this agent does not know the job's kind (an older agent than the controller?)".into(),
+        ),
+    };
+    match outcome.state() {
+        pb::JobState::Succeeded => tracing::info!(images = ?outcome.images, "job succeeded"),
+        _ => tracing::warn!(error = %outcome.message, "job failed"),
+    }
+    let _ = tx.send(outcome);
+}
+
+/// Removes a job's directory and its download's progress entry when the job ends, however
+/// it ends (an aborted task included).
+struct Cleanup {
+    dir: PathBuf,
+    dest: PathBuf,
+    fetcher: Arc<Fetcher>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let dest = self.dest.clone();
+        self.fetcher.progress().retain(|p| p != dest.as_path());
+        // One small directory: removing it is not worth a trip to the blocking pool, and
+        // the blocking pool may be gone when the runtime shuts down.
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove job files");
+        }
+    }
+}
+
+/// The `ctr` binary of the node under `root`, or why there is none.
+pub fn find_ctr(root: &Path) -> Result<PathBuf, String> {
+    CTR_PATHS
+        .iter()
+        .map(|p| root.join(p.trim_start_matches('/')))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "containerd's ctr is not installed on this node (looked for {}): is containerd part of the node's assignment (`pangaea-ctl status`)?",
+                CTR_PATHS.join(", ")
+            )
+        })
+}
+
+/// The image references `ctr images import` says it imported: `unpacking NAME (sha256:…)`
+/// (containerd 1.x) or `NAME saved` (2.x).
+pub fn imported_images(stdout: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in stdout.lines() {
+        let name = if let Some(rest) = line.strip_prefix("unpacking ") {
+            rest.split_whitespace().next()
+        } else {
+            line.strip_suffix(" saved").map(str::trim)
+        };
+        if let Some(n) = name.filter(|n| !n.is_empty())
+            && !out.iter().any(|o| o == n)
+        {
+            out.push(n.to_owned());
+        }
+    }
+    out
+}
+
+fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 76
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+async fn image_load(
+    ctx: &Context,
+    id: &str,
+    load: &pb::ImageLoad,
+    tx: &mpsc::UnboundedSender<pb::JobReport>,
+) -> pb::JobReport {
+    let fail = |m: String| failed(id, m);
+    let digest = match Digest::parse(&load.digest) {
+        Ok(d) => d,
+        Err(e) => return fail(format!("the archive's digest: {e}")),
+    };
+    if load.size > MAX_ARCHIVE_BYTES {
+        return fail(format!(
+            "the archive is {} bytes, more than the {MAX_ARCHIVE_BYTES} bytes an agent loads",
+            load.size
+        ));
+    }
+    if !valid_namespace(&load.namespace) {
+        return fail(format!(
+            "{:?} is not a containerd namespace",
+            load.namespace
+        ));
+    }
+    let ctr = match find_ctr(&ctx.root) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+
+    // 1. The archive, from the controller's mirror, digest-checked before it is used.
+    let dir = ctx.dir.join(id);
+    let dest = dir.join("archive.tar");
+    let _cleanup = Cleanup {
+        dir: dir.clone(),
+        dest: dest.clone(),
+        fetcher: ctx.fetcher.clone(),
+    };
+    let spec = ArtifactSpec {
+        url: MirrorUrl::new(digest).to_string(),
+        digest: Digest::parse(&load.digest).expect("parsed above"),
+        dest: dest.clone(),
+        mode: 0o600,
+        members: vec![],
+    };
+    let mut downloading = report(id, pb::JobState::Downloading);
+    downloading.bytes_total = load.size;
+    let _ = tx.send(downloading.clone());
+    let install = ctx.fetcher.install(&spec);
+    tokio::pin!(install);
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.tick().await;
+    let installed = loop {
+        tokio::select! {
+            r = &mut install => break r,
+            _ = tick.tick() => {
+                if let Some(s) = ctx.fetcher.progress().get(&dest)
+                    && s.bytes_done != downloading.bytes_done
+                {
+                    downloading.bytes_done = s.bytes_done;
+                    let _ = tx.send(downloading.clone());
+                }
+            }
+        }
+    };
+    if let Err(e) = installed {
+        return fail(format!("fetch the archive from the controller: {e}"));
+    }
+
+    // 2. containerd imports it, into the namespace the kubelet reads.
+    let mut importing = report(id, pb::JobState::Importing);
+    importing.bytes_done = load.size;
+    importing.bytes_total = load.size;
+    let _ = tx.send(importing);
+    let args: Vec<String> = vec![
+        "-n".into(),
+        load.namespace.clone(),
+        "images".into(),
+        "import".into(),
+        // An image the archive does not name is kept under its digest, not dropped; a
+        // named one only under its name.
+        "--digests".into(),
+        "--skip-digest-for-named".into(),
+        dest.display().to_string(),
+    ];
+    let shown = format!("{} -n {} images import", ctr.display(), load.namespace);
+    let out = match ctx.commands.run(&ctr, &args).await {
+        Ok(o) => o,
+        Err(e) => return fail(format!("{shown}: cannot run it: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let said = if stderr.trim().is_empty() {
+            stdout.trim()
+        } else {
+            stderr.trim()
+        };
+        return fail(format!("{shown} failed ({}): {said}", out.status));
+    }
+    let mut done = report(id, pb::JobState::Succeeded);
+    done.bytes_done = load.size;
+    done.bytes_total = load.size;
+    done.images = imported_images(&stdout);
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imported_images_are_read_from_ctr_of_either_major_version() {
+        let v1 = "unpacking docker.io/local/busybox:1 (sha256:0123)...done\nunpacking docker.io/library/pause:3.9 (sha256:4567)...done\n";
+        assert_eq!(
+            imported_images(v1),
+            ["docker.io/local/busybox:1", "docker.io/library/pause:3.9"]
+        );
+        let v2 = "docker.io/local/busybox:1 saved\napplication/vnd.oci.image.manifest.v1+json sha256:0123\nImporting\telapsed: 0.1 s\n";
+        assert_eq!(imported_images(v2), ["docker.io/local/busybox:1"]);
+        assert!(imported_images("").is_empty());
+    }
+
+    #[test]
+    fn ctr_is_looked_for_where_the_release_and_the_package_put_it() {
+        let root = tempfile::tempdir().unwrap();
+        let err = find_ctr(root.path()).unwrap_err();
+        assert!(err.contains("/usr/local/bin/ctr, /usr/bin/ctr"), "{err}");
+        std::fs::create_dir_all(root.path().join("usr/bin")).unwrap();
+        std::fs::write(root.path().join("usr/bin/ctr"), "").unwrap();
+        assert_eq!(
+            find_ctr(root.path()).unwrap(),
+            root.path().join("usr/bin/ctr")
+        );
+        std::fs::create_dir_all(root.path().join("usr/local/bin")).unwrap();
+        std::fs::write(root.path().join("usr/local/bin/ctr"), "").unwrap();
+        assert_eq!(
+            find_ctr(root.path()).unwrap(),
+            root.path().join("usr/local/bin/ctr")
+        );
+    }
+
+    #[test]
+    fn namespaces_are_checked() {
+        assert!(valid_namespace("k8s.io"));
+        assert!(!valid_namespace(""));
+        assert!(!valid_namespace("a b"));
+        assert!(!valid_namespace("../x"));
+    }
+}

@@ -1,0 +1,693 @@
+//! The OS-package artifact source (`artifactSource: os-packages`): binaries taken from the
+//! operator's installed Debian packages, for machines that reach only their package mirror
+//! (behind a corporate proxy, or these build machines).
+//!
+//! [`PACKAGE_BINARIES`] is the one table of which package gives which binary of which
+//! artifact. [`import`] reads the installed versions with `dpkg-query`, packs each
+//! artifact's binaries into the controller's mirror — an archive with the same member
+//! names as the pinned release (a deterministic `.tar.gz`, so the same installed files give
+//! the same digest and no node restarts), or the plain file where the pinned artifact is
+//! one — and records versions and digests in `.pangaea/artifacts/os-packages.json`. Files
+//! unchanged since that record (path, size, modification time) are not read again, so
+//! commands that load the cluster do not re-hash a hundred megabytes each time. Artifacts
+//! no installed package provides are reported unavailable and left out of nodes'
+//! assignments (their units then say "program not installed").
+
+use crate::mirror::{Mirror, MirrorEntry};
+use crate::state_dir::StateDir;
+use pangaea_artifact::{Digest, DigestKind};
+use pangaea_compiler::artifact_set::{ArtifactSet, ArtifactSource};
+use pangaea_compiler::config::Loaded;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// One binary of an artifact, as an installed package provides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackageBinary {
+    /// The artifact of the set (`etcd`, `containerd`, …).
+    pub artifact: &'static str,
+    /// The artifact's member name for it (the name the node plan asks for).
+    pub member: &'static str,
+    /// The Debian package that installs it.
+    pub package: &'static str,
+    /// Where the package installs it.
+    pub path: &'static str,
+}
+
+const fn row(
+    artifact: &'static str,
+    member: &'static str,
+    package: &'static str,
+    path: &'static str,
+) -> PackageBinary {
+    PackageBinary {
+        artifact,
+        member,
+        package,
+        path,
+    }
+}
+
+/// Which installed package gives which binary of which artifact (Debian 12 paths). An
+/// artifact of the set with no row here has no package (`kubernetes-server`, `crictl`).
+pub const PACKAGE_BINARIES: &[PackageBinary] = &[
+    row("etcd", "etcd", "etcd-server", "/usr/bin/etcd"),
+    row("etcd", "etcdctl", "etcd-client", "/usr/bin/etcdctl"),
+    row(
+        "containerd",
+        "containerd",
+        "containerd",
+        "/usr/bin/containerd",
+    ),
+    row(
+        "containerd",
+        "containerd-shim-runc-v2",
+        "containerd",
+        "/usr/bin/containerd-shim-runc-v2",
+    ),
+    row("containerd", "ctr", "containerd", "/usr/bin/ctr"),
+    row("runc", "runc", "runc", "/usr/sbin/runc"),
+    row(
+        "cni-plugins",
+        "bridge",
+        "containernetworking-plugins",
+        "/usr/lib/cni/bridge",
+    ),
+    row(
+        "cni-plugins",
+        "host-local",
+        "containernetworking-plugins",
+        "/usr/lib/cni/host-local",
+    ),
+    row(
+        "cni-plugins",
+        "loopback",
+        "containernetworking-plugins",
+        "/usr/lib/cni/loopback",
+    ),
+    row(
+        "cni-plugins",
+        "portmap",
+        "containernetworking-plugins",
+        "/usr/lib/cni/portmap",
+    ),
+];
+
+/// Why the installed packages could not be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum OsPackagesError {
+    /// `dpkg-query` is not there or failed.
+    #[error(
+        "artifactSource: os-packages reads installed packages with dpkg-query, which failed ({0}); it needs a Debian or Ubuntu host"
+    )]
+    Dpkg(String),
+    /// A binary or the mirror could not be read or written.
+    #[error("os-packages: {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OsPackagesError {
+    let path = path.to_owned();
+    move |source| OsPackagesError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Installed package versions, by package name.
+pub trait PackageQuery {
+    /// The installed version of each of `packages` that is installed.
+    fn installed(&self, packages: &[&str]) -> Result<BTreeMap<String, String>, OsPackagesError>;
+}
+
+/// The real query: `dpkg-query -W`.
+pub struct Dpkg;
+
+impl PackageQuery for Dpkg {
+    fn installed(&self, packages: &[&str]) -> Result<BTreeMap<String, String>, OsPackagesError> {
+        // Exits 1 when some package is unknown, and still prints the others.
+        let out = std::process::Command::new("dpkg-query")
+            .args(["-W", "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n"])
+            .args(packages)
+            .output()
+            .map_err(|e| OsPackagesError::Dpkg(e.to_string()))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && out.stdout.is_empty() && !stderr.contains("no packages found") {
+            return Err(OsPackagesError::Dpkg(stderr.trim().to_owned()));
+        }
+        Ok(parse_dpkg(&String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// Installed packages from `dpkg-query -W -f '${Package}\t${Version}\t${db:Status-Abbrev}\n'`
+/// (`ii ` is installed; removed packages with config files left are not).
+fn parse_dpkg(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (p, v, s) = (f.next()?, f.next()?, f.next()?);
+            s.starts_with("ii").then(|| (p.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// A binary as imported: enough to notice it changed without reading it again.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImportedFile {
+    /// Its member name in the artifact.
+    pub member: String,
+    /// Where it was read on this host.
+    pub path: String,
+    /// Its SHA-256 when imported.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+/// One artifact imported from packages.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Imported {
+    /// The artifact of the set.
+    pub artifact: String,
+    /// The packages it came from, with their installed versions.
+    pub packages: BTreeMap<String, String>,
+    /// The digest of what nodes install (the archive, or the plain file).
+    pub digest: String,
+    /// Member name → path inside the archive (empty for a plain file).
+    pub members: BTreeMap<String, String>,
+    /// The binaries in it.
+    pub files: Vec<ImportedFile>,
+    /// Members of the pinned artifact that no installed package provides, with why.
+    pub missing: Vec<String>,
+}
+
+impl Imported {
+    /// The version shown for the artifact: its first package's.
+    pub fn version(&self) -> String {
+        let first = PACKAGE_BINARIES
+            .iter()
+            .find(|r| r.artifact == self.artifact && self.packages.contains_key(r.package))
+            .map(|r| r.package);
+        first
+            .and_then(|p| self.packages.get(p))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// What an import found for a set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Import {
+    /// Artifacts imported, by name.
+    pub imported: Vec<Imported>,
+    /// Artifacts left out, with why (`no OS package provides it`, `apt-get install X`).
+    pub unavailable: Vec<(String, String)>,
+}
+
+impl Import {
+    /// One line per artifact, for the operator.
+    pub fn report(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .imported
+            .iter()
+            .map(|i| {
+                let pkgs: Vec<String> =
+                    i.packages.iter().map(|(p, v)| format!("{p} {v}")).collect();
+                let mut line = format!(
+                    "artifact {}: from OS packages {} ({})",
+                    i.artifact,
+                    pkgs.join(", "),
+                    i.digest
+                );
+                if !i.missing.is_empty() {
+                    line.push_str(&format!("; without {}", i.missing.join(", ")));
+                }
+                line
+            })
+            .collect();
+        out.extend(
+            self.unavailable.iter().map(|(a, why)| {
+                format!("artifact {a}: unavailable ({why}); left out of the nodes")
+            }),
+        );
+        out
+    }
+}
+
+/// Imports the binaries of the installed packages for every artifact of `set` except those
+/// named in `keep` (configured explicitly), through `query`, reading files below `root`
+/// (`/` on a real host), into `mirror`, with the record at `record`.
+pub fn import(
+    set: &ArtifactSet,
+    keep: &[String],
+    query: &dyn PackageQuery,
+    root: &Path,
+    mirror: &Mirror,
+    record: &Path,
+) -> Result<Import, OsPackagesError> {
+    let previous: Import = std::fs::read(record)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let wanted: Vec<_> = set
+        .artifacts
+        .iter()
+        .filter(|a| !keep.contains(&a.name))
+        .collect();
+    let mut packages: Vec<&str> = PACKAGE_BINARIES
+        .iter()
+        .filter(|r| wanted.iter().any(|a| a.name == r.artifact))
+        .map(|r| r.package)
+        .collect();
+    packages.sort();
+    packages.dedup();
+    let installed = if packages.is_empty() {
+        BTreeMap::new()
+    } else {
+        query.installed(&packages)?
+    };
+    let mut out = Import::default();
+    for a in wanted {
+        let rows: Vec<&PackageBinary> = PACKAGE_BINARIES
+            .iter()
+            .filter(|r| r.artifact == a.name)
+            .collect();
+        if rows.is_empty() {
+            out.unavailable
+                .push((a.name.clone(), "no OS package provides it".into()));
+            continue;
+        }
+        let mut files = Vec::new();
+        let mut missing = Vec::new();
+        for r in &rows {
+            let path = root.join(r.path.trim_start_matches('/'));
+            match (installed.get(r.package), std::fs::metadata(&path)) {
+                (Some(_), Ok(m)) if m.is_file() => files.push((r, path, m)),
+                (Some(v), _) => missing.push(format!(
+                    "{} ({} {v} is installed but has no {})",
+                    r.member, r.package, r.path
+                )),
+                (None, _) => missing.push(format!("{} (apt-get install {})", r.member, r.package)),
+            }
+        }
+        // A plain-file artifact has exactly one binary; an archive takes what is there.
+        if files.is_empty() {
+            out.unavailable.push((a.name.clone(), missing.join(", ")));
+            continue;
+        }
+        let stamp: Vec<(String, String, u64, i128)> = files
+            .iter()
+            .map(|(r, p, m)| {
+                (
+                    r.member.to_owned(),
+                    p.display().to_string(),
+                    m.len(),
+                    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+                )
+            })
+            .collect();
+        let versions: BTreeMap<String, String> = files
+            .iter()
+            .map(|(r, _, _)| (r.package.to_owned(), installed[r.package].clone()))
+            .collect();
+        let unchanged = previous.imported.iter().find(|p| {
+            p.artifact == a.name
+                && p.packages == versions
+                && p.files.len() == stamp.len()
+                && p.files.iter().zip(&stamp).all(|(f, (m, path, size, t))| {
+                    &f.member == m && &f.path == path && f.size == *size && f.mtime_ns == *t
+                })
+                && Digest::parse(&p.digest).is_ok_and(|d| mirror.has(&d))
+        });
+        if let Some(p) = unchanged {
+            out.imported.push(Imported {
+                missing,
+                ..p.clone()
+            });
+            continue;
+        }
+        let archive = !a.members.is_empty();
+        let source = format!(
+            "os-packages: {}",
+            versions
+                .iter()
+                .map(|(p, v)| format!("{p} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut imported_files = Vec::new();
+        for ((r, p, _), (_, _, size, t)) in files.iter().zip(&stamp) {
+            let sha =
+                Digest::of_file(DigestKind::Sha256, p).ok_or_else(|| OsPackagesError::Io {
+                    action: "read",
+                    path: p.clone(),
+                    source: std::io::Error::other("unreadable"),
+                })?;
+            imported_files.push(ImportedFile {
+                member: r.member.to_owned(),
+                path: p.display().to_string(),
+                sha256: sha.to_string(),
+                size: *size,
+                mtime_ns: *t,
+            });
+        }
+        let (entry, members) = if archive {
+            let members: BTreeMap<String, String> = files
+                .iter()
+                .map(|(r, _, _)| {
+                    (
+                        r.member.to_owned(),
+                        r.path.trim_start_matches('/').to_owned(),
+                    )
+                })
+                .collect();
+            let entry = store(mirror, &source, |w| {
+                write_archive(w, files.iter().map(|(r, p, _)| (r.path, p.as_path())))
+            })?;
+            (entry, members)
+        } else {
+            let (_, p, _) = &files[0];
+            let entry = store(mirror, &source, |w| {
+                std::io::copy(&mut std::fs::File::open(p)?, w).map(|_| ())
+            })?;
+            (entry, BTreeMap::new())
+        };
+        out.imported.push(Imported {
+            artifact: a.name.clone(),
+            packages: versions,
+            digest: entry.digest,
+            members,
+            files: imported_files,
+            missing,
+        });
+    }
+    if let Some(dir) = record.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    }
+    pangaea_core::fsutil::atomic_write(
+        record,
+        &serde_json::to_vec_pretty(&out).expect("json"),
+        0o600,
+    )
+    .map_err(|e| OsPackagesError::Io {
+        action: "write",
+        path: record.to_owned(),
+        source: e.source,
+    })?;
+    Ok(out)
+}
+
+/// Writes a `.tar.gz` of `files` (path inside the archive → file on this host) that
+/// depends only on their content: sorted, owner root, mode 0755, time 0, no gzip name.
+fn write_archive<'a>(
+    w: &mut dyn Write,
+    files: impl Iterator<Item = (&'a str, &'a Path)>,
+) -> std::io::Result<()> {
+    let mut files: Vec<_> = files.collect();
+    files.sort();
+    let gz = flate2::GzBuilder::new().write(w, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Deterministic);
+    for (name, path) in files {
+        let mut f = std::fs::File::open(path)?;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(f.metadata()?.len());
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, name.trim_start_matches('/'), &mut f)?;
+    }
+    tar.into_inner()?.finish()?;
+    Ok(())
+}
+
+/// Writes content with `fill` into a temporary file of the mirror and adds it under its
+/// SHA-256 (and SHA-512), recording `source`.
+fn store(
+    mirror: &Mirror,
+    source: &str,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<MirrorEntry, OsPackagesError> {
+    let dir = mirror.dir();
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("create a file in", dir))?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        fill(&mut w).map_err(io("write", dir))?;
+        w.flush().map_err(io("write", dir))?;
+    }
+    let entry = mirror
+        .adopt(tmp.path(), source)
+        .map_err(io("add to the mirror", tmp.path()))?;
+    Ok(entry)
+}
+
+/// The artifact set a cluster's nodes install, as `loaded` configures it: the pinned set
+/// with the configuration's overrides, or — with `artifactSource: os-packages` — the
+/// installed packages' binaries imported into the mirror of `state` (and what was imported
+/// and what is unavailable). Entries named in `artifacts:` stay as configured there.
+pub fn resolve(
+    loaded: &Loaded,
+    state: &StateDir,
+) -> Result<(ArtifactSet, Option<Import>), OsPackagesError> {
+    let mut set = loaded.artifact_set();
+    match loaded.config.artifact_source {
+        ArtifactSource::Pinned => Ok((set, None)),
+        ArtifactSource::OsPackages => {
+            let keep: Vec<String> = loaded
+                .config
+                .artifacts
+                .iter()
+                .map(|o| o.name.clone())
+                .collect();
+            let mirror = Mirror::new(&state.artifacts());
+            let record = state.artifacts().join("os-packages.json");
+            let import = import(&set, &keep, &Dpkg, Path::new("/"), &mirror, &record)?;
+            apply(&mut set, &import, &mirror);
+            Ok((set, Some(import)))
+        }
+    }
+}
+
+/// The set nodes install with `import` applied: imported artifacts point to the mirror with
+/// the packages' version and members, unavailable ones are disabled.
+pub fn apply(set: &mut ArtifactSet, import: &Import, mirror: &Mirror) {
+    for a in &mut set.artifacts {
+        if let Some(i) = import.imported.iter().find(|i| i.artifact == a.name) {
+            let d = Digest::parse(&i.digest).expect("recorded digests parse");
+            a.url = format!("file://{}", mirror.blob_path(&d).display());
+            a.digest = i.digest.clone();
+            a.version = i.version();
+            a.members = i.members.clone();
+            a.disabled = false;
+        } else if import.unavailable.iter().any(|(n, _)| n == &a.name) {
+            a.disabled = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake(BTreeMap<String, String>);
+
+    impl PackageQuery for Fake {
+        fn installed(&self, p: &[&str]) -> Result<BTreeMap<String, String>, OsPackagesError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|(k, _)| p.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        }
+    }
+
+    fn host(root: &Path, files: &[&str]) {
+        for f in files {
+            let p = root.join(f.trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, format!("binary {f}")).unwrap();
+        }
+    }
+
+    #[test]
+    fn one_row_per_binary_and_every_artifact_member_known_to_the_set() {
+        let set = ArtifactSet::defaults();
+        for r in PACKAGE_BINARIES {
+            let a = set
+                .get(r.artifact)
+                .expect("a table row names an artifact of the set");
+            assert!(
+                a.members.is_empty() || a.members.contains_key(r.member),
+                "{r:?}: not a member of the pinned {}",
+                a.name
+            );
+            assert_eq!(
+                PACKAGE_BINARIES
+                    .iter()
+                    .filter(|o| o.artifact == r.artifact && o.member == r.member)
+                    .count(),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn parses_installed_only() {
+        let m = parse_dpkg("etcd-server\t3.4.23-4+b4\tii \nrunc\t1.1\trc \n");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["etcd-server"], "3.4.23-4+b4");
+    }
+
+    #[test]
+    fn imports_archives_and_plain_files_reports_the_rest_and_is_deterministic() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        host(
+            &root,
+            &[
+                "/usr/bin/etcd",
+                "/usr/bin/containerd",
+                "/usr/bin/containerd-shim-runc-v2",
+                "/usr/bin/ctr",
+                "/usr/sbin/runc",
+            ],
+        );
+        let query = Fake(BTreeMap::from([
+            ("etcd-server".into(), "3.4.23-4+b4".into()),
+            ("containerd".into(), "1.6.20~ds1-1".into()),
+            ("runc".into(), "1.1.5".into()),
+            // installed, but its files are not where the table says
+            ("containernetworking-plugins".into(), "1.1.1".into()),
+        ]));
+        let mirror = Mirror::new(&d.path().join("artifacts"));
+        let record = d.path().join("artifacts/os-packages.json");
+        let mut set = ArtifactSet::defaults();
+        let keep = vec!["crictl".to_owned()];
+        let imp = import(&set, &keep, &query, &root, &mirror, &record).unwrap();
+
+        let names: Vec<&str> = imp.imported.iter().map(|i| i.artifact.as_str()).collect();
+        assert_eq!(names, ["etcd", "containerd", "runc"]);
+        let etcd = &imp.imported[0];
+        assert_eq!(etcd.version(), "3.4.23-4+b4");
+        assert_eq!(etcd.members["etcd"], "usr/bin/etcd");
+        assert_eq!(etcd.missing, ["etcdctl (apt-get install etcd-client)"]);
+        assert!(
+            imp.imported[2].members.is_empty(),
+            "runc stays a plain file"
+        );
+        let unavailable: Vec<&str> = imp.unavailable.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(
+            unavailable,
+            ["kubernetes-server", "cni-plugins"],
+            "crictl is kept as configured"
+        );
+        assert!(imp.unavailable[1].1.contains("has no /usr/lib/cni/bridge"));
+        let report = imp.report().join("\n");
+        assert!(
+            report.contains("artifact kubernetes-server: unavailable (no OS package provides it)"),
+            "{report}"
+        );
+
+        // The plain file is the binary itself; the archive holds the binaries under the
+        // package paths the members name.
+        let runc = Digest::parse(&imp.imported[2].digest).unwrap();
+        assert_eq!(
+            std::fs::read(mirror.blob_path(&runc)).unwrap(),
+            b"binary /usr/sbin/runc"
+        );
+        let arch = Digest::parse(&imp.imported[1].digest).unwrap();
+        let mut names = Vec::new();
+        let mut t = tar::Archive::new(flate2::read::GzDecoder::new(
+            std::fs::File::open(mirror.blob_path(&arch)).unwrap(),
+        ));
+        for e in t.entries().unwrap() {
+            names.push(e.unwrap().path().unwrap().display().to_string());
+        }
+        assert_eq!(
+            names,
+            [
+                "usr/bin/containerd",
+                "usr/bin/containerd-shim-runc-v2",
+                "usr/bin/ctr"
+            ]
+        );
+
+        // Applied: imported entries point to the mirror, the rest are disabled.
+        apply(&mut set, &imp, &mirror);
+        let c = set.get("containerd").unwrap();
+        assert_eq!((c.version.as_str(), c.disabled), ("1.6.20~ds1-1", false));
+        assert!(c.url.starts_with("file://"), "{}", c.url);
+        assert!(set.get("kubernetes-server").unwrap().disabled);
+        assert!(!set.get("crictl").unwrap().disabled);
+
+        // Again, with the record: the same digests, nothing re-read. Then a rebuilt archive
+        // (record gone) is byte-identical.
+        let again = import(
+            &ArtifactSet::defaults(),
+            &keep,
+            &query,
+            &root,
+            &mirror,
+            &record,
+        )
+        .unwrap();
+        assert_eq!(again, imp);
+        std::fs::remove_file(&record).unwrap();
+        std::fs::remove_file(mirror.blob_path(&arch)).unwrap();
+        let rebuilt = import(
+            &ArtifactSet::defaults(),
+            &keep,
+            &query,
+            &root,
+            &mirror,
+            &record,
+        )
+        .unwrap();
+        assert_eq!(rebuilt.imported[1].digest, imp.imported[1].digest);
+
+        // A changed binary is imported anew.
+        std::fs::write(root.join("usr/sbin/runc"), "binary runc, upgraded").unwrap();
+        let changed = import(
+            &ArtifactSet::defaults(),
+            &keep,
+            &query,
+            &root,
+            &mirror,
+            &record,
+        )
+        .unwrap();
+        assert_ne!(changed.imported[2].digest, imp.imported[2].digest);
+    }
+
+    /// The real thing on this host: etcd-server is installed on every machine the tests run
+    /// on (`.ci/run` installs it).
+    #[test]
+    fn dpkg_reports_the_installed_etcd_server() {
+        let v = Dpkg
+            .installed(&["etcd-server", "surely-not-a-package-pangaea"])
+            .expect("dpkg-query runs (Debian host)");
+        assert!(
+            v.get("etcd-server").is_some_and(|v| !v.is_empty()),
+            "etcd-server not installed: apt-get install etcd-server ({v:?})"
+        );
+        assert!(!v.contains_key("surely-not-a-package-pangaea"));
+    }
+}
