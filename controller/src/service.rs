@@ -157,8 +157,8 @@ pub fn router(controller: Arc<Controller>) -> Router {
             pb::enrollment_server::EnrollmentServer::new(svc.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
-        // Its two server streams are answered by `stream_body`, whose messages hold no
-        // memory once sent; the rest by tonic's generated service.
+        // Its server streams are answered by `stream_body`, whose messages hold no memory
+        // once sent; the rest by tonic's generated service.
         .add_service(crate::stream_body::NodeServiceRoutes::new(
             svc.clone(),
             pb::node_service_server::NodeServiceServer::new(svc)

@@ -8,8 +8,8 @@
 //! the controller's memory (heaptrack, under `bench-storm`). Here each message is encoded
 //! into an allocation of its own, which is freed as soon as HTTP/2 has sent it.
 //!
-//! [`NodeServiceRoutes`] answers the two server streams of the node service this way and
-//! hands every other call to tonic's generated service unchanged. Request decoding, status
+//! [`NodeServiceRoutes`] answers the server streams of the node service (assignments, jobs,
+//! downloads) this way and hands every other call to tonic's generated service unchanged. Request decoding, status
 //! codes and trailers are the gRPC wire format as tonic writes it; the same layers
 //! (timeouts, per-connection limits) wrap both.
 
@@ -31,6 +31,7 @@ use tonic::{Code, Status};
 
 const WATCH: &str = "/pangaea.v1.NodeService/WatchAssignment";
 const FETCH: &str = "/pangaea.v1.NodeService/FetchArtifact";
+const JOBS: &str = "/pangaea.v1.NodeService/WatchJobs";
 
 /// The node service: its server streams answered with [`OwnedFrames`], the rest by
 /// tonic's generated service.
@@ -71,6 +72,9 @@ impl tower::Service<http::Request<Body>> for NodeServiceRoutes {
             }),
             FETCH => Box::pin(async move {
                 Ok(server_stream(req, |r| async move { service.fetch_artifact(r).await }).await)
+            }),
+            JOBS => Box::pin(async move {
+                Ok(server_stream(req, |r| async move { service.watch_jobs(r).await }).await)
             }),
             _ => self.generated.call(req),
         }
