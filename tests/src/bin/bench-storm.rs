@@ -1,7 +1,7 @@
 //! Hardening #7, the reconnect storm (the cascading failure of Kubernetes issue #87794):
 //! AGENTS simulated agents, each a node joined to the real controller daemon
-//! (`pangaea-ctl serve`, its own process) with its own key and mTLS certificate, hold a
-//! watch stream and report every 15 s as `pangaea-agent` does. The daemon is killed
+//! (`pangaea-ctl serve`, its own process) with its own key and mTLS certificate, hold the
+//! assignment and jobs streams and report every 15 s as `pangaea-agent` does. The daemon is killed
 //! (SIGKILL) and started again on the same port; every agent notices, and reconnects with
 //! the agent's own jittered backoff (`pangaea_core::backoff::Backoff`: after a lost session
 //! 1 s ±20 %, then ×1.6 per failed attempt). Measured: the time from the kill until every
@@ -302,8 +302,8 @@ async fn agent(
     }
 }
 
-/// A session: a new mTLS channel, the watch stream, a report at once and every
-/// [`REPORT_INTERVAL`]; true if the watch stream was opened.
+/// A session: a new mTLS channel, the assignment and jobs streams, a report at once and
+/// every [`REPORT_INTERVAL`]; true if the watch stream was opened.
 async fn session(
     i: usize,
     id: &Identity,
@@ -326,6 +326,11 @@ async fn session(
         return false;
     };
     let mut stream = stream.into_inner();
+    // The jobs stream the agent opens beside it (agent/src/run.rs).
+    let Ok(jobs) = client.watch_jobs(pb::WatchJobsRequest {}).await else {
+        return true;
+    };
+    let mut jobs = jobs.into_inner();
     let mut applied = 0;
     let mut reported = false;
     let mut ticker = tokio::time::interval(REPORT_INTERVAL);
@@ -336,6 +341,9 @@ async fn session(
             m = stream.message() => match m {
                 Ok(Some(a)) => applied = a.revision,
                 _ => return true,
+            },
+            j = jobs.message() => if !matches!(j, Ok(Some(_))) {
+                return true;
             },
             _ = ticker.tick() => {
                 let report = pb::HealthReport { applied_revision: applied, ..Default::default() };
