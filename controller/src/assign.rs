@@ -130,10 +130,14 @@ pub fn store_plan(
     Ok(Some(next))
 }
 
-type Latest = watch::Sender<Option<Arc<pb::Assignment>>>;
+/// The revision of a node's latest committed assignment (0: none yet).
+type Latest = watch::Sender<u64>;
 
-/// In-memory fan-out of assignment changes to the nodes' watch streams. The lock is
-/// tokio's: it is only ever held for a map operation, never across other awaits.
+/// In-memory fan-out of assignment changes to the nodes' watch streams. It holds only
+/// revisions: each stream reads the assignment itself from the store when it moves, so a
+/// fleet's assignments (tens of KiB each) are not kept in memory twice, once in the store's
+/// cache and once here. The lock is tokio's: it is only ever held for a map operation,
+/// never across other awaits.
 #[derive(Default, Clone)]
 pub struct Hub {
     senders: Arc<Mutex<HashMap<String, Latest>>>,
@@ -145,31 +149,29 @@ impl Hub {
             .lock()
             .await
             .entry(node.to_owned())
-            .or_insert_with(|| watch::channel(None).0)
+            .or_insert_with(|| watch::channel(0).0)
             .clone()
     }
 
     /// Publishes a committed assignment.
     pub async fn publish(&self, a: pb::Assignment) {
-        let node = a.node_name.clone();
-        self.sender(&node).await.send_if_modified(|cur| {
-            let newer = cur.as_ref().is_none_or(|c| c.revision < a.revision);
+        self.advance(&a.node_name, a.revision).await;
+    }
+
+    async fn advance(&self, node: &str, revision: u64) {
+        self.sender(node).await.send_if_modified(|cur| {
+            let newer = *cur < revision;
             if newer {
-                *cur = Some(Arc::new(a));
+                *cur = revision;
             }
             newer
         });
     }
 
-    /// Subscribes to a node's assignment, seeding it with `current` from the store.
-    pub async fn subscribe(
-        &self,
-        node: &str,
-        current: Option<pb::Assignment>,
-    ) -> watch::Receiver<Option<Arc<pb::Assignment>>> {
-        if let Some(a) = current {
-            self.publish(a).await;
-        }
+    /// Subscribes to the revision of a node's assignment, seeding it with the `current`
+    /// one from the store.
+    pub async fn subscribe(&self, node: &str, current: u64) -> watch::Receiver<u64> {
+        self.advance(node, current).await;
         self.sender(node).await.subscribe()
     }
 

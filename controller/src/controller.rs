@@ -49,6 +49,8 @@ pub struct ControllerConfig {
     pub advertise: Vec<String>,
     /// Lifetime of the agent certificates issued at join and renewal.
     pub node_cert_lifetime: Duration,
+    /// What the agent-facing service takes on at once, and for how long.
+    pub limits: crate::service::Limits,
     /// How long a node chosen for a job may take to connect before its part fails
     /// ([`crate::image::CONNECT_GRACE`]).
     pub job_connect_grace: Duration,
@@ -62,6 +64,7 @@ impl ControllerConfig {
             state_dir: StateDir::new(state_dir),
             advertise: vec![],
             node_cert_lifetime: profiles::NODE_LIFETIME,
+            limits: crate::service::Limits::default(),
             job_connect_grace: crate::image::CONNECT_GRACE,
         }
     }
@@ -115,6 +118,8 @@ pub struct Controller {
     pub(crate) hub: Hub,
     pub(crate) jobs: crate::jobs::Jobs,
     pub(crate) planner: Arc<dyn Planner>,
+    /// One slot per artifact download being served.
+    pub(crate) downloads: Arc<tokio::sync::Semaphore>,
     pub(crate) config: ControllerConfig,
 }
 
@@ -139,6 +144,7 @@ impl Controller {
             hub: Hub::default(),
             jobs: crate::jobs::Jobs::default(),
             planner,
+            downloads: Arc::new(tokio::sync::Semaphore::new(config.limits.max_downloads)),
             config,
         }))
     }

@@ -25,6 +25,7 @@ pub mod compile;
 pub mod controller;
 pub mod daemon;
 pub mod etcd;
+pub mod fdlimit;
 pub mod health;
 pub mod image;
 pub mod issued;
@@ -41,6 +42,7 @@ pub mod service;
 pub mod state_dir;
 pub mod status;
 pub mod store;
+pub mod stream_body;
 pub mod tokens;
 
 pub use controller::{Controller, ControllerConfig, ControllerError, NodeView};

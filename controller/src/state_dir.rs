@@ -93,6 +93,11 @@ impl StateDir {
         self.0.join("serve.addr")
     }
 
+    /// The address the controller daemon serves the agent binary on, when it does.
+    pub fn agent_http_addr(&self) -> PathBuf {
+        self.0.join("agent-http.addr")
+    }
+
     /// The controller daemon's log.
     pub fn serve_log(&self) -> PathBuf {
         self.0.join("serve.log")

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+pub mod bench;
 pub mod http_fixture;
 
 pub fn init() {
@@ -143,7 +144,7 @@ impl TestController {
         controller: Arc<Controller>,
         planner: Arc<TestPlanner>,
     ) -> TestController {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = pangaea_controller::service::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, mut rx) = watch::channel(false);
         let c = controller.clone();
@@ -394,6 +395,15 @@ pub fn mtls_client(
     key_pem: &str,
     cert_pem: &str,
 ) -> pb::node_service_client::NodeServiceClient<tonic::transport::Channel> {
+    pb::node_service_client::NodeServiceClient::new(mtls_channel(ctl, key_pem, cert_pem))
+}
+
+/// A channel presenting `cert_pem`/`key_pem`, trusting the controller CA.
+pub fn mtls_channel(
+    ctl: &TestController,
+    key_pem: &str,
+    cert_pem: &str,
+) -> tonic::transport::Channel {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -413,9 +423,7 @@ pub fn mtls_client(
         )
         .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    pb::node_service_client::NodeServiceClient::new(
-        pangaea_core::tls::channel(&ctl.endpoint(), Arc::new(cfg)).unwrap(),
-    )
+    pangaea_core::tls::channel(&ctl.endpoint(), Arc::new(cfg)).unwrap()
 }
 
 /// Polls `check` every 20 ms until it returns true, failing after `timeout`.

@@ -23,17 +23,44 @@ pub async fn run(
     if !listen.ip().is_unspecified() {
         config.advertise.push(listen.ip().to_string());
     }
+    // Every connection holds a file descriptor: take what the hard limit allows, and keep
+    // the connection cap within it, so that the store and downloads never meet EMFILE.
+    let need = config.limits.file_descriptors();
+    match crate::fdlimit::raise_nofile() {
+        Ok(nofile) if nofile >= need => tracing::debug!(nofile, need, "file descriptor limit"),
+        Ok(nofile) => {
+            config.limits = config.limits.fitted_to(nofile);
+            tracing::warn!(
+                nofile,
+                need,
+                max_connections = config.limits.accept.max_connections,
+                "the file descriptor limit (RLIMIT_NOFILE hard limit) is below what the \
+                 controller needs; agent connections are capped lower (raise it with \
+                 `ulimit -Hn` or LimitNOFILE=)"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise RLIMIT_NOFILE"),
+    }
     let compilation = ctx.compilation()?;
     print_warnings(&compilation.loaded);
     let controller = Controller::open(config, Some(Arc::new(CompilerPlanner(compilation))))?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listen on {listen}"))?;
+    let listener = crate::service::bind(listen).with_context(|| format!("listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let write = |path: std::path::PathBuf, text: String| {
         pangaea_core::fsutil::atomic_write(&path, text.as_bytes(), 0o600)
             .with_context(|| format!("write {}", path.display()))
     };
+    let agent_http = match agent_http {
+        Some(addr) => Some(
+            crate::service::bind(addr)
+                .with_context(|| format!("listen on {addr} for agent downloads"))?,
+        ),
+        None => None,
+    };
+    // Written before serve.addr, which tells that the daemon is listening.
+    if let Some(l) = &agent_http {
+        write(state.agent_http_addr(), l.local_addr()?.to_string())?;
+    }
     write(state.serve_pid(), std::process::id().to_string())?;
     write(state.serve_addr(), addr.to_string())?;
     tracing::info!(%addr, pin = %controller.pki().controller_pin(), state = %state.path().display(), "controller serving");
@@ -47,10 +74,7 @@ pub async fn run(
         crate::rules::Rotation::default(),
         stop(rx.clone()),
     ));
-    if let Some(addr) = agent_http {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listen on {addr} for agent downloads"))?;
+    if let Some(l) = agent_http {
         tokio::spawn(crate::agent_http::serve(
             l,
             crate::agent_http::default_binary(),
