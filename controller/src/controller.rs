@@ -120,6 +120,9 @@ pub struct Controller {
     pub(crate) planner: Arc<dyn Planner>,
     /// One slot per artifact download being served.
     pub(crate) downloads: Arc<tokio::sync::Semaphore>,
+    /// Counts the reports stored: waiters on a node's health (the rotation loop) wake on
+    /// each instead of polling.
+    pub(crate) reports: tokio::sync::watch::Sender<u64>,
     pub(crate) config: ControllerConfig,
 }
 
@@ -145,6 +148,7 @@ impl Controller {
             jobs: crate::jobs::Jobs::default(),
             planner,
             downloads: Arc::new(tokio::sync::Semaphore::new(config.limits.max_downloads)),
+            reports: tokio::sync::watch::Sender::new(0),
             config,
         }))
     }

@@ -380,6 +380,7 @@ pub async fn record_report(
             Ok::<_, StoreError>(())
         })
         .await?;
+    c.reports.send_modify(|n| *n += 1);
     Ok(())
 }
 
@@ -460,23 +461,27 @@ pub async fn rotate(
     }
 }
 
-/// Waits (polling each second) until node `name` is healthy, at most `timeout`.
+/// Waits until node `name` is healthy, at most `timeout`, looking again at each report
+/// the controller stores.
 async fn settled(c: &Controller, name: &str, timeout: std::time::Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let healthy = c.nodes().is_ok_and(|nodes| {
+    let mut reports = c.reports.subscribe();
+    let healthy = || {
+        c.nodes().is_ok_and(|nodes| {
             nodes.iter().any(|n| {
                 n.record.name == name && crate::health::assess(Some(&n.info()), now()).is_healthy()
             })
-        });
-        if healthy {
-            return true;
+        })
+    };
+    tokio::time::timeout(timeout, async {
+        while !healthy() {
+            if reports.changed().await.is_err() {
+                return false;
+            }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    }
+        true
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// Recomputes a node's plan and publishes it if it changed. Returns the new revision, or

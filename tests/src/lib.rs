@@ -308,6 +308,30 @@ impl TestAgent {
     }
 }
 
+/// `pangaea-ctl` (at `bin`) run as an operator would, in the cluster directory `dir`, with
+/// plain output.
+pub fn run_ctl(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(bin)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A command's stdout then stderr, as text.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// One of the workspace's binaries, next to the test executable (`target/<profile>/deps/x`),
 /// which `cargo test --workspace` builds.
 pub fn binary(name: &str) -> PathBuf {

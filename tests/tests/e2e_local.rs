@@ -12,7 +12,7 @@
 use pangaea_controller::provider::local::Local;
 use pangaea_controller::state_dir::StateDir;
 use pangaea_controller::status::NodeStatus;
-use pangaea_tests::binary;
+use pangaea_tests::{binary, output_text as text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -53,12 +53,7 @@ struct Cluster {
 
 impl Cluster {
     fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(&self.ctl)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .args(args)
-            .output()
-            .unwrap()
+        pangaea_tests::run_ctl(&self.ctl, self.dir.path(), args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -181,14 +176,6 @@ impl Drop for Cluster {
 
 fn eventually<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
     pangaea_tests::poll_until(what, timeout, Duration::from_millis(250), f)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -15,7 +15,7 @@
 
 use pangaea_controller::provider::local::{Local, cgroup, host};
 use pangaea_controller::state_dir::StateDir;
-use pangaea_tests::binary;
+use pangaea_tests::{binary, output_text as text};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -44,14 +44,6 @@ fn require(tool: &str, install: &str) {
     );
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 struct Cluster {
     dir: tempfile::TempDir,
     ctl: PathBuf,
@@ -59,12 +51,7 @@ struct Cluster {
 
 impl Cluster {
     fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(&self.ctl)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .args(args)
-            .output()
-            .unwrap()
+        pangaea_tests::run_ctl(&self.ctl, self.dir.path(), args)
     }
 
     fn local(&self) -> Local {

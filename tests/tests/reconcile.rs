@@ -370,7 +370,15 @@ async fn a_node_whose_token_expired_before_first_boot_joins_with_a_recovery_toke
         .wait_healthy(&[name("node-1"), name("node-3")], T)
         .await
         .unwrap();
-    tokio::time::sleep(ttl + Duration::from_millis(1100)).await;
+    pangaea_tests::eventually("node-2's bootstrap token to expire", T, || {
+        let now = pangaea_controller::records::now();
+        let tokens = w.ctl.controller.tokens().unwrap();
+        let mut node_2 = tokens
+            .iter()
+            .filter(|t| t.node.as_deref() == Some("node-2"));
+        node_2.all(|t| t.expires_at < now)
+    })
+    .await;
     // Its agent starts only now, with the expired token in its user-data.
     w.provider.power_off(&name("node-2")).await;
     w.dead.lock().unwrap().clear();
@@ -412,7 +420,11 @@ async fn a_node_whose_identity_expired_while_off_joins_again_with_a_recovery_tok
     w.reconciler().wait_healthy(&names(3), T).await.unwrap();
     let instance = w.instance_of("node-3");
     w.provider.power_off(&name("node-3")).await;
-    tokio::time::sleep(lifetime + Duration::from_millis(1100)).await;
+    pangaea_tests::eventually("node-3's agent certificate to expire", T, || {
+        let record = w.ctl.controller.node("node-3").unwrap().unwrap();
+        record.cert_not_after < pangaea_controller::records::now()
+    })
+    .await;
     let expired = w
         .ctl
         .controller
