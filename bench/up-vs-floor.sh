@@ -41,6 +41,7 @@ artifacts:
     digest: sha256:$(sha256sum /usr/bin/etcd | cut -d' ' -f1)
     members: {}
   - {name: kubernetes-server, disabled: true}
+  - {name: kubernetes-node, disabled: true}
   - {name: containerd, disabled: true}
   - {name: runc, disabled: true}
   - {name: cni-plugins, disabled: true}

@@ -161,6 +161,52 @@ impl ArtifactSet {
         self.artifacts.iter().find(|a| a.name == name)
     }
 
+    /// Which downloads give a node `binaries` (`kubelet`, `etcd`, …), each download with the
+    /// binaries taken from it: the one rule for what a node fetches.
+    ///
+    /// - A single-file entry named after a binary (`runc`, or a per-binary Kubernetes
+    ///   download `kubelet`) is that binary's own download and always wins: it is exactly
+    ///   the bytes needed.
+    /// - The rest come from archives, chosen greedily: the archive giving the most of the
+    ///   binaries still missing; on a tie the one listing fewer members, the narrower
+    ///   download (`kubernetes-node` rather than `kubernetes-server` for a worker's
+    ///   `kubelet` and `kube-proxy`); then set order.
+    /// - Disabled entries give nothing; a binary nothing gives is left out, and the unit
+    ///   that runs it reports the missing program.
+    pub fn cover<'s>(&'s self, binaries: &[&str]) -> Vec<(&'s ArtifactEntry, Vec<String>)> {
+        let enabled = || self.artifacts.iter().filter(|a| !a.disabled);
+        let mut chosen: Vec<(&ArtifactEntry, Vec<String>)> = Vec::new();
+        let mut missing: Vec<&str> = Vec::new();
+        for (i, &b) in binaries.iter().enumerate() {
+            if binaries[..i].contains(&b) {
+                continue;
+            }
+            match enabled().find(|a| a.members.is_empty() && a.name == b) {
+                Some(a) => chosen.push((a, vec![b.to_owned()])),
+                None => missing.push(b),
+            }
+        }
+        loop {
+            let gives = |a: &ArtifactEntry| {
+                missing
+                    .iter()
+                    .filter(|b| a.members.contains_key(**b))
+                    .count()
+            };
+            let best = enabled()
+                .filter(|a| gives(a) > 0)
+                .min_by_key(|a| (std::cmp::Reverse(gives(a)), a.members.len()));
+            let Some(a) = best else { break };
+            let (taken, rest): (Vec<&str>, Vec<&str>) =
+                missing.iter().partition(|b| a.members.contains_key(**b));
+            chosen.push((a, taken.into_iter().map(str::to_owned).collect()));
+            missing = rest;
+        }
+        // In set order, so a node's downloads read (and diff) the same way every time.
+        chosen.sort_by_key(|(a, _)| self.artifacts.iter().position(|e| e.name == a.name));
+        chosen
+    }
+
     /// Applies overrides by name. A new URL without a digest keeps the pinned digest: the
     /// same content from another place (a local mirror).
     pub fn with_overrides(
@@ -237,6 +283,76 @@ mod tests {
         assert_eq!(
             set.get("etcd").unwrap().members["etcd"],
             "etcd-v3.5.27-linux-amd64/etcd"
+        );
+    }
+
+    /// The entries `cover` picks for `binaries`, with what each gives.
+    fn picks(set: &ArtifactSet, binaries: &[&str]) -> Vec<(String, Vec<String>)> {
+        set.cover(binaries)
+            .into_iter()
+            .map(|(a, b)| (a.name.clone(), b))
+            .collect()
+    }
+
+    fn owned(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_worker_takes_the_node_archive_and_a_control_plane_node_only_the_server_archive() {
+        let set = ArtifactSet::defaults();
+        assert_eq!(
+            picks(&set, &["kubelet", "kube-proxy", "runc"]),
+            vec![
+                ("kubernetes-node".into(), owned(&["kubelet", "kube-proxy"])),
+                ("runc".into(), owned(&["runc"])),
+            ]
+        );
+        let cp = [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubectl",
+            "kubelet",
+            "kube-proxy",
+        ];
+        assert_eq!(
+            picks(&set, &cp),
+            vec![("kubernetes-server".into(), owned(&cp))],
+            "one download, never the node archive beside it"
+        );
+    }
+
+    #[test]
+    fn a_per_binary_entry_wins_and_disabled_or_unknown_binaries_are_left_out() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let set = ArtifactSet::defaults()
+            .with_overrides(
+                "test",
+                &[
+                    ArtifactOverride {
+                        name: "kubelet".into(),
+                        url: Some("https://dl.k8s.io/v1.35.1/bin/linux/amd64/kubelet".into()),
+                        digest: Some(d),
+                        ..Default::default()
+                    },
+                    ArtifactOverride {
+                        name: "kubernetes-node".into(),
+                        disabled: Some(true),
+                        ..Default::default()
+                    },
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            picks(
+                &set,
+                &["kubelet", "kube-proxy", "no-such-binary", "kubelet"]
+            ),
+            vec![
+                ("kubernetes-server".into(), owned(&["kube-proxy"])),
+                ("kubelet".into(), owned(&["kubelet"])),
+            ]
         );
     }
 

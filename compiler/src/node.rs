@@ -303,52 +303,107 @@ impl<'c, 'a> Builder<'c, 'a> {
         self.render("kubeconfig", path, 0o600, params)
     }
 
-    /// Adds artifact `name` of the set: an archive kept in the agent's cache with the wanted
-    /// `members` extracted, or — when the set gives it as a single file (no members, as a
-    /// local override for one binary) — that file installed at `plain_dest` or the first
-    /// member's destination. Disabled artifacts are left out; their units then report the
-    /// missing binary instead of starting.
-    fn artifact(&mut self, name: &str, members: &[(&str, &str)], plain_dest: Option<&str>) {
-        let Some(a) = self.c.artifacts.get(name).filter(|a| !a.disabled) else {
-            return;
+    /// Fills the node's downloads: [`downloads`] of its binaries. A single-file download
+    /// is installed where its binary goes; an archive is kept in the agent's cache with the
+    /// wanted members extracted.
+    fn artifacts(&mut self, node: &NodeModel) {
+        let binaries = node_binaries(node);
+        let dest_of = |b: &str| {
+            binaries
+                .iter()
+                .find(|(n, _)| *n == b)
+                .map(|(_, d)| (*d).to_owned())
+                .expect("cover returns only asked binaries")
         };
-        let ext = if a.url.ends_with(".tgz") {
-            "tgz"
-        } else {
-            "tar.gz"
-        };
-        let single = plain_dest.or_else(|| {
-            a.members
-                .is_empty()
-                .then(|| members.first().map(|(_, d)| *d))
-                .flatten()
-        });
-        let (dest, mode, members) = match single {
-            Some(d) => (d.to_owned(), 0o755, vec![]),
-            None => (
-                format!("{ARTIFACT_CACHE}/{name}-{}.{ext}", a.version),
-                0o644,
-                members
+        for (a, taken) in downloads(self.c.artifacts, node) {
+            let (dest, mode, members) = if a.members.is_empty() {
+                (dest_of(&taken[0]), 0o755, vec![])
+            } else {
+                let ext = if a.url.ends_with(".tgz") {
+                    "tgz"
+                } else {
+                    "tar.gz"
+                };
+                let members = taken
                     .iter()
-                    .filter_map(|(m, dest)| {
-                        a.members.get(*m).map(|p| OutMember {
-                            path: p.clone(),
-                            dest: (*dest).to_owned(),
-                            mode: 0o755,
-                        })
+                    .map(|b| OutMember {
+                        path: a.members[b].clone(),
+                        dest: dest_of(b),
+                        mode: 0o755,
                     })
-                    .collect(),
-            ),
-        };
-        self.out.artifacts.push(OutArtifact {
-            name: name.into(),
-            url: a.url.clone(),
-            digest: a.digest.clone(),
-            dest,
-            mode,
-            members,
-        });
+                    .collect();
+                (
+                    format!("{ARTIFACT_CACHE}/{}-{}.{ext}", a.name, a.version),
+                    0o644,
+                    members,
+                )
+            };
+            self.out.artifacts.push(OutArtifact {
+                name: a.name.clone(),
+                url: a.url.clone(),
+                digest: a.digest.clone(),
+                dest,
+                mode,
+                members,
+            });
+        }
     }
+}
+
+/// The binaries each role runs, and where they are installed.
+const ETCD_BINARIES: &[(&str, &str)] = &[
+    ("etcd", "/usr/local/bin/etcd"),
+    ("etcdctl", "/usr/local/bin/etcdctl"),
+];
+const CONTROL_PLANE_BINARIES: &[(&str, &str)] = &[
+    ("kube-apiserver", "/usr/local/bin/kube-apiserver"),
+    (
+        "kube-controller-manager",
+        "/usr/local/bin/kube-controller-manager",
+    ),
+    ("kube-scheduler", "/usr/local/bin/kube-scheduler"),
+    ("kubectl", "/usr/local/bin/kubectl"),
+];
+const WORKER_BINARIES: &[(&str, &str)] = &[
+    ("kubelet", "/usr/local/bin/kubelet"),
+    ("kube-proxy", "/usr/local/bin/kube-proxy"),
+    ("containerd", "/usr/local/bin/containerd"),
+    (
+        "containerd-shim-runc-v2",
+        "/usr/local/bin/containerd-shim-runc-v2",
+    ),
+    ("ctr", "/usr/local/bin/ctr"),
+    ("runc", "/usr/local/sbin/runc"),
+    ("bridge", "/opt/cni/bin/bridge"),
+    ("host-local", "/opt/cni/bin/host-local"),
+    ("loopback", "/opt/cni/bin/loopback"),
+    ("portmap", "/opt/cni/bin/portmap"),
+    ("crictl", "/usr/local/bin/crictl"),
+];
+
+/// The binaries `node`'s roles run, each with where it is installed: the one table of what
+/// a role needs.
+pub fn node_binaries(node: &NodeModel) -> Vec<(&'static str, &'static str)> {
+    [
+        (node.is_etcd, ETCD_BINARIES),
+        (node.is_control_plane, CONTROL_PLANE_BINARIES),
+        (node.is_worker, WORKER_BINARIES),
+    ]
+    .into_iter()
+    .filter(|(has, _)| *has)
+    .flat_map(|(_, b)| b.iter().copied())
+    .collect()
+}
+
+/// What `node` downloads from `set`, each entry with the binaries taken from it (the
+/// set's rule, [`ArtifactSet::cover`], over [`node_binaries`]). The controller fills its
+/// mirror with exactly the union of these over the cluster's nodes.
+pub fn downloads<'s>(
+    set: &'s ArtifactSet,
+    node: &NodeModel,
+) -> Vec<(&'s crate::artifact_set::ArtifactEntry, Vec<String>)> {
+    let names: Vec<&str> = node_binaries(node).iter().map(|(b, _)| *b).collect();
+    set.cover(&names)
 }
 
 /// A client certificate: user `cn` in groups `orgs`.
@@ -540,14 +595,6 @@ impl Compiler<'_> {
                 watch.to_vec(),
                 json!({}),
             )?;
-            b.artifact(
-                "etcd",
-                &[
-                    ("etcd", "/usr/local/bin/etcd"),
-                    ("etcdctl", "/usr/local/bin/etcdctl"),
-                ],
-                None,
-            );
         }
 
         if node.is_control_plane {
@@ -715,19 +762,6 @@ impl Compiler<'_> {
                 addons,
                 json!({}),
             )?;
-            b.artifact(
-                "kubernetes-server",
-                &[
-                    ("kube-apiserver", "/usr/local/bin/kube-apiserver"),
-                    (
-                        "kube-controller-manager",
-                        "/usr/local/bin/kube-controller-manager",
-                    ),
-                    ("kube-scheduler", "/usr/local/bin/kube-scheduler"),
-                    ("kubectl", "/usr/local/bin/kubectl"),
-                ],
-                None,
-            );
         }
 
         if node.is_worker {
@@ -836,38 +870,6 @@ impl Compiler<'_> {
                 ],
                 json!({}),
             )?;
-            b.artifact(
-                "kubernetes-server",
-                &[
-                    ("kubelet", "/usr/local/bin/kubelet"),
-                    ("kube-proxy", "/usr/local/bin/kube-proxy"),
-                ],
-                None,
-            );
-            b.artifact(
-                "containerd",
-                &[
-                    ("containerd", "/usr/local/bin/containerd"),
-                    (
-                        "containerd-shim-runc-v2",
-                        "/usr/local/bin/containerd-shim-runc-v2",
-                    ),
-                    ("ctr", "/usr/local/bin/ctr"),
-                ],
-                None,
-            );
-            b.artifact("runc", &[], Some("/usr/local/sbin/runc"));
-            b.artifact(
-                "cni-plugins",
-                &[
-                    ("bridge", "/opt/cni/bin/bridge"),
-                    ("host-local", "/opt/cni/bin/host-local"),
-                    ("loopback", "/opt/cni/bin/loopback"),
-                    ("portmap", "/opt/cni/bin/portmap"),
-                ],
-                None,
-            );
-            b.artifact("crictl", &[("crictl", "/usr/local/bin/crictl")], None);
         }
 
         for d in &node.disks {
@@ -887,7 +889,7 @@ impl Compiler<'_> {
             let name = format!("{}.mount", systemd_escape_path(&m.mount));
             b.unit("units/nfs.mount", &name, vec![], json!({ "nfs": m }))?;
         }
-        merge_artifacts(&mut b.out.artifacts);
+        b.artifacts(node);
         Ok(b.out)
     }
 
@@ -937,18 +939,6 @@ impl Compiler<'_> {
         }
         Ok(paths)
     }
-}
-
-/// One download per archive: members wanted by several roles are merged.
-fn merge_artifacts(list: &mut Vec<OutArtifact>) {
-    let mut merged: Vec<OutArtifact> = Vec::new();
-    for a in list.drain(..) {
-        match merged.iter_mut().find(|m| m.dest == a.dest) {
-            Some(m) => m.members.extend(a.members),
-            None => merged.push(a),
-        }
-    }
-    *list = merged;
 }
 
 #[cfg(test)]

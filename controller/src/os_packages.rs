@@ -52,7 +52,8 @@ const fn row(
 }
 
 /// Which installed package gives which binary of which artifact (Debian 12 paths). An
-/// artifact of the set with no row here has no package (`kubernetes-server`, `crictl`).
+/// artifact of the set with no row here has no package (`kubernetes-server`,
+/// `kubernetes-node`, `crictl`).
 pub const PACKAGE_BINARIES: &[PackageBinary] = &[
     row("etcd", "etcd", "etcd-server", "/usr/bin/etcd"),
     row("etcd", "etcdctl", "etcd-client", "/usr/bin/etcdctl"),
@@ -596,10 +597,10 @@ mod tests {
         let unavailable: Vec<&str> = imp.unavailable.iter().map(|(a, _)| a.as_str()).collect();
         assert_eq!(
             unavailable,
-            ["kubernetes-server", "cni-plugins"],
+            ["kubernetes-server", "kubernetes-node", "cni-plugins"],
             "crictl is kept as configured"
         );
-        assert!(imp.unavailable[1].1.contains("has no /usr/lib/cni/bridge"));
+        assert!(imp.unavailable[2].1.contains("has no /usr/lib/cni/bridge"));
         let report = imp.report().join("\n");
         assert!(
             report.contains("artifact kubernetes-server: unavailable (no OS package provides it)"),

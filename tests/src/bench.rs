@@ -242,14 +242,7 @@ pub async fn join(
 /// A configuration with every artifact disabled (nothing is downloaded), the given pools.
 pub fn cluster_yaml(pools: &str) -> String {
     let mut y = format!("network: {{nodes: 10.200.0.0/16}}\npools:\n{pools}artifacts:\n");
-    for a in [
-        "kubernetes-server",
-        "etcd",
-        "containerd",
-        "runc",
-        "cni-plugins",
-        "crictl",
-    ] {
+    for a in crate::ARTIFACTS {
         y.push_str(&format!("  - {{name: {a}, disabled: true}}\n"));
     }
     y

@@ -224,9 +224,10 @@ impl TestController {
 
 /// Every artifact of the default artifact set: a configuration that disables them all
 /// needs no download (nothing is reachable from the tests).
-pub const ARTIFACTS: [&str; 6] = [
+pub const ARTIFACTS: [&str; 7] = [
     "etcd",
     "kubernetes-server",
+    "kubernetes-node",
     "containerd",
     "runc",
     "cni-plugins",

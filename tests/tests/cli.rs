@@ -223,7 +223,7 @@ fn offline_artifacts(dir: &Path) -> String {
             file.display()
         ));
     };
-    let archives: [(&str, &str, &[&str]); 5] = [
+    let archives: [(&str, &str, &[&str]); 6] = [
         (
             "kubernetes-server",
             "k8s",
@@ -234,6 +234,15 @@ fn offline_artifacts(dir: &Path) -> String {
                 "kubernetes/server/bin/kubelet",
                 "kubernetes/server/bin/kube-proxy",
                 "kubernetes/server/bin/kubectl",
+            ],
+        ),
+        (
+            "kubernetes-node",
+            "k8s-node",
+            &[
+                "kubernetes/node/bin/kubelet",
+                "kubernetes/node/bin/kube-proxy",
+                "kubernetes/node/bin/kubectl",
             ],
         ),
         (

@@ -203,16 +203,11 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     .next()
     .unwrap()
     .to_owned();
-    let disabled: String = [
-        "kubernetes-server",
-        "containerd",
-        "runc",
-        "cni-plugins",
-        "crictl",
-    ]
-    .iter()
-    .map(|n| format!("  - {{name: {n}, disabled: true}}\n"))
-    .collect();
+    let disabled: String = pangaea_tests::ARTIFACTS
+        .iter()
+        .filter(|n| **n != "etcd")
+        .map(|n| format!("  - {{name: {n}, disabled: true}}\n"))
+        .collect();
     std::fs::write(
         dir.path().join("pangaea.yaml"),
         format!("name: {}\nnetwork:\n  nodes: {}\nartifacts:\n  - name: etcd\n    url: file:///usr/bin/etcd\n    digest: sha256:{etcd_sha}\n    members: {{}}\n{disabled}", cluster_name(), network()),

@@ -112,10 +112,19 @@ pub fn wanted_nodes(c: &Compilation) -> Vec<WantedNode> {
         .collect()
 }
 
-/// Fills the mirror with every enabled artifact before any node asks for one.
+/// Fills the mirror, before any node asks, with each artifact some node downloads (once per
+/// cluster, however many nodes take it).
 async fn fill_mirror(ctx: &Ctx, c: &Compilation) -> anyhow::Result<()> {
     let mirror = Mirror::new(&ctx.state.artifacts());
-    for a in c.artifacts.artifacts.iter().filter(|a| !a.disabled) {
+    let mut wanted: Vec<&pangaea_compiler::artifact_set::ArtifactEntry> = Vec::new();
+    for n in &c.model.nodes {
+        for (a, _) in pangaea_compiler::node::downloads(&c.artifacts, n) {
+            if !wanted.iter().any(|w| w.name == a.name) {
+                wanted.push(a);
+            }
+        }
+    }
+    for a in wanted {
         if !mirror.has(&a.digest()) {
             step(&format!("fetching artifact {} ({})", a.name, a.url));
         }
