@@ -198,8 +198,18 @@ impl Mirror {
     /// refused once the copy passes it. Content already present is kept as it is. Blocking
     /// (it reads the whole file): run it on the blocking pool.
     pub fn add_file(&self, file: &Path, limit: u64) -> Result<MirrorEntry, FetchError> {
+        self.add_file_as(file, &file.display().to_string(), limit)
+    }
+
+    /// [`Mirror::add_file`], recording `source` as where the content came from.
+    pub fn add_file_as(
+        &self,
+        file: &Path,
+        source: &str,
+        limit: u64,
+    ) -> Result<MirrorEntry, FetchError> {
         use std::io::{Read, Write};
-        let source = file.display().to_string();
+        let source = source.to_owned();
         let io = |action: &'static str, path: &Path| {
             let (source, path) = (source.clone(), path.to_owned());
             move |e: std::io::Error| FetchError::Io {
