@@ -343,19 +343,13 @@ impl Applier {
             }
         }
 
-        // One file at a time, so that only one file's content is copied for the blocking pool.
-        for f in &next.files {
-            let (target, file) = (self.target(&f.path), f.clone());
-            let (changed, owner_errors) = blocking::run(move || {
-                let changed = !same_file(&target, &file.content, file.mode);
-                if changed {
-                    fsutil::atomic_write(&target, &file.content, file.mode)?;
-                }
-                let mut errors = Vec::new();
-                set_owner(&target, &file.owner, &mut errors);
-                Ok::<_, fsutil::FsError>((changed, errors))
-            })
-            .await?;
+        // Every file is replaced atomically, several at once: each write ends with two
+        // fsyncs, and concurrent ones share the filesystem's journal commits (64 files one
+        // after the other took about half a second on a node). All are done before the next
+        // step, as before.
+        let (root, files) = (self.root.clone(), next.files.clone());
+        let written = blocking::run(move || write_files(&root, &files)).await?;
+        for (f, (changed, owner_errors)) in next.files.iter().zip(written) {
             if changed {
                 done.changed.push(f.path.clone());
             }
@@ -407,7 +401,9 @@ impl Applier {
             .await
         };
         let prev_units: BTreeSet<&str> = prev.units.iter().map(|u| u.name.as_str()).collect();
-        let mut failed = Vec::new();
+        // The starts and restarts run at once: systemd orders them by the units' own
+        // dependencies, and one slow start (etcd waiting for its peers) holds back no other.
+        let mut actions = tokio::task::JoinSet::new();
         for u in &next.units {
             let own_file = format!("/{}", u.name);
             let touches =
@@ -422,23 +418,27 @@ impl Applier {
                 });
                 continue;
             }
-            let result = if !prev_units.contains(u.name.as_str()) || at_boot {
+            let (units, name, enable) = (self.units.clone(), u.name.clone(), u.enable);
+            if !prev_units.contains(u.name.as_str()) || at_boot {
                 done.started.push(u.name.clone());
-                self.units.start(&u.name, u.enable).await
+                actions
+                    .spawn(async move { (name.clone(), false, units.start(&name, enable).await) });
             } else if written_now || owed {
                 done.restarted.push(u.name.clone());
-                let r = self.units.restart(&u.name).await;
-                if r.is_ok() {
-                    pending.restarted.insert(u.name.clone());
-                }
-                r
-            } else {
-                Ok(())
-            };
-            if let Err(e) = result {
-                failed.push(e.to_string());
+                actions.spawn(async move { (name.clone(), true, units.restart(&name).await) });
             }
         }
+        let mut failed = Vec::new();
+        for (name, restart, result) in actions.join_all().await {
+            match result {
+                Ok(()) if restart => {
+                    pending.restarted.insert(name);
+                }
+                Ok(()) => {}
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        failed.sort();
         if !failed.is_empty() {
             return Err(unit_actions_failed(next.revision, failed, done.errors));
         }
@@ -569,6 +569,38 @@ fn sweep_leftovers(targets: &[PathBuf]) {
             }
         }
     }
+}
+
+/// Replaces each of `files` under `root` atomically where its content or mode differs and
+/// sets its owner, on a few threads at once; for each file in order, whether it was written
+/// and the ownership errors. Stops at the first write that fails.
+fn write_files(
+    root: &Path,
+    files: &[pb::File],
+) -> Result<Vec<(bool, Vec<String>)>, fsutil::FsError> {
+    const THREADS: usize = 8;
+    let one = |file: &pb::File| {
+        let target = target(root, &file.path);
+        let changed = !same_file(&target, &file.content, file.mode);
+        if changed {
+            fsutil::atomic_write(&target, &file.content, file.mode)?;
+        }
+        let mut errors = Vec::new();
+        set_owner(&target, &file.owner, &mut errors);
+        Ok((changed, errors))
+    };
+    let chunk = files.len().div_ceil(THREADS).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(one).collect::<Result<Vec<_>, _>>()))
+            .collect();
+        let mut out = Vec::with_capacity(files.len());
+        for h in handles {
+            out.extend(h.join().expect("a file writer does not panic")?);
+        }
+        Ok(out)
+    })
 }
 
 fn same_file(path: &Path, content: &[u8], mode: u32) -> bool {

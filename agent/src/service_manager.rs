@@ -72,7 +72,11 @@ impl ServiceManager for Systemctl {
     }
     async fn start(&self, unit: &str, enable: bool) -> Result<(), UnitError> {
         if enable {
-            Self::run(&["enable", "--now", unit]).await.map(drop)
+            // --no-reload: the applier reloaded after writing unit files already; enable's
+            // own reload would cost a full one per unit.
+            Self::run(&["enable", "--now", "--no-reload", unit])
+                .await
+                .map(drop)
         } else {
             Self::run(&["start", unit]).await.map(drop)
         }

@@ -149,14 +149,15 @@ impl Fetcher {
             .acquire()
             .await
             .expect("semaphore is never closed");
+        // Attached to the future, not entered across its awaits: an entered span would stay
+        // current on the thread for whatever other task runs there meanwhile.
         let span = tracing::info_span!("artifact", url = %spec.url, dest = %spec.dest.display());
-        let _enter = span.enter();
         self.progress.update(&spec.dest, |s| {
             s.url = spec.url.clone();
             s.state = State::Downloading;
             s.error = None;
         });
-        let result = self.install_inner(spec).await;
+        let result = tracing::Instrument::instrument(self.install_inner(spec), span).await;
         match &result {
             Ok(_) => self.progress.update(&spec.dest, |s| {
                 s.state = State::Installed;
