@@ -9,11 +9,18 @@
 //! network: { nodes: 10.213.0.0/24, pods: 10.244.0.0/16, services: 10.96.0.0/12 }
 //! pools:
 //!   - { name: node, count: 3, roles: [etcd, control-plane, worker], memoryMiB: 2048 }
+//! removedNodes: [node-2]               # left out; the other nodes keep their names and addresses
 //! addons: { monitoring: { enabled: true } }
 //! ```
 //!
 //! Every field has a default, so an empty or missing file is a valid 3-node local cluster.
 //! Unknown fields are refused; every error names the file, line and column.
+//!
+//! `removedNodes` is how `pangaea-ctl node remove` records a removal (it edits the file in
+//! place, see [`crate::config_edit`]), so this file stays the one source of truth and a later
+//! `up` does not bring the node back. A pool still numbers its nodes `POOL-1..POOL-count`
+//! and a removed node's number and address are never reused: the nodes that remain keep
+//! exactly the names and addresses they had.
 
 use crate::artifact_set::{ArtifactOverride, ArtifactSource};
 use crate::cidr::Cidr;
@@ -21,6 +28,7 @@ use crate::expose::{EXPOSABLE, Expose, ExposeType};
 use crate::locate::locate;
 use crate::provider::Provider;
 use crate::roles::Role;
+use pangaea_core::NodeName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -323,6 +331,11 @@ pub struct ClusterConfig {
     /// The nodes, by pool (default: one pool of 3 nodes with all roles).
     #[serde(default = "default_pools")]
     pub pools: Vec<Pool>,
+    /// `removedNodes`: nodes of the pools that are left out of the cluster (written by
+    /// `pangaea-ctl node remove`); each must be a node some pool makes. The others keep their
+    /// numbers and addresses, and a removed node's are not reused.
+    #[serde(default)]
+    pub removed_nodes: Vec<NodeName>,
     /// Where the binaries come from: `pinned` (default) or `os-packages`.
     #[serde(default)]
     pub artifact_source: ArtifactSource,
@@ -369,6 +382,44 @@ fn default_templates_dir() -> String {
 impl Default for ClusterConfig {
     fn default() -> Self {
         serde_norway::from_str("{}").expect("defaults deserialize")
+    }
+}
+
+impl ClusterConfig {
+    /// The pool that makes node `name` (its index in `pools`) and the node's number in it:
+    /// `POOL-N` with N from 1 to the pool's count, written without leading zeros.
+    pub fn pool_of(&self, name: &str) -> Option<(usize, u32)> {
+        self.pools.iter().enumerate().find_map(|(i, p)| {
+            let number = name.strip_prefix(p.name.as_str())?.strip_prefix('-')?;
+            if number.starts_with('0') || !number.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let n: u32 = number.parse().ok()?;
+            (1..=p.count).contains(&n).then_some((i, n))
+        })
+    }
+
+    /// Whether `removedNodes` lists node `name`.
+    pub fn is_removed(&self, name: &str) -> bool {
+        self.removed_nodes.iter().any(|r| r == name)
+    }
+
+    /// The nodes the pools make, for messages: `cp-1..cp-3, w-1`.
+    fn pool_node_ranges(&self) -> String {
+        let ranges: Vec<String> = self
+            .pools
+            .iter()
+            .filter(|p| p.count > 0)
+            .map(|p| match p.count {
+                1 => format!("{}-1", p.name),
+                n => format!("{0}-1..{0}-{n}", p.name),
+            })
+            .collect();
+        if ranges.is_empty() {
+            "no nodes".into()
+        } else {
+            ranges.join(", ")
+        }
     }
 }
 
@@ -438,6 +489,19 @@ impl Loaded {
         Ok(loaded)
     }
 
+    /// This configuration with `name` added to `removedNodes`, validated as if the file said
+    /// so (errors locate in the current text): what [`crate::config_edit`] checks its edit of
+    /// the text against.
+    pub(crate) fn with_removed_node(&self, name: NodeName) -> Result<Loaded, ConfigError> {
+        let mut next = Loaded {
+            warnings: vec![],
+            ..self.clone()
+        };
+        next.config.removed_nodes.push(name);
+        next.validate()?;
+        Ok(next)
+    }
+
     fn err(&self, path: &[&str], message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.file.clone(),
@@ -457,7 +521,7 @@ impl Loaded {
         if c.kind != "Cluster" {
             return Err(self.err(&["kind"], format!("kind must be Cluster, not {:?}", c.kind)));
         }
-        if let Err(e) = pangaea_core::NodeName::try_from(c.name.as_str()) {
+        if let Err(e) = NodeName::try_from(c.name.as_str()) {
             return Err(self.err(&["name"], format!("cluster name: {e}")));
         }
         let nets = [
@@ -498,8 +562,8 @@ impl Loaded {
             // The pool's nodes are named `<pool>-<n>`; the longest of those must be a
             // valid node name too.
             let longest = format!("{}-{}", p.name, p.count.max(1));
-            if let Err(e) = pangaea_core::NodeName::try_from(p.name.as_str())
-                .and_then(|_| pangaea_core::NodeName::try_from(longest))
+            if let Err(e) =
+                NodeName::try_from(p.name.as_str()).and_then(|_| NodeName::try_from(longest))
             {
                 return Err(self.err(&["pools", &idx, "name"], format!("pool name: {e}")));
             }
@@ -532,7 +596,8 @@ impl Loaded {
             }
             total += p.count as u64;
         }
-        // Node addresses start at .11 of the node network (.1 is the host's bridge).
+        // Node addresses start at .11 of the node network (.1 is the host's bridge); removed
+        // nodes keep theirs (unused), so they count here.
         if total + 11 >= c.network.nodes.size() {
             return Err(self.err(
                 &["network", "nodes"],
@@ -542,27 +607,69 @@ impl Loaded {
                 ),
             ));
         }
+        // How many nodes of each pool `removedNodes` leaves out.
+        let mut removed = vec![0u64; c.pools.len()];
+        let mut listed = std::collections::BTreeSet::new();
+        for (j, name) in c.removed_nodes.iter().enumerate() {
+            let at = ["removedNodes", &j.to_string()];
+            let Some((i, _)) = c.pool_of(name) else {
+                return Err(self.err(
+                    &at,
+                    format!(
+                        "removedNodes: {name} is not a node of any pool (pools make {})",
+                        c.pool_node_ranges()
+                    ),
+                ));
+            };
+            if !listed.insert(name) {
+                return Err(self.err(&at, format!("removedNodes: {name} is listed twice")));
+            }
+            removed[i] += 1;
+        }
+        // Members with role `r`: as the pools make them, and those `removedNodes` keeps.
         let count = |r: Role| {
             c.pools
                 .iter()
-                .filter(|p| p.roles.contains(&r))
-                .map(|p| p.count as u64)
-                .sum::<u64>()
+                .zip(&removed)
+                .filter(|(p, _)| p.roles.contains(&r))
+                .fold((0u64, 0u64), |(made, kept), (p, gone)| {
+                    (made + p.count as u64, kept + p.count as u64 - gone)
+                })
         };
-        let etcd = count(Role::Etcd);
-        if etcd == 0 {
+        let (etcd_made, etcd) = count(Role::Etcd);
+        if etcd_made == 0 {
             return Err(self.err(
                 &["pools"],
                 "no node has the etcd role: the cluster has no datastore",
             ));
         }
-        if count(Role::ControlPlane) == 0 {
+        if etcd == 0 {
+            return Err(self.err(
+                &["removedNodes"],
+                "removedNodes removes every node with the etcd role: the cluster would have no datastore; keep at least one",
+            ));
+        }
+        let (control_plane_made, control_plane) = count(Role::ControlPlane);
+        if control_plane_made == 0 {
             return Err(self.err(&["pools"], "no node has the control-plane role"));
         }
-        if etcd == 2 {
+        if control_plane == 0 {
+            return Err(self.err(
+                &["removedNodes"],
+                "removedNodes removes every node with the control-plane role: keep at least one",
+            ));
+        }
+        // Refused as the pools make it; allowed (with a warning) when removals lead there,
+        // since the operator got there on purpose (`pangaea-ctl node remove --force`).
+        if etcd_made == 2 {
             return Err(self.err(&["pools"], "2 etcd members cannot keep quorum when either fails (quorum is 2 of 2): use 1 for a test cluster or 3 for high availability"));
         }
-        if etcd % 2 == 0 {
+        if etcd == 2 {
+            self.warnings.push(Warning {
+                location: locate(&self.text, &["removedNodes"]),
+                message: "removedNodes leaves 2 etcd members, which cannot keep quorum when either fails (quorum is 2 of 2): add an etcd node, or remove one more for a test cluster".into(),
+            });
+        } else if etcd % 2 == 0 {
             self.warnings.push(Warning {
                 location: locate(&self.text, &["pools"]),
                 message: format!("{etcd} etcd members tolerate no more failures than {} (quorum {} of {etcd}); an odd number is better", etcd - 1, etcd / 2 + 1),
@@ -720,5 +827,103 @@ mod tests {
         assert!(e.message.contains("30000-32767"), "{e}");
         let e = parse("expose:\n  nginx:\n    type: NodePort\n").unwrap_err();
         assert!(e.message.contains("cannot expose"), "{e}");
+    }
+
+    #[test]
+    fn removed_nodes_must_be_nodes_of_the_pools() {
+        let l = parse("removedNodes: [node-2]\n").unwrap();
+        assert_eq!(
+            l.config.removed_nodes,
+            ["node-2"].map(|n| NodeName::try_from(n).unwrap())
+        );
+        // Only removedNodes: still the default pools.
+        assert_eq!(l.config.pools, default_pools());
+        assert_eq!(
+            parse("removedNodes:\n").unwrap().config,
+            parse("").unwrap().config
+        );
+
+        let e = parse("name: demo\nremovedNodes: [node-2, node-9]\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pangaea.yaml:2:1: removedNodes: node-9 is not a node of any pool (pools make node-1..node-3)"
+        );
+        let e = parse("pools:\n  - name: cp\n    count: 1\n  - name: w\n    count: 2\n    roles: [worker]\n  - name: spare\n    count: 0\nremovedNodes:\n  - w-1\n  - cp-01\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pangaea.yaml:11:5: removedNodes: cp-01 is not a node of any pool (pools make cp-1, w-1..w-2)"
+        );
+        let e = parse("removedNodes:\n  - node-1\n  - node-1\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pangaea.yaml:3:5: removedNodes: node-1 is listed twice"
+        );
+        let e = parse("removedNodes: [Node-1]\n").unwrap_err();
+        assert!(e.message.contains("invalid node name"), "{e}");
+        assert_eq!(e.location.map(|l| l.0), Some(1), "{e}");
+    }
+
+    #[test]
+    fn pool_of_finds_the_pool_and_number() {
+        let c = parse("pools:\n  - name: a\n    count: 12\n  - name: a-1\n    count: 2\n")
+            .unwrap()
+            .config;
+        assert_eq!(c.pool_of("a-12"), Some((0, 12)));
+        assert_eq!(c.pool_of("a-1-2"), Some((1, 2)));
+        assert_eq!(c.pool_of("a-1"), Some((0, 1)));
+        for no in ["a-13", "a-0", "a-01", "a-", "a", "a-1-3", "b-1", "a-+1"] {
+            assert_eq!(c.pool_of(no), None, "{no}");
+        }
+    }
+
+    #[test]
+    fn removing_every_etcd_or_control_plane_node_is_refused() {
+        let pools = "pools:\n  - name: e\n    count: 1\n    roles: [etcd]\n  - name: cp\n    count: 2\n    roles: [control-plane, worker]\n";
+        let e = parse(&format!("{pools}removedNodes: [e-1]\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pangaea.yaml:8:1: removedNodes removes every node with the etcd role: the cluster would have no datastore; keep at least one"
+        );
+        assert!(parse(&format!("{pools}removedNodes: [cp-2]\n")).is_ok());
+        let e = parse(&format!("{pools}removedNodes:\n  - cp-2\n  - cp-1\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pangaea.yaml:8:1: removedNodes removes every node with the control-plane role: keep at least one"
+        );
+        // The pools' own role checks come first.
+        let e = parse("pools:\n  - name: a\n    roles: [etcd, worker]\nremovedNodes: [a-1]\n")
+            .unwrap_err();
+        assert_eq!(e.message, "no node has the control-plane role");
+    }
+
+    #[test]
+    fn two_etcd_members_are_refused_from_the_pools_but_not_after_removals() {
+        let l = parse("removedNodes: [node-3]\n").unwrap();
+        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        assert!(
+            l.warnings[0]
+                .message
+                .contains("removedNodes leaves 2 etcd members")
+        );
+        assert_eq!(l.warnings[0].location, Some((1, 1)));
+        // A removal down to 1 member is quiet; 2 members from the pools stay refused.
+        assert!(
+            parse("removedNodes: [node-3, node-1]\n")
+                .unwrap()
+                .warnings
+                .is_empty()
+        );
+        let e = parse("pools:\n  - name: a\n    count: 2\nremovedNodes: [a-2]\n").unwrap_err();
+        assert!(e.message.contains("cannot keep quorum"), "{e}");
+        // 4 made, 3 kept: no even-count warning.
+        let l = parse("pools:\n  - name: a\n    count: 4\nremovedNodes: [a-4]\n").unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        // 5 made, 4 kept: the even-count warning is about the members kept.
+        let l = parse("pools:\n  - name: a\n    count: 5\nremovedNodes: [a-4]\n").unwrap();
+        assert!(
+            l.warnings[0].message.starts_with("4 etcd members"),
+            "{:?}",
+            l.warnings
+        );
     }
 }

@@ -18,11 +18,13 @@ pub const FIRST_NODE_HOST: u64 = 11;
 /// One node; templates see it as `node`.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeModel {
-    /// `POOL-N`, N from 1: stable as long as pools keep their order and names.
+    /// `POOL-N`, N from 1: stable as long as pools keep their order and names (a removed
+    /// node's number is not reused).
     pub name: NodeName,
     /// The pool it comes from.
     pub pool: String,
-    /// Its address in the node network, in order across pools from [`FIRST_NODE_HOST`].
+    /// Its address in the node network, in order across pools from [`FIRST_NODE_HOST`],
+    /// counting the nodes of `removedNodes` (so removing a node moves no other).
     pub address: Ipv4Addr,
     /// Its roles.
     pub roles: Vec<Role>,
@@ -36,7 +38,8 @@ pub struct NodeModel {
     pub memory_mib: u32,
     /// Its CPUs.
     pub cpus: u32,
-    /// Its zone, when the provider spreads nodes over zones (in turn, across all nodes).
+    /// Its zone, when the provider spreads nodes over zones (in turn, across all nodes, the
+    /// removed ones included, like the address).
     pub zone: Option<String>,
     /// Its Kubernetes labels.
     pub labels: BTreeMap<String, String>,
@@ -114,27 +117,36 @@ pub struct ClusterModel {
 }
 
 impl ClusterModel {
-    /// Expands a validated configuration (it panics on what validation refuses).
+    /// Expands a validated configuration (it panics on what validation refuses). The nodes
+    /// of `removedNodes` are left out; the position of every node, which gives its address
+    /// and zone, counts them all, so the others are where they would be without removals.
     pub fn build(loaded: &Loaded) -> ClusterModel {
         let c = &loaded.config;
         let provider = c.provider.kind();
+        let zones = c.provider.zones();
         let mut nodes = Vec::new();
+        // Position of the next node across pools, removed nodes included.
+        let mut global = 0u64;
         for (i, p) in c.pools.iter().enumerate() {
             let memory = loaded.pool_memory(i).expect("validated");
             let budget = Budget::for_roles(memory, &p.roles).expect("validated");
             for n in 0..p.count {
-                let global = nodes.len() as u64;
-                let zones = c.provider.zones();
+                let position = global;
+                global += 1;
+                let name = NodeName::try_from(format!("{}-{}", p.name, n + 1))
+                    .expect("validated: pool names leave room for the node number");
+                if c.is_removed(&name) {
+                    continue;
+                }
                 let zone =
-                    (!zones.is_empty()).then(|| zones[global as usize % zones.len()].clone());
+                    (!zones.is_empty()).then(|| zones[position as usize % zones.len()].clone());
                 nodes.push(NodeModel {
-                    name: NodeName::try_from(format!("{}-{}", p.name, n + 1))
-                        .expect("validated: pool names leave room for the node number"),
+                    name,
                     pool: p.name.clone(),
                     address: c
                         .network
                         .nodes
-                        .nth(FIRST_NODE_HOST + global)
+                        .nth(FIRST_NODE_HOST + position)
                         .expect("validated size"),
                     roles: p.roles.clone(),
                     is_etcd: p.roles.contains(&Role::Etcd),
@@ -265,5 +277,28 @@ mod tests {
         );
         assert_eq!(serde_json::to_value(&m).unwrap()["provider"], "local");
         assert_eq!(m.external_exposure, ExposeType::ClusterIP);
+    }
+
+    #[test]
+    fn removed_nodes_leave_the_others_their_names_addresses_and_zones() {
+        let pools = "provider:\n  type: gce\n  zones: [a, b]\npools:\n  - name: node\n    count: 3\n    roles: [etcd, control-plane, worker]\n    memoryMiB: 2048\n  - name: w\n    count: 2\n    roles: [worker]\n    memoryMiB: 2048\n";
+        let model = |removed: &str| {
+            let text = format!("{pools}removedNodes: [{removed}]\n");
+            ClusterModel::build(&Loaded::parse("p.yaml", &text, std::path::Path::new(".")).unwrap())
+        };
+        let all = model("");
+        let less = model("node-2");
+        let names: Vec<_> = less.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["node-1", "node-3", "w-1", "w-2"]);
+        assert_eq!(
+            less.node("node-3").unwrap().address.to_string(),
+            "10.213.0.13"
+        );
+        for n in &less.nodes {
+            let was = all.node(&n.name).unwrap();
+            assert_eq!((n.address, &n.zone), (was.address, &was.zone), "{}", n.name);
+        }
+        // The API endpoint is the first control-plane node that is kept.
+        assert_eq!(model("node-1").api_endpoint, "https://10.213.0.12:6443");
     }
 }
