@@ -164,13 +164,18 @@ fn etcd_nodes(nodes: &Value) -> Result<Vec<(&str, &str)>, String> {
     Ok(out)
 }
 
+/// etcd's peer URL on a node: what identifies its member (membership changes act on it).
+pub fn etcd_peer_url(address: impl std::fmt::Display) -> String {
+    format!("https://{address}:2380")
+}
+
 /// `{{etcd_initial_cluster nodes}}`: etcd's `--initial-cluster`,
 /// `name=https://address:2380,…` over the nodes with the etcd role.
 pub fn etcd_initial_cluster(a: &[Value]) -> Result<Value, String> {
     Ok(json!(
         etcd_nodes(&a[0])?
             .iter()
-            .map(|(n, ip)| format!("{n}=https://{ip}:2380"))
+            .map(|(n, ip)| format!("{n}={}", etcd_peer_url(ip)))
             .collect::<Vec<_>>()
             .join(",")
     ))

@@ -278,13 +278,20 @@ impl Backend {
 
     /// Removes node `name`: its certificates are refused at once. An error when there is no
     /// such node.
-    pub async fn remove_node(&mut self, name: String) -> Result<(), BackendError> {
+    /// Removes node `name` ([`crate::rules::remove`]); `Ok(false)` when the controller has
+    /// no such node (it never joined).
+    pub async fn remove_node(&mut self, name: String) -> Result<bool, BackendError> {
         match self {
-            Backend::Daemon(c) => Ok(c
-                .remove_node(pb::RemoveNodeRequest { name })
-                .await
-                .map(drop)?),
-            Backend::Local(ctl) => Ok(crate::rules::remove(ctl, &name).await?),
+            Backend::Daemon(c) => match c.remove_node(pb::RemoveNodeRequest { name }).await {
+                Ok(_) => Ok(true),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+                Err(s) => Err(s.into()),
+            },
+            Backend::Local(ctl) => match crate::rules::remove(ctl, &name).await {
+                Ok(()) => Ok(true),
+                Err(ControllerError::NoSuchNode(_)) => Ok(false),
+                Err(e) => Err(e.into()),
+            },
         }
     }
 }

@@ -62,6 +62,18 @@ pub enum Command {
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Power every node off (workers first, etcd members last, the etcd leader last of
+    /// all) and stop the controller daemon, keeping disks and state; `start` boots it
+    /// again. The same as `down` without --purge.
+    Stop,
+    /// Boot every node of the cluster that exists (all at once) and wait until all are
+    /// healthy; nodes whose credentials expired while they were off get recovery tokens.
+    /// Creates nothing (that is `up`).
+    Start {
+        /// How long to wait for the nodes to become healthy.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Stop the nodes and the controller daemon; the cluster's state is kept unless --purge.
     Down {
         /// Also delete the nodes, their network and the cluster's state (.pangaea).
@@ -115,6 +127,29 @@ pub enum Command {
     /// Container images in the nodes' containerd (no registry needed).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The cluster's etcd: snapshots for disaster recovery.
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
+}
+
+/// `pangaea-ctl etcd` subcommands.
+#[derive(Subcommand)]
+pub enum EtcdCommand {
+    /// Snapshots of etcd's data.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `pangaea-ctl etcd snapshot` subcommands.
+#[derive(Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a snapshot of etcd's data to FILE (0600; it holds the cluster's secrets),
+    /// asked of the leader (or any running member), its SHA-256 trailer checked before it
+    /// replaces FILE. `etcdctl snapshot status FILE` reads it.
+    Save {
+        /// Where to write the snapshot.
+        file: PathBuf,
+    },
 }
 
 /// `pangaea-ctl image` subcommands.
@@ -222,10 +257,19 @@ pub enum TokenCommand {
 /// `pangaea-ctl node` subcommands.
 #[derive(Subcommand)]
 pub enum NodeCommand {
-    /// Remove a node: its certificates are refused at once.
+    /// Remove a node for good: its etcd member (by ID, only when the cluster can take it),
+    /// every credential (refused at once by the controller and by etcd), its instance, and
+    /// — in pangaea.yaml's `removedNodes` — its place in the configuration. Interrupted, the
+    /// same command resumes where it stopped.
     Remove {
         /// The node's name, as `status` shows it.
         name: pangaea_core::NodeName,
+        /// Remove it even if the etcd members left would be an even number or lose quorum.
+        #[arg(long)]
+        force: bool,
+        /// Print the steps (and whether etcd would allow the removal now); change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Power a node off and boot it again with the same disk (local provider; root).
     Reboot {
@@ -298,7 +342,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
             agent_http,
         } => cmd::serve::run(&ctx, listen, advertise, agent_http).await,
-        Command::Up { timeout } => cmd::up::run(&ctx, timeout).await,
+        Command::Up { timeout } => cmd::up::run(&ctx, timeout, cmd::up::Mode::Up).await,
+        Command::Start { timeout } => cmd::up::run(&ctx, timeout, cmd::up::Mode::Start).await,
+        Command::Stop => cmd::down::run(&ctx, false).await,
         Command::Down { purge } => cmd::down::run(&ctx, purge).await,
         Command::Env {
             tool: EnvTool::Etcdctl,
@@ -323,6 +369,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(c) => cmd::token::run(&ctx, c).await,
         Command::Status { output } => cmd::status::run(&ctx, output).await,
         Command::Artifacts(c) => cmd::artifacts::run(&ctx, c).await,
+        Command::Etcd(EtcdCommand::Snapshot(SnapshotCommand::Save { file })) => {
+            cmd::etcd::snapshot_save(&ctx, &file).await
+        }
         Command::Node(c) => cmd::node::run(&ctx, c).await,
         Command::Image(ImageCommand::Load {
             archive,

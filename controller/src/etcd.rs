@@ -7,6 +7,7 @@ use crate::compile::Compilation;
 use crate::issued::PkiInputs;
 use crate::pki::CaKind;
 use pangaea_compiler::inputs::{CertRequest, Inputs};
+use pangaea_core::NodeName;
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -21,8 +22,8 @@ pub fn client_url(address: &str) -> String {
     format!("https://{address}:{CLIENT_PORT}")
 }
 
-/// `ETCDCTL_*` settings for every etcd member of the cluster.
-pub fn operator_env(c: &Compilation) -> anyhow::Result<Vec<(&'static str, String)>> {
+/// The operator's etcd client certificate (issued on first use) and key.
+fn operator_cert(c: &Compilation) -> anyhow::Result<crate::state_dir::IssuedPaths> {
     let inputs = PkiInputs::new(&c.pki, &c.state_dir)?;
     let req = CertRequest {
         ca: CaKind::Etcd,
@@ -35,15 +36,81 @@ pub fn operator_env(c: &Compilation) -> anyhow::Result<Vec<(&'static str, String
         client: true,
     };
     inputs.cert(&req).map_err(anyhow::Error::msg)?;
-    let abs = |p: std::path::PathBuf| std::fs::canonicalize(&p).unwrap_or(p).display().to_string();
-    let issued = c.state_dir.issued(OPERATOR_CERT_ID);
-    let endpoints: Vec<String> = c
-        .model
+    Ok(c.state_dir.issued(OPERATOR_CERT_ID))
+}
+
+/// The etcd members the configuration has whose machines run, as (node, client URL): the
+/// only ones worth asking — the address of a machine that does not run may route anywhere.
+/// And whether any etcd member's machine exists at all (running or not).
+pub async fn running_members(
+    c: &Compilation,
+    provider: &dyn crate::provider::Provider,
+) -> Result<(Vec<(NodeName, String)>, bool), crate::provider::ProviderError> {
+    let machines = provider.list().await?;
+    let etcd_nodes: Vec<_> = c.model.nodes.iter().filter(|n| n.is_etcd).collect();
+    let exists = machines
+        .iter()
+        .any(|m| etcd_nodes.iter().any(|n| n.name == m.name));
+    let running = etcd_nodes
+        .iter()
+        .filter(|n| {
+            machines
+                .iter()
+                .any(|m| m.name == n.name && m.state == crate::provider::NodeState::Running)
+        })
+        .map(|n| (n.name.clone(), client_url(&n.address.to_string())))
+        .collect();
+    Ok((running, exists))
+}
+
+/// The client URL of every etcd member the configuration has.
+pub fn endpoints(c: &Compilation) -> Vec<String> {
+    c.model
         .nodes
         .iter()
         .filter(|n| n.is_etcd)
         .map(|n| client_url(&n.address.to_string()))
-        .collect();
+        .collect()
+}
+
+/// The controller's etcd client ([`crate::membership::Etcd`]) with the operator's
+/// certificate.
+pub fn operator_client(c: &Compilation) -> anyhow::Result<crate::membership::Etcd> {
+    let issued = operator_cert(c)?;
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()))
+    };
+    Ok(crate::membership::Etcd::new(
+        &read(&c.pki.ca_cert_path(CaKind::Etcd))?,
+        &read(&issued.cert)?,
+        &read(&issued.key)?,
+    )?)
+}
+
+/// The name of the etcd leader, as the members that answer say (`None` when none does or
+/// they have no leader).
+pub async fn leader(c: &Compilation, provider: &dyn crate::provider::Provider) -> Option<String> {
+    let (running, _) = running_members(c, provider).await.ok()?;
+    if running.is_empty() {
+        return None;
+    }
+    let etcd = operator_client(c).ok()?;
+    let endpoints: Vec<String> = running.into_iter().map(|(_, e)| e).collect();
+    let survey = crate::membership::survey(&etcd, &endpoints).await;
+    survey.answers.iter().find_map(|(_, r)| {
+        let v = r.as_ref().ok()?;
+        v.members
+            .iter()
+            .find(|m| m.id == v.leader && v.leader != 0)
+            .map(|m| m.name.clone())
+    })
+}
+
+/// `ETCDCTL_*` settings for every etcd member of the cluster.
+pub fn operator_env(c: &Compilation) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let issued = operator_cert(c)?;
+    let abs = |p: std::path::PathBuf| std::fs::canonicalize(&p).unwrap_or(p).display().to_string();
+    let endpoints = endpoints(c);
     Ok(vec![
         ("ETCDCTL_API", "3".to_owned()),
         ("ETCDCTL_ENDPOINTS", endpoints.join(",")),

@@ -363,10 +363,14 @@ impl Reconciler<'_> {
 pub async fn power_down(
     provider: &dyn Provider,
     purge: bool,
+    order: &[NodeName],
     progress: Progress<'_>,
 ) -> Result<Vec<(NodeName, DownAction)>, ReconcileError> {
     let mut done = Vec::new();
-    for n in provider.list().await.map_err(ReconcileError::List)? {
+    let mut machines = provider.list().await.map_err(ReconcileError::List)?;
+    // Stable: machines `order` does not name keep their place, ahead of those it does.
+    machines.sort_by_key(|m| order.iter().position(|n| *n == m.name));
+    for n in machines {
         let fail = |source| ReconcileError::Provider {
             node: n.name.clone(),
             source,
@@ -393,6 +397,25 @@ pub async fn power_down(
     Ok(done)
 }
 
+/// The order `stop` powers nodes off in, first to last: worker-only nodes (their workloads
+/// go before the API they report to), then control-plane nodes without etcd, then the etcd
+/// members with the `leader` last (a follower leaving costs no election; the leader leaving
+/// last costs one, when nobody is left to serve). Otherwise the configuration's order.
+pub fn stop_order(
+    nodes: &[pangaea_compiler::model::NodeModel],
+    leader: Option<&str>,
+) -> Vec<NodeName> {
+    let rank = |n: &pangaea_compiler::model::NodeModel| match (n.is_etcd, n.is_control_plane) {
+        (true, _) if Some(n.name.as_str()) == leader => 3,
+        (true, _) => 2,
+        (false, true) => 1,
+        (false, false) => 0,
+    };
+    let mut out: Vec<&pangaea_compiler::model::NodeModel> = nodes.iter().collect();
+    out.sort_by_key(|n| rank(n));
+    out.into_iter().map(|n| n.name.clone()).collect()
+}
+
 /// What `down` did to a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DownAction {
@@ -402,4 +425,32 @@ pub enum DownAction {
     Stopped,
     /// Deleted with everything created for it.
     Deleted,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pangaea_compiler::config::Loaded;
+    use pangaea_compiler::model::ClusterModel;
+
+    #[test]
+    fn workers_stop_first_then_control_planes_then_etcd_with_the_leader_last() {
+        let loaded = Loaded::parse(
+            "pangaea.yaml",
+            "pools:\n  - {name: db, count: 3, roles: [etcd]}\n  - {name: cp, count: 1, roles: [control-plane]}\n  - {name: w, count: 2, roles: [worker]}\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let model = ClusterModel::build(&loaded);
+        let order: Vec<String> = stop_order(&model.nodes, Some("db-1"))
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(order, ["w-1", "w-2", "cp-1", "db-2", "db-3", "db-1"]);
+        let no_leader: Vec<String> = stop_order(&model.nodes, None)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(no_leader, ["w-1", "w-2", "cp-1", "db-1", "db-2", "db-3"]);
+    }
 }

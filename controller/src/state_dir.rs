@@ -108,6 +108,11 @@ impl StateDir {
         self.0.join("pki")
     }
 
+    /// The journal of `node remove NODE` while it is under way ([`crate::removal`]).
+    pub fn removal_journal(&self, node: &str) -> PathBuf {
+        self.0.join("journal").join(format!("remove-{node}.json"))
+    }
+
     /// Certificate, key and request of the leaf issued for request `id` (like
     /// `node-1/etcd-peer`; `/` is not allowed in file names, so it becomes `__`).
     pub fn issued(&self, id: &str) -> IssuedPaths {

@@ -394,9 +394,9 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
         },
     );
 
-    // 7. Hardening #3: `node remove` revokes the node's etcd certificates. Its API server's
-    // etcd client certificate, kept by someone, is refused by the remaining members within
-    // 10 s (they read the etcd CA's revocation list on each new connection; no restart).
+    // 7. Lifecycle: `node remove`, and hardening #3 (a removed node's etcd certificates
+    // are refused within 10 s: the members read the etcd CA's revocation list on each new
+    // connection, no restart).
     let kept = tempfile::tempdir().unwrap();
     let issued = c.state().issued("node-3/apiserver-etcd-client");
     let (cert, key) = (kept.path().join("c.crt"), kept.path().join("c.key"));
@@ -412,24 +412,149 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     };
     let before = as_node_3();
     assert!(before.status.success(), "before removal: {}", text(&before));
-    c.ok(&["node", "remove", "node-3"]);
-    let removed = std::time::Instant::now();
+    let member_list = || {
+        let out = c.etcdctl_on(&members, &["member", "list"]);
+        assert!(out.status.success(), "member list: {}", text(&out));
+        text(&out)
+    };
+    let node_3_peer = format!("https://{}:2380", node_ip(3));
+    assert!(member_list().contains(&node_3_peer));
+
+    // 3 → 2 members counts as unsafe: refused without --force, saying why; nothing changes.
+    let refused = c.ctl(&["node", "remove", "node-3"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("2 members would be left") && text(&refused).contains("--force"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(member_list().lines().count(), 3);
+    // --dry-run prints the steps and whether etcd would allow it now; changes nothing.
+    let plan = c.ok(&["node", "remove", "node-3", "--force", "--dry-run"]);
+    for s in [
+        "etcd-member",
+        "credentials",
+        "instance",
+        "config",
+        "allowed now",
+    ] {
+        assert!(plan.contains(s), "{s:?} not in {plan}");
+    }
+    let journal = c.state().removal_journal("node-3");
+    assert!(!journal.exists());
+
+    // Killed with SIGKILL right after each recorded step, then run again: it resumes.
+    let config = c.dir.path().join("pangaea.yaml");
+    let mut revoked_at = None;
+    for after in ["etcd-member", "credentials", "instance"] {
+        let out = std::process::Command::new(&c.ctl)
+            .current_dir(c.dir.path())
+            .env("NO_COLOR", "1")
+            .env("PANGAEA_FAILPOINT", format!("remove-after:{after}"))
+            .args(["node", "remove", "node-3", "--force"])
+            .output()
+            .unwrap();
+        eprintln!("node remove, killed after {after}:\n{}", text(&out));
+        assert!(
+            !out.status.success(),
+            "not killed after {after}: {}",
+            text(&out)
+        );
+        assert!(
+            journal.exists(),
+            "the journal survives the kill after {after}"
+        );
+        match after {
+            "etcd-member" => {
+                let list = member_list();
+                assert_eq!(list.lines().count(), 2, "{list}");
+                assert!(!list.contains(&node_3_peer), "{list}");
+            }
+            "credentials" => revoked_at = Some(std::time::Instant::now()),
+            _ => {}
+        }
+    }
     // The time a refused attempt started: the attempt itself waits for its timeouts.
+    let revoked_at = revoked_at.unwrap();
     let refused_at = eventually(
         "the remaining members to refuse node-3's etcd client certificate",
         Duration::from_secs(10),
         || {
-            let tried = removed.elapsed();
+            let tried = revoked_at.elapsed();
             (!as_node_3().status.success()).then_some(tried)
         },
     );
-    eprintln!("refused from {refused_at:?} after `node remove`");
+    eprintln!("refused from {refused_at:?} after the credentials step");
+    assert!(
+        !c.state().path().join("nodes/node-3").exists(),
+        "the instance's files are gone"
+    );
+    let done = c.ok(&["node", "remove", "node-3", "--force"]);
+    assert!(done.contains("node node-3 removed"), "{done}");
+    assert!(!journal.exists(), "the finished journal is removed");
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    assert!(yaml.contains("removedNodes: [node-3]"), "{yaml}");
+    // Idempotent, and a later `up` does not bring node-3 back.
+    assert!(
+        c.ok(&["node", "remove", "node-3"])
+            .contains("already removed")
+    );
+    let up = c.ok(&["up"]);
+    assert!(!up.contains("node-3"), "{up}");
+    assert_eq!(member_list().lines().count(), 2);
     let mine = c.etcdctl_on(&members, &["get", "before"]);
     assert!(
         mine.status.success(),
         "the operator's client: {}",
         text(&mine)
     );
+
+    // 8. Lifecycle: `stop` powers the nodes off with the etcd leader last; `start` boots
+    // them with their disks, and the data is there.
+    let leader = c
+        .status()
+        .into_iter()
+        .find(|n| n.etcd.is_leader())
+        .expect("a leader")
+        .name;
+    let stopped = c.ok(&["stop"]);
+    let order: Vec<&str> = stopped
+        .lines()
+        .filter_map(|l| l.strip_prefix("==> ")?.strip_suffix(": stopping"))
+        .collect();
+    assert_eq!(order.len(), 2, "{stopped}");
+    assert_eq!(
+        order.last(),
+        Some(&leader.as_str()),
+        "leader last: {stopped}"
+    );
+    assert!(
+        !c.state().path().join("nodes/node-1/nspawn.pid").exists()
+            || std::fs::read_to_string(c.state().path().join("nodes/node-1/nspawn.pid"))
+                .is_ok_and(|p| !Path::new(&format!("/proc/{}", p.trim())).exists()),
+        "node-1 is off"
+    );
+    let started = c.ok(&["start"]);
+    assert!(started.contains("booting (existing disk)"), "{started}");
+    assert!(!started.contains("creating"), "{started}");
+    let after = c.etcdctl_on(&members, &["get", "before"]);
+    assert!(
+        after.status.success() && text(&after).contains("before"),
+        "the data survives stop and start: {}",
+        text(&after)
+    );
+
+    // 9. Disaster recovery: a snapshot from the running cluster that etcd's tool reads.
+    let snap = c.dir.path().join("etcd.snapshot");
+    let saved = c.ok(&["etcd", "snapshot", "save", snap.to_str().unwrap()]);
+    assert!(saved.contains("SHA-256 trailer checked"), "{saved}");
+    let status = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", text(&status));
 }
 
 fn nix_is_root() -> bool {

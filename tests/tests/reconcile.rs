@@ -311,16 +311,22 @@ async fn down_powers_off_running_nodes_and_purge_deletes_everything() {
     w.provider.power_off(&name("node-3")).await;
     w.provider.clear_calls().await;
 
-    let done = power_down(w.provider.as_ref(), false, &|_| {})
+    // In the order given (the etcd leader, node-1 here, last); a stopped node is left alone.
+    let order = [name("node-3"), name("node-2"), name("node-1")];
+    let done = power_down(w.provider.as_ref(), false, &order, &|_| {})
         .await
         .unwrap();
     assert_eq!(
-        done.iter().map(|(_, a)| *a).collect::<Vec<_>>(),
-        vec![DownAction::Stopped, DownAction::Stopped, DownAction::None]
+        done,
+        vec![
+            (name("node-3"), DownAction::None),
+            (name("node-2"), DownAction::Stopped),
+            (name("node-1"), DownAction::Stopped)
+        ]
     );
     assert_eq!(
         w.provider.calls().await,
-        vec![Call::Stop(name("node-1")), Call::Stop(name("node-2"))],
+        vec![Call::Stop(name("node-2")), Call::Stop(name("node-1"))],
         "a stopped node is left alone"
     );
     assert!(w.agents.lock().unwrap().is_empty(), "every agent is down");
@@ -332,7 +338,7 @@ async fn down_powers_off_running_nodes_and_purge_deletes_everything() {
     assert_eq!(w.tokens().await.len(), 3);
 
     w.provider.clear_calls().await;
-    power_down(w.provider.as_ref(), true, &|_| {})
+    power_down(w.provider.as_ref(), true, &[], &|_| {})
         .await
         .unwrap();
     let calls = w.provider.calls().await;

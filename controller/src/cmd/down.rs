@@ -1,14 +1,21 @@
-//! `pangaea-ctl down [--purge]`: power the nodes off and stop the controller daemon; with
-//! `--purge`, delete the nodes, what they shared and the cluster's state.
+//! `pangaea-ctl stop` (= `down`): power the nodes off in a safe order
+//! ([`crate::reconcile::stop_order`]) and stop the controller daemon, keeping disks and
+//! state; `down --purge` deletes the nodes, what they shared and the cluster's state.
 
 use super::{Ctx, step};
 use anyhow::Context;
 
-/// Runs `down`.
+/// Runs `down` (and `stop`, which is `down` without `--purge`).
 pub async fn run(ctx: &Ctx, purge: bool) -> anyhow::Result<()> {
     let c = ctx.compilation()?;
     let provider = ctx.provider(&c)?;
-    crate::reconcile::power_down(provider.as_ref(), purge, &step).await?;
+    let order = if purge {
+        vec![]
+    } else {
+        let leader = crate::etcd::leader(&c, provider.as_ref()).await;
+        crate::reconcile::stop_order(&c.model.nodes, leader.as_deref())
+    };
+    crate::reconcile::power_down(provider.as_ref(), purge, &order, &step).await?;
     crate::daemon::stop(&ctx.state, &step).await;
     let name = &c.loaded.config.name;
     if purge {
@@ -19,7 +26,7 @@ pub async fn run(ctx: &Ctx, purge: bool) -> anyhow::Result<()> {
         println!("cluster {name} deleted");
     } else {
         println!(
-            "cluster {name} stopped (state kept in {}; `pangaea-ctl up` starts it again)",
+            "cluster {name} stopped (disks and state kept in {}; `pangaea-ctl start` boots it again)",
             ctx.state.path().display()
         );
     }

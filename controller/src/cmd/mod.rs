@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod compile;
 pub mod down;
 pub mod env;
+pub mod etcd;
 pub mod image;
 pub mod node;
 pub mod pki;

@@ -3,21 +3,181 @@
 use super::{Ctx, step};
 use crate::admin::Backend;
 use crate::cli::NodeCommand;
+use crate::removal::{EtcdAccess, Journal, RemovalError, Step};
+use anyhow::Context;
 use pangaea_core::NodeName;
 
 /// Runs a `node` subcommand.
 pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
-        NodeCommand::Remove { name } => {
-            Backend::connect(&ctx.state)
-                .await?
-                .remove_node(name.to_string())
-                .await?;
-            println!("node {name} removed; its certificates are revoked");
-        }
+        NodeCommand::Remove {
+            name,
+            force,
+            dry_run,
+        } => remove(ctx, &name, force, dry_run).await?,
         NodeCommand::Reboot { name } => reboot(ctx, &name).await?,
     }
     Ok(())
+}
+
+/// `node remove`: plans the removal into its journal (or resumes the journal of an
+/// interrupted one) and runs the steps still to do ([`crate::removal`]).
+async fn remove(ctx: &Ctx, name: &NodeName, force: bool, dry_run: bool) -> anyhow::Result<()> {
+    let c = ctx.compilation()?;
+    let path = ctx.state.removal_journal(name);
+    let journal = match Journal::load(&path)? {
+        Some(j) => {
+            let done: Vec<&str> = j.done.iter().map(|s| s.name()).collect();
+            step(&format!(
+                "{name}: resuming the removal started {} s ago (done: {})",
+                crate::records::now() - j.started_at,
+                done.join(", ")
+            ));
+            j
+        }
+        None => {
+            if c.loaded
+                .config
+                .removed_nodes
+                .iter()
+                .any(|n| n == name.as_str())
+            {
+                println!(
+                    "{name} is already removed (listed in removedNodes of {})",
+                    ctx.config.display()
+                );
+                return Ok(());
+            }
+            let Some(node) = c.model.nodes.iter().find(|n| n.name == *name) else {
+                let names: Vec<&str> = c.model.nodes.iter().map(|n| n.name.as_str()).collect();
+                anyhow::bail!(
+                    "no node {name} in {} (its nodes: {})",
+                    ctx.config.display(),
+                    names.join(", ")
+                );
+            };
+            let address = node.address.to_string();
+            Journal {
+                node: name.to_string(),
+                etcd_peer_url: node
+                    .is_etcd
+                    .then(|| pangaea_compiler::helpers::etcd_peer_url(&address)),
+                etcd_client_url: node.is_etcd.then(|| crate::etcd::client_url(&address)),
+                // Absolute: a resumed removal may run from another directory.
+                config: std::path::absolute(&ctx.config).unwrap_or_else(|_| ctx.config.clone()),
+                done: vec![],
+                started_at: crate::records::now(),
+            }
+        }
+    };
+    let provider = ctx.provider(&c)?;
+    let (running, any_member_exists) = crate::etcd::running_members(&c, provider.as_ref()).await?;
+    let mut endpoints: Vec<String> = running.into_iter().map(|(_, e)| e).collect();
+    // A resumed removal: the node may be in removedNodes already, and so not in the
+    // configuration's members; its machine is gone by then too.
+    if let Some(own) = &journal.etcd_client_url
+        && !endpoints.contains(own)
+        && provider
+            .describe(name)
+            .await?
+            .is_some_and(|m| m.state == crate::provider::NodeState::Running)
+    {
+        endpoints.push(own.clone());
+    }
+    let access = EtcdAccess {
+        etcd: crate::etcd::operator_client(&c)?,
+        endpoints,
+        any_member_exists,
+    };
+
+    if dry_run {
+        println!("node remove {name} would:");
+        for s in journal.remaining() {
+            let mut line = format!("  {:<13} {}", s.name(), s.describe(&journal));
+            if s == Step::EtcdMember && journal.etcd_peer_url.is_some() {
+                let preview = crate::removal::preview_etcd_member(&journal, &access, force).await;
+                line.push_str(&format!(" — {preview}"));
+            }
+            println!("{line}");
+        }
+        return Ok(());
+    }
+
+    let mut journal = journal;
+    journal.save(&path)?;
+    for s in journal.remaining() {
+        step(&format!("{name}: {}", s.describe(&journal)));
+        let outcome =
+            match run_step(&ctx.state, provider.as_ref(), &journal, s, force, &access).await {
+                Ok(o) => o,
+                Err(e) => match e.downcast::<RemovalError>() {
+                    // Refused before anything was done: the removal never started.
+                    Ok(e @ RemovalError::Refused { .. }) if journal.done.is_empty() => {
+                        pangaea_core::fsutil::remove_durably(&path)?;
+                        return Err(e.into());
+                    }
+                    Ok(e) => return Err(e.into()),
+                    Err(e) => {
+                        return Err(RemovalError::Step {
+                            node: name.to_string(),
+                            step: s,
+                            message: format!("{e:#}"),
+                        }
+                        .into());
+                    }
+                },
+            };
+        if !outcome.is_empty() {
+            step(&format!("{name}: {outcome}"));
+        }
+        journal.done.push(s);
+        journal.save(&path)?;
+        crate::removal::failpoint(s);
+    }
+    pangaea_core::fsutil::remove_durably(&path)
+        .with_context(|| format!("remove the finished journal {}", path.display()))?;
+    println!(
+        "node {name} removed: etcd member, certificates, instance; recorded in removedNodes of {}",
+        ctx.config.display()
+    );
+    Ok(())
+}
+
+async fn run_step(
+    state: &crate::state_dir::StateDir,
+    provider: &dyn crate::provider::Provider,
+    j: &Journal,
+    s: Step,
+    force: bool,
+    access: &EtcdAccess,
+) -> anyhow::Result<String> {
+    let name = NodeName::try_from(j.node.clone()).map_err(anyhow::Error::msg)?;
+    Ok(match s {
+        Step::EtcdMember => crate::removal::remove_etcd_member(j, access, force).await?,
+        Step::Credentials => {
+            let known = Backend::connect(state)
+                .await?
+                .remove_node(j.node.clone())
+                .await?;
+            if known {
+                "certificates revoked".into()
+            } else {
+                "the controller never knew it (it never joined)".into()
+            }
+        }
+        Step::Instance => {
+            if provider.describe(&name).await?.is_none() {
+                "no instance (already deleted)".into()
+            } else {
+                provider.delete(&name).await?;
+                "instance deleted".into()
+            }
+        }
+        Step::Config => {
+            pangaea_compiler::config_edit::write_removed_node(&j.config, &j.node)?;
+            String::new()
+        }
+    })
 }
 
 async fn reboot(ctx: &Ctx, name: &NodeName) -> anyhow::Result<()> {

@@ -12,8 +12,17 @@ use anyhow::Context;
 use pangaea_core::NodeName;
 use std::time::{Duration, Instant};
 
-/// Runs `up`, waiting at most `timeout` for the nodes to become healthy.
-pub async fn run(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
+/// `up` or `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Create what is missing, boot what is stopped.
+    Up,
+    /// Boot the nodes that exist; create nothing.
+    Start,
+}
+
+/// Runs `up` (or `start`), waiting at most `timeout` for the nodes to become healthy.
+pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()> {
     let started = Instant::now();
     let c = ctx.compilation()?;
     print_warnings(&c.loaded);
@@ -47,7 +56,24 @@ pub async fn run(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
         agent_sha256,
         token_ttl: crate::reconcile::NODE_TOKEN_TTL,
     };
-    let wanted = wanted_nodes(&c);
+    let mut wanted = wanted_nodes(&c);
+    if mode == Mode::Start {
+        let existing: Vec<NodeName> = provider.list().await?.into_iter().map(|n| n.name).collect();
+        let (keep, missing): (Vec<WantedNode>, Vec<WantedNode>) =
+            wanted.into_iter().partition(|n| existing.contains(&n.name));
+        for n in &missing {
+            step(&format!(
+                "{}: does not exist; `pangaea-ctl up` creates it",
+                n.name
+            ));
+        }
+        anyhow::ensure!(
+            !keep.is_empty(),
+            "nothing to start: no node of cluster {} exists (`pangaea-ctl up` creates them)",
+            c.loaded.config.name
+        );
+        wanted = keep;
+    }
     let names: Vec<NodeName> = wanted.iter().map(|n| n.name.clone()).collect();
     let mut reconciler = Reconciler {
         provider: provider.as_ref(),

@@ -1,0 +1,367 @@
+//! Lifecycle (node remove): the controller's etcd membership client against a real
+//! three-member etcd cluster with mutual TLS on loopback. The survey sees the members and
+//! their leader; 3 → 2 is refused without `--force`; a pending learner blocks even a forced
+//! removal; the removal acts on the member ID found by peer URL, and doing it again is a
+//! no-op; the cluster keeps serving writes after it.
+
+use pangaea_controller::membership::{self, Etcd, Removal, Removed};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A CA, a certificate for 127.0.0.1 (server and client: etcd's peers use it both
+    /// ways) and a client certificate for the operator.
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "test etcd CA");
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+        std::fs::write(dir.path().join("ca.crt"), ca_cert.pem()).unwrap();
+        for (name, server) in [("member", true), ("operator", false)] {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            p.subject_alt_names
+                .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            if server {
+                p.extended_key_usages
+                    .push(rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+            }
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.crt")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+
+    fn client(&self) -> Etcd {
+        let read = |f: &str| std::fs::read(self.path(f)).unwrap();
+        Etcd::new(
+            &read("ca.crt"),
+            &read("operator.crt"),
+            &read("operator.key"),
+        )
+        .unwrap()
+    }
+}
+
+/// Three etcd members on loopback; killed when dropped.
+struct Cluster {
+    children: Vec<Child>,
+    _data: tempfile::TempDir,
+    clients: Vec<String>,
+    peers: Vec<String>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(pki: &Pki) -> Cluster {
+    assert!(
+        Path::new("/usr/bin/etcd").is_file(),
+        "/usr/bin/etcd not found: apt-get install etcd-server"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let clients: Vec<String> = ports
+        .iter()
+        .map(|(c, _)| format!("https://127.0.0.1:{c}"))
+        .collect();
+    let peers: Vec<String> = ports
+        .iter()
+        .map(|(_, p)| format!("https://127.0.0.1:{p}"))
+        .collect();
+    let initial: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{i}={p}"))
+        .collect();
+    let (crt, key, ca) = (
+        pki.path("member.crt"),
+        pki.path("member.key"),
+        pki.path("ca.crt"),
+    );
+    let children = (0..3)
+        .map(|i| {
+            let log = std::fs::File::create(data.path().join(format!("m{i}.log"))).unwrap();
+            Command::new("/usr/bin/etcd")
+                .arg(format!("--name=m{i}"))
+                .arg(format!(
+                    "--data-dir={}",
+                    data.path().join(format!("m{i}")).display()
+                ))
+                .arg(format!("--listen-client-urls={}", clients[i]))
+                .arg(format!("--advertise-client-urls={}", clients[i]))
+                .arg(format!("--listen-peer-urls={}", peers[i]))
+                .arg(format!("--initial-advertise-peer-urls={}", peers[i]))
+                .arg(format!("--initial-cluster={}", initial.join(",")))
+                .arg("--initial-cluster-state=new")
+                .arg("--client-cert-auth")
+                .arg("--peer-client-cert-auth")
+                .arg(format!("--cert-file={}", crt.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg(format!("--trusted-ca-file={}", ca.display()))
+                .arg(format!("--peer-cert-file={}", crt.display()))
+                .arg(format!("--peer-key-file={}", key.display()))
+                .arg(format!("--peer-trusted-ca-file={}", ca.display()))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start etcd")
+        })
+        .collect();
+    Cluster {
+        children,
+        _data: data,
+        clients,
+        peers,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removes_by_id_only_when_safe_against_a_real_etcd_cluster() {
+    pangaea_tests::init();
+    let pki = Pki::new();
+    let cluster = start(&pki);
+    let etcd = pki.client();
+
+    // All three answer, agree, and follow one leader.
+    let mut survey = membership::survey(&etcd, &cluster.clients).await;
+    for _ in 0..100 {
+        if survey
+            .answers
+            .iter()
+            .all(|(_, r)| r.as_ref().is_ok_and(|v| v.leader != 0))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        survey = membership::survey(&etcd, &cluster.clients).await;
+    }
+    let views: Vec<_> = survey
+        .answers
+        .iter()
+        .map(|(e, r)| r.as_ref().unwrap_or_else(|m| panic!("{e}: {m}")))
+        .collect();
+    assert_eq!(views[0].members.len(), 3);
+    assert!(
+        views
+            .iter()
+            .all(|v| v.leader == views[0].leader && v.leader != 0)
+    );
+
+    // 3 → 2 is refused without --force, and names the member.
+    let target = &cluster.peers[2];
+    let own = Some(cluster.clients[2].as_str());
+    let refusal = membership::check_removal(&survey, target, own, false).unwrap_err();
+    assert!(refusal.reason.contains("m2"), "{refusal}");
+    assert!(
+        refusal.reason.contains("2 members would be left"),
+        "{refusal}"
+    );
+
+    // A pending learner blocks even a forced removal (one change at a time).
+    // etcd takes no member while its members have been connected for less than 5 s
+    // ("unhealthy cluster"): ask until it does.
+    let learner_peer = format!(
+        r#"{{"peerURLs":["https://127.0.0.1:{}"],"isLearner":true}}"#,
+        free_port()
+    );
+    let added = pangaea_tests::poll_until(
+        "etcd to take a learner",
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        || {
+            let r = etcd_post(
+                &pki,
+                &cluster.clients[0],
+                "cluster/member/add",
+                &learner_peer,
+            );
+            r.get("member").is_some().then_some(r)
+        },
+    );
+    let learner_id: u64 = added["member"]["ID"]
+        .as_str()
+        .unwrap_or_else(|| panic!("member add: {added}"))
+        .parse()
+        .unwrap();
+    let with_learner = membership::survey(&etcd, &cluster.clients).await;
+    let refusal = membership::check_removal(&with_learner, target, own, true).unwrap_err();
+    assert!(refusal.reason.contains("learner"), "{refusal}");
+    assert_eq!(
+        etcd.remove(&cluster.clients[0], learner_id).await.unwrap(),
+        Removed::Now
+    );
+
+    // Forced: the member with that peer URL is removed by its ID, through a survivor.
+    let survey = membership::survey(&etcd, &cluster.clients).await;
+    let Removal::Member { id, ask, left, .. } =
+        membership::check_removal(&survey, target, own, true).unwrap()
+    else {
+        panic!("m2 is a member")
+    };
+    assert_ne!(
+        ask, cluster.clients[2],
+        "never asks the member being removed"
+    );
+    assert_eq!(left, 2);
+    assert_eq!(etcd.remove(&ask, id).await.unwrap(), Removed::Now);
+    assert_eq!(etcd.remove(&ask, id).await.unwrap(), Removed::Already);
+    let after_clients = cluster.clients.clone();
+    let after = membership::survey(&etcd, &cluster.clients[..2]).await;
+    let v = after.answers[0].1.as_ref().unwrap();
+    assert_eq!(v.members.len(), 2);
+    assert!(v.members.iter().all(|m| !m.peer_urls.contains(target)));
+    assert_eq!(
+        membership::check_removal(&after, target, own, false).unwrap(),
+        Removal::NotAMember,
+        "a second run finds nothing to do"
+    );
+    // The two left still take writes.
+    let put: serde_json::Value = etcd_post(
+        &pki,
+        &cluster.clients[0],
+        "kv/put",
+        r#"{"key":"YQ==","value":"MQ=="}"#,
+    );
+    assert!(put["header"]["revision"].is_string(), "{put}");
+
+    // Disaster recovery: a snapshot through the gateway, 0600, that etcd's own tool
+    // restores (it checks the SHA-256 trailer), and from which a new etcd serves the key.
+    let snaps = tempfile::tempdir().unwrap();
+    let file = snaps.path().join("etcd.snapshot");
+    let saved = etcd.snapshot(&cluster.clients[0], &file).await.unwrap();
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(saved.bytes, meta.len());
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    assert!(saved.revision > 1, "{saved:?}");
+    let (client, peer) = (free_port(), free_port());
+    let restored = snaps.path().join("restored");
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore"])
+        .arg(&file)
+        .arg(format!("--data-dir={}", restored.display()))
+        .args(["--name=r"])
+        .arg(format!("--initial-cluster=r=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .output()
+        .expect("etcdctl (apt-get install etcd-client)");
+    assert!(
+        out.status.success(),
+        "etcdctl snapshot restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::File::create(snaps.path().join("r.log")).unwrap();
+    let mut r = Command::new("/usr/bin/etcd")
+        .arg(format!("--data-dir={}", restored.display()))
+        .arg("--name=r")
+        .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+        .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let got = pangaea_tests::poll_until(
+        "the restored etcd to serve the key written before the snapshot",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let o = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints=http://127.0.0.1:{client}"))
+                .args(["--dial-timeout=1s", "get", "a", "--print-value-only"])
+                .output()
+                .ok()?;
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        },
+    );
+    let _ = r.kill();
+    let _ = r.wait();
+    assert_eq!(got, "1");
+
+    // A snapshot that cannot be had leaves an existing file as it was.
+    std::fs::write(&file, "the previous snapshot").unwrap();
+    drop(cluster);
+    assert!(etcd.snapshot(&after_clients[0], &file).await.is_err());
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "the previous snapshot"
+    );
+    assert_eq!(
+        std::fs::read_dir(snaps.path())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".snapshot"))
+            .count(),
+        0,
+        "no temporary file left"
+    );
+}
+
+/// A raw call to etcd's gateway with curl (the test's own client, independent of the one
+/// under test).
+fn etcd_post(pki: &Pki, endpoint: &str, path: &str, body: &str) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(pki.path("ca.crt"))
+        .arg("--cert")
+        .arg(pki.path("operator.crt"))
+        .arg("--key")
+        .arg(pki.path("operator.key"))
+        .args(["-X", "POST", "-d", body])
+        .arg(format!("{endpoint}/v3/{path}"))
+        .output()
+        .expect("curl (apt-get install curl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
