@@ -130,6 +130,25 @@ pub enum Command {
     /// The cluster's etcd: snapshots for disaster recovery.
     #[command(subcommand)]
     Etcd(EtcdCommand),
+    /// Failure drills: prove the cluster's high availability on demand.
+    #[command(subcommand)]
+    Drill(DrillCommand),
+}
+
+/// `pangaea-ctl drill` subcommands.
+#[derive(Subcommand)]
+pub enum DrillCommand {
+    /// Crash one node (a power cut, not a clean shutdown) while writing to etcd through the
+    /// others; report how long writes were unavailable (target: etcd's election timeout
+    /// plus 1 s), boot it again and report when it is healthy. Needs at least 3 etcd
+    /// members running, all of them.
+    NodeLoss {
+        /// The node to crash [default: the etcd leader, whose loss needs an election].
+        node: Option<pangaea_core::NodeName>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 /// `pangaea-ctl etcd` subcommands.
@@ -368,6 +387,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pki(c) => cmd::pki::run(&ctx, c),
         Command::Token(c) => cmd::token::run(&ctx, c).await,
         Command::Status { output } => cmd::status::run(&ctx, output).await,
+        Command::Drill(DrillCommand::NodeLoss { node, output }) => {
+            cmd::drill::node_loss(&ctx, node, output).await
+        }
         Command::Artifacts(c) => cmd::artifacts::run(&ctx, c).await,
         Command::Etcd(EtcdCommand::Snapshot(SnapshotCommand::Save { file })) => {
             cmd::etcd::snapshot_save(&ctx, &file).await

@@ -24,6 +24,7 @@ pub mod cmd;
 pub mod compile;
 pub mod controller;
 pub mod daemon;
+pub mod drill;
 pub mod etcd;
 pub mod fdlimit;
 pub mod health;

@@ -315,6 +315,45 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Etcd {
+    /// Writes `value` at `key`, asking the member at `endpoint`, waiting at most `timeout`.
+    pub async fn put(
+        &self,
+        endpoint: &str,
+        key: &str,
+        value: &str,
+        timeout: Duration,
+    ) -> Result<(), EtcdError> {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        self.post::<serde_json::Value>(
+            endpoint,
+            "kv/put",
+            serde_json::json!({ "key": b64(key), "value": b64(value) }),
+            timeout,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Deletes every key under `prefix`.
+    pub async fn delete_prefix(&self, endpoint: &str, prefix: &str) -> Result<(), EtcdError> {
+        use base64::Engine as _;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        // The range end of a prefix: the prefix with its last byte incremented.
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        self.post::<serde_json::Value>(
+            endpoint,
+            "kv/deleterange",
+            serde_json::json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&end) }),
+            ANSWER_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Saves a snapshot of the member at `endpoint` to `dest` (0600: etcd's data holds
     /// secrets): streamed to a temporary file beside it, its SHA-256 trailer checked,
     /// fsynced, then renamed into place — a failed or torn snapshot never replaces `dest`.

@@ -394,6 +394,22 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
         },
     );
 
+    // 6b. Lifecycle: the node-loss drill crashes the etcd leader while writing through the
+    // others; writes come back (its figure goes to BENCHMARKS.md, not into a timed
+    // assertion) and the node comes back healthy.
+    let out = c.ctl(&["drill", "node-loss", "-o", "json"]);
+    assert!(out.status.success(), "drill: {}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("drill -o json: {e}: {}", text(&out)));
+    eprintln!("node-loss drill: {report}");
+    assert_eq!(report["was_leader"], true, "{report}");
+    assert!(report["writes_ok"].as_u64().unwrap() > 10, "{report}");
+    assert!(
+        report["write_unavailable_ms"].as_u64().unwrap() < 30_000,
+        "writes came back: {report}"
+    );
+    assert!(report["back_healthy_ms"].is_u64(), "{report}");
+
     // 7. Lifecycle: `node remove`, and hardening #3 (a removed node's etcd certificates
     // are refused within 10 s: the members read the etcd CA's revocation list on each new
     // connection, no restart).

@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod compile;
 pub mod down;
+pub mod drill;
 pub mod env;
 pub mod etcd;
 pub mod image;

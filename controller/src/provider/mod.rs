@@ -154,6 +154,14 @@ pub trait Provider: Send + Sync {
     /// Powers a node off cleanly.
     async fn stop(&self, name: &NodeName) -> Result<(), ProviderError>;
 
+    /// Kills a node the way a power cut would (no clean shutdown), for `drill node-loss`.
+    async fn crash(&self, name: &NodeName) -> Result<(), ProviderError> {
+        Err(ProviderError::Failed(format!(
+            "the {} provider cannot crash {name} on purpose",
+            self.name()
+        )))
+    }
+
     /// Powers a node off and boots it again with the same disk.
     async fn reboot(&self, name: &NodeName) -> Result<(), ProviderError> {
         self.stop(name).await?;

@@ -389,6 +389,10 @@ impl Provider for Local {
         self.boot(name).await
     }
 
+    async fn crash(&self, name: &NodeName) -> Result<(), ProviderError> {
+        Local::crash(self, name).await
+    }
+
     async fn stop(&self, name: &NodeName) -> Result<(), ProviderError> {
         let Some(pid) = self.pid(name) else {
             return Ok(());

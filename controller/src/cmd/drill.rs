@@ -1,0 +1,111 @@
+//! `pangaea-ctl drill node-loss [NODE] [-o json]` ([`crate::drill`]).
+
+use super::{Ctx, step};
+use crate::admin::Backend;
+use crate::cli::Output;
+use pangaea_core::NodeName;
+
+/// Runs the node-loss drill on `node` (default: the etcd leader).
+pub async fn node_loss(ctx: &Ctx, node: Option<NodeName>, output: Output) -> anyhow::Result<()> {
+    let c = ctx.compilation()?;
+    let provider = ctx.provider(&c)?;
+    let (running, _) = crate::etcd::running_members(&c, provider.as_ref()).await?;
+    let members = c.model.nodes.iter().filter(|n| n.is_etcd).count();
+    anyhow::ensure!(
+        members >= 3 && running.len() == members,
+        "a node-loss drill needs at least 3 etcd members, all running ({} of {members} run): with fewer, losing one loses quorum, which is what `node remove` refuses too",
+        running.len()
+    );
+    let leader = crate::etcd::leader(&c, provider.as_ref()).await;
+    let target = match node {
+        Some(n) => n,
+        None => NodeName::try_from(leader.clone().ok_or_else(|| {
+            anyhow::anyhow!("etcd has no leader now: the cluster is not healthy")
+        })?)
+        .map_err(anyhow::Error::msg)?,
+    };
+    anyhow::ensure!(
+        c.model.nodes.iter().any(|n| n.name == target),
+        "no node {target} in the cluster"
+    );
+    let survivors: Vec<String> = running
+        .iter()
+        .filter(|(n, _)| *n != target)
+        .map(|(_, e)| e.clone())
+        .collect();
+    let etcd = crate::etcd::operator_client(&c)?;
+    let mut backend = Backend::connect(&ctx.state).await?;
+    let name = target.to_string();
+    let boot_id = |nodes: &[pangaea_proto::NodeInfo]| {
+        nodes
+            .iter()
+            .find(|n| n.name == name)
+            .and_then(|n| n.last_report.as_ref())
+            .map(|r| r.boot_id.clone())
+    };
+    let before = boot_id(&backend.list_nodes().await?);
+    let report = crate::drill::node_loss(
+        &etcd,
+        crate::drill::Target {
+            node: name.clone(),
+            was_leader: leader.as_deref() == Some(name.as_str()),
+            survivors,
+        },
+        async { Ok(provider.crash(&target).await?) },
+        async { Ok(provider.start(&target).await?) },
+        // Healthy from its new boot: the report of the boot before the crash does not count.
+        async || {
+            let Ok(nodes) = backend.list_nodes().await else {
+                return false;
+            };
+            let info = nodes.iter().find(|n| n.name == name && !n.removed);
+            boot_id(&nodes) != before
+                && crate::health::assess(info, crate::records::now()).is_healthy()
+        },
+        &step,
+    )
+    .await?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => {
+            println!(
+                "node-loss drill: crashed {}{}",
+                report.node,
+                if report.was_leader {
+                    " (the etcd leader)"
+                } else {
+                    ""
+                }
+            );
+            println!(
+                "  etcd writes unavailable  {:.2} s (target ≤ {:.1} s: election timeout + 1 s){}",
+                report.write_unavailable_ms as f64 / 1000.0,
+                report.target_ms as f64 / 1000.0,
+                if report.write_unavailable_ms <= report.target_ms {
+                    ""
+                } else {
+                    "  MISSED"
+                }
+            );
+            println!(
+                "  writes                   {} acknowledged, {} failed attempts (retried on another member)",
+                report.writes_ok, report.writes_failed
+            );
+            match report.back_healthy_ms {
+                Some(ms) => println!(
+                    "  back healthy             {:.1} s after the crash",
+                    ms as f64 / 1000.0
+                ),
+                None => println!(
+                    "  back healthy             not within 180 s (see `pangaea-ctl status`)"
+                ),
+            }
+        }
+    }
+    anyhow::ensure!(
+        report.back_healthy_ms.is_some(),
+        "{} did not come back healthy",
+        report.node
+    );
+    Ok(())
+}
