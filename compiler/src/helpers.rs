@@ -169,6 +169,11 @@ pub fn etcd_peer_url(address: impl std::fmt::Display) -> String {
     format!("https://{address}:2380")
 }
 
+/// etcd's client URL on a node.
+pub fn etcd_client_url(address: impl std::fmt::Display) -> String {
+    format!("https://{address}:2379")
+}
+
 /// `{{etcd_initial_cluster nodes}}`: etcd's `--initial-cluster`,
 /// `name=https://address:2380,…` over the nodes with the etcd role.
 pub fn etcd_initial_cluster(a: &[Value]) -> Result<Value, String> {
@@ -186,7 +191,7 @@ pub fn etcd_endpoints(a: &[Value]) -> Result<Value, String> {
     Ok(json!(
         etcd_nodes(&a[0])?
             .iter()
-            .map(|(_, ip)| format!("https://{ip}:2379"))
+            .map(|(_, ip)| etcd_client_url(ip))
             .collect::<Vec<_>>()
             .join(",")
     ))

@@ -62,6 +62,14 @@ pub enum Command {
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Reboot every node, one at a time (workers first, the etcd leader last), each time
+    /// waiting until the node is healthy from its new boot and etcd has all its members
+    /// and a leader again, so the cluster keeps serving.
+    Reboot {
+        /// How long to wait for each node.
+        #[arg(long, default_value = "3m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Power every node off (workers first, etcd members last, the etcd leader last of
     /// all) and stop the controller daemon, keeping disks and state; `start` boots it
     /// again. The same as `down` without --purge.
@@ -290,10 +298,14 @@ pub enum NodeCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Power a node off and boot it again with the same disk (local provider; root).
+    /// Shut a node down cleanly and boot it again with the same disk; waits until it
+    /// reports healthy from its new boot (a new boot ID).
     Reboot {
         /// The node's name, as `status` shows it.
         name: pangaea_core::NodeName,
+        /// How long to wait for it to be healthy again.
+        #[arg(long, default_value = "3m", value_parser = parse_duration)]
+        timeout: Duration,
     },
 }
 
@@ -364,6 +376,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up { timeout } => cmd::up::run(&ctx, timeout, cmd::up::Mode::Up).await,
         Command::Start { timeout } => cmd::up::run(&ctx, timeout, cmd::up::Mode::Start).await,
         Command::Stop => cmd::down::run(&ctx, false).await,
+        Command::Reboot { timeout } => cmd::node::reboot_all(&ctx, timeout).await,
         Command::Down { purge } => cmd::down::run(&ctx, purge).await,
         Command::Env {
             tool: EnvTool::Etcdctl,

@@ -14,12 +14,9 @@ use std::process::Command;
 /// The issued-certificate id of the operator's etcd client certificate.
 const OPERATOR_CERT_ID: &str = "cluster/etcd-operator";
 
-/// etcd's client port.
-pub const CLIENT_PORT: u16 = 2379;
-
-/// `https://ADDRESS:2379`.
+/// `https://ADDRESS:2379` (the compiler's rule, [`pangaea_compiler::helpers::etcd_client_url`]).
 pub fn client_url(address: &str) -> String {
-    format!("https://{address}:{CLIENT_PORT}")
+    pangaea_compiler::helpers::etcd_client_url(address)
 }
 
 /// The operator's etcd client certificate (issued on first use) and key.

@@ -471,6 +471,40 @@ pub async fn survey(etcd: &Etcd, endpoints: &[String]) -> Survey {
     }
 }
 
+/// Whether every member asked answered, all agree on the membership, every listed member
+/// answered, and all follow one leader: etcd is whole.
+pub fn all_serving(survey: &Survey) -> bool {
+    let views: Vec<&View> = survey
+        .answers
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .collect();
+    let Some(first) = views.first() else {
+        return false;
+    };
+    let ids = |v: &View| v.members.iter().map(|m| m.id).collect::<BTreeSet<u64>>();
+    let answered: BTreeSet<u64> = views.iter().map(|v| v.member_id).collect();
+    views.len() == survey.answers.len()
+        && first.leader != 0
+        && views
+            .iter()
+            .all(|v| v.leader == first.leader && ids(v) == ids(first))
+        && ids(first) == answered
+}
+
+/// One line on what the survey found, for messages.
+pub fn describe(survey: &Survey) -> String {
+    survey
+        .answers
+        .iter()
+        .map(|(e, r)| match r {
+            Ok(v) => format!("{e}: {} members, leader {:x}", v.members.len(), v.leader),
+            Err(m) => format!("{e}: {m}"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A removal the cluster can take now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Removal {
@@ -846,6 +880,18 @@ mod tests {
         let e = check_removal(&single, &peer(1), None, true).unwrap_err();
         assert!(e.reason.contains("last etcd member"), "{e}");
         assert_eq!(check(&one, 7, false).unwrap(), Removal::NotAMember);
+    }
+
+    #[test]
+    fn whole_means_every_member_answers_with_one_leader() {
+        assert!(all_serving(&cluster(&[1, 2, 3], &[], 2, &[])));
+        assert!(!all_serving(&cluster(&[1, 2, 3], &[], 2, &[3])), "one down");
+        assert!(!all_serving(&cluster(&[1, 2, 3], &[], 0, &[])), "no leader");
+        // A member listed but not asked (its machine not running) is not whole either.
+        let mut s = cluster(&[1, 2, 3], &[], 2, &[]);
+        s.answers.pop();
+        assert!(!all_serving(&s));
+        assert!(describe(&cluster(&[1, 2], &[], 1, &[2])).contains("connection refused"));
     }
 
     #[test]

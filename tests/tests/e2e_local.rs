@@ -410,6 +410,32 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     );
     assert!(report["back_healthy_ms"].is_u64(), "{report}");
 
+    // 6c. Lifecycle: `reboot` reboots every node in turn, the etcd leader last, each back
+    // from a new boot (and etcd whole) before the next; the data is there.
+    let leader = c
+        .status()
+        .into_iter()
+        .find(|n| n.etcd.is_leader())
+        .expect("a leader")
+        .name;
+    let rebooted = c.ok(&["reboot"]);
+    let order: Vec<&str> = rebooted
+        .lines()
+        .filter_map(|l| l.strip_prefix("==> ")?.strip_suffix(": rebooting"))
+        .collect();
+    assert_eq!(order.len(), 3, "{rebooted}");
+    assert_eq!(
+        order.last(),
+        Some(&leader.as_str()),
+        "leader last: {rebooted}"
+    );
+    assert_eq!(
+        rebooted.matches("healthy from a new boot").count(),
+        3,
+        "{rebooted}"
+    );
+    assert!(c.etcdctl(&["get", "before"]).status.success());
+
     // 7. Lifecycle: `node remove`, and hardening #3 (a removed node's etcd certificates
     // are refused within 10 s: the members read the etcd CA's revocation list on each new
     // connection, no restart).

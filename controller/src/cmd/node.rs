@@ -6,6 +6,7 @@ use crate::cli::NodeCommand;
 use crate::removal::{EtcdAccess, Journal, RemovalError, Step};
 use anyhow::Context;
 use pangaea_core::NodeName;
+use std::time::{Duration, Instant};
 
 /// Runs a `node` subcommand.
 pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
@@ -15,7 +16,11 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
             force,
             dry_run,
         } => remove(ctx, &name, force, dry_run).await?,
-        NodeCommand::Reboot { name } => reboot(ctx, &name).await?,
+        NodeCommand::Reboot { name, timeout } => {
+            let c = ctx.compilation()?;
+            let provider = ctx.provider(&c)?;
+            reboot(ctx, &c, provider.as_ref(), &name, timeout).await?;
+        }
     }
     Ok(())
 }
@@ -180,11 +185,94 @@ async fn run_step(
     })
 }
 
-async fn reboot(ctx: &Ctx, name: &NodeName) -> anyhow::Result<()> {
-    let c = ctx.compilation()?;
-    let provider = ctx.provider(&c)?;
+/// Reboots `name` and waits until it reports healthy from its new boot and, when it runs an
+/// etcd member, until etcd has every member it had and one leader.
+async fn reboot(
+    ctx: &Ctx,
+    c: &crate::compile::Compilation,
+    provider: &dyn crate::provider::Provider,
+    name: &NodeName,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut backend = Backend::connect(&ctx.state).await?;
+    let boot_id = |nodes: &[pangaea_proto::NodeInfo]| {
+        nodes
+            .iter()
+            .find(|n| n.name == name.as_str())
+            .and_then(|n| n.last_report.as_ref())
+            .map(|r| r.boot_id.clone())
+    };
+    let before = boot_id(&backend.list_nodes().await?);
     step(&format!("{name}: rebooting"));
     provider.reboot(name).await?;
-    println!("{name} rebooted; it re-applies its last assignment and reconnects by itself");
+    loop {
+        let nodes = backend.list_nodes().await?;
+        let info = nodes.iter().find(|n| n.name == name.as_str() && !n.removed);
+        let health = crate::health::assess(info, crate::records::now());
+        if boot_id(&nodes) != before && health.is_healthy() {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "{name} is not healthy from a new boot after {timeout:?}: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let is_etcd = c.model.nodes.iter().any(|n| n.name == *name && n.is_etcd);
+    if is_etcd {
+        let etcd = crate::etcd::operator_client(c)?;
+        loop {
+            let (running, _) = crate::etcd::running_members(c, provider).await?;
+            let endpoints: Vec<String> = running.into_iter().map(|(_, e)| e).collect();
+            let survey = crate::membership::survey(&etcd, &endpoints).await;
+            if crate::membership::all_serving(&survey) {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "etcd is not whole again {timeout:?} after rebooting {name}: {}",
+                crate::membership::describe(&survey)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let took = started.elapsed();
+    step(&format!(
+        "{name}: healthy from a new boot after {:.1}s",
+        took.as_secs_f64()
+    ));
+    Ok(took)
+}
+
+/// `pangaea-ctl reboot`: every node in turn, in the stop order (the etcd leader last), each
+/// back and etcd whole before the next.
+pub async fn reboot_all(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
+    let c = ctx.compilation()?;
+    let provider = ctx.provider(&c)?;
+    let leader = crate::etcd::leader(&c, provider.as_ref()).await;
+    let existing: Vec<NodeName> = provider.list().await?.into_iter().map(|n| n.name).collect();
+    let order: Vec<NodeName> = crate::reconcile::stop_order(&c.model.nodes, leader.as_deref())
+        .into_iter()
+        .filter(|n| existing.contains(n))
+        .collect();
+    anyhow::ensure!(
+        !order.is_empty(),
+        "no node of cluster {} exists (`pangaea-ctl up` creates them)",
+        c.loaded.config.name
+    );
+    let members = c.model.nodes.iter().filter(|n| n.is_etcd).count();
+    if members < 3 {
+        eprintln!(
+            "warning: with {members} etcd member(s), each reboot of one stops etcd's writes until it is back (3 members keep serving)"
+        );
+    }
+    for name in &order {
+        reboot(ctx, &c, provider.as_ref(), name, timeout).await?;
+    }
+    println!(
+        "{} nodes rebooted one at a time, each back healthy before the next",
+        order.len()
+    );
     Ok(())
 }
