@@ -18,9 +18,13 @@ use std::time::Duration;
 
 /// How long one member may take to answer one question.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a membership change may take: etcd answers once the change is committed and
-/// applied (its own request timeout is 7 s and more).
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one attempt at a membership change may take: etcd answers once the change is
+/// committed and applied. A proposal made while the leader is changing (the removed member
+/// was the leader) can be lost without an answer; the attempt is then repeated, which is
+/// safe since a removal is idempotent.
+const CHANGE_ATTEMPT: Duration = Duration::from_secs(5);
+/// How long a membership change may take in all.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why etcd could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +227,8 @@ impl Etcd {
 
     /// Removes member `id`, asking the member at `endpoint`. etcd refuses a change while
     /// its members have been connected for less than 5 s ("unhealthy cluster", right after
-    /// a restart): that refusal is retried for up to [`CHANGE_TIMEOUT`].
+    /// a restart), and may leave an attempt unanswered while its leader changes: both are
+    /// retried for up to [`CHANGE_TIMEOUT`].
     pub async fn remove(&self, endpoint: &str, id: u64) -> Result<Removed, EtcdError> {
         const NOT_FOUND: i64 = 5;
         const UNAVAILABLE: i64 = 14;
@@ -234,9 +239,10 @@ impl Etcd {
                     endpoint,
                     "cluster/member/remove",
                     serde_json::json!({ "ID": id.to_string() }),
-                    CHANGE_TIMEOUT,
+                    CHANGE_ATTEMPT,
                 )
                 .await;
+            let again = started.elapsed() < CHANGE_TIMEOUT;
             match r {
                 Ok(_) => return Ok(Removed::Now),
                 Err(EtcdError::Refused {
@@ -246,8 +252,11 @@ impl Etcd {
                     code: UNAVAILABLE,
                     message,
                     ..
-                }) if started.elapsed() < CHANGE_TIMEOUT => {
-                    tracing::info!(%message, "etcd not ready for a membership change; retrying");
+                })
+                | Err(EtcdError::Unreachable { message, .. })
+                    if again =>
+                {
+                    tracing::info!(%message, "etcd did not take the membership change yet; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => return Err(e),
