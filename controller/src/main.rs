@@ -1,8 +1,9 @@
 //! `pangaea-ctl`: parse arguments, set up logging, build the runtime, run the command.
 
 use clap::Parser;
+use std::process::ExitCode;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = pangaea_controller::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -11,8 +12,18 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     pangaea_core::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    rt.block_on(pangaea_controller::cli::run(cli))
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(pangaea_controller::cli::run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The message and its causes on one line: what an operator acts on. (Returning
+            // the error from main would print a backtrace whenever RUST_BACKTRACE is set.)
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
