@@ -117,21 +117,10 @@ impl Chunks for HttpChunks {
                 .await
                 .map_err(|e| FetchError::Transport {
                     url: self.url.clone(),
-                    message: error_chain(&e),
+                    message: pangaea_core::error_chain(&e),
                 })
         })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Parses `Content-Range: bytes START-END/TOTAL`.
@@ -151,7 +140,7 @@ impl Source for HttpSource {
             }
             let response = req.send().await.map_err(|e| FetchError::Transport {
                 url: url.to_owned(),
-                message: error_chain(&e),
+                message: pangaea_core::error_chain(&e),
             })?;
             let status = response.status();
             let (start, total) = match status.as_u16() {

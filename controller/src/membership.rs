@@ -169,11 +169,11 @@ impl Etcd {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(pangaea_core::error_chain(&e)))?;
         let text = resp
             .text()
             .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(pangaea_core::error_chain(&e)))?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| unreachable(format!("not etcd's JSON ({e}): {text:.200}")))?;
         if let Some(message) = value.get("error").and_then(|m| m.as_str()) {
@@ -311,18 +311,6 @@ impl SnapshotCheck {
     }
 }
 
-/// The error and its causes, as one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 impl Etcd {
     /// Writes `value` at `key`, asking the member at `endpoint`, waiting at most `timeout`.
     pub async fn put(
@@ -408,7 +396,7 @@ impl Etcd {
             .body("{}")
             .send()
             .await
-            .map_err(|e| fail(error_chain(&e)))?;
+            .map_err(|e| fail(pangaea_core::error_chain(&e)))?;
         let mut check = SnapshotCheck::default();
         let mut line = Vec::new();
         let mut take = |line: &[u8], check: &mut SnapshotCheck| -> Result<(), EtcdError> {
@@ -432,7 +420,11 @@ impl Etcd {
             tmp.write_all(&bytes)
                 .map_err(|e| fail(format!("write {}: {e}", tmp.path().display())))
         };
-        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(error_chain(&e)))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| fail(pangaea_core::error_chain(&e)))?
+        {
             for b in chunk {
                 if b == b'\n' {
                     take(&line, &mut check)?;

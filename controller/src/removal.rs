@@ -177,6 +177,27 @@ pub struct EtcdAccess {
     pub any_member_exists: bool,
 }
 
+/// What the etcd step would do now: `None` when there is nothing to do (the node has no
+/// etcd role, or no etcd member's machine exists: no membership anywhere), else the
+/// verdict of [`membership::check_removal`] on what the running members answer.
+async fn plan_etcd_member(
+    j: &Journal,
+    access: &EtcdAccess,
+    force: bool,
+) -> Option<Result<Removal, membership::Refusal>> {
+    let peer = j.etcd_peer_url.as_ref()?;
+    if !access.any_member_exists {
+        return None;
+    }
+    let survey = membership::survey(&access.etcd, &access.endpoints).await;
+    Some(membership::check_removal(
+        &survey,
+        peer,
+        j.etcd_client_url.as_deref(),
+        force,
+    ))
+}
+
 /// The etcd step: proves the removal safe, then removes the member by ID. Returns what it
 /// did, for the operator.
 pub async fn remove_etcd_member(
@@ -184,26 +205,20 @@ pub async fn remove_etcd_member(
     access: &EtcdAccess,
     force: bool,
 ) -> Result<String, RemovalError> {
-    let Some(peer) = &j.etcd_peer_url else {
-        return Ok("no etcd member".into());
-    };
-    if !access.any_member_exists {
-        return Ok("no etcd member's machine exists: no membership to change".into());
-    }
-    let survey = membership::survey(&access.etcd, &access.endpoints).await;
-    match membership::check_removal(&survey, peer, j.etcd_client_url.as_deref(), force) {
-        Err(refusal) => Err(RemovalError::Refused {
+    match plan_etcd_member(j, access, force).await {
+        None => Ok("no etcd membership to change".into()),
+        Some(Err(refusal)) => Err(RemovalError::Refused {
             node: j.node.clone(),
             refusal,
         }),
-        Ok(Removal::NotAMember) => Ok(format!("{peer} is not an etcd member (already removed)")),
-        Ok(Removal::Member {
+        Some(Ok(Removal::NotAMember)) => Ok("not an etcd member (already removed)".into()),
+        Some(Ok(Removal::Member {
             id,
             name,
             ask,
             left,
             warnings,
-        }) => {
+        })) => {
             for w in &warnings {
                 eprintln!("warning (--force): {w}");
             }
@@ -226,23 +241,17 @@ pub async fn remove_etcd_member(
 
 /// What `--dry-run` says about the etcd step: whether it would be allowed now.
 pub async fn preview_etcd_member(j: &Journal, access: &EtcdAccess, force: bool) -> String {
-    let Some(peer) = &j.etcd_peer_url else {
-        return "nothing to do".into();
-    };
-    if !access.any_member_exists {
-        return "no etcd member's machine exists (nothing to do)".into();
-    }
-    let survey = membership::survey(&access.etcd, &access.endpoints).await;
-    match membership::check_removal(&survey, peer, j.etcd_client_url.as_deref(), force) {
-        Err(r) => format!("would be REFUSED now: {r}"),
-        Ok(Removal::NotAMember) => "not a member (nothing to do)".into(),
-        Ok(Removal::Member {
+    match plan_etcd_member(j, access, force).await {
+        None => "nothing to do".into(),
+        Some(Err(r)) => format!("would be REFUSED now: {r}"),
+        Some(Ok(Removal::NotAMember)) => "not a member (nothing to do)".into(),
+        Some(Ok(Removal::Member {
             id,
             name,
             ask,
             left,
             warnings,
-        }) => {
+        })) => {
             let mut s = format!("allowed now: member {name} ({id:x}), asking {ask}; {left} left");
             for w in warnings {
                 s.push_str(&format!("; overridden by --force: {w}"));

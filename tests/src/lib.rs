@@ -324,6 +324,15 @@ pub fn run_ctl(
         .unwrap()
 }
 
+/// A TCP port free on loopback now (for a real server the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind loopback")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
 /// A command's stdout then stderr, as text.
 pub fn output_text(o: &std::process::Output) -> String {
     format!(

@@ -121,6 +121,15 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no node {name} in status"))
     }
 
+    /// The etcd leader's node, as `status` shows it.
+    fn leader(&self) -> String {
+        self.status()
+            .into_iter()
+            .find(|n| n.etcd.is_leader())
+            .expect("etcd has a leader")
+            .name
+    }
+
     fn state(&self) -> StateDir {
         StateDir::new(self.dir.path().join(".pangaea"))
     }
@@ -412,12 +421,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
 
     // 6c. Lifecycle: `reboot` reboots every node in turn, the etcd leader last, each back
     // from a new boot (and etcd whole) before the next; the data is there.
-    let leader = c
-        .status()
-        .into_iter()
-        .find(|n| n.etcd.is_leader())
-        .expect("a leader")
-        .name;
+    let leader = c.leader();
     let rebooted = c.ok(&["reboot"]);
     let order: Vec<&str> = rebooted
         .lines()
@@ -553,12 +557,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
 
     // 8. Lifecycle: `stop` powers the nodes off with the etcd leader last; `start` boots
     // them with their disks, and the data is there.
-    let leader = c
-        .status()
-        .into_iter()
-        .find(|n| n.etcd.is_leader())
-        .expect("a leader")
-        .name;
+    let leader = c.leader();
     let stopped = c.ok(&["stop"]);
     let order: Vec<&str> = stopped
         .lines()

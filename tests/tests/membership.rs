@@ -99,21 +99,15 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(pki: &Pki) -> Cluster {
     assert!(
         Path::new("/usr/bin/etcd").is_file(),
         "/usr/bin/etcd not found: apt-get install etcd-server"
     );
     let data = tempfile::tempdir().unwrap();
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| (pangaea_tests::free_port(), pangaea_tests::free_port()))
+        .collect();
     let clients: Vec<String> = ports
         .iter()
         .map(|(c, _)| format!("https://127.0.0.1:{c}"))
@@ -216,7 +210,7 @@ async fn removes_by_id_only_when_safe_against_a_real_etcd_cluster() {
     // ("unhealthy cluster"): ask until it does.
     let learner_peer = format!(
         r#"{{"peerURLs":["https://127.0.0.1:{}"],"isLearner":true}}"#,
-        free_port()
+        pangaea_tests::free_port()
     );
     let added = pangaea_tests::poll_until(
         "etcd to take a learner",
@@ -293,7 +287,7 @@ async fn removes_by_id_only_when_safe_against_a_real_etcd_cluster() {
         0o600
     );
     assert!(saved.revision > 1, "{saved:?}");
-    let (client, peer) = (free_port(), free_port());
+    let (client, peer) = (pangaea_tests::free_port(), pangaea_tests::free_port());
     let restored = snaps.path().join("restored");
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")

@@ -26,21 +26,13 @@ impl Drop for Etcd {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn etcd(pki: &Path) -> Etcd {
     assert!(
         Path::new("/usr/bin/etcd").is_file(),
         "/usr/bin/etcd not found: apt-get install etcd-server"
     );
     let data = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
+    let (client, peer) = (pangaea_tests::free_port(), pangaea_tests::free_port());
     let endpoint = format!("https://127.0.0.1:{client}");
     let log = data.path().join("etcd.log");
     let f = |name: &str| pki.join(name).display().to_string();
