@@ -104,20 +104,19 @@ pub struct Target {
     pub survivors: Vec<String>,
 }
 
-/// Runs the drill on `target`: `crash` crashes it (returning once it is gone), `boot`
-/// boots it again, `healthy` says whether it reports healthy from its new boot.
-pub async fn node_loss<C, B, H>(
+/// Runs the drill on `target`: `crash` crashes it (returning once it is gone), `back`
+/// boots it again and returns once it reports healthy from its new boot (an error if it
+/// does not).
+pub async fn node_loss<C, B>(
     etcd: &Etcd,
     target: Target,
     crash: C,
-    boot: B,
-    mut healthy: H,
+    back: B,
     progress: crate::provider::Progress<'_>,
 ) -> anyhow::Result<Report>
 where
     C: std::future::Future<Output = anyhow::Result<()>>,
     B: std::future::Future<Output = anyhow::Result<()>>,
-    H: AsyncFnMut() -> bool,
 {
     let Target {
         node,
@@ -161,15 +160,13 @@ where
         "etcd writes unavailable for {:.2} s; booting {node} again",
         gap.as_secs_f64()
     ));
-    boot.await?;
-    let mut back_healthy = None;
-    while started.elapsed() < crash_at + Duration::from_secs(180) {
-        if healthy().await {
-            back_healthy = Some(started.elapsed() - crash_at);
-            break;
+    let back_healthy = match back.await {
+        Ok(()) => Some(started.elapsed() - crash_at),
+        Err(e) => {
+            progress(&format!("{node}: {e:#}"));
+            None
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    };
     if let Err(e) = etcd.delete_prefix(&survivors[0], PREFIX).await {
         tracing::warn!("drill: could not delete its keys: {e}");
     }

@@ -5,6 +5,9 @@ use crate::admin::Backend;
 use crate::cli::Output;
 use pangaea_core::NodeName;
 
+/// How long a crashed node may take to be healthy again.
+const BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// Runs the node-loss drill on `node` (default: the etcd leader).
 pub async fn node_loss(ctx: &Ctx, node: Option<NodeName>, output: Output) -> anyhow::Result<()> {
     let c = ctx.compilation()?;
@@ -36,14 +39,7 @@ pub async fn node_loss(ctx: &Ctx, node: Option<NodeName>, output: Output) -> any
     let etcd = crate::etcd::operator_client(&c)?;
     let mut backend = Backend::connect(&ctx.state).await?;
     let name = target.to_string();
-    let boot_id = |nodes: &[pangaea_proto::NodeInfo]| {
-        nodes
-            .iter()
-            .find(|n| n.name == name)
-            .and_then(|n| n.last_report.as_ref())
-            .map(|r| r.boot_id.clone())
-    };
-    let before = boot_id(&backend.list_nodes().await?);
+    let before = super::boot_id(&backend.list_nodes().await?, &name);
     let report = crate::drill::node_loss(
         &etcd,
         crate::drill::Target {
@@ -52,15 +48,10 @@ pub async fn node_loss(ctx: &Ctx, node: Option<NodeName>, output: Output) -> any
             survivors,
         },
         async { Ok(provider.crash(&target).await?) },
-        async { Ok(provider.start(&target).await?) },
-        // Healthy from its new boot: the report of the boot before the crash does not count.
-        async || {
-            let Ok(nodes) = backend.list_nodes().await else {
-                return false;
-            };
-            let info = nodes.iter().find(|n| n.name == name && !n.removed);
-            boot_id(&nodes) != before
-                && crate::health::assess(info, crate::records::now()).is_healthy()
+        async {
+            provider.start(&target).await?;
+            super::wait_healthy_from_new_boot(&mut backend, &name, before.as_deref(), BACK_TIMEOUT)
+                .await
         },
         &step,
     )

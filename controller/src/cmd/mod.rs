@@ -89,3 +89,36 @@ pub fn human(bytes: u64) -> String {
         b => format!("{b} B"),
     }
 }
+
+/// The boot ID of node `name`'s last report, if it reported.
+pub fn boot_id(nodes: &[pangaea_proto::NodeInfo], name: &str) -> Option<String> {
+    nodes
+        .iter()
+        .find(|n| n.name == name)
+        .and_then(|n| n.last_report.as_ref())
+        .map(|r| r.boot_id.clone())
+}
+
+/// Waits until node `name` reports healthy from a boot other than `before` (the report of
+/// the boot before a reboot or a crash does not count), polling the controller's view.
+pub async fn wait_healthy_from_new_boot(
+    backend: &mut crate::admin::Backend,
+    name: &str,
+    before: Option<&str>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let nodes = backend.list_nodes().await?;
+        let info = nodes.iter().find(|n| n.name == name && !n.removed);
+        let health = crate::health::assess(info, crate::records::now());
+        if boot_id(&nodes, name).as_deref() != before && health.is_healthy() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "{name} is not healthy from a new boot after {timeout:?}: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}

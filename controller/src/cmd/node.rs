@@ -196,29 +196,10 @@ async fn reboot(
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut backend = Backend::connect(&ctx.state).await?;
-    let boot_id = |nodes: &[pangaea_proto::NodeInfo]| {
-        nodes
-            .iter()
-            .find(|n| n.name == name.as_str())
-            .and_then(|n| n.last_report.as_ref())
-            .map(|r| r.boot_id.clone())
-    };
-    let before = boot_id(&backend.list_nodes().await?);
+    let before = super::boot_id(&backend.list_nodes().await?, name);
     step(&format!("{name}: rebooting"));
     provider.reboot(name).await?;
-    loop {
-        let nodes = backend.list_nodes().await?;
-        let info = nodes.iter().find(|n| n.name == name.as_str() && !n.removed);
-        let health = crate::health::assess(info, crate::records::now());
-        if boot_id(&nodes) != before && health.is_healthy() {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < timeout,
-            "{name} is not healthy from a new boot after {timeout:?}: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    super::wait_healthy_from_new_boot(&mut backend, name, before.as_deref(), timeout).await?;
     let is_etcd = c.model.nodes.iter().any(|n| n.name == *name && n.is_etcd);
     if is_etcd {
         let etcd = crate::etcd::operator_client(c)?;
