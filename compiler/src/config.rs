@@ -492,6 +492,19 @@ impl Loaded {
     /// This configuration with `name` added to `removedNodes`, validated as if the file said
     /// so (errors locate in the current text): what [`crate::config_edit`] checks its edit of
     /// the text against.
+    /// This configuration with pool `pool` (which must exist) at `count` nodes, validated.
+    pub(crate) fn with_pool_count(&self, pool: &str, count: u32) -> Result<Loaded, ConfigError> {
+        let mut next = Loaded {
+            warnings: vec![],
+            ..self.clone()
+        };
+        if let Some(p) = next.config.pools.iter_mut().find(|p| p.name == pool) {
+            p.count = count;
+        }
+        next.validate()?;
+        Ok(next)
+    }
+
     pub(crate) fn with_removed_node(&self, name: NodeName) -> Result<Loaded, ConfigError> {
         let mut next = Loaded {
             warnings: vec![],

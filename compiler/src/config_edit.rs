@@ -1,22 +1,31 @@
-//! Editing `pangaea.yaml` in place: `pangaea-ctl node remove` records the node in
-//! `removedNodes`, so the file stays the one source of truth and a later `up` does not bring
-//! the node back.
+//! Editing `pangaea.yaml` in place, so the file stays the one source of truth:
+//! `pangaea-ctl node remove` records the node in `removedNodes` (a later `up` does not bring
+//! it back), and `pangaea-ctl node add` raises a pool's `count` (a later `up` keeps the new
+//! nodes).
 //!
 //! The file is the operator's: a round trip through serde would drop their comments, blank
-//! lines and key order, so the edit is textual and touches only the `removedNodes` entry,
-//! in the forms people write by hand:
+//! lines and key order, so each edit is textual and touches only one entry, in the forms
+//! people write by hand.
 //!
+//! `removedNodes`:
 //! * no `removedNodes` key: a commented `removedNodes: [NAME]` line is appended;
 //! * a flow list on one line, `removedNodes: [node-2]  # …`: the name is added in it;
 //! * a block list, `removedNodes:` then `  - node-2` lines: a `- NAME` item is added after
 //!   the last, indented like it;
 //! * an empty `removedNodes:` (null): it becomes `removedNodes: [NAME]`.
 //!
+//! A pool's `count`:
+//! * no `pools` key (the built-in default pool): the default pool is written out with the
+//!   new count, after a comment;
+//! * a block-style pool with a `count:` line: the number on it is replaced;
+//! * a block-style pool without one: a `count:` line is added after the pool's first line.
+//!
 //! Anything else is refused with what to do (edit the file by hand). Every edit is checked
 //! by loading the result with [`Loaded::parse`]: it must give exactly the configuration
-//! before with the name added to `removedNodes`, or the edit is refused and nothing written.
+//! intended, or the edit is refused and nothing written.
 
 use crate::config::{ConfigError, Loaded};
+use crate::locate::locate_exact;
 use pangaea_core::NodeName;
 use pangaea_core::fsutil::{FsError, atomic_write};
 use pangaea_core::names::InvalidName;
@@ -27,10 +36,15 @@ use std::path::{Path, PathBuf};
 pub const REMOVED_NODES_COMMENT: &str =
     "# Nodes removed with `pangaea-ctl node remove` (their numbers are not reused).";
 
+/// The comment line written above the default pool when `node add` writes it out.
+pub const POOLS_COMMENT: &str =
+    "# The default pool, written out by `pangaea-ctl node add` to record its new count.";
+
 /// Permission bits of a `pangaea.yaml` this editor creates.
 const NEW_FILE_MODE: u32 = 0o644;
 
-/// Why a node could not be recorded in `removedNodes`; in every case the file is unchanged.
+/// Why `pangaea.yaml` could not be edited; in every case the file is unchanged. `edit` is
+/// what was intended, as an instruction (`add node-3 to removedNodes`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigEditError {
     /// The name is not a node name.
@@ -43,50 +57,50 @@ pub enum ConfigEditError {
         source: InvalidName,
     },
     /// The configuration does not load as it is (`removedNodes` not a list, for one).
-    #[error(
-        "{source}; edit {} by hand: fix that, and add {name} to removedNodes",
-        source.file
-    )]
+    #[error("{source}; edit {} by hand: fix that, and {edit}", source.file)]
     Invalid {
-        /// The node being recorded.
-        name: NodeName,
+        /// The edit intended.
+        edit: String,
         /// Why the configuration does not load (file, line and column).
         #[source]
         source: ConfigError,
     },
-    /// The configuration refuses the removal: the node is not one the pools make, or it is
-    /// the last with the etcd or control-plane role.
-    #[error("cannot remove {name}: {source}")]
+    /// The configuration refuses the result: the node is not one the pools make, it is the
+    /// last with the etcd or control-plane role, the pool does not exist, the address
+    /// range is too small.
+    #[error("cannot {change}: {source}")]
     Refused {
-        /// The node being recorded.
-        name: NodeName,
-        /// What validation says of the configuration with the node removed.
+        /// The change, as `remove node-3` or `grow pool node to 5 nodes`.
+        change: String,
+        /// What validation says of the configuration with the change.
         #[source]
         source: ConfigError,
     },
-    /// `removedNodes` is written in a form this editor does not rewrite.
+    /// The entry is written in a form this editor does not rewrite.
     #[error(
-        "{file}:{line}: removedNodes {what}, which pangaea-ctl does not rewrite; edit {file} by hand: add {name} to removedNodes"
+        "{file}:{line}: {key} {what}, which pangaea-ctl does not rewrite; edit {file} by hand: {edit}"
     )]
     Unsupported {
         /// The configuration file, as named in errors.
         file: String,
-        /// 1-based line of the `removedNodes` entry.
+        /// 1-based line of the entry.
         line: usize,
+        /// The entry (`removedNodes`, `pools`).
+        key: &'static str,
         /// What the entry is, e.g. `is a flow list over several lines`.
         what: &'static str,
-        /// The node being recorded.
-        name: NodeName,
+        /// The edit intended.
+        edit: String,
     },
-    /// The edited text did not load as the configuration with the node added.
+    /// The edited text did not load as the configuration intended.
     #[error(
-        "{file}: adding {name} to removedNodes in place went wrong ({problem}); the file is unchanged: edit {file} by hand: add {name} to removedNodes"
+        "{file}: the edit in place ({edit}) went wrong ({problem}); the file is unchanged: edit {file} by hand: {edit}"
     )]
     Check {
         /// The configuration file, as named in errors.
         file: String,
-        /// The node being recorded.
-        name: NodeName,
+        /// The edit intended.
+        edit: String,
         /// What was wrong with the edited text.
         problem: String,
     },
@@ -100,14 +114,101 @@ pub enum ConfigEditError {
         source: std::io::Error,
     },
     /// The edited configuration could not be written.
-    #[error("cannot record {name} in removedNodes: {source}")]
+    #[error("cannot {edit}: {source}")]
     Write {
-        /// The node being recorded.
-        name: NodeName,
+        /// The edit intended.
+        edit: String,
         /// The step that failed, with its path.
         #[source]
         source: FsError,
     },
+}
+
+/// One kind of in-place edit.
+trait Edit {
+    /// The edit as an instruction for the operator (`add node-3 to removedNodes`).
+    fn instruction(&self) -> String;
+    /// The change, for refusals (`remove node-3`).
+    fn change(&self) -> String;
+    /// The top-level key it rewrites, for errors.
+    fn key(&self) -> &'static str;
+    /// Whether `before` says it already.
+    fn done(&self, before: &Loaded) -> bool;
+    /// The configuration it must give.
+    fn expected(&self, before: &Loaded) -> Result<Loaded, ConfigError>;
+    /// The textual edit; on a form it does not rewrite, the 1-based line of the entry and
+    /// what the form is.
+    fn edit_text(&self, text: &str) -> Result<String, (usize, &'static str)>;
+}
+
+struct AddRemoved<'a>(&'a NodeName);
+
+impl Edit for AddRemoved<'_> {
+    fn instruction(&self) -> String {
+        format!("add {} to removedNodes", self.0)
+    }
+    fn change(&self) -> String {
+        format!("remove {}", self.0)
+    }
+    fn key(&self) -> &'static str {
+        "removedNodes"
+    }
+    fn done(&self, before: &Loaded) -> bool {
+        before.config.is_removed(self.0)
+    }
+    fn expected(&self, before: &Loaded) -> Result<Loaded, ConfigError> {
+        before.with_removed_node(self.0.clone())
+    }
+    fn edit_text(&self, text: &str) -> Result<String, (usize, &'static str)> {
+        edit_removed_nodes(text, self.0)
+    }
+}
+
+struct PoolCount<'a> {
+    pool: &'a str,
+    count: u32,
+}
+
+impl Edit for PoolCount<'_> {
+    fn instruction(&self) -> String {
+        format!("set count: {} in pool {}", self.count, self.pool)
+    }
+    fn change(&self) -> String {
+        format!("set pool {} to {} nodes", self.pool, self.count)
+    }
+    fn key(&self) -> &'static str {
+        "pools"
+    }
+    fn done(&self, before: &Loaded) -> bool {
+        before
+            .config
+            .pools
+            .iter()
+            .any(|p| p.name == self.pool && p.count == self.count)
+    }
+    fn expected(&self, before: &Loaded) -> Result<Loaded, ConfigError> {
+        if !before.config.pools.iter().any(|p| p.name == self.pool) {
+            let names: Vec<&str> = before
+                .config
+                .pools
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect();
+            return Err(ConfigError {
+                file: before.file.clone(),
+                location: None,
+                message: format!(
+                    "there is no pool {:?} (pools: {})",
+                    self.pool,
+                    names.join(", ")
+                ),
+            });
+        }
+        before.with_pool_count(self.pool, self.count)
+    }
+    fn edit_text(&self, text: &str) -> Result<String, (usize, &'static str)> {
+        edit_pool_count(text, self.pool, self.count)
+    }
 }
 
 /// `text` (a `pangaea.yaml`) with `name` added to `removedNodes`, everything else byte for
@@ -120,17 +221,50 @@ pub enum ConfigEditError {
 /// assert_eq!(edited, "name: demo  # mine\nremovedNodes: [node-2, node-3]  # by hand\n");
 /// ```
 pub fn add_removed_node(text: &str, name: &str) -> Result<String, ConfigEditError> {
-    edit("pangaea.yaml", Path::new("."), text, &node_name(name)?)
+    apply(
+        "pangaea.yaml",
+        Path::new("."),
+        text,
+        &AddRemoved(&node_name(name)?),
+    )
 }
 
 /// Adds `name` to `removedNodes` of the configuration at `path` with
-/// [`add_removed_node`], replacing the file atomically with its permission bits kept (a
-/// symlink's target is the file edited). A missing file is the built-in default
-/// configuration: it is created (mode 0644) with only the `removedNodes` line. Nothing is
-/// written when the name is already listed. The file is read, then replaced: an edit made
-/// by someone else in between is lost, so callers do not run two of these at once.
+/// [`add_removed_node`], as [`rewrite`] does.
 pub fn write_removed_node(path: &Path, name: &str) -> Result<(), ConfigEditError> {
-    let name = node_name(name)?;
+    rewrite(path, &AddRemoved(&node_name(name)?))
+}
+
+/// `text` with pool `pool` at `count` nodes, everything else byte for byte; `text` itself
+/// when the pool has that count already. Errors name the file `pangaea.yaml`.
+///
+/// ```
+/// let text = "pools:\n  - name: node\n    count: 3 # three\n";
+/// let edited = pangaea_compiler::config_edit::set_pool_count(text, "node", 5).unwrap();
+/// assert_eq!(edited, "pools:\n  - name: node\n    count: 5 # three\n");
+/// ```
+pub fn set_pool_count(text: &str, pool: &str, count: u32) -> Result<String, ConfigEditError> {
+    apply(
+        "pangaea.yaml",
+        Path::new("."),
+        text,
+        &PoolCount { pool, count },
+    )
+}
+
+/// Sets the count of pool `pool` in the configuration at `path` with [`set_pool_count`],
+/// as [`rewrite`] does.
+pub fn write_pool_count(path: &Path, pool: &str, count: u32) -> Result<(), ConfigEditError> {
+    rewrite(path, &PoolCount { pool, count })
+}
+
+/// Applies `edit` to the configuration at `path`, replacing the file atomically with its
+/// permission bits kept (a symlink's target is the file edited). A missing file is the
+/// built-in default configuration: it is created (mode 0644) with only the edited entry.
+/// Nothing is written when the file says it already. The file is read, then replaced: an
+/// edit made by someone else in between is lost, so callers do not run two of these at
+/// once.
+fn rewrite(path: &Path, edit: &dyn Edit) -> Result<(), ConfigEditError> {
     let read_error = |source| ConfigEditError::Read {
         path: path.to_owned(),
         source,
@@ -155,12 +289,14 @@ pub fn write_removed_node(path: &Path, name: &str) -> Result<(), ConfigEditError
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let edited = edit(&path.display().to_string(), dir, &text, &name)?;
+    let edited = apply(&path.display().to_string(), dir, &text, edit)?;
     if edited == text {
         return Ok(());
     }
-    atomic_write(&target, edited.as_bytes(), mode)
-        .map_err(|source| ConfigEditError::Write { name, source })
+    atomic_write(&target, edited.as_bytes(), mode).map_err(|source| ConfigEditError::Write {
+        edit: edit.instruction(),
+        source,
+    })
 }
 
 fn node_name(name: &str) -> Result<NodeName, ConfigEditError> {
@@ -170,39 +306,39 @@ fn node_name(name: &str) -> Result<NodeName, ConfigEditError> {
     })
 }
 
-/// [`add_removed_node`] for the file named `file` in errors, with relative paths under
-/// `dir`.
-fn edit(file: &str, dir: &Path, text: &str, name: &NodeName) -> Result<String, ConfigEditError> {
+/// `edit` applied to `text`, for the file named `file` in errors, with relative paths
+/// under `dir`; checked as the module documentation says.
+fn apply(file: &str, dir: &Path, text: &str, edit: &dyn Edit) -> Result<String, ConfigEditError> {
     let before = Loaded::parse(file, text, dir).map_err(|source| ConfigEditError::Invalid {
-        name: name.clone(),
+        edit: edit.instruction(),
         source,
     })?;
-    if before.config.is_removed(name) {
+    if edit.done(&before) {
         return Ok(text.to_owned());
     }
-    let expected =
-        before
-            .with_removed_node(name.clone())
-            .map_err(|source| ConfigEditError::Refused {
-                name: name.clone(),
-                source,
-            })?;
-    let edited = edit_text(text, name).map_err(|(line, what)| ConfigEditError::Unsupported {
-        file: file.into(),
-        line,
-        what,
-        name: name.clone(),
-    })?;
+    let expected = edit
+        .expected(&before)
+        .map_err(|source| ConfigEditError::Refused {
+            change: edit.change(),
+            source,
+        })?;
+    let edited = edit
+        .edit_text(text)
+        .map_err(|(line, what)| ConfigEditError::Unsupported {
+            file: file.into(),
+            line,
+            key: edit.key(),
+            what,
+            edit: edit.instruction(),
+        })?;
     let check = |problem: String| ConfigEditError::Check {
         file: file.into(),
-        name: name.clone(),
+        edit: edit.instruction(),
         problem,
     };
     let after = Loaded::parse(file, &edited, dir).map_err(|e| check(format!("the result: {e}")))?;
     if after.config != expected.config {
-        return Err(check(format!(
-            "the result is not the configuration with {name} added to removedNodes"
-        )));
+        return Err(check("the result is not the configuration intended".into()));
     }
     Ok(edited)
 }
@@ -234,15 +370,15 @@ fn lines(text: &str) -> Vec<Line<'_>> {
     out
 }
 
-/// The textual edit (see the module documentation); on a form it does not rewrite, the
-/// 1-based line of the `removedNodes` entry and what the form is.
-fn edit_text(text: &str, name: &NodeName) -> Result<String, (usize, &'static str)> {
+/// The textual edit of `removedNodes` (see the module documentation); on a form it does
+/// not rewrite, the 1-based line of the entry and what the form is.
+fn edit_removed_nodes(text: &str, name: &NodeName) -> Result<String, (usize, &'static str)> {
     let nl = if text.contains("\r\n") { "\r\n" } else { "\n" };
     let lines = lines(text);
     let Some((k, after_colon)) = lines
         .iter()
         .enumerate()
-        .find_map(|(k, l)| key_value_start(l.content).map(|v| (k, v)))
+        .find_map(|(k, l)| top_level_key(l.content, "removedNodes").map(|v| (k, v)))
     else {
         let sep = if text.is_empty() || text.ends_with('\n') {
             ""
@@ -309,12 +445,69 @@ fn edit_text(text: &str, name: &NodeName) -> Result<String, (usize, &'static str
     })
 }
 
-/// When `line` is the top-level `removedNodes` key (at column 0, possibly quoted), the byte
-/// offset just after its `:`.
-fn key_value_start(line: &str) -> Option<usize> {
-    let after_key = ["removedNodes", "\"removedNodes\"", "'removedNodes'"]
+/// The textual edit of a pool's count (see the module documentation).
+fn edit_pool_count(text: &str, pool: &str, count: u32) -> Result<String, (usize, &'static str)> {
+    let nl = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    let lines = lines(text);
+    let Some(k) = lines
         .iter()
-        .find_map(|k| line.strip_prefix(k))?;
+        .position(|l| top_level_key(l.content, "pools").is_some())
+    else {
+        let default = crate::config::Pool::default();
+        let roles: Vec<&str> = default.roles.iter().map(|r| r.as_str()).collect();
+        let sep = if text.is_empty() || text.ends_with('\n') {
+            ""
+        } else {
+            nl
+        };
+        return Ok(format!(
+            "{text}{sep}{POOLS_COMMENT}{nl}pools:{nl}  - name: {}{nl}    count: {count}{nl}    roles: [{}]{nl}    memoryMiB: {}{nl}    cpus: {}{nl}",
+            default.name,
+            roles.join(", "),
+            default.memory_mib.unwrap_or_default(),
+            default.cpus.unwrap_or_default(),
+        ));
+    };
+    let parsed = Loaded::parse("pangaea.yaml", text, Path::new("."))
+        .map_err(|_| (k + 1, "does not load"))?;
+    let index = parsed
+        .config
+        .pools
+        .iter()
+        .position(|p| p.name == pool)
+        .ok_or((k + 1, "has no such pool"))?
+        .to_string();
+    let splice =
+        |from: usize, to: usize, with: &str| format!("{}{with}{}", &text[..from], &text[to..]);
+    if let Some((line, col)) = locate_exact(text, &["pools", &index, "count"]) {
+        let l = &lines[line - 1];
+        let after_key = col - 1 + "count:".len();
+        let rest = &l.content[after_key..];
+        let value = rest[..comment_start(rest)].trim();
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err((line, "has a count that is not a plain number"));
+        }
+        let at = l.start + after_key + rest.find(value).expect("found in rest");
+        return Ok(splice(at, at + value.len(), &count.to_string()));
+    }
+    let Some((line, col)) = locate_exact(text, &["pools", &index, "name"]) else {
+        return Err((k + 1, "is not a block list of pools"));
+    };
+    let l = &lines[line - 1];
+    let item = format!("{}count: {count}", " ".repeat(col - 1));
+    Ok(if l.terminated {
+        splice(l.end, l.end, &format!("{item}{nl}"))
+    } else {
+        splice(l.end, l.end, &format!("{nl}{item}"))
+    })
+}
+
+/// When `line` is the top-level key `key` (at column 0, possibly quoted), the byte offset
+/// just after its `:`.
+fn top_level_key(line: &str, key: &str) -> Option<usize> {
+    let after_key = [key.to_owned(), format!("\"{key}\""), format!("'{key}'")]
+        .iter()
+        .find_map(|k| line.strip_prefix(k.as_str()))?;
     let colon = after_key.trim_start_matches([' ', '\t']);
     let value = colon.strip_prefix(':')?;
     (value.is_empty() || value.starts_with([' ', '\t'])).then(|| line.len() - value.len())
@@ -536,7 +729,7 @@ mod tests {
         let e = add_removed_node(text, "node-3").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "pangaea.yaml: adding node-3 to removedNodes in place went wrong (the result is not the configuration with node-3 added to removedNodes); the file is unchanged: edit pangaea.yaml by hand: add node-3 to removedNodes"
+            "pangaea.yaml: the edit in place (add node-3 to removedNodes) went wrong (the result is not the configuration intended); the file is unchanged: edit pangaea.yaml by hand: add node-3 to removedNodes"
         );
     }
 
@@ -575,6 +768,82 @@ mod tests {
         for n in &after.nodes {
             assert_eq!(before.node(&n.name).unwrap().address, n.address);
         }
+    }
+
+    fn grow(text: &str, count: u32) -> String {
+        set_pool_count(text, "node", count).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_pool_count_is_replaced_in_place() {
+        let text = "name: demo # mine\npools:\n  - name: cp\n    count: 1\n    roles: [etcd, control-plane]\n  - name: node   # workers\n    roles: [worker]\n    count:   3  # three\n";
+        assert_eq!(
+            grow(text, 5),
+            "name: demo # mine\npools:\n  - name: cp\n    count: 1\n    roles: [etcd, control-plane]\n  - name: node   # workers\n    roles: [worker]\n    count:   5  # three\n"
+        );
+        assert_eq!(names(&grow(text, 5)).len(), 6);
+        // The count it has already: nothing changes.
+        assert_eq!(grow(text, 3), text);
+    }
+
+    #[test]
+    fn a_pool_without_count_gets_a_count_line() {
+        let text = "pools:\n  - name: node\n    roles: [etcd, control-plane, worker]\n";
+        assert_eq!(
+            grow(text, 4),
+            "pools:\n  - name: node\n    count: 4\n    roles: [etcd, control-plane, worker]\n"
+        );
+        assert_eq!(
+            grow("pools:\r\n  - name: node", 5),
+            "pools:\r\n  - name: node\r\n    count: 5"
+        );
+    }
+
+    #[test]
+    fn the_default_pool_is_written_out_with_the_new_count() {
+        let edited = grow("name: demo\n", 5);
+        assert!(
+            edited.starts_with("name: demo\n# The default pool"),
+            "{edited}"
+        );
+        assert_eq!(
+            names(&edited),
+            ["node-1", "node-2", "node-3", "node-4", "node-5"]
+        );
+        // The same nodes as before for the first three: nothing but the count changed.
+        let before = ClusterModel::build(&Loaded::parse("p", "", Path::new(".")).unwrap());
+        let after = ClusterModel::build(&Loaded::parse("p", &edited, Path::new(".")).unwrap());
+        for n in &before.nodes {
+            let a = after.node(&n.name).unwrap();
+            assert_eq!(
+                (a.address, &a.roles, a.memory_mib, a.cpus),
+                (n.address, &n.roles, n.memory_mib, n.cpus)
+            );
+        }
+    }
+
+    #[test]
+    fn pool_edits_it_cannot_make_are_refused() {
+        let e = set_pool_count("", "big", 4).unwrap_err();
+        assert!(matches!(e, ConfigEditError::Refused { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("there is no pool \"big\" (pools: node)"),
+            "{e}"
+        );
+        let e = set_pool_count("pools: [{name: node, count: 3}]\n", "node", 4).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pangaea.yaml:1: pools is not a block list of pools, which pangaea-ctl does not rewrite; edit pangaea.yaml by hand: set count: 4 in pool node"
+        );
+        let e = set_pool_count("pools:\n  - name: node\n    count: &n 3\n", "node", 4).unwrap_err();
+        assert!(
+            matches!(e, ConfigEditError::Unsupported { line: 3, .. }),
+            "{e}"
+        );
+        // More nodes than the address range has: validation refuses.
+        let e = set_pool_count("network: { nodes: 10.0.0.0/28 }\n", "node", 9).unwrap_err();
+        assert!(matches!(e, ConfigEditError::Refused { .. }), "{e}");
     }
 
     #[test]

@@ -174,13 +174,18 @@ pub fn etcd_client_url(address: impl std::fmt::Display) -> String {
     format!("https://{address}:2379")
 }
 
+/// One member in etcd's `--initial-cluster`: `name=https://address:2380`.
+pub fn etcd_initial_cluster_entry(name: &str, address: impl std::fmt::Display) -> String {
+    format!("{name}={}", etcd_peer_url(address))
+}
+
 /// `{{etcd_initial_cluster nodes}}`: etcd's `--initial-cluster`,
 /// `name=https://address:2380,…` over the nodes with the etcd role.
 pub fn etcd_initial_cluster(a: &[Value]) -> Result<Value, String> {
     Ok(json!(
         etcd_nodes(&a[0])?
             .iter()
-            .map(|(n, ip)| format!("{n}={}", etcd_peer_url(ip)))
+            .map(|(n, ip)| etcd_initial_cluster_entry(n, ip))
             .collect::<Vec<_>>()
             .join(",")
     ))

@@ -55,6 +55,12 @@ pub trait Inputs {
     fn revocation_list(&self, ca: CaKind) -> String;
     /// Service-account token signing key pair (private PEM, public PEM).
     fn service_account_keys(&self) -> (String, String);
+    /// When etcd node `node` joined a running etcd cluster as a learner: etcd's
+    /// `--initial-cluster` as it was when the member was added (`name=peer-url,…`, the
+    /// node included). `None` for the members that founded the cluster.
+    fn etcd_join(&self, _node: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Deterministic placeholder material: the same request always gives the same text.

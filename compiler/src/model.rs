@@ -208,6 +208,15 @@ impl ClusterModel {
     pub fn with_role(&self, r: Role) -> impl Iterator<Item = &NodeModel> {
         self.nodes.iter().filter(move |n| n.has(r))
     }
+
+    /// etcd's `--initial-cluster` for the members that found the cluster: every etcd node,
+    /// `name=https://address:2380,…`.
+    pub fn etcd_initial_cluster(&self) -> String {
+        self.with_role(Role::Etcd)
+            .map(|n| crate::helpers::etcd_initial_cluster_entry(&n.name, n.address))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 #[cfg(test)]

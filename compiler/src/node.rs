@@ -23,6 +23,8 @@ use std::net::Ipv4Addr;
 pub const PKI: &str = "/etc/kubernetes/pki";
 /// etcd's certificates and keys (`paths.etcd_pki`).
 pub const ETCD_PKI: &str = "/etc/etcd/pki";
+/// etcd's bootstrap settings, read only on a member's first start (`paths.etcd_bootstrap`).
+pub const ETCD_BOOTSTRAP: &str = "/etc/etcd/bootstrap.env";
 /// Kubernetes configuration: kubeconfigs, encryption and audit config (`paths.kube`).
 pub const KUBE: &str = "/etc/kubernetes";
 /// Where binaries are installed (`paths.bin`).
@@ -128,6 +130,7 @@ pub enum CompileError {
 struct Paths {
     pki: &'static str,
     etcd_pki: &'static str,
+    etcd_bootstrap: &'static str,
     kube: &'static str,
     bin: &'static str,
     addons: &'static str,
@@ -136,6 +139,7 @@ struct Paths {
 const PATHS: Paths = Paths {
     pki: PKI,
     etcd_pki: ETCD_PKI,
+    etcd_bootstrap: ETCD_BOOTSTRAP,
     kube: KUBE,
     bin: BIN,
     addons: ADDONS,
@@ -583,6 +587,17 @@ impl Compiler<'_> {
                 ETCD_PKI,
                 "peer",
             )?;
+            // Not among the files that restart etcd: it reads them only on its first start.
+            let (join, initial_cluster) = match self.inputs.etcd_join(n) {
+                Some(membership) => (true, membership),
+                None => (false, self.model.etcd_initial_cluster()),
+            };
+            b.render(
+                "config/etcd-bootstrap.env",
+                ETCD_BOOTSTRAP,
+                0o644,
+                json!({ "join": join, "initial_cluster": initial_cluster }),
+            )?;
             let watch = [
                 format!("{ETCD_PKI}/ca.crt"),
                 format!("{ETCD_PKI}/server.crt"),
@@ -950,5 +965,84 @@ mod tests {
         assert_eq!(systemd_escape_path("/var/lib/data"), "var-lib-data");
         assert_eq!(systemd_escape_path("/mnt/my-share"), "mnt-my\\x2dshare");
         assert_eq!(systemd_escape_path("/"), "-");
+    }
+
+    /// [`FakeInputs`](crate::inputs::FakeInputs), with node-4 having joined as a learner.
+    struct Joined;
+
+    impl Inputs for Joined {
+        fn ca_cert(&self, ca: CaKind) -> String {
+            crate::inputs::FakeInputs.ca_cert(ca)
+        }
+        fn cluster_ca_key(&self) -> String {
+            crate::inputs::FakeInputs.cluster_ca_key()
+        }
+        fn cert(&self, req: &CertRequest) -> Result<crate::inputs::CertPair, String> {
+            crate::inputs::FakeInputs.cert(req)
+        }
+        fn encryption_key(&self) -> String {
+            crate::inputs::FakeInputs.encryption_key()
+        }
+        fn revocation_list(&self, ca: CaKind) -> String {
+            crate::inputs::FakeInputs.revocation_list(ca)
+        }
+        fn service_account_keys(&self) -> (String, String) {
+            crate::inputs::FakeInputs.service_account_keys()
+        }
+        fn etcd_join(&self, node: &str) -> Option<String> {
+            (node == "node-4")
+                .then(|| "node-1=https://10.213.0.11:2380,node-4=https://10.213.0.14:2380".into())
+        }
+    }
+
+    #[test]
+    fn founders_and_joiners_get_their_own_etcd_bootstrap_outside_the_unit() {
+        let loaded = crate::config::Loaded::parse(
+            "pangaea.yaml",
+            "pools:\n  - name: node\n    count: 4\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let model = ClusterModel::build(&loaded);
+        let templates = Templates::load(std::path::Path::new("."), None).unwrap();
+        let artifacts = loaded.artifact_set();
+        let c = Compiler {
+            model: &model,
+            templates: &templates,
+            inputs: &Joined,
+            artifacts: &artifacts,
+        };
+        let file = |node: &str, path: &str| {
+            c.compile_node(node)
+                .unwrap()
+                .files
+                .into_iter()
+                .find(|f| f.path == path)
+                .unwrap()
+                .content
+        };
+        let founder = file("node-1", ETCD_BOOTSTRAP);
+        assert!(
+            founder.contains("\nETCD_INITIAL_CLUSTER_STATE=new\n"),
+            "{founder}"
+        );
+        assert!(founder.contains("\nETCD_INITIAL_CLUSTER=node-1=https://10.213.0.11:2380,node-2=https://10.213.0.12:2380,node-3=https://10.213.0.13:2380,node-4=https://10.213.0.14:2380\n"), "{founder}");
+        let joiner = file("node-4", ETCD_BOOTSTRAP);
+        assert!(
+            joiner.contains("\nETCD_INITIAL_CLUSTER_STATE=existing\n"),
+            "{joiner}"
+        );
+        assert!(joiner.contains("\nETCD_INITIAL_CLUSTER=node-1=https://10.213.0.11:2380,node-4=https://10.213.0.14:2380\n"), "{joiner}");
+        // The unit reads them, and is the same for both: a change of membership restarts
+        // no member.
+        let unit = file("node-1", "/etc/systemd/system/etcd.service");
+        assert!(
+            unit.contains(&format!("EnvironmentFile={ETCD_BOOTSTRAP}")),
+            "{unit}"
+        );
+        assert!(!unit.contains("--initial-cluster"), "{unit}");
+        let out = c.compile_node("node-1").unwrap();
+        let etcd = out.units.iter().find(|u| u.name == "etcd.service").unwrap();
+        assert!(!etcd.restart_on_change.iter().any(|p| p == ETCD_BOOTSTRAP));
     }
 }

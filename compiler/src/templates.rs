@@ -33,6 +33,7 @@ pub const BUILTIN: &[(&str, &str)] = builtin![
     "config/kube-proxy-config.yaml",
     "config/containerd-config-v2.toml",
     "config/containerd-config-v3.toml",
+    "config/etcd-bootstrap.env",
     "node/logrotate-containers",
     "addons/flannel.yaml",
     "addons/coredns.yaml",

@@ -113,6 +113,14 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }
 
+    async fn reload(
+        &self,
+        _req: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        let changed = crate::rules::reload(&self.0).await.map_err(status)?;
+        Ok(Response::new(pb::ReloadResponse { changed }))
+    }
+
     type LoadImageStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<pb::LoadImageEvent, Status>> + Send>,
     >;
@@ -276,8 +284,17 @@ impl Backend {
         }
     }
 
-    /// Removes node `name`: its certificates are refused at once. An error when there is no
-    /// such node.
+    /// Makes the running controller read `pangaea.yaml` and the cluster state again and
+    /// re-plan the nodes ([`crate::rules::reload`]); returns the nodes whose assignment
+    /// changed. Without a running controller there is nothing to reload: it reads them when
+    /// it starts.
+    pub async fn reload(&mut self) -> Result<Vec<String>, BackendError> {
+        match self {
+            Backend::Daemon(c) => Ok(c.reload(pb::ReloadRequest {}).await?.into_inner().changed),
+            Backend::Local(_) => Ok(vec![]),
+        }
+    }
+
     /// Removes node `name` ([`crate::rules::remove`]); `Ok(false)` when the controller has
     /// no such node (it never joined).
     pub async fn remove_node(&mut self, name: String) -> Result<bool, BackendError> {

@@ -46,6 +46,11 @@ pub trait Planner: Send + Sync + 'static {
     fn roles(&self, _node: &NodeName) -> Vec<Role> {
         vec![]
     }
+    /// Reads its sources again (the configuration, the cluster state); later plans use
+    /// them. The error says what could not be read, and the previous sources stay in use.
+    fn reload(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The plan every node gets from the foundation alone: the controller CA (so local tools

@@ -284,6 +284,21 @@ pub enum TokenCommand {
 /// `pangaea-ctl node` subcommands.
 #[derive(Subcommand)]
 pub enum NodeCommand {
+    /// Add nodes to a pool: its `count` in pangaea.yaml goes up (comments kept), then `up`
+    /// creates them. A new etcd node joins the running etcd cluster as a learner and is
+    /// promoted to a voting member once caught up, one node at a time. Interrupted, `up`
+    /// completes it.
+    Add {
+        /// The pool (needed when pangaea.yaml has more than one).
+        #[arg(long)]
+        pool: Option<String>,
+        /// How many nodes to add.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        count: u32,
+        /// How long to wait for each new node to be healthy (and its etcd member caught up).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Remove a node for good: its etcd member (by ID, only when the cluster can take it),
     /// every credential (refused at once by the controller and by etcd), its instance, and
     /// — in pangaea.yaml's `removedNodes` — its place in the configuration. Interrupted, the

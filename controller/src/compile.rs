@@ -165,12 +165,36 @@ pub fn to_plan(out: NodeOutput) -> Plan {
     }
 }
 
-/// Plans nodes by compiling the cluster configuration.
-pub struct CompilerPlanner(pub Compilation);
+/// Plans nodes by compiling the cluster configuration; [`Planner::reload`] compiles it
+/// again from the file, so the running controller follows `pangaea.yaml` and the cluster
+/// state (`node add`, an edited template).
+pub struct CompilerPlanner {
+    config: PathBuf,
+    current: std::sync::RwLock<std::sync::Arc<Compilation>>,
+}
+
+impl CompilerPlanner {
+    /// A planner over `compilation`, loaded from the configuration file `config`.
+    pub fn new(config: &Path, compilation: Compilation) -> CompilerPlanner {
+        CompilerPlanner {
+            config: config.to_owned(),
+            current: std::sync::RwLock::new(std::sync::Arc::new(compilation)),
+        }
+    }
+
+    /// The compilation in use.
+    pub fn current(&self) -> std::sync::Arc<Compilation> {
+        // A writer only swaps an Arc: a poisoned lock still holds a whole value.
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
 
 impl Planner for CompilerPlanner {
     fn roles(&self, node: &NodeName) -> Vec<Role> {
-        self.0
+        self.current()
             .model
             .node(node.as_str())
             .map(|n| n.roles.clone())
@@ -178,19 +202,30 @@ impl Planner for CompilerPlanner {
     }
 
     fn plan(&self, node: &NodeRecord) -> Result<Plan, PlanError> {
-        self.0
-            .compile_node(&node.name)
+        let c = self.current();
+        c.compile_node(&node.name)
             .map(to_plan)
             .map_err(|e| PlanError {
                 node: node.name.to_string(),
                 message: match e {
                     CompileSetupError::Compile(CompileError::NoSuchNode(_)) => format!(
                         "node {:?} is not in the cluster configuration ({})",
-                        node.name, self.0.loaded.file
+                        node.name, c.loaded.file
                     ),
                     e => e.to_string(),
                 },
             })
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        let old = self.current();
+        let mut new = Compilation::load(&self.config, &old.state_dir).map_err(|e| e.to_string())?;
+        new.leaf_lifetime = old.leaf_lifetime;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(new);
+        Ok(())
     }
 }
 

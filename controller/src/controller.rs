@@ -35,6 +35,10 @@ pub enum ControllerError {
     /// A gRPC server (agents' or admin) failed, or the admin socket could not be set up.
     #[error("serve gRPC: {0}")]
     Serve(String),
+    /// The configuration could not be read again; the controller goes on with the one it
+    /// had.
+    #[error("reload: {0}")]
+    Reload(String),
     /// An operator command named a node that is not registered.
     #[error("no node named {0:?}")]
     NoSuchNode(String),

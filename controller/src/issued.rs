@@ -42,6 +42,9 @@ pub enum InputsError {
         /// Why.
         source: fsutil::FsError,
     },
+    /// The record of etcd joins could not be read.
+    #[error("{0}")]
+    Joins(String),
 }
 
 /// The PKI and secrets as the compiler takes them, read (and generated) once up front, so
@@ -54,6 +57,7 @@ pub struct PkiInputs<'a> {
     service_account_key: String,
     encryption_key: String,
     etcd_crl: String,
+    etcd_joins: crate::etcd_join::Joins,
 }
 
 impl<'a> PkiInputs<'a> {
@@ -75,6 +79,8 @@ impl<'a> PkiInputs<'a> {
                 base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
             })?,
             etcd_crl: crate::revocation::crl_pem(pki, state_dir, CaKind::Etcd)?,
+            etcd_joins: crate::etcd_join::load(state_dir)
+                .map_err(|e| InputsError::Joins(e.to_string()))?,
             pki,
             state: state_dir.clone(),
             lifetime: LEAF_LIFETIME,
@@ -190,6 +196,10 @@ impl Inputs for PkiInputs<'_> {
             // Only etcd reads a revocation list; the others are never asked for.
             _ => String::new(),
         }
+    }
+
+    fn etcd_join(&self, node: &str) -> Option<String> {
+        self.etcd_joins.get(node).map(|j| j.initial_cluster.clone())
     }
 
     fn service_account_keys(&self) -> (String, String) {

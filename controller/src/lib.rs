@@ -26,6 +26,7 @@ pub mod controller;
 pub mod daemon;
 pub mod drill;
 pub mod etcd;
+pub mod etcd_join;
 pub mod fdlimit;
 pub mod health;
 pub mod image;

@@ -225,44 +225,141 @@ impl Etcd {
         })
     }
 
-    /// Removes member `id`, asking the member at `endpoint`. etcd refuses a change while
-    /// its members have been connected for less than 5 s ("unhealthy cluster", right after
-    /// a restart), and may leave an attempt unanswered while its leader changes: both are
-    /// retried for up to [`CHANGE_TIMEOUT`].
-    pub async fn remove(&self, endpoint: &str, id: u64) -> Result<Removed, EtcdError> {
-        const NOT_FOUND: i64 = 5;
-        const UNAVAILABLE: i64 = 14;
+    /// Makes membership change `path` (`cluster/member/…`) with `body`, asking the member
+    /// at `endpoint`. etcd refuses a change while its members have been connected for less
+    /// than 5 s ("unhealthy cluster", right after a restart), and may leave an attempt
+    /// unanswered while its leader changes: both are retried for up to
+    /// [`CHANGE_TIMEOUT`]. Every other refusal is returned at once.
+    async fn change<T: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<T, EtcdError> {
         let started = std::time::Instant::now();
         loop {
-            let r: Result<serde_json::Value, _> = self
-                .post(
-                    endpoint,
-                    "cluster/member/remove",
-                    serde_json::json!({ "ID": id.to_string() }),
-                    CHANGE_ATTEMPT,
-                )
+            let r = self
+                .post(endpoint, path, body.clone(), CHANGE_ATTEMPT)
                 .await;
-            let again = started.elapsed() < CHANGE_TIMEOUT;
             match r {
-                Ok(_) => return Ok(Removed::Now),
-                Err(EtcdError::Refused {
-                    code: NOT_FOUND, ..
-                }) => return Ok(Removed::Already),
                 Err(EtcdError::Refused {
                     code: UNAVAILABLE,
                     message,
                     ..
                 })
                 | Err(EtcdError::Unreachable { message, .. })
-                    if again =>
+                    if started.elapsed() < CHANGE_TIMEOUT =>
                 {
                     tracing::info!(%message, "etcd did not take the membership change yet; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err(e) => return Err(e),
+                r => return r,
             }
         }
     }
+
+    /// Removes member `id`, asking the member at `endpoint` (retried as [`Etcd::change`]
+    /// says).
+    pub async fn remove(&self, endpoint: &str, id: u64) -> Result<Removed, EtcdError> {
+        let r: Result<serde_json::Value, _> = self
+            .change(
+                endpoint,
+                "cluster/member/remove",
+                serde_json::json!({ "ID": id.to_string() }),
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(Removed::Now),
+            Err(EtcdError::Refused {
+                code: NOT_FOUND, ..
+            }) => Ok(Removed::Already),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds a learner with peer URL `peer_url`, asking the member at `endpoint`; returns its
+    /// ID and the membership with it. A member with that peer URL already there (an
+    /// attempt that was applied but not answered) is taken as the answer.
+    pub async fn add_learner(
+        &self,
+        endpoint: &str,
+        peer_url: &str,
+    ) -> Result<(u64, Vec<Member>), EtcdError> {
+        #[derive(Deserialize)]
+        struct Added {
+            member: Member,
+            #[serde(default)]
+            members: Vec<Member>,
+        }
+        let r: Result<Added, _> = self
+            .change(
+                endpoint,
+                "cluster/member/add",
+                serde_json::json!({ "peerURLs": [peer_url], "isLearner": true }),
+            )
+            .await;
+        match r {
+            Ok(a) => Ok((a.member.id, a.members)),
+            Err(EtcdError::Refused { ref message, .. })
+                if MEMBER_EXISTS.iter().any(|m| message.contains(m)) =>
+            {
+                let view = self.view(endpoint).await?;
+                let id = view
+                    .members
+                    .iter()
+                    .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
+                    .map(|m| m.id)
+                    .ok_or_else(|| r.err().expect("an error"))?;
+                Ok((id, view.members))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Promotes learner `id` to a voting member, asking the member at `endpoint`. etcd
+    /// promotes only a learner that has caught up with the leader: until then this is
+    /// [`Promoted::NotCaughtUp`], and the caller asks again.
+    pub async fn promote(&self, endpoint: &str, id: u64) -> Result<Promoted, EtcdError> {
+        let r: Result<serde_json::Value, _> = self
+            .change(
+                endpoint,
+                "cluster/member/promote",
+                serde_json::json!({ "ID": id.to_string() }),
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(Promoted::Now),
+            Err(EtcdError::Refused { ref message, .. }) if message.contains(LEARNER_NOT_READY) => {
+                Ok(Promoted::NotCaughtUp)
+            }
+            Err(EtcdError::Refused { ref message, .. }) if message.contains(NOT_A_LEARNER) => {
+                Ok(Promoted::Already)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// etcd's gRPC status codes that a membership change acts on.
+const NOT_FOUND: i64 = 5;
+const UNAVAILABLE: i64 = 14;
+/// etcd's messages (`etcdserver/errors.go`) that tell a membership change's outcome; all
+/// come with code 9 (failed precondition), so the message is what tells them apart. A
+/// member added again with the same peer URL gets the same ID, and etcd answers with
+/// either of the first two.
+const MEMBER_EXISTS: [&str; 2] = ["Peer URLs already exists", "member ID already exist"];
+const LEARNER_NOT_READY: &str = "can only promote a learner member which is in sync with leader";
+const NOT_A_LEARNER: &str = "can only promote a learner member";
+
+/// What promoting a learner did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Promoted {
+    /// etcd promoted it now.
+    Now,
+    /// It is a voting member already (an earlier run promoted it).
+    Already,
+    /// It has not caught up with the leader yet.
+    NotCaughtUp,
 }
 
 /// A snapshot saved by [`Etcd::snapshot`].
@@ -537,24 +634,25 @@ pub struct Refusal {
     pub fix: String,
 }
 
-/// The rule for removing the member with peer URL `target` (whose own endpoint, if any, is
-/// `target_endpoint`), given what the members answered. With `force`, losing quorum or
-/// leaving an even number of members is allowed (and reported as warnings); a divided or
-/// leaderless cluster, a pending learner or a raised alarm never is.
-pub fn check_removal(
-    survey: &Survey,
-    target: &str,
-    target_endpoint: Option<&str>,
-    force: bool,
-) -> Result<Removal, Refusal> {
+/// Members that answered: client URL and view.
+type Answered<'s> = Vec<(&'s String, &'s View)>;
+
+/// The members that answered (all but `exclude`), once they are proved to agree: one
+/// membership, one leader, no alarm, and no learner other than one with peer URL
+/// `learner_allowed`. Returns the first of them (the member to ask) and every one.
+fn agreed<'s>(
+    survey: &'s Survey,
+    exclude: Option<&str>,
+    learner_allowed: Option<&str>,
+) -> Result<(&'s String, &'s View, Answered<'s>), Refusal> {
     let refuse = |reason: String, fix: &str| Refusal {
         reason,
         fix: fix.to_owned(),
     };
-    let survivors: Vec<(&String, &View)> = survey
+    let survivors: Answered = survey
         .answers
         .iter()
-        .filter(|(e, _)| Some(e.as_str()) != target_endpoint)
+        .filter(|(e, _)| Some(e.as_str()) != exclude)
         .filter_map(|(e, r)| r.as_ref().ok().map(|v| (e, v)))
         .collect();
     let Some((ask, first)) = survivors.first().copied() else {
@@ -595,7 +693,7 @@ pub fn check_removal(
     if let Some((e, _)) = survivors.iter().find(|(_, v)| v.leader == 0) {
         return Err(refuse(
             format!("etcd member {e} has no leader"),
-            "the cluster has no quorum now; bring the missing members back before removing one",
+            "the cluster has no quorum now; bring the missing members back first",
         ));
     }
     if survivors.iter().any(|(_, v)| v.leader != first.leader) {
@@ -604,7 +702,13 @@ pub fn check_removal(
             "an election is in progress; retry in a few seconds",
         ));
     }
-    if let Some(l) = first.members.iter().find(|m| m.is_learner) {
+    if let Some(l) = first.members.iter().find(|m| {
+        m.is_learner
+            && !m
+                .peer_urls
+                .iter()
+                .any(|u| Some(u.as_str()) == learner_allowed)
+    }) {
         return Err(refuse(
             format!(
                 "learner {} ({:x}) is not promoted yet",
@@ -622,6 +726,24 @@ pub fn check_removal(
             "resolve them first (`etcdctl alarm list`; after freeing space, `etcdctl alarm disarm`)",
         ));
     }
+    Ok((ask, first, survivors))
+}
+
+/// The rule for removing the member with peer URL `target` (whose own endpoint, if any, is
+/// `target_endpoint`), given what the members answered. With `force`, losing quorum or
+/// leaving an even number of members is allowed (and reported as warnings); a divided or
+/// leaderless cluster, a pending learner or a raised alarm never is.
+pub fn check_removal(
+    survey: &Survey,
+    target: &str,
+    target_endpoint: Option<&str>,
+    force: bool,
+) -> Result<Removal, Refusal> {
+    let refuse = |reason: String, fix: &str| Refusal {
+        reason,
+        fix: fix.to_owned(),
+    };
+    let (ask, first, survivors) = agreed(survey, target_endpoint, None)?;
     let Some(member) = first
         .members
         .iter()
@@ -674,6 +796,59 @@ pub fn check_removal(
         left,
         warnings,
     })
+}
+
+/// An addition the cluster can take now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addition {
+    /// Add a learner with the peer URL, asking the member at `ask` (a client URL).
+    Add {
+        /// The member to ask.
+        ask: String,
+    },
+    /// A member with the peer URL exists already (an earlier, interrupted run added it).
+    Exists {
+        /// Its ID.
+        id: u64,
+        /// Whether it is still a learner.
+        is_learner: bool,
+        /// The member to ask.
+        ask: String,
+    },
+}
+
+/// The rule for adding a member with peer URL `target`, given what the members answered:
+/// they agree, follow one leader, raise no alarm, every member answers (a member added
+/// while another is down raises the quorum the survivors must reach), and no learner is
+/// pending but the target itself (etcd promotes one learner at a time). Returns the
+/// addition and the membership it applies to.
+pub fn check_addition(survey: &Survey, target: &str) -> Result<(Addition, Vec<Member>), Refusal> {
+    let (ask, first, survivors) = agreed(survey, None, Some(target))?;
+    let is_target = |m: &Member| m.peer_urls.iter().any(|u| u == target);
+    let answered: BTreeSet<u64> = survivors.iter().map(|(_, v)| v.member_id).collect();
+    if let Some(m) = first
+        .members
+        .iter()
+        .find(|m| !is_target(m) && !answered.contains(&m.id))
+    {
+        return Err(Refusal {
+            reason: format!(
+                "etcd member {} ({:x}) does not answer, and a new member raises the quorum the others must reach",
+                display_name(m),
+                m.id
+            ),
+            fix: "bring it back first (`pangaea-ctl start`, or `pangaea-ctl node reboot`), or remove it (`pangaea-ctl node remove`)".into(),
+        });
+    }
+    let addition = match first.members.iter().find(|m| is_target(m)) {
+        Some(m) => Addition::Exists {
+            id: m.id,
+            is_learner: m.is_learner,
+            ask: ask.clone(),
+        },
+        None => Addition::Add { ask: ask.clone() },
+    };
+    Ok((addition, first.members.clone()))
 }
 
 fn display_name(m: &Member) -> String {

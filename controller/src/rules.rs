@@ -507,6 +507,26 @@ pub async fn replan(c: &Controller, name: &str) -> Result<Option<u64>, Controlle
     })
 }
 
+/// Reloads the planner's sources ([`crate::assign::Planner::reload`]) and re-plans every
+/// node that is not removed; returns the nodes whose assignment changed.
+pub async fn reload(c: &Controller) -> Result<Vec<String>, ControllerError> {
+    let planner = c.planner.clone();
+    tokio::task::spawn_blocking(move || planner.reload())
+        .await
+        .map_err(|e| ControllerError::Reload(format!("the planner failed: {e}")))?
+        .map_err(ControllerError::Reload)?;
+    let mut changed = Vec::new();
+    for n in c.nodes()?.iter().filter(|n| !n.record.removed) {
+        match replan(c, &n.record.name).await {
+            Ok(Some(_)) => changed.push(n.record.name.to_string()),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(node = %n.record.name, error = %e, "reload: replan failed"),
+        }
+    }
+    tracing::info!(?changed, "reloaded the configuration");
+    Ok(changed)
+}
+
 /// Removes node `name`: its agent certificate is refused from now on and its watch stream
 /// ends; every cluster certificate issued for it is revoked and the remaining nodes are
 /// re-planned at once, so the etcd members get the new revocation list (and refuse the

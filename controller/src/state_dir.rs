@@ -113,6 +113,11 @@ impl StateDir {
         self.0.join("journal").join(format!("remove-{node}.json"))
     }
 
+    /// The etcd members that joined the running cluster ([`crate::etcd_join`]).
+    pub fn etcd_joins(&self) -> PathBuf {
+        self.0.join("etcd-joins.json")
+    }
+
     /// Certificate, key and request of the leaf issued for request `id` (like
     /// `node-1/etcd-peer`; `/` is not allowed in file names, so it becomes `__`).
     pub fn issued(&self, id: &str) -> IssuedPaths {

@@ -124,7 +124,8 @@ impl TestController {
         }
         let controller = Controller::open(
             ControllerConfig::new(state.path()),
-            Some(Arc::new(pangaea_controller::compile::CompilerPlanner(
+            Some(Arc::new(pangaea_controller::compile::CompilerPlanner::new(
+                &dir.path().join("pangaea.yaml"),
                 compilation,
             ))),
         )

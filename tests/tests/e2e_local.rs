@@ -183,6 +183,51 @@ impl Drop for Cluster {
     }
 }
 
+/// A client writing keys `add-remove/N` one after another to etcd until stopped, keeping
+/// the keys etcd acknowledged.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Writer {
+    fn start(env: Vec<(String, String)>, endpoints: String) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut acknowledged = Vec::new();
+            let mut n = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let key = format!("add-remove/{n:06}");
+                let out = Command::new("etcdctl")
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .env("ETCDCTL_ENDPOINTS", &endpoints)
+                    .args([
+                        "--dial-timeout=2s",
+                        "--command-timeout=3s",
+                        "put",
+                        &key,
+                        "v",
+                    ])
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    acknowledged.push(key);
+                }
+            }
+            acknowledged
+        });
+        Writer { stop, thread }
+    }
+
+    /// Stops writing; the keys etcd acknowledged.
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 fn eventually<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
     pangaea_tests::poll_until(what, timeout, Duration::from_millis(250), f)
 }
@@ -440,6 +485,74 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     );
     assert!(c.etcdctl(&["get", "before"]).status.success());
 
+    // 6d. Lifecycle: 3 → 5 with `node add` (each new etcd member a learner, promoted once
+    // caught up) and back 5 → 3 with `node remove`, while a client keeps writing: every
+    // acknowledged write is there at the end. 5 → 4 leaves an even number: refused without
+    // --force, like 3 → 2 in step 7.
+    let writer = Writer::start(
+        c.etcdctl_env(),
+        format!(
+            "https://{}:2379,https://{}:2379,https://{}:2379",
+            node_ip(1),
+            node_ip(2),
+            node_ip(3)
+        ),
+    );
+    let added = c.ok(&["node", "add", "--count", "2"]);
+    eprintln!("node add --count 2:\n{added}");
+    for (n, name) in [(4, "node-4"), (5, "node-5")] {
+        assert!(
+            added.contains(&format!("{name}: etcd learner"))
+                && added.contains(&format!("(peer URL https://{}:2380)", node_ip(n))),
+            "{name} joined as a learner: {added}"
+        );
+        assert!(
+            added.contains(&format!("{name}: voting etcd member")),
+            "{added}"
+        );
+    }
+    assert!(added.contains("5 nodes healthy"), "{added}");
+    let list = text(&c.etcdctl(&["member", "list"]));
+    assert_eq!(list.lines().count(), 5, "{list}");
+    assert!(!list.contains("true"), "no learner left: {list}");
+    let yaml = std::fs::read_to_string(c.dir.path().join("pangaea.yaml")).unwrap();
+    assert!(
+        yaml.contains("    count: 5\n"),
+        "the pool's count is recorded: {yaml}"
+    );
+    // Idempotent: `up` now creates nothing and joins nothing.
+    let again = c.ok(&["up"]);
+    assert!(
+        !again.contains("creating") && !again.contains("learner"),
+        "{again}"
+    );
+    let refused = c.ctl(&["node", "remove", "node-5"]);
+    assert!(
+        !refused.status.success() && text(&refused).contains("4 members would be left"),
+        "{}",
+        text(&refused)
+    );
+    c.ok(&["node", "remove", "node-5", "--force"]);
+    c.ok(&["node", "remove", "node-4"]);
+    let acknowledged = writer.stop();
+    assert!(acknowledged.len() > 20, "{} writes", acknowledged.len());
+    let stored = c.etcdctl(&["get", "add-remove/", "--prefix", "--keys-only"]);
+    let stored: std::collections::BTreeSet<&str> = std::str::from_utf8(&stored.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .collect();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|k| !stored.contains(k.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    eprintln!(
+        "3 → 5 → 3: {} acknowledged writes, none lost",
+        acknowledged.len()
+    );
+    assert_eq!(text(&c.etcdctl(&["member", "list"])).lines().count(), 3);
+
     // 7. Lifecycle: `node remove`, and hardening #3 (a removed node's etcd certificates
     // are refused within 10 s: the members read the etcd CA's revocation list on each new
     // connection, no restart).
@@ -539,7 +652,10 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     assert!(done.contains("node node-3 removed"), "{done}");
     assert!(!journal.exists(), "the finished journal is removed");
     let yaml = std::fs::read_to_string(&config).unwrap();
-    assert!(yaml.contains("removedNodes: [node-3]"), "{yaml}");
+    assert!(
+        yaml.contains("removedNodes: [node-5, node-4, node-3]"),
+        "{yaml}"
+    );
     // Idempotent, and a later `up` does not bring node-3 back.
     assert!(
         c.ok(&["node", "remove", "node-3"])

@@ -2,9 +2,11 @@
 //! three-member etcd cluster with mutual TLS on loopback. The survey sees the members and
 //! their leader; 3 → 2 is refused without `--force`; a pending learner blocks even a forced
 //! removal; the removal acts on the member ID found by peer URL, and doing it again is a
-//! no-op; the cluster keeps serving writes after it.
+//! no-op; the cluster keeps serving writes after it. Growing (node add): a learner is
+//! added once, one at a time, only while every member answers, and promoted only once it
+//! has caught up.
 
-use pangaea_controller::membership::{self, Etcd, Removal, Removed};
+use pangaea_controller::membership::{self, Addition, Etcd, Promoted, Removal, Removed};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -121,38 +123,16 @@ fn start(pki: &Pki) -> Cluster {
         .enumerate()
         .map(|(i, p)| format!("m{i}={p}"))
         .collect();
-    let (crt, key, ca) = (
-        pki.path("member.crt"),
-        pki.path("member.key"),
-        pki.path("ca.crt"),
-    );
     let children = (0..3)
         .map(|i| {
-            let log = std::fs::File::create(data.path().join(format!("m{i}.log"))).unwrap();
-            Command::new("/usr/bin/etcd")
-                .arg(format!("--name=m{i}"))
-                .arg(format!(
-                    "--data-dir={}",
-                    data.path().join(format!("m{i}")).display()
-                ))
-                .arg(format!("--listen-client-urls={}", clients[i]))
-                .arg(format!("--advertise-client-urls={}", clients[i]))
-                .arg(format!("--listen-peer-urls={}", peers[i]))
-                .arg(format!("--initial-advertise-peer-urls={}", peers[i]))
-                .arg(format!("--initial-cluster={}", initial.join(",")))
-                .arg("--initial-cluster-state=new")
-                .arg("--client-cert-auth")
-                .arg("--peer-client-cert-auth")
-                .arg(format!("--cert-file={}", crt.display()))
-                .arg(format!("--key-file={}", key.display()))
-                .arg(format!("--trusted-ca-file={}", ca.display()))
-                .arg(format!("--peer-cert-file={}", crt.display()))
-                .arg(format!("--peer-key-file={}", key.display()))
-                .arg(format!("--peer-trusted-ca-file={}", ca.display()))
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start etcd")
+            spawn_member(
+                pki,
+                data.path(),
+                i,
+                (&clients[i], &peers[i]),
+                &initial.join(","),
+                "new",
+            )
         })
         .collect();
     Cluster {
@@ -161,6 +141,151 @@ fn start(pki: &Pki) -> Cluster {
         clients,
         peers,
     }
+}
+
+/// Starts etcd member `m{i}` with its data and log under `data`.
+fn spawn_member(
+    pki: &Pki,
+    data: &Path,
+    i: usize,
+    (client, peer): (&str, &str),
+    initial_cluster: &str,
+    state: &str,
+) -> Child {
+    let (crt, key, ca) = (
+        pki.path("member.crt"),
+        pki.path("member.key"),
+        pki.path("ca.crt"),
+    );
+    let log = std::fs::File::create(data.join(format!("m{i}.log"))).unwrap();
+    Command::new("/usr/bin/etcd")
+        .arg(format!("--name=m{i}"))
+        .arg(format!(
+            "--data-dir={}",
+            data.join(format!("m{i}")).display()
+        ))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster={initial_cluster}"))
+        .arg(format!("--initial-cluster-state={state}"))
+        .arg("--client-cert-auth")
+        .arg("--peer-client-cert-auth")
+        .arg(format!("--cert-file={}", crt.display()))
+        .arg(format!("--key-file={}", key.display()))
+        .arg(format!("--trusted-ca-file={}", ca.display()))
+        .arg(format!("--peer-cert-file={}", crt.display()))
+        .arg(format!("--peer-key-file={}", key.display()))
+        .arg(format!("--peer-trusted-ca-file={}", ca.display()))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start etcd")
+}
+
+/// A survey in which every member answers and follows a leader (waits up to 10 s).
+async fn whole_survey(etcd: &Etcd, clients: &[String]) -> membership::Survey {
+    for _ in 0..100 {
+        let survey = membership::survey(etcd, clients).await;
+        if membership::all_serving(&survey) {
+            return survey;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let survey = membership::survey(etcd, clients).await;
+    panic!("etcd is not whole: {}", membership::describe(&survey));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adds_a_learner_and_promotes_it_only_once_caught_up() {
+    pangaea_tests::init();
+    let pki = Pki::new();
+    let mut cluster = start(&pki);
+    let etcd = pki.client();
+    let survey = whole_survey(&etcd, &cluster.clients).await;
+    let (client, peer) = (
+        format!("https://127.0.0.1:{}", pangaea_tests::free_port()),
+        format!("https://127.0.0.1:{}", pangaea_tests::free_port()),
+    );
+
+    // The cluster can take it: every member answers and agrees.
+    let (addition, members) = membership::check_addition(&survey, &peer).unwrap();
+    assert_eq!(members.len(), 3);
+    let Addition::Add { ask } = addition else {
+        panic!("{addition:?}")
+    };
+    let (id, members) = etcd.add_learner(&ask, &peer).await.unwrap();
+    assert_eq!(members.len(), 4);
+    assert!(
+        members
+            .iter()
+            .any(|m| m.id == id && m.is_learner && m.name.is_empty())
+    );
+    // Adding it again (a retried call whose first attempt was applied) gives the same member.
+    let (again, members) = etcd.add_learner(&ask, &peer).await.unwrap();
+    assert_eq!((again, members.len()), (id, 4));
+
+    // One learner at a time: another addition is refused while it is pending; the same
+    // node's addition continues with the member there.
+    let survey = membership::survey(&etcd, &cluster.clients).await;
+    let other = format!("https://127.0.0.1:{}", pangaea_tests::free_port());
+    let refused = membership::check_addition(&survey, &other).unwrap_err();
+    assert!(refused.reason.contains("is not promoted yet"), "{refused}");
+    assert_eq!(
+        membership::check_addition(&survey, &peer).unwrap().0,
+        Addition::Exists {
+            id,
+            is_learner: true,
+            ask: ask.clone()
+        }
+    );
+
+    // Not started, so not caught up: etcd refuses the promotion.
+    assert_eq!(etcd.promote(&ask, id).await.unwrap(), Promoted::NotCaughtUp);
+
+    // Started with the membership as it is, as a member of the existing cluster: it catches
+    // up and is promoted.
+    let initial: Vec<String> = members
+        .iter()
+        .map(|m| {
+            let name = if m.id == id { "m3" } else { m.name.as_str() };
+            format!("{name}={}", m.peer_urls[0])
+        })
+        .collect();
+    cluster.children.push(spawn_member(
+        &pki,
+        cluster._data.path(),
+        3,
+        (&client, &peer),
+        &initial.join(","),
+        "existing",
+    ));
+    let mut promoted = Promoted::NotCaughtUp;
+    for _ in 0..150 {
+        promoted = etcd.promote(&ask, id).await.unwrap();
+        if promoted != Promoted::NotCaughtUp {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(promoted, Promoted::Now);
+    assert_eq!(etcd.promote(&ask, id).await.unwrap(), Promoted::Already);
+    let mut clients = cluster.clients.clone();
+    clients.push(client.clone());
+    let survey = whole_survey(&etcd, &clients).await;
+    let view = survey.answers[3].1.as_ref().unwrap();
+    assert_eq!(view.members.len(), 4);
+    assert!(view.members.iter().all(|m| !m.is_learner));
+    etcd.put(&client, "joined", "yes", Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    // A member down: an addition would raise the quorum the others must reach; refused.
+    cluster.kill(1);
+    let survey = membership::survey(&etcd, &clients).await;
+    let refused = membership::check_addition(&survey, &other).unwrap_err();
+    assert!(refused.reason.contains("does not answer"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

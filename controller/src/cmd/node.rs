@@ -1,4 +1,4 @@
-//! `pangaea-ctl node remove|reboot`.
+//! `pangaea-ctl node add|remove|reboot`.
 
 use super::{Ctx, step};
 use crate::admin::Backend;
@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 /// Runs a `node` subcommand.
 pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
+        NodeCommand::Add {
+            pool,
+            count,
+            timeout,
+        } => add(ctx, pool.as_deref(), count, timeout).await?,
         NodeCommand::Remove {
             name,
             force,
@@ -23,6 +28,41 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `node add`: raises the pool's count in pangaea.yaml, then runs `up`, which creates the
+/// new nodes (etcd ones joining as learners, one at a time).
+async fn add(ctx: &Ctx, pool: Option<&str>, count: u32, timeout: Duration) -> anyhow::Result<()> {
+    let c = ctx.compilation()?;
+    let pools = &c.loaded.config.pools;
+    let pool = match (pool, pools.as_slice()) {
+        (Some(p), _) => pools.iter().find(|x| x.name == p).with_context(|| {
+            let names: Vec<&str> = pools.iter().map(|x| x.name.as_str()).collect();
+            format!(
+                "no pool {p:?} in {} (its pools: {})",
+                ctx.config.display(),
+                names.join(", ")
+            )
+        })?,
+        (None, [only]) => only,
+        (None, _) => {
+            let names: Vec<&str> = pools.iter().map(|x| x.name.as_str()).collect();
+            anyhow::bail!(
+                "{} has several pools ({}): name one with --pool",
+                ctx.config.display(),
+                names.join(", ")
+            )
+        }
+    };
+    let to = pool.count + count;
+    pangaea_compiler::config_edit::write_pool_count(&ctx.config, &pool.name, to)?;
+    step(&format!(
+        "{}: pool {} count {} → {to} (if interrupted, `pangaea-ctl up` completes the addition)",
+        ctx.config.display(),
+        pool.name,
+        pool.count
+    ));
+    super::up::run(ctx, timeout, super::up::Mode::Up).await
 }
 
 /// `node remove`: plans the removal into its journal (or resumes the journal of an
@@ -180,6 +220,7 @@ async fn run_step(
         }
         Step::Config => {
             pangaea_compiler::config_edit::write_removed_node(&j.config, &j.node)?;
+            crate::etcd_join::forget(state, &j.node)?;
             String::new()
         }
     })

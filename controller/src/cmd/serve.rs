@@ -43,7 +43,10 @@ pub async fn run(
     }
     let compilation = ctx.compilation()?;
     print_warnings(&compilation.loaded);
-    let controller = Controller::open(config, Some(Arc::new(CompilerPlanner(compilation))))?;
+    let controller = Controller::open(
+        config,
+        Some(Arc::new(CompilerPlanner::new(&ctx.config, compilation))),
+    )?;
     let listener = crate::service::bind(listen).with_context(|| format!("listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let write = |path: std::path::PathBuf, text: String| {

@@ -74,17 +74,43 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
         );
         wanted = keep;
     }
-    let names: Vec<NodeName> = wanted.iter().map(|n| n.name.clone()).collect();
+    // The running controller follows pangaea.yaml as it is now (a pool grown, a template
+    // edited) before any node asks for its plan.
+    let changed = backend.reload().await?;
+    if !changed.is_empty() {
+        step(&format!(
+            "configuration reloaded: new assignments for {}",
+            changed.join(", ")
+        ));
+    }
+    // etcd nodes new to a running cluster join it one at a time, after the others.
+    let joiners = match mode {
+        Mode::Up => {
+            let existing: Vec<NodeName> =
+                provider.list().await?.into_iter().map(|n| n.name).collect();
+            crate::etcd_join::joiners(&c.model, &crate::etcd_join::load(&c.state_dir)?, &existing)
+        }
+        Mode::Start => vec![],
+    };
+    let (joining, first): (Vec<WantedNode>, Vec<WantedNode>) = wanted
+        .iter()
+        .cloned()
+        .partition(|n| joiners.contains(&n.name));
+    let names: Vec<NodeName> = first.iter().map(|n| n.name.clone()).collect();
     let mut reconciler = Reconciler {
         provider: provider.as_ref(),
         backend: &mut backend,
         bootstrap: &bootstrap,
         progress: &step,
     };
-    reconciler.ensure_nodes(&wanted).await?;
+    reconciler.ensure_nodes(&first).await?;
     phases.push(("nodes started", started.elapsed()));
     reconciler.wait_healthy(&names, timeout).await?;
     phases.push(("all healthy", started.elapsed()));
+    if !joining.is_empty() {
+        join_etcd(&c, provider.as_ref(), &mut reconciler, &joining, timeout).await?;
+        phases.push(("etcd members joined", started.elapsed()));
+    }
 
     let kubeconfig = ctx.state.admin_kubeconfig();
     pangaea_core::fsutil::atomic_write(&kubeconfig, c.operator_kubeconfig()?.as_bytes(), 0o600)
@@ -121,6 +147,59 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
     }
     println!("admin kubeconfig: {}", kubeconfig.display());
     println!("etcd: eval \"$(pangaea-ctl env etcdctl)\"; etcdctl endpoint health");
+    Ok(())
+}
+
+/// Joins `joining` (etcd nodes new to the running cluster) one at a time
+/// ([`crate::etcd_join::join`]), asking the etcd members whose machines run.
+async fn join_etcd(
+    c: &Compilation,
+    provider: &dyn crate::provider::Provider,
+    reconciler: &mut Reconciler<'_>,
+    joining: &[WantedNode],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    struct UpBring<'a, 'r> {
+        reconciler: &'a mut Reconciler<'r>,
+        wanted: &'a [WantedNode],
+    }
+    impl crate::etcd_join::Bring for UpBring<'_, '_> {
+        async fn reload(&mut self) -> anyhow::Result<()> {
+            self.reconciler.backend.reload().await?;
+            Ok(())
+        }
+        async fn start(&mut self, node: &NodeName, timeout: Duration) -> anyhow::Result<()> {
+            let w: Vec<WantedNode> = self
+                .wanted
+                .iter()
+                .filter(|w| &w.name == node)
+                .cloned()
+                .collect();
+            self.reconciler.ensure_nodes(&w).await?;
+            self.reconciler
+                .wait_healthy(std::slice::from_ref(node), timeout)
+                .await?;
+            Ok(())
+        }
+    }
+    let etcd = crate::etcd::operator_client(c)?;
+    for w in joining {
+        let node = c
+            .model
+            .node(&w.name)
+            .with_context(|| format!("{} is not in the configuration", w.name))?;
+        let (running, _) = crate::etcd::running_members(c, provider).await?;
+        let endpoints: Vec<String> = running.into_iter().map(|(_, url)| url).collect();
+        step(&format!(
+            "{}: joining the running etcd cluster as a learner",
+            w.name
+        ));
+        let mut bring = UpBring {
+            reconciler: &mut *reconciler,
+            wanted: joining,
+        };
+        crate::etcd_join::join(c, &etcd, &endpoints, node, &mut bring, timeout, &step).await?;
+    }
     Ok(())
 }
 
