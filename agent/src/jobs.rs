@@ -1,5 +1,5 @@
-//! One-shot jobs from the controller (`NodeService/WatchJobs`), today one kind: loading an
-//! image archive into the node's containerd.
+//! One-shot jobs from the controller (`NodeService/WatchJobs`): loading an image archive
+//! into the node's containerd, and replacing etcd's data with a restored data directory.
 //!
 //! The controller sends the node's outstanding jobs as a set, now and whenever it changes
 //! (the set is level-triggered, like the assignment: a reconnect sends it whole). [`Jobs`]
@@ -13,6 +13,12 @@
 //! pipeline (streamed, size-limited, digest-checked before anything reads it) into the
 //! job's own directory, then runs `ctr -n <namespace> images import` on it through a
 //! [`CommandRunner`], and removes the directory whatever happened.
+//!
+//! An etcd restore fetches the restored data directory (a `.tar.gz`) the same way, unpacks
+//! it beside etcd's data directory (every file synced), stops etcd, keeps the old directory
+//! under a `.before-restore-<unix time>` name, renames the new one into place and starts
+//! etcd again. Until the rename nothing of the old data is touched, so a failure before it
+//! leaves etcd as it was (started again).
 
 use crate::command::CommandRunner;
 use pangaea_artifact::{ArtifactSpec, Digest, Fetcher, MirrorUrl};
@@ -146,8 +152,14 @@ async fn run(ctx: Arc<Context>, job: pb::Job, tx: mpsc::UnboundedSender<pb::JobR
     let id = job.id.clone();
     let timeout = Duration::from_secs(job.timeout_seconds.max(1));
     let outcome = match job.kind {
-        Some(pb::job::Kind::ImageLoad(load)) => {
-            match tokio::time::timeout(timeout, image_load(&ctx, &id, &load, &tx)).await {
+        Some(kind) => {
+            let work = async {
+                match &kind {
+                    pb::job::Kind::ImageLoad(load) => image_load(&ctx, &id, load, &tx).await,
+                    pb::job::Kind::EtcdRestore(r) => etcd_restore(&ctx, &id, r, &tx).await,
+                }
+            };
+            match tokio::time::timeout(timeout, work).await {
                 Ok(r) => r,
                 Err(_) => failed(
                     &id,
@@ -230,6 +242,166 @@ fn valid_namespace(ns: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
+/// Fetches `digest` (`size` bytes) from the controller's mirror to `dest` through the
+/// artifact pipeline, reporting the download's progress.
+async fn fetch(
+    ctx: &Context,
+    id: &str,
+    digest: Digest,
+    size: u64,
+    dest: &Path,
+    tx: &mpsc::UnboundedSender<pb::JobReport>,
+) -> Result<(), String> {
+    let spec = ArtifactSpec {
+        url: MirrorUrl::new(digest.clone()).to_string(),
+        digest,
+        dest: dest.to_owned(),
+        mode: 0o600,
+        members: vec![],
+    };
+    let mut downloading = report(id, pb::JobState::Downloading);
+    downloading.bytes_total = size;
+    let _ = tx.send(downloading.clone());
+    let install = ctx.fetcher.install(&spec);
+    tokio::pin!(install);
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.tick().await;
+    let installed = loop {
+        tokio::select! {
+            r = &mut install => break r,
+            _ = tick.tick() => {
+                if let Some(s) = ctx.fetcher.progress().get(dest)
+                    && s.bytes_done != downloading.bytes_done
+                {
+                    downloading.bytes_done = s.bytes_done;
+                    let _ = tx.send(downloading.clone());
+                }
+            }
+        }
+    };
+    installed
+        .map(drop)
+        .map_err(|e| format!("fetch the archive from the controller: {e}"))
+}
+
+/// Replaces etcd's data with the restored data directory of `r` (see the module
+/// documentation).
+async fn etcd_restore(
+    ctx: &Context,
+    id: &str,
+    r: &pb::EtcdRestore,
+    tx: &mpsc::UnboundedSender<pb::JobReport>,
+) -> pb::JobReport {
+    let fail = |m: String| failed(id, m);
+    let digest = match Digest::parse(&r.digest) {
+        Ok(d) => d,
+        Err(e) => return fail(format!("the data archive's digest: {e}")),
+    };
+    let data_dir = Path::new(&r.data_dir);
+    if !data_dir.is_absolute()
+        || data_dir
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        || !r.unit.ends_with(".service")
+    {
+        return fail(format!(
+            "refused: data directory {:?} or unit {:?} is not a plain absolute path and a service",
+            r.data_dir, r.unit
+        ));
+    }
+    let data = ctx.root.join(data_dir.strip_prefix("/").expect("absolute"));
+    let parent = data.parent().expect("absolute, not /").to_owned();
+    let dir = ctx.dir.join(id);
+    let archive = dir.join("data.tar.gz");
+    let _cleanup = Cleanup {
+        dir: dir.clone(),
+        dest: archive.clone(),
+        fetcher: ctx.fetcher.clone(),
+    };
+    if let Err(e) = fetch(ctx, id, digest, r.size, &archive, tx).await {
+        return fail(e);
+    }
+    let mut importing = report(id, pb::JobState::Importing);
+    importing.bytes_done = r.size;
+    importing.bytes_total = r.size;
+    let _ = tx.send(importing);
+
+    // Unpacked beside the data directory (same filesystem: the rename is atomic).
+    let name = data
+        .file_name()
+        .expect("a name")
+        .to_string_lossy()
+        .into_owned();
+    let staged = parent.join(format!(".{name}.restoring-{id}"));
+    let unpacked = {
+        let (archive, staged) = (archive.clone(), staged.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&staged);
+            pangaea_artifact::tree::unpack(&archive, &staged)
+        })
+        .await
+    };
+    match unpacked {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return fail(format!("unpack the restored data: {e}")),
+        Err(e) => return fail(format!("unpack the restored data: {e}")),
+    }
+    let systemctl = |verb: &'static str| {
+        let unit = r.unit.clone();
+        async move {
+            let out = ctx
+                .commands
+                .run(Path::new("systemctl"), &[verb.to_owned(), unit.clone()])
+                .await
+                .map_err(|e| format!("systemctl {verb} {unit}: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "systemctl {verb} {unit} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        }
+    };
+    if let Err(e) = systemctl("stop").await {
+        let _ = std::fs::remove_dir_all(&staged);
+        return fail(e);
+    }
+    let kept = parent.join(format!(
+        "{name}.before-restore-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    ));
+    let swapped = (|| -> std::io::Result<()> {
+        match std::fs::rename(&data, &kept) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::rename(&staged, &data)?;
+        std::fs::File::open(&parent)?.sync_all()
+    })();
+    let started = systemctl("start").await;
+    if let Err(e) = swapped {
+        let _ = std::fs::remove_dir_all(&staged);
+        return fail(format!(
+            "put the restored data in place at {}: {e}",
+            data.display()
+        ));
+    }
+    if let Err(e) = started {
+        return fail(format!("the restored data is in place, but {e}"));
+    }
+    tracing::info!(data = %data.display(), kept = %kept.display(), "etcd data restored");
+    let mut done = report(id, pb::JobState::Succeeded);
+    done.bytes_done = r.size;
+    done.bytes_total = r.size;
+    done
+}
+
 async fn image_load(
     ctx: &Context,
     id: &str,
@@ -266,35 +438,8 @@ async fn image_load(
         dest: dest.clone(),
         fetcher: ctx.fetcher.clone(),
     };
-    let spec = ArtifactSpec {
-        url: MirrorUrl::new(digest).to_string(),
-        digest: Digest::parse(&load.digest).expect("parsed above"),
-        dest: dest.clone(),
-        mode: 0o600,
-        members: vec![],
-    };
-    let mut downloading = report(id, pb::JobState::Downloading);
-    downloading.bytes_total = load.size;
-    let _ = tx.send(downloading.clone());
-    let install = ctx.fetcher.install(&spec);
-    tokio::pin!(install);
-    let mut tick = tokio::time::interval(PROGRESS_EVERY);
-    tick.tick().await;
-    let installed = loop {
-        tokio::select! {
-            r = &mut install => break r,
-            _ = tick.tick() => {
-                if let Some(s) = ctx.fetcher.progress().get(&dest)
-                    && s.bytes_done != downloading.bytes_done
-                {
-                    downloading.bytes_done = s.bytes_done;
-                    let _ = tx.send(downloading.clone());
-                }
-            }
-        }
-    };
-    if let Err(e) = installed {
-        return fail(format!("fetch the archive from the controller: {e}"));
+    if let Err(e) = fetch(ctx, id, digest, load.size, &dest, tx).await {
+        return fail(e);
     }
 
     // 2. containerd imports it, into the namespace the kubelet reads.

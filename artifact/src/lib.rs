@@ -21,6 +21,7 @@ pub mod mirror;
 pub mod progress;
 pub mod source;
 pub mod spec;
+pub mod tree;
 
 pub use digest::{Digest, DigestKind};
 pub use error::FetchError;

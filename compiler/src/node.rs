@@ -23,6 +23,8 @@ use std::net::Ipv4Addr;
 pub const PKI: &str = "/etc/kubernetes/pki";
 /// etcd's certificates and keys (`paths.etcd_pki`).
 pub const ETCD_PKI: &str = "/etc/etcd/pki";
+/// etcd's data directory (`paths.etcd_data`).
+pub const ETCD_DATA: &str = "/var/lib/etcd";
 /// etcd's bootstrap settings, read only on a member's first start (`paths.etcd_bootstrap`).
 pub const ETCD_BOOTSTRAP: &str = "/etc/etcd/bootstrap.env";
 /// Kubernetes configuration: kubeconfigs, encryption and audit config (`paths.kube`).
@@ -131,6 +133,7 @@ struct Paths {
     pki: &'static str,
     etcd_pki: &'static str,
     etcd_bootstrap: &'static str,
+    etcd_data: &'static str,
     kube: &'static str,
     bin: &'static str,
     addons: &'static str,
@@ -140,6 +143,7 @@ const PATHS: Paths = Paths {
     pki: PKI,
     etcd_pki: ETCD_PKI,
     etcd_bootstrap: ETCD_BOOTSTRAP,
+    etcd_data: ETCD_DATA,
     kube: KUBE,
     bin: BIN,
     addons: ADDONS,

@@ -142,6 +142,45 @@ impl pb::admin_server::Admin for AdminService {
             tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
         )))
     }
+
+    type RestoreEtcdStream = Self::LoadImageStream;
+
+    async fn restore_etcd(
+        &self,
+        req: Request<pb::RestoreEtcdRequest>,
+    ) -> Result<Response<Self::RestoreEtcdStream>, Status> {
+        use tokio_stream::StreamExt;
+        let req = req.into_inner();
+        let restore = req
+            .restore
+            .ok_or_else(|| Status::invalid_argument("no restore given"))?;
+        let digest = pangaea_artifact::Digest::parse(&restore.digest)
+            .map_err(|e| Status::invalid_argument(format!("digest: {e}")))?;
+        if !self.0.mirror.blob_path(&digest).is_file() {
+            return Err(Status::not_found(format!(
+                "{digest} is not in the controller's mirror"
+            )));
+        }
+        let live = self
+            .0
+            .node(&req.node)
+            .map_err(status)?
+            .is_some_and(|n| !n.removed);
+        if !live {
+            return Err(Status::not_found(format!("no node named {:?}", req.node)));
+        }
+        let timeout = Duration::from_secs(req.timeout_seconds.max(1));
+        let job = pb::Job {
+            id: hex::encode(rand::random::<[u8; 8]>()),
+            timeout_seconds: timeout.as_secs(),
+            kind: Some(pb::job::Kind::EtcdRestore(restore)),
+        };
+        tracing::info!(job = %job.id, node = %req.node, "etcd restore");
+        let rx = crate::image::watch(&self.0, job, std::slice::from_ref(&req.node), timeout);
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
+        )))
+    }
 }
 
 /// Serves the admin API on `<state_dir>/ctl.sock` until `shutdown`.
@@ -280,6 +319,20 @@ impl Backend {
             Backend::Daemon(c) => Ok(c.load_image(req).await?.into_inner()),
             Backend::Local(_) => Err(BackendError::Status(
                 "the controller is not running, so no node can receive the image: start it with `pangaea-ctl up`".into(),
+            )),
+        }
+    }
+
+    /// Restores node `req.node`'s etcd data from a data directory in the mirror (a job, as
+    /// [`Backend::load_image`]). Only a running controller can.
+    pub async fn restore_etcd(
+        &mut self,
+        req: pb::RestoreEtcdRequest,
+    ) -> Result<tonic::Streaming<pb::LoadImageEvent>, BackendError> {
+        match self {
+            Backend::Daemon(c) => Ok(c.restore_etcd(req).await?.into_inner()),
+            Backend::Local(_) => Err(BackendError::Status(
+                "the controller is not running, so no node can be restored: start it with `pangaea-ctl start`".into(),
             )),
         }
     }

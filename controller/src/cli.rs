@@ -177,6 +177,24 @@ pub enum SnapshotCommand {
         /// Where to write the snapshot.
         file: PathBuf,
     },
+    /// Rebuild etcd from a snapshot when its quorum is lost for good (two of three etcd
+    /// nodes destroyed): the snapshot is restored (with etcd's etcdutl or etcdctl on this
+    /// machine, as a new cluster) onto one surviving etcd node, whose old data is kept
+    /// beside; the other etcd nodes' machines are deleted and created again, joining it
+    /// as learners. Refused while etcd still has a leader, unless --force.
+    Restore {
+        /// The snapshot (`pangaea-ctl etcd snapshot save` writes one).
+        file: PathBuf,
+        /// The surviving etcd node to restore onto (default: the first whose machine runs).
+        #[arg(long)]
+        node: Option<pangaea_core::NodeName>,
+        /// Restore even though etcd still has a leader (its data is replaced).
+        #[arg(long)]
+        force: bool,
+        /// How long the restore, and each re-created node, may take.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 /// `pangaea-ctl image` subcommands.
@@ -422,6 +440,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Etcd(EtcdCommand::Snapshot(SnapshotCommand::Save { file })) => {
             cmd::etcd::snapshot_save(&ctx, &file).await
         }
+        Command::Etcd(EtcdCommand::Snapshot(SnapshotCommand::Restore {
+            file,
+            node,
+            force,
+            timeout,
+        })) => cmd::etcd::snapshot_restore(&ctx, &file, node, force, timeout).await,
         Command::Node(c) => cmd::node::run(&ctx, c).await,
         Command::Image(ImageCommand::Load {
             archive,

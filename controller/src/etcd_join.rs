@@ -55,6 +55,12 @@ fn save(state: &StateDir, node: &str, record: JoinRecord) -> anyhow::Result<()> 
     write(state, &joins)
 }
 
+/// Drops every join record: after a restore from a snapshot, the restored member founded
+/// a new cluster, and every other etcd node joins it afresh.
+pub fn reset(state: &StateDir) -> anyhow::Result<()> {
+    write(state, &Joins::new())
+}
+
 /// Drops `node`'s join record (the node is removed for good; its number is never reused).
 pub fn forget(state: &StateDir, node: &str) -> anyhow::Result<()> {
     let mut joins = load(state)?;

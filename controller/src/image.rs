@@ -127,7 +127,19 @@ pub fn load(
         })),
     };
     tracing::info!(job = %job.id, archive = %req.name, %digest, nodes = ?targets, "image load");
-    let handle = c.jobs.submit(job, &targets);
+    Ok(watch(c, job, &targets, timeout))
+}
+
+/// Submits `job` to `targets` and streams each node's state at the start, then every
+/// change, until each has an outcome: its own, or one given when it did not connect within
+/// the grace or did not finish within `timeout`. Dropping the receiver cancels the job.
+pub fn watch(
+    c: &Arc<Controller>,
+    job: pb::Job,
+    targets: &[String],
+    timeout: Duration,
+) -> mpsc::Receiver<pb::LoadImageEvent> {
+    let handle = c.jobs.submit(job, targets);
     let (tx, rx) = mpsc::channel(64);
     let jobs = c.jobs.clone();
     let grace = c.config().job_connect_grace;
@@ -176,7 +188,7 @@ pub fn load(
             }
         }
     });
-    Ok(rx)
+    rx
 }
 
 /// A job's state in words: `queued`, `downloading (40 %)`, `importing`, ….
