@@ -14,6 +14,7 @@ set -euo pipefail
 rounds=${1:-3}
 mode=${2:-etcd}
 top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/bench/etcd-only.sh"
 floor_sh="$top/../shared/bench/floor.sh"
 cargo build --release -q --manifest-path "$top/Cargo.toml" -p pangaea-controller -p pangaea-agent
 ctl="$top/target/release/pangaea-ctl"
@@ -31,22 +32,7 @@ trap cleanup EXIT
 if [ "$mode" = containerd ]; then
   printf 'name: bench\nnetwork:\n  nodes: 10.234.0.0/24\nartifactSource: os-packages\n' > "$work/pangaea.yaml"
 else
-cat > "$work/pangaea.yaml" <<YAML
-name: bench
-network:
-  nodes: 10.234.0.0/24
-artifacts:
-  - name: etcd
-    url: file:///usr/bin/etcd
-    digest: sha256:$(sha256sum /usr/bin/etcd | cut -d' ' -f1)
-    members: {}
-  - {name: kubernetes-server, disabled: true}
-  - {name: kubernetes-node, disabled: true}
-  - {name: containerd, disabled: true}
-  - {name: runc, disabled: true}
-  - {name: cni-plugins, disabled: true}
-  - {name: crictl, disabled: true}
-YAML
+  etcd_only_config "$work" bench 10.234.0.0/24
 fi
 for r in $(seq "$rounds"); do
   floor=$(bash "$floor_sh" "$floor_img" | sed -n 's/floor_seconds=//p')
