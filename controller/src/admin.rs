@@ -121,6 +121,22 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::ReloadResponse { changed }))
     }
 
+    async fn copy_store(
+        &self,
+        req: Request<pb::CopyStoreRequest>,
+    ) -> Result<Response<pb::CopyStoreResponse>, Status> {
+        let dest = PathBuf::from(req.into_inner().dest);
+        if !dest.is_absolute() {
+            return Err(Status::invalid_argument("the copy's path must be absolute"));
+        }
+        let c = self.0.clone();
+        tokio::task::spawn_blocking(move || c.store.copy_to(&dest))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::CopyStoreResponse {}))
+    }
+
     type LoadImageStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<pb::LoadImageEvent, Status>> + Send>,
     >;
@@ -334,6 +350,21 @@ impl Backend {
             Backend::Local(_) => Err(BackendError::Status(
                 "the controller is not running, so no node can be restored: start it with `pangaea-ctl start`".into(),
             )),
+        }
+    }
+
+    /// Writes a consistent copy of the state store to the new file `dest` (absolute), by
+    /// the running controller or from the store opened here.
+    pub async fn copy_store(&mut self, dest: &std::path::Path) -> Result<(), BackendError> {
+        match self {
+            Backend::Daemon(c) => {
+                c.copy_store(pb::CopyStoreRequest {
+                    dest: dest.display().to_string(),
+                })
+                .await?;
+                Ok(())
+            }
+            Backend::Local(ctl) => Ok(ctl.store.copy_to(dest).map_err(ControllerError::from)?),
         }
     }
 

@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod agent_http;
 pub mod assign;
+pub mod backup;
 pub mod certinfo;
 pub mod cli;
 pub mod cmd;

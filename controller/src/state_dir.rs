@@ -110,7 +110,33 @@ impl StateDir {
 
     /// The journal of `node remove NODE` while it is under way ([`crate::removal`]).
     pub fn removal_journal(&self, node: &str) -> PathBuf {
-        self.0.join("journal").join(format!("remove-{node}.json"))
+        self.journal().join(format!("remove-{node}.json"))
+    }
+
+    /// The journals of operations under way.
+    pub fn journal(&self) -> PathBuf {
+        self.0.join("journal")
+    }
+
+    /// What `pangaea-ctl backup` keeps of this directory besides the state store (which it
+    /// copies through the controller): the PKI, the cluster's secrets, unfinished
+    /// journals, the join records and the admin kubeconfig. Not kept, because they can be
+    /// had again: the artifact mirror, the provider's per-node files (node disks on the
+    /// local provider), the daemon's runtime files and log.
+    pub fn backed_up(&self) -> [PathBuf; 5] {
+        [
+            self.pki(),
+            self.secrets(),
+            self.journal(),
+            self.etcd_joins(),
+            self.admin_kubeconfig(),
+        ]
+    }
+
+    /// What belongs to this machine rather than to a backup: the artifact mirror and the
+    /// provider's per-node files. `pangaea-ctl restore` keeps them in place.
+    pub fn machine_local(&self) -> [PathBuf; 2] {
+        [self.artifacts(), self.nodes()]
     }
 
     /// The etcd members that joined the running cluster ([`crate::etcd_join`]).
@@ -143,7 +169,12 @@ impl StateDir {
 
     /// Generated cluster secrets, one file each.
     pub fn secret(&self, name: &str) -> PathBuf {
-        self.0.join("secrets").join(name)
+        self.secrets().join(name)
+    }
+
+    /// The directory of the generated cluster secrets.
+    pub fn secrets(&self) -> PathBuf {
+        self.0.join("secrets")
     }
 
     /// The artifact mirror.

@@ -206,6 +206,37 @@ impl Store {
         })?;
         f(&txn)
     }
+
+    /// Writes a copy of the store's committed content, from one snapshot, to the new
+    /// database file `dest` (0600; it must not exist): consistent while writers go on,
+    /// which copying the file itself would not be.
+    pub fn copy_to(&self, dest: &Path) -> Result<(), StoreError> {
+        use redb::ReadableTable;
+        let err = |path: &Path, e: &dyn std::fmt::Display| StoreError::Db {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dest)
+            .map_err(|e| err(dest, &e))?;
+        let copy = Database::create(dest).map_err(|e| err(dest, &e))?;
+        let txn = copy.begin_write().map_err(|e| err(dest, &e))?;
+        self.read(|r| {
+            for t in [TOKENS, NODES, ASSIGNMENTS, REPORTS] {
+                let from = r.open_table(t).map_err(|e| err(&self.path, &e))?;
+                let mut to = txn.open_table(t).map_err(|e| err(dest, &e))?;
+                for row in from.iter().map_err(|e| err(&self.path, &e))? {
+                    let (k, v) = row.map_err(|e| err(&self.path, &e))?;
+                    to.insert(k.value(), v.value()).map_err(|e| err(dest, &e))?;
+                }
+            }
+            Ok(())
+        })?;
+        txn.commit().map_err(|e| err(dest, &e))
+    }
 }
 
 fn writer_loop(db: Arc<Database>, path: &Path, rx: mpsc::Receiver<Job>) {

@@ -4,6 +4,7 @@
 //! [`crate::reconcile`], [`crate::status`]).
 
 pub mod artifacts;
+pub mod backup;
 pub mod compile;
 pub mod down;
 pub mod drill;
