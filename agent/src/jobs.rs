@@ -298,12 +298,14 @@ async fn etcd_restore(
         Err(e) => return fail(format!("the data archive's digest: {e}")),
     };
     let data_dir = Path::new(&r.data_dir);
-    if !data_dir.is_absolute()
-        || data_dir
+    // A directory below a directory below `/` (`/var/lib/etcd`): never `/` itself or a
+    // top-level one, whose parent would be the root.
+    let plain = data_dir.is_absolute()
+        && data_dir
             .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        || !r.unit.ends_with(".service")
-    {
+            .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)))
+        && data_dir.components().count() >= 3;
+    if !plain || !r.unit.ends_with(".service") || r.unit.contains('/') {
         return fail(format!(
             "refused: data directory {:?} or unit {:?} is not a plain absolute path and a service",
             r.data_dir, r.unit

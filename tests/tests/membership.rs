@@ -282,8 +282,16 @@ async fn adds_a_learner_and_promotes_it_only_once_caught_up() {
         .unwrap();
 
     // A member down: an addition would raise the quorum the others must reach; refused.
+    // (If it led, the others answer again once they elected a leader.)
     cluster.kill(1);
-    let survey = membership::survey(&etcd, &clients).await;
+    let mut survey = membership::survey(&etcd, &clients).await;
+    for _ in 0..50 {
+        if survey.answers.iter().filter(|(_, r)| r.is_ok()).count() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        survey = membership::survey(&etcd, &clients).await;
+    }
     let refused = membership::check_addition(&survey, &other).unwrap_err();
     assert!(refused.reason.contains("does not answer"), "{refused}");
 }
