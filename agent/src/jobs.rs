@@ -301,9 +301,12 @@ async fn etcd_restore(
     // A directory below a directory below `/` (`/var/lib/etcd`): never `/` itself or a
     // top-level one, whose parent would be the root.
     let plain = data_dir.is_absolute()
-        && data_dir
-            .components()
-            .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)))
+        && data_dir.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        })
         && data_dir.components().count() >= 3;
     if !plain || !r.unit.ends_with(".service") || r.unit.contains('/') {
         return fail(format!(

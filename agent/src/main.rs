@@ -1,6 +1,8 @@
 //! `pangaea-agent --config FILE`: parse arguments, set up logging (journald picks up
 //! stderr), build a single-threaded runtime (the agent is mostly idle; one thread keeps its
-//! memory small) and run. `pangaea-agent fetch` runs the artifact pipeline by hand.
+//! memory small) and run. `pangaea-agent fetch` runs the artifact pipeline by hand;
+//! `pangaea-agent api-lb` is the node-local load balancer over the API servers (a unit of
+//! its own, so it outlives agent restarts).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -46,6 +48,18 @@ enum Command {
         /// Attempts before giving up.
         #[arg(long, default_value_t = 5)]
         attempts: u32,
+    },
+    /// Relay TCP connections on LISTEN to the cluster's API servers (round robin, healthy
+    /// ones first, a lost one skipped): the node's kubelet and kube-proxy reach the API
+    /// through it, so losing any one control-plane node leaves them connected. TLS stays
+    /// end to end.
+    ApiLb {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:6444")]
+        listen: std::net::SocketAddr,
+        /// The API servers, one ADDRESS:PORT per line (as the assignment writes it).
+        #[arg(long, default_value = "/etc/pangaea/api-servers")]
+        backends: PathBuf,
     },
 }
 
@@ -118,6 +132,26 @@ fn main() -> anyhow::Result<()> {
                 installed.attempts
             );
             Ok(())
+        }
+        Some(Command::ApiLb { listen, backends }) => {
+            let text = std::fs::read_to_string(&backends)
+                .with_context(|| format!("read {}", backends.display()))?;
+            let addrs = pangaea_core::relay::parse_backends(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", backends.display()))?;
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listen on {listen}"))?;
+                tracing::info!(%listen, backends = ?addrs, "API load balancer");
+                let pool = pangaea_core::relay::Pool::new(addrs);
+                tokio::spawn(pangaea_core::relay::health_loop(
+                    pool.clone(),
+                    pangaea_core::relay::CHECK_EVERY,
+                ));
+                pangaea_core::relay::serve(listener, pool)
+                    .await
+                    .context("relay")
+            })
         }
         None => {
             let cfg = pangaea_agent::AgentConfig::load(&args.config)?;

@@ -188,7 +188,7 @@ impl ClusterModel {
             service_cidr: c.network.services.to_string(),
             service_ip: c.network.services.nth(1).expect("validated size"),
             dns_ip: c.network.services.nth(10).expect("validated size"),
-            api_endpoint: format!("https://{first_cp}:6443"),
+            api_endpoint: format!("https://{first_cp}:{}", crate::node::API_PORT),
             nodes,
             addons: c.addons.clone(),
             registry: c.registry.clone(),

@@ -23,6 +23,14 @@ use std::net::Ipv4Addr;
 pub const PKI: &str = "/etc/kubernetes/pki";
 /// etcd's certificates and keys (`paths.etcd_pki`).
 pub const ETCD_PKI: &str = "/etc/etcd/pki";
+/// The API servers' port.
+pub const API_PORT: u16 = 6443;
+/// Where worker nodes' load balancer over the API servers listens (`pangaea-agent
+/// api-lb`); their kubelet and kube-proxy reach the API through it.
+pub const API_LB: &str = "127.0.0.1:6444";
+/// The API servers the load balancer relays to, one `ADDRESS:PORT` per line
+/// (`paths.api_servers`).
+pub const API_SERVERS: &str = "/etc/pangaea/api-servers";
 /// etcd's data directory (`paths.etcd_data`).
 pub const ETCD_DATA: &str = "/var/lib/etcd";
 /// etcd's bootstrap settings, read only on a member's first start (`paths.etcd_bootstrap`).
@@ -134,6 +142,8 @@ struct Paths {
     etcd_pki: &'static str,
     etcd_bootstrap: &'static str,
     etcd_data: &'static str,
+    api_servers: &'static str,
+    api_lb: &'static str,
     kube: &'static str,
     bin: &'static str,
     addons: &'static str,
@@ -144,6 +154,8 @@ const PATHS: Paths = Paths {
     etcd_pki: ETCD_PKI,
     etcd_bootstrap: ETCD_BOOTSTRAP,
     etcd_data: ETCD_DATA,
+    api_servers: API_SERVERS,
+    api_lb: API_LB,
     kube: KUBE,
     bin: BIN,
     addons: ADDONS,
@@ -519,9 +531,10 @@ impl Compiler<'_> {
     }
 
     /// The operator's admin kubeconfig: the same admin client certificate the control plane
-    /// nodes hold, reaching the API at the cluster's external endpoint (nodes reach their
-    /// own API server on 127.0.0.1).
-    pub fn operator_kubeconfig(&self) -> Result<String, CompileError> {
+    /// nodes hold, reaching the API at `server` (the controller's load balancer over the API
+    /// servers; [`ClusterModel::api_endpoint`](crate::model::ClusterModel) when there is
+    /// none).
+    pub fn operator_kubeconfig(&self, server: &str) -> Result<String, CompileError> {
         let node = self
             .model
             .nodes
@@ -531,7 +544,7 @@ impl Compiler<'_> {
         let mut b = Builder::new(self, &self.shared(), node);
         let admin = b.cert(admin_cert(), &format!("{PKI}/clients"), "admin")?;
         let path = "admin.kubeconfig";
-        b.kubeconfig(path, "kubernetes-admin", &self.model.api_endpoint, &admin)?;
+        b.kubeconfig(path, "kubernetes-admin", server, &admin)?;
         let file = b.out.files.into_iter().find(|f| f.path == path);
         Ok(file.map(|f| f.content).unwrap_or_default())
     }
@@ -540,11 +553,14 @@ impl Compiler<'_> {
         let mut b = Builder::new(self, shared, node);
         let (n, addr) = (node.name.as_str(), node.address);
         let lo = Ipv4Addr::LOCALHOST;
-        let local_api = "https://127.0.0.1:6443".to_owned();
+        // A control-plane node reaches its own API server; any other node the API servers
+        // through its local load balancer, so losing one control-plane node (the first
+        // included) leaves it connected.
+        let local_api = format!("https://127.0.0.1:{API_PORT}");
         let api = if node.is_control_plane {
             local_api.clone()
         } else {
-            self.model.api_endpoint.clone()
+            format!("https://{API_LB}")
         };
 
         b.file(
@@ -779,6 +795,25 @@ impl Compiler<'_> {
                 "units/pangaea-addons.service",
                 "pangaea-addons.service",
                 addons,
+                json!({}),
+            )?;
+        }
+
+        if node.is_worker && !node.is_control_plane {
+            let servers: String = self
+                .model
+                .with_role(crate::roles::Role::ControlPlane)
+                .map(|cp| format!("{}:{API_PORT}\n", cp.address))
+                .collect();
+            b.file(
+                API_SERVERS,
+                0o644,
+                format!("# The API servers, for pangaea-api-lb.service.\n{servers}"),
+            );
+            b.unit(
+                "units/pangaea-api-lb.service",
+                "pangaea-api-lb.service",
+                vec![API_SERVERS.to_owned()],
                 json!({}),
             )?;
         }

@@ -23,6 +23,7 @@ pub const BUILTIN: &[(&str, &str)] = builtin![
     "units/kube-proxy.service",
     "units/containerd.service",
     "units/pangaea-addons.service",
+    "units/pangaea-api-lb.service",
     "units/disk-format.service",
     "units/disk.mount",
     "units/nfs.mount",

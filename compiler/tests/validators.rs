@@ -204,8 +204,10 @@ fn every_kubeconfig_loads_in_kubectl() {
 #[test]
 fn every_path_a_unit_or_config_references_is_in_the_assignment() {
     let dir = tempfile::tempdir().unwrap();
-    // Provided by the node image, created at run time, or not a file (an API path).
+    // Provided by the node image, created at run time, or not a file (an API path); the
+    // agent is installed by cloud-init before any assignment.
     let from_image = [
+        "/usr/local/bin/pangaea-agent",
         "/bin/",
         "/sbin/",
         "/usr/bin/",

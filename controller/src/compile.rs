@@ -101,9 +101,18 @@ impl Compilation {
         self.with_compiler(|c| c.compile_node(name))
     }
 
-    /// The operator's admin kubeconfig (the API at the cluster's external endpoint).
-    pub fn operator_kubeconfig(&self) -> Result<String, CompileSetupError> {
-        self.with_compiler(|c| c.operator_kubeconfig())
+    /// The operator's admin kubeconfig, reaching the API at `server`.
+    pub fn operator_kubeconfig(&self, server: &str) -> Result<String, CompileSetupError> {
+        self.with_compiler(|c| c.operator_kubeconfig(server))
+    }
+
+    /// The API servers (`ADDRESS:PORT` of every control-plane node), as the load balancers
+    /// relay to them.
+    pub fn api_servers(&self) -> Vec<std::net::SocketAddr> {
+        self.model
+            .with_role(Role::ControlPlane)
+            .map(|n| std::net::SocketAddr::from((n.address, pangaea_compiler::node::API_PORT)))
+            .collect()
     }
 
     /// Runs `f` with a compiler over this cluster and its PKI.

@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// How long a passing state of etcd (a change being applied, an election) is waited out.
+const SETTLE: Duration = Duration::from_secs(10);
+
 /// One node's join, as recorded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -157,13 +160,22 @@ pub async fn join(
     let mut times = JoinTimes::default();
     let peer = pangaea_compiler::helpers::etcd_peer_url(node.address);
     let name = node.name.as_str();
-    let survey = membership::survey(etcd, endpoints).await;
-    let (addition, members) = membership::check_addition(&survey, &peer).map_err(|r| {
-        anyhow::anyhow!(
-            "cannot add {name} to etcd: {r} (members: {})",
-            membership::describe(&survey)
-        )
-    })?;
+    // A refusal may be passing (a change just made, not yet applied by every member; an
+    // election): asked again for a few seconds before it counts.
+    let settle = started + SETTLE;
+    let (addition, members) = loop {
+        let survey = membership::survey(etcd, endpoints).await;
+        match membership::check_addition(&survey, &peer) {
+            Ok(a) => break a,
+            Err(_) if Instant::now() < settle => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(r) => anyhow::bail!(
+                "cannot add {name} to etcd: {r} (members: {})",
+                membership::describe(&survey)
+            ),
+        }
+    };
     let (id, ask, members, learner) = match addition {
         Addition::Add { ask } => {
             let (id, members) = etcd.add_learner(&ask, &peer).await?;
@@ -218,6 +230,24 @@ pub async fn join(
         }
     }
     times.voter = started.elapsed();
+    // Every member applies the promotion before the next change is asked for.
+    let mut all = endpoints.to_vec();
+    let own = crate::etcd::client_url(&node.address.to_string());
+    if !all.contains(&own) {
+        all.push(own);
+    }
+    let settle = Instant::now() + SETTLE;
+    loop {
+        let survey = membership::survey(etcd, &all).await;
+        let voter = survey.answers.iter().all(|(_, r)| {
+            r.as_ref()
+                .is_ok_and(|v| v.members.iter().all(|m| !m.is_learner))
+        });
+        if (voter && membership::all_serving(&survey)) || Instant::now() > settle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut record = load(&c.state_dir)?.remove(name).unwrap_or(JoinRecord {
         initial_cluster: initial_cluster(&members, name, &peer)?,
         promoted: false,

@@ -93,6 +93,12 @@ impl StateDir {
         self.0.join("serve.addr")
     }
 
+    /// Where the controller daemon relays the operator's API connections to the API servers
+    /// (`127.0.0.1:PORT`; the admin kubeconfig points there, so the port is kept).
+    pub fn api_proxy_addr(&self) -> PathBuf {
+        self.0.join("api-proxy.addr")
+    }
+
     /// The address the controller daemon serves the agent binary on, when it does.
     pub fn agent_http_addr(&self) -> PathBuf {
         self.0.join("agent-http.addr")

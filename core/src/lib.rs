@@ -16,6 +16,7 @@ pub mod ca;
 pub mod fsutil;
 pub mod names;
 pub mod pin;
+pub mod relay;
 pub mod tls;
 pub mod token;
 pub mod x509;

@@ -201,6 +201,16 @@ impl Drop for Cluster {
     }
 }
 
+/// A child process killed (and reaped) when dropped, a failing test included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A client writing keys `add-remove/N` one after another to etcd until stopped, keeping
 /// the keys etcd acknowledged.
 struct Writer {
@@ -379,6 +389,65 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     );
     let tokens_before = c.ok(&["token", "list"]).lines().count();
     let node3 = c.node("node-3");
+
+    // 2b. An API endpoint that survives any node: the admin kubeconfig names the
+    // controller's load balancer over the control-plane nodes' port 6443. No API server can
+    // run here, so stand-ins answer on that port in two nodes' network namespaces: the
+    // operator's connections reach both, and only the other once one is lost.
+    let proxy = std::fs::read_to_string(c.state().api_proxy_addr())
+        .unwrap()
+        .trim()
+        .to_owned();
+    let kubeconfig = std::fs::read_to_string(c.state().admin_kubeconfig()).unwrap();
+    assert!(
+        kubeconfig.contains(&format!("server: https://{proxy}")),
+        "{kubeconfig}"
+    );
+    let stand_in = |n: u8| {
+        let code = format!(
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{}',6443))\ns.listen()\nwhile True:\n  c,_=s.accept(); c.sendall(b'node-{n}'); c.close()\n",
+            node_ip(n)
+        );
+        KillOnDrop(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &format!("pangaea-{}-node-{n}", cluster_name()),
+                ])
+                .args(["python3", "-c", &code])
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let ask = || {
+        let mut s = std::net::TcpStream::connect(&proxy).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).ok()?;
+        (!out.is_empty()).then_some(out)
+    };
+    let (api_1, api_2) = (stand_in(1), stand_in(2));
+    // Both are reached once the balancer's health checks (every 2 s) have seen them up.
+    let mut answers = std::collections::BTreeSet::new();
+    eventually(
+        "connections to reach both API servers",
+        Duration::from_secs(20),
+        || {
+            answers.extend(ask());
+            (answers.len() == 2).then_some(())
+        },
+    );
+    assert_eq!(
+        answers.into_iter().collect::<Vec<_>>(),
+        ["node-1", "node-2"],
+        "round the API servers"
+    );
+    drop(api_1);
+    for _ in 0..6 {
+        assert_eq!(ask().as_deref(), Some("node-2"), "node-1's API server lost");
+    }
+    drop(api_2);
 
     // 3. Kill node-3: quorum holds, status shows it down within 30 s.
     c.crash("node-3");

@@ -129,7 +129,11 @@ async fn the_restored_data_replaces_etcds_and_every_attack_leaves_it_running_as_
     let (junk, junk_size) = n.in_mirror("junk.tar.gz", b"not a gzip stream at all");
     let r = n.restore(&junk, junk_size, "/var/lib/etcd").await;
     assert_eq!(r.state(), pb::JobState::Failed, "{r:?}");
-    assert!(r.message.contains("unpack the restored data"), "{}", r.message);
+    assert!(
+        r.message.contains("unpack the restored data"),
+        "{}",
+        r.message
+    );
     // An entry that climbs out of the data directory.
     let evil = {
         let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
@@ -148,7 +152,11 @@ async fn the_restored_data_replaces_etcds_and_every_attack_leaves_it_running_as_
     let (evil, evil_size) = n.in_mirror("evil.tar.gz", &evil);
     let r = n.restore(&evil, evil_size, "/var/lib/etcd").await;
     assert_eq!(r.state(), pb::JobState::Failed, "{r:?}");
-    assert!(r.message.contains("not a plain relative path"), "{}", r.message);
+    assert!(
+        r.message.contains("not a plain relative path"),
+        "{}",
+        r.message
+    );
     assert!(!n.agent.root_path("/var/x.txt").exists());
     // Nothing so far stopped etcd or touched its data.
     assert!(n.systemctl_calls().is_empty(), "{:?}", n.systemctl_calls());

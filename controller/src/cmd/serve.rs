@@ -10,6 +10,62 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The listener of the operator's API load balancer: on loopback, at the port it had
+/// before (the admin kubeconfig names it) when that is free, else at a new one.
+async fn bind_api_proxy(
+    state: &crate::state_dir::StateDir,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let before: Option<SocketAddr> = std::fs::read_to_string(state.api_proxy_addr())
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    if let Some(addr) = before {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "the API proxy's port is taken; a new one is used (`up` rewrites the admin kubeconfig)")
+            }
+        }
+    }
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("listen for the operator's API connections")
+}
+
+/// Relays the operator's API connections to the cluster's API servers
+/// ([`pangaea_core::relay`]), following the configuration's control-plane nodes as the
+/// planner reloads it.
+async fn serve_api_proxy(listener: tokio::net::TcpListener, planner: Arc<CompilerPlanner>) {
+    use pangaea_core::relay::{CHECK_EVERY, Pool, serve_with};
+    let pool = Arc::new(std::sync::RwLock::new(Pool::new(
+        planner.current().api_servers(),
+    )));
+    let current = {
+        let pool = pool.clone();
+        move || {
+            pool.read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }
+    };
+    let checked = current.clone();
+    tokio::spawn(async move {
+        loop {
+            let servers = planner.current().api_servers();
+            if checked().addrs() != servers {
+                tracing::info!(?servers, "API servers changed");
+                *pool
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Pool::new(servers);
+            }
+            checked().check().await;
+            tokio::time::sleep(CHECK_EVERY).await;
+        }
+    });
+    if let Err(e) = serve_with(listener, current).await {
+        tracing::error!(error = %e, "the operator's API load balancer stopped");
+    }
+}
+
 /// Serves until SIGTERM or Ctrl-C.
 pub async fn run(
     ctx: &Ctx,
@@ -43,10 +99,8 @@ pub async fn run(
     }
     let compilation = ctx.compilation()?;
     print_warnings(&compilation.loaded);
-    let controller = Controller::open(
-        config,
-        Some(Arc::new(CompilerPlanner::new(&ctx.config, compilation))),
-    )?;
+    let planner = Arc::new(CompilerPlanner::new(&ctx.config, compilation));
+    let controller = Controller::open(config, Some(planner.clone()))?;
     let listener = crate::service::bind(listen).with_context(|| format!("listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let write = |path: std::path::PathBuf, text: String| {
@@ -60,10 +114,13 @@ pub async fn run(
         ),
         None => None,
     };
+    let api_proxy = bind_api_proxy(state).await?;
     // Written before serve.addr, which tells that the daemon is listening.
     if let Some(l) = &agent_http {
         write(state.agent_http_addr(), l.local_addr()?.to_string())?;
     }
+    write(state.api_proxy_addr(), api_proxy.local_addr()?.to_string())?;
+    tokio::spawn(serve_api_proxy(api_proxy, planner));
     write(state.serve_pid(), std::process::id().to_string())?;
     write(state.serve_addr(), addr.to_string())?;
     tracing::info!(%addr, pin = %controller.pki().controller_pin(), state = %state.path().display(), "controller serving");

@@ -113,8 +113,17 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
     }
 
     let kubeconfig = ctx.state.admin_kubeconfig();
-    pangaea_core::fsutil::atomic_write(&kubeconfig, c.operator_kubeconfig()?.as_bytes(), 0o600)
-        .with_context(|| format!("write {}", kubeconfig.display()))?;
+    // Through the controller's load balancer over the API servers, so the operator's kubectl
+    // keeps working when any one node is lost.
+    let server = std::fs::read_to_string(ctx.state.api_proxy_addr())
+        .map(|a| format!("https://{}", a.trim()))
+        .unwrap_or_else(|_| c.model.api_endpoint.clone());
+    pangaea_core::fsutil::atomic_write(
+        &kubeconfig,
+        c.operator_kubeconfig(&server)?.as_bytes(),
+        0o600,
+    )
+    .with_context(|| format!("write {}", kubeconfig.display()))?;
     println!(
         "cluster {} is up: {} nodes healthy in {:.1}s",
         c.loaded.config.name,
