@@ -110,6 +110,22 @@ pub const CONTAINERD_DIR: &str = "/var/lib/containerd";
 /// `/proc/sys` stays read-only: it is the host's.
 pub const NSPAWN_ENV: (&str, &str) = ("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network");
 
+/// Runs its arguments (systemd-nspawn) again whenever they exit with status 133 — the
+/// machine asked for a reboot (`systemctl reboot` inside the node), as
+/// systemd-nspawn@.service does with `RestartForceExitStatus=133` — so a node rebooted from
+/// inside comes back by itself. SIGTERM is passed on to systemd-nspawn (a clean shutdown of
+/// the machine) and ends the loop with its status. Run as `sh -c REBOOT_LOOP NAME PROGRAM
+/// ARGS...`; its PID is the one recorded for the node.
+const REBOOT_LOOP: &str = "trap 'kill -TERM $child 2>/dev/null' TERM; while :; do \"$@\" & child=$!; while :; do wait $child; rc=$?; kill -0 $child 2>/dev/null || break; done; [ $rc -eq 133 ] || exit $rc; done";
+
+/// The first child of process `pid`.
+fn first_child(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .find_map(|c| c.parse().ok())
+}
+
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| c.contains("systemd-nspawn"))
@@ -196,6 +212,7 @@ impl Local {
             .args(["-c", cgroup::enter_script(), "pangaea-cgroup-enter"])
             .env("PANGAEA_CGROUP_PROCS", cgroup::procs_list(&cgroups))
             .env(NSPAWN_ENV.0, NSPAWN_ENV.1)
+            .args(["sh", "-c", REBOOT_LOOP, "pangaea-node"])
             .arg("systemd-nspawn")
             .arg("-D")
             .arg(&rec.image)
@@ -242,13 +259,11 @@ impl Local {
         Ok(())
     }
 
-    /// The host PID of a running node's init (systemd-nspawn's child).
+    /// The host PID of a running node's init: the child of systemd-nspawn, itself the child
+    /// of the [`REBOOT_LOOP`] shell whose PID is recorded.
     pub fn init_pid(&self, node: &NodeName) -> Option<u32> {
-        let pid = self.pid(node)?;
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .ok()?
-            .split_whitespace()
-            .find_map(|c| c.parse().ok())
+        let nspawn = first_child(self.pid(node)?)?;
+        first_child(nspawn)
     }
 
     /// The command line that runs `argv` inside a running node as a transient unit of its
@@ -479,5 +494,55 @@ impl Provider for Local {
             "console: {}",
             self.dir(name).join("console.log").display()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::REBOOT_LOOP;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_machine_that_asks_for_a_reboot_is_started_again_and_any_other_exit_ends_it() {
+        let d = tempfile::tempdir().unwrap();
+        let count = d.path().join("runs");
+        // Exits 133 (reboot) twice, then 7.
+        let program = "n=$(cat \"$0\" 2>/dev/null || echo 0); n=$((n+1)); echo $n > \"$0\"; [ $n -lt 3 ] && exit 133; exit 7";
+        let out = std::process::Command::new("sh")
+            .args(["-c", REBOOT_LOOP, "pangaea-node", "sh", "-c", program])
+            .arg(&count)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(7), "{out:?}");
+        assert_eq!(std::fs::read_to_string(&count).unwrap().trim(), "3");
+    }
+
+    #[test]
+    fn sigterm_reaches_the_machine_and_ends_the_loop() {
+        let d = tempfile::tempdir().unwrap();
+        let got = d.path().join("got-term");
+        // Stands for systemd-nspawn: on SIGTERM it shuts down (exit 0), noting it did.
+        let program = "trap 'touch \"$0\"; exit 0' TERM; while :; do sleep 0.1; done";
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", REBOOT_LOOP, "pangaea-node", "sh", "-c", program])
+            .arg(&got)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "the loop did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(0));
+        assert!(got.exists(), "the machine got the SIGTERM");
     }
 }
