@@ -62,29 +62,6 @@ pub enum Command {
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Write an encrypted backup of the cluster's .pangaea/ (CA keys, secrets, state) to
-    /// FILE: an age file encrypted to a passphrase (`age -d FILE` decrypts it too). Keep it
-    /// off this machine. The artifact mirror and node disks are not in it.
-    Backup {
-        /// Where to write the backup (replaced once complete).
-        file: PathBuf,
-        /// A file whose first line is the passphrase (`-`: standard input); else
-        /// $PANGAEA_BACKUP_PASSPHRASE. At least 12 characters.
-        #[arg(long)]
-        passphrase_file: Option<PathBuf>,
-    },
-    /// Restore .pangaea/ from a backup written by `pangaea-ctl backup`. An existing
-    /// .pangaea/ with a cluster in it is refused unless --force, and then kept aside.
-    Restore {
-        /// The backup.
-        file: PathBuf,
-        /// As for `backup`.
-        #[arg(long)]
-        passphrase_file: Option<PathBuf>,
-        /// Replace an existing cluster directory (kept aside as .pangaea.before-restore-TIME).
-        #[arg(long)]
-        force: bool,
-    },
     /// Reboot every node, one at a time (workers first, the etcd leader last), each time
     /// waiting until the node is healthy from its new boot and etcd has all its members
     /// and a leader again, so the cluster keeps serving.
@@ -161,6 +138,29 @@ pub enum Command {
     /// The cluster's etcd: snapshots for disaster recovery.
     #[command(subcommand)]
     Etcd(EtcdCommand),
+    /// Write an encrypted backup of the cluster's .pangaea/ (CA keys, secrets, state) to
+    /// FILE: an age file encrypted to a passphrase (`age -d FILE` decrypts it too). Keep it
+    /// off this machine. The artifact mirror and node disks are not in it.
+    Backup {
+        /// Where to write the backup (replaced once complete).
+        file: PathBuf,
+        /// A file whose first line is the passphrase (`-`: standard input); else
+        /// $PANGAEA_BACKUP_PASSPHRASE. At least 12 characters.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Restore .pangaea/ from a backup written by `pangaea-ctl backup`. An existing
+    /// .pangaea/ with a cluster in it is refused unless --force, and then kept aside.
+    Restore {
+        /// The backup.
+        file: PathBuf,
+        /// As for `backup`.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Replace an existing cluster directory (kept aside as .pangaea.before-restore-TIME).
+        #[arg(long)]
+        force: bool,
+    },
     /// Failure drills: prove the cluster's high availability on demand.
     #[command(subcommand)]
     Drill(DrillCommand),
