@@ -84,18 +84,22 @@ fn write(state: &StateDir, joins: &Joins) -> anyhow::Result<()> {
 }
 
 /// The etcd nodes of the configuration that must join the running cluster rather than
-/// found it, in order: those with an unfinished join record, and, once the cluster was
-/// founded (an etcd node exists — `existing` lists the instances — or one joined), those
-/// without an instance.
+/// found it, in order: once the cluster was founded (an etcd node exists — `existing`
+/// lists the instances — or one joined), every one without an instance (a new node, or one
+/// whose machine was lost with its data), and those whose join is unfinished.
 pub fn joiners(model: &ClusterModel, joins: &Joins, existing: &[NodeName]) -> Vec<NodeName> {
     let etcd: Vec<&NodeModel> = model.nodes.iter().filter(|n| n.is_etcd).collect();
     // Any etcd instance, or any join ever made, means the cluster was founded: a node
     // without an instance then joins it, whichever members are left.
     let formed = !joins.is_empty() || etcd.iter().any(|n| existing.contains(&n.name));
     etcd.iter()
-        .filter(|n| match joins.get(n.name.as_str()) {
-            Some(j) => !j.promoted,
-            None => formed && !existing.contains(&n.name),
+        .filter(|n| {
+            if existing.contains(&n.name) {
+                joins.get(n.name.as_str()).is_some_and(|j| !j.promoted)
+            } else {
+                // No machine, so no etcd data: it joins, whatever it did before.
+                formed
+            }
         })
         .map(|n| n.name.clone())
         .collect()
@@ -141,6 +145,8 @@ pub trait Bring {
     async fn reload(&mut self) -> anyhow::Result<()>;
     /// Creates the node's instance if it has none, boots it, and waits until it is healthy.
     async fn start(&mut self, node: &NodeName, timeout: Duration) -> anyhow::Result<()>;
+    /// Whether the node's machine exists (else it has no etcd data).
+    async fn exists(&mut self, node: &NodeName) -> anyhow::Result<bool>;
 }
 
 /// Joins etcd node `node` to the running cluster: proves the cluster can take a member
@@ -160,6 +166,7 @@ pub async fn join(
     let mut times = JoinTimes::default();
     let peer = pangaea_compiler::helpers::etcd_peer_url(node.address);
     let name = node.name.as_str();
+    let fresh = !bring.exists(&node.name).await?;
     // A refusal may be passing (a change just made, not yet applied by every member; an
     // election): asked again for a few seconds before it counts.
     let settle = started + SETTLE;
@@ -185,6 +192,21 @@ pub async fn join(
             ));
             (id, ask, members, true)
         }
+        // A voting member whose node has no machine any more lost its data with it: a
+        // member must never vote again with less than it acknowledged, so it is removed
+        // and the node joins afresh, as a learner.
+        Addition::Exists {
+            id,
+            is_learner: false,
+            ask,
+        } if fresh => {
+            etcd.remove(&ask, id).await?;
+            let (new_id, members) = etcd.add_learner(&ask, &peer).await?;
+            progress(&format!(
+                "{name}: its old etcd member {id:x} lost its data with the machine: removed; learner {new_id:x} added (peer URL {peer})"
+            ));
+            (new_id, ask, members, true)
+        }
         Addition::Exists {
             id,
             is_learner,
@@ -198,8 +220,10 @@ pub async fn join(
         }
     };
     times.learner = started.elapsed();
+    // A node without a machine starts etcd from nothing: its bootstrap settings are the
+    // membership now. One with a machine keeps what it was given (its data decides).
     let joins = load(&c.state_dir)?;
-    if !joins.contains_key(name) {
+    if fresh || !joins.contains_key(name) {
         save(
             &c.state_dir,
             name,
@@ -304,6 +328,11 @@ mod tests {
         assert_eq!(joiners(&model, &joins, &all), names(&["cp-4"]));
         joins.insert("cp-4".into(), record(true));
         assert_eq!(joiners(&model, &joins, &all), names(&[]));
+        // Its machine lost (and its data with it): it joins again.
+        assert_eq!(
+            joiners(&model, &joins, &names(&["cp-1", "cp-2", "cp-3"])),
+            names(&["cp-4"])
+        );
         // Only joined members left: the cluster is still formed.
         joins.insert("cp-1".into(), record(true));
         assert_eq!(

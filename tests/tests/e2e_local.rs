@@ -981,6 +981,28 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
         text(&after)
     );
 
+    // 10b. A node destroyed behind pangaea-ctl's back (its machine and disk gone, its etcd
+    // member still listed): `up` creates it again, and since its data is gone its old member
+    // is removed and it joins afresh as a learner — it never votes with an empty log.
+    let old_id = text(&c.etcdctl(&["member", "list"]))
+        .lines()
+        .find(|l| l.contains(", node-6,"))
+        .and_then(|l| l.split(',').next())
+        .expect("node-6 is a member")
+        .to_owned();
+    c.destroy("node-6");
+    let again = c.ok(&["up", "--timeout", "180s"]);
+    assert!(
+        again.contains(&format!(
+            "node-6: its old etcd member {old_id} lost its data"
+        )),
+        "{again}"
+    );
+    assert!(again.contains("node-6: voting etcd member"), "{again}");
+    let list = text(&c.etcdctl(&["member", "list"]));
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(!list.contains(&old_id) && !list.contains("true"), "{list}");
+
     // 11. Disaster recovery of the operator's side: an encrypted backup of .pangaea/ taken
     // while the controller runs; after `stop`, restored over the directory (the old one
     // kept aside, the nodes' disks kept in place), and the cluster starts from it.

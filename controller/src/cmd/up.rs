@@ -190,6 +190,9 @@ async fn join_etcd(
                 .await?;
             Ok(())
         }
+        async fn exists(&mut self, node: &NodeName) -> anyhow::Result<bool> {
+            Ok(self.reconciler.provider.describe(node).await?.is_some())
+        }
     }
     let etcd = crate::etcd::operator_client(c)?;
     for w in joining {
