@@ -34,10 +34,11 @@ const MAX_ARCHIVE: u64 = 1 << 30;
 /// The passphrase: the first line of `file` (`-`: standard input), else `$PANGAEA_BACKUP_PASSPHRASE`.
 pub fn passphrase(file: Option<&Path>, env: Option<String>) -> anyhow::Result<SecretString> {
     let text = match file {
+        // One line: typed at a terminal, Enter ends it.
         Some(p) if p == Path::new("-") => {
             let mut s = String::new();
             std::io::stdin()
-                .read_to_string(&mut s)
+                .read_line(&mut s)
                 .context("read the passphrase from standard input")?;
             s
         }
