@@ -141,6 +141,27 @@ fn report(id: &str, state: pb::JobState) -> pb::JobReport {
     r
 }
 
+/// A report in `state` with all `size` bytes of the job's download done.
+fn sized(id: &str, state: pb::JobState, size: u64) -> pb::JobReport {
+    let mut r = report(id, state);
+    r.bytes_done = size;
+    r.bytes_total = size;
+    r
+}
+
+/// The path of `file` in job `id`'s own directory, and the guard that removes the directory
+/// (and the download's progress entry) when the job ends.
+fn job_file(ctx: &Context, id: &str, file: &str) -> (PathBuf, Cleanup) {
+    let dir = ctx.dir.join(id);
+    let path = dir.join(file);
+    let cleanup = Cleanup {
+        dir,
+        dest: path.clone(),
+        fetcher: ctx.fetcher.clone(),
+    };
+    (path, cleanup)
+}
+
 fn failed(id: &str, message: String) -> pb::JobReport {
     let mut r = report(id, pb::JobState::Failed);
     r.message = message;
@@ -316,20 +337,11 @@ async fn etcd_restore(
     }
     let data = ctx.root.join(data_dir.strip_prefix("/").expect("absolute"));
     let parent = data.parent().expect("absolute, not /").to_owned();
-    let dir = ctx.dir.join(id);
-    let archive = dir.join("data.tar.gz");
-    let _cleanup = Cleanup {
-        dir: dir.clone(),
-        dest: archive.clone(),
-        fetcher: ctx.fetcher.clone(),
-    };
+    let (archive, _cleanup) = job_file(ctx, id, "data.tar.gz");
     if let Err(e) = fetch(ctx, id, digest, r.size, &archive, tx).await {
         return fail(e);
     }
-    let mut importing = report(id, pb::JobState::Importing);
-    importing.bytes_done = r.size;
-    importing.bytes_total = r.size;
-    let _ = tx.send(importing);
+    let _ = tx.send(sized(id, pb::JobState::Importing, r.size));
 
     // Unpacked beside the data directory (same filesystem: the rename is atomic).
     let name = data
@@ -401,10 +413,7 @@ async fn etcd_restore(
         return fail(format!("the restored data is in place, but {e}"));
     }
     tracing::info!(data = %data.display(), kept = %kept.display(), "etcd data restored");
-    let mut done = report(id, pb::JobState::Succeeded);
-    done.bytes_done = r.size;
-    done.bytes_total = r.size;
-    done
+    sized(id, pb::JobState::Succeeded, r.size)
 }
 
 async fn image_load(
@@ -436,22 +445,13 @@ async fn image_load(
     };
 
     // 1. The archive, from the controller's mirror, digest-checked before it is used.
-    let dir = ctx.dir.join(id);
-    let dest = dir.join("archive.tar");
-    let _cleanup = Cleanup {
-        dir: dir.clone(),
-        dest: dest.clone(),
-        fetcher: ctx.fetcher.clone(),
-    };
+    let (dest, _cleanup) = job_file(ctx, id, "archive.tar");
     if let Err(e) = fetch(ctx, id, digest, load.size, &dest, tx).await {
         return fail(e);
     }
 
     // 2. containerd imports it, into the namespace the kubelet reads.
-    let mut importing = report(id, pb::JobState::Importing);
-    importing.bytes_done = load.size;
-    importing.bytes_total = load.size;
-    let _ = tx.send(importing);
+    let _ = tx.send(sized(id, pb::JobState::Importing, load.size));
     let args: Vec<String> = vec![
         "-n".into(),
         load.namespace.clone(),
@@ -478,9 +478,7 @@ async fn image_load(
         };
         return fail(format!("{shown} failed ({}): {said}", out.status));
     }
-    let mut done = report(id, pb::JobState::Succeeded);
-    done.bytes_done = load.size;
-    done.bytes_total = load.size;
+    let mut done = sized(id, pb::JobState::Succeeded, load.size);
     done.images = imported_images(&stdout);
     done
 }
