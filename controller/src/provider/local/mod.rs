@@ -522,13 +522,23 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let got = d.path().join("got-term");
         // Stands for systemd-nspawn: on SIGTERM it shuts down (exit 0), noting it did.
-        let program = "trap 'touch \"$0\"; exit 0' TERM; while :; do sleep 0.1; done";
+        let program =
+            "trap 'touch \"$0\"; exit 0' TERM; touch \"$0.ready\"; while :; do sleep 0.1; done";
         let mut child = std::process::Command::new("sh")
             .args(["-c", REBOOT_LOOP, "pangaea-node", "sh", "-c", program])
             .arg(&got)
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        // Ready once the machine runs with its own trap set (it says so).
+        let ready = d.path().join("got-term.ready");
+        let t = Instant::now();
+        while !ready.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the machine never started"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
