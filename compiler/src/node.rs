@@ -41,6 +41,8 @@ pub const KUBE: &str = "/etc/kubernetes";
 pub const BIN: &str = "/usr/local/bin";
 /// Add-on manifests, applied in name order (`paths.addons`).
 pub const ADDONS: &str = "/etc/kubernetes/addons";
+/// The kubelet's unit: what a drained node stops (`pangaea-ctl node drain`).
+pub const KUBELET_UNIT: &str = "kubelet.service";
 /// systemd units.
 pub const UNITS: &str = "/etc/systemd/system";
 /// The agent's cache of downloaded archives, kept so members can be re-extracted.
@@ -906,7 +908,7 @@ impl Compiler<'_> {
             )?;
             b.unit(
                 "units/kubelet.service",
-                "kubelet.service",
+                KUBELET_UNIT,
                 vec![
                     "/var/lib/kubelet/config.yaml".into(),
                     format!("{KUBE}/kubelet.kubeconfig"),

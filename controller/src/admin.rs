@@ -113,6 +113,19 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }
 
+    async fn set_drained(
+        &self,
+        req: Request<pb::SetDrainedRequest>,
+    ) -> Result<Response<pb::SetDrainedResponse>, Status> {
+        let req = req.into_inner();
+        let revision = crate::rules::set_drained(&self.0, &req.name, req.drained)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SetDrainedResponse {
+            revision: revision.unwrap_or(0),
+        }))
+    }
+
     async fn reload(
         &self,
         _req: Request<pb::ReloadRequest>,
@@ -376,6 +389,29 @@ impl Backend {
         match self {
             Backend::Daemon(c) => Ok(c.reload(pb::ReloadRequest {}).await?.into_inner().changed),
             Backend::Local(_) => Ok(vec![]),
+        }
+    }
+
+    /// Marks node `name` drained or not ([`crate::rules::set_drained`]): its new revision
+    /// (`Some(None)`: unchanged), or `None` when the controller has no such node.
+    pub async fn set_drained(
+        &mut self,
+        name: String,
+        drained: bool,
+    ) -> Result<Option<Option<u64>>, BackendError> {
+        match self {
+            Backend::Daemon(c) => {
+                match c.set_drained(pb::SetDrainedRequest { name, drained }).await {
+                    Ok(r) => Ok(Some(Some(r.into_inner().revision).filter(|r| *r > 0))),
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+                    Err(s) => Err(s.into()),
+                }
+            }
+            Backend::Local(ctl) => match crate::rules::set_drained(ctl, &name, drained).await {
+                Ok(r) => Ok(Some(r)),
+                Err(ControllerError::NoSuchNode(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
         }
     }
 

@@ -3,7 +3,7 @@
 use crate::cmd::{self, Ctx};
 use crate::state_dir::{StateDir, find_cluster_dir};
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -340,7 +340,8 @@ pub enum NodeCommand {
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Remove a node for good: its etcd member (by ID, only when the cluster can take it),
+    /// Remove a node for good: drained (see `node drain`; --force also deletes pods no
+    /// controller re-creates), its etcd member (by ID, only when the cluster can take it),
     /// every credential (refused at once by the controller and by etcd), its instance, and
     /// — in pangaea.yaml's `removedNodes` — its place in the configuration. Interrupted, the
     /// same command resumes where it stopped.
@@ -353,6 +354,35 @@ pub enum NodeCommand {
         /// Print the steps (and whether etcd would allow the removal now); change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// How long the drain (the first step) may take.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Drain a node: cordon it and evict its pods through the Kubernetes eviction API (as
+    /// `kubectl drain --ignore-daemonsets`: DaemonSet and mirror pods stay; a pod a
+    /// PodDisruptionBudget protects is tried again until --timeout), then stop its kubelet.
+    /// Where no Kubernetes API answers, only the kubelet is stopped, and the output says so.
+    /// `node uncordon` undoes it.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl node drain node-2\n  \
+        pangaea-ctl node drain node-2 --timeout 10m --delete-emptydir-data")]
+    Drain {
+        /// The node's name, as `status` shows it.
+        name: pangaea_core::NodeName,
+        /// How far the drain may go.
+        #[command(flatten)]
+        drain: DrainArgs,
+        /// The kubeconfig of the API (default: the cluster's .pangaea/admin.kubeconfig).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Undo `node drain`: start the node's kubelet again, then mark it schedulable.
+    Uncordon {
+        /// The node's name, as `status` shows it.
+        name: pangaea_core::NodeName,
+        /// The kubeconfig of the API (default: the cluster's .pangaea/admin.kubeconfig).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Shut a node down cleanly and boot it again with the same disk; waits until it
     /// reports healthy from its new boot (a new boot ID).
@@ -363,6 +393,32 @@ pub enum NodeCommand {
         #[arg(long, default_value = "3m", value_parser = parse_duration)]
         timeout: Duration,
     },
+}
+
+/// How far a drain may go (`node drain`, and `node remove`'s first step).
+#[derive(Args, Clone, Copy, Debug)]
+pub struct DrainArgs {
+    /// How long evictions (retried while a PodDisruptionBudget refuses them) and the pods'
+    /// termination may take.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Also delete pods no controller re-creates (and DaemonSet pods whose DaemonSet is gone).
+    #[arg(long)]
+    pub force: bool,
+    /// Also evict pods with emptyDir volumes; their data is lost.
+    #[arg(long)]
+    pub delete_emptydir_data: bool,
+}
+
+impl DrainArgs {
+    /// The drain's options.
+    pub fn options(self) -> crate::drain::Options {
+        crate::drain::Options {
+            timeout: self.timeout,
+            force: self.force,
+            delete_emptydir_data: self.delete_emptydir_data,
+        }
+    }
 }
 
 /// A tool `pangaea-ctl env` prints shell exports for.

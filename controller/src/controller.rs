@@ -99,6 +99,7 @@ impl NodeView {
             last_report: v.last_report.as_ref().map(|(_, r)| r.clone()),
             last_report_at: v.last_report.as_ref().map_or(0, |(t, _)| *t),
             removed: v.record.removed,
+            drained: v.record.drained,
             joined_at: v.record.joined_at,
             first_applied_at: v.record.first_applied_at.unwrap_or(0),
             healthy_at: v.record.healthy_at.unwrap_or(0),

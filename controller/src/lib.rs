@@ -25,6 +25,7 @@ pub mod cmd;
 pub mod compile;
 pub mod controller;
 pub mod daemon;
+pub mod drain;
 pub mod drill;
 pub mod etcd;
 pub mod etcd_join;

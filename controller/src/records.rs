@@ -71,6 +71,10 @@ pub struct NodeRecord {
     /// The operator removed the node; its certificates are refused and its name may be
     /// taken by another instance.
     pub removed: bool,
+    /// The operator drained the node (`node drain`): its kubelet stays stopped until
+    /// `node uncordon` ([`crate::drain::hold_back`]).
+    #[serde(default)]
+    pub drained: bool,
     /// Boot timeline, unix seconds: first report with the assigned revision applied, and
     /// first report with every unit active (or reported as not installed).
     #[serde(default)]

@@ -4,7 +4,8 @@
 //! resumes after the last recorded step; every step is idempotent, so one that finished but
 //! was not yet recorded is simply done again. The journal goes when the last step is done.
 //!
-//! The steps, in order: the node's etcd member is removed (by ID, after
+//! The steps, in order: the node is drained ([`crate::drain`]: pods evicted where a
+//! Kubernetes API answers, the kubelet stopped); the node's etcd member is removed (by ID, after
 //! [`membership::check_removal`]); every credential of the node is revoked (controller
 //! and etcd, with the other nodes re-planned so etcd gets the new revocation list); the
 //! instance is deleted; `pangaea.yaml` records the node in `removedNodes`, so a later `up`
@@ -18,6 +19,8 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
+    /// Drain the node: cordon, evict its pods, stop its kubelet.
+    Drain,
     /// Remove the node's etcd member (nodes with the etcd role).
     EtcdMember,
     /// Revoke the node's credentials; re-plan the other nodes.
@@ -30,7 +33,8 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order they run.
-    pub const ALL: [Step; 4] = [
+    pub const ALL: [Step; 5] = [
+        Step::Drain,
         Step::EtcdMember,
         Step::Credentials,
         Step::Instance,
@@ -40,6 +44,7 @@ impl Step {
     /// Its name (as the journal and `PANGAEA_FAILPOINT` spell it).
     pub fn name(self) -> &'static str {
         match self {
+            Step::Drain => "drain",
             Step::EtcdMember => "etcd-member",
             Step::Credentials => "credentials",
             Step::Instance => "instance",
@@ -50,6 +55,10 @@ impl Step {
     /// What the step does, for `--dry-run` and progress.
     pub fn describe(self, j: &Journal) -> String {
         match self {
+            Step::Drain => format!(
+                "drain {}: cordon it and evict its pods (where a Kubernetes API answers), stop its kubelet",
+                j.node
+            ),
             Step::EtcdMember => match &j.etcd_peer_url {
                 Some(p) => format!("remove {}'s etcd member (peer URL {p}), by its ID", j.node),
                 None => format!("no etcd member to remove ({} has no etcd role)", j.node),
@@ -284,6 +293,7 @@ mod tests {
         let mut j = journal();
         j.save(&path).unwrap();
         assert_eq!(j.remaining(), Step::ALL);
+        j.done.push(Step::Drain);
         j.done.push(Step::EtcdMember);
         j.done.push(Step::Credentials);
         j.save(&path).unwrap();

@@ -130,9 +130,16 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
     };
     // Another instance takes the name (a replacement): its node certificates are issued
     // afresh, never handed down from the predecessor (hardening #3).
-    if predecessor.is_some_and(|old| old.instance_id != req.instance_id) {
+    if predecessor
+        .as_ref()
+        .is_some_and(|old| old.instance_id != req.instance_id)
+    {
         crate::revocation::revoke_node(&c.pki, &c.config.state_dir, &name)?;
     }
+    // The same machine joining again (its identity lost) stays drained; a new one does not.
+    let drained = predecessor
+        .as_ref()
+        .is_some_and(|old| old.drained && !old.removed && old.instance_id == req.instance_id);
     // 2. Sign and plan, outside the writer.
     let issued = match c.pki.sign_csr(
         CaKind::Controller,
@@ -153,6 +160,7 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
         active_serials: vec![issued.serial_hex.clone()],
         cert_not_after: issued.not_after,
         removed: false,
+        drained,
         first_applied_at: None,
         healthy_at: None,
     };
@@ -239,6 +247,9 @@ pub async fn plan(
     let planned = tokio::task::spawn_blocking(move || {
         planner.plan(&rec).map(|mut p| {
             crate::mirror::localize(&mirror_dir, &mut p);
+            if rec.drained {
+                crate::drain::hold_back(&mut p);
+            }
             p
         })
     })
@@ -525,6 +536,30 @@ pub async fn reload(c: &Controller) -> Result<Vec<String>, ControllerError> {
     }
     tracing::info!(?changed, "reloaded the configuration");
     Ok(changed)
+}
+
+/// Marks node `name` drained or not ([`crate::drain::hold_back`]) and re-plans it; returns
+/// its new revision (`None`: the plan did not change).
+pub async fn set_drained(
+    c: &Controller,
+    name: &str,
+    drained: bool,
+) -> Result<Option<u64>, ControllerError> {
+    let n = name.to_owned();
+    let found = c
+        .store
+        .write(move |txn| {
+            crate::records::update_node(txn, &n, |rec| {
+                (!rec.removed).then(|| rec.drained = drained)
+            })
+        })
+        .await?
+        .is_some();
+    if !found {
+        return Err(ControllerError::NoSuchNode(name.to_owned()));
+    }
+    tracing::info!(node = %name, drained, "node drained state set");
+    replan(c, name).await
 }
 
 /// Removes node `name`: its agent certificate is refused from now on and its watch stream

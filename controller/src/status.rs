@@ -21,6 +21,9 @@ pub struct NodeStatus {
     pub roles: Vec<String>,
     /// Whether the operator removed it.
     pub removed: bool,
+    /// Whether the operator drained it (`node drain`: its kubelet stopped until `uncordon`).
+    #[serde(default)]
+    pub drained: bool,
     /// Its etcd membership as etcd reports it.
     pub etcd: EtcdStatus,
     /// Its boot timeline, unix seconds (0: not reached).
@@ -214,6 +217,7 @@ pub fn node_status(
         addresses: n.addresses.clone(),
         roles: n.roles.clone(),
         removed: n.removed,
+        drained: n.drained,
         etcd,
         timeline: Timeline {
             created_at,

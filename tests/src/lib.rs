@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 pub mod bench;
 pub mod http_fixture;
+pub mod kube_api;
 
 pub fn init() {
     pangaea_core::install_crypto_provider();

@@ -683,6 +683,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     // --dry-run prints the steps and whether etcd would allow it now; changes nothing.
     let plan = c.ok(&["node", "remove", "node-3", "--force", "--dry-run"]);
     for s in [
+        "drain",
         "etcd-member",
         "credentials",
         "instance",
@@ -697,7 +698,7 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     // Killed with SIGKILL right after each recorded step, then run again: it resumes.
     let config = c.dir.path().join("pangaea.yaml");
     let mut revoked_at = None;
-    for after in ["etcd-member", "credentials", "instance"] {
+    for after in ["drain", "etcd-member", "credentials", "instance"] {
         let out = std::process::Command::new(&c.ctl)
             .current_dir(c.dir.path())
             .env("NO_COLOR", "1")
@@ -716,6 +717,12 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
             "the journal survives the kill after {after}"
         );
         match after {
+            // No Kubernetes API runs here: the drain says so and holds back the kubelet.
+            "drain" => assert!(
+                text(&out).contains("no Kubernetes API reachable") && c.node("node-3").drained,
+                "{}",
+                text(&out)
+            ),
             "etcd-member" => {
                 let list = member_list();
                 assert_eq!(list.lines().count(), 2, "{list}");

@@ -1,4 +1,4 @@
-//! `pangaea-ctl node add|remove|reboot`.
+//! `pangaea-ctl node add|drain|uncordon|remove|reboot`.
 
 use super::{Ctx, step};
 use crate::admin::Backend;
@@ -16,11 +16,33 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
             count,
             timeout,
         } => add(ctx, pool.as_deref(), count, timeout).await?,
+        NodeCommand::Drain {
+            name,
+            drain,
+            kubeconfig,
+        } => {
+            let kubeconfig = kubeconfig.unwrap_or_else(|| ctx.state.admin_kubeconfig());
+            let done = drain_node(ctx, &name, &kubeconfig, &drain.options(), true).await?;
+            println!("node {name} drained: {done}");
+        }
+        NodeCommand::Uncordon { name, kubeconfig } => {
+            let kubeconfig = kubeconfig.unwrap_or_else(|| ctx.state.admin_kubeconfig());
+            uncordon(ctx, &name, &kubeconfig).await?;
+        }
         NodeCommand::Remove {
             name,
             force,
             dry_run,
-        } => remove(ctx, &name, force, dry_run).await?,
+            timeout,
+        } => {
+            let drain = crate::drain::Options {
+                timeout,
+                force,
+                // The node and its disks go: so does its emptyDir data, evicted or not.
+                delete_emptydir_data: true,
+            };
+            remove(ctx, &name, &drain, dry_run).await?
+        }
         NodeCommand::Reboot { name, timeout } => {
             let c = ctx.compilation()?;
             let provider = ctx.provider(&c)?;
@@ -67,7 +89,13 @@ async fn add(ctx: &Ctx, pool: Option<&str>, count: u32, timeout: Duration) -> an
 
 /// `node remove`: plans the removal into its journal (or resumes the journal of an
 /// interrupted one) and runs the steps still to do ([`crate::removal`]).
-async fn remove(ctx: &Ctx, name: &NodeName, force: bool, dry_run: bool) -> anyhow::Result<()> {
+async fn remove(
+    ctx: &Ctx,
+    name: &NodeName,
+    drain: &crate::drain::Options,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let force = drain.force;
     let c = ctx.compilation()?;
     let path = ctx.state.removal_journal(name);
     let journal = match Journal::load(&path)? {
@@ -152,26 +180,25 @@ async fn remove(ctx: &Ctx, name: &NodeName, force: bool, dry_run: bool) -> anyho
     journal.save(&path)?;
     for s in journal.remaining() {
         step(&format!("{name}: {}", s.describe(&journal)));
-        let outcome =
-            match run_step(&ctx.state, provider.as_ref(), &journal, s, force, &access).await {
-                Ok(o) => o,
-                Err(e) => match e.downcast::<RemovalError>() {
-                    // Refused before anything was done: the removal never started.
-                    Ok(e @ RemovalError::Refused { .. }) if journal.done.is_empty() => {
-                        pangaea_core::fsutil::remove_durably(&path)?;
-                        return Err(e.into());
+        let outcome = match run_step(ctx, provider.as_ref(), &journal, s, drain, &access).await {
+            Ok(o) => o,
+            Err(e) => match e.downcast::<RemovalError>() {
+                // Refused before anything was done: the removal never started.
+                Ok(e @ RemovalError::Refused { .. }) if journal.done.is_empty() => {
+                    pangaea_core::fsutil::remove_durably(&path)?;
+                    return Err(e.into());
+                }
+                Ok(e) => return Err(e.into()),
+                Err(e) => {
+                    return Err(RemovalError::Step {
+                        node: name.to_string(),
+                        step: s,
+                        message: format!("{e:#}"),
                     }
-                    Ok(e) => return Err(e.into()),
-                    Err(e) => {
-                        return Err(RemovalError::Step {
-                            node: name.to_string(),
-                            step: s,
-                            message: format!("{e:#}"),
-                        }
-                        .into());
-                    }
-                },
-            };
+                    .into());
+                }
+            },
+        };
         if !outcome.is_empty() {
             step(&format!("{name}: {outcome}"));
         }
@@ -189,16 +216,19 @@ async fn remove(ctx: &Ctx, name: &NodeName, force: bool, dry_run: bool) -> anyho
 }
 
 async fn run_step(
-    state: &crate::state_dir::StateDir,
+    ctx: &Ctx,
     provider: &dyn crate::provider::Provider,
     j: &Journal,
     s: Step,
-    force: bool,
+    drain: &crate::drain::Options,
     access: &EtcdAccess,
 ) -> anyhow::Result<String> {
+    let state = &ctx.state;
     let name = NodeName::try_from(j.node.clone()).map_err(anyhow::Error::msg)?;
     Ok(match s {
-        Step::EtcdMember => crate::removal::remove_etcd_member(j, access, force).await?,
+        // The instance goes next: the agent stopping the kubelet is not waited for.
+        Step::Drain => drain_node(ctx, &name, &state.admin_kubeconfig(), drain, false).await?,
+        Step::EtcdMember => crate::removal::remove_etcd_member(j, access, drain.force).await?,
         Step::Credentials => {
             let known = Backend::connect(state)
                 .await?
@@ -224,6 +254,140 @@ async fn run_step(
             String::new()
         }
     })
+}
+
+/// Drains node `name` ([`crate::drain`]): the Kubernetes part where an API answers at
+/// `kubeconfig` (with a warning where none does), then its kubelet stopped through its plan;
+/// with `wait`, until the node applied that (or is seen not reporting). Returns a summary.
+async fn drain_node(
+    ctx: &Ctx,
+    name: &NodeName,
+    kubeconfig: &std::path::Path,
+    o: &crate::drain::Options,
+    wait: bool,
+) -> anyhow::Result<String> {
+    use crate::drain::DrainError;
+    let started = Instant::now();
+    let progress = |m: &str| step(&format!("{name}: {m}"));
+    let api = match kubernetes(kubeconfig).await {
+        Ok((client, server)) => {
+            crate::drain::drain(&client, &server, name.as_str(), o, &progress).await
+        }
+        Err(e) => Err(e),
+    };
+    let mut summary = match api {
+        Ok(d) => {
+            let mut s = format!("{} pod(s) evicted", d.evicted.len());
+            if !d.skipped.is_empty() {
+                s.push_str(&format!(
+                    ", {} left (DaemonSet or mirror pods)",
+                    d.skipped.len()
+                ));
+            }
+            s
+        }
+        Err(e @ (DrainError::Unreachable { .. } | DrainError::NoSuchNode(_))) => {
+            eprintln!(
+                "warning: {e}: {name} is not cordoned and no pod is evicted; draining only what Pangaea manages (its kubelet)"
+            );
+            "no Kubernetes API answered, so no pod was evicted".to_owned()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut backend = Backend::connect(&ctx.state).await?;
+    let Some(revision) = backend.set_drained(name.to_string(), true).await? else {
+        summary.push_str(&format!(
+            "; the controller has no node {name} (it never joined), so no kubelet to stop"
+        ));
+        return Ok(summary);
+    };
+    summary.push_str("; ");
+    summary.push_str(&match revision {
+        None => "its kubelet was already held back".to_owned(),
+        Some(r) if wait => {
+            let left = o.timeout.saturating_sub(started.elapsed());
+            wait_applied(&mut backend, name, r, left).await?
+        }
+        Some(_) => "its kubelet is being stopped".to_owned(),
+    });
+    Ok(summary)
+}
+
+/// A client for the API at `kubeconfig`; a missing file means no API is known (as before
+/// `up` wrote the cluster's): [`crate::drain::DrainError::Unreachable`].
+async fn kubernetes(
+    kubeconfig: &std::path::Path,
+) -> Result<(kube::Client, String), crate::drain::DrainError> {
+    if !kubeconfig.exists() {
+        return Err(crate::drain::DrainError::Unreachable {
+            server: "(none)".into(),
+            message: format!("no kubeconfig at {}", kubeconfig.display()),
+        });
+    }
+    crate::drain::client(kubeconfig).await
+}
+
+/// Waits until node `name` applied `revision` (its plan with or without the kubelet). A
+/// node not reporting applies it once back: that is said, not waited for.
+async fn wait_applied(
+    backend: &mut Backend,
+    name: &NodeName,
+    revision: u64,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let started = Instant::now();
+    loop {
+        let nodes = backend.list_nodes().await?;
+        let info = nodes.iter().find(|n| n.name == name.as_str());
+        let health = crate::health::assess(info, crate::records::now());
+        if health.is_down() || matches!(health, crate::health::Health::NoReport) {
+            return Ok(format!(
+                "{name} is not reporting ({health}); it applies the change when it is back"
+            ));
+        }
+        let applied = info
+            .and_then(|n| n.last_report.as_ref())
+            .map_or(0, |r| r.applied_revision);
+        if applied >= revision {
+            return Ok(format!("{name} applied it (revision {revision})"));
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "{name} has not applied revision {revision} after {timeout:?} ({health})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `node uncordon`: the kubelet first (so nothing is scheduled onto a node without one),
+/// then `spec.unschedulable` cleared where an API answers.
+async fn uncordon(ctx: &Ctx, name: &NodeName, kubeconfig: &std::path::Path) -> anyhow::Result<()> {
+    let mut backend = Backend::connect(&ctx.state).await?;
+    match backend.set_drained(name.to_string(), false).await? {
+        None => eprintln!(
+            "warning: the controller has no node {name} (it never joined): no kubelet to start"
+        ),
+        Some(None) => step(&format!("{name}: its kubelet was not held back")),
+        Some(Some(revision)) => {
+            let done = wait_applied(&mut backend, name, revision, Duration::from_secs(180)).await?;
+            step(&format!("{name}: kubelet no longer held back; {done}"));
+        }
+    }
+    use crate::drain::DrainError;
+    let api = match kubernetes(kubeconfig).await {
+        Ok((client, server)) => crate::drain::cordon(&client, &server, name.as_str(), false).await,
+        Err(e) => Err(e),
+    };
+    match api {
+        Ok(true) => println!("node/{name} uncordoned"),
+        Ok(false) => println!("node/{name} already uncordoned"),
+        Err(e @ (DrainError::Unreachable { .. } | DrainError::NoSuchNode(_))) => {
+            eprintln!("warning: {e}: {name} could not be marked schedulable in Kubernetes");
+            println!("node {name}: kubelet no longer held back");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// Reboots `name` and waits until it reports healthy from its new boot and, when it runs an

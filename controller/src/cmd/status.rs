@@ -91,7 +91,11 @@ fn render_table(rows: &[NodeStatus], now: i64, out: &mut dyn Write) -> std::io::
             age,
             dash(&n.agent_version),
             rfc3339(n.nearest_certificate_expiry),
-            n.state,
+            if n.drained {
+                format!("{} (drained)", n.state)
+            } else {
+                n.state.clone()
+            },
         )?;
         let short = |name: &str| name.trim_end_matches(".service").to_owned();
         let running: Vec<String> = n
