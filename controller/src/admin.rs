@@ -126,6 +126,16 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn mark_starting(
+        &self,
+        req: Request<pb::MarkStartingRequest>,
+    ) -> Result<Response<pb::MarkStartingResponse>, Status> {
+        crate::rules::mark_starting(&self.0, &req.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MarkStartingResponse {}))
+    }
+
     async fn reload(
         &self,
         _req: Request<pb::ReloadRequest>,
@@ -389,6 +399,17 @@ impl Backend {
         match self {
             Backend::Daemon(c) => Ok(c.reload(pb::ReloadRequest {}).await?.into_inner().changed),
             Backend::Local(_) => Ok(vec![]),
+        }
+    }
+
+    /// Records that node `name`'s machine is being started ([`crate::rules::mark_starting`]).
+    pub async fn mark_starting(&mut self, name: String) -> Result<(), BackendError> {
+        match self {
+            Backend::Daemon(c) => {
+                c.mark_starting(pb::MarkStartingRequest { name }).await?;
+                Ok(())
+            }
+            Backend::Local(ctl) => Ok(crate::rules::mark_starting(ctl, &name).await?),
         }
     }
 

@@ -100,6 +100,7 @@ impl NodeView {
             last_report_at: v.last_report.as_ref().map_or(0, |(t, _)| *t),
             removed: v.record.removed,
             drained: v.record.drained,
+            reports_since: v.record.reports_since.unwrap_or(0),
             joined_at: v.record.joined_at,
             first_applied_at: v.record.first_applied_at.unwrap_or(0),
             healthy_at: v.record.healthy_at.unwrap_or(0),

@@ -16,6 +16,8 @@ pub enum Health {
     Removed,
     /// Joined but never reported.
     NoReport,
+    /// Its machine was started (or it joined again) and it has not reported since.
+    Starting,
     /// No report for longer than [`DOWN_AFTER_SECONDS`].
     Down {
         /// Seconds since the last report.
@@ -52,6 +54,7 @@ impl fmt::Display for Health {
             Health::NotJoined => f.write_str("not joined yet"),
             Health::Removed => f.write_str("removed"),
             Health::NoReport => f.write_str("joined, no report yet"),
+            Health::Starting => f.write_str("starting: no report since its machine started"),
             Health::Down { silent_for } => write!(f, "down: last report {silent_for} s ago"),
             Health::Applying { assigned, applied } => {
                 write!(f, "applying revision {assigned} (applied {applied})")
@@ -85,6 +88,9 @@ pub fn assess(n: Option<&pb::NodeInfo>, now: i64) -> Health {
     let Some(r) = &n.last_report else {
         return Health::NoReport;
     };
+    if n.last_report_at < n.reports_since {
+        return Health::Starting;
+    }
     if now - n.last_report_at > DOWN_AFTER_SECONDS {
         return Health::Down {
             silent_for: now - n.last_report_at,
@@ -152,6 +158,12 @@ mod tests {
         n.removed = true;
         assert_eq!(assess(Some(&n), now), Health::Removed);
         n.removed = false;
+        // A report from before the machine was started again does not count.
+        let mut restarted = node(2, vec![], now - 5);
+        restarted.reports_since = now - 1;
+        assert_eq!(assess(Some(&restarted), now), Health::Starting);
+        restarted.last_report_at = now;
+        assert!(assess(Some(&restarted), now).is_healthy());
         n.last_report = None;
         assert_eq!(assess(Some(&n), now), Health::NoReport);
         let stale = node(2, vec![], now - DOWN_AFTER_SECONDS - 1);

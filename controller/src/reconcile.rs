@@ -215,6 +215,8 @@ impl Reconciler<'_> {
                 Some(NodeState::Running) => Action::None,
                 Some(NodeState::Stopped) => {
                     (self.progress)(&format!("{}: booting (existing disk)", node.name));
+                    // Its reports from before the stop must not pass for this boot's.
+                    self.backend.mark_starting(node.name.to_string()).await?;
                     self.provider.start(&node.name).await.map_err(|source| {
                         ReconcileError::Provider {
                             node: node.name.clone(),

@@ -75,6 +75,11 @@ pub struct NodeRecord {
     /// `node uncordon` ([`crate::drain::hold_back`]).
     #[serde(default)]
     pub drained: bool,
+    /// Reports received before this (unix seconds) are from before the node's machine was
+    /// last started by Pangaea or the node last joined: they say nothing of its health now
+    /// ([`crate::health::assess`]).
+    #[serde(default)]
+    pub reports_since: Option<i64>,
     /// Boot timeline, unix seconds: first report with the assigned revision applied, and
     /// first report with every unit active (or reported as not installed).
     #[serde(default)]

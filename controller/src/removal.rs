@@ -248,6 +248,22 @@ pub async fn remove_etcd_member(
     }
 }
 
+/// The etcd step's refusal, asked before a removal starts: a removal etcd would refuse
+/// must not drain the node first (the drain comes before the etcd step).
+pub async fn precheck_etcd_member(
+    j: &Journal,
+    access: &EtcdAccess,
+    force: bool,
+) -> Result<(), RemovalError> {
+    match plan_etcd_member(j, access, force).await {
+        Some(Err(refusal)) => Err(RemovalError::Refused {
+            node: j.node.clone(),
+            refusal,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// What `--dry-run` says about the etcd step: whether it would be allowed now.
 pub async fn preview_etcd_member(j: &Journal, access: &EtcdAccess, force: bool) -> String {
     match plan_etcd_member(j, access, force).await {

@@ -161,6 +161,8 @@ pub async fn join(c: &Controller, req: Join) -> Result<Result<Joined, Refusal>, 
         cert_not_after: issued.not_after,
         removed: false,
         drained,
+        // The stored report of an earlier incarnation is not this one's.
+        reports_since: Some(now()),
         first_applied_at: None,
         healthy_at: None,
     };
@@ -560,6 +562,21 @@ pub async fn set_drained(
     }
     tracing::info!(node = %name, drained, "node drained state set");
     replan(c, name).await
+}
+
+/// Records that node `name`'s machine is being started ([`NodeRecord::reports_since`]);
+/// a node the controller does not know is left alone.
+pub async fn mark_starting(c: &Controller, name: &str) -> Result<(), ControllerError> {
+    let n = name.to_owned();
+    c.store
+        .write(move |txn| {
+            crate::records::update_node(txn, &n, |rec| {
+                rec.reports_since = Some(now());
+                Some(())
+            })
+        })
+        .await?;
+    Ok(())
 }
 
 /// Removes node `name`: its agent certificate is refused from now on and its watch stream

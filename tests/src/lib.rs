@@ -110,6 +110,19 @@ impl TestController {
         prepare: impl FnOnce(&std::path::Path),
         rotation: Option<(Duration, pangaea_controller::rules::Rotation)>,
     ) -> TestController {
+        let (leaf, pace) = (rotation.map(|r| r.0), rotation.map(|r| r.1));
+        Self::start_compiled_with(prepare, leaf, pace, |_| {}).await
+    }
+
+    /// [`TestController::start_compiled`] with cluster certificates of `leaf` lifetime, the
+    /// rotation loop at `pace` if given, and a controller configuration `tweak` may adjust
+    /// (the agents' certificate lifetime).
+    pub async fn start_compiled_with(
+        prepare: impl FnOnce(&std::path::Path),
+        leaf: Option<Duration>,
+        pace: Option<pangaea_controller::rules::Rotation>,
+        tweak: impl FnOnce(&mut ControllerConfig),
+    ) -> TestController {
         init();
         let dir = tempfile::tempdir().unwrap();
         let state = pangaea_controller::state_dir::StateDir::new(dir.path().join(".pangaea"));
@@ -120,18 +133,20 @@ impl TestController {
             &state,
         )
         .unwrap();
-        if let Some((lifetime, _)) = rotation {
+        if let Some(lifetime) = leaf {
             compilation.leaf_lifetime = lifetime;
         }
+        let mut config = ControllerConfig::new(state.path());
+        tweak(&mut config);
         let controller = Controller::open(
-            ControllerConfig::new(state.path()),
+            config,
             Some(Arc::new(pangaea_controller::compile::CompilerPlanner::new(
                 &dir.path().join("pangaea.yaml"),
                 compilation,
             ))),
         )
         .unwrap();
-        if let Some((_, pace)) = rotation {
+        if let Some(pace) = pace {
             tokio::spawn(pangaea_controller::rules::rotate(
                 controller.clone(),
                 pace,

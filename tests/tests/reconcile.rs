@@ -70,11 +70,14 @@ struct World {
     bootstrap: Bootstrap,
 }
 
-/// Lifetimes for a [`World`]: its nodes' agent certificates and bootstrap tokens.
+/// Lifetimes for a [`World`]: its nodes' agent certificates and bootstrap tokens; with
+/// `cluster_certs`, the controller plans with the real compiler (the default cluster, nothing
+/// to download) and issues the cluster's certificates (etcd, Kubernetes) for that long.
 #[derive(Clone, Copy)]
 struct Lifetimes {
     node_cert: Option<Duration>,
     token: Duration,
+    cluster_certs: Option<Duration>,
 }
 
 impl Default for Lifetimes {
@@ -82,6 +85,7 @@ impl Default for Lifetimes {
         Lifetimes {
             node_cert: None,
             token: pangaea_controller::reconcile::NODE_TOKEN_TTL,
+            cluster_certs: None,
         }
     }
 }
@@ -93,12 +97,26 @@ impl World {
     }
 
     async fn with(dead: &[&str], lifetimes: Lifetimes) -> World {
-        let ctl = TestController::start_with(|c| {
+        let tweak = |c: &mut pangaea_controller::ControllerConfig| {
             if let Some(l) = lifetimes.node_cert {
                 c.node_cert_lifetime = l;
             }
-        })
-        .await;
+        };
+        let ctl = match lifetimes.cluster_certs {
+            None => TestController::start_with(tweak).await,
+            Some(leaf) => {
+                let nothing_to_download = |state: &std::path::Path| {
+                    let disabled: String = pangaea_tests::ARTIFACTS
+                        .iter()
+                        .map(|n| format!("  - {{name: {n}, disabled: true}}\n"))
+                        .collect();
+                    let config = format!("name: expiry\nartifacts:\n{disabled}");
+                    std::fs::write(state.parent().unwrap().join("pangaea.yaml"), config).unwrap();
+                };
+                TestController::start_compiled_with(nothing_to_download, Some(leaf), None, tweak)
+                    .await
+            }
+        };
         let agents: Arc<Mutex<BTreeMap<NodeName, TestAgent>>> = Arc::default();
         let disks: Arc<Mutex<BTreeMap<_, _>>> = Arc::default();
         // Recovery tokens delivered to a machine that has not booted an agent yet.
@@ -225,11 +243,19 @@ async fn a_stopped_node_boots_with_its_disk_and_no_new_token() {
     w.provider.power_off(&name("node-2")).await;
     assert!(w.disks.lock().unwrap().contains_key(&name("node-2")));
 
+    // Off for a moment (reports are stamped in whole seconds), far less than the 20 s after
+    // which a silent node counts as down: its last report still looks fresh.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     w.provider.clear_calls().await;
+    let booted_at = pangaea_controller::records::now();
     let done = w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
     assert_eq!(done[1], (name("node-2"), Action::Booted), "{done:?}");
     assert_eq!(w.provider.calls().await, vec![Call::Start(name("node-2"))]);
     w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+    // Healthy by a report of this boot: the one from before the stop, seconds old, is not.
+    let info = w.backend.list_nodes().await.unwrap();
+    let node_2 = info.iter().find(|n| n.name == "node-2").unwrap();
+    assert!(node_2.last_report_at >= booted_at, "{node_2:?}");
     assert_eq!(w.tokens().await.len(), 3, "a returning node needs no token");
     assert_eq!(w.instance_of("node-2"), before, "same identity");
     assert!(w.agents.lock().unwrap().contains_key(&name("node-2")));
@@ -465,4 +491,96 @@ async fn a_node_whose_identity_expired_while_off_joins_again_with_a_recovery_tok
         "the same instance, joined again"
     );
     w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+}
+
+/// Lifecycle (a long stop): every node powered off for longer than all its certificates
+/// live — its agent identity and its cluster certificates (etcd's server and peer ones, the
+/// API server's), lifetimes of seconds — then `start` (the reconcile loop on existing machines):
+/// each node gets a recovery token, joins again as the same instance and receives cluster
+/// certificates valid from now; none is left expired on any node's disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_stopped_longer_than_its_certificates_live_comes_back_renewed() {
+    let lifetime = Duration::from_secs(4);
+    let lifetimes = Lifetimes {
+        node_cert: Some(lifetime),
+        cluster_certs: Some(lifetime),
+        ..Lifetimes::default()
+    };
+    let mut w = World::with(&[], lifetimes).await;
+    w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+    let etcd_certs = [
+        "etc/etcd/pki/server.crt",
+        "etc/etcd/pki/peer.crt",
+        "etc/kubernetes/pki/apiserver-etcd-client.crt",
+        "etc/kubernetes/pki/apiserver.crt",
+    ];
+    let not_after = |cfg: &pangaea_agent::AgentConfig, file: &str| {
+        let path = cfg.root.join(file);
+        let pem =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        pangaea_core::x509::CertInfo::from_pem(&pem)
+            .unwrap()
+            .not_after
+    };
+    let instances: Vec<String> = names(3).iter().map(|n| w.instance_of(n.as_str())).collect();
+    for n in names(3) {
+        w.provider.power_off(&n).await;
+    }
+    // Off until everything any node holds has expired.
+    let latest = {
+        let disks = w.disks.lock().unwrap();
+        let mut latest = 0;
+        for n in names(3) {
+            let (_, cfg) = &disks[&n];
+            for f in etcd_certs {
+                latest = latest.max(not_after(cfg, f));
+            }
+            latest = latest.max(
+                w.ctl
+                    .controller
+                    .node(n.as_str())
+                    .unwrap()
+                    .unwrap()
+                    .cert_not_after,
+            );
+        }
+        latest
+    };
+    pangaea_tests::eventually("every certificate to expire", T, || {
+        pangaea_controller::records::now() > latest
+    })
+    .await;
+
+    w.provider.clear_calls().await;
+    w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
+    let mut calls = w.provider.calls().await;
+    calls.sort_by_key(|c| format!("{c:?}"));
+    let mut want: Vec<Call> = names(3)
+        .into_iter()
+        .flat_map(|n| [Call::DeliverToken(n.clone()), Call::Start(n)])
+        .collect();
+    want.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(
+        calls, want,
+        "a recovery token and a boot for every node, nothing created"
+    );
+    w.reconciler().wait_healthy(&names(3), T).await.unwrap();
+    let now = pangaea_controller::records::now();
+    for (n, instance) in names(3).iter().zip(&instances) {
+        assert_eq!(
+            &w.instance_of(n.as_str()),
+            instance,
+            "{n}: the same instance"
+        );
+        let cfg = w.agents.lock().unwrap()[n].cfg.clone();
+        for f in etcd_certs {
+            // Renewed at the join (a lifetime of seconds may have been renewed again since).
+            let t = not_after(&cfg, f);
+            assert!(
+                t > latest && t >= now - 1,
+                "{n}: {f} expires at {t} (now {now})"
+            );
+        }
+    }
 }

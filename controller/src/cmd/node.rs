@@ -176,6 +176,9 @@ async fn remove(
         return Ok(());
     }
 
+    if journal.done.is_empty() {
+        crate::removal::precheck_etcd_member(&journal, &access, force).await?;
+    }
     let mut journal = journal;
     journal.save(&path)?;
     for s in journal.remaining() {
@@ -340,7 +343,12 @@ async fn wait_applied(
         let nodes = backend.list_nodes().await?;
         let info = nodes.iter().find(|n| n.name == name.as_str());
         let health = crate::health::assess(info, crate::records::now());
-        if health.is_down() || matches!(health, crate::health::Health::NoReport) {
+        if health.is_down()
+            || matches!(
+                health,
+                crate::health::Health::NoReport | crate::health::Health::Starting
+            )
+        {
             return Ok(format!(
                 "{name} is not reporting ({health}); it applies the change when it is back"
             ));
