@@ -340,24 +340,6 @@ pub enum NodeCommand {
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Remove a node for good: drained (see `node drain`; --force also deletes pods no
-    /// controller re-creates), its etcd member (by ID, only when the cluster can take it),
-    /// every credential (refused at once by the controller and by etcd), its instance, and
-    /// — in pangaea.yaml's `removedNodes` — its place in the configuration. Interrupted, the
-    /// same command resumes where it stopped.
-    Remove {
-        /// The node's name, as `status` shows it.
-        name: pangaea_core::NodeName,
-        /// Remove it even if the etcd members left would be an even number or lose quorum.
-        #[arg(long)]
-        force: bool,
-        /// Print the steps (and whether etcd would allow the removal now); change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// How long the drain (the first step) may take.
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
-        timeout: Duration,
-    },
     /// Drain a node: cordon it and evict its pods through the Kubernetes eviction API (as
     /// `kubectl drain --ignore-daemonsets`: DaemonSet and mirror pods stay; a pod a
     /// PodDisruptionBudget protects is tried again until --timeout), then stop its kubelet.
@@ -383,6 +365,24 @@ pub enum NodeCommand {
         /// The kubeconfig of the API (default: the cluster's .pangaea/admin.kubeconfig).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+    },
+    /// Remove a node for good: drained (see `node drain`; --force also deletes pods no
+    /// controller re-creates), its etcd member (by ID, only when the cluster can take it),
+    /// every credential (refused at once by the controller and by etcd), its instance, and
+    /// — in pangaea.yaml's `removedNodes` — its place in the configuration. Interrupted, the
+    /// same command resumes where it stopped.
+    Remove {
+        /// The node's name, as `status` shows it.
+        name: pangaea_core::NodeName,
+        /// Remove it even if the etcd members left would be an even number or lose quorum.
+        #[arg(long)]
+        force: bool,
+        /// Print the steps (and whether etcd would allow the removal now); change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long the drain (the first step) may take.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// Shut a node down cleanly and boot it again with the same disk; waits until it
     /// reports healthy from its new boot (a new boot ID).
