@@ -117,6 +117,20 @@ impl fmt::Display for ProviderKind {
     }
 }
 
+/// What a GCE node is made of, where the configuration does not say: one owner for the
+/// provider that creates nodes and for `pangaea-ctl cost` that prices them.
+pub mod gce {
+    /// A pool's machine type when it names none: 2 GiB, the compiler's default memory.
+    pub const DEFAULT_MACHINE_TYPE: &str = "e2-small";
+    /// The boot disk of every node, GiB.
+    pub const BOOT_DISK_GIB: u32 = 20;
+    /// The type of every disk Pangaea creates (boot and data).
+    pub const DISK_TYPE: &str = "pd-balanced";
+    /// The region when `provider.zones` names none (and gcloud's configuration is not
+    /// asked, as for `cost`).
+    pub const DEFAULT_REGION: &str = "us-central1";
+}
+
 /// Memory of GCE's shared-core and small standard machine types, MiB.
 fn gce_machine_memory_mib(machine_type: &str) -> Option<u32> {
     Some(match machine_type {

@@ -161,6 +161,22 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Estimate what the configured cluster costs a month on Google Compute Engine (machines,
+    /// disks, addresses, Spot, the free tier), beside a managed single-node cluster, from a
+    /// dated price table. On the local and Vagrant providers nothing is billed: the estimate
+    /// is what the same cluster would cost on GCE.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl cost\n  \
+        pangaea-ctl cost -o json\n  \
+        pangaea-ctl cost --prices my-prices.yaml   # a copy of controller/prices/gce.yaml, edited")]
+    Cost {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+        /// A price table to use instead of the built-in one (same format).
+        #[arg(long)]
+        prices: Option<PathBuf>,
+    },
     /// Failure drills: prove the cluster's high availability on demand.
     #[command(subcommand)]
     Drill(DrillCommand),
@@ -521,6 +537,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pki(c) => cmd::pki::run(&ctx, c),
         Command::Token(c) => cmd::token::run(&ctx, c).await,
         Command::Status { output } => cmd::status::run(&ctx, output).await,
+        Command::Cost { output, prices } => cmd::cost::run(&ctx, output, prices.as_deref()),
         Command::Drill(DrillCommand::NodeLoss { node, output }) => {
             cmd::drill::node_loss(&ctx, node, output).await
         }

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod cmd;
 pub mod compile;
 pub mod controller;
+pub mod cost;
 pub mod daemon;
 pub mod drain;
 pub mod drill;

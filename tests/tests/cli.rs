@@ -493,3 +493,46 @@ fn operator_flow_with_real_binaries() {
     assert!(text(&o.stdout).contains("node-1"), "{}", show(&o));
     drop(agent);
 }
+
+/// `cost`: the estimate adds up, names what it priced, and output to a reader that went away
+/// (`pangaea-ctl cost | head -1`) ends quietly with status 0.
+#[test]
+fn cost_adds_up_and_a_closed_pipe_is_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pangaea.yaml"),
+        "provider: {type: gce, zones: [us-east1-b, us-east1-c, us-east1-d]}\n",
+    )
+    .unwrap();
+    let ctl = || {
+        let mut c = Command::new(binary("pangaea-ctl"));
+        c.current_dir(dir.path());
+        c
+    };
+    let out = ctl().args(["cost", "-o", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["region"], "us-east1");
+    let sum: f64 = e["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["monthly"].as_f64().unwrap())
+        .sum();
+    assert!((sum - e["total"].as_f64().unwrap()).abs() < 1e-9, "{e}");
+    assert!(e["prices"].as_str().unwrap().contains("cloud.google.com"), "{e}");
+    let table = ctl().arg("cost").output().unwrap();
+    assert!(text(&table.stdout).contains("For comparison, GKE"), "{}", show(&table));
+
+    // A pipe whose reader is already gone: every write fails with EPIPE.
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    drop(read_end);
+    let out = ctl()
+        .arg("cost")
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(text(&out.stderr), "", "nothing on stderr");
+}

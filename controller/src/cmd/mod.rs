@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod backup;
 pub mod compile;
+pub mod cost;
 pub mod down;
 pub mod drill;
 pub mod env;
@@ -45,6 +46,17 @@ impl Ctx {
         let p = provider::from_config(&c.loaded, &self.state, &self.image_cache)?;
         p.check_privileges()?;
         Ok(p)
+    }
+}
+
+/// Writes a command's output to stdout. A reader that went away (`pangaea-ctl cost | head
+/// -1`) is no error: the command ends quietly, as other command-line tools do.
+pub fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
     }
 }
 
