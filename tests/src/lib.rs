@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub mod bench;
+pub mod gce_api;
 pub mod http_fixture;
 pub mod kube_api;
 

@@ -520,9 +520,16 @@ fn cost_adds_up_and_a_closed_pipe_is_no_error() {
         .map(|l| l["monthly"].as_f64().unwrap())
         .sum();
     assert!((sum - e["total"].as_f64().unwrap()).abs() < 1e-9, "{e}");
-    assert!(e["prices"].as_str().unwrap().contains("cloud.google.com"), "{e}");
+    assert!(
+        e["prices"].as_str().unwrap().contains("cloud.google.com"),
+        "{e}"
+    );
     let table = ctl().arg("cost").output().unwrap();
-    assert!(text(&table.stdout).contains("For comparison, GKE"), "{}", show(&table));
+    assert!(
+        text(&table.stdout).contains("For comparison, GKE"),
+        "{}",
+        show(&table)
+    );
 
     // A pipe whose reader is already gone: every write fails with EPIPE.
     let (read_end, write_end) = nix::unistd::pipe().unwrap();

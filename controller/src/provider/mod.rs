@@ -16,6 +16,7 @@
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+pub mod gce;
 pub mod local;
 
 use async_trait::async_trait;

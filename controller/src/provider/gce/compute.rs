@@ -1,0 +1,596 @@
+//! The Compute Engine REST API (v1), the calls the GCE provider makes, over reqwest with
+//! rustls.
+//!
+//! - **Operations.** A mutating call returns an Operation; [`Compute::wait`] asks the
+//!   operation's `wait` method (which answers when it is DONE or after about two minutes)
+//!   until it is DONE, then its `error.errors[]` decides.
+//! - **Idempotent retries.** Every mutating call carries a `requestId` (a UUID) that its
+//!   retries reuse, so a retry after a lost response is answered with the first call's
+//!   operation and never creates twice. Transport errors, 5xx, 429 and Google's rate-limit
+//!   reasons are retried with backoff; anything else is the caller's.
+//! - **Adoption.** An insert answered `409 alreadyExists` adopts the instance when it carries
+//!   this cluster's label ([`CLUSTER_LABEL`]), and is refused otherwise
+//!   ([`Compute::create_instance`]).
+//!
+//! The request bodies have the fields and shapes gcloud sends for the same instance (checked
+//! against the real gcloud in tests/tests/gce_api.rs), with two deliberate differences: no
+//! service account (nodes call no Google API, so they hold no Google credentials), and no
+//! fields left at their defaults.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The label that marks what Pangaea created for a cluster: its value is the cluster's name.
+pub const CLUSTER_LABEL: &str = "pangaea-cluster";
+
+/// Where access tokens come from.
+#[derive(Clone, Debug)]
+pub enum TokenSource {
+    /// A file holding one (read for each call, as gcloud does: it may be refreshed).
+    File(PathBuf),
+    /// The installed gcloud CLI: `gcloud auth print-access-token`.
+    Gcloud,
+    /// A fixed token (tests).
+    Fixed(String),
+}
+
+impl TokenSource {
+    async fn token(&self) -> Result<String, ComputeError> {
+        let auth = |m: String| ComputeError::Auth(m);
+        match self {
+            TokenSource::File(f) => tokio::fs::read_to_string(f)
+                .await
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| auth(format!("access token file {}: {e}", f.display()))),
+            TokenSource::Gcloud => {
+                let out = tokio::process::Command::new("gcloud")
+                    .args(["auth", "print-access-token"])
+                    .output()
+                    .await
+                    .map_err(|e| {
+                        auth(format!(
+                            "gcloud auth print-access-token: {e} (install the gcloud CLI and run `gcloud auth login`, or set CLOUDSDK_AUTH_ACCESS_TOKEN_FILE)"
+                        ))
+                    })?;
+                if !out.status.success() {
+                    return Err(auth(format!(
+                        "gcloud auth print-access-token: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            }
+            TokenSource::Fixed(t) => Ok(t.clone()),
+        }
+    }
+}
+
+/// Why a Compute call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    /// No access token.
+    #[error("Google credentials: {0}")]
+    Auth(String),
+    /// The API answered with an error.
+    #[error("{method} {url}: {status} {reason}: {message}")]
+    Http {
+        /// The request's method.
+        method: String,
+        /// Its URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// Google's reason (`alreadyExists`, `notFound`, `rateLimitExceeded`, …).
+        reason: String,
+        /// Google's message.
+        message: String,
+    },
+    /// The operation finished with errors.
+    #[error("operation {operation} failed: {}", errors.iter().map(|(c, m)| format!("{c}: {m}")).collect::<Vec<_>>().join("; "))]
+    Operation {
+        /// The operation's name.
+        operation: String,
+        /// Its errors: (code, message).
+        errors: Vec<(String, String)>,
+    },
+    /// The API could not be reached (after the retries).
+    #[error("{url}: {message}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// What happened.
+        message: String,
+    },
+    /// An operation did not finish in time.
+    #[error("operation {0} not done after {1:?}")]
+    Timeout(String, Duration),
+    /// An instance of that name exists and is not this cluster's.
+    #[error(
+        "instance {name} exists in {zone} and is not cluster {cluster}'s (its {CLUSTER_LABEL} label is {found:?}): delete or rename it"
+    )]
+    NotOurs {
+        /// The instance.
+        name: String,
+        /// Its zone.
+        zone: String,
+        /// The cluster.
+        cluster: String,
+        /// Its label's value, if any.
+        found: Option<String>,
+    },
+}
+
+impl ComputeError {
+    /// Google's reason or error code: `alreadyExists`, `ZONE_RESOURCE_POOL_EXHAUSTED`, …
+    pub fn reasons(&self) -> Vec<&str> {
+        match self {
+            ComputeError::Http { reason, .. } => vec![reason.as_str()],
+            ComputeError::Operation { errors, .. } => {
+                errors.iter().map(|(c, _)| c.as_str()).collect()
+            }
+            _ => vec![],
+        }
+    }
+}
+
+/// An operation (the fields Pangaea reads).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// Its name.
+    pub name: String,
+    /// `PENDING`, `RUNNING` or `DONE`.
+    #[serde(default)]
+    pub status: String,
+    /// Its URL.
+    #[serde(default)]
+    pub self_link: String,
+    /// What it acts on.
+    #[serde(default)]
+    pub target_link: String,
+    /// Its errors, once DONE.
+    #[serde(default)]
+    pub error: Option<OperationErrors>,
+}
+
+/// `error` of an operation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct OperationErrors {
+    /// Each error.
+    #[serde(default)]
+    pub errors: Vec<OperationError>,
+}
+
+/// One error of an operation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct OperationError {
+    /// Its code (`ZONE_RESOURCE_POOL_EXHAUSTED`, `QUOTA_EXCEEDED`, …).
+    #[serde(default)]
+    pub code: String,
+    /// Its message.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// An instance to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceSpec {
+    /// Its name.
+    pub name: String,
+    /// Its zone.
+    pub zone: String,
+    /// Its machine type (`e2-small`).
+    pub machine_type: String,
+    /// The image family and the project that publishes it (`ubuntu-2404-lts-amd64`,
+    /// `ubuntu-os-cloud`).
+    pub image: (String, String),
+    /// The boot disk's size, GiB, and type.
+    pub boot_disk: (u32, String),
+    /// cloud-init's user-data (instance metadata `user-data`).
+    pub user_data: String,
+    /// Labels (the cluster's among them).
+    pub labels: BTreeMap<String, String>,
+    /// Network tags (for firewall rules).
+    pub tags: Vec<String>,
+    /// A Spot VM.
+    pub spot: bool,
+}
+
+/// What [`Compute::create_instance`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// Created now.
+    Created,
+    /// It existed already with this cluster's label: adopted.
+    Adopted,
+}
+
+/// A client for one project.
+#[derive(Clone)]
+pub struct Compute {
+    http: reqwest::Client,
+    base: String,
+    project: String,
+    token: TokenSource,
+    /// Tries of one call (transport errors, 5xx, 429, rate limits).
+    tries: u32,
+    /// The first wait between tries, doubled after each.
+    backoff: Duration,
+}
+
+/// A new `requestId`: a random (version 4) UUID, as the API requires.
+pub fn request_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let mut b = b;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+impl Compute {
+    /// A client of the API at `base` (ending in `/compute/v1/`) for `project`.
+    pub fn new(base: &str, project: &str, token: TokenSource) -> Compute {
+        pangaea_core::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(150))
+            .user_agent(concat!("pangaea/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("reqwest client builds with the process crypto provider");
+        Compute {
+            http,
+            base: base.to_owned(),
+            project: project.to_owned(),
+            token,
+            tries: 5,
+            backoff: Duration::from_millis(500),
+        }
+    }
+
+    /// The same client with `tries` tries per call, the first retry after `backoff`.
+    pub fn with_retries(mut self, tries: u32, backoff: Duration) -> Compute {
+        self.tries = tries.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    /// The URL of a project resource path (`zones/Z/instances`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}projects/{}/{path}", self.base, self.project)
+    }
+
+    /// One call, retried on transport errors, 5xx, 429 and rate limits with the same body
+    /// (and so the same `requestId`).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ComputeError> {
+        let mut wait = self.backoff;
+        let mut last = None;
+        for attempt in 1..=self.tries {
+            let token = self.token.token().await?;
+            let mut req = self.http.request(method.clone(), url).bearer_auth(token);
+            if let Some(b) = body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.to_string());
+            }
+            let transient = match req.send().await {
+                Err(e) => ComputeError::Transport {
+                    url: url.to_owned(),
+                    message: pangaea_core::error_chain(&e),
+                },
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.text().await.unwrap_or_default();
+                    if (200..300).contains(&status) {
+                        return serde_json::from_str(&text).map_err(|e| ComputeError::Transport {
+                            url: url.to_owned(),
+                            message: format!("unreadable answer ({e}): {text:.200}"),
+                        });
+                    }
+                    let (reason, message) = google_error(&text);
+                    let err = ComputeError::Http {
+                        method: method.to_string(),
+                        url: url.to_owned(),
+                        status,
+                        reason,
+                        message,
+                    };
+                    let retry = status >= 500
+                        || status == 429
+                        || err.reasons().iter().any(|r| {
+                            matches!(
+                                *r,
+                                "rateLimitExceeded" | "userRateLimitExceeded" | "backendError"
+                            )
+                        });
+                    if !retry {
+                        return Err(err);
+                    }
+                    err
+                }
+            };
+            tracing::info!(%url, attempt, error = %transient, "Compute API call failed; trying again");
+            last = Some(transient);
+            if attempt < self.tries {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+        Err(last.expect("at least one try"))
+    }
+
+    async fn mutate(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Operation, ComputeError> {
+        // The requestId is fixed before the first try: every retry repeats it.
+        let url = format!("{}?requestId={}", self.url(path), request_id());
+        let v = self.call(method, &url, body.as_ref()).await?;
+        serde_json::from_value(v).map_err(|e| ComputeError::Transport {
+            url,
+            message: format!("not an operation: {e}"),
+        })
+    }
+
+    /// The body of an instance insert (the shapes gcloud sends).
+    pub fn instance_body(&self, s: &InstanceSpec) -> Value {
+        let zone = |p: &str| self.url(&format!("zones/{}/{p}", s.zone));
+        let mut scheduling = json!({"automaticRestart": true});
+        if s.spot {
+            scheduling = json!({
+                "automaticRestart": false,
+                "onHostMaintenance": "TERMINATE",
+                "provisioningModel": "SPOT",
+                "instanceTerminationAction": "STOP",
+            });
+        }
+        json!({
+            "name": s.name,
+            "machineType": zone(&format!("machineTypes/{}", s.machine_type)),
+            "disks": [{
+                "autoDelete": true,
+                "boot": true,
+                "mode": "READ_WRITE",
+                "type": "PERSISTENT",
+                "initializeParams": {
+                    "diskSizeGb": s.boot_disk.0.to_string(),
+                    "diskType": zone(&format!("diskTypes/{}", s.boot_disk.1)),
+                    "sourceImage": format!(
+                        "{}projects/{}/global/images/family/{}",
+                        self.base, s.image.1, s.image.0
+                    ),
+                },
+            }],
+            "labels": s.labels,
+            "metadata": {"items": [{"key": "user-data", "value": s.user_data}]},
+            "networkInterfaces": [{
+                "network": self.url("global/networks/default"),
+                "accessConfigs": [{"name": "external-nat", "type": "ONE_TO_ONE_NAT"}],
+            }],
+            "scheduling": scheduling,
+            "tags": {"items": s.tags},
+        })
+    }
+
+    /// Inserts an instance (not waiting for the operation).
+    pub async fn insert_instance(&self, s: &InstanceSpec) -> Result<Operation, ComputeError> {
+        let body = self.instance_body(s);
+        self.mutate(
+            reqwest::Method::POST,
+            &format!("zones/{}/instances", s.zone),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Creates an instance and waits until it exists: an insert answered `alreadyExists`
+    /// adopts the instance when it carries `cluster`'s label, and is refused otherwise.
+    pub async fn create_instance(
+        &self,
+        s: &InstanceSpec,
+        cluster: &str,
+        timeout: Duration,
+    ) -> Result<Created, ComputeError> {
+        match self.insert_instance(s).await {
+            Ok(op) => {
+                self.wait(&op, timeout).await?;
+                Ok(Created::Created)
+            }
+            Err(e) if e.reasons().contains(&"alreadyExists") => {
+                let found = self
+                    .get_instance(&s.zone, &s.name)
+                    .await?
+                    .and_then(|i| i["labels"][CLUSTER_LABEL].as_str().map(str::to_owned));
+                if found.as_deref() == Some(cluster) {
+                    Ok(Created::Adopted)
+                } else {
+                    Err(ComputeError::NotOurs {
+                        name: s.name.clone(),
+                        zone: s.zone.clone(),
+                        cluster: cluster.to_owned(),
+                        found,
+                    })
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The instance, `None` when there is none.
+    pub async fn get_instance(
+        &self,
+        zone: &str,
+        name: &str,
+    ) -> Result<Option<Value>, ComputeError> {
+        match self
+            .call(
+                reqwest::Method::GET,
+                &self.url(&format!("zones/{zone}/instances/{name}")),
+                None,
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(ComputeError::Http { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The instances of `zone` that carry `cluster`'s label, every page.
+    pub async fn list_instances(
+        &self,
+        zone: &str,
+        cluster: &str,
+    ) -> Result<Vec<Value>, ComputeError> {
+        let filter = format!("labels.{CLUSTER_LABEL}={cluster}");
+        let mut out = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let mut url = reqwest::Url::parse(&self.url(&format!("zones/{zone}/instances")))
+                .map_err(|e| ComputeError::Transport {
+                    url: self.base.clone(),
+                    message: e.to_string(),
+                })?;
+            url.query_pairs_mut().append_pair("filter", &filter);
+            if let Some(p) = &page {
+                url.query_pairs_mut().append_pair("pageToken", p);
+            }
+            let v = self.call(reqwest::Method::GET, url.as_str(), None).await?;
+            if let Some(items) = v["items"].as_array() {
+                out.extend(items.iter().cloned());
+            }
+            match v["nextPageToken"].as_str() {
+                Some(p) if !p.is_empty() => page = Some(p.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Deletes an instance; `None` when there was none.
+    pub async fn delete_instance(
+        &self,
+        zone: &str,
+        name: &str,
+    ) -> Result<Option<Operation>, ComputeError> {
+        match self
+            .mutate(
+                reqwest::Method::DELETE,
+                &format!("zones/{zone}/instances/{name}"),
+                None,
+            )
+            .await
+        {
+            Ok(op) => Ok(Some(op)),
+            Err(ComputeError::Http { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `start`, `stop` or `reset` of an instance.
+    pub async fn instance_action(
+        &self,
+        zone: &str,
+        name: &str,
+        action: &str,
+    ) -> Result<Operation, ComputeError> {
+        self.mutate(
+            reqwest::Method::POST,
+            &format!("zones/{zone}/instances/{name}/{action}"),
+            None,
+        )
+        .await
+    }
+
+    /// Waits until `op` is DONE (its `wait` method, asked again until then or `timeout`);
+    /// an operation that finished with errors is [`ComputeError::Operation`].
+    pub async fn wait(&self, op: &Operation, timeout: Duration) -> Result<Operation, ComputeError> {
+        let started = tokio::time::Instant::now();
+        let mut op = op.clone();
+        while op.status != "DONE" {
+            if started.elapsed() > timeout {
+                return Err(ComputeError::Timeout(op.name.clone(), timeout));
+            }
+            let v = self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("{}/wait", op.self_link),
+                    None,
+                )
+                .await?;
+            op = serde_json::from_value(v).map_err(|e| ComputeError::Transport {
+                url: op.self_link.clone(),
+                message: format!("not an operation: {e}"),
+            })?;
+        }
+        match &op.error {
+            Some(e) if !e.errors.is_empty() => Err(ComputeError::Operation {
+                operation: op.name.clone(),
+                errors: e
+                    .errors
+                    .iter()
+                    .map(|e| (e.code.clone(), e.message.clone()))
+                    .collect(),
+            }),
+            _ => Ok(op),
+        }
+    }
+}
+
+/// Google's error body: `{"error": {"errors": [{"reason"}], "message"}}`.
+fn google_error(text: &str) -> (String, String) {
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let e = &v["error"];
+    let reason = e["errors"][0]["reason"]
+        .as_str()
+        .or_else(|| e["status"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let message = e["message"]
+        .as_str()
+        .map_or_else(|| format!("{text:.200}"), str::to_owned);
+    (reason, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let a = request_id();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(a, request_id());
+    }
+
+    #[test]
+    fn google_errors_are_read() {
+        let (r, m) = google_error(
+            r#"{"error":{"code":409,"message":"The resource 'x' already exists","errors":[{"reason":"alreadyExists"}]}}"#,
+        );
+        assert_eq!(
+            (r.as_str(), m.as_str()),
+            ("alreadyExists", "The resource 'x' already exists")
+        );
+        let (r, _) = google_error("<html>bad gateway</html>");
+        assert_eq!(r, "");
+    }
+}

@@ -1,0 +1,484 @@
+//! A Compute Engine API (v1) stand-in on loopback, with Google's resource, operation and
+//! error shapes: projects, zones, image families, instances (insert, get, list with
+//! pagination and a label filter, delete, start, stop, reset) and zone operations (get,
+//! wait). Mutating calls honour `requestId` as Google does: the same id again is answered
+//! with the first call's operation.
+//!
+//! It is checked by the real gcloud CLI (tests/tests/gce_api.rs drives `gcloud compute
+//! instances create|list|describe|delete` against it through
+//! `CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE`), so a shape gcloud would not accept fails
+//! there. Faults on request: responses lost after the work was done, zones out of
+//! resources (the insert's operation ends with `ZONE_RESOURCE_POOL_EXHAUSTED`).
+
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// A request the stand-in received.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    /// The path below the base URL (`projects/demo/zones/…`).
+    pub path: String,
+    pub query: String,
+    pub authorization: String,
+    pub body: Value,
+}
+
+/// What the API holds, and the faults it plays.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Instances by (zone, name).
+    pub instances: BTreeMap<(String, String), Value>,
+    pub operations: BTreeMap<String, Value>,
+    /// requestId → operation name.
+    pub request_ids: BTreeMap<String, String>,
+    /// Mutating requests whose response is lost (the connection closed) after the work
+    /// was done; counts down.
+    pub lose_responses: u32,
+    /// Zones where an insert's operation fails for lack of resources.
+    pub exhausted: BTreeSet<String>,
+    /// Page size of instance lists (Google's default is 500).
+    pub page_size: usize,
+    pub log: Vec<Request>,
+    /// Requests it does not implement (`METHOD path`).
+    pub unserved: Vec<String>,
+    next_id: u64,
+}
+
+/// The stand-in, serving until dropped.
+pub struct GceApi {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GceApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The project every test uses.
+pub const PROJECT: &str = "demo";
+
+impl GceApi {
+    pub async fn start() -> GceApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            page_size: 500,
+            ..Default::default()
+        }));
+        let base = format!("http://{addr}/compute/v1/");
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (s, base) = (s.clone(), base.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let (s, base) = (s.clone(), base.clone());
+                        async move { handle(req, &s, &base).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        GceApi { addr, state, task }
+    }
+
+    /// The base URL (what `CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE` is set to).
+    pub fn base(&self) -> String {
+        format!("http://{}/compute/v1/", self.addr)
+    }
+
+    /// The requests so far whose method and path match.
+    pub fn requests(&self, method: &str, path_suffix: &str) -> Vec<Request> {
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|r| r.method == method && r.path.ends_with(path_suffix))
+            .cloned()
+            .collect()
+    }
+
+    /// The names of the instances in `zone`.
+    pub fn instances(&self, zone: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .instances
+            .keys()
+            .filter(|(z, _)| z == zone)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+}
+
+type Response = hyper::Response<http_body_util::Full<bytes::Bytes>>;
+
+fn respond(code: u16, body: &Value) -> Response {
+    hyper::Response::builder()
+        .status(code)
+        .header("content-type", "application/json; charset=UTF-8")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap()
+}
+
+/// Google's error shape.
+fn error(code: u16, reason: &str, message: &str) -> Response {
+    respond(
+        code,
+        &json!({"error": {"code": code, "message": message,
+            "errors": [{"message": message, "domain": "global", "reason": reason}]}}),
+    )
+}
+
+fn region_of(zone: &str) -> &str {
+    zone.rsplit_once('-').map_or(zone, |(r, _)| r)
+}
+
+async fn handle(
+    req: hyper::Request<hyper::body::Incoming>,
+    state: &Mutex<State>,
+    base: &str,
+) -> Result<Response, std::io::Error> {
+    use http_body_util::BodyExt;
+    let method = req.method().to_string();
+    let full = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let Some(path) = full.strip_prefix("/compute/v1/").map(str::to_owned) else {
+        return Ok(error(404, "notFound", &format!("no API at {full}")));
+    };
+    let mut s = state.lock().unwrap();
+    s.log.push(Request {
+        method: method.clone(),
+        path: path.clone(),
+        query: query.clone(),
+        authorization: authorization.clone(),
+        body: body.clone(),
+    });
+    if !authorization.starts_with("Bearer ") || authorization.len() < 12 {
+        return Ok(error(
+            401,
+            "required",
+            "Request is missing required authentication credential.",
+        ));
+    }
+    let param = |k: &str| {
+        query.split('&').find_map(|kv| {
+            kv.strip_prefix(&format!("{k}="))
+                .map(|v| v.replace("%3D", "=").replace("%3d", "=").replace('+', " "))
+        })
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    let url = |p: &str| format!("{base}{p}");
+    let mutating = method != "GET";
+    // A repeated requestId: the first call's operation, nothing done again.
+    if mutating
+        && let Some(id) = param("requestId")
+        && let Some(op) = s
+            .request_ids
+            .get(&id)
+            .and_then(|n| s.operations.get(n))
+            .cloned()
+    {
+        return lose_or(&mut s, respond(200, &op));
+    }
+    let response = match (method.as_str(), parts.as_slice()) {
+        ("GET", ["projects", p]) => respond(
+            200,
+            &json!({"kind": "compute#project", "name": p, "id": "1234",
+                "defaultServiceAccount": format!("1234-compute@developer.gserviceaccount.com"),
+                "selfLink": url(&format!("projects/{p}"))}),
+        ),
+        ("GET", ["projects", p, "zones", z]) => respond(
+            200,
+            &json!({"kind": "compute#zone", "name": z, "status": "UP",
+                "region": url(&format!("projects/{p}/regions/{}", region_of(z))),
+                "selfLink": url(&path), "id": "2000"}),
+        ),
+        ("GET", ["projects", p, "global", "images", "family", f])
+        | ("GET", ["projects", p, "zones", _, "imageFamilyViews", f]) => {
+            let image = json!({"kind": "compute#image", "name": format!("{f}-v20260101"),
+                "family": f, "status": "READY", "diskSizeGb": "10", "id": "3000",
+                "selfLink": url(&format!("projects/{p}/global/images/{f}-v20260101"))});
+            if parts[2] == "zones" {
+                respond(
+                    200,
+                    &json!({"kind": "compute#imageFamilyView", "image": image}),
+                )
+            } else {
+                respond(200, &image)
+            }
+        }
+        ("POST", ["projects", p, "zones", z, "instances"]) => {
+            insert(&mut s, p, z, &body, &url, param("requestId"))
+        }
+        ("GET", ["projects", _, "zones", z, "instances"]) => {
+            let filter = param("filter");
+            let wanted = filter
+                .as_deref()
+                .and_then(|f| f.strip_prefix("labels."))
+                .and_then(|f| f.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()));
+            let all: Vec<Value> = s
+                .instances
+                .iter()
+                .filter(|((zone, _), _)| zone == z)
+                .map(|(_, i)| i.clone())
+                .filter(|i| {
+                    wanted
+                        .as_ref()
+                        .is_none_or(|(k, v)| i["labels"][k.as_str()] == v.as_str())
+                })
+                .collect();
+            let size = param("maxResults")
+                .and_then(|m| m.parse::<usize>().ok())
+                .unwrap_or(s.page_size)
+                .min(s.page_size);
+            let from: usize = param("pageToken").and_then(|t| t.parse().ok()).unwrap_or(0);
+            let page: Vec<&Value> = all.iter().skip(from).take(size).collect();
+            let mut list = json!({"kind": "compute#instanceList", "id": format!("projects/{PROJECT}/zones/{z}/instances"),
+                "items": page, "selfLink": url(&path)});
+            if from + size < all.len() {
+                list["nextPageToken"] = json!((from + size).to_string());
+            }
+            respond(200, &list)
+        }
+        ("GET", ["projects", _, "zones", z, "instances", n]) => {
+            match s.instances.get(&(z.to_string(), n.to_string())) {
+                Some(i) => respond(200, i),
+                None => error(
+                    404,
+                    "notFound",
+                    &format!(
+                        "The resource 'projects/{PROJECT}/zones/{z}/instances/{n}' was not found"
+                    ),
+                ),
+            }
+        }
+        ("DELETE", ["projects", _, "zones", z, "instances", n]) => {
+            if s.instances
+                .remove(&(z.to_string(), n.to_string()))
+                .is_none()
+            {
+                error(
+                    404,
+                    "notFound",
+                    &format!(
+                        "The resource 'projects/{PROJECT}/zones/{z}/instances/{n}' was not found"
+                    ),
+                )
+            } else {
+                let op = operation(
+                    &mut s,
+                    z,
+                    "delete",
+                    &url(&format!("projects/{PROJECT}/zones/{z}/instances/{n}")),
+                    None,
+                    &url,
+                    param("requestId"),
+                );
+                respond(200, &op)
+            }
+        }
+        (
+            "POST",
+            [
+                "projects",
+                _,
+                "zones",
+                z,
+                "instances",
+                n,
+                action @ ("start" | "stop" | "reset"),
+            ],
+        ) => {
+            let key = (z.to_string(), n.to_string());
+            if !s.instances.contains_key(&key) {
+                error(
+                    404,
+                    "notFound",
+                    &format!(
+                        "The resource 'projects/{PROJECT}/zones/{z}/instances/{n}' was not found"
+                    ),
+                )
+            } else {
+                let status = if *action == "stop" {
+                    "TERMINATED"
+                } else {
+                    "RUNNING"
+                };
+                s.instances.get_mut(&key).unwrap()["status"] = json!(status);
+                let target = url(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"));
+                let op = operation(&mut s, z, action, &target, None, &url, param("requestId"));
+                respond(200, &op)
+            }
+        }
+        ("GET", ["projects", _, "zones", _, "operations", o])
+        | ("POST", ["projects", _, "zones", _, "operations", o, "wait"]) => {
+            match s.operations.get_mut(*o) {
+                Some(op) => {
+                    // Done at the first look: the work was done when the call was made.
+                    op["status"] = json!("DONE");
+                    op["progress"] = json!(100);
+                    let op = op.clone();
+                    return Ok(respond(200, &op));
+                }
+                None => error(
+                    404,
+                    "notFound",
+                    &format!("The resource 'operations/{o}' was not found"),
+                ),
+            }
+        }
+        _ => {
+            s.unserved.push(format!("{method} {path}"));
+            error(
+                404,
+                "notFound",
+                &format!("the stand-in does not serve {method} {path}"),
+            )
+        }
+    };
+    Ok(if mutating {
+        lose_or(&mut s, response)?
+    } else {
+        response
+    })
+}
+
+/// `response`, unless a lost response is due: then the connection closes without one.
+fn lose_or(s: &mut State, response: Response) -> Result<Response, std::io::Error> {
+    if s.lose_responses > 0 {
+        s.lose_responses -= 1;
+        return Err(std::io::Error::other("response lost (fault)"));
+    }
+    Ok(response)
+}
+
+fn operation(
+    s: &mut State,
+    zone: &str,
+    kind: &str,
+    target: &str,
+    error: Option<(&str, &str)>,
+    url: &dyn Fn(&str) -> String,
+    request_id: Option<String>,
+) -> Value {
+    s.next_id += 1;
+    let name = format!("operation-{}-{kind}", s.next_id);
+    let mut op = json!({
+        "kind": "compute#operation", "id": s.next_id.to_string(), "name": name,
+        "zone": url(&format!("projects/{PROJECT}/zones/{zone}")),
+        "operationType": kind, "targetLink": target, "status": "RUNNING", "progress": 0,
+        "user": "pangaea-test@example.invalid", "insertTime": "2026-11-22T00:00:00.000-00:00",
+        "selfLink": url(&format!("projects/{PROJECT}/zones/{zone}/operations/{name}")),
+    });
+    if let Some((code, message)) = error {
+        op["error"] = json!({"errors": [{"code": code, "message": message}]});
+        op["httpErrorStatusCode"] = json!(503);
+        op["httpErrorMessage"] = json!("SERVICE UNAVAILABLE");
+    }
+    s.operations.insert(name.clone(), op.clone());
+    if let Some(id) = request_id {
+        s.request_ids.insert(id, name);
+    }
+    op
+}
+
+fn insert(
+    s: &mut State,
+    project: &str,
+    zone: &str,
+    body: &Value,
+    url: &dyn Fn(&str) -> String,
+    request_id: Option<String>,
+) -> Response {
+    let Some(name) = body["name"].as_str() else {
+        return error(
+            400,
+            "required",
+            "Required field 'resource.name' not specified",
+        );
+    };
+    for field in ["machineType", "disks", "networkInterfaces"] {
+        if body[field].is_null() {
+            return error(
+                400,
+                "required",
+                &format!("Required field 'resource.{field}' not specified"),
+            );
+        }
+    }
+    let key = (zone.to_owned(), name.to_owned());
+    if s.instances.contains_key(&key) {
+        return error(
+            409,
+            "alreadyExists",
+            &format!(
+                "The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists"
+            ),
+        );
+    }
+    let target = url(&format!("projects/{project}/zones/{zone}/instances/{name}"));
+    if s.exhausted.contains(zone) {
+        let op = operation(
+            s,
+            zone,
+            "insert",
+            &target,
+            Some((
+                "ZONE_RESOURCE_POOL_EXHAUSTED",
+                &format!(
+                    "The zone 'projects/{project}/zones/{zone}' does not have enough resources available to fulfill the request."
+                ),
+            )),
+            url,
+            request_id,
+        );
+        return respond(200, &op);
+    }
+    let n = s.instances.len() + 2;
+    let mut instance = body.clone();
+    instance["kind"] = json!("compute#instance");
+    instance["id"] = json!((4000 + n).to_string());
+    instance["status"] = json!("RUNNING");
+    instance["zone"] = json!(url(&format!("projects/{project}/zones/{zone}")));
+    instance["selfLink"] = json!(target);
+    instance["creationTimestamp"] = json!("2026-11-22T00:00:00.000-00:00");
+    if let Some(nic) = instance["networkInterfaces"].get_mut(0) {
+        nic["networkIP"] = json!(format!("10.128.0.{n}"));
+        nic["name"] = json!("nic0");
+        if let Some(ac) = nic["accessConfigs"].get_mut(0) {
+            ac["natIP"] = json!(format!("203.0.113.{n}"));
+        }
+    }
+    s.instances.insert(key, instance);
+    let op = operation(s, zone, "insert", &target, None, url, request_id);
+    respond(200, &op)
+}

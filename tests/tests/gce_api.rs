@@ -1,0 +1,375 @@
+//! The Compute API client (controller/src/provider/gce/compute.rs) against the Compute API
+//! stand-in (tests/src/gce_api.rs), and the stand-in against the real gcloud CLI: gcloud
+//! creates, lists, describes and deletes an instance through it, and the insert body
+//! Pangaea sends has the fields and shapes of gcloud's for the same instance. Then what the
+//! client promises: a lost response retried with the same requestId creates once, an
+//! existing instance adopted only when it is the cluster's, a zone out of resources named,
+//! every page of a list read.
+//!
+//! gcloud is kept on loopback: the endpoint override, an access-token file, and the
+//! metadata-server probe, usage reporting and update checks turned off ([`gcloud`]).
+
+use pangaea_controller::provider::gce::compute::{
+    CLUSTER_LABEL, Compute, ComputeError, Created, InstanceSpec, TokenSource,
+};
+use pangaea_tests::gce_api::{GceApi, PROJECT};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+const ZONE: &str = "us-central1-a";
+const T: Duration = Duration::from_secs(30);
+
+fn spec(name: &str, zone: &str) -> InstanceSpec {
+    InstanceSpec {
+        name: name.into(),
+        zone: zone.into(),
+        machine_type: "e2-small".into(),
+        image: ("ubuntu-2404-lts-amd64".into(), "ubuntu-os-cloud".into()),
+        boot_disk: (20, "pd-balanced".into()),
+        user_data: "#cloud-config\n".into(),
+        labels: [(CLUSTER_LABEL.to_string(), "demo".to_string())].into(),
+        tags: vec!["pangaea-demo".into()],
+        spot: false,
+    }
+}
+
+fn client(api: &GceApi, dir: &Path) -> Compute {
+    let token = dir.join("token");
+    std::fs::write(&token, "ya29.test-token\n").unwrap();
+    Compute::new(&api.base(), PROJECT, TokenSource::File(token))
+        .with_retries(4, Duration::from_millis(50))
+}
+
+fn require_gcloud() {
+    assert!(
+        std::process::Command::new("gcloud")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install)"
+    );
+}
+
+/// gcloud against the stand-in only. Its configuration directory is seeded with the answer
+/// to "is this a GCE VM?" (`gce`: False): on a fresh directory gcloud resolves
+/// metadata.google.internal to find out, even with CLOUDSDK_CORE_CHECK_GCE_METADATA off
+/// (seen with strace; seeded, it connects to 127.0.0.1 only).
+async fn gcloud(api: &GceApi, dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let token = dir.join("token");
+    std::fs::write(&token, "ya29.test-token\n").unwrap();
+    std::fs::create_dir_all(dir.join("gcloud")).unwrap();
+    std::fs::write(dir.join("gcloud/gce"), "False").unwrap();
+    let out = tokio::process::Command::new("gcloud")
+        .args(args)
+        .env("CLOUDSDK_CONFIG", dir.join("gcloud"))
+        .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE", api.base())
+        .env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", &token)
+        .env("CLOUDSDK_CORE_PROJECT", PROJECT)
+        .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
+        .env("CLOUDSDK_CORE_CHECK_GCE_METADATA", "false")
+        .env("CLOUDSDK_CORE_DISABLE_USAGE_REPORTING", "true")
+        .env("CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK", "true")
+        .output()
+        .await
+        .unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!("gcloud {args:?}: {}\n{o}\n{e}", out.status);
+    (out.status.success(), o, e)
+}
+
+/// `v` with every leaf replaced by its type: what "the same shape" compares.
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(shape).collect()),
+        Value::String(_) => "string".into(),
+        Value::Number(_) => "number".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Null => Value::Null,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcloud_drives_the_stand_in_and_pangaea_sends_what_gcloud_sends() {
+    require_gcloud();
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let user_data = dir.path().join("user-data");
+    std::fs::write(&user_data, "#cloud-config\n").unwrap();
+    let (ok, out, _) = gcloud(
+        &api,
+        dir.path(),
+        &[
+            "compute",
+            "instances",
+            "create",
+            "node-1",
+            "--zone",
+            ZONE,
+            "--machine-type",
+            "e2-small",
+            "--image-family",
+            "ubuntu-2404-lts-amd64",
+            "--image-project",
+            "ubuntu-os-cloud",
+            "--boot-disk-size",
+            "20GB",
+            "--boot-disk-type",
+            "pd-balanced",
+            &format!("--metadata-from-file=user-data={}", user_data.display()),
+            "--labels",
+            "pangaea-cluster=demo",
+            "--tags",
+            "pangaea-demo",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created[0]["name"], "node-1");
+    assert_eq!(created[0]["status"], "RUNNING");
+    let (ok, out, _) = gcloud(
+        &api,
+        dir.path(),
+        &[
+            "compute",
+            "instances",
+            "list",
+            "--zones",
+            ZONE,
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let (ok, out, _) = gcloud(
+        &api,
+        dir.path(),
+        &[
+            "compute",
+            "instances",
+            "describe",
+            "node-1",
+            "--zone",
+            ZONE,
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let described: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(described["labels"][CLUSTER_LABEL], "demo");
+
+    // Pangaea's insert of the same instance: gcloud's fields and shapes, and values.
+    let theirs = api.requests("POST", "zones/us-central1-a/instances")[0]
+        .body
+        .clone();
+    let c = client(&api, dir.path());
+    assert_eq!(
+        c.create_instance(&spec("node-2", ZONE), "demo", T)
+            .await
+            .unwrap(),
+        Created::Created
+    );
+    let ours = api.requests("POST", "zones/us-central1-a/instances")[1]
+        .body
+        .clone();
+    let mut expected = shape(&theirs);
+    // Deliberately left out: the default service account (nodes call no Google API, so
+    // they hold no Google credentials) and two fields at their defaults.
+    for k in ["serviceAccounts", "canIpForward", "deletionProtection"] {
+        expected.as_object_mut().unwrap().remove(k);
+    }
+    assert_eq!(
+        shape(&ours),
+        expected,
+        "ours: {ours:#}\ngcloud's: {theirs:#}"
+    );
+    for pointer in [
+        "/machineType",
+        "/labels",
+        "/metadata",
+        "/tags",
+        "/scheduling",
+        "/disks/0/initializeParams/diskSizeGb",
+        "/disks/0/initializeParams/diskType",
+        "/networkInterfaces/0/network",
+        "/networkInterfaces/0/accessConfigs",
+    ] {
+        assert_eq!(ours.pointer(pointer), theirs.pointer(pointer), "{pointer}");
+    }
+    let image = |v: &Value| {
+        v.pointer("/disks/0/initializeParams/sourceImage")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        image(&ours).contains("ubuntu-os-cloud") && image(&ours).ends_with("ubuntu-2404-lts-amd64")
+    );
+    assert!(image(&theirs).ends_with("ubuntu-2404-lts-amd64"));
+
+    // gcloud sees Pangaea's instance, and deletes both (one per command: for several, gcloud
+    // sends a multipart batch request, which the stand-in does not implement).
+    let (ok, out, _) = gcloud(
+        &api,
+        dir.path(),
+        &[
+            "compute",
+            "instances",
+            "describe",
+            "node-2",
+            "--zone",
+            ZONE,
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    for n in ["node-1", "node-2"] {
+        let (ok, _, _) = gcloud(
+            &api,
+            dir.path(),
+            &[
+                "compute",
+                "instances",
+                "delete",
+                n,
+                "--zone",
+                ZONE,
+                "--quiet",
+            ],
+        )
+        .await;
+        assert!(ok);
+    }
+    assert!(api.instances(ZONE).is_empty());
+    let s = api.state.lock().unwrap();
+    assert!(s.unserved.is_empty(), "{:?}", s.unserved);
+    assert!(
+        s.log
+            .iter()
+            .all(|r| r.authorization == "Bearer ya29.test-token")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_response_is_retried_with_the_same_request_id_and_creates_once() {
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(&api, dir.path());
+    api.state.lock().unwrap().lose_responses = 1;
+    assert_eq!(
+        c.create_instance(&spec("node-1", ZONE), "demo", T)
+            .await
+            .unwrap(),
+        Created::Created
+    );
+    assert_eq!(api.instances(ZONE), ["node-1"]);
+    let inserts = api.requests("POST", "zones/us-central1-a/instances");
+    assert_eq!(inserts.len(), 2, "the insert was sent again");
+    assert!(inserts[0].query.contains("requestId="));
+    assert_eq!(
+        inserts[0].query, inserts[1].query,
+        "with the same requestId"
+    );
+    // A second logical call gets a new id: it is refused as existing, then adopted.
+    assert_eq!(
+        c.create_instance(&spec("node-1", ZONE), "demo", T)
+            .await
+            .unwrap(),
+        Created::Adopted
+    );
+    let inserts = api.requests("POST", "zones/us-central1-a/instances");
+    assert_ne!(inserts[2].query, inserts[0].query);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_instance_is_adopted_only_when_it_is_the_clusters() {
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(&api, dir.path());
+    let mut other = spec("node-1", ZONE);
+    other
+        .labels
+        .insert(CLUSTER_LABEL.into(), "someone-else".into());
+    c.create_instance(&other, "someone-else", T).await.unwrap();
+    let e = c
+        .create_instance(&spec("node-1", ZONE), "demo", T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ComputeError::NotOurs { found: Some(f), .. } if f == "someone-else"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("delete or rename it"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_out_of_resources_is_named_by_the_operation() {
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(&api, dir.path());
+    api.state.lock().unwrap().exhausted.insert(ZONE.into());
+    let e = c
+        .create_instance(&spec("node-1", ZONE), "demo", T)
+        .await
+        .unwrap_err();
+    assert_eq!(e.reasons(), ["ZONE_RESOURCE_POOL_EXHAUSTED"], "{e}");
+    assert!(api.instances(ZONE).is_empty());
+    // Another zone of the region has room.
+    let elsewhere = "us-central1-b";
+    assert_eq!(
+        c.create_instance(&spec("node-1", elsewhere), "demo", T)
+            .await
+            .unwrap(),
+        Created::Created
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_read_every_page_and_only_the_clusters_instances() {
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(&api, dir.path());
+    api.state.lock().unwrap().page_size = 2;
+    for i in 1..=5 {
+        c.create_instance(&spec(&format!("node-{i}"), ZONE), "demo", T)
+            .await
+            .unwrap();
+    }
+    let mut stranger = spec("other-1", ZONE);
+    stranger.labels.insert(CLUSTER_LABEL.into(), "other".into());
+    c.create_instance(&stranger, "other", T).await.unwrap();
+    let listed = c.list_instances(ZONE, "demo").await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["node-1", "node-2", "node-3", "node-4", "node-5"]);
+    assert_eq!(
+        api.requests("GET", "zones/us-central1-a/instances").len(),
+        3,
+        "three pages"
+    );
+    // Stop, start, delete; a second delete finds nothing.
+    let op = c.instance_action(ZONE, "node-1", "stop").await.unwrap();
+    c.wait(&op, T).await.unwrap();
+    assert_eq!(
+        c.get_instance(ZONE, "node-1").await.unwrap().unwrap()["status"],
+        "TERMINATED"
+    );
+    let op = c.delete_instance(ZONE, "node-1").await.unwrap().unwrap();
+    c.wait(&op, T).await.unwrap();
+    assert!(c.delete_instance(ZONE, "node-1").await.unwrap().is_none());
+    assert!(c.get_instance(ZONE, "node-1").await.unwrap().is_none());
+}
