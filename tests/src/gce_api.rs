@@ -4,6 +4,10 @@
 //! wait). Mutating calls honour `requestId` as Google does: the same id again is answered
 //! with the first call's operation.
 //!
+//! It also serves the OAuth2 token endpoint of service accounts (`POST /token`, RFC 7523):
+//! given the account's public key, it checks the JWT's RS256 signature and claims and
+//! issues access tokens, which the Compute calls must then carry.
+//!
 //! It is checked by the real gcloud CLI (tests/tests/gce_api.rs drives `gcloud compute
 //! instances create|list|describe|delete` against it through
 //! `CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE`), so a shape gcloud would not accept fails
@@ -44,6 +48,13 @@ pub struct State {
     pub log: Vec<Request>,
     /// Requests it does not implement (`METHOD path`).
     pub unserved: Vec<String>,
+    /// The service account's public key (PKCS#1 DER): when set, `/token` verifies
+    /// assertions with it and the Compute calls must carry a token it issued.
+    pub sa_public_key: Option<Vec<u8>>,
+    /// Lifetime of the tokens `/token` issues, seconds (default 3600).
+    pub token_lifetime: u64,
+    /// Tokens issued.
+    pub issued: Vec<String>,
     next_id: u64,
 }
 
@@ -69,6 +80,7 @@ impl GceApi {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             page_size: 500,
+            token_lifetime: 3600,
             ..Default::default()
         }));
         let base = format!("http://{addr}/compute/v1/");
@@ -96,6 +108,11 @@ impl GceApi {
     /// The base URL (what `CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE` is set to).
     pub fn base(&self) -> String {
         format!("http://{}/compute/v1/", self.addr)
+    }
+
+    /// The service accounts' token endpoint (a key file's `token_uri`).
+    pub fn token_uri(&self) -> String {
+        format!("http://{}/token", self.addr)
     }
 
     /// The requests so far whose method and path match.
@@ -170,6 +187,11 @@ async fn handle(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if method == "POST" && full == "/token" {
+        let mut s = state.lock().unwrap();
+        let uri = format!("{}token", base.trim_end_matches("compute/v1/"));
+        return Ok(token(&mut s, &String::from_utf8_lossy(&bytes), &uri));
+    }
     let Some(path) = full.strip_prefix("/compute/v1/").map(str::to_owned) else {
         return Ok(error(404, "notFound", &format!("no API at {full}")));
     };
@@ -187,6 +209,14 @@ async fn handle(
             "required",
             "Request is missing required authentication credential.",
         ));
+    }
+    if s.sa_public_key.is_some()
+        && !s
+            .issued
+            .iter()
+            .any(|t| authorization == format!("Bearer {t}"))
+    {
+        return Ok(error(401, "authError", "Invalid Credentials"));
     }
     let param = |k: &str| {
         query.split('&').find_map(|kv| {
@@ -481,4 +511,77 @@ fn insert(
     s.instances.insert(key, instance);
     let op = operation(s, zone, "insert", &target, None, url, request_id);
     respond(200, &op)
+}
+
+/// The token endpoint: an RS256 JWT bearer assertion checked against the account's key.
+fn token(s: &mut State, form: &str, uri: &str) -> Response {
+    use base64::Engine;
+    let refuse = |why: &str| {
+        respond(
+            400,
+            &json!({"error": "invalid_grant", "error_description": why}),
+        )
+    };
+    let field = |k: &str| {
+        form.split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+    };
+    if field("grant_type") != Some("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer") {
+        return respond(400, &json!({"error": "unsupported_grant_type"}));
+    }
+    let Some(key) = s.sa_public_key.clone() else {
+        return refuse("no service account configured in the stand-in");
+    };
+    let parts: Vec<&str> = field("assertion").unwrap_or("").split('.').collect();
+    let &[h, c, sig] = parts.as_slice() else {
+        return refuse("Invalid JWT: not three parts");
+    };
+    let b64 = |p: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .ok()
+    };
+    let header: Value = b64(h)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    if header["alg"] != "RS256" {
+        return refuse("Invalid JWT: alg must be RS256");
+    }
+    let signed = format!("{h}.{c}");
+    let ok = b64(sig).is_some_and(|sig| {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, &key)
+            .verify(signed.as_bytes(), &sig)
+            .is_ok()
+    });
+    if !ok {
+        return refuse("Invalid JWT Signature.");
+    }
+    let claims: Value = b64(c)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (iat, exp) = (
+        claims["iat"].as_u64().unwrap_or(0),
+        claims["exp"].as_u64().unwrap_or(0),
+    );
+    if claims["aud"] != uri
+        || !claims["scope"]
+            .as_str()
+            .is_some_and(|sc| sc.contains("auth/compute"))
+        || claims["iss"].as_str().is_none_or(str::is_empty)
+        || exp <= now
+        || iat > now + 60
+        || exp.saturating_sub(iat) > 3600
+    {
+        return refuse(&format!("Invalid JWT claims: {claims}"));
+    }
+    let t = format!("ya29.sa-{}", s.issued.len() + 1);
+    s.issued.push(t.clone());
+    respond(
+        200,
+        &json!({"access_token": t, "expires_in": s.token_lifetime, "token_type": "Bearer"}),
+    )
 }

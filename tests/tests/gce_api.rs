@@ -373,3 +373,116 @@ async fn lists_read_every_page_and_only_the_clusters_instances() {
     assert!(c.delete_instance(ZONE, "node-1").await.unwrap().is_none());
     assert!(c.get_instance(ZONE, "node-1").await.unwrap().is_none());
 }
+
+/// An RSA key made by openssl: (PKCS#8 PEM, the public key as PKCS#1 DER for the stand-in).
+fn rsa_key(dir: &Path, name: &str) -> (String, Vec<u8>) {
+    let pem = dir.join(format!("{name}.pem"));
+    let der = dir.join(format!("{name}.der"));
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ],
+        vec![
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-outform",
+            "DER",
+            "-in",
+            pem.to_str().unwrap(),
+            "-out",
+        ],
+    ] {
+        let target = if args[0] == "genpkey" { &pem } else { &der };
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .arg(target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pair = ring::rsa::KeyPair::from_pkcs8(&std::fs::read(der).unwrap()).unwrap();
+    (
+        std::fs::read_to_string(pem).unwrap(),
+        pair.public().as_ref().to_vec(),
+    )
+}
+
+fn key_file(dir: &Path, api: &GceApi, pem: &str) -> std::path::PathBuf {
+    let path = dir.join("key.json");
+    let key = serde_json::json!({
+        "type": "service_account", "project_id": PROJECT, "private_key_id": "k1",
+        "private_key": pem, "client_email": "pangaea@demo.iam.gserviceaccount.com",
+        "token_uri": api.token_uri(),
+    });
+    std::fs::write(&path, key.to_string()).unwrap();
+    path
+}
+
+/// A service-account key (`GOOGLE_APPLICATION_CREDENTIALS`): the JWT signed with it is
+/// checked by the stand-in with the key's public half and exchanged for a token the Compute
+/// calls carry; the token is kept until shortly before it expires, then replaced; a key the
+/// account does not have is refused, and the error says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_key_is_exchanged_for_tokens_and_refreshed() {
+    use pangaea_controller::provider::gce::GcloudEnv;
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, public) = rsa_key(dir.path(), "sa");
+    api.state.lock().unwrap().sa_public_key = Some(public);
+    let key = key_file(dir.path(), &api, &pem);
+    let env = GcloudEnv::from_vars(|k| {
+        (k == "GOOGLE_APPLICATION_CREDENTIALS").then(|| key.display().to_string())
+    });
+    let c = Compute::new(&api.base(), PROJECT, env.token_source().unwrap());
+    c.create_instance(&spec("node-1", ZONE), "demo", T)
+        .await
+        .unwrap();
+    c.get_instance(ZONE, "node-1").await.unwrap().unwrap();
+    assert_eq!(
+        api.state.lock().unwrap().issued,
+        ["ya29.sa-1"],
+        "one token for both calls"
+    );
+    assert!(api.requests("GET", "instances/node-1")[0].authorization == "Bearer ya29.sa-1");
+
+    // Tokens that live just over the refresh margin: the next call takes a new one.
+    api.state.lock().unwrap().token_lifetime =
+        pangaea_controller::provider::gce::service_account::REFRESH_BEFORE.as_secs() + 1;
+    let c = Compute::new(&api.base(), PROJECT, env.token_source().unwrap());
+    c.get_instance(ZONE, "node-1").await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.get_instance(ZONE, "node-1").await.unwrap().unwrap();
+    assert_eq!(
+        api.state.lock().unwrap().issued.len(),
+        3,
+        "refreshed before it expired"
+    );
+
+    // Another key: its signature does not verify.
+    let (other, _) = rsa_key(dir.path(), "other");
+    let key = key_file(dir.path(), &api, &other);
+    let env = GcloudEnv::from_vars(|k| {
+        (k == "GOOGLE_APPLICATION_CREDENTIALS").then(|| key.display().to_string())
+    });
+    let c = Compute::new(&api.base(), PROJECT, env.token_source().unwrap());
+    let e = c
+        .get_instance(ZONE, "node-1")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("invalid_grant") && e.contains("Invalid JWT Signature"),
+        "{e}"
+    );
+    assert!(e.contains("pangaea@demo.iam.gserviceaccount.com"), "{e}");
+}

@@ -33,6 +33,8 @@ pub enum TokenSource {
     File(PathBuf),
     /// The installed gcloud CLI: `gcloud auth print-access-token`.
     Gcloud,
+    /// A service account's key ([`super::service_account`]).
+    ServiceAccount(std::sync::Arc<super::service_account::ServiceAccount>),
     /// A fixed token (tests).
     Fixed(String),
 }
@@ -63,6 +65,7 @@ impl TokenSource {
                 }
                 Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
             }
+            TokenSource::ServiceAccount(sa) => sa.token().await,
             TokenSource::Fixed(t) => Ok(t.clone()),
         }
     }

@@ -4,6 +4,7 @@
 //! that the real gcloud CLI drives (tests/tests/gce_api.rs).
 
 pub mod compute;
+pub mod service_account;
 
 use std::path::PathBuf;
 
@@ -25,6 +26,9 @@ pub struct GcloudEnv {
     pub region: Option<String>,
     /// `CLOUDSDK_COMPUTE_ZONE`.
     pub zone: Option<String>,
+    /// `GOOGLE_APPLICATION_CREDENTIALS`: a service-account key file (Google's application
+    /// default credentials).
+    pub credentials_file: Option<PathBuf>,
 }
 
 impl GcloudEnv {
@@ -42,6 +46,7 @@ impl GcloudEnv {
             project: get("CLOUDSDK_CORE_PROJECT"),
             region: get("CLOUDSDK_COMPUTE_REGION"),
             zone: get("CLOUDSDK_COMPUTE_ZONE"),
+            credentials_file: get("GOOGLE_APPLICATION_CREDENTIALS").map(PathBuf::from),
         }
     }
 
@@ -55,13 +60,17 @@ impl GcloudEnv {
         }
     }
 
-    /// Where the access token comes from: the token file when set, else the installed
+    /// Where the access token comes from: the token file when set (as in gcloud, it wins),
+    /// else the service-account key of `GOOGLE_APPLICATION_CREDENTIALS`, else the installed
     /// gcloud CLI (`gcloud auth print-access-token`).
-    pub fn token_source(&self) -> compute::TokenSource {
-        match &self.access_token_file {
-            Some(f) => compute::TokenSource::File(f.clone()),
-            None => compute::TokenSource::Gcloud,
-        }
+    pub fn token_source(&self) -> Result<compute::TokenSource, compute::ComputeError> {
+        Ok(match (&self.access_token_file, &self.credentials_file) {
+            (Some(f), _) => compute::TokenSource::File(f.clone()),
+            (None, Some(key)) => compute::TokenSource::ServiceAccount(std::sync::Arc::new(
+                service_account::ServiceAccount::from_file(key)?,
+            )),
+            (None, None) => compute::TokenSource::Gcloud,
+        })
     }
 }
 
@@ -83,9 +92,20 @@ mod tests {
         assert_eq!(e.compute_base(), "http://127.0.0.1:9/compute/v1/");
         assert_eq!(e.project.as_deref(), Some("demo"));
         assert_eq!(e.zone, None);
-        assert!(matches!(e.token_source(), compute::TokenSource::File(_)));
+        assert!(matches!(
+            e.token_source().unwrap(),
+            compute::TokenSource::File(_)
+        ));
         let none = GcloudEnv::from_vars(|_| None);
         assert_eq!(none.compute_base(), COMPUTE_BASE);
-        assert!(matches!(none.token_source(), compute::TokenSource::Gcloud));
+        assert!(matches!(
+            none.token_source().unwrap(),
+            compute::TokenSource::Gcloud
+        ));
+        let bad = GcloudEnv::from_vars(|k| {
+            (k == "GOOGLE_APPLICATION_CREDENTIALS").then(|| "/nonexistent/key.json".into())
+        });
+        let e = bad.token_source().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/key.json"), "{e}");
     }
 }
