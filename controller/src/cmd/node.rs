@@ -229,7 +229,7 @@ async fn run_step(
     let state = &ctx.state;
     let name = NodeName::try_from(j.node.clone()).map_err(anyhow::Error::msg)?;
     Ok(match s {
-        // The instance goes next: the agent stopping the kubelet is not waited for.
+        // The instance is deleted two steps later: the kubelet stopping is not waited for.
         Step::Drain => drain_node(ctx, &name, &state.admin_kubeconfig(), drain, false).await?,
         Step::EtcdMember => crate::removal::remove_etcd_member(j, access, drain.force).await?,
         Step::Credentials => {
