@@ -55,6 +55,9 @@ pub struct State {
     pub token_lifetime: u64,
     /// Tokens issued.
     pub issued: Vec<String>,
+    /// setMetadata calls preceded by another writer's change (the caller's fingerprint is
+    /// then stale: 412); counts down.
+    pub concurrent_metadata_writes: u32,
     next_id: u64,
 }
 
@@ -245,6 +248,61 @@ async fn handle(
                 "defaultServiceAccount": format!("1234-compute@developer.gserviceaccount.com"),
                 "selfLink": url(&format!("projects/{p}"))}),
         ),
+        ("GET", ["projects", p, "regions", r]) => {
+            let zones: Vec<String> = ["a", "b", "c", "f"]
+                .iter()
+                .map(|l| url(&format!("projects/{p}/zones/{r}-{l}")))
+                .collect();
+            respond(
+                200,
+                &json!({"kind": "compute#region", "name": r, "status": "UP", "zones": zones,
+                    "selfLink": url(&path)}),
+            )
+        }
+        ("POST", ["projects", _, "zones", z, "instances", n, "setMetadata"]) => {
+            let key = (z.to_string(), n.to_string());
+            if !s.instances.contains_key(&key) {
+                return Ok(error(
+                    404,
+                    "notFound",
+                    &format!(
+                        "The resource 'projects/{PROJECT}/zones/{z}/instances/{n}' was not found"
+                    ),
+                ));
+            }
+            // Another writer, just before this one: the fingerprint moves on.
+            if s.concurrent_metadata_writes > 0 {
+                s.concurrent_metadata_writes -= 1;
+                let i = s.instances.get_mut(&key).unwrap();
+                let mut items = i["metadata"]["items"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                items.push(json!({"key": "written-meanwhile", "value": "yes"}));
+                i["metadata"] = metadata(items);
+            }
+            if body["fingerprint"] != s.instances[&key]["metadata"]["fingerprint"] {
+                error(
+                    412,
+                    "conditionNotMet",
+                    "Supplied fingerprint does not match current metadata fingerprint.",
+                )
+            } else {
+                let items = body["items"].as_array().cloned().unwrap_or_default();
+                s.instances.get_mut(&key).unwrap()["metadata"] = metadata(items);
+                let target = url(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"));
+                let op = operation(
+                    &mut s,
+                    z,
+                    "setMetadata",
+                    &target,
+                    None,
+                    &url,
+                    param("requestId"),
+                );
+                respond(200, &op)
+            }
+        }
         ("GET", ["projects", p, "zones", z]) => respond(
             200,
             &json!({"kind": "compute#zone", "name": z, "status": "UP",
@@ -501,6 +559,12 @@ fn insert(
     instance["zone"] = json!(url(&format!("projects/{project}/zones/{zone}")));
     instance["selfLink"] = json!(target);
     instance["creationTimestamp"] = json!("2026-11-22T00:00:00.000-00:00");
+    instance["metadata"] = metadata(
+        body["metadata"]["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    );
     if let Some(nic) = instance["networkInterfaces"].get_mut(0) {
         nic["networkIP"] = json!(format!("10.128.0.{n}"));
         nic["name"] = json!("nic0");
@@ -584,4 +648,12 @@ fn token(s: &mut State, form: &str, uri: &str) -> Response {
         200,
         &json!({"access_token": t, "expires_in": s.token_lifetime, "token_type": "Bearer"}),
     )
+}
+
+/// Instance metadata with its fingerprint (a hash of the items: it changes with them).
+fn metadata(items: Vec<Value>) -> Value {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    Value::Array(items.clone()).to_string().hash(&mut h);
+    json!({"kind": "compute#metadata", "fingerprint": format!("{:016x}", h.finish()), "items": items})
 }

@@ -486,3 +486,127 @@ async fn a_service_account_key_is_exchanged_for_tokens_and_refreshed() {
     );
     assert!(e.contains("pangaea@demo.iam.gserviceaccount.com"), "{e}");
 }
+
+/// Zone failover: the region's zones come from the API; a zone out of capacity moves the
+/// node to the next one, saying so; when every zone is full, the error names them all and
+/// no instance is left anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_moves_to_another_zone_of_the_region_when_its_zone_is_full() {
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(&api, dir.path());
+    let zones = c.region_zones("us-central1").await.unwrap();
+    assert_eq!(
+        zones,
+        [
+            "us-central1-a",
+            "us-central1-b",
+            "us-central1-c",
+            "us-central1-f"
+        ]
+    );
+    api.state
+        .lock()
+        .unwrap()
+        .exhausted
+        .extend(["us-central1-b".to_string(), "us-central1-a".to_string()]);
+    let said = std::sync::Mutex::new(Vec::new());
+    let progress = |m: &str| said.lock().unwrap().push(m.to_owned());
+    let mut s = spec("node-2", "us-central1-b");
+    let (zone, created) = c
+        .create_in_region(&s, &zones, "demo", T, &progress)
+        .await
+        .unwrap();
+    assert_eq!(
+        (zone.as_str(), created),
+        ("us-central1-c", Created::Created)
+    );
+    let said = said.into_inner().unwrap();
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(
+        said[0].contains("us-central1-b has no e2-small")
+            && said[0].contains("trying us-central1-a"),
+        "{said:?}"
+    );
+    assert!(api.instances("us-central1-b").is_empty() && api.instances("us-central1-a").is_empty());
+
+    api.state
+        .lock()
+        .unwrap()
+        .exhausted
+        .extend(zones.iter().cloned());
+    s.name = "node-3".into();
+    let e = c
+        .create_in_region(&s, &zones, "demo", T, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ComputeError::NoCapacity { zones: z, .. } if z.len() == 4),
+        "{e}"
+    );
+    assert!(e.to_string().contains("another region"), "{e}");
+    assert_eq!(
+        api.instances("us-central1-c"),
+        ["node-2"],
+        "nothing else created"
+    );
+}
+
+/// A metadata item (how a recovery token reaches a cloud node) is set by read-modify-write
+/// with the fingerprint: another writer coming between gets a 412, the item is written on
+/// the next round, and the other writer's item is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_is_changed_with_its_fingerprint_and_a_412_reads_again() {
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(&api, dir.path());
+    c.create_instance(&spec("node-1", ZONE), "demo", T)
+        .await
+        .unwrap();
+    api.state.lock().unwrap().concurrent_metadata_writes = 1;
+    c.set_metadata_item(ZONE, "node-1", "pangaea-recovery-token", "t1", T)
+        .await
+        .unwrap();
+    let i = c.get_instance(ZONE, "node-1").await.unwrap().unwrap();
+    let items: Vec<(String, String)> = i["metadata"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["key"].as_str().unwrap().to_owned(),
+                m["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        items.contains(&("user-data".into(), "#cloud-config\n".into())),
+        "{items:?}"
+    );
+    assert!(
+        items.contains(&("written-meanwhile".into(), "yes".into())),
+        "{items:?}"
+    );
+    assert!(
+        items.contains(&("pangaea-recovery-token".into(), "t1".into())),
+        "{items:?}"
+    );
+    assert_eq!(
+        api.requests("POST", "instances/node-1/setMetadata").len(),
+        2,
+        "a 412, then done"
+    );
+    // Replacing the item keeps one of it.
+    c.set_metadata_item(ZONE, "node-1", "pangaea-recovery-token", "t2", T)
+        .await
+        .unwrap();
+    let i = c.get_instance(ZONE, "node-1").await.unwrap().unwrap();
+    let tokens: Vec<&Value> = i["metadata"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["key"] == "pangaea-recovery-token")
+        .collect();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0]["value"], "t2");
+}

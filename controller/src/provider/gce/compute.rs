@@ -110,6 +110,19 @@ pub enum ComputeError {
     /// An operation did not finish in time.
     #[error("operation {0} not done after {1:?}")]
     Timeout(String, Duration),
+    /// No zone tried had capacity.
+    #[error(
+        "{name}: no capacity for {machine_type} in any zone tried ({}); try later, another region (provider.zones) or another machine type",
+        zones.join(", ")
+    )]
+    NoCapacity {
+        /// The instance.
+        name: String,
+        /// Its machine type.
+        machine_type: String,
+        /// The zones tried.
+        zones: Vec<String>,
+    },
     /// An instance of that name exists and is not this cluster's.
     #[error(
         "instance {name} exists in {zone} and is not cluster {cluster}'s (its {CLUSTER_LABEL} label is {found:?}): delete or rename it"
@@ -136,6 +149,20 @@ impl ComputeError {
             }
             _ => vec![],
         }
+    }
+
+    /// Whether the zone has no capacity for the request (a stockout): another zone of the
+    /// region may have some. The one rule [`Compute::create_in_region`] moves nodes by.
+    pub fn is_zone_capacity(&self) -> bool {
+        self.reasons().iter().any(|r| {
+            matches!(
+                *r,
+                "ZONE_RESOURCE_POOL_EXHAUSTED"
+                    | "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"
+                    | "resourcePoolExhausted"
+                    | "STOCKOUT"
+            )
+        })
     }
 }
 
@@ -433,6 +460,120 @@ impl Compute {
                 }
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Creates an instance in `s.zone`, else — while zones answer that they have no capacity
+    /// ([`ComputeError::is_zone_capacity`]) — in the other zones of `zones` (the region's,
+    /// [`Compute::region_zones`]) in turn; `progress` hears each move. Returns the zone used.
+    pub async fn create_in_region(
+        &self,
+        s: &InstanceSpec,
+        zones: &[String],
+        cluster: &str,
+        timeout: Duration,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<(String, Created), ComputeError> {
+        let order: Vec<&String> = std::iter::once(&s.zone)
+            .chain(zones.iter().filter(|z| **z != s.zone))
+            .collect();
+        let mut full = Vec::new();
+        for (i, zone) in order.iter().enumerate() {
+            let spec = InstanceSpec {
+                zone: (*zone).clone(),
+                ..s.clone()
+            };
+            match self.create_instance(&spec, cluster, timeout).await {
+                Ok(c) => return Ok(((*zone).clone(), c)),
+                Err(e) if e.is_zone_capacity() => {
+                    if let Some(next) = order.get(i + 1) {
+                        progress(&format!(
+                            "{}: {zone} has no {} available now ({}); trying {next}",
+                            s.name,
+                            s.machine_type,
+                            e.reasons().join(", ")
+                        ));
+                    }
+                    full.push((*zone).clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ComputeError::NoCapacity {
+            name: s.name.clone(),
+            machine_type: s.machine_type.clone(),
+            zones: full,
+        })
+    }
+
+    /// The zones of `region`, by name.
+    pub async fn region_zones(&self, region: &str) -> Result<Vec<String>, ComputeError> {
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                &self.url(&format!("regions/{region}")),
+                None,
+            )
+            .await?;
+        let mut zones: Vec<String> = v["zones"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|z| z.as_str()?.rsplit('/').next().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        zones.sort();
+        Ok(zones)
+    }
+
+    /// Sets one metadata item of an instance, keeping the others: read, change, write
+    /// with the fingerprint read; a `412` (another writer came between) reads again.
+    pub async fn set_metadata_item(
+        &self,
+        zone: &str,
+        name: &str,
+        key: &str,
+        value: &str,
+        timeout: Duration,
+    ) -> Result<(), ComputeError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let instance =
+                self.get_instance(zone, name)
+                    .await?
+                    .ok_or_else(|| ComputeError::Http {
+                        method: "GET".into(),
+                        url: self.url(&format!("zones/{zone}/instances/{name}")),
+                        status: 404,
+                        reason: "notFound".into(),
+                        message: format!("no instance {name} in {zone}"),
+                    })?;
+            let meta = &instance["metadata"];
+            let mut items: Vec<Value> = meta["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|i| i["key"] != key)
+                .collect();
+            items.push(json!({"key": key, "value": value}));
+            let body = json!({"fingerprint": meta["fingerprint"], "items": items});
+            match self
+                .mutate(
+                    reqwest::Method::POST,
+                    &format!("zones/{zone}/instances/{name}/setMetadata"),
+                    Some(body),
+                )
+                .await
+            {
+                Ok(op) => return self.wait(&op, timeout).await.map(|_| ()),
+                Err(ComputeError::Http { status: 412, .. }) if tries < self.tries => {
+                    tracing::info!(%name, "metadata changed meanwhile; reading it again");
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
