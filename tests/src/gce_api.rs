@@ -35,6 +35,10 @@ pub struct Request {
 pub struct State {
     /// Instances by (zone, name).
     pub instances: BTreeMap<(String, String), Value>,
+    /// Firewall rules by name.
+    pub firewalls: BTreeMap<String, Value>,
+    /// Static addresses by (region, name).
+    pub addresses: BTreeMap<(String, String), Value>,
     pub operations: BTreeMap<String, Value>,
     /// requestId → operation name.
     pub request_ids: BTreeMap<String, String>,
@@ -427,8 +431,147 @@ async fn handle(
                 respond(200, &op)
             }
         }
+        ("POST", ["projects", p, "global", "firewalls"]) => {
+            let Some(name) = body["name"].as_str().map(str::to_owned) else {
+                return Ok(error(
+                    400,
+                    "required",
+                    "Required field 'resource.name' not specified",
+                ));
+            };
+            let target = url(&format!("projects/{p}/global/firewalls/{name}"));
+            let mut rule = body.clone();
+            rule["kind"] = json!("compute#firewall");
+            rule["selfLink"] = json!(target);
+            rule["id"] = json!("5000");
+            if let std::collections::btree_map::Entry::Vacant(v) = s.firewalls.entry(name.clone()) {
+                v.insert(rule);
+                let op = operation(
+                    &mut s,
+                    "global",
+                    "insert",
+                    &target,
+                    None,
+                    &url,
+                    param("requestId"),
+                );
+                respond(200, &op)
+            } else {
+                error(
+                    409,
+                    "alreadyExists",
+                    &format!("The resource 'projects/{p}/global/firewalls/{name}' already exists"),
+                )
+            }
+        }
+        ("GET", ["projects", p, "global", "firewalls", n]) => match s.firewalls.get(*n) {
+            Some(f) => respond(200, f),
+            None => error(
+                404,
+                "notFound",
+                &format!("The resource 'projects/{p}/global/firewalls/{n}' was not found"),
+            ),
+        },
+        ("DELETE", ["projects", p, "global", "firewalls", n]) => {
+            if s.firewalls.remove(*n).is_none() {
+                error(
+                    404,
+                    "notFound",
+                    &format!("The resource 'projects/{p}/global/firewalls/{n}' was not found"),
+                )
+            } else {
+                let target = url(&format!("projects/{p}/global/firewalls/{n}"));
+                let op = operation(
+                    &mut s,
+                    "global",
+                    "delete",
+                    &target,
+                    None,
+                    &url,
+                    param("requestId"),
+                );
+                respond(200, &op)
+            }
+        }
+        ("POST", ["projects", p, "regions", r, "addresses"]) => {
+            let Some(name) = body["name"].as_str().map(str::to_owned) else {
+                return Ok(error(
+                    400,
+                    "required",
+                    "Required field 'resource.name' not specified",
+                ));
+            };
+            let key = (r.to_string(), name.clone());
+            if s.addresses.contains_key(&key) {
+                error(
+                    409,
+                    "alreadyExists",
+                    &format!(
+                        "The resource 'projects/{p}/regions/{r}/addresses/{name}' already exists"
+                    ),
+                )
+            } else {
+                let target = url(&format!("projects/{p}/regions/{r}/addresses/{name}"));
+                let mut a = body.clone();
+                a["kind"] = json!("compute#address");
+                a["selfLink"] = json!(target);
+                a["region"] = json!(url(&format!("projects/{p}/regions/{r}")));
+                a["address"] = json!(format!("198.51.100.{}", s.addresses.len() + 10));
+                a["addressType"] = json!("EXTERNAL");
+                a["status"] = json!("RESERVED");
+                s.addresses.insert(key, a);
+                let op = operation(
+                    &mut s,
+                    &format!("regions/{r}"),
+                    "insert",
+                    &target,
+                    None,
+                    &url,
+                    param("requestId"),
+                );
+                respond(200, &op)
+            }
+        }
+        ("GET", ["projects", p, "regions", r, "addresses", n]) => {
+            match s.addresses.get(&(r.to_string(), n.to_string())) {
+                Some(a) => respond(200, a),
+                None => error(
+                    404,
+                    "notFound",
+                    &format!("The resource 'projects/{p}/regions/{r}/addresses/{n}' was not found"),
+                ),
+            }
+        }
+        ("DELETE", ["projects", p, "regions", r, "addresses", n]) => {
+            if s.addresses
+                .remove(&(r.to_string(), n.to_string()))
+                .is_none()
+            {
+                error(
+                    404,
+                    "notFound",
+                    &format!("The resource 'projects/{p}/regions/{r}/addresses/{n}' was not found"),
+                )
+            } else {
+                let target = url(&format!("projects/{p}/regions/{r}/addresses/{n}"));
+                let op = operation(
+                    &mut s,
+                    &format!("regions/{r}"),
+                    "delete",
+                    &target,
+                    None,
+                    &url,
+                    param("requestId"),
+                );
+                respond(200, &op)
+            }
+        }
         ("GET", ["projects", _, "zones", _, "operations", o])
-        | ("POST", ["projects", _, "zones", _, "operations", o, "wait"]) => {
+        | ("POST", ["projects", _, "zones", _, "operations", o, "wait"])
+        | ("GET", ["projects", _, "regions", _, "operations", o])
+        | ("POST", ["projects", _, "regions", _, "operations", o, "wait"])
+        | ("GET", ["projects", _, "global", "operations", o])
+        | ("POST", ["projects", _, "global", "operations", o, "wait"]) => {
             match s.operations.get_mut(*o) {
                 Some(op) => {
                     // Done at the first look: the work was done when the call was made.
@@ -469,9 +612,10 @@ fn lose_or(s: &mut State, response: Response) -> Result<Response, std::io::Error
     Ok(response)
 }
 
+/// A new operation on `scope`: a zone's name, `regions/R` or `global`.
 fn operation(
     s: &mut State,
-    zone: &str,
+    scope: &str,
     kind: &str,
     target: &str,
     error: Option<(&str, &str)>,
@@ -480,13 +624,21 @@ fn operation(
 ) -> Value {
     s.next_id += 1;
     let name = format!("operation-{}-{kind}", s.next_id);
+    let scope = if scope == "global" || scope.starts_with("regions/") {
+        scope.to_owned()
+    } else {
+        format!("zones/{scope}")
+    };
     let mut op = json!({
         "kind": "compute#operation", "id": s.next_id.to_string(), "name": name,
-        "zone": url(&format!("projects/{PROJECT}/zones/{zone}")),
         "operationType": kind, "targetLink": target, "status": "RUNNING", "progress": 0,
         "user": "pangaea-test@example.invalid", "insertTime": "2026-11-22T00:00:00.000-00:00",
-        "selfLink": url(&format!("projects/{PROJECT}/zones/{zone}/operations/{name}")),
+        "selfLink": url(&format!("projects/{PROJECT}/{scope}/operations/{name}")),
     });
+    if let Some(field) = scope.split('/').next().filter(|f| *f != "global") {
+        // "zones/Z" → "zone": URL; "regions/R" → "region": URL.
+        op[field.trim_end_matches('s')] = json!(url(&format!("projects/{PROJECT}/{scope}")));
+    }
     if let Some((code, message)) = error {
         op["error"] = json!({"errors": [{"code": code, "message": message}]});
         op["httpErrorStatusCode"] = json!(503);

@@ -610,3 +610,131 @@ async fn metadata_is_changed_with_its_fingerprint_and_a_412_reads_again() {
     assert_eq!(tokens.len(), 1);
     assert_eq!(tokens[0]["value"], "t2");
 }
+
+/// Firewall rules and static addresses, which take no labels where gcloud creates them: the
+/// description marks them as the cluster's. gcloud creates both through the stand-in;
+/// Pangaea's firewall body has the shape and values of gcloud's; the rule gcloud made with
+/// the cluster's description is adopted, the address it made without one is refused; then
+/// Pangaea reserves its own address and deletes what it owns (a second delete finds
+/// nothing), and gcloud sees it gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firewall_rules_and_addresses_are_created_adopted_or_refused_by_their_description() {
+    use pangaea_controller::provider::gce::compute::{FirewallSpec, owner_description};
+    require_gcloud();
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, _) = gcloud(
+        &api,
+        dir.path(),
+        &[
+            "compute",
+            "firewall-rules",
+            "create",
+            "pangaea-demo-api",
+            "--network",
+            "default",
+            "--allow",
+            "tcp:6443",
+            "--source-ranges",
+            "0.0.0.0/0",
+            "--target-tags",
+            "pangaea-demo",
+            "--description",
+            &owner_description("demo"),
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let (ok, _, _) = gcloud(
+        &api,
+        dir.path(),
+        &[
+            "compute",
+            "addresses",
+            "create",
+            "pangaea-demo-api",
+            "--region",
+            "us-central1",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let theirs = api.requests("POST", "global/firewalls")[0].body.clone();
+
+    let c = client(&api, dir.path());
+    let rule = FirewallSpec {
+        name: "pangaea-demo-api".into(),
+        ports: vec![6443],
+        source_ranges: vec!["0.0.0.0/0".into()],
+        target_tag: "pangaea-demo".into(),
+    };
+    assert_eq!(
+        c.firewall_body(&rule, "demo"),
+        theirs,
+        "gcloud's body, value for value"
+    );
+    assert_eq!(
+        c.ensure_firewall(&rule, "demo", T).await.unwrap(),
+        Created::Adopted
+    );
+    let e = c
+        .ensure_firewall(&rule, "other", T)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("firewall rule pangaea-demo-api") && e.contains("pangaea cluster demo"),
+        "{e}"
+    );
+    let e = c
+        .ensure_address("us-central1", "pangaea-demo-api", "demo", T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ComputeError::NotOurs { found: None, .. }),
+        "{e}"
+    );
+
+    let (created, ip) = c
+        .ensure_address("us-central1", "pangaea-demo-lb", "demo", T)
+        .await
+        .unwrap();
+    assert_eq!(created, Created::Created);
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip}");
+    let (again, same) = c
+        .ensure_address("us-central1", "pangaea-demo-lb", "demo", T)
+        .await
+        .unwrap();
+    assert_eq!((again, same), (Created::Adopted, ip), "idempotent");
+    assert!(
+        c.delete_address("us-central1", "pangaea-demo-lb", T)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !c.delete_address("us-central1", "pangaea-demo-lb", T)
+            .await
+            .unwrap()
+    );
+    assert!(c.delete_firewall("pangaea-demo-api", T).await.unwrap());
+    let (ok, out, _) = gcloud(
+        &api,
+        dir.path(),
+        &[
+            "compute",
+            "firewall-rules",
+            "describe",
+            "pangaea-demo-api",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    let s = api.state.lock().unwrap();
+    assert!(s.unserved.is_empty(), "{:?}", s.unserved);
+}

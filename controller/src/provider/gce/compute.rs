@@ -123,18 +123,18 @@ pub enum ComputeError {
         /// The zones tried.
         zones: Vec<String>,
     },
-    /// An instance of that name exists and is not this cluster's.
+    /// A resource of that name exists and is not this cluster's.
     #[error(
-        "instance {name} exists in {zone} and is not cluster {cluster}'s (its {CLUSTER_LABEL} label is {found:?}): delete or rename it"
+        "{what} exists and is not cluster {cluster}'s (its mark, the {mark}, is {found:?}): delete or rename it"
     )]
     NotOurs {
-        /// The instance.
-        name: String,
-        /// Its zone.
-        zone: String,
+        /// The resource (`instance node-1 in us-central1-a`).
+        what: String,
+        /// What marks a resource as a cluster's ([`CLUSTER_LABEL`], or the description).
+        mark: &'static str,
         /// The cluster.
         cluster: String,
-        /// Its label's value, if any.
+        /// The mark found, if any.
         found: Option<String>,
     },
 }
@@ -419,17 +419,6 @@ impl Compute {
         })
     }
 
-    /// Inserts an instance (not waiting for the operation).
-    pub async fn insert_instance(&self, s: &InstanceSpec) -> Result<Operation, ComputeError> {
-        let body = self.instance_body(s);
-        self.mutate(
-            reqwest::Method::POST,
-            &format!("zones/{}/instances", s.zone),
-            Some(body),
-        )
-        .await
-    }
-
     /// Creates an instance and waits until it exists: an insert answered `alreadyExists`
     /// adopts the instance when it carries `cluster`'s label, and is refused otherwise.
     pub async fn create_instance(
@@ -438,29 +427,147 @@ impl Compute {
         cluster: &str,
         timeout: Duration,
     ) -> Result<Created, ComputeError> {
-        match self.insert_instance(s).await {
+        let owner = Owner::Label(cluster);
+        self.insert_or_adopt(
+            &format!("zones/{}/instances", s.zone),
+            self.instance_body(s),
+            &format!("instance {} in {}", s.name, s.zone),
+            &owner,
+            timeout,
+        )
+        .await
+    }
+
+    /// Inserts `body` into the collection at `path` and waits; an `alreadyExists` adopts the
+    /// resource (`path/NAME`) when `owner` marks it as the cluster's, and is refused
+    /// otherwise.
+    async fn insert_or_adopt(
+        &self,
+        path: &str,
+        body: Value,
+        what: &str,
+        owner: &Owner<'_>,
+        timeout: Duration,
+    ) -> Result<Created, ComputeError> {
+        let name = body["name"].as_str().unwrap_or_default().to_owned();
+        match self.mutate(reqwest::Method::POST, path, Some(body)).await {
             Ok(op) => {
                 self.wait(&op, timeout).await?;
                 Ok(Created::Created)
             }
             Err(e) if e.reasons().contains(&"alreadyExists") => {
                 let found = self
-                    .get_instance(&s.zone, &s.name)
+                    .get(&format!("{path}/{name}"))
                     .await?
-                    .and_then(|i| i["labels"][CLUSTER_LABEL].as_str().map(str::to_owned));
-                if found.as_deref() == Some(cluster) {
+                    .and_then(|v| owner.found(&v));
+                if found.as_deref() == Some(owner.expected().as_str()) {
                     Ok(Created::Adopted)
                 } else {
                     Err(ComputeError::NotOurs {
-                        name: s.name.clone(),
-                        zone: s.zone.clone(),
-                        cluster: cluster.to_owned(),
+                        what: what.to_owned(),
+                        mark: owner.mark(),
+                        cluster: owner.cluster().to_owned(),
                         found,
                     })
                 }
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A project resource (`global/firewalls/NAME`), `None` when there is none.
+    async fn get(&self, path: &str) -> Result<Option<Value>, ComputeError> {
+        match self.call(reqwest::Method::GET, &self.url(path), None).await {
+            Ok(v) => Ok(Some(v)),
+            Err(ComputeError::Http { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a project resource and waits; `false` when there was none.
+    async fn delete(&self, path: &str, timeout: Duration) -> Result<bool, ComputeError> {
+        match self.mutate(reqwest::Method::DELETE, path, None).await {
+            Ok(op) => self.wait(&op, timeout).await.map(|_| true),
+            Err(ComputeError::Http { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The body of a firewall rule (the shapes gcloud sends).
+    pub fn firewall_body(&self, f: &FirewallSpec, cluster: &str) -> Value {
+        json!({
+            "name": f.name,
+            "description": owner_description(cluster),
+            "direction": "INGRESS",
+            "network": self.url("global/networks/default"),
+            "allowed": [{"IPProtocol": "tcp", "ports": f.ports.iter().map(u16::to_string).collect::<Vec<_>>()}],
+            "sourceRanges": f.source_ranges,
+            "targetTags": [f.target_tag],
+        })
+    }
+
+    /// Creates a firewall rule (or adopts this cluster's of that name).
+    pub async fn ensure_firewall(
+        &self,
+        f: &FirewallSpec,
+        cluster: &str,
+        timeout: Duration,
+    ) -> Result<Created, ComputeError> {
+        self.insert_or_adopt(
+            "global/firewalls",
+            self.firewall_body(f, cluster),
+            &format!("firewall rule {}", f.name),
+            &Owner::Description(cluster),
+            timeout,
+        )
+        .await
+    }
+
+    /// Deletes a firewall rule; `false` when there was none.
+    pub async fn delete_firewall(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<bool, ComputeError> {
+        self.delete(&format!("global/firewalls/{name}"), timeout)
+            .await
+    }
+
+    /// Reserves a static external address in `region` (or adopts this cluster's of that
+    /// name); returns what was done and the address.
+    pub async fn ensure_address(
+        &self,
+        region: &str,
+        name: &str,
+        cluster: &str,
+        timeout: Duration,
+    ) -> Result<(Created, String), ComputeError> {
+        let path = format!("regions/{region}/addresses");
+        let body = json!({"name": name, "description": owner_description(cluster)});
+        let what = format!("address {name} in {region}");
+        let created = self
+            .insert_or_adopt(&path, body, &what, &Owner::Description(cluster), timeout)
+            .await?;
+        let address = self
+            .get(&format!("{path}/{name}"))
+            .await?
+            .and_then(|a| a["address"].as_str().map(str::to_owned))
+            .ok_or_else(|| ComputeError::Transport {
+                url: self.url(&format!("{path}/{name}")),
+                message: format!("{what} has no address"),
+            })?;
+        Ok((created, address))
+    }
+
+    /// Releases a static address; `false` when there was none.
+    pub async fn delete_address(
+        &self,
+        region: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<bool, ComputeError> {
+        self.delete(&format!("regions/{region}/addresses/{name}"), timeout)
+            .await
     }
 
     /// Creates an instance in `s.zone`, else — while zones answer that they have no capacity
@@ -695,6 +802,62 @@ impl Compute {
             _ => Ok(op),
         }
     }
+}
+
+/// What marks firewall rules and addresses as a cluster's: they take no labels where gcloud
+/// creates them, so their description says it.
+pub fn owner_description(cluster: &str) -> String {
+    format!("pangaea cluster {cluster}")
+}
+
+/// How a resource is recognised as a cluster's.
+enum Owner<'a> {
+    /// Instances: [`CLUSTER_LABEL`] is the cluster's name.
+    Label(&'a str),
+    /// Firewall rules and addresses: [`owner_description`].
+    Description(&'a str),
+}
+
+impl Owner<'_> {
+    fn cluster(&self) -> &str {
+        match self {
+            Owner::Label(c) | Owner::Description(c) => c,
+        }
+    }
+
+    fn mark(&self) -> &'static str {
+        match self {
+            Owner::Label(_) => "label pangaea-cluster",
+            Owner::Description(_) => "description",
+        }
+    }
+
+    fn expected(&self) -> String {
+        match self {
+            Owner::Label(c) => (*c).to_owned(),
+            Owner::Description(c) => owner_description(c),
+        }
+    }
+
+    fn found(&self, v: &Value) -> Option<String> {
+        match self {
+            Owner::Label(_) => v["labels"][CLUSTER_LABEL].as_str().map(str::to_owned),
+            Owner::Description(_) => v["description"].as_str().map(str::to_owned),
+        }
+    }
+}
+
+/// A firewall rule letting TCP ports reach the instances with a network tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirewallSpec {
+    /// Its name.
+    pub name: String,
+    /// The TCP ports.
+    pub ports: Vec<u16>,
+    /// Where from (CIDRs).
+    pub source_ranges: Vec<String>,
+    /// The instances' network tag.
+    pub target_tag: String,
 }
 
 /// Google's error body: `{"error": {"errors": [{"reason"}], "message"}}`.
