@@ -37,6 +37,8 @@ pub struct State {
     pub instances: BTreeMap<(String, String), Value>,
     /// Firewall rules by name.
     pub firewalls: BTreeMap<String, Value>,
+    /// Disks by (zone, name), with their `users`.
+    pub disks: BTreeMap<(String, String), Value>,
     /// Static addresses by (region, name).
     pub addresses: BTreeMap<(String, String), Value>,
     pub operations: BTreeMap<String, Value>,
@@ -373,11 +375,60 @@ async fn handle(
                 ),
             }
         }
+        ("GET", ["projects", _, "zones", z, "disks", d]) => {
+            match s.disks.get(&(z.to_string(), d.to_string())) {
+                Some(disk) => respond(200, disk),
+                None => error(
+                    404,
+                    "notFound",
+                    &format!("The resource 'projects/{PROJECT}/zones/{z}/disks/{d}' was not found"),
+                ),
+            }
+        }
+        ("DELETE", ["projects", _, "zones", z, "disks", d]) => {
+            let key = (z.to_string(), d.to_string());
+            match s.disks.get(&key) {
+                None => error(
+                    404,
+                    "notFound",
+                    &format!("The resource 'projects/{PROJECT}/zones/{z}/disks/{d}' was not found"),
+                ),
+                Some(disk) if disk["users"].as_array().is_some_and(|u| !u.is_empty()) => error(
+                    400,
+                    "resourceInUseByAnotherResource",
+                    &format!(
+                        "The disk resource 'projects/{PROJECT}/zones/{z}/disks/{d}' is already being used"
+                    ),
+                ),
+                Some(_) => {
+                    s.disks.remove(&key);
+                    let target = url(&format!("projects/{PROJECT}/zones/{z}/disks/{d}"));
+                    let op =
+                        operation(&mut s, z, "delete", &target, None, &url, param("requestId"));
+                    respond(200, &op)
+                }
+            }
+        }
         ("DELETE", ["projects", _, "zones", z, "instances", n]) => {
-            if s.instances
-                .remove(&(z.to_string(), n.to_string()))
-                .is_none()
+            let removed = s.instances.remove(&(z.to_string(), n.to_string()));
+            // Its disks: deleted with it when autoDelete, else detached and kept.
+            for d in removed
+                .iter()
+                .flat_map(|i| i["disks"].as_array().cloned().unwrap_or_default())
             {
+                let name = d["source"]
+                    .as_str()
+                    .and_then(|l| l.rsplit('/').next())
+                    .unwrap_or_default()
+                    .to_owned();
+                let key = (z.to_string(), name);
+                if d["autoDelete"] == true {
+                    s.disks.remove(&key);
+                } else if let Some(disk) = s.disks.get_mut(&key) {
+                    disk["users"] = json!([]);
+                }
+            }
+            if removed.is_none() {
                 error(
                     404,
                     "notFound",
@@ -703,8 +754,80 @@ fn insert(
         );
         return respond(200, &op);
     }
+    // The disks: the boot disk takes the instance's name; a data disk is created from its
+    // initializeParams, or an existing free one attached by `source`.
+    let disk_url = |d: &str| url(&format!("projects/{project}/zones/{zone}/disks/{d}"));
+    let mut attach = Vec::new();
+    for d in body["disks"].as_array().cloned().unwrap_or_default() {
+        let (disk, new) = if d["boot"] == true {
+            (name.to_owned(), true)
+        } else if let Some(n) = d["initializeParams"]["diskName"].as_str() {
+            (n.to_owned(), true)
+        } else if let Some(src) = d["source"].as_str() {
+            (src.rsplit('/').next().unwrap_or_default().to_owned(), false)
+        } else {
+            return error(400, "invalid", "a disk needs initializeParams or source");
+        };
+        let dkey = (zone.to_owned(), disk.clone());
+        match (new, s.disks.get(&dkey)) {
+            (true, Some(_)) => {
+                return error(
+                    409,
+                    "alreadyExists",
+                    &format!(
+                        "The resource 'projects/{project}/zones/{zone}/disks/{disk}' already exists"
+                    ),
+                );
+            }
+            (false, None) => {
+                return error(
+                    404,
+                    "notFound",
+                    &format!(
+                        "The resource 'projects/{project}/zones/{zone}/disks/{disk}' was not found"
+                    ),
+                );
+            }
+            (false, Some(existing))
+                if existing["users"].as_array().is_some_and(|u| !u.is_empty()) =>
+            {
+                return error(
+                    400,
+                    "resourceInUseByAnotherResource",
+                    &format!(
+                        "The disk resource '{}' is already being used",
+                        disk_url(&disk)
+                    ),
+                );
+            }
+            _ => {}
+        }
+        let size = d["initializeParams"]["diskSizeGb"].clone();
+        attach.push((dkey, size, d["autoDelete"] == true));
+    }
+    let mut sources = Vec::new();
+    for ((z, disk), size, auto_delete) in attach {
+        let link = disk_url(&disk);
+        let entry = s.disks.entry((z, disk.clone())).or_insert_with(|| {
+            json!({"kind": "compute#disk", "name": disk, "sizeGb": size, "selfLink": link, "users": []})
+        });
+        entry["users"] = json!([target]);
+        sources.push((link, auto_delete));
+    }
     let n = s.instances.len() + 2;
     let mut instance = body.clone();
+    for (d, (link, auto_delete)) in instance["disks"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .zip(sources)
+    {
+        d["source"] = json!(link);
+        d["autoDelete"] = json!(auto_delete);
+        if let Some(o) = d.as_object_mut() {
+            o.remove("initializeParams");
+        }
+    }
     instance["kind"] = json!("compute#instance");
     instance["id"] = json!((4000 + n).to_string());
     instance["status"] = json!("RUNNING");

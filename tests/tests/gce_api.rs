@@ -31,6 +31,7 @@ fn spec(name: &str, zone: &str) -> InstanceSpec {
         labels: [(CLUSTER_LABEL.to_string(), "demo".to_string())].into(),
         tags: vec!["pangaea-demo".into()],
         spot: false,
+        data_disks: vec![],
     }
 }
 
@@ -737,4 +738,103 @@ async fn firewall_rules_and_addresses_are_created_adopted_or_refused_by_their_de
     assert!(!ok, "{out}");
     let s = api.state.lock().unwrap();
     assert!(s.unserved.is_empty(), "{:?}", s.unserved);
+}
+
+/// Data disks: created with the instance the first time (the element of gcloud's
+/// `--create-disk`, value for value), kept when the instance is deleted (the boot disk is
+/// not), attached again — the same disk — when it is created anew, and deleted only once
+/// free (`down --purge`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_disks_outlive_their_instance_and_are_attached_again() {
+    use pangaea_controller::provider::gce::compute::DataDisk;
+    require_gcloud();
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, _) = gcloud(
+        &api,
+        dir.path(),
+        &[
+            "compute", "instances", "create", "g-1", "--zone", ZONE,
+            "--machine-type", "e2-small",
+            "--image-family", "ubuntu-2404-lts-amd64", "--image-project", "ubuntu-os-cloud",
+            "--create-disk=name=g-1-data,size=50GB,type=pd-balanced,device-name=data,auto-delete=no",
+            "--format", "json",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let theirs = api.requests("POST", "zones/us-central1-a/instances")[0].body["disks"][1].clone();
+
+    let c = client(&api, dir.path());
+    let mut s = spec("node-1", ZONE);
+    s.data_disks = vec![DataDisk {
+        name: "node-1-data".into(),
+        device_name: "data".into(),
+        size_gib: 50,
+        disk_type: "pd-balanced".into(),
+    }];
+    c.create_instance(&s, "demo", T).await.unwrap();
+    let ours = api.requests("POST", "zones/us-central1-a/instances")[1].body["disks"][1].clone();
+    let mut expected = theirs.clone();
+    expected["initializeParams"]["diskName"] = "node-1-data".into();
+    assert_eq!(
+        ours, expected,
+        "gcloud's data disk, value for value (but its name)"
+    );
+    let disks = |api: &GceApi| -> Vec<String> {
+        api.state
+            .lock()
+            .unwrap()
+            .disks
+            .keys()
+            .map(|(_, d)| d.clone())
+            .collect()
+    };
+    assert_eq!(disks(&api), ["g-1", "g-1-data", "node-1", "node-1-data"]);
+
+    // In use: not deleted. The instance goes: its boot disk with it, the data disk stays.
+    let e = c.delete_disk(ZONE, "node-1-data", T).await.unwrap_err();
+    assert_eq!(e.reasons(), ["resourceInUseByAnotherResource"], "{e}");
+    let op = c.delete_instance(ZONE, "node-1").await.unwrap().unwrap();
+    c.wait(&op, T).await.unwrap();
+    assert_eq!(disks(&api), ["g-1", "g-1-data", "node-1-data"]);
+
+    // Created anew: the same disk attached by source, nothing created for it.
+    c.create_instance(&s, "demo", T).await.unwrap();
+    let again = api.requests("POST", "zones/us-central1-a/instances")[2].body["disks"][1].clone();
+    assert!(again["initializeParams"].is_null(), "{again}");
+    assert!(
+        again["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("/zones/us-central1-a/disks/node-1-data")
+    );
+    assert_eq!(again["deviceName"], "data");
+    assert_eq!(disks(&api), ["g-1", "g-1-data", "node-1", "node-1-data"]);
+
+    // Purge: instance, then disk; a second delete finds nothing.
+    let op = c.delete_instance(ZONE, "node-1").await.unwrap().unwrap();
+    c.wait(&op, T).await.unwrap();
+    assert!(c.delete_disk(ZONE, "node-1-data", T).await.unwrap());
+    assert!(!c.delete_disk(ZONE, "node-1-data", T).await.unwrap());
+    let (ok, _, _) = gcloud(
+        &api,
+        dir.path(),
+        &[
+            "compute",
+            "instances",
+            "delete",
+            "g-1",
+            "--zone",
+            ZONE,
+            "--quiet",
+        ],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(
+        disks(&api),
+        ["g-1-data"],
+        "gcloud's data disk kept too (auto-delete=no)"
+    );
 }

@@ -227,6 +227,22 @@ pub struct InstanceSpec {
     pub tags: Vec<String>,
     /// A Spot VM.
     pub spot: bool,
+    /// Persistent data disks, kept when the instance is deleted.
+    pub data_disks: Vec<DataDisk>,
+}
+
+/// A persistent data disk of an instance: created with it the first time, attached again
+/// (the same disk, its data kept) when the instance is created anew after a `down`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataDisk {
+    /// The disk's name in the zone (`node-1-data`).
+    pub name: String,
+    /// The name it is attached under: the node sees `/dev/disk/by-id/google-DEVICE`.
+    pub device_name: String,
+    /// Its size, GiB.
+    pub size_gib: u32,
+    /// Its type (`pd-balanced`).
+    pub disk_type: String,
 }
 
 /// What [`Compute::create_instance`] did.
@@ -380,8 +396,29 @@ impl Compute {
     }
 
     /// The body of an instance insert (the shapes gcloud sends).
-    pub fn instance_body(&self, s: &InstanceSpec) -> Value {
+    /// The body of an instance insert (the shapes gcloud sends); the data disks named in
+    /// `existing` are attached, the others created.
+    pub fn instance_body(&self, s: &InstanceSpec, existing: &[String]) -> Value {
         let zone = |p: &str| self.url(&format!("zones/{}/{p}", s.zone));
+        let data = s.data_disks.iter().map(|d| {
+            let mut disk = json!({
+                "autoDelete": false,
+                "boot": false,
+                "deviceName": d.device_name,
+                "mode": "READ_WRITE",
+                "type": "PERSISTENT",
+            });
+            if existing.contains(&d.name) {
+                disk["source"] = json!(zone(&format!("disks/{}", d.name)));
+            } else {
+                disk["initializeParams"] = json!({
+                    "diskName": d.name,
+                    "diskSizeGb": d.size_gib.to_string(),
+                    "diskType": zone(&format!("diskTypes/{}", d.disk_type)),
+                });
+            }
+            disk
+        });
         let mut scheduling = json!({"automaticRestart": true});
         if s.spot {
             scheduling = json!({
@@ -394,7 +431,7 @@ impl Compute {
         json!({
             "name": s.name,
             "machineType": zone(&format!("machineTypes/{}", s.machine_type)),
-            "disks": [{
+            "disks": std::iter::once(json!({
                 "autoDelete": true,
                 "boot": true,
                 "mode": "READ_WRITE",
@@ -407,7 +444,7 @@ impl Compute {
                         self.base, s.image.1, s.image.0
                     ),
                 },
-            }],
+            })).chain(data).collect::<Vec<_>>(),
             "labels": s.labels,
             "metadata": {"items": [{"key": "user-data", "value": s.user_data}]},
             "networkInterfaces": [{
@@ -420,17 +457,28 @@ impl Compute {
     }
 
     /// Creates an instance and waits until it exists: an insert answered `alreadyExists`
-    /// adopts the instance when it carries `cluster`'s label, and is refused otherwise.
+    /// adopts the instance when it carries `cluster`'s label, and is refused otherwise. Its
+    /// data disks that exist already (kept by a `down`) are attached again.
     pub async fn create_instance(
         &self,
         s: &InstanceSpec,
         cluster: &str,
         timeout: Duration,
     ) -> Result<Created, ComputeError> {
+        let mut existing = Vec::new();
+        for d in &s.data_disks {
+            if self
+                .get(&format!("zones/{}/disks/{}", s.zone, d.name))
+                .await?
+                .is_some()
+            {
+                existing.push(d.name.clone());
+            }
+        }
         let owner = Owner::Label(cluster);
         self.insert_or_adopt(
             &format!("zones/{}/instances", s.zone),
-            self.instance_body(s),
+            self.instance_body(s, &existing),
             &format!("instance {} in {}", s.name, s.zone),
             &owner,
             timeout,
@@ -557,6 +605,18 @@ impl Compute {
                 message: format!("{what} has no address"),
             })?;
         Ok((created, address))
+    }
+
+    /// Deletes a disk (`down --purge`); `false` when there was none. A disk still attached
+    /// is refused by the API (`resourceInUseByAnotherResource`).
+    pub async fn delete_disk(
+        &self,
+        zone: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<bool, ComputeError> {
+        self.delete(&format!("zones/{zone}/disks/{name}"), timeout)
+            .await
     }
 
     /// Releases a static address; `false` when there was none.
