@@ -750,18 +750,7 @@ impl Compute {
         zone: &str,
         name: &str,
     ) -> Result<Option<Value>, ComputeError> {
-        match self
-            .call(
-                reqwest::Method::GET,
-                &self.url(&format!("zones/{zone}/instances/{name}")),
-                None,
-            )
-            .await
-        {
-            Ok(v) => Ok(Some(v)),
-            Err(ComputeError::Http { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get(&format!("zones/{zone}/instances/{name}")).await
     }
 
     /// The instances of `zone` that carry `cluster`'s label, every page.
