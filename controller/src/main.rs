@@ -7,7 +7,10 @@ fn main() -> ExitCode {
     let cli = pangaea_controller::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // kube-rs logs each failed connection as an ERROR; `node drain` reports an
+            // unreachable API itself, in one warning that says what it does instead.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_client=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
