@@ -170,6 +170,15 @@ fn error(code: u16, reason: &str, message: &str) -> Response {
     )
 }
 
+/// Google's 404 for a resource (`projects/P/zones/Z/instances/N`).
+fn not_found(resource: &str) -> Response {
+    error(
+        404,
+        "notFound",
+        &format!("The resource '{resource}' was not found"),
+    )
+}
+
 fn region_of(zone: &str) -> &str {
     zone.rsplit_once('-').map_or(zone, |(r, _)| r)
 }
@@ -268,13 +277,9 @@ async fn handle(
         ("POST", ["projects", _, "zones", z, "instances", n, "setMetadata"]) => {
             let key = (z.to_string(), n.to_string());
             if !s.instances.contains_key(&key) {
-                return Ok(error(
-                    404,
-                    "notFound",
-                    &format!(
-                        "The resource 'projects/{PROJECT}/zones/{z}/instances/{n}' was not found"
-                    ),
-                ));
+                return Ok(not_found(&format!(
+                    "projects/{PROJECT}/zones/{z}/instances/{n}"
+                )));
             }
             // Another writer, just before this one: the fingerprint moves on.
             if s.concurrent_metadata_writes > 0 {
@@ -366,33 +371,19 @@ async fn handle(
         ("GET", ["projects", _, "zones", z, "instances", n]) => {
             match s.instances.get(&(z.to_string(), n.to_string())) {
                 Some(i) => respond(200, i),
-                None => error(
-                    404,
-                    "notFound",
-                    &format!(
-                        "The resource 'projects/{PROJECT}/zones/{z}/instances/{n}' was not found"
-                    ),
-                ),
+                None => not_found(&format!("projects/{PROJECT}/zones/{z}/instances/{n}")),
             }
         }
         ("GET", ["projects", _, "zones", z, "disks", d]) => {
             match s.disks.get(&(z.to_string(), d.to_string())) {
                 Some(disk) => respond(200, disk),
-                None => error(
-                    404,
-                    "notFound",
-                    &format!("The resource 'projects/{PROJECT}/zones/{z}/disks/{d}' was not found"),
-                ),
+                None => not_found(&format!("projects/{PROJECT}/zones/{z}/disks/{d}")),
             }
         }
         ("DELETE", ["projects", _, "zones", z, "disks", d]) => {
             let key = (z.to_string(), d.to_string());
             match s.disks.get(&key) {
-                None => error(
-                    404,
-                    "notFound",
-                    &format!("The resource 'projects/{PROJECT}/zones/{z}/disks/{d}' was not found"),
-                ),
+                None => not_found(&format!("projects/{PROJECT}/zones/{z}/disks/{d}")),
                 Some(disk) if disk["users"].as_array().is_some_and(|u| !u.is_empty()) => error(
                     400,
                     "resourceInUseByAnotherResource",
@@ -429,13 +420,7 @@ async fn handle(
                 }
             }
             if removed.is_none() {
-                error(
-                    404,
-                    "notFound",
-                    &format!(
-                        "The resource 'projects/{PROJECT}/zones/{z}/instances/{n}' was not found"
-                    ),
-                )
+                not_found(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"))
             } else {
                 let op = operation(
                     &mut s,
@@ -463,13 +448,7 @@ async fn handle(
         ) => {
             let key = (z.to_string(), n.to_string());
             if !s.instances.contains_key(&key) {
-                error(
-                    404,
-                    "notFound",
-                    &format!(
-                        "The resource 'projects/{PROJECT}/zones/{z}/instances/{n}' was not found"
-                    ),
-                )
+                not_found(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"))
             } else {
                 let status = if *action == "stop" {
                     "TERMINATED"
@@ -517,19 +496,11 @@ async fn handle(
         }
         ("GET", ["projects", p, "global", "firewalls", n]) => match s.firewalls.get(*n) {
             Some(f) => respond(200, f),
-            None => error(
-                404,
-                "notFound",
-                &format!("The resource 'projects/{p}/global/firewalls/{n}' was not found"),
-            ),
+            None => not_found(&format!("projects/{p}/global/firewalls/{n}")),
         },
         ("DELETE", ["projects", p, "global", "firewalls", n]) => {
             if s.firewalls.remove(*n).is_none() {
-                error(
-                    404,
-                    "notFound",
-                    &format!("The resource 'projects/{p}/global/firewalls/{n}' was not found"),
-                )
+                not_found(&format!("projects/{p}/global/firewalls/{n}"))
             } else {
                 let target = url(&format!("projects/{p}/global/firewalls/{n}"));
                 let op = operation(
@@ -586,11 +557,7 @@ async fn handle(
         ("GET", ["projects", p, "regions", r, "addresses", n]) => {
             match s.addresses.get(&(r.to_string(), n.to_string())) {
                 Some(a) => respond(200, a),
-                None => error(
-                    404,
-                    "notFound",
-                    &format!("The resource 'projects/{p}/regions/{r}/addresses/{n}' was not found"),
-                ),
+                None => not_found(&format!("projects/{p}/regions/{r}/addresses/{n}")),
             }
         }
         ("DELETE", ["projects", p, "regions", r, "addresses", n]) => {
@@ -598,11 +565,7 @@ async fn handle(
                 .remove(&(r.to_string(), n.to_string()))
                 .is_none()
             {
-                error(
-                    404,
-                    "notFound",
-                    &format!("The resource 'projects/{p}/regions/{r}/addresses/{n}' was not found"),
-                )
+                not_found(&format!("projects/{p}/regions/{r}/addresses/{n}"))
             } else {
                 let target = url(&format!("projects/{p}/regions/{r}/addresses/{n}"));
                 let op = operation(
@@ -631,11 +594,7 @@ async fn handle(
                     let op = op.clone();
                     return Ok(respond(200, &op));
                 }
-                None => error(
-                    404,
-                    "notFound",
-                    &format!("The resource 'operations/{o}' was not found"),
-                ),
+                None => not_found(&format!("operations/{o}")),
             }
         }
         _ => {
@@ -780,13 +739,7 @@ fn insert(
                 );
             }
             (false, None) => {
-                return error(
-                    404,
-                    "notFound",
-                    &format!(
-                        "The resource 'projects/{project}/zones/{zone}/disks/{disk}' was not found"
-                    ),
-                );
+                return not_found(&format!("projects/{project}/zones/{zone}/disks/{disk}"));
             }
             (false, Some(existing))
                 if existing["users"].as_array().is_some_and(|u| !u.is_empty()) =>

@@ -243,9 +243,22 @@ async fn a_stopped_node_boots_with_its_disk_and_no_new_token() {
     w.provider.power_off(&name("node-2")).await;
     assert!(w.disks.lock().unwrap().contains_key(&name("node-2")));
 
-    // Off for a moment (reports are stamped in whole seconds), far less than the 20 s after
-    // which a silent node counts as down: its last report still looks fresh.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Off until the clock has left the second of its last report (reports are stamped in
+    // whole seconds), far less than the 20 s after which a silent node counts as down: its
+    // last report still looks fresh.
+    let last = w
+        .ctl
+        .controller
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.record.name.as_str() == "node-2")
+        .and_then(|n| n.last_report.map(|(at, _)| at))
+        .unwrap();
+    pangaea_tests::eventually("the clock to pass node-2's last report", T, || {
+        pangaea_controller::records::now() > last
+    })
+    .await;
     w.provider.clear_calls().await;
     let booted_at = pangaea_controller::records::now();
     let done = w.reconciler().ensure_nodes(&wanted(3)).await.unwrap();
