@@ -41,6 +41,10 @@ pub struct NodeModel {
     /// Its zone, when the provider spreads nodes over zones (in turn, across all nodes, the
     /// removed ones included, like the address).
     pub zone: Option<String>,
+    /// Its position across pools, removed nodes included: what its address and zone are
+    /// chosen by (a provider that learns the zones later takes them in turn by it too).
+    #[serde(skip)]
+    pub position: u64,
     /// Its Kubernetes labels.
     pub labels: BTreeMap<String, String>,
     /// Its extra disks.
@@ -138,8 +142,7 @@ impl ClusterModel {
                 if c.is_removed(&name) {
                     continue;
                 }
-                let zone =
-                    (!zones.is_empty()).then(|| zones[position as usize % zones.len()].clone());
+                let zone = crate::provider::in_turn(zones, position).cloned();
                 nodes.push(NodeModel {
                     name,
                     pool: p.name.clone(),
@@ -155,6 +158,7 @@ impl ClusterModel {
                     memory_mib: memory,
                     cpus: p.cpus.unwrap_or(2),
                     zone,
+                    position,
                     labels: p.labels.clone(),
                     disks: p
                         .disks

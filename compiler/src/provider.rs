@@ -117,6 +117,12 @@ impl fmt::Display for ProviderKind {
     }
 }
 
+/// The zone of the node at `position` (across pools, removed nodes included) when nodes are
+/// spread over `zones` in turn; `None` without zones.
+pub fn in_turn(zones: &[String], position: u64) -> Option<&String> {
+    (!zones.is_empty()).then(|| &zones[(position % zones.len() as u64) as usize])
+}
+
 /// What a GCE node is made of, where the configuration does not say: one owner for the
 /// provider that creates nodes and for `pangaea-ctl cost` that prices them.
 pub mod gce {
@@ -129,6 +135,16 @@ pub mod gce {
     /// The region when `provider.zones` names none (and gcloud's configuration is not
     /// asked, as for `cost`).
     pub const DEFAULT_REGION: &str = "us-central1";
+
+    /// The machine type of a pool whose configuration names `configured`.
+    pub fn machine_type(configured: Option<&str>) -> &str {
+        configured.unwrap_or(DEFAULT_MACHINE_TYPE)
+    }
+
+    /// The region of a zone (`europe-west1-b` → `europe-west1`).
+    pub fn region_of(zone: &str) -> &str {
+        zone.rsplit_once('-').map_or(zone, |(r, _)| r)
+    }
 }
 
 /// Memory of GCE's shared-core and small standard machine types, MiB.

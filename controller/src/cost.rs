@@ -179,11 +179,6 @@ pub struct Estimate {
     pub notes: Vec<String>,
 }
 
-/// The region of a zone (`europe-west1-b` → `europe-west1`).
-pub fn region_of(zone: &str) -> &str {
-    zone.rsplit_once('-').map_or(zone, |(r, _)| r)
-}
-
 /// Estimates `loaded`'s cluster on GCE with `prices`.
 pub fn estimate(loaded: &Loaded, prices: &PriceTable) -> anyhow::Result<Estimate> {
     let config = &loaded.config;
@@ -193,10 +188,10 @@ pub fn estimate(loaded: &Loaded, prices: &PriceTable) -> anyhow::Result<Estimate
     let region_assumed = zones.is_empty();
     let region = zones
         .first()
-        .map_or(gce::DEFAULT_REGION, |z| region_of(z))
+        .map_or(gce::DEFAULT_REGION, |z| gce::region_of(z))
         .to_owned();
     let mut notes = Vec::new();
-    if let Some(other) = zones.iter().find(|z| region_of(z) != region) {
+    if let Some(other) = zones.iter().find(|z| gce::region_of(z) != region) {
         notes.push(format!(
             "zone {other} is outside {region}: priced as {region}"
         ));
@@ -209,9 +204,7 @@ pub fn estimate(loaded: &Loaded, prices: &PriceTable) -> anyhow::Result<Estimate
     let mut data_gib = 0u64;
     for n in &model.nodes {
         let pool = config.pools.iter().find(|p| p.name == n.pool);
-        let machine = pool
-            .and_then(|p| p.machine_type.clone())
-            .unwrap_or_else(|| gce::DEFAULT_MACHINE_TYPE.to_owned());
+        let machine = gce::machine_type(pool.and_then(|p| p.machine_type.as_deref())).to_owned();
         *machines.entry(machine).or_default() += 1;
         data_gib += n
             .disks

@@ -204,6 +204,7 @@ impl Reconciler<'_> {
             .collect();
         let tokens = self.backend.list_tokens().await?;
         let mut done = Vec::new();
+        let mut to_create = Vec::new();
         for node in wanted {
             let machine = existing.get(&node.name);
             if let Some(m) = machine
@@ -226,12 +227,13 @@ impl Reconciler<'_> {
                     Action::Booted
                 }
                 None => {
-                    self.create(node).await?;
+                    to_create.push(node);
                     Action::Created
                 }
             };
             done.push((node.name.clone(), action));
         }
+        self.create(&to_create).await?;
         Ok(done)
     }
 
@@ -281,40 +283,54 @@ impl Reconciler<'_> {
         }
     }
 
-    async fn create(&mut self, node: &WantedNode) -> Result<(), ReconcileError> {
-        let token = self.node_token(node, "cloud-init").await?;
-        let user_data = cloudinit::render(&UserData {
-            node: node.name.clone(),
-            controller: self.bootstrap.controller.clone(),
-            ca_pin: self.bootstrap.ca_pin.clone(),
-            token: token.clone(),
-            agent_url: self.bootstrap.agent_url.clone(),
-            agent_sha256: self.bootstrap.agent_sha256.clone(),
-        })
-        .map_err(|e| ReconcileError::UserData {
-            node: node.name.clone(),
-            message: e.to_string(),
-        })?;
-        (self.progress)(&format!(
-            "{}: creating ({}, {} MiB)",
-            node.name, node.address, node.memory_mib
-        ));
-        let spec = NodeSpec {
-            name: node.name.clone(),
-            address: node.address,
-            user_data,
-            memory_mib: node.memory_mib,
-            cpus: node.cpus,
-        };
-        if let Err(source) = self.provider.create(&spec).await {
-            // The token was for this machine only; do not leave it valid.
-            self.revoke_unused(node, &token).await;
-            return Err(ReconcileError::Provider {
+    /// Creates `nodes`, all at once (a cloud's inserts take a while each): their tokens and
+    /// user-data first, then the provider's creates together. A node whose create fails
+    /// has its token revoked; the first failure is returned once all have ended.
+    async fn create(&mut self, nodes: &[&WantedNode]) -> Result<(), ReconcileError> {
+        let mut specs = Vec::new();
+        for node in nodes {
+            let token = self.node_token(node, "cloud-init").await?;
+            let user_data = cloudinit::render(&UserData {
                 node: node.name.clone(),
-                source,
-            });
+                controller: self.bootstrap.controller.clone(),
+                ca_pin: self.bootstrap.ca_pin.clone(),
+                token: token.clone(),
+                agent_url: self.bootstrap.agent_url.clone(),
+                agent_sha256: self.bootstrap.agent_sha256.clone(),
+            })
+            .map_err(|e| ReconcileError::UserData {
+                node: node.name.clone(),
+                message: e.to_string(),
+            })?;
+            (self.progress)(&format!(
+                "{}: creating ({}, {} MiB)",
+                node.name, node.address, node.memory_mib
+            ));
+            let spec = NodeSpec {
+                name: node.name.clone(),
+                address: node.address,
+                user_data,
+                memory_mib: node.memory_mib,
+                cpus: node.cpus,
+            };
+            specs.push((*node, spec, token));
         }
-        Ok(())
+        let provider = self.provider;
+        let results =
+            futures_util::future::join_all(specs.iter().map(|(_, spec, _)| provider.create(spec)))
+                .await;
+        let mut first = None;
+        for ((node, _, token), result) in specs.iter().zip(results) {
+            if let Err(source) = result {
+                // The token was for this machine only; do not leave it valid.
+                self.revoke_unused(node, token).await;
+                first.get_or_insert(ReconcileError::Provider {
+                    node: node.name.clone(),
+                    source,
+                });
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Waits until every node in `nodes` is healthy ([`health::assess`]), printing each

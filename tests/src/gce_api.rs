@@ -13,6 +13,11 @@
 //! `CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE`), so a shape gcloud would not accept fails
 //! there. Faults on request: responses lost after the work was done, zones out of
 //! resources (the insert's operation ends with `ZONE_RESOURCE_POOL_EXHAUSTED`).
+//!
+//! Networks and subnetworks are served too (a network in use by a subnetwork or a firewall
+//! rule refuses deletion, as Google's does). With [`State::machines`] set, instances are
+//! real machines: each insert, start, stop, reset and delete is carried out by it (the e2e
+//! test boots local nspawn nodes from the instance's `user-data`) before the call answers.
 
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,8 +35,31 @@ pub struct Request {
     pub body: Value,
 }
 
+/// What happens to an instance, for [`State::machines`].
+#[derive(Clone, Debug)]
+pub enum MachineEvent {
+    /// Inserted: boot it with this user-data at this internal address.
+    Create {
+        name: String,
+        address: Option<std::net::Ipv4Addr>,
+        user_data: String,
+    },
+    Start(String),
+    Stop(String),
+    /// A hard reset: off without a shutdown, then on.
+    Reset(String),
+    Delete(String),
+}
+
+/// Carries out instance events on real machines; the call answers once it returns.
+pub type Machines = Arc<
+    dyn Fn(MachineEvent) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// What the API holds, and the faults it plays.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct State {
     /// Instances by (zone, name).
     pub instances: BTreeMap<(String, String), Value>,
@@ -41,6 +69,12 @@ pub struct State {
     pub disks: BTreeMap<(String, String), Value>,
     /// Static addresses by (region, name).
     pub addresses: BTreeMap<(String, String), Value>,
+    /// Networks by name.
+    pub networks: BTreeMap<String, Value>,
+    /// Subnetworks by (region, name).
+    pub subnetworks: BTreeMap<(String, String), Value>,
+    /// Real machines behind the instances, when set.
+    pub machines: Option<Machines>,
     pub operations: BTreeMap<String, Value>,
     /// requestId → operation name.
     pub request_ids: BTreeMap<String, String>,
@@ -213,404 +247,578 @@ async fn handle(
     let Some(path) = full.strip_prefix("/compute/v1/").map(str::to_owned) else {
         return Ok(error(404, "notFound", &format!("no API at {full}")));
     };
-    let mut s = state.lock().unwrap();
-    s.log.push(Request {
-        method: method.clone(),
-        path: path.clone(),
-        query: query.clone(),
-        authorization: authorization.clone(),
-        body: body.clone(),
-    });
-    if !authorization.starts_with("Bearer ") || authorization.len() < 12 {
-        return Ok(error(
-            401,
-            "required",
-            "Request is missing required authentication credential.",
-        ));
-    }
-    if s.sa_public_key.is_some()
-        && !s
-            .issued
-            .iter()
-            .any(|t| authorization == format!("Bearer {t}"))
-    {
-        return Ok(error(401, "authError", "Invalid Credentials"));
-    }
-    let param = |k: &str| {
-        query.split('&').find_map(|kv| {
-            kv.strip_prefix(&format!("{k}="))
-                .map(|v| v.replace("%3D", "=").replace("%3d", "=").replace('+', " "))
-        })
-    };
-    let parts: Vec<&str> = path.split('/').collect();
-    let url = |p: &str| format!("{base}{p}");
-    let mutating = method != "GET";
-    // A repeated requestId: the first call's operation, nothing done again.
-    if mutating
-        && let Some(id) = param("requestId")
-        && let Some(op) = s
-            .request_ids
-            .get(&id)
-            .and_then(|n| s.operations.get(n))
-            .cloned()
-    {
-        return lose_or(&mut s, respond(200, &op));
-    }
-    let response = match (method.as_str(), parts.as_slice()) {
-        ("GET", ["projects", p]) => respond(
-            200,
-            &json!({"kind": "compute#project", "name": p, "id": "1234",
+    let (response, machines, event) = {
+        let mut s = state.lock().unwrap();
+        s.log.push(Request {
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            authorization: authorization.clone(),
+            body: body.clone(),
+        });
+        if !authorization.starts_with("Bearer ") || authorization.len() < 12 {
+            return Ok(error(
+                401,
+                "required",
+                "Request is missing required authentication credential.",
+            ));
+        }
+        if s.sa_public_key.is_some()
+            && !s
+                .issued
+                .iter()
+                .any(|t| authorization == format!("Bearer {t}"))
+        {
+            return Ok(error(401, "authError", "Invalid Credentials"));
+        }
+        let param = |k: &str| {
+            query.split('&').find_map(|kv| {
+                kv.strip_prefix(&format!("{k}="))
+                    .map(|v| v.replace("%3D", "=").replace("%3d", "=").replace('+', " "))
+            })
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        let url = |p: &str| format!("{base}{p}");
+        let mutating = method != "GET";
+        // A repeated requestId: the first call's operation, nothing done again.
+        if mutating
+            && let Some(id) = param("requestId")
+            && let Some(op) = s
+                .request_ids
+                .get(&id)
+                .and_then(|n| s.operations.get(n))
+                .cloned()
+        {
+            return lose_or(&mut s, respond(200, &op));
+        }
+        let mut event = None;
+        let response = match (method.as_str(), parts.as_slice()) {
+            ("GET", ["projects", p]) => respond(
+                200,
+                &json!({"kind": "compute#project", "name": p, "id": "1234",
                 "defaultServiceAccount": format!("1234-compute@developer.gserviceaccount.com"),
                 "selfLink": url(&format!("projects/{p}"))}),
-        ),
-        ("GET", ["projects", p, "regions", r]) => {
-            let zones: Vec<String> = ["a", "b", "c", "f"]
-                .iter()
-                .map(|l| url(&format!("projects/{p}/zones/{r}-{l}")))
-                .collect();
-            respond(
-                200,
-                &json!({"kind": "compute#region", "name": r, "status": "UP", "zones": zones,
-                    "selfLink": url(&path)}),
-            )
-        }
-        ("POST", ["projects", _, "zones", z, "instances", n, "setMetadata"]) => {
-            let key = (z.to_string(), n.to_string());
-            if !s.instances.contains_key(&key) {
-                return Ok(not_found(&format!(
-                    "projects/{PROJECT}/zones/{z}/instances/{n}"
-                )));
-            }
-            // Another writer, just before this one: the fingerprint moves on.
-            if s.concurrent_metadata_writes > 0 {
-                s.concurrent_metadata_writes -= 1;
-                let i = s.instances.get_mut(&key).unwrap();
-                let mut items = i["metadata"]["items"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                items.push(json!({"key": "written-meanwhile", "value": "yes"}));
-                i["metadata"] = metadata(items);
-            }
-            if body["fingerprint"] != s.instances[&key]["metadata"]["fingerprint"] {
-                error(
-                    412,
-                    "conditionNotMet",
-                    "Supplied fingerprint does not match current metadata fingerprint.",
-                )
-            } else {
-                let items = body["items"].as_array().cloned().unwrap_or_default();
-                s.instances.get_mut(&key).unwrap()["metadata"] = metadata(items);
-                let target = url(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"));
-                let op = operation(
-                    &mut s,
-                    z,
-                    "setMetadata",
-                    &target,
-                    None,
-                    &url,
-                    param("requestId"),
-                );
-                respond(200, &op)
-            }
-        }
-        ("GET", ["projects", p, "zones", z]) => respond(
-            200,
-            &json!({"kind": "compute#zone", "name": z, "status": "UP",
-                "region": url(&format!("projects/{p}/regions/{}", region_of(z))),
-                "selfLink": url(&path), "id": "2000"}),
-        ),
-        ("GET", ["projects", p, "global", "images", "family", f])
-        | ("GET", ["projects", p, "zones", _, "imageFamilyViews", f]) => {
-            let image = json!({"kind": "compute#image", "name": format!("{f}-v20260101"),
-                "family": f, "status": "READY", "diskSizeGb": "10", "id": "3000",
-                "selfLink": url(&format!("projects/{p}/global/images/{f}-v20260101"))});
-            if parts[2] == "zones" {
+            ),
+            ("GET", ["projects", p, "regions", r]) => {
+                let zones: Vec<String> = ["a", "b", "c", "f"]
+                    .iter()
+                    .map(|l| url(&format!("projects/{p}/zones/{r}-{l}")))
+                    .collect();
                 respond(
                     200,
-                    &json!({"kind": "compute#imageFamilyView", "image": image}),
+                    &json!({"kind": "compute#region", "name": r, "status": "UP", "zones": zones,
+                    "selfLink": url(&path)}),
                 )
-            } else {
-                respond(200, &image)
             }
-        }
-        ("POST", ["projects", p, "zones", z, "instances"]) => {
-            insert(&mut s, p, z, &body, &url, param("requestId"))
-        }
-        ("GET", ["projects", _, "zones", z, "instances"]) => {
-            let filter = param("filter");
-            let wanted = filter
-                .as_deref()
-                .and_then(|f| f.strip_prefix("labels."))
-                .and_then(|f| f.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()));
-            let all: Vec<Value> = s
-                .instances
-                .iter()
-                .filter(|((zone, _), _)| zone == z)
-                .map(|(_, i)| i.clone())
-                .filter(|i| {
-                    wanted
-                        .as_ref()
-                        .is_none_or(|(k, v)| i["labels"][k.as_str()] == v.as_str())
-                })
-                .collect();
-            let size = param("maxResults")
-                .and_then(|m| m.parse::<usize>().ok())
-                .unwrap_or(s.page_size)
-                .min(s.page_size);
-            let from: usize = param("pageToken").and_then(|t| t.parse().ok()).unwrap_or(0);
-            let page: Vec<&Value> = all.iter().skip(from).take(size).collect();
-            let mut list = json!({"kind": "compute#instanceList", "id": format!("projects/{PROJECT}/zones/{z}/instances"),
-                "items": page, "selfLink": url(&path)});
-            if from + size < all.len() {
-                list["nextPageToken"] = json!((from + size).to_string());
-            }
-            respond(200, &list)
-        }
-        ("GET", ["projects", _, "zones", z, "instances", n]) => {
-            match s.instances.get(&(z.to_string(), n.to_string())) {
-                Some(i) => respond(200, i),
-                None => not_found(&format!("projects/{PROJECT}/zones/{z}/instances/{n}")),
-            }
-        }
-        ("GET", ["projects", _, "zones", z, "disks", d]) => {
-            match s.disks.get(&(z.to_string(), d.to_string())) {
-                Some(disk) => respond(200, disk),
-                None => not_found(&format!("projects/{PROJECT}/zones/{z}/disks/{d}")),
-            }
-        }
-        ("DELETE", ["projects", _, "zones", z, "disks", d]) => {
-            let key = (z.to_string(), d.to_string());
-            match s.disks.get(&key) {
-                None => not_found(&format!("projects/{PROJECT}/zones/{z}/disks/{d}")),
-                Some(disk) if disk["users"].as_array().is_some_and(|u| !u.is_empty()) => error(
-                    400,
-                    "resourceInUseByAnotherResource",
-                    &format!(
-                        "The disk resource 'projects/{PROJECT}/zones/{z}/disks/{d}' is already being used"
-                    ),
-                ),
-                Some(_) => {
-                    s.disks.remove(&key);
-                    let target = url(&format!("projects/{PROJECT}/zones/{z}/disks/{d}"));
-                    let op =
-                        operation(&mut s, z, "delete", &target, None, &url, param("requestId"));
+            ("POST", ["projects", _, "zones", z, "instances", n, "setMetadata"]) => {
+                let key = (z.to_string(), n.to_string());
+                if !s.instances.contains_key(&key) {
+                    return Ok(not_found(&format!(
+                        "projects/{PROJECT}/zones/{z}/instances/{n}"
+                    )));
+                }
+                // Another writer, just before this one: the fingerprint moves on.
+                if s.concurrent_metadata_writes > 0 {
+                    s.concurrent_metadata_writes -= 1;
+                    let i = s.instances.get_mut(&key).unwrap();
+                    let mut items = i["metadata"]["items"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    items.push(json!({"key": "written-meanwhile", "value": "yes"}));
+                    i["metadata"] = metadata(items);
+                }
+                if body["fingerprint"] != s.instances[&key]["metadata"]["fingerprint"] {
+                    error(
+                        412,
+                        "conditionNotMet",
+                        "Supplied fingerprint does not match current metadata fingerprint.",
+                    )
+                } else {
+                    let items = body["items"].as_array().cloned().unwrap_or_default();
+                    s.instances.get_mut(&key).unwrap()["metadata"] = metadata(items);
+                    let target = url(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"));
+                    let op = operation(
+                        &mut s,
+                        z,
+                        "setMetadata",
+                        &target,
+                        None,
+                        &url,
+                        param("requestId"),
+                    );
                     respond(200, &op)
                 }
             }
-        }
-        ("DELETE", ["projects", _, "zones", z, "instances", n]) => {
-            let removed = s.instances.remove(&(z.to_string(), n.to_string()));
-            // Its disks: deleted with it when autoDelete, else detached and kept.
-            for d in removed
-                .iter()
-                .flat_map(|i| i["disks"].as_array().cloned().unwrap_or_default())
-            {
-                let name = d["source"]
-                    .as_str()
-                    .and_then(|l| l.rsplit('/').next())
-                    .unwrap_or_default()
-                    .to_owned();
-                let key = (z.to_string(), name);
-                if d["autoDelete"] == true {
-                    s.disks.remove(&key);
-                } else if let Some(disk) = s.disks.get_mut(&key) {
-                    disk["users"] = json!([]);
-                }
-            }
-            if removed.is_none() {
-                not_found(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"))
-            } else {
-                let op = operation(
-                    &mut s,
-                    z,
-                    "delete",
-                    &url(&format!("projects/{PROJECT}/zones/{z}/instances/{n}")),
-                    None,
-                    &url,
-                    param("requestId"),
-                );
-                respond(200, &op)
-            }
-        }
-        (
-            "POST",
-            [
-                "projects",
-                _,
-                "zones",
-                z,
-                "instances",
-                n,
-                action @ ("start" | "stop" | "reset"),
-            ],
-        ) => {
-            let key = (z.to_string(), n.to_string());
-            if !s.instances.contains_key(&key) {
-                not_found(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"))
-            } else {
-                let status = if *action == "stop" {
-                    "TERMINATED"
+            ("GET", ["projects", p, "zones", z]) => respond(
+                200,
+                &json!({"kind": "compute#zone", "name": z, "status": "UP",
+                "region": url(&format!("projects/{p}/regions/{}", region_of(z))),
+                "selfLink": url(&path), "id": "2000"}),
+            ),
+            ("GET", ["projects", p, "global", "images", "family", f])
+            | ("GET", ["projects", p, "zones", _, "imageFamilyViews", f]) => {
+                let image = json!({"kind": "compute#image", "name": format!("{f}-v20260101"),
+                "family": f, "status": "READY", "diskSizeGb": "10", "id": "3000",
+                "selfLink": url(&format!("projects/{p}/global/images/{f}-v20260101"))});
+                if parts[2] == "zones" {
+                    respond(
+                        200,
+                        &json!({"kind": "compute#imageFamilyView", "image": image}),
+                    )
                 } else {
-                    "RUNNING"
-                };
-                s.instances.get_mut(&key).unwrap()["status"] = json!(status);
-                let target = url(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"));
-                let op = operation(&mut s, z, action, &target, None, &url, param("requestId"));
-                respond(200, &op)
-            }
-        }
-        ("POST", ["projects", p, "global", "firewalls"]) => {
-            let Some(name) = body["name"].as_str().map(str::to_owned) else {
-                return Ok(error(
-                    400,
-                    "required",
-                    "Required field 'resource.name' not specified",
-                ));
-            };
-            let target = url(&format!("projects/{p}/global/firewalls/{name}"));
-            let mut rule = body.clone();
-            rule["kind"] = json!("compute#firewall");
-            rule["selfLink"] = json!(target);
-            rule["id"] = json!("5000");
-            if let std::collections::btree_map::Entry::Vacant(v) = s.firewalls.entry(name.clone()) {
-                v.insert(rule);
-                let op = operation(
-                    &mut s,
-                    "global",
-                    "insert",
-                    &target,
-                    None,
-                    &url,
-                    param("requestId"),
-                );
-                respond(200, &op)
-            } else {
-                error(
-                    409,
-                    "alreadyExists",
-                    &format!("The resource 'projects/{p}/global/firewalls/{name}' already exists"),
-                )
-            }
-        }
-        ("GET", ["projects", p, "global", "firewalls", n]) => match s.firewalls.get(*n) {
-            Some(f) => respond(200, f),
-            None => not_found(&format!("projects/{p}/global/firewalls/{n}")),
-        },
-        ("DELETE", ["projects", p, "global", "firewalls", n]) => {
-            if s.firewalls.remove(*n).is_none() {
-                not_found(&format!("projects/{p}/global/firewalls/{n}"))
-            } else {
-                let target = url(&format!("projects/{p}/global/firewalls/{n}"));
-                let op = operation(
-                    &mut s,
-                    "global",
-                    "delete",
-                    &target,
-                    None,
-                    &url,
-                    param("requestId"),
-                );
-                respond(200, &op)
-            }
-        }
-        ("POST", ["projects", p, "regions", r, "addresses"]) => {
-            let Some(name) = body["name"].as_str().map(str::to_owned) else {
-                return Ok(error(
-                    400,
-                    "required",
-                    "Required field 'resource.name' not specified",
-                ));
-            };
-            let key = (r.to_string(), name.clone());
-            if s.addresses.contains_key(&key) {
-                error(
-                    409,
-                    "alreadyExists",
-                    &format!(
-                        "The resource 'projects/{p}/regions/{r}/addresses/{name}' already exists"
-                    ),
-                )
-            } else {
-                let target = url(&format!("projects/{p}/regions/{r}/addresses/{name}"));
-                let mut a = body.clone();
-                a["kind"] = json!("compute#address");
-                a["selfLink"] = json!(target);
-                a["region"] = json!(url(&format!("projects/{p}/regions/{r}")));
-                a["address"] = json!(format!("198.51.100.{}", s.addresses.len() + 10));
-                a["addressType"] = json!("EXTERNAL");
-                a["status"] = json!("RESERVED");
-                s.addresses.insert(key, a);
-                let op = operation(
-                    &mut s,
-                    &format!("regions/{r}"),
-                    "insert",
-                    &target,
-                    None,
-                    &url,
-                    param("requestId"),
-                );
-                respond(200, &op)
-            }
-        }
-        ("GET", ["projects", p, "regions", r, "addresses", n]) => {
-            match s.addresses.get(&(r.to_string(), n.to_string())) {
-                Some(a) => respond(200, a),
-                None => not_found(&format!("projects/{p}/regions/{r}/addresses/{n}")),
-            }
-        }
-        ("DELETE", ["projects", p, "regions", r, "addresses", n]) => {
-            if s.addresses
-                .remove(&(r.to_string(), n.to_string()))
-                .is_none()
-            {
-                not_found(&format!("projects/{p}/regions/{r}/addresses/{n}"))
-            } else {
-                let target = url(&format!("projects/{p}/regions/{r}/addresses/{n}"));
-                let op = operation(
-                    &mut s,
-                    &format!("regions/{r}"),
-                    "delete",
-                    &target,
-                    None,
-                    &url,
-                    param("requestId"),
-                );
-                respond(200, &op)
-            }
-        }
-        ("GET", ["projects", _, "zones", _, "operations", o])
-        | ("POST", ["projects", _, "zones", _, "operations", o, "wait"])
-        | ("GET", ["projects", _, "regions", _, "operations", o])
-        | ("POST", ["projects", _, "regions", _, "operations", o, "wait"])
-        | ("GET", ["projects", _, "global", "operations", o])
-        | ("POST", ["projects", _, "global", "operations", o, "wait"]) => {
-            match s.operations.get_mut(*o) {
-                Some(op) => {
-                    // Done at the first look: the work was done when the call was made.
-                    op["status"] = json!("DONE");
-                    op["progress"] = json!(100);
-                    let op = op.clone();
-                    return Ok(respond(200, &op));
+                    respond(200, &image)
                 }
-                None => not_found(&format!("operations/{o}")),
             }
-        }
-        _ => {
-            s.unserved.push(format!("{method} {path}"));
-            error(
-                404,
-                "notFound",
-                &format!("the stand-in does not serve {method} {path}"),
-            )
-        }
+            ("POST", ["projects", p, "zones", z, "instances"]) => {
+                let r = insert(&mut s, p, z, &body, &url, param("requestId"));
+                if r.status() == 200 && !s.exhausted.contains(*z) {
+                    event = Some(MachineEvent::Create {
+                        name: body["name"].as_str().unwrap_or_default().to_owned(),
+                        address: body["networkInterfaces"][0]["networkIP"]
+                            .as_str()
+                            .and_then(|a| a.parse().ok()),
+                        user_data: body["metadata"]["items"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|i| i["key"] == "user-data")
+                            .and_then(|i| i["value"].as_str())
+                            .unwrap_or_default()
+                            .to_owned(),
+                    });
+                }
+                r
+            }
+            ("GET", ["projects", _, "zones", z, "instances"]) => {
+                let filter = param("filter");
+                let wanted = filter
+                    .as_deref()
+                    .and_then(|f| f.strip_prefix("labels."))
+                    .and_then(|f| f.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()));
+                let all: Vec<Value> = s
+                    .instances
+                    .iter()
+                    .filter(|((zone, _), _)| zone == z)
+                    .map(|(_, i)| i.clone())
+                    .filter(|i| {
+                        wanted
+                            .as_ref()
+                            .is_none_or(|(k, v)| i["labels"][k.as_str()] == v.as_str())
+                    })
+                    .collect();
+                let size = param("maxResults")
+                    .and_then(|m| m.parse::<usize>().ok())
+                    .unwrap_or(s.page_size)
+                    .min(s.page_size);
+                let from: usize = param("pageToken").and_then(|t| t.parse().ok()).unwrap_or(0);
+                let page: Vec<&Value> = all.iter().skip(from).take(size).collect();
+                let mut list = json!({"kind": "compute#instanceList", "id": format!("projects/{PROJECT}/zones/{z}/instances"),
+                "items": page, "selfLink": url(&path)});
+                if from + size < all.len() {
+                    list["nextPageToken"] = json!((from + size).to_string());
+                }
+                respond(200, &list)
+            }
+            ("GET", ["projects", _, "zones", z, "instances", n]) => {
+                match s.instances.get(&(z.to_string(), n.to_string())) {
+                    Some(i) => respond(200, i),
+                    None => not_found(&format!("projects/{PROJECT}/zones/{z}/instances/{n}")),
+                }
+            }
+            ("GET", ["projects", _, "zones", z, "disks", d]) => {
+                match s.disks.get(&(z.to_string(), d.to_string())) {
+                    Some(disk) => respond(200, disk),
+                    None => not_found(&format!("projects/{PROJECT}/zones/{z}/disks/{d}")),
+                }
+            }
+            ("DELETE", ["projects", _, "zones", z, "disks", d]) => {
+                let key = (z.to_string(), d.to_string());
+                match s.disks.get(&key) {
+                    None => not_found(&format!("projects/{PROJECT}/zones/{z}/disks/{d}")),
+                    Some(disk) if disk["users"].as_array().is_some_and(|u| !u.is_empty()) => error(
+                        400,
+                        "resourceInUseByAnotherResource",
+                        &format!(
+                            "The disk resource 'projects/{PROJECT}/zones/{z}/disks/{d}' is already being used"
+                        ),
+                    ),
+                    Some(_) => {
+                        s.disks.remove(&key);
+                        let target = url(&format!("projects/{PROJECT}/zones/{z}/disks/{d}"));
+                        let op =
+                            operation(&mut s, z, "delete", &target, None, &url, param("requestId"));
+                        respond(200, &op)
+                    }
+                }
+            }
+            ("DELETE", ["projects", _, "zones", z, "instances", n]) => {
+                let removed = s.instances.remove(&(z.to_string(), n.to_string()));
+                // Its disks: deleted with it when autoDelete, else detached and kept.
+                for d in removed
+                    .iter()
+                    .flat_map(|i| i["disks"].as_array().cloned().unwrap_or_default())
+                {
+                    let name = d["source"]
+                        .as_str()
+                        .and_then(|l| l.rsplit('/').next())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let key = (z.to_string(), name);
+                    if d["autoDelete"] == true {
+                        s.disks.remove(&key);
+                    } else if let Some(disk) = s.disks.get_mut(&key) {
+                        disk["users"] = json!([]);
+                    }
+                }
+                if removed.is_none() {
+                    not_found(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"))
+                } else {
+                    event = Some(MachineEvent::Delete(n.to_string()));
+                    let op = operation(
+                        &mut s,
+                        z,
+                        "delete",
+                        &url(&format!("projects/{PROJECT}/zones/{z}/instances/{n}")),
+                        None,
+                        &url,
+                        param("requestId"),
+                    );
+                    respond(200, &op)
+                }
+            }
+            (
+                "POST",
+                [
+                    "projects",
+                    _,
+                    "zones",
+                    z,
+                    "instances",
+                    n,
+                    action @ ("start" | "stop" | "reset"),
+                ],
+            ) => {
+                let key = (z.to_string(), n.to_string());
+                if !s.instances.contains_key(&key) {
+                    not_found(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"))
+                } else {
+                    let status = if *action == "stop" {
+                        "TERMINATED"
+                    } else {
+                        "RUNNING"
+                    };
+                    s.instances.get_mut(&key).unwrap()["status"] = json!(status);
+                    event = Some(match *action {
+                        "start" => MachineEvent::Start(n.to_string()),
+                        "stop" => MachineEvent::Stop(n.to_string()),
+                        _ => MachineEvent::Reset(n.to_string()),
+                    });
+                    let target = url(&format!("projects/{PROJECT}/zones/{z}/instances/{n}"));
+                    let op = operation(&mut s, z, action, &target, None, &url, param("requestId"));
+                    respond(200, &op)
+                }
+            }
+            ("POST", ["projects", p, "global", "firewalls"]) => {
+                let Some(name) = body["name"].as_str().map(str::to_owned) else {
+                    return Ok(error(
+                        400,
+                        "required",
+                        "Required field 'resource.name' not specified",
+                    ));
+                };
+                let target = url(&format!("projects/{p}/global/firewalls/{name}"));
+                let mut rule = body.clone();
+                rule["kind"] = json!("compute#firewall");
+                rule["selfLink"] = json!(target);
+                rule["id"] = json!("5000");
+                if let std::collections::btree_map::Entry::Vacant(v) =
+                    s.firewalls.entry(name.clone())
+                {
+                    v.insert(rule);
+                    let op = operation(
+                        &mut s,
+                        "global",
+                        "insert",
+                        &target,
+                        None,
+                        &url,
+                        param("requestId"),
+                    );
+                    respond(200, &op)
+                } else {
+                    error(
+                        409,
+                        "alreadyExists",
+                        &format!(
+                            "The resource 'projects/{p}/global/firewalls/{name}' already exists"
+                        ),
+                    )
+                }
+            }
+            ("GET", ["projects", p, "global", "firewalls", n]) => match s.firewalls.get(*n) {
+                Some(f) => respond(200, f),
+                None => not_found(&format!("projects/{p}/global/firewalls/{n}")),
+            },
+            ("DELETE", ["projects", p, "global", "firewalls", n]) => {
+                if s.firewalls.remove(*n).is_none() {
+                    not_found(&format!("projects/{p}/global/firewalls/{n}"))
+                } else {
+                    let target = url(&format!("projects/{p}/global/firewalls/{n}"));
+                    let op = operation(
+                        &mut s,
+                        "global",
+                        "delete",
+                        &target,
+                        None,
+                        &url,
+                        param("requestId"),
+                    );
+                    respond(200, &op)
+                }
+            }
+            ("POST", ["projects", p, "regions", r, "addresses"]) => {
+                let Some(name) = body["name"].as_str().map(str::to_owned) else {
+                    return Ok(error(
+                        400,
+                        "required",
+                        "Required field 'resource.name' not specified",
+                    ));
+                };
+                let key = (r.to_string(), name.clone());
+                if s.addresses.contains_key(&key) {
+                    error(
+                        409,
+                        "alreadyExists",
+                        &format!(
+                            "The resource 'projects/{p}/regions/{r}/addresses/{name}' already exists"
+                        ),
+                    )
+                } else {
+                    let target = url(&format!("projects/{p}/regions/{r}/addresses/{name}"));
+                    let mut a = body.clone();
+                    a["kind"] = json!("compute#address");
+                    a["selfLink"] = json!(target);
+                    a["region"] = json!(url(&format!("projects/{p}/regions/{r}")));
+                    a["address"] = json!(format!("198.51.100.{}", s.addresses.len() + 10));
+                    a["addressType"] = json!("EXTERNAL");
+                    a["status"] = json!("RESERVED");
+                    s.addresses.insert(key, a);
+                    let op = operation(
+                        &mut s,
+                        &format!("regions/{r}"),
+                        "insert",
+                        &target,
+                        None,
+                        &url,
+                        param("requestId"),
+                    );
+                    respond(200, &op)
+                }
+            }
+            ("GET", ["projects", p, "regions", r, "addresses", n]) => {
+                match s.addresses.get(&(r.to_string(), n.to_string())) {
+                    Some(a) => respond(200, a),
+                    None => not_found(&format!("projects/{p}/regions/{r}/addresses/{n}")),
+                }
+            }
+            ("DELETE", ["projects", p, "regions", r, "addresses", n]) => {
+                if s.addresses
+                    .remove(&(r.to_string(), n.to_string()))
+                    .is_none()
+                {
+                    not_found(&format!("projects/{p}/regions/{r}/addresses/{n}"))
+                } else {
+                    let target = url(&format!("projects/{p}/regions/{r}/addresses/{n}"));
+                    let op = operation(
+                        &mut s,
+                        &format!("regions/{r}"),
+                        "delete",
+                        &target,
+                        None,
+                        &url,
+                        param("requestId"),
+                    );
+                    respond(200, &op)
+                }
+            }
+            ("POST", ["projects", p, "global", "networks"]) => {
+                let name = body["name"].as_str().unwrap_or_default().to_owned();
+                let target = url(&format!("projects/{p}/global/networks/{name}"));
+                if s.networks.contains_key(&name) {
+                    already_exists(&format!("projects/{p}/global/networks/{name}"))
+                } else {
+                    let mut n = body.clone();
+                    n["kind"] = json!("compute#network");
+                    n["selfLink"] = json!(target);
+                    n["subnetworks"] = json!([]);
+                    s.networks.insert(name, n);
+                    let op = operation(
+                        &mut s,
+                        "global",
+                        "insert",
+                        &target,
+                        None,
+                        &url,
+                        param("requestId"),
+                    );
+                    respond(200, &op)
+                }
+            }
+            ("GET", ["projects", p, "global", "networks", n]) => match s.networks.get(*n) {
+                Some(v) => respond(200, v),
+                None => not_found(&format!("projects/{p}/global/networks/{n}")),
+            },
+            ("DELETE", ["projects", p, "global", "networks", n]) => {
+                let link = url(&format!("projects/{p}/global/networks/{n}"));
+                let users: Vec<String> = s
+                    .subnetworks
+                    .values()
+                    .chain(s.firewalls.values())
+                    .filter(|v| v["network"] == link.as_str())
+                    .filter_map(|v| v["selfLink"].as_str().map(str::to_owned))
+                    .collect();
+                if !s.networks.contains_key(*n) {
+                    not_found(&format!("projects/{p}/global/networks/{n}"))
+                } else if let Some(user) = users.first() {
+                    error(
+                        400,
+                        "resourceInUseByAnotherResource",
+                        &format!(
+                            "The network resource 'projects/{p}/global/networks/{n}' is already being used by '{user}'"
+                        ),
+                    )
+                } else {
+                    s.networks.remove(*n);
+                    let op = operation(
+                        &mut s,
+                        "global",
+                        "delete",
+                        &link,
+                        None,
+                        &url,
+                        param("requestId"),
+                    );
+                    respond(200, &op)
+                }
+            }
+            ("POST", ["projects", p, "regions", r, "subnetworks"]) => {
+                let name = body["name"].as_str().unwrap_or_default().to_owned();
+                let target = url(&format!("projects/{p}/regions/{r}/subnetworks/{name}"));
+                let network = body["network"].as_str().unwrap_or_default();
+                let key = (r.to_string(), name.clone());
+                if s.subnetworks.contains_key(&key) {
+                    already_exists(&format!("projects/{p}/regions/{r}/subnetworks/{name}"))
+                } else if !s.networks.values().any(|n| n["selfLink"] == network) {
+                    not_found(network)
+                } else {
+                    let mut sub = body.clone();
+                    sub["kind"] = json!("compute#subnetwork");
+                    sub["selfLink"] = json!(target);
+                    sub["region"] = json!(url(&format!("projects/{p}/regions/{r}")));
+                    s.subnetworks.insert(key, sub);
+                    let op = operation(
+                        &mut s,
+                        &format!("regions/{r}"),
+                        "insert",
+                        &target,
+                        None,
+                        &url,
+                        param("requestId"),
+                    );
+                    respond(200, &op)
+                }
+            }
+            ("GET", ["projects", p, "regions", r, "subnetworks", n]) => {
+                match s.subnetworks.get(&(r.to_string(), n.to_string())) {
+                    Some(v) => respond(200, v),
+                    None => not_found(&format!("projects/{p}/regions/{r}/subnetworks/{n}")),
+                }
+            }
+            ("DELETE", ["projects", p, "regions", r, "subnetworks", n]) => {
+                let link = url(&format!("projects/{p}/regions/{r}/subnetworks/{n}"));
+                let user = s
+                    .instances
+                    .values()
+                    .find(|i| i["networkInterfaces"][0]["subnetwork"] == link.as_str())
+                    .and_then(|i| i["selfLink"].as_str().map(str::to_owned));
+                if s.subnetworks
+                    .remove(&(r.to_string(), n.to_string()))
+                    .is_none()
+                {
+                    not_found(&format!("projects/{p}/regions/{r}/subnetworks/{n}"))
+                } else if let Some(user) = user {
+                    let v = json!({"selfLink": link});
+                    s.subnetworks.insert((r.to_string(), n.to_string()), v);
+                    error(
+                        400,
+                        "resourceInUseByAnotherResource",
+                        &format!(
+                            "The subnetwork resource '{link}' is already being used by '{user}'"
+                        ),
+                    )
+                } else {
+                    let op = operation(
+                        &mut s,
+                        &format!("regions/{r}"),
+                        "delete",
+                        &link,
+                        None,
+                        &url,
+                        param("requestId"),
+                    );
+                    respond(200, &op)
+                }
+            }
+            ("GET", ["projects", _, "zones", _, "operations", o])
+            | ("POST", ["projects", _, "zones", _, "operations", o, "wait"])
+            | ("GET", ["projects", _, "regions", _, "operations", o])
+            | ("POST", ["projects", _, "regions", _, "operations", o, "wait"])
+            | ("GET", ["projects", _, "global", "operations", o])
+            | ("POST", ["projects", _, "global", "operations", o, "wait"]) => {
+                match s.operations.get_mut(*o) {
+                    Some(op) => {
+                        // Done at the first look: the work was done when the call was made.
+                        op["status"] = json!("DONE");
+                        op["progress"] = json!(100);
+                        let op = op.clone();
+                        return Ok(respond(200, &op));
+                    }
+                    None => not_found(&format!("operations/{o}")),
+                }
+            }
+            _ => {
+                s.unserved.push(format!("{method} {path}"));
+                error(
+                    404,
+                    "notFound",
+                    &format!("the stand-in does not serve {method} {path}"),
+                )
+            }
+        };
+        let response = if mutating {
+            lose_or(&mut s, response)
+        } else {
+            Ok(response)
+        };
+        // The machine's work is done before the call answers (as an operation that is DONE at
+        // its first look promises), outside the lock.
+        (response, s.machines.clone(), event)
     };
-    Ok(if mutating {
-        lose_or(&mut s, response)?
-    } else {
-        response
-    })
+    if let (Some(m), Some(e)) = (machines, event) {
+        m(e).await;
+    }
+    response
+}
+
+/// Google's 409 for a resource that exists.
+fn already_exists(resource: &str) -> Response {
+    error(
+        409,
+        "alreadyExists",
+        &format!("The resource '{resource}' already exists"),
+    )
 }
 
 /// `response`, unless a lost response is due: then the connection closes without one.
@@ -684,6 +892,11 @@ fn insert(
                 &format!("Required field 'resource.{field}' not specified"),
             );
         }
+    }
+    if let Some(sub) = body["networkInterfaces"][0]["subnetwork"].as_str()
+        && !s.subnetworks.values().any(|v| v["selfLink"] == sub)
+    {
+        return not_found(sub);
     }
     let key = (zone.to_owned(), name.to_owned());
     if s.instances.contains_key(&key) {
@@ -786,7 +999,14 @@ fn insert(
     instance["status"] = json!("RUNNING");
     instance["zone"] = json!(url(&format!("projects/{project}/zones/{zone}")));
     instance["selfLink"] = json!(target);
-    instance["creationTimestamp"] = json!("2026-11-22T00:00:00.000-00:00");
+    // Google's format: local time with its offset.
+    let now = time::OffsetDateTime::now_utc().to_offset(time::macros::offset!(-8));
+    instance["creationTimestamp"] = json!(
+        now.format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3][offset_hour sign:mandatory]:[offset_minute]"
+        ))
+        .unwrap()
+    );
     instance["metadata"] = metadata(
         body["metadata"]["items"]
             .as_array()
@@ -794,7 +1014,9 @@ fn insert(
             .unwrap_or_default(),
     );
     if let Some(nic) = instance["networkInterfaces"].get_mut(0) {
-        nic["networkIP"] = json!(format!("10.128.0.{n}"));
+        if nic["networkIP"].is_null() {
+            nic["networkIP"] = json!(format!("10.128.0.{n}"));
+        }
         nic["name"] = json!("nic0");
         if let Some(ac) = nic["accessConfigs"].get_mut(0) {
             ac["natIP"] = json!(format!("203.0.113.{n}"));

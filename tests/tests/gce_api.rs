@@ -10,7 +10,7 @@
 //! metadata-server probe, usage reporting and update checks turned off ([`gcloud`]).
 
 use pangaea_controller::provider::gce::compute::{
-    CLUSTER_LABEL, Compute, ComputeError, Created, InstanceSpec, TokenSource,
+    CLUSTER_LABEL, Compute, ComputeError, Created, InstanceSpec, Nic, TokenSource,
 };
 use pangaea_tests::gce_api::{GceApi, PROJECT};
 use serde_json::Value;
@@ -32,6 +32,7 @@ fn spec(name: &str, zone: &str) -> InstanceSpec {
         tags: vec!["pangaea-demo".into()],
         spot: false,
         data_disks: vec![],
+        nic: Nic::default(),
     }
 }
 
@@ -101,6 +102,66 @@ async fn gcloud_drives_the_stand_in_and_pangaea_sends_what_gcloud_sends() {
     let dir = tempfile::tempdir().unwrap();
     let user_data = dir.path().join("user-data");
     std::fs::write(&user_data, "#cloud-config\n").unwrap();
+    // The cluster's own network and subnetwork, made by gcloud; Pangaea's bodies for them
+    // are gcloud's, so Pangaea adopts them.
+    let description = pangaea_controller::provider::gce::compute::owner_description("demo");
+    for args in [
+        vec![
+            "compute",
+            "networks",
+            "create",
+            "pangaea-demo",
+            "--subnet-mode",
+            "custom",
+        ],
+        vec![
+            "compute",
+            "networks",
+            "subnets",
+            "create",
+            "pangaea-demo",
+            "--network",
+            "pangaea-demo",
+            "--region",
+            "us-central1",
+            "--range",
+            "10.213.0.0/24",
+        ],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--description", &description, "--format", "json"]);
+        let (ok, _, _) = gcloud(&api, dir.path(), &args).await;
+        assert!(ok);
+    }
+    let c = client(&api, dir.path());
+    assert_eq!(
+        c.ensure_network("pangaea-demo", "demo", T).await.unwrap(),
+        Created::Adopted
+    );
+    assert_eq!(
+        c.ensure_subnetwork(
+            "us-central1",
+            "pangaea-demo",
+            "pangaea-demo",
+            "10.213.0.0/24",
+            "demo",
+            T
+        )
+        .await
+        .unwrap(),
+        Created::Adopted
+    );
+    for (collection, name) in [
+        ("global/networks", "pangaea-demo"),
+        ("regions/us-central1/subnetworks", "pangaea-demo"),
+    ] {
+        let theirs = api.requests("POST", collection)[0].body.clone();
+        let ours = api.requests("POST", collection)[1].body.clone();
+        assert_eq!(
+            ours, theirs,
+            "{collection}/{name}: gcloud's body, value for value"
+        );
+    }
     let (ok, out, _) = gcloud(
         &api,
         dir.path(),
@@ -126,6 +187,12 @@ async fn gcloud_drives_the_stand_in_and_pangaea_sends_what_gcloud_sends() {
             "pangaea-cluster=demo",
             "--tags",
             "pangaea-demo",
+            "--network",
+            "pangaea-demo",
+            "--subnet",
+            "pangaea-demo",
+            "--private-network-ip",
+            "10.213.0.11",
             "--format",
             "json",
         ],
@@ -175,11 +242,16 @@ async fn gcloud_drives_the_stand_in_and_pangaea_sends_what_gcloud_sends() {
     let theirs = api.requests("POST", "zones/us-central1-a/instances")[0]
         .body
         .clone();
-    let c = client(&api, dir.path());
+    let node2 = InstanceSpec {
+        nic: Nic {
+            network: "pangaea-demo".into(),
+            subnetwork: Some("pangaea-demo".into()),
+            address: Some("10.213.0.12".parse().unwrap()),
+        },
+        ..spec("node-2", ZONE)
+    };
     assert_eq!(
-        c.create_instance(&spec("node-2", ZONE), "demo", T)
-            .await
-            .unwrap(),
+        c.create_instance(&node2, "demo", T).await.unwrap(),
         Created::Created
     );
     let ours = api.requests("POST", "zones/us-central1-a/instances")[1]
@@ -205,6 +277,7 @@ async fn gcloud_drives_the_stand_in_and_pangaea_sends_what_gcloud_sends() {
         "/disks/0/initializeParams/diskSizeGb",
         "/disks/0/initializeParams/diskType",
         "/networkInterfaces/0/network",
+        "/networkInterfaces/0/subnetwork",
         "/networkInterfaces/0/accessConfigs",
     ] {
         assert_eq!(ours.pointer(pointer), theirs.pointer(pointer), "{pointer}");
@@ -620,7 +693,7 @@ async fn metadata_is_changed_with_its_fingerprint_and_a_412_reads_again() {
 /// nothing), and gcloud sees it gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firewall_rules_and_addresses_are_created_adopted_or_refused_by_their_description() {
-    use pangaea_controller::provider::gce::compute::{FirewallSpec, owner_description};
+    use pangaea_controller::provider::gce::compute::{Allow, FirewallSpec, owner_description};
     require_gcloud();
     let api = GceApi::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -669,13 +742,51 @@ async fn firewall_rules_and_addresses_are_created_adopted_or_refused_by_their_de
     let c = client(&api, dir.path());
     let rule = FirewallSpec {
         name: "pangaea-demo-api".into(),
-        ports: vec![6443],
+        network: "default".into(),
+        allow: Allow::Tcp(vec![6443]),
         source_ranges: vec!["0.0.0.0/0".into()],
         target_tag: "pangaea-demo".into(),
     };
     assert_eq!(
         c.firewall_body(&rule, "demo"),
         theirs,
+        "gcloud's body, value for value"
+    );
+    // The rule between a cluster's nodes: gcloud's body for `--allow tcp,udp,icmp`.
+    let (ok, _, _) = gcloud(
+        &api,
+        dir.path(),
+        &[
+            "compute",
+            "firewall-rules",
+            "create",
+            "pangaea-demo-internal",
+            "--network",
+            "default",
+            "--allow",
+            "tcp,udp,icmp",
+            "--source-ranges",
+            "10.213.0.0/24",
+            "--target-tags",
+            "pangaea-demo",
+            "--description",
+            &owner_description("demo"),
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let internal = FirewallSpec {
+        name: "pangaea-demo-internal".into(),
+        network: "default".into(),
+        allow: Allow::Everything,
+        source_ranges: vec!["10.213.0.0/24".into()],
+        target_tag: "pangaea-demo".into(),
+    };
+    assert_eq!(
+        c.firewall_body(&internal, "demo"),
+        api.requests("POST", "global/firewalls")[1].body,
         "gcloud's body, value for value"
     );
     assert_eq!(

@@ -51,7 +51,8 @@ fn lines(e: &Estimate, lines: &[Line], out: &mut String) {
     }
 }
 
-fn table_text(e: &Estimate) -> String {
+/// The estimate as a table for people.
+pub fn table_text(e: &Estimate) -> String {
     let mut out = String::new();
     if e.provider != "gce" {
         out.push_str(&format!(

@@ -9,6 +9,7 @@ use crate::mirror::Mirror;
 use crate::reconcile::{Bootstrap, Reconciler, WantedNode};
 use crate::state_dir::{AGENT_HTTP_PORT, GRPC_PORT};
 use anyhow::Context;
+use pangaea_compiler::provider::ProviderKind;
 use pangaea_core::NodeName;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,12 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
     super::print_runtime_findings(provider.as_ref(), &c);
     for line in c.os_packages.iter().flat_map(|i| i.report()) {
         step(&line);
+    }
+    if mode == Mode::Up && c.loaded.config.provider.kind() == ProviderKind::Gce {
+        // What the machines will cost, before anything is created on the cloud.
+        let e = crate::cost::estimate(&c.loaded, &crate::cost::PriceTable::built_in())?;
+        step("estimated cost of this cluster (`pangaea-ctl cost` prints it again):");
+        eprint!("{}", super::cost::table_text(&e));
     }
     provider.prepare(&step).await?;
     let endpoint = provider.controller_endpoint().await?;

@@ -3,7 +3,8 @@
 //! same cloud-init user-data for all. [`from_config`] picks the implementation from
 //! `pangaea.yaml`.
 //!
-//! Implemented: [`local`] (systemd-nspawn machines on this host, the default). A new
+//! Implemented: [`local`] (systemd-nspawn machines on this host, the default) and [`gce`]
+//! (Compute Engine instances). A new
 //! provider is a module here implementing [`Provider`] plus one arm in [`from_config`];
 //! what differs by provider is an explicit step of the trait: [`Provider::prepare`] (build
 //! an image, check credentials), [`Provider::controller_endpoint`] (how nodes reach the
@@ -221,6 +222,10 @@ pub fn from_config(
             state,
             image_cache,
         ))),
+        ProviderKind::Gce => Ok(Box::new(gce::provider(
+            config,
+            &gce::GcloudEnv::from_env(),
+        )?)),
         other => Err(ProviderError::Prerequisite(format!(
             "provider {:?} is not implemented yet; use provider: {{type: local}}",
             other.as_str()

@@ -229,6 +229,30 @@ pub struct InstanceSpec {
     pub spot: bool,
     /// Persistent data disks, kept when the instance is deleted.
     pub data_disks: Vec<DataDisk>,
+    /// Where its interface is: the network, its subnetwork in the zone's region and the
+    /// internal address (`None`: the subnetwork's choice).
+    pub nic: Nic,
+}
+
+/// The network interface of an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    /// The VPC network's name (`default`).
+    pub network: String,
+    /// Its subnetwork in the instance's region, by name; `None` for an auto-mode network.
+    pub subnetwork: Option<String>,
+    /// The internal address, from the subnetwork's range.
+    pub address: Option<std::net::Ipv4Addr>,
+}
+
+impl Default for Nic {
+    fn default() -> Nic {
+        Nic {
+            network: "default".into(),
+            subnetwork: None,
+            address: None,
+        }
+    }
 }
 
 /// A persistent data disk of an instance: created with it the first time, attached again
@@ -309,6 +333,11 @@ impl Compute {
         self.tries = tries.max(1);
         self.backoff = backoff;
         self
+    }
+
+    /// The project.
+    pub fn project(&self) -> &str {
+        &self.project
     }
 
     /// The URL of a project resource path (`zones/Z/instances`).
@@ -428,6 +457,19 @@ impl Compute {
                 "instanceTerminationAction": "STOP",
             });
         }
+        let mut nic = json!({
+            "network": self.url(&format!("global/networks/{}", s.nic.network)),
+            "accessConfigs": [{"name": "external-nat", "type": "ONE_TO_ONE_NAT"}],
+        });
+        if let Some(sub) = &s.nic.subnetwork {
+            nic["subnetwork"] = json!(self.url(&format!(
+                "regions/{}/subnetworks/{sub}",
+                pangaea_compiler::provider::gce::region_of(&s.zone)
+            )));
+        }
+        if let Some(ip) = s.nic.address {
+            nic["networkIP"] = json!(ip.to_string());
+        }
         json!({
             "name": s.name,
             "machineType": zone(&format!("machineTypes/{}", s.machine_type)),
@@ -447,10 +489,7 @@ impl Compute {
             })).chain(data).collect::<Vec<_>>(),
             "labels": s.labels,
             "metadata": {"items": [{"key": "user-data", "value": s.user_data}]},
-            "networkInterfaces": [{
-                "network": self.url("global/networks/default"),
-                "accessConfigs": [{"name": "external-nat", "type": "ONE_TO_ONE_NAT"}],
-            }],
+            "networkInterfaces": [nic],
             "scheduling": scheduling,
             "tags": {"items": s.tags},
         })
@@ -543,15 +582,96 @@ impl Compute {
 
     /// The body of a firewall rule (the shapes gcloud sends).
     pub fn firewall_body(&self, f: &FirewallSpec, cluster: &str) -> Value {
+        let allowed = match &f.allow {
+            Allow::Tcp(ports) => {
+                json!([{"IPProtocol": "tcp", "ports": ports.iter().map(u16::to_string).collect::<Vec<_>>()}])
+            }
+            Allow::Everything => {
+                json!([{"IPProtocol": "tcp"}, {"IPProtocol": "udp"}, {"IPProtocol": "icmp"}])
+            }
+        };
         json!({
             "name": f.name,
             "description": owner_description(cluster),
             "direction": "INGRESS",
-            "network": self.url("global/networks/default"),
-            "allowed": [{"IPProtocol": "tcp", "ports": f.ports.iter().map(u16::to_string).collect::<Vec<_>>()}],
+            "network": self.url(&format!("global/networks/{}", f.network)),
+            "allowed": allowed,
             "sourceRanges": f.source_ranges,
             "targetTags": [f.target_tag],
         })
+    }
+
+    /// Creates a VPC network in custom subnet mode (or adopts this cluster's of that name).
+    pub async fn ensure_network(
+        &self,
+        name: &str,
+        cluster: &str,
+        timeout: Duration,
+    ) -> Result<Created, ComputeError> {
+        let body = json!({
+            "name": name,
+            "description": owner_description(cluster),
+            "autoCreateSubnetworks": false,
+            "routingConfig": {"routingMode": "REGIONAL"},
+        });
+        self.insert_or_adopt(
+            "global/networks",
+            body,
+            &format!("network {name}"),
+            &Owner::Description(cluster),
+            timeout,
+        )
+        .await
+    }
+
+    /// Creates a subnetwork of `network` in `region` with the range `cidr` (or adopts this
+    /// cluster's of that name).
+    pub async fn ensure_subnetwork(
+        &self,
+        region: &str,
+        name: &str,
+        network: &str,
+        cidr: &str,
+        cluster: &str,
+        timeout: Duration,
+    ) -> Result<Created, ComputeError> {
+        let body = json!({
+            "name": name,
+            "description": owner_description(cluster),
+            "network": self.url(&format!("global/networks/{network}")),
+            "ipCidrRange": cidr,
+            "privateIpGoogleAccess": false,
+        });
+        self.insert_or_adopt(
+            &format!("regions/{region}/subnetworks"),
+            body,
+            &format!("subnetwork {name} in {region}"),
+            &Owner::Description(cluster),
+            timeout,
+        )
+        .await
+    }
+
+    /// Deletes a subnetwork; `false` when there was none.
+    pub async fn delete_subnetwork(
+        &self,
+        region: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<bool, ComputeError> {
+        self.delete(&format!("regions/{region}/subnetworks/{name}"), timeout)
+            .await
+    }
+
+    /// Deletes a network (its subnetworks and firewall rules first); `false` when there
+    /// was none.
+    pub async fn delete_network(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<bool, ComputeError> {
+        self.delete(&format!("global/networks/{name}"), timeout)
+            .await
     }
 
     /// Creates a firewall rule (or adopts this cluster's of that name).
@@ -896,17 +1016,28 @@ impl Owner<'_> {
     }
 }
 
-/// A firewall rule letting TCP ports reach the instances with a network tag.
+/// A firewall rule letting traffic reach the instances with a network tag.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirewallSpec {
     /// Its name.
     pub name: String,
-    /// The TCP ports.
-    pub ports: Vec<u16>,
+    /// Its network's name.
+    pub network: String,
+    /// What it lets through.
+    pub allow: Allow,
     /// Where from (CIDRs).
     pub source_ranges: Vec<String>,
     /// The instances' network tag.
     pub target_tag: String,
+}
+
+/// What a firewall rule lets through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allow {
+    /// These TCP ports.
+    Tcp(Vec<u16>),
+    /// TCP, UDP and ICMP, every port (between a cluster's own nodes).
+    Everything,
 }
 
 /// Google's error body: `{"error": {"errors": [{"reason"}], "message"}}`.

@@ -1,10 +1,16 @@
-//! Google Compute Engine: the Compute API client ([`compute`]) and the gcloud settings it
-//! honours ([`GcloudEnv`]). The provider that creates a cluster's nodes with them is not
-//! built yet (providers issue); the client is, and is tested against a Compute API stand-in
-//! that the real gcloud CLI drives (tests/tests/gce_api.rs).
+//! Google Compute Engine: the provider ([`cluster`]), the Compute API client it uses
+//! ([`compute`]), and the gcloud settings both honour ([`GcloudEnv`]). The client is tested
+//! against a Compute API stand-in that the real gcloud CLI drives (tests/tests/gce_api.rs);
+//! the provider by `up` against that stand-in, whose instances boot as local nodes
+//! (tests/tests/e2e_gce.rs).
 
+pub mod cluster;
 pub mod compute;
 pub mod service_account;
+
+use crate::provider::ProviderError;
+use pangaea_compiler::config::Loaded;
+use pangaea_compiler::provider::{Provider as ProviderConfig, gce};
 
 use std::path::PathBuf;
 
@@ -72,6 +78,105 @@ impl GcloudEnv {
             (None, None) => compute::TokenSource::Gcloud,
         })
     }
+}
+
+/// The GCE provider of `loaded`'s cluster: project, region and zones from `pangaea.yaml`,
+/// else from gcloud's settings (`env`, then `gcloud config`).
+pub fn provider(loaded: &Loaded, env: &GcloudEnv) -> Result<cluster::Gce, ProviderError> {
+    let config = &loaded.config;
+    let ProviderConfig::Gce(g) = &config.provider else {
+        return Err(ProviderError::Failed("not a GCE cluster".into()));
+    };
+    let project = g
+        .project
+        .clone()
+        .or_else(|| env.project.clone())
+        .or_else(|| gcloud_config("project"))
+        .ok_or_else(|| {
+            ProviderError::Prerequisite(
+                "no GCE project: set provider.project in pangaea.yaml, CLOUDSDK_CORE_PROJECT, or `gcloud config set project ID`".into(),
+            )
+        })?;
+    let region = g
+        .zones
+        .first()
+        .map(|z| gce::region_of(z).to_owned())
+        .or_else(|| env.region.clone())
+        .or_else(|| env.zone.as_deref().map(|z| gce::region_of(z).to_owned()))
+        .or_else(|| gcloud_config("compute/region"))
+        .or_else(|| gcloud_config("compute/zone").map(|z| gce::region_of(&z).to_owned()))
+        .ok_or_else(|| {
+            ProviderError::Prerequisite(
+                "no GCE region: set provider.zones in pangaea.yaml, CLOUDSDK_COMPUTE_REGION, or `gcloud config set compute/region REGION`".into(),
+            )
+        })?;
+    if let Some(z) = g.zones.iter().find(|z| gce::region_of(z) != region) {
+        return Err(ProviderError::Prerequisite(format!(
+            "provider.zones: {z} is not in {region}, the region of the first zone; a cluster's nodes share one region (one subnetwork)"
+        )));
+    }
+    let advertise = match &g.advertise_address {
+        None => None,
+        Some(a) => Some(a.parse().map_err(|e| {
+            ProviderError::Prerequisite(format!(
+                "provider.advertiseAddress {a:?} is not an IP address: {e}"
+            ))
+        })?),
+    };
+    let model = pangaea_compiler::model::ClusterModel::build(loaded);
+    let nodes = model
+        .nodes
+        .iter()
+        .map(|n| {
+            let pool = config.pools.iter().find(|p| p.name == n.pool);
+            let planned = cluster::PlannedNode {
+                position: n.position,
+                zone: n.zone.clone(),
+                machine_type: gce::machine_type(pool.and_then(|p| p.machine_type.as_deref()))
+                    .to_owned(),
+                disks: n
+                    .disks
+                    .iter()
+                    .map(|d| compute::DataDisk {
+                        name: format!("{}-{}-{}", config.name, n.name, d.config.name),
+                        device_name: d.config.name.clone(),
+                        size_gib: d.config.size_gib,
+                        disk_type: gce::DISK_TYPE.into(),
+                    })
+                    .collect(),
+            };
+            (n.name.clone(), planned)
+        })
+        .collect();
+    let token = env
+        .token_source()
+        .map_err(|e| ProviderError::Prerequisite(e.to_string()))?;
+    Ok(cluster::Gce::new(
+        compute::Compute::new(&env.compute_base(), &project, token),
+        cluster::GceCluster {
+            cluster: config.name.clone(),
+            region,
+            zones: g.zones.clone(),
+            spot: g.spot,
+            advertise,
+            node_cidr: config.network.nodes,
+            api_port: pangaea_compiler::node::API_PORT,
+            nodes,
+        },
+    ))
+}
+
+/// A value of gcloud's configuration (`gcloud config get KEY`), `None` when it is unset or
+/// gcloud is not installed.
+fn gcloud_config(key: &str) -> Option<String> {
+    let out = std::process::Command::new("gcloud")
+        .args(["config", "get", key])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !v.is_empty()).then_some(v)
 }
 
 #[cfg(test)]

@@ -1,0 +1,491 @@
+//! The GCE provider: a cluster's nodes as Compute Engine instances, made with the
+//! [`Compute`] client.
+//!
+//! What it creates in the project, each marked as the cluster's (instances by the
+//! [`CLUSTER_LABEL`] label, the rest by their description) so that `down --purge` deletes
+//! exactly that:
+//!
+//! - a VPC network `pangaea-CLUSTER` in custom subnet mode, and in the region a subnetwork
+//!   with the cluster's node network (`network.nodes`) as its range, so that each instance
+//!   gets the internal address the compiler gave its node (certificates, etcd peer URLs and
+//!   the API endpoint are made for those addresses);
+//! - two firewall rules: everything between the cluster's nodes, and the API server's port
+//!   from anywhere;
+//! - an instance per node, named `CLUSTER-NODE`, in its zone (the configured zones in turn,
+//!   else the region's), moved to another zone of the region when its own has no capacity;
+//!   cloud-init's user-data in its metadata; its data disks created with it, attached under
+//!   their name, and deleted with the node.
+//!
+//! Nodes reach the controller at `provider.advertiseAddress` (ports 7443 and 7444): an
+//! address of this machine, or one forwarded to it. See docs/providers/gce.md.
+
+use super::compute::{
+    Allow, CLUSTER_LABEL, Compute, ComputeError, DataDisk, FirewallSpec, InstanceSpec, Nic,
+};
+use crate::provider::{
+    ControllerEndpoint, NodeInfo, NodeSpec, NodeState, Progress, Provider, ProviderError,
+};
+use async_trait::async_trait;
+use pangaea_compiler::provider::gce;
+use pangaea_core::NodeName;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// The label that names the node an instance is (its instance name carries the cluster's
+/// name too).
+pub const NODE_LABEL: &str = "pangaea-node";
+
+/// The image nodes boot: Ubuntu LTS ships cloud-init.
+pub const IMAGE: (&str, &str) = ("ubuntu-2404-lts-amd64", "ubuntu-os-cloud");
+
+/// How long one operation (an insert, a stop) may take.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What the configuration says of one node.
+#[derive(Clone, Debug)]
+pub struct PlannedNode {
+    /// Its position across pools: takes the region's zones in turn when none are configured.
+    pub position: u64,
+    /// Its configured zone.
+    pub zone: Option<String>,
+    /// Its machine type.
+    pub machine_type: String,
+    /// Its data disks.
+    pub disks: Vec<DataDisk>,
+}
+
+/// The settings of a GCE cluster, resolved ([`super::Settings`]).
+#[derive(Clone, Debug)]
+pub struct GceCluster {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Its region.
+    pub region: String,
+    /// The configured zones (empty: the region's).
+    pub zones: Vec<String>,
+    /// Spot VMs.
+    pub spot: bool,
+    /// Where nodes reach the controller.
+    pub advertise: Option<IpAddr>,
+    /// The node network.
+    pub node_cidr: pangaea_compiler::cidr::Cidr,
+    /// The API server's port.
+    pub api_port: u16,
+    /// The nodes of the configuration.
+    pub nodes: BTreeMap<NodeName, PlannedNode>,
+}
+
+/// Compute Engine instances.
+pub struct Gce {
+    compute: Compute,
+    c: GceCluster,
+    region_zones: tokio::sync::OnceCell<Vec<String>>,
+}
+
+fn failed(e: ComputeError) -> ProviderError {
+    ProviderError::Failed(e.to_string())
+}
+
+impl Gce {
+    /// The provider of cluster `c` through `compute`.
+    pub fn new(compute: Compute, c: GceCluster) -> Gce {
+        Gce {
+            compute,
+            c,
+            region_zones: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The cluster's network, subnetwork and the prefix of its firewall rules and tag.
+    pub fn network(&self) -> String {
+        format!("pangaea-{}", self.c.cluster)
+    }
+
+    fn instance_name(&self, node: &NodeName) -> String {
+        format!("{}-{node}", self.c.cluster)
+    }
+
+    /// The firewall rules the cluster needs.
+    pub fn firewalls(&self) -> Vec<FirewallSpec> {
+        let net = self.network();
+        vec![
+            FirewallSpec {
+                name: format!("{net}-internal"),
+                network: net.clone(),
+                allow: Allow::Everything,
+                source_ranges: vec![self.c.node_cidr.to_string()],
+                target_tag: net.clone(),
+            },
+            FirewallSpec {
+                name: format!("{net}-api"),
+                network: net.clone(),
+                allow: Allow::Tcp(vec![self.c.api_port]),
+                source_ranges: vec!["0.0.0.0/0".into()],
+                target_tag: net,
+            },
+        ]
+    }
+
+    /// The zones of the region, asked once.
+    async fn all_zones(&self) -> Result<&Vec<String>, ProviderError> {
+        self.region_zones
+            .get_or_try_init(|| async {
+                let z = self
+                    .compute
+                    .region_zones(&self.c.region)
+                    .await
+                    .map_err(failed)?;
+                if z.is_empty() {
+                    return Err(ProviderError::Failed(format!(
+                        "region {} has no zones",
+                        self.c.region
+                    )));
+                }
+                Ok(z)
+            })
+            .await
+    }
+
+    /// The zones nodes are spread over: the configured ones, else the region's.
+    async fn spread(&self) -> Result<Vec<String>, ProviderError> {
+        if self.c.zones.is_empty() {
+            Ok(self.all_zones().await?.clone())
+        } else {
+            Ok(self.c.zones.clone())
+        }
+    }
+
+    /// Every instance of the cluster, with its zone.
+    async fn instances(&self) -> Result<Vec<(String, Value)>, ProviderError> {
+        let mut zones = self.all_zones().await?.clone();
+        for z in &self.c.zones {
+            if !zones.contains(z) {
+                zones.push(z.clone());
+            }
+        }
+        let mut out = Vec::new();
+        for z in zones {
+            for i in self
+                .compute
+                .list_instances(&z, &self.c.cluster)
+                .await
+                .map_err(failed)?
+            {
+                out.push((z.clone(), i));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The zone of node `name`'s instance.
+    async fn locate(&self, name: &NodeName) -> Result<String, ProviderError> {
+        self.instances()
+            .await?
+            .into_iter()
+            .find(|(_, i)| i["labels"][NODE_LABEL] == name.as_str())
+            .map(|(z, _)| z)
+            .ok_or_else(|| ProviderError::NoSuchNode(name.clone()))
+    }
+
+    async fn act(&self, name: &NodeName, action: &str) -> Result<(), ProviderError> {
+        let zone = self.locate(name).await?;
+        let op = self
+            .compute
+            .instance_action(&zone, &self.instance_name(name), action)
+            .await
+            .map_err(failed)?;
+        self.compute
+            .wait(&op, OPERATION_TIMEOUT)
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    fn node_info(&self, zone: &str, i: &Value) -> Option<NodeInfo> {
+        let name = NodeName::try_from(i["labels"][NODE_LABEL].as_str()?.to_owned()).ok()?;
+        let state = match i["status"].as_str().unwrap_or_default() {
+            "PROVISIONING" | "STAGING" | "RUNNING" | "REPAIRING" => NodeState::Running,
+            _ => NodeState::Stopped,
+        };
+        let address = i["networkInterfaces"][0]["networkIP"]
+            .as_str()
+            .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let created_at = i["creationTimestamp"]
+            .as_str()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map_or(0, |t| t.unix_timestamp());
+        tracing::trace!(%name, zone, "instance");
+        Some(NodeInfo {
+            name,
+            instance_id: i["id"].as_str().unwrap_or_default().to_owned(),
+            address,
+            state,
+            created_at,
+        })
+    }
+}
+
+/// Whether `ip` is an address of this machine (a socket can be bound to it; nothing is
+/// sent).
+fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+#[async_trait]
+impl Provider for Gce {
+    fn name(&self) -> &'static str {
+        "gce"
+    }
+
+    async fn prepare(&self, progress: Progress<'_>) -> Result<(), ProviderError> {
+        let net = self.network();
+        let t = OPERATION_TIMEOUT;
+        progress(&format!(
+            "GCE: network {net} with subnetwork {} in {}",
+            self.c.node_cidr, self.c.region
+        ));
+        self.compute
+            .ensure_network(&net, &self.c.cluster, t)
+            .await
+            .map_err(failed)?;
+        self.compute
+            .ensure_subnetwork(
+                &self.c.region,
+                &net,
+                &net,
+                &self.c.node_cidr.to_string(),
+                &self.c.cluster,
+                t,
+            )
+            .await
+            .map_err(failed)?;
+        for f in self.firewalls() {
+            self.compute
+                .ensure_firewall(&f, &self.c.cluster, t)
+                .await
+                .map_err(failed)?;
+        }
+        let zones = self.spread().await?;
+        progress(&format!("GCE: nodes spread over {}", zones.join(", ")));
+        Ok(())
+    }
+
+    async fn controller_endpoint(&self) -> Result<ControllerEndpoint, ProviderError> {
+        let advertise = self.c.advertise.ok_or_else(|| {
+            ProviderError::Prerequisite(format!(
+                "GCE nodes must reach this controller: set provider.advertiseAddress in pangaea.yaml to an address of this machine that they can reach, or one that forwards TCP ports {} and {} to it (see docs/providers/gce.md)",
+                crate::state_dir::GRPC_PORT,
+                crate::state_dir::AGENT_HTTP_PORT
+            ))
+        })?;
+        // Behind a forward (NAT), the advertised address is not this machine's: listen on
+        // every address then.
+        let listen = if is_local(advertise) {
+            advertise
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        Ok(ControllerEndpoint { listen, advertise })
+    }
+
+    async fn create(&self, spec: &NodeSpec) -> Result<NodeInfo, ProviderError> {
+        let planned = self.c.nodes.get(&spec.name).ok_or_else(|| {
+            ProviderError::Failed(format!("{} is not in the configuration", spec.name))
+        })?;
+        let zones = self.spread().await?;
+        let zone = planned
+            .zone
+            .clone()
+            .or_else(|| pangaea_compiler::provider::in_turn(&zones, planned.position).cloned())
+            .expect("spread zones are never empty");
+        let net = self.network();
+        let s = InstanceSpec {
+            name: self.instance_name(&spec.name),
+            zone,
+            machine_type: planned.machine_type.clone(),
+            image: (IMAGE.0.into(), IMAGE.1.into()),
+            boot_disk: (gce::BOOT_DISK_GIB, gce::DISK_TYPE.into()),
+            user_data: spec.user_data.clone(),
+            labels: [
+                (CLUSTER_LABEL.to_owned(), self.c.cluster.clone()),
+                (NODE_LABEL.to_owned(), spec.name.to_string()),
+            ]
+            .into(),
+            tags: vec![net.clone()],
+            spot: self.c.spot,
+            data_disks: planned.disks.clone(),
+            nic: Nic {
+                network: net.clone(),
+                subnetwork: Some(net),
+                address: Some(spec.address),
+            },
+        };
+        let region = self.all_zones().await?.clone();
+        let (zone, _) = self
+            .compute
+            .create_in_region(&s, &region, &self.c.cluster, OPERATION_TIMEOUT, &|m| {
+                tracing::warn!("{m}")
+            })
+            .await
+            .map_err(failed)?;
+        let i = self
+            .compute
+            .get_instance(&zone, &s.name)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| {
+                ProviderError::Failed(format!("{} vanished after its insert", s.name))
+            })?;
+        self.node_info(&zone, &i)
+            .ok_or_else(|| ProviderError::Failed(format!("{} has no {NODE_LABEL} label", s.name)))
+    }
+
+    async fn start(&self, name: &NodeName) -> Result<(), ProviderError> {
+        self.act(name, "start").await
+    }
+
+    async fn stop(&self, name: &NodeName) -> Result<(), ProviderError> {
+        self.act(name, "stop").await
+    }
+
+    async fn deliver_token(&self, name: &NodeName, _token: &str) -> Result<(), ProviderError> {
+        Err(ProviderError::Failed(format!(
+            "{name} cannot rejoin by itself and a GCE node cannot be given a recovery token yet (its agent does not read instance metadata): replace it with `pangaea-ctl node remove {name}` and `pangaea-ctl node add`"
+        )))
+    }
+
+    async fn delete(&self, name: &NodeName) -> Result<(), ProviderError> {
+        let zone = match self.locate(name).await {
+            Ok(z) => z,
+            Err(ProviderError::NoSuchNode(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if let Some(op) = self
+            .compute
+            .delete_instance(&zone, &self.instance_name(name))
+            .await
+            .map_err(failed)?
+        {
+            self.compute
+                .wait(&op, OPERATION_TIMEOUT)
+                .await
+                .map_err(failed)?;
+        }
+        for d in self
+            .c
+            .nodes
+            .get(name)
+            .map(|p| &p.disks)
+            .into_iter()
+            .flatten()
+        {
+            self.compute
+                .delete_disk(&zone, &d.name, OPERATION_TIMEOUT)
+                .await
+                .map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<NodeInfo>, ProviderError> {
+        let mut out: Vec<NodeInfo> = self
+            .instances()
+            .await?
+            .iter()
+            .filter_map(|(z, i)| self.node_info(z, i))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn teardown(&self) -> Result<(), ProviderError> {
+        if !self.instances().await?.is_empty() {
+            return Ok(());
+        }
+        let t = OPERATION_TIMEOUT;
+        for f in self.firewalls() {
+            self.compute
+                .delete_firewall(&f.name, t)
+                .await
+                .map_err(failed)?;
+        }
+        let net = self.network();
+        self.compute
+            .delete_subnetwork(&self.c.region, &net, t)
+            .await
+            .map_err(failed)?;
+        self.compute.delete_network(&net, t).await.map_err(failed)?;
+        Ok(())
+    }
+
+    fn console_hint(&self, name: &NodeName) -> Option<String> {
+        Some(format!(
+            "console: gcloud compute instances get-serial-port-output {} --project {} (zone: gcloud compute instances list --filter labels.{NODE_LABEL}={name})",
+            self.instance_name(name),
+            self.compute.project()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gce() -> Gce {
+        let c = GceCluster {
+            cluster: "demo".into(),
+            region: "us-central1".into(),
+            zones: vec![],
+            spot: false,
+            advertise: None,
+            node_cidr: pangaea_compiler::cidr::Cidr::parse("10.213.0.0/24").unwrap(),
+            api_port: 6443,
+            nodes: BTreeMap::new(),
+        };
+        let compute = Compute::new(
+            "http://127.0.0.1:9/compute/v1/",
+            "demo",
+            super::super::compute::TokenSource::Fixed("t".into()),
+        );
+        Gce::new(compute, c)
+    }
+
+    #[test]
+    fn an_instance_reads_as_the_node_its_label_names() {
+        let i = serde_json::json!({
+            "id": "4002", "status": "TERMINATED",
+            "creationTimestamp": "2026-11-22T01:02:03.456-08:00",
+            "labels": {"pangaea-cluster": "demo", "pangaea-node": "node-2"},
+            "networkInterfaces": [{"networkIP": "10.213.0.12"}],
+        });
+        let n = gce().node_info("us-central1-b", &i).unwrap();
+        assert_eq!(n.name.as_str(), "node-2");
+        assert_eq!(n.instance_id, "4002");
+        assert_eq!(n.address, Ipv4Addr::new(10, 213, 0, 12));
+        assert_eq!(n.state, NodeState::Stopped);
+        assert_eq!(n.created_at, 1_795_338_123);
+        let mut running = i.clone();
+        running["status"] = "STAGING".into();
+        assert_eq!(
+            gce().node_info("z", &running).unwrap().state,
+            NodeState::Running
+        );
+        let mut foreign = i;
+        foreign["labels"] = serde_json::json!({"pangaea-cluster": "demo"});
+        assert!(
+            gce().node_info("z", &foreign).is_none(),
+            "no node label: not a node"
+        );
+    }
+
+    #[test]
+    fn the_controller_listens_on_the_advertised_address_only_when_it_is_this_machines() {
+        assert!(is_local("127.0.0.1".parse().unwrap()));
+        assert!(!is_local("192.0.2.1".parse().unwrap()));
+    }
+}

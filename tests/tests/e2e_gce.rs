@@ -1,0 +1,317 @@
+//! End to end through the GCE code path: `pangaea-ctl up` with `provider: {type: gce}` talks
+//! to the Compute API stand-in (tests/src/gce_api.rs, itself checked against the real gcloud
+//! in tests/tests/gce_api.rs), whose instances boot for real: each insert starts a local
+//! systemd-nspawn node (the local provider's machinery) that runs cloud-init with the
+//! `user-data` of the instance's metadata, at the instance's internal address. So the
+//! network, subnetwork, firewall rules, one instance per zone, the user-data in metadata and
+//! the nodes reaching the controller at `advertiseAddress` are all exercised, and the nodes
+//! must form a healthy etcd cluster. Then a reboot through the provider (instance stop and
+//! start), and `down --purge` must leave nothing in the project or on the host.
+//!
+//! Project and region come from gcloud's variables (`CLOUDSDK_CORE_PROJECT`,
+//! `CLOUDSDK_COMPUTE_REGION`), the zones from the region, as a gcloud user would have them.
+//!
+//! Needs root and what tests/tests/e2e_local.rs needs (`.ci/run` installs it).
+
+use pangaea_controller::provider::local::Local;
+use pangaea_controller::provider::{NodeSpec, Provider};
+use pangaea_controller::state_dir::StateDir;
+use pangaea_controller::status::NodeStatus;
+use pangaea_tests::gce_api::{GceApi, MachineEvent, PROJECT};
+use pangaea_tests::{binary, output_text as text};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+fn run_id() -> u32 {
+    std::process::id() % 250
+}
+
+fn cluster_name() -> String {
+    format!("e2eg{}", run_id())
+}
+
+fn network() -> String {
+    format!("10.232.{}.0/24", run_id())
+}
+
+const REGION: &str = "us-central1";
+
+/// The stand-in's machines: local nodes of a cluster of their own on the node network.
+fn cloud_machines(state: &Path) -> Local {
+    Local::new(
+        &format!("gcp{}", run_id()),
+        pangaea_compiler::cidr::Cidr::parse(&network()).unwrap(),
+        &StateDir::new(state.to_owned()),
+        Path::new("/var/cache/pangaea/images"),
+    )
+}
+
+struct Env {
+    rt: tokio::runtime::Runtime,
+    api: GceApi,
+    dir: tempfile::TempDir,
+    cloud: tempfile::TempDir,
+    ctl: PathBuf,
+}
+
+impl Env {
+    fn ctl(&self, args: &[&str]) -> Output {
+        let token = self.dir.path().join("gcloud-token");
+        std::fs::write(&token, "ya29.e2e-token\n").unwrap();
+        Command::new(&self.ctl)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE", self.api.base())
+            .env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", &token)
+            .env("CLOUDSDK_CORE_PROJECT", PROJECT)
+            .env("CLOUDSDK_COMPUTE_REGION", REGION)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "pangaea-ctl {}: {}",
+            args.join(" "),
+            text(&out)
+        );
+        text(&out)
+    }
+
+    fn status(&self) -> Vec<NodeStatus> {
+        let out = self.ctl(&["status", "-o", "json"]);
+        assert!(out.status.success(), "status: {}", text(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status -o json: {e}: {}", text(&out)))
+    }
+
+    fn machines(&self) -> Local {
+        cloud_machines(self.cloud.path())
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(self.cloud.path().join("nodes"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("console.log"))
+                .collect();
+            logs.push(StateDir::new(self.dir.path().join(".pangaea")).serve_log());
+            for log in logs {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!(
+                    "--- {} (last lines)\n{}",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        let out = self.ctl(&["down", "--purge"]);
+        if !out.status.success() {
+            eprintln!("cleanup: down --purge failed: {}", text(&out));
+        }
+        // Whatever the stand-in still holds: its machines go, then the bridge.
+        let m = self.machines();
+        self.rt.block_on(async {
+            for n in m.list().await.unwrap_or_default() {
+                let _ = m.delete(&n.name).await;
+            }
+            let _ = m.teardown().await;
+        });
+    }
+}
+
+fn require(tool: &str, install: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "{tool} not found: {install}");
+}
+
+#[test]
+fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api() {
+    assert!(
+        text(&Command::new("id").arg("-u").output().unwrap()).trim() == "0",
+        "this test needs root (CI runs as root): systemd-nspawn, network namespaces"
+    );
+    require("systemd-nspawn", "apt-get install systemd-container");
+    require("debootstrap", "apt-get install debootstrap");
+    require("etcdctl", "apt-get install etcd-client");
+    assert!(
+        Path::new("/usr/bin/etcd").is_file(),
+        "/usr/bin/etcd not found: apt-get install etcd-server"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = rt.block_on(GceApi::start());
+    let env = Env {
+        api,
+        rt,
+        dir: tempfile::tempdir().unwrap(),
+        cloud: tempfile::tempdir().unwrap(),
+        ctl: binary("pangaea-ctl"),
+    };
+    // The cloud: its image, and the bridge that is the subnetwork's gateway (.1).
+    let machines = Arc::new(env.machines());
+    let gateway = env.rt.block_on(async {
+        machines.prepare(&|m| eprintln!("{m}")).await.unwrap();
+        machines.controller_endpoint().await.unwrap().advertise
+    });
+    let m = machines.clone();
+    env.api.state.lock().unwrap().machines = Some(Arc::new(move |e: MachineEvent| {
+        let m = m.clone();
+        Box::pin(async move {
+            let node = |n: &str| n.parse().expect("instance names are node names");
+            let r = match &e {
+                MachineEvent::Create {
+                    name,
+                    address,
+                    user_data,
+                } => m
+                    .create(&NodeSpec {
+                        name: node(name),
+                        address: address.expect("Pangaea gives each instance its address"),
+                        user_data: user_data.clone(),
+                        memory_mib: 2048,
+                        cpus: 2,
+                    })
+                    .await
+                    .map(|_| ()),
+                MachineEvent::Start(n) => m.start(&node(n)).await,
+                MachineEvent::Stop(n) => m.stop(&node(n)).await,
+                MachineEvent::Reset(n) => match m.crash(&node(n)).await {
+                    Ok(()) => m.start(&node(n)).await,
+                    e => e,
+                },
+                MachineEvent::Delete(n) => m.delete(&node(n)).await,
+            };
+            if let Err(err) = r {
+                eprintln!("stand-in machine {e:?}: {err}");
+            }
+        })
+    }));
+
+    let etcd_sha = text(
+        &Command::new("sha256sum")
+            .arg("/usr/bin/etcd")
+            .output()
+            .unwrap(),
+    )
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .to_owned();
+    let disabled: String = pangaea_tests::ARTIFACTS
+        .iter()
+        .filter(|n| **n != "etcd")
+        .map(|n| format!("  - {{name: {n}, disabled: true}}\n"))
+        .collect();
+    std::fs::write(
+        env.dir.path().join("pangaea.yaml"),
+        format!(
+            "name: {}\nnetwork:\n  nodes: {}\nprovider:\n  type: gce\n  advertiseAddress: {gateway}\nartifacts:\n  - name: etcd\n    url: file:///usr/bin/etcd\n    digest: sha256:{etcd_sha}\n    members: {{}}\n{disabled}",
+            cluster_name(),
+            network()
+        ),
+    )
+    .unwrap();
+
+    // 1. Up: the estimate first, then everything through the Compute API.
+    let out = env.ok(&["up", "--timeout", "240s"]);
+    eprintln!("{out}");
+    assert!(out.contains("3 nodes healthy"), "{out}");
+    let estimate = out.find("estimated cost").expect("up prints the estimate");
+    let first_create = out.find("creating").expect("up creates nodes");
+    assert!(estimate < first_create, "the estimate comes first: {out}");
+    let net = format!("pangaea-{}", cluster_name());
+    {
+        let s = env.api.state.lock().unwrap();
+        assert!(s.unserved.is_empty(), "{:?}", s.unserved);
+        assert!(s.networks.contains_key(&net));
+        assert_eq!(
+            s.subnetworks[&(REGION.to_owned(), net.clone())]["ipCidrRange"],
+            network()
+        );
+        assert_eq!(s.firewalls.len(), 2, "{:?}", s.firewalls.keys());
+        // One instance per zone of the region (taken in order), each at its node's address,
+        // with the user-data in its metadata and the cluster's label and tag.
+        let placed: Vec<(String, String, String)> = s
+            .instances
+            .iter()
+            .map(|((zone, name), i)| {
+                (
+                    zone.clone(),
+                    name.clone(),
+                    i["networkInterfaces"][0]["networkIP"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                )
+            })
+            .collect();
+        let c = cluster_name();
+        let ip = |n: u8| format!("10.232.{}.{}", run_id(), 10 + n);
+        assert_eq!(
+            placed,
+            vec![
+                (format!("{REGION}-a"), format!("{c}-node-1"), ip(1)),
+                (format!("{REGION}-b"), format!("{c}-node-2"), ip(2)),
+                (format!("{REGION}-c"), format!("{c}-node-3"), ip(3)),
+            ]
+        );
+        for i in s.instances.values() {
+            assert_eq!(i["labels"]["pangaea-cluster"], c.as_str());
+            assert_eq!(i["tags"]["items"][0], net.as_str());
+            let items = i["metadata"]["items"].as_array().unwrap();
+            assert!(items.iter().any(|m| m["key"] == "user-data"
+                && m["value"].as_str().unwrap().starts_with("#cloud-config")));
+        }
+    }
+    let status = env.status();
+    assert_eq!(status.len(), 3);
+    for n in &status {
+        assert_eq!(n.state, "healthy", "{}", n.name);
+        assert!(
+            n.timeline.created_at.is_some_and(|t| t > 1_700_000_000),
+            "{}: creation time from the API: {:?}",
+            n.name,
+            n.timeline
+        );
+    }
+    let members: usize = status.iter().filter(|n| n.etcd.member().is_some()).count();
+    assert_eq!(members, 3, "every node an etcd member: {status:?}");
+
+    // 2. A reboot through the provider: the instance is stopped and started.
+    let stops = env.api.requests("POST", "node-2/stop").len();
+    env.ok(&["node", "reboot", "node-2", "--timeout", "120s"]);
+    assert_eq!(env.api.requests("POST", "node-2/stop").len(), stops + 1);
+    assert_eq!(env.api.requests("POST", "node-2/start").len(), 1);
+    assert!(env.status().iter().all(|n| n.state == "healthy"));
+
+    // 3. Down --purge: nothing of the cluster left in the project, nor on the host.
+    env.ok(&["down", "--purge"]);
+    {
+        let s = env.api.state.lock().unwrap();
+        assert!(s.instances.is_empty(), "{:?}", s.instances.keys());
+        assert!(s.firewalls.is_empty(), "{:?}", s.firewalls.keys());
+        assert!(s.subnetworks.is_empty() && s.networks.is_empty());
+        assert!(s.unserved.is_empty(), "{:?}", s.unserved);
+    }
+    let left = env.rt.block_on(env.machines().list()).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
