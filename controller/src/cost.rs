@@ -185,11 +185,16 @@ pub fn estimate(loaded: &Loaded, prices: &PriceTable) -> anyhow::Result<Estimate
     let model = ClusterModel::build(loaded);
     let spot = matches!(&config.provider, Provider::Gce(g) if g.spot);
     let zones = config.provider.zones();
-    let region_assumed = zones.is_empty();
-    let region = zones
-        .first()
-        .map_or(gce::DEFAULT_REGION, |z| gce::region_of(z))
-        .to_owned();
+    // A GCE cluster's region as its provider resolves it (gcloud's settings when no zone
+    // is configured); otherwise, or when nothing says, the default region, said so.
+    let resolved = match &config.provider {
+        Provider::Gce(g) => {
+            crate::provider::gce::region(g, &crate::provider::gce::GcloudEnv::from_env())
+        }
+        Provider::Local | Provider::Vagrant(_) => None,
+    };
+    let region_assumed = resolved.is_none();
+    let region = resolved.unwrap_or_else(|| gce::DEFAULT_REGION.to_owned());
     let mut notes = Vec::new();
     if let Some(other) = zones.iter().find(|z| gce::region_of(z) != region) {
         notes.push(format!(

@@ -548,13 +548,7 @@ async fn handle(
                     );
                     respond(200, &op)
                 } else {
-                    error(
-                        409,
-                        "alreadyExists",
-                        &format!(
-                            "The resource 'projects/{p}/global/firewalls/{name}' already exists"
-                        ),
-                    )
+                    already_exists(&format!("projects/{p}/global/firewalls/{name}"))
                 }
             }
             ("GET", ["projects", p, "global", "firewalls", n]) => match s.firewalls.get(*n) {
@@ -588,13 +582,7 @@ async fn handle(
                 };
                 let key = (r.to_string(), name.clone());
                 if s.addresses.contains_key(&key) {
-                    error(
-                        409,
-                        "alreadyExists",
-                        &format!(
-                            "The resource 'projects/{p}/regions/{r}/addresses/{name}' already exists"
-                        ),
-                    )
+                    already_exists(&format!("projects/{p}/regions/{r}/addresses/{name}"))
                 } else {
                     let target = url(&format!("projects/{p}/regions/{r}/addresses/{name}"));
                     let mut a = body.clone();
@@ -646,14 +634,14 @@ async fn handle(
             ("POST", ["projects", p, "global", "networks"]) => {
                 let name = body["name"].as_str().unwrap_or_default().to_owned();
                 let target = url(&format!("projects/{p}/global/networks/{name}"));
-                if s.networks.contains_key(&name) {
-                    already_exists(&format!("projects/{p}/global/networks/{name}"))
-                } else {
+                if let std::collections::btree_map::Entry::Vacant(v) =
+                    s.networks.entry(name.clone())
+                {
                     let mut n = body.clone();
                     n["kind"] = json!("compute#network");
                     n["selfLink"] = json!(target);
                     n["subnetworks"] = json!([]);
-                    s.networks.insert(name, n);
+                    v.insert(n);
                     let op = operation(
                         &mut s,
                         "global",
@@ -664,6 +652,8 @@ async fn handle(
                         param("requestId"),
                     );
                     respond(200, &op)
+                } else {
+                    already_exists(&format!("projects/{p}/global/networks/{name}"))
                 }
             }
             ("GET", ["projects", p, "global", "networks", n]) => match s.networks.get(*n) {
@@ -900,13 +890,7 @@ fn insert(
     }
     let key = (zone.to_owned(), name.to_owned());
     if s.instances.contains_key(&key) {
-        return error(
-            409,
-            "alreadyExists",
-            &format!(
-                "The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists"
-            ),
-        );
+        return already_exists(&format!("projects/{project}/zones/{zone}/instances/{name}"));
     }
     let target = url(&format!("projects/{project}/zones/{zone}/instances/{name}"));
     if s.exhausted.contains(zone) {
@@ -943,13 +927,7 @@ fn insert(
         let dkey = (zone.to_owned(), disk.clone());
         match (new, s.disks.get(&dkey)) {
             (true, Some(_)) => {
-                return error(
-                    409,
-                    "alreadyExists",
-                    &format!(
-                        "The resource 'projects/{project}/zones/{zone}/disks/{disk}' already exists"
-                    ),
-                );
+                return already_exists(&format!("projects/{project}/zones/{zone}/disks/{disk}"));
             }
             (false, None) => {
                 return not_found(&format!("projects/{project}/zones/{zone}/disks/{disk}"));

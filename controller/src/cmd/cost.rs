@@ -65,7 +65,7 @@ pub fn table_text(e: &Estimate) -> String {
         e.cluster,
         e.region,
         if e.region_assumed {
-            " (assumed: set provider.zones)"
+            " (assumed: set provider.zones or CLOUDSDK_COMPUTE_REGION)"
         } else {
             ""
         },

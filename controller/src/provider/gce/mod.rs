@@ -97,15 +97,7 @@ pub fn provider(loaded: &Loaded, env: &GcloudEnv) -> Result<cluster::Gce, Provid
                 "no GCE project: set provider.project in pangaea.yaml, CLOUDSDK_CORE_PROJECT, or `gcloud config set project ID`".into(),
             )
         })?;
-    let region = g
-        .zones
-        .first()
-        .map(|z| gce::region_of(z).to_owned())
-        .or_else(|| env.region.clone())
-        .or_else(|| env.zone.as_deref().map(|z| gce::region_of(z).to_owned()))
-        .or_else(|| gcloud_config("compute/region"))
-        .or_else(|| gcloud_config("compute/zone").map(|z| gce::region_of(&z).to_owned()))
-        .ok_or_else(|| {
+    let region = region(g, env).ok_or_else(|| {
             ProviderError::Prerequisite(
                 "no GCE region: set provider.zones in pangaea.yaml, CLOUDSDK_COMPUTE_REGION, or `gcloud config set compute/region REGION`".into(),
             )
@@ -164,6 +156,19 @@ pub fn provider(loaded: &Loaded, env: &GcloudEnv) -> Result<cluster::Gce, Provid
             nodes,
         },
     ))
+}
+
+/// The region of a GCE cluster: its first zone's, else gcloud's (`CLOUDSDK_COMPUTE_REGION`,
+/// the region of `CLOUDSDK_COMPUTE_ZONE`, then `gcloud config get`); `None` when nothing
+/// says.
+pub fn region(g: &pangaea_compiler::provider::GceProvider, env: &GcloudEnv) -> Option<String> {
+    g.zones
+        .first()
+        .map(|z| gce::region_of(z).to_owned())
+        .or_else(|| env.region.clone())
+        .or_else(|| env.zone.as_deref().map(|z| gce::region_of(z).to_owned()))
+        .or_else(|| gcloud_config("compute/region"))
+        .or_else(|| gcloud_config("compute/zone").map(|z| gce::region_of(&z).to_owned()))
 }
 
 /// A value of gcloud's configuration (`gcloud config get KEY`), `None` when it is unset or
