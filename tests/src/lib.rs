@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 pub mod bench;
 pub mod gce_api;
+pub mod gce_cloud;
 pub mod http_fixture;
 pub mod kube_api;
 

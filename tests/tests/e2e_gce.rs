@@ -13,15 +13,13 @@
 //!
 //! Needs root and what tests/tests/e2e_local.rs needs (`.ci/run` installs it).
 
-use pangaea_controller::provider::local::Local;
-use pangaea_controller::provider::{NodeSpec, Provider};
+use pangaea_controller::provider::Provider;
 use pangaea_controller::state_dir::StateDir;
 use pangaea_controller::status::NodeStatus;
-use pangaea_tests::gce_api::{GceApi, MachineEvent, PROJECT};
+use pangaea_tests::gce_cloud::{GceCloud, REGION};
 use pangaea_tests::{binary, output_text as text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 
 fn run_id() -> u32 {
     std::process::id() % 250
@@ -35,37 +33,19 @@ fn network() -> String {
     format!("10.232.{}.0/24", run_id())
 }
 
-const REGION: &str = "us-central1";
-
-/// The stand-in's machines: local nodes of a cluster of their own on the node network.
-fn cloud_machines(state: &Path) -> Local {
-    Local::new(
-        &format!("gcp{}", run_id()),
-        pangaea_compiler::cidr::Cidr::parse(&network()).unwrap(),
-        &StateDir::new(state.to_owned()),
-        Path::new("/var/cache/pangaea/images"),
-    )
-}
-
 struct Env {
     rt: tokio::runtime::Runtime,
-    api: GceApi,
+    cloud: GceCloud,
     dir: tempfile::TempDir,
-    cloud: tempfile::TempDir,
     ctl: PathBuf,
 }
 
 impl Env {
     fn ctl(&self, args: &[&str]) -> Output {
-        let token = self.dir.path().join("gcloud-token");
-        std::fs::write(&token, "ya29.e2e-token\n").unwrap();
         Command::new(&self.ctl)
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
-            .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE", self.api.base())
-            .env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", &token)
-            .env("CLOUDSDK_CORE_PROJECT", PROJECT)
-            .env("CLOUDSDK_COMPUTE_REGION", REGION)
+            .envs(self.cloud.ctl_env())
             .args(args)
             .output()
             .unwrap()
@@ -88,16 +68,12 @@ impl Env {
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("status -o json: {e}: {}", text(&out)))
     }
-
-    fn machines(&self) -> Local {
-        cloud_machines(self.cloud.path())
-    }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let mut logs: Vec<PathBuf> = std::fs::read_dir(self.cloud.path().join("nodes"))
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(self.cloud.machines_dir().join("nodes"))
                 .into_iter()
                 .flatten()
                 .flatten()
@@ -119,13 +95,7 @@ impl Drop for Env {
             eprintln!("cleanup: down --purge failed: {}", text(&out));
         }
         // Whatever the stand-in still holds: its machines go, then the bridge.
-        let m = self.machines();
-        self.rt.block_on(async {
-            for n in m.list().await.unwrap_or_default() {
-                let _ = m.delete(&n.name).await;
-            }
-            let _ = m.teardown().await;
-        });
+        self.rt.block_on(self.cloud.remove_all());
     }
 }
 
@@ -158,53 +128,14 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
         .enable_all()
         .build()
         .unwrap();
-    let api = rt.block_on(GceApi::start());
+    let cloud = rt.block_on(GceCloud::start(&format!("gcp{}", run_id()), &network()));
+    let gateway = cloud.gateway;
     let env = Env {
-        api,
         rt,
+        cloud,
         dir: tempfile::tempdir().unwrap(),
-        cloud: tempfile::tempdir().unwrap(),
         ctl: binary("pangaea-ctl"),
     };
-    // The cloud: its image, and the bridge that is the subnetwork's gateway (.1).
-    let machines = Arc::new(env.machines());
-    let gateway = env.rt.block_on(async {
-        machines.prepare(&|m| eprintln!("{m}")).await.unwrap();
-        machines.controller_endpoint().await.unwrap().advertise
-    });
-    let m = machines.clone();
-    env.api.state.lock().unwrap().machines = Some(Arc::new(move |e: MachineEvent| {
-        let m = m.clone();
-        Box::pin(async move {
-            let node = |n: &str| n.parse().expect("instance names are node names");
-            let r = match &e {
-                MachineEvent::Create {
-                    name,
-                    address,
-                    user_data,
-                } => m
-                    .create(&NodeSpec {
-                        name: node(name),
-                        address: address.expect("Pangaea gives each instance its address"),
-                        user_data: user_data.clone(),
-                        memory_mib: 2048,
-                        cpus: 2,
-                    })
-                    .await
-                    .map(|_| ()),
-                MachineEvent::Start(n) => m.start(&node(n)).await,
-                MachineEvent::Stop(n) => m.stop(&node(n)).await,
-                MachineEvent::Reset(n) => match m.crash(&node(n)).await {
-                    Ok(()) => m.start(&node(n)).await,
-                    e => e,
-                },
-                MachineEvent::Delete(n) => m.delete(&node(n)).await,
-            };
-            if let Err(err) = r {
-                eprintln!("stand-in machine {e:?}: {err}");
-            }
-        })
-    }));
 
     let etcd_sha = text(
         &Command::new("sha256sum")
@@ -240,7 +171,7 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
     assert!(estimate < first_create, "the estimate comes first: {out}");
     let net = format!("pangaea-{}", cluster_name());
     {
-        let s = env.api.state.lock().unwrap();
+        let s = env.cloud.api.state.lock().unwrap();
         assert!(s.unserved.is_empty(), "{:?}", s.unserved);
         assert!(s.networks.contains_key(&net));
         assert_eq!(
@@ -297,21 +228,24 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
     assert_eq!(members, 3, "every node an etcd member: {status:?}");
 
     // 2. A reboot through the provider: the instance is stopped and started.
-    let stops = env.api.requests("POST", "node-2/stop").len();
+    let stops = env.cloud.api.requests("POST", "node-2/stop").len();
     env.ok(&["node", "reboot", "node-2", "--timeout", "120s"]);
-    assert_eq!(env.api.requests("POST", "node-2/stop").len(), stops + 1);
-    assert_eq!(env.api.requests("POST", "node-2/start").len(), 1);
+    assert_eq!(
+        env.cloud.api.requests("POST", "node-2/stop").len(),
+        stops + 1
+    );
+    assert_eq!(env.cloud.api.requests("POST", "node-2/start").len(), 1);
     assert!(env.status().iter().all(|n| n.state == "healthy"));
 
     // 3. Down --purge: nothing of the cluster left in the project, nor on the host.
     env.ok(&["down", "--purge"]);
     {
-        let s = env.api.state.lock().unwrap();
+        let s = env.cloud.api.state.lock().unwrap();
         assert!(s.instances.is_empty(), "{:?}", s.instances.keys());
         assert!(s.firewalls.is_empty(), "{:?}", s.firewalls.keys());
         assert!(s.subnetworks.is_empty() && s.networks.is_empty());
         assert!(s.unserved.is_empty(), "{:?}", s.unserved);
     }
-    let left = env.rt.block_on(env.machines().list()).unwrap();
+    let left = env.rt.block_on(env.cloud.machines.list()).unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
