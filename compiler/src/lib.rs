@@ -23,3 +23,4 @@ pub mod node;
 pub mod provider;
 pub mod roles;
 pub mod templates;
+pub mod vagrantfile;

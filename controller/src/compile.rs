@@ -238,6 +238,21 @@ impl Planner for CompilerPlanner {
     }
 }
 
+/// Writes `content` to `path` (atomically) unless the file holds it already; whether it
+/// wrote.
+pub fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> Result<bool, CompileSetupError> {
+    let changed = std::fs::read(path).map(|c| c != content).unwrap_or(true);
+    if changed {
+        pangaea_core::fsutil::atomic_write(path, content, mode).map_err(|e| {
+            CompileSetupError::Write {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }
+        })?;
+    }
+    Ok(changed)
+}
+
 /// Writes `out` under `dir/<node>/` (file paths kept), plus `artifacts.json` and
 /// `units.json`. Only changed files are rewritten. Returns each path with whether it changed.
 pub fn write_node(dir: &Path, out: &NodeOutput) -> Result<Vec<(PathBuf, bool)>, CompileSetupError> {
@@ -245,15 +260,7 @@ pub fn write_node(dir: &Path, out: &NodeOutput) -> Result<Vec<(PathBuf, bool)>, 
     let mut written = Vec::new();
     let mut put = |rel: &str, content: &[u8], mode: u32| -> Result<(), CompileSetupError> {
         let path = base.join(rel.trim_start_matches('/'));
-        let changed = std::fs::read(&path).map(|c| c != content).unwrap_or(true);
-        if changed {
-            pangaea_core::fsutil::atomic_write(&path, content, mode).map_err(|e| {
-                CompileSetupError::Write {
-                    path: path.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-        }
+        let changed = write_if_changed(&path, content, mode)?;
         written.push((path, changed));
         Ok(())
     };

@@ -188,6 +188,12 @@ impl StateDir {
         self.0.join("artifacts")
     }
 
+    /// The Vagrant provider's directory: the cluster's `Vagrantfile` (vagrant's working
+    /// directory) and `seed/NODE.iso`, each node's cloud-init seed.
+    pub fn vagrant(&self) -> PathBuf {
+        self.0.join("vagrant")
+    }
+
     /// Where providers keep per-node files.
     pub fn nodes(&self) -> PathBuf {
         self.0.join("nodes")

@@ -949,3 +949,70 @@ async fn data_disks_outlive_their_instance_and_are_attached_again() {
         "gcloud's data disk kept too (auto-delete=no)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_deletes_a_nodes_data_disks_with_it_and_the_network_last() {
+    use pangaea_controller::provider::gce::cluster::{Gce, GceCluster, PlannedNode};
+    use pangaea_controller::provider::gce::compute::DataDisk;
+    use pangaea_controller::provider::{NodeSpec, Provider};
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node: pangaea_core::NodeName = "node-1".parse().unwrap();
+    let planned = PlannedNode {
+        position: 0,
+        zone: None,
+        machine_type: "e2-small".into(),
+        disks: vec![DataDisk {
+            name: "demo-node-1-data".into(),
+            device_name: "data".into(),
+            size_gib: 10,
+            disk_type: "pd-balanced".into(),
+        }],
+    };
+    let gce = Gce::new(
+        client(&api, dir.path()),
+        GceCluster {
+            cluster: "demo".into(),
+            region: "us-central1".into(),
+            zones: vec![],
+            spot: false,
+            advertise: None,
+            node_cidr: pangaea_compiler::cidr::Cidr::parse("10.213.0.0/24").unwrap(),
+            api_port: 6443,
+            nodes: [(node.clone(), planned)].into(),
+        },
+    );
+    gce.prepare(&|_| {}).await.unwrap();
+    let e = gce.controller_endpoint().await.unwrap_err().to_string();
+    assert!(e.contains("advertiseAddress"), "{e}");
+    let info = gce
+        .create(&NodeSpec {
+            name: node.clone(),
+            address: "10.213.0.11".parse().unwrap(),
+            user_data: "#cloud-config\n".into(),
+            memory_mib: 2048,
+            cpus: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(info.address.to_string(), "10.213.0.11");
+    let disk = ("us-central1-a".to_owned(), "demo-node-1-data".to_owned());
+    assert!(api.state.lock().unwrap().disks.contains_key(&disk));
+    // Teardown while a node exists removes nothing.
+    gce.teardown().await.unwrap();
+    assert_eq!(api.state.lock().unwrap().networks.len(), 1);
+    gce.delete(&node).await.unwrap();
+    {
+        let s = api.state.lock().unwrap();
+        assert!(s.instances.is_empty());
+        assert!(
+            !s.disks.contains_key(&disk),
+            "the node's data disk went with it"
+        );
+    }
+    gce.delete(&node).await.unwrap();
+    gce.teardown().await.unwrap();
+    let s = api.state.lock().unwrap();
+    assert!(s.networks.is_empty() && s.subnetworks.is_empty() && s.firewalls.is_empty());
+    assert!(s.unserved.is_empty(), "{:?}", s.unserved);
+}

@@ -106,6 +106,24 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
                 }
             }
         }
+        if node.is_none()
+            && c.loaded.config.provider.kind() == pangaea_compiler::provider::ProviderKind::Vagrant
+        {
+            // The machines of a Vagrant cluster, as `up` would run them on this host.
+            let (driver, why) = crate::provider::vagrant::driver();
+            if first {
+                eprintln!("Vagrant: {why}");
+            }
+            let text = crate::provider::vagrant::vagrantfile(&c, &ctx.state, driver).render();
+            let path = out.join("Vagrantfile");
+            if crate::compile::write_if_changed(&path, text.as_bytes(), 0o644)? {
+                changed += 1;
+                println!("written    {}", path.display());
+            } else if !watch {
+                println!("unchanged  {}", path.display());
+            }
+            total += 1;
+        }
         eprintln!(
             "{} node(s), {total} files, {changed} changed, in {}",
             outputs.len(),

@@ -19,6 +19,7 @@
 pub mod fake;
 pub mod gce;
 pub mod local;
+pub mod vagrant;
 
 use async_trait::async_trait;
 use pangaea_core::NodeName;

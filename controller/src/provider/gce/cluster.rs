@@ -37,6 +37,17 @@ use std::time::Duration;
 /// name too).
 pub const NODE_LABEL: &str = "pangaea-node";
 
+/// The name of a node's instance.
+pub fn instance_name(cluster: &str, node: &NodeName) -> String {
+    format!("{cluster}-{node}")
+}
+
+/// The name of a node's data disk in its zone: its instance's name, then the disk's, so
+/// that [`Gce::delete`] knows the node's disks by their names.
+pub fn data_disk_name(cluster: &str, node: &NodeName, disk: &str) -> String {
+    format!("{}-{disk}", instance_name(cluster, node))
+}
+
 /// The image nodes boot: Ubuntu LTS ships cloud-init.
 pub const IMAGE: (&str, &str) = ("ubuntu-2404-lts-amd64", "ubuntu-os-cloud");
 
@@ -104,7 +115,7 @@ impl Gce {
     }
 
     fn instance_name(&self, node: &NodeName) -> String {
-        format!("{}-{node}", self.c.cluster)
+        instance_name(&self.c.cluster, node)
     }
 
     /// The firewall rules the cluster needs.
@@ -365,9 +376,24 @@ impl Provider for Gce {
             Err(ProviderError::NoSuchNode(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let instance = self.instance_name(name);
+        // Its data disks, as attached (the node may have left the configuration already):
+        // those named for this node, which outlive the instance unless deleted here.
+        let prefix = format!("{instance}-");
+        let data_disks: Vec<String> = self
+            .compute
+            .get_instance(&zone, &instance)
+            .await
+            .map_err(failed)?
+            .iter()
+            .flat_map(|i| i["disks"].as_array().cloned().unwrap_or_default())
+            .filter(|d| d["boot"] != true)
+            .filter_map(|d| Some(d["source"].as_str()?.rsplit('/').next()?.to_owned()))
+            .filter(|d| d.starts_with(&prefix))
+            .collect();
         if let Some(op) = self
             .compute
-            .delete_instance(&zone, &self.instance_name(name))
+            .delete_instance(&zone, &instance)
             .await
             .map_err(failed)?
         {
@@ -376,16 +402,9 @@ impl Provider for Gce {
                 .await
                 .map_err(failed)?;
         }
-        for d in self
-            .c
-            .nodes
-            .get(name)
-            .map(|p| &p.disks)
-            .into_iter()
-            .flatten()
-        {
+        for d in data_disks {
             self.compute
-                .delete_disk(&zone, &d.name, OPERATION_TIMEOUT)
+                .delete_disk(&zone, &d, OPERATION_TIMEOUT)
                 .await
                 .map_err(failed)?;
         }

@@ -130,7 +130,7 @@ pub fn provider(loaded: &Loaded, env: &GcloudEnv) -> Result<cluster::Gce, Provid
                     .disks
                     .iter()
                     .map(|d| compute::DataDisk {
-                        name: format!("{}-{}-{}", config.name, n.name, d.config.name),
+                        name: cluster::data_disk_name(&config.name, &n.name, &d.config.name),
                         device_name: d.config.name.clone(),
                         size_gib: d.config.size_gib,
                         disk_type: gce::DISK_TYPE.into(),
