@@ -5,6 +5,7 @@
 //! provider: { type: local }                                  # the default
 //! provider: { type: vagrant, boxName: debian/trixie64 }
 //! provider: { type: gce, project: demo, zones: [europe-west1-b, europe-west1-c], spot: true }
+//! provider: { type: gce, advertiseAddress: 203.0.113.7, apiAccess: [198.51.100.0/24] }
 //! ```
 //!
 //! Each type takes only its own fields: `{type: local, spot: true}` is refused, at `spot`,
@@ -195,6 +196,9 @@ pub struct GceProvider {
     pub spot: bool,
     /// `advertiseAddress`: the address nodes use to reach the controller.
     pub advertise_address: Option<String>,
+    /// `apiAccess`: where the API server's port may be reached from (CIDRs; default
+    /// anywhere; `[]` opens it to nothing outside the cluster).
+    pub api_access: Option<Vec<crate::cidr::Cidr>>,
 }
 
 impl Provider {
@@ -225,16 +229,18 @@ enum Key {
     Zones,
     Spot,
     AdvertiseAddress,
+    ApiAccess,
 }
 
 impl Key {
-    const ALL: [Key; 6] = [
+    const ALL: [Key; 7] = [
         Key::Type,
         Key::BoxName,
         Key::Project,
         Key::Zones,
         Key::Spot,
         Key::AdvertiseAddress,
+        Key::ApiAccess,
     ];
 
     const fn name(self) -> &'static str {
@@ -245,6 +251,7 @@ impl Key {
             Key::Zones => "zones",
             Key::Spot => "spot",
             Key::AdvertiseAddress => "advertiseAddress",
+            Key::ApiAccess => "apiAccess",
         }
     }
 
@@ -253,7 +260,9 @@ impl Key {
         match self {
             Key::Type => &ProviderKind::ALL,
             Key::BoxName => &[ProviderKind::Vagrant],
-            Key::Project | Key::Zones | Key::Spot | Key::AdvertiseAddress => &[ProviderKind::Gce],
+            Key::Project | Key::Zones | Key::Spot | Key::AdvertiseAddress | Key::ApiAccess => {
+                &[ProviderKind::Gce]
+            }
         }
     }
 
@@ -275,13 +284,14 @@ impl Key {
     }
 }
 
-const KEY_NAMES: [&str; 6] = [
+const KEY_NAMES: [&str; 7] = [
     Key::ALL[0].name(),
     Key::ALL[1].name(),
     Key::ALL[2].name(),
     Key::ALL[3].name(),
     Key::ALL[4].name(),
     Key::ALL[5].name(),
+    Key::ALL[6].name(),
 ];
 
 const KIND_NAMES: [&str; 3] = [
@@ -370,6 +380,7 @@ impl<'de> Visitor<'de> for ProviderVisitor {
                 Key::Zones => gce.zones = map.next_value()?,
                 Key::Spot => gce.spot = map.next_value()?,
                 Key::AdvertiseAddress => gce.advertise_address = map.next_value()?,
+                Key::ApiAccess => gce.api_access = Some(map.next_value()?),
             }
             seen.push(key);
         }
@@ -469,8 +480,8 @@ mod tests {
     }
 
     #[test]
-    fn gce_takes_its_four_settings() {
-        let p = parse("provider:\n  type: gce\n  project: demo\n  zones: [a, b]\n  spot: true\n  advertiseAddress: 203.0.113.7\n").unwrap();
+    fn gce_takes_its_five_settings() {
+        let p = parse("provider:\n  type: gce\n  project: demo\n  zones: [a, b]\n  spot: true\n  advertiseAddress: 203.0.113.7\n  apiAccess: [198.51.100.0/24]\n").unwrap();
         assert_eq!(
             p,
             Provider::Gce(GceProvider {
@@ -478,7 +489,14 @@ mod tests {
                 zones: vec!["a".into(), "b".into()],
                 spot: true,
                 advertise_address: Some("203.0.113.7".into()),
+                api_access: Some(vec![crate::cidr::Cidr::parse("198.51.100.0/24").unwrap()]),
             })
+        );
+        // Not a range: refused at the value.
+        refused_at(
+            "provider:\n  type: gce\n  apiAccess: [anywhere]\n",
+            (3, 14),
+            "invalid CIDR \"anywhere\"",
         );
         assert_eq!(p.kind(), ProviderKind::Gce);
         assert_eq!(p.zones(), ["a", "b"]);

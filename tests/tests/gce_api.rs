@@ -832,7 +832,22 @@ async fn firewall_rules_and_addresses_are_created_adopted_or_refused_by_their_de
             .await
             .unwrap()
     );
-    assert!(c.delete_firewall("pangaea-demo-api", T).await.unwrap());
+    // Only the cluster's own rule is deleted.
+    let e = c
+        .delete_firewall("pangaea-demo-api", "other", T)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ComputeError::NotOurs { .. }), "{e}");
+    assert!(
+        c.delete_firewall("pangaea-demo-api", "demo", T)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !c.delete_firewall("pangaea-demo-api", "demo", T)
+            .await
+            .unwrap()
+    );
     let (ok, out, _) = gcloud(
         &api,
         dir.path(),
@@ -951,7 +966,8 @@ async fn data_disks_outlive_their_instance_and_are_attached_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_provider_deletes_a_nodes_data_disks_with_it_and_the_network_last() {
+async fn the_provider_switches_its_rules_and_deletes_a_nodes_data_disks_with_it_and_the_network_last()
+ {
     use pangaea_controller::provider::gce::cluster::{Gce, GceCluster, PlannedNode};
     use pangaea_controller::provider::gce::compute::DataDisk;
     use pangaea_controller::provider::{NodeSpec, Provider};
@@ -969,18 +985,67 @@ async fn the_provider_deletes_a_nodes_data_disks_with_it_and_the_network_last() 
             disk_type: "pd-balanced".into(),
         }],
     };
-    let gce = Gce::new(
+    let cluster = GceCluster {
+        cluster: "demo".into(),
+        region: "us-central1".into(),
+        zones: vec![],
+        spot: false,
+        advertise: None,
+        node_cidr: pangaea_compiler::cidr::Cidr::parse("10.213.0.0/24").unwrap(),
+        api_port: 6443,
+        api_access: vec!["198.51.100.0/24".into()],
+        node_ports: vec![30080, 30443],
+        nodes: [(node.clone(), planned)].into(),
+    };
+    let rules = || {
+        let s = api.state.lock().unwrap();
+        s.firewalls
+            .iter()
+            .map(|(n, r)| {
+                (
+                    n.clone(),
+                    r["allowed"][0]["ports"].clone(),
+                    r["sourceRanges"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // The API's and the NodePorts' rules, each switched off by the configuration: then
+    // deleted by the next prepare, the internal one kept.
+    let closed = Gce::new(
         client(&api, dir.path()),
         GceCluster {
-            cluster: "demo".into(),
-            region: "us-central1".into(),
-            zones: vec![],
-            spot: false,
-            advertise: None,
-            node_cidr: pangaea_compiler::cidr::Cidr::parse("10.213.0.0/24").unwrap(),
-            api_port: 6443,
-            nodes: [(node.clone(), planned)].into(),
+            api_access: vec![],
+            node_ports: vec![],
+            ..cluster.clone()
         },
+    );
+    let gce = Gce::new(client(&api, dir.path()), cluster);
+    gce.prepare(&|_| {}).await.unwrap();
+    assert_eq!(
+        rules(),
+        vec![
+            (
+                "pangaea-demo-api".into(),
+                serde_json::json!(["6443"]),
+                serde_json::json!(["198.51.100.0/24"])
+            ),
+            (
+                "pangaea-demo-internal".into(),
+                Value::Null,
+                serde_json::json!(["10.213.0.0/24"])
+            ),
+            (
+                "pangaea-demo-nodeports".into(),
+                serde_json::json!(["30080", "30443"]),
+                serde_json::json!(["0.0.0.0/0"])
+            ),
+        ]
+    );
+    closed.prepare(&|_| {}).await.unwrap();
+    assert_eq!(
+        rules().into_iter().map(|r| r.0).collect::<Vec<_>>(),
+        ["pangaea-demo-internal"]
     );
     gce.prepare(&|_| {}).await.unwrap();
     let e = gce.controller_endpoint().await.unwrap_err().to_string();

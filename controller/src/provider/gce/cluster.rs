@@ -84,6 +84,12 @@ pub struct GceCluster {
     pub node_cidr: pangaea_compiler::cidr::Cidr,
     /// The API server's port.
     pub api_port: u16,
+    /// Where the API server's port may be reached from (`provider.apiAccess`; empty: no
+    /// rule).
+    pub api_access: Vec<String>,
+    /// The NodePorts the configuration exposes (`expose.*` of type NodePort with a
+    /// `nodePort`), reachable from anywhere.
+    pub node_ports: Vec<u16>,
     /// The nodes of the configuration.
     pub nodes: BTreeMap<NodeName, PlannedNode>,
 }
@@ -118,24 +124,47 @@ impl Gce {
         instance_name(&self.c.cluster, node)
     }
 
-    /// The firewall rules the cluster needs.
-    pub fn firewalls(&self) -> Vec<FirewallSpec> {
+    /// The cluster's firewall rules: each with `Some` when the configuration wants it, `None`
+    /// when it is switched off (and so deleted if it exists).
+    pub fn firewalls(&self) -> Vec<(String, Option<FirewallSpec>)> {
         let net = self.network();
-        vec![
-            FirewallSpec {
-                name: format!("{net}-internal"),
+        let rule = |suffix: &str, allow: Allow, source_ranges: Vec<String>| {
+            let name = format!("{net}-{suffix}");
+            let spec = FirewallSpec {
+                name: name.clone(),
                 network: net.clone(),
-                allow: Allow::Everything,
-                source_ranges: vec![self.c.node_cidr.to_string()],
+                allow,
+                source_ranges,
                 target_tag: net.clone(),
-            },
-            FirewallSpec {
-                name: format!("{net}-api"),
-                network: net.clone(),
-                allow: Allow::Tcp(vec![self.c.api_port]),
-                source_ranges: vec!["0.0.0.0/0".into()],
-                target_tag: net,
-            },
+            };
+            (name, spec)
+        };
+        let wanted = |(name, spec): (String, FirewallSpec), on: bool| (name, on.then_some(spec));
+        vec![
+            wanted(
+                rule(
+                    "internal",
+                    Allow::Everything,
+                    vec![self.c.node_cidr.to_string()],
+                ),
+                true,
+            ),
+            wanted(
+                rule(
+                    "api",
+                    Allow::Tcp(vec![self.c.api_port]),
+                    self.c.api_access.clone(),
+                ),
+                !self.c.api_access.is_empty(),
+            ),
+            wanted(
+                rule(
+                    "nodeports",
+                    Allow::Tcp(self.c.node_ports.clone()),
+                    vec!["0.0.0.0/0".into()],
+                ),
+                !self.c.node_ports.is_empty(),
+            ),
         ]
     }
 
@@ -275,11 +304,29 @@ impl Provider for Gce {
             )
             .await
             .map_err(failed)?;
-        for f in self.firewalls() {
-            self.compute
-                .ensure_firewall(&f, &self.c.cluster, t)
-                .await
-                .map_err(failed)?;
+        for (name, rule) in self.firewalls() {
+            match rule {
+                Some(f) => {
+                    progress(&format!(
+                        "GCE: firewall rule {name} from {}",
+                        f.source_ranges.join(", ")
+                    ));
+                    self.compute
+                        .ensure_firewall(&f, &self.c.cluster, t)
+                        .await
+                        .map_err(failed)?;
+                }
+                None => {
+                    if self
+                        .compute
+                        .delete_firewall(&name, &self.c.cluster, t)
+                        .await
+                        .map_err(failed)?
+                    {
+                        progress(&format!("GCE: firewall rule {name} deleted (switched off)"));
+                    }
+                }
+            }
         }
         let zones = self.spread().await?;
         progress(&format!("GCE: nodes spread over {}", zones.join(", ")));
@@ -427,9 +474,9 @@ impl Provider for Gce {
             return Ok(());
         }
         let t = OPERATION_TIMEOUT;
-        for f in self.firewalls() {
+        for (name, _) in self.firewalls() {
             self.compute
-                .delete_firewall(&f.name, t)
+                .delete_firewall(&name, &self.c.cluster, t)
                 .await
                 .map_err(failed)?;
         }
@@ -464,6 +511,8 @@ mod tests {
             advertise: None,
             node_cidr: pangaea_compiler::cidr::Cidr::parse("10.213.0.0/24").unwrap(),
             api_port: 6443,
+            api_access: vec!["0.0.0.0/0".into()],
+            node_ports: vec![],
             nodes: BTreeMap::new(),
         };
         let compute = Compute::new(

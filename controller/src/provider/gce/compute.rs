@@ -691,14 +691,28 @@ impl Compute {
         .await
     }
 
-    /// Deletes a firewall rule; `false` when there was none.
+    /// Deletes `cluster`'s firewall rule of that name; `false` when there was none. A rule
+    /// of that name that is not the cluster's is refused ([`ComputeError::NotOurs`]).
     pub async fn delete_firewall(
         &self,
         name: &str,
+        cluster: &str,
         timeout: Duration,
     ) -> Result<bool, ComputeError> {
-        self.delete(&format!("global/firewalls/{name}"), timeout)
-            .await
+        let path = format!("global/firewalls/{name}");
+        let owner = Owner::Description(cluster);
+        match self.get(&path).await? {
+            None => Ok(false),
+            Some(rule) if owner.found(&rule).as_deref() == Some(owner.expected().as_str()) => {
+                self.delete(&path, timeout).await
+            }
+            Some(rule) => Err(ComputeError::NotOurs {
+                what: format!("firewall rule {name}"),
+                mark: owner.mark(),
+                cluster: cluster.to_owned(),
+                found: owner.found(&rule),
+            }),
+        }
     }
 
     /// Reserves a static external address in `region` (or adopts this cluster's of that

@@ -153,6 +153,16 @@ pub fn provider(loaded: &Loaded, env: &GcloudEnv) -> Result<cluster::Gce, Provid
             advertise,
             node_cidr: config.network.nodes,
             api_port: pangaea_compiler::node::API_PORT,
+            api_access: g.api_access.as_ref().map_or_else(
+                || vec!["0.0.0.0/0".to_owned()],
+                |a| a.iter().map(ToString::to_string).collect(),
+            ),
+            node_ports: config
+                .expose
+                .values()
+                .filter(|e| e.kind == pangaea_compiler::expose::ExposeType::NodePort)
+                .filter_map(|e| e.node_port)
+                .collect(),
             nodes,
         },
     ))
