@@ -15,6 +15,26 @@
 
 #![warn(missing_docs)]
 
+/// `println!` for a command's output: a reader that went away ends the command quietly
+/// ([`cmd::write_out`]).
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::cmd::write_out(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::cmd::write_out(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` for a command's output ([`cmd::write_out`]).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cmd::write_out(format_args!($($arg)*), false)
+    };
+}
+
 pub mod admin;
 pub mod agent_http;
 pub mod assign;

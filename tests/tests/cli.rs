@@ -530,16 +530,63 @@ fn cost_adds_up_and_a_closed_pipe_is_no_error() {
         "{}",
         show(&table)
     );
+    let out = to_closed_pipe(dir.path(), &["cost"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(text(&out.stderr), "", "nothing on stderr");
+}
 
-    // A pipe whose reader is already gone: every write fails with EPIPE.
+/// `pangaea-ctl ARGS` in `dir` with its standard output a pipe whose reader is already
+/// gone (`pangaea-ctl … | head -0`): every write fails with EPIPE.
+fn to_closed_pipe(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     let (read_end, write_end) = nix::unistd::pipe().unwrap();
     drop(read_end);
-    let out = ctl()
-        .arg("cost")
+    Command::new(binary("pangaea-ctl"))
+        .current_dir(dir)
+        .args(args)
         .stdout(Stdio::from(write_end))
         .stderr(Stdio::piped())
         .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(text(&out.stderr), "", "nothing on stderr");
+        .unwrap()
+}
+
+/// Output to a reader that went away ends every command quietly with status 0 (the tool
+/// Pangaea replaces crashed on `env | head -1`), and the same commands into a real pipe
+/// print what they should.
+#[test]
+fn output_to_a_closed_pipe_ends_every_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pangaea.yaml"), "name: pipes\n").unwrap();
+    for args in [
+        &["env", "etcdctl"][..],
+        &["compile", "--out", "compiled"],
+        &["compile", "-i", "units/etcd.service", "--node", "node-1"],
+        &["cost", "-o", "json"],
+        &["status"],
+        &["status", "-o", "json"],
+    ] {
+        let open = Command::new(binary("pangaea-ctl"))
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            open.status.success() && !open.stdout.is_empty(),
+            "pangaea-ctl {}: {}",
+            args.join(" "),
+            show(&open)
+        );
+        // Nothing on stderr that the command does not say anyway (`status` warns about
+        // this host either way).
+        let closed = to_closed_pipe(dir.path(), args);
+        let said = text(&open.stderr);
+        assert!(
+            closed.status.success()
+                && text(&closed.stderr)
+                    .lines()
+                    .all(|l| said.lines().any(|s| s == l)),
+            "pangaea-ctl {}: {}",
+            args.join(" "),
+            show(&closed)
+        );
+    }
 }

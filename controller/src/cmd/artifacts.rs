@@ -18,24 +18,27 @@ pub async fn run(ctx: &Ctx, cmd: ArtifactsCommand) -> anyhow::Result<()> {
             if loaded.config.artifact_source == ArtifactSource::OsPackages {
                 ctx.state.ensure()?;
                 let (_, import) = crate::os_packages::resolve(&loaded, &ctx.state)?;
-                println!(
+                crate::outln!(
                     "artifactSource: os-packages (installed packages, imported into the mirror)"
                 );
                 for line in import.iter().flat_map(|i| i.report()) {
-                    println!("{line}");
+                    crate::outln!("{line}");
                 }
                 return Ok(());
             }
             let set = ArtifactSet::defaults();
-            println!("pinned set v{} ({})", set.set_version, set.arch);
-            println!(
+            crate::outln!("pinned set v{} ({})", set.set_version, set.arch);
+            crate::outln!(
                 "{:<18} {:<9} {:<8} {:>10}  DIGEST",
-                "NAME", "VERSION", "MIRROR", "SIZE"
+                "NAME",
+                "VERSION",
+                "MIRROR",
+                "SIZE"
             );
             for a in &set.artifacts {
                 let entry = mirror.entry(&a.digest());
                 let size = entry.as_ref().map_or("-".to_owned(), |e| human(e.size));
-                println!(
+                crate::outln!(
                     "{:<18} {:<9} {:<8} {:>10}  {}",
                     a.name,
                     a.version,
@@ -51,15 +54,15 @@ pub async fn run(ctx: &Ctx, cmd: ArtifactsCommand) -> anyhow::Result<()> {
                 .filter(|e| !pinned.contains(&e.digest))
                 .collect();
             if !others.is_empty() {
-                println!("\nalso in the mirror:");
+                crate::outln!("\nalso in the mirror:");
                 for e in others {
-                    println!("  {:>10}  {}  from {}", human(e.size), e.digest, e.source);
+                    crate::outln!("  {:>10}  {}  from {}", human(e.size), e.digest, e.source);
                 }
             }
         }
         ArtifactsCommand::Import { file } => {
             for e in mirror.import(&file).await? {
-                println!("{}  {}", e.digest, human(e.size));
+                crate::outln!("{}  {}", e.digest, human(e.size));
             }
         }
         ArtifactsCommand::Fetch { names, overrides } => {
@@ -78,7 +81,7 @@ pub async fn run(ctx: &Ctx, cmd: ArtifactsCommand) -> anyhow::Result<()> {
             {
                 eprintln!("{}: {}", a.name, a.url);
                 let e = mirror.ensure(&a.url, &a.digest()).await?;
-                println!("{:<18} {:>10}  {}", a.name, human(e.size), e.digest);
+                crate::outln!("{:<18} {:>10}  {}", a.name, human(e.size), e.digest);
             }
         }
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 pub async fn backup(ctx: &Ctx, file: &Path, passphrase_file: Option<&Path>) -> anyhow::Result<()> {
     let pass = passphrase(passphrase_file, std::env::var(PASSPHRASE_ENV).ok())?;
     let s = crate::backup::backup(&ctx.state, file, pass).await?;
-    println!(
+    crate::outln!(
         "backup of {} written to {}: {} files, {} encrypted (age, passphrase); keep it off this machine",
         ctx.state.path().display(),
         file.display(),
@@ -33,9 +33,9 @@ pub async fn restore(
     let pass = passphrase(passphrase_file, std::env::var(PASSPHRASE_ENV).ok())?;
     let kept = crate::backup::restore(&ctx.state, file, pass, force)?;
     if let Some(k) = kept {
-        println!("the previous directory is kept at {}", k.display());
+        crate::outln!("the previous directory is kept at {}", k.display());
     }
-    println!(
+    crate::outln!(
         "{} restored from {}; `pangaea-ctl up` (or `start`) goes on with the cluster",
         ctx.state.path().display(),
         file.display()

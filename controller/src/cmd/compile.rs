@@ -81,7 +81,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
                     pangaea_core::fsutil::atomic_write(o, text.as_bytes(), 0o644)?;
                     eprintln!("wrote {}", o.display());
                 }
-                None => print!("{text}"),
+                None => crate::out!("{text}"),
             }
             return Ok(());
         }
@@ -100,9 +100,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
                 total += 1;
                 if ch {
                     changed += 1;
-                    println!("written    {}", path.display());
+                    crate::outln!("written    {}", path.display());
                 } else if !watch {
-                    println!("unchanged  {}", path.display());
+                    crate::outln!("unchanged  {}", path.display());
                 }
             }
         }
@@ -118,9 +118,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             let path = out.join("Vagrantfile");
             if crate::compile::write_if_changed(&path, text.as_bytes(), 0o644)? {
                 changed += 1;
-                println!("written    {}", path.display());
+                crate::outln!("written    {}", path.display());
             } else if !watch {
-                println!("unchanged  {}", path.display());
+                crate::outln!("unchanged  {}", path.display());
             }
             total += 1;
         }

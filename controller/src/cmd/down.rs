@@ -23,9 +23,9 @@ pub async fn run(ctx: &Ctx, purge: bool) -> anyhow::Result<()> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
         }
-        println!("cluster {name} deleted");
+        crate::outln!("cluster {name} deleted");
     } else {
-        println!(
+        crate::outln!(
             "cluster {name} stopped (disks and state kept in {}; `pangaea-ctl start` boots it again)",
             ctx.state.path().display()
         );

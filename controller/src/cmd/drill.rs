@@ -57,9 +57,9 @@ pub async fn node_loss(ctx: &Ctx, node: Option<NodeName>, output: Output) -> any
     )
     .await?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Json => crate::outln!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => {
-            println!(
+            crate::outln!(
                 "node-loss drill: crashed {}{}",
                 report.node,
                 if report.was_leader {
@@ -68,7 +68,7 @@ pub async fn node_loss(ctx: &Ctx, node: Option<NodeName>, output: Output) -> any
                     ""
                 }
             );
-            println!(
+            crate::outln!(
                 "  etcd writes unavailable  {:.2} s (target ≤ {:.1} s: election timeout + 1 s){}",
                 report.write_unavailable_ms as f64 / 1000.0,
                 report.target_ms as f64 / 1000.0,
@@ -78,16 +78,17 @@ pub async fn node_loss(ctx: &Ctx, node: Option<NodeName>, output: Output) -> any
                     "  MISSED"
                 }
             );
-            println!(
+            crate::outln!(
                 "  writes                   {} acknowledged, {} failed attempts (retried on another member)",
-                report.writes_ok, report.writes_failed
+                report.writes_ok,
+                report.writes_failed
             );
             match report.back_healthy_ms {
-                Some(ms) => println!(
+                Some(ms) => crate::outln!(
                     "  back healthy             {:.1} s after the crash",
                     ms as f64 / 1000.0
                 ),
-                None => println!(
+                None => crate::outln!(
                     "  back healthy             not within 180 s (see `pangaea-ctl status`)"
                 ),
             }

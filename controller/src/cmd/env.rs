@@ -6,7 +6,7 @@ use super::Ctx;
 pub fn etcdctl(ctx: &Ctx) -> anyhow::Result<()> {
     let c = ctx.compilation()?;
     for (k, v) in crate::etcd::operator_env(&c)? {
-        println!("export {k}={v}");
+        crate::outln!("export {k}={v}");
     }
     Ok(())
 }

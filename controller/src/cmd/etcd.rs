@@ -30,7 +30,7 @@ pub async fn snapshot_save(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
         step(&format!("snapshot of etcd from {node} ({endpoint})"));
         match etcd.snapshot(&endpoint, file).await {
             Ok(s) => {
-                println!(
+                crate::outln!(
                     "etcd snapshot saved to {}: {} bytes, revision {}, from {node}; its SHA-256 trailer checked",
                     file.display(),
                     s.bytes,
@@ -211,7 +211,7 @@ pub async fn snapshot_restore(
     }
     drop(backend);
     super::up::run(ctx, timeout, super::up::Mode::Up).await?;
-    println!(
+    crate::outln!(
         "etcd restored from {} in {:.1}s: {survivor} holds the snapshot's data, every other etcd node joined it",
         file.display(),
         started.elapsed().as_secs_f64()

@@ -92,9 +92,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    crate::outln!(
         "{:width$}  {:6}  {:>6}  IMAGES / ERROR",
-        "NODE", "RESULT", "TIME"
+        "NODE",
+        "RESULT",
+        "TIME"
     );
     for n in &outcome.nodes {
         let (result, detail) = if n.loaded {
@@ -102,7 +104,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         } else {
             ("FAILED", n.error.clone())
         };
-        println!(
+        crate::outln!(
             "{:width$}  {result:6}  {:>5.1}s  {detail}",
             n.node,
             n.took.as_secs_f64()

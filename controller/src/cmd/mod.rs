@@ -49,15 +49,35 @@ impl Ctx {
     }
 }
 
-/// Writes a command's output to stdout. A reader that went away (`pangaea-ctl cost | head
-/// -1`) is no error: the command ends quietly, as other command-line tools do.
-pub fn print_out(text: &str) -> anyhow::Result<()> {
+/// Writes a command's output to stdout: what [`outln!`](crate::outln) and
+/// [`out!`](crate::out) call, instead of `println!`, in every command. A reader that went
+/// away (`pangaea-ctl env | head -1`) ends the command at once, quietly and with status 0,
+/// as other command-line tools do (`println!` would panic there); any other write error
+/// is the panic `println!` would give.
+pub fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => Ok(r?),
+    let r = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    match r {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => panic!("failed printing to stdout: {e}"),
     }
+}
+
+/// Writes `text` as a command's output ([`write_out`]).
+pub fn print_out(text: &str) -> anyhow::Result<()> {
+    write_out(format_args!("{text}"), false);
+    Ok(())
 }
 
 /// A progress line of a long operation.

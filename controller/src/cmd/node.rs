@@ -23,7 +23,7 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
         } => {
             let kubeconfig = kubeconfig.unwrap_or_else(|| ctx.state.admin_kubeconfig());
             let done = drain_node(ctx, &name, &kubeconfig, &drain.options(), true).await?;
-            println!("node {name} drained: {done}");
+            crate::outln!("node {name} drained: {done}");
         }
         NodeCommand::Uncordon { name, kubeconfig } => {
             let kubeconfig = kubeconfig.unwrap_or_else(|| ctx.state.admin_kubeconfig());
@@ -115,7 +115,7 @@ async fn remove(
                 .iter()
                 .any(|n| n == name.as_str())
             {
-                println!(
+                crate::outln!(
                     "{name} is already removed (listed in removedNodes of {})",
                     ctx.config.display()
                 );
@@ -164,14 +164,14 @@ async fn remove(
     };
 
     if dry_run {
-        println!("node remove {name} would:");
+        crate::outln!("node remove {name} would:");
         for s in journal.remaining() {
             let mut line = format!("  {:<13} {}", s.name(), s.describe(&journal));
             if s == Step::EtcdMember && journal.etcd_peer_url.is_some() {
                 let preview = crate::removal::preview_etcd_member(&journal, &access, force).await;
                 line.push_str(&format!(" — {preview}"));
             }
-            println!("{line}");
+            crate::outln!("{line}");
         }
         return Ok(());
     }
@@ -211,7 +211,7 @@ async fn remove(
     }
     pangaea_core::fsutil::remove_durably(&path)
         .with_context(|| format!("remove the finished journal {}", path.display()))?;
-    println!(
+    crate::outln!(
         "node {name} removed: etcd member, certificates, instance; recorded in removedNodes of {}",
         ctx.config.display()
     );
@@ -387,11 +387,11 @@ async fn uncordon(ctx: &Ctx, name: &NodeName, kubeconfig: &std::path::Path) -> a
         Err(e) => Err(e),
     };
     match api {
-        Ok(true) => println!("node/{name} uncordoned"),
-        Ok(false) => println!("node/{name} already uncordoned"),
+        Ok(true) => crate::outln!("node/{name} uncordoned"),
+        Ok(false) => crate::outln!("node/{name} already uncordoned"),
         Err(e @ (DrainError::Unreachable { .. } | DrainError::NoSuchNode(_))) => {
             eprintln!("warning: {e}: {name} could not be marked schedulable in Kubernetes");
-            println!("node {name}: kubelet no longer held back");
+            crate::outln!("node {name}: kubelet no longer held back");
         }
         Err(e) => return Err(e.into()),
     }
@@ -464,7 +464,7 @@ pub async fn reboot_all(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
     for name in &order {
         reboot(ctx, &c, provider.as_ref(), name, timeout).await?;
     }
-    println!(
+    crate::outln!(
         "{} nodes rebooted one at a time, each back healthy before the next",
         order.len()
     );

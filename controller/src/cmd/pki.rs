@@ -11,7 +11,7 @@ pub fn run(ctx: &Ctx, cmd: PkiCommand) -> anyhow::Result<()> {
     // store's lock; a first `pki show` creates them like any other first use.
     let pki = Pki::load_or_create(&ctx.state.pki())?;
     match cmd {
-        PkiCommand::Pin => println!("{}", pki.controller_pin()),
+        PkiCommand::Pin => crate::outln!("{}", pki.controller_pin()),
         PkiCommand::Show { output } => {
             let mut rows: Vec<(String, CertInfo)> = CaKind::ALL
                 .iter()
@@ -26,7 +26,7 @@ pub fn run(ctx: &Ctx, cmd: PkiCommand) -> anyhow::Result<()> {
                 rows.push(("controller".into(), info));
             }
             match output {
-                Output::Json => println!(
+                Output::Json => crate::outln!(
                     "{}",
                     serde_json::to_string_pretty(
                         &rows
@@ -36,9 +36,9 @@ pub fn run(ctx: &Ctx, cmd: PkiCommand) -> anyhow::Result<()> {
                     )?
                 ),
                 Output::Table => {
-                    println!("{:<16} {:<40} {:<22} SANS", "NAME", "SUBJECT", "EXPIRES");
+                    crate::outln!("{:<16} {:<40} {:<22} SANS", "NAME", "SUBJECT", "EXPIRES");
                     for (name, i) in rows {
-                        println!(
+                        crate::outln!(
                             "{:<16} {:<40} {:<22} {}",
                             name,
                             i.subject,
@@ -50,7 +50,7 @@ pub fn run(ctx: &Ctx, cmd: PkiCommand) -> anyhow::Result<()> {
                             }
                         );
                     }
-                    println!("\nagent pin: {}", pki.controller_pin());
+                    crate::outln!("\nagent pin: {}", pki.controller_pin());
                 }
             }
         }

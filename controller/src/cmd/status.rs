@@ -49,8 +49,12 @@ pub async fn run(ctx: &Ctx, output: Output) -> anyhow::Result<()> {
         })
         .collect();
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => print_table(&rows, now, &mut std::io::stdout())?,
+        Output::Json => crate::outln!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => {
+            let mut table = Vec::new();
+            print_table(&rows, now, &mut table)?;
+            super::print_out(&String::from_utf8_lossy(&table))?;
+        }
     }
     Ok(())
 }

@@ -24,13 +24,17 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> anyhow::Result<()> {
                     description,
                 })
                 .await?;
-            println!("{}", resp.token);
+            crate::outln!("{}", resp.token);
             eprintln!("expires {}", rfc3339(resp.expires_at));
         }
         TokenCommand::List => {
-            println!(
+            crate::outln!(
                 "{:<8} {:<22} {:<5} {:<16} {:<8} DESCRIPTION",
-                "ID", "EXPIRES", "USES", "NODE", "STATE"
+                "ID",
+                "EXPIRES",
+                "USES",
+                "NODE",
+                "STATE"
             );
             let now = crate::records::now();
             for t in backend.list_tokens().await? {
@@ -43,7 +47,7 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> anyhow::Result<()> {
                 } else {
                     "valid"
                 };
-                println!(
+                crate::outln!(
                     "{:<8} {:<22} {:<5} {:<16} {:<8} {}",
                     t.id,
                     rfc3339(t.expires_at),
@@ -60,7 +64,7 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke { id } => {
             backend.revoke_token(id.clone()).await?;
-            println!("token {id} revoked");
+            crate::outln!("token {id} revoked");
         }
     }
     Ok(())

@@ -131,14 +131,14 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
         0o600,
     )
     .with_context(|| format!("write {}", kubeconfig.display()))?;
-    println!(
+    crate::outln!(
         "cluster {} is up: {} nodes healthy in {:.1}s",
         c.loaded.config.name,
         wanted.len(),
         started.elapsed().as_secs_f64()
     );
     for (phase, at) in &phases {
-        println!("  {phase:<26} +{:.1}s", at.as_secs_f64());
+        crate::outln!("  {phase:<26} +{:.1}s", at.as_secs_f64());
     }
     for n in backend.list_nodes().await?.iter().filter(|n| !n.removed) {
         let r = n.last_report.clone().unwrap_or_default();
@@ -152,17 +152,17 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
         };
         let active = names(&pangaea_proto::UnitState::is_active);
         let missing = names(&|u| u.not_started().is_some());
-        println!(
+        crate::outln!(
             "  {:<12} {}  active: {active}",
             n.name,
             n.addresses.first().map_or("-", String::as_str),
         );
         if !missing.is_empty() {
-            println!("  {:<12} not started, program not installed: {missing}", "");
+            crate::outln!("  {:<12} not started, program not installed: {missing}", "");
         }
     }
-    println!("admin kubeconfig: {}", kubeconfig.display());
-    println!("etcd: eval \"$(pangaea-ctl env etcdctl)\"; etcdctl endpoint health");
+    crate::outln!("admin kubeconfig: {}", kubeconfig.display());
+    crate::outln!("etcd: eval \"$(pangaea-ctl env etcdctl)\"; etcdctl endpoint health");
     Ok(())
 }
 
