@@ -88,11 +88,19 @@ pub enum Command {
         #[arg(long)]
         purge: bool,
     },
-    /// Print shell exports for a tool, e.g. `eval "$(pangaea-ctl env etcdctl)"`.
+    /// Print shell settings for the cluster's tools: `eval "$(pangaea-ctl env)"` points
+    /// kubectl, etcdctl (and gcloud or vagrant, by provider) at this cluster;
+    /// `eval "$(pangaea-ctl env --unset)"` undoes it.
     Env {
-        /// The tool to print exports for.
-        #[arg(value_enum)]
+        /// Which tool's settings (default: all that apply to this cluster).
+        #[arg(value_enum, default_value = "all")]
         tool: EnvTool,
+        /// The shell to print for (default: fish when $SHELL is fish, else bash/zsh syntax).
+        #[arg(long, value_enum)]
+        shell: Option<crate::cmd::env::Shell>,
+        /// Print what unsets the variables instead.
+        #[arg(long)]
+        unset: bool,
     },
     /// Inspect the cluster's certificate authorities.
     #[command(subcommand)]
@@ -437,11 +445,19 @@ impl DrainArgs {
     }
 }
 
-/// A tool `pangaea-ctl env` prints shell exports for.
-#[derive(Clone, Copy, ValueEnum)]
+/// A tool `pangaea-ctl env` prints shell settings for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EnvTool {
+    /// Every tool below that applies to this cluster's provider.
+    All,
+    /// KUBECONFIG: the admin kubeconfig `up` writes.
+    Kubectl,
     /// ETCDCTL_* for the cluster's etcd, with an operator client certificate.
     Etcdctl,
+    /// CLOUDSDK_CORE_PROJECT and CLOUDSDK_COMPUTE_REGION of a GCE cluster.
+    Gcloud,
+    /// VAGRANT_CWD: the directory of a Vagrant cluster's Vagrantfile.
+    Vagrant,
 }
 
 /// How `status` and `pki show` print.
@@ -515,9 +531,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             force,
         } => cmd::backup::restore(&ctx, &file, passphrase_file.as_deref(), force).await,
         Command::Down { purge } => cmd::down::run(&ctx, purge).await,
-        Command::Env {
-            tool: EnvTool::Etcdctl,
-        } => cmd::env::etcdctl(&ctx),
+        Command::Env { tool, shell, unset } => cmd::env::run(&ctx, tool, shell, unset),
         Command::Compile {
             node,
             out,

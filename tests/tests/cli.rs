@@ -5,7 +5,7 @@
 //! The binaries are taken from the target directory beside this test executable, so
 //! `cargo test --workspace` (or `cargo build --workspace` first) must have built them.
 
-use pangaea_tests::binary;
+use pangaea_tests::{binary, run_ctl};
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
@@ -589,4 +589,63 @@ fn output_to_a_closed_pipe_ends_every_command_quietly() {
             show(&closed)
         );
     }
+}
+
+/// `eval "$(pangaea-ctl env)"` points kubectl and etcdctl at the cluster in bash, from a
+/// directory whose path needs quoting; `--unset` undoes it; a tool of another provider is
+/// refused with the reason.
+#[test]
+fn env_is_evaluated_by_the_shell_and_undone_by_unset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("it's a $cluster");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("pangaea.yaml"), "name: envs\n").unwrap();
+    let ctl = binary("pangaea-ctl");
+    let script = r#"eval "$("$CTL" env --shell bash)" || exit 9
+printf '%s\n' "$KUBECONFIG" "$ETCDCTL_CACERT" "$ETCDCTL_ENDPOINTS"
+eval "$("$CTL" env --unset)" || exit 8
+printf '[%s]\n' "${KUBECONFIG-unset}" "${ETCDCTL_KEY-unset}""#;
+    let out = Command::new("bash")
+        .args(["-c", script])
+        .current_dir(&dir)
+        .env("CTL", &ctl)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    let state = dir.join(".pangaea");
+    assert_eq!(
+        lines[0],
+        state.join("admin.kubeconfig").display().to_string()
+    );
+    assert!(
+        lines[1].starts_with(&state.display().to_string()) && lines[1].ends_with(".crt"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].starts_with("https://10.213.0.11:2379"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[3..], ["[unset]", "[unset]"]);
+
+    let out = run_ctl(&ctl, &dir, &["env", "gcloud"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("runs on provider local, which has no gcloud settings"),
+        "{}",
+        show(&out)
+    );
+    let fish = run_ctl(&ctl, &dir, &["env", "kubectl", "--shell", "fish"]);
+    assert_eq!(
+        text(&fish.stdout),
+        format!(
+            "set -gx KUBECONFIG '{}';\n",
+            state
+                .join("admin.kubeconfig")
+                .display()
+                .to_string()
+                .replace('\'', "\\'")
+        )
+    );
 }

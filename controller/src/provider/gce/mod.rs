@@ -87,12 +87,7 @@ pub fn provider(loaded: &Loaded, env: &GcloudEnv) -> Result<cluster::Gce, Provid
     let ProviderConfig::Gce(g) = &config.provider else {
         return Err(ProviderError::Failed("not a GCE cluster".into()));
     };
-    let project = g
-        .project
-        .clone()
-        .or_else(|| env.project.clone())
-        .or_else(|| gcloud_config("project"))
-        .ok_or_else(|| {
+    let project = project(g, env).ok_or_else(|| {
             ProviderError::Prerequisite(
                 "no GCE project: set provider.project in pangaea.yaml, CLOUDSDK_CORE_PROJECT, or `gcloud config set project ID`".into(),
             )
@@ -166,6 +161,15 @@ pub fn provider(loaded: &Loaded, env: &GcloudEnv) -> Result<cluster::Gce, Provid
             nodes,
         },
     ))
+}
+
+/// The project of a GCE cluster: `provider.project`, else gcloud's (`CLOUDSDK_CORE_PROJECT`,
+/// then `gcloud config get project`); `None` when nothing says.
+pub fn project(g: &pangaea_compiler::provider::GceProvider, env: &GcloudEnv) -> Option<String> {
+    g.project
+        .clone()
+        .or_else(|| env.project.clone())
+        .or_else(|| gcloud_config("project"))
 }
 
 /// The region of a GCE cluster: its first zone's, else gcloud's (`CLOUDSDK_COMPUTE_REGION`,
