@@ -169,6 +169,16 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print the completion script for a shell.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl completion bash > /etc/bash_completion.d/pangaea-ctl\n  \
+        pangaea-ctl completion zsh > \"${fpath[1]}/_pangaea-ctl\"\n  \
+        pangaea-ctl completion fish > ~/.config/fish/completions/pangaea-ctl.fish")]
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Estimate what the configured cluster costs a month on Google Compute Engine (machines,
     /// disks, addresses, Spot, the free tier), beside a managed single-node cluster, from a
     /// dated price table. On the local and Vagrant providers nothing is billed: the estimate
@@ -497,6 +507,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs the command line: each command lives in its own module under [`crate::cmd`].
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Needs no cluster: nothing is looked for or created.
+    if let Command::Completion { shell } = cli.command {
+        return cmd::completion::run(shell);
+    }
     let cwd = std::env::current_dir().context("current directory")?;
     let ctx = Ctx {
         state: cli
@@ -517,6 +531,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
             agent_http,
         } => cmd::serve::run(&ctx, listen, advertise, agent_http).await,
+        Command::Completion { shell } => cmd::completion::run(shell),
         Command::Up { timeout } => cmd::up::run(&ctx, timeout, cmd::up::Mode::Up).await,
         Command::Start { timeout } => cmd::up::run(&ctx, timeout, cmd::up::Mode::Start).await,
         Command::Stop => cmd::down::run(&ctx, false).await,

@@ -649,3 +649,42 @@ printf '[%s]\n' "${KUBECONFIG-unset}" "${ETCDCTL_KEY-unset}""#;
         )
     );
 }
+
+/// `completion bash` is a script bash loads, whose completions are the real commands; it
+/// needs no cluster and creates nothing where it runs.
+#[test]
+fn completion_scripts_complete_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    // What bash does on TAB: the function `complete` registered for pangaea-ctl, called
+    // with the words so far.
+    let script = r#"source <("$CTL" completion bash) || exit 9
+fn=$(complete -p pangaea-ctl | sed -n 's/.*-F \([^ ]*\).*/\1/p'); [ -n "$fn" ] || exit 8
+COMP_WORDS=(pangaea-ctl no); COMP_CWORD=1; COMP_LINE="pangaea-ctl no"; COMP_POINT=${#COMP_LINE}
+"$fn" pangaea-ctl no pangaea-ctl
+printf '%s\n' "${COMPREPLY[@]}"
+COMP_WORDS=(pangaea-ctl node dr); COMP_CWORD=2; COMP_LINE="pangaea-ctl node dr"; COMP_POINT=${#COMP_LINE}
+"$fn" pangaea-ctl dr node
+printf '%s\n' "${COMPREPLY[@]}""#;
+    let out = Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir.path())
+        .env("CTL", binary("pangaea-ctl"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let words: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(words, ["node", "drain"], "{}", show(&out));
+    for shell in ["zsh", "fish"] {
+        let out = run_ctl(&binary("pangaea-ctl"), dir.path(), &["completion", shell]);
+        assert!(
+            out.status.success() && text(&out.stdout).contains("drain"),
+            "{shell}: {}",
+            show(&out)
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing created"
+    );
+}

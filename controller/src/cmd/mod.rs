@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod backup;
 pub mod compile;
+pub mod completion;
 pub mod cost;
 pub mod down;
 pub mod drill;
