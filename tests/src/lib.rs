@@ -253,6 +253,71 @@ pub const ARTIFACTS: [&str; 7] = [
     "crictl",
 ];
 
+/// What the end-to-end tests on real nodes need on this host: root, systemd-nspawn,
+/// debootstrap, etcdctl and Debian's etcd (the one artifact they deliver); a missing one is
+/// an error naming its install command.
+pub fn require_node_host() {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "this test needs root (CI runs as root): systemd-nspawn, network namespaces"
+    );
+    for (tool, install) in [
+        ("systemd-nspawn", "apt-get install systemd-container"),
+        ("debootstrap", "apt-get install debootstrap"),
+        ("etcdctl", "apt-get install etcd-client"),
+    ] {
+        let found = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(found, "{tool} not found: {install}");
+    }
+    assert!(
+        std::path::Path::new("/usr/bin/etcd").is_file(),
+        "/usr/bin/etcd not found: apt-get install etcd-server"
+    );
+}
+
+/// `pangaea.yaml` for cluster `name` on node network `network` with Debian's etcd
+/// (`/usr/bin/etcd`, by its digest) as the only artifact, every other one disabled (none
+/// can be fetched here); `extra` is appended (a `provider:` mapping).
+pub fn etcd_only_config(name: &str, network: &str, extra: &str) -> String {
+    use sha2::Digest;
+    let etcd = std::fs::read("/usr/bin/etcd").expect("read /usr/bin/etcd");
+    let digest = hex_lower(&sha2::Sha256::digest(&etcd));
+    let disabled: String = ARTIFACTS
+        .iter()
+        .filter(|n| **n != "etcd")
+        .map(|n| format!("  - {{name: {n}, disabled: true}}\n"))
+        .collect();
+    format!(
+        "name: {name}\nnetwork:\n  nodes: {network}\n{extra}artifacts:\n  - name: etcd\n    url: file:///usr/bin/etcd\n    digest: sha256:{digest}\n    members: {{}}\n{disabled}"
+    )
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Prints the last `lines` lines of each log (a failing test's evidence, before cleanup
+/// deletes it).
+pub fn print_log_tails(logs: &[PathBuf], lines: usize) {
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        eprintln!(
+            "--- {} (last lines)\n{}",
+            log.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+}
+
 /// A configuration for a fresh agent of node `name` (instance `i-NAME`) that joins the
 /// controller at `endpoint` with `token`, with its own temporary directories.
 pub fn agent_config(

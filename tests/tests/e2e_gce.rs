@@ -18,7 +18,7 @@ use pangaea_controller::state_dir::StateDir;
 use pangaea_controller::status::NodeStatus;
 use pangaea_tests::gce_cloud::{GceCloud, REGION};
 use pangaea_tests::{binary, output_text as text};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn run_id() -> u32 {
@@ -80,15 +80,7 @@ impl Drop for Env {
                 .map(|e| e.path().join("console.log"))
                 .collect();
             logs.push(StateDir::new(self.dir.path().join(".pangaea")).serve_log());
-            for log in logs {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!(
-                    "--- {} (last lines)\n{}",
-                    log.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
+            pangaea_tests::print_log_tails(&logs, 40);
         }
         let out = self.ctl(&["down", "--purge"]);
         if !out.status.success() {
@@ -99,30 +91,9 @@ impl Drop for Env {
     }
 }
 
-fn require(tool: &str, install: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .unwrap()
-        .status
-        .success();
-    assert!(ok, "{tool} not found: {install}");
-}
-
 #[test]
 fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api() {
-    assert!(
-        text(&Command::new("id").arg("-u").output().unwrap()).trim() == "0",
-        "this test needs root (CI runs as root): systemd-nspawn, network namespaces"
-    );
-    require("systemd-nspawn", "apt-get install systemd-container");
-    require("debootstrap", "apt-get install debootstrap");
-    require("etcdctl", "apt-get install etcd-client");
-    assert!(
-        Path::new("/usr/bin/etcd").is_file(),
-        "/usr/bin/etcd not found: apt-get install etcd-server"
-    );
+    pangaea_tests::require_node_host();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -137,27 +108,12 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
         ctl: binary("pangaea-ctl"),
     };
 
-    let etcd_sha = text(
-        &Command::new("sha256sum")
-            .arg("/usr/bin/etcd")
-            .output()
-            .unwrap(),
-    )
-    .split_whitespace()
-    .next()
-    .unwrap()
-    .to_owned();
-    let disabled: String = pangaea_tests::ARTIFACTS
-        .iter()
-        .filter(|n| **n != "etcd")
-        .map(|n| format!("  - {{name: {n}, disabled: true}}\n"))
-        .collect();
     std::fs::write(
         env.dir.path().join("pangaea.yaml"),
-        format!(
-            "name: {}\nnetwork:\n  nodes: {}\nprovider:\n  type: gce\n  advertiseAddress: {gateway}\nartifacts:\n  - name: etcd\n    url: file:///usr/bin/etcd\n    digest: sha256:{etcd_sha}\n    members: {{}}\n{disabled}",
-            cluster_name(),
-            network()
+        pangaea_tests::etcd_only_config(
+            &cluster_name(),
+            &network(),
+            &format!("provider:\n  type: gce\n  advertiseAddress: {gateway}\n"),
         ),
     )
     .unwrap();

@@ -35,17 +35,6 @@ fn node_ip(n: u8) -> String {
     format!("10.231.{}.{}", run_id(), 10 + n)
 }
 
-fn require(tool: &str, install: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .unwrap()
-        .status
-        .success();
-    assert!(ok, "{tool} not found: {install}");
-}
-
 struct Cluster {
     dir: tempfile::TempDir,
     ctl: PathBuf,
@@ -186,15 +175,7 @@ impl Drop for Cluster {
                 .map(|e| e.path().join("console.log"))
                 .collect();
             logs.push(state.serve_log());
-            for log in logs {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!(
-                    "--- {} (last lines)\n{}",
-                    log.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
+            pangaea_tests::print_log_tails(&logs, 40);
         }
         let out = self.ctl(&["down", "--purge"]);
         if !out.status.success() {
@@ -267,37 +248,12 @@ fn eventually<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) ->
 
 #[test]
 fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
-    assert!(
-        nix_is_root(),
-        "this test needs root (CI runs as root): systemd-nspawn, network namespaces"
-    );
-    require("systemd-nspawn", "apt-get install systemd-container");
-    require("debootstrap", "apt-get install debootstrap");
-    require("etcdctl", "apt-get install etcd-client");
-    assert!(
-        Path::new("/usr/bin/etcd").is_file(),
-        "/usr/bin/etcd not found: apt-get install etcd-server"
-    );
+    pangaea_tests::require_node_host();
 
     let dir = tempfile::tempdir().unwrap();
-    let etcd_sha = text(
-        &Command::new("sha256sum")
-            .arg("/usr/bin/etcd")
-            .output()
-            .unwrap(),
-    )
-    .split_whitespace()
-    .next()
-    .unwrap()
-    .to_owned();
-    let disabled: String = pangaea_tests::ARTIFACTS
-        .iter()
-        .filter(|n| **n != "etcd")
-        .map(|n| format!("  - {{name: {n}, disabled: true}}\n"))
-        .collect();
     std::fs::write(
         dir.path().join("pangaea.yaml"),
-        format!("name: {}\nnetwork:\n  nodes: {}\nartifacts:\n  - name: etcd\n    url: file:///usr/bin/etcd\n    digest: sha256:{etcd_sha}\n    members: {{}}\n{disabled}", cluster_name(), network()),
+        pangaea_tests::etcd_only_config(&cluster_name(), &network(), ""),
     )
     .unwrap();
     let c = Cluster {
@@ -1031,8 +987,4 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
         c.etcdctl(&["get", "before"]).status.success(),
         "etcd serves after the restore"
     );
-}
-
-fn nix_is_root() -> bool {
-    text(&Command::new("id").arg("-u").output().unwrap()).trim() == "0"
 }
