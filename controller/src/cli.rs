@@ -418,6 +418,12 @@ pub enum NodeCommand {
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Print the cloud-init user-data a node was created with, as its provider keeps it,
+    /// with the secret of its bootstrap token redacted.
+    UserData {
+        /// The node's name, as `status` shows it.
+        name: pangaea_core::NodeName,
+    },
     /// Shut a node down cleanly and boot it again with the same disk; waits until it
     /// reports healthy from its new boot (a new boot ID).
     Reboot {

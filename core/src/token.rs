@@ -28,6 +28,31 @@ const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 )]
 pub struct MalformedToken;
 
+/// `text` with the secret of every bootstrap token in it replaced (`ID.<redacted>`: the id
+/// still names the token, as `pangaea-ctl token list` shows it). What any text shown to
+/// people that may hold a token goes through (a node's user-data, a log bundle).
+pub fn redact_tokens(text: &str) -> String {
+    let is_token_char = |c: char| c == '.' || (c.is_ascii() && ALPHABET.contains(&(c as u8)));
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_token_char) {
+        out.push_str(&rest[..start]);
+        let run = &rest[start..];
+        let end = run.find(|c: char| !is_token_char(c)).unwrap_or(run.len());
+        let word = &run[..end];
+        match BootstrapToken::parse(word) {
+            Ok(t) => {
+                out.push_str(t.id());
+                out.push_str(".<redacted>");
+            }
+            Err(_) => out.push_str(word),
+        }
+        rest = &run[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A parsed token. `Debug` and `Display` never show the secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BootstrapToken {
@@ -139,5 +164,21 @@ mod tests {
     fn display_hides_the_secret() {
         let t = BootstrapToken::parse("abcdef.0123456789abcdef").unwrap();
         assert!(!format!("{t} {t:?}").contains("0123456789"));
+    }
+
+    #[test]
+    fn tokens_are_redacted_wherever_they_stand_and_nothing_else_changes() {
+        let t = BootstrapToken::generate().expose();
+        let (id, secret) = t.split_once('.').unwrap();
+        let text = format!("content: \"{t}\"\nurl: http://10.0.0.1:7444/agent\nsum: {t}");
+        let r = redact_tokens(&text);
+        assert!(!r.contains(secret), "{r}");
+        assert_eq!(
+            r,
+            format!(
+                "content: \"{id}.<redacted>\"\nurl: http://10.0.0.1:7444/agent\nsum: {id}.<redacted>"
+            )
+        );
+        assert_eq!(redact_tokens("abc.def é x.y"), "abc.def é x.y");
     }
 }

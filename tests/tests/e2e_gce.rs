@@ -183,6 +183,32 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
     let members: usize = status.iter().filter(|n| n.etcd.member().is_some()).count();
     assert_eq!(members, 3, "every node an etcd member: {status:?}");
 
+    // The user-data node-2 was given, from its instance's metadata, its token's secret
+    // redacted.
+    let given = {
+        let s = env.cloud.api.state.lock().unwrap();
+        let i = &s.instances[&(format!("{REGION}-b"), format!("{}-node-2", cluster_name()))];
+        i["metadata"]["items"][0]["value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let token = given
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("content: \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("the token's line");
+    let (id, secret) = token.split_once('.').unwrap();
+    let shown = env.ok(&["node", "user-data", "node-2"]);
+    assert!(shown.starts_with("#cloud-config"), "{shown}");
+    assert!(
+        shown.contains(&format!("{id}.<redacted>")) && !shown.contains(secret),
+        "{shown}"
+    );
+    assert_eq!(shown, given.replace(secret, "<redacted>"));
+    let out = env.ctl(&["node", "user-data", "node-9"]);
+    assert!(!out.status.success() && text(&out).contains("node node-9 does not exist"));
+
     // 2. A reboot through the provider: the instance is stopped and started.
     let stops = env.cloud.api.requests("POST", "node-2/stop").len();
     env.ok(&["node", "reboot", "node-2", "--timeout", "120s"]);

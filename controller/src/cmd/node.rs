@@ -25,6 +25,17 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
             let done = drain_node(ctx, &name, &kubeconfig, &drain.options(), true).await?;
             crate::outln!("node {name} drained: {done}");
         }
+        NodeCommand::UserData { name } => {
+            let c = ctx.compilation()?;
+            let provider = ctx.provider(&c)?;
+            let text = provider.user_data(&name).await?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "node {name} does not exist on provider {} (`pangaea-ctl status` lists the nodes)",
+                    provider.name()
+                )
+            })?;
+            crate::out!("{}", pangaea_core::token::redact_tokens(&text));
+        }
         NodeCommand::Uncordon { name, kubeconfig } => {
             let kubeconfig = kubeconfig.unwrap_or_else(|| ctx.state.admin_kubeconfig());
             uncordon(ctx, &name, &kubeconfig).await?;

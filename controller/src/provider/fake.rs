@@ -248,6 +248,16 @@ impl Provider for FakeProvider {
         Ok(self.list_now().await)
     }
 
+    async fn user_data(&self, name: &NodeName) -> Result<Option<String>, ProviderError> {
+        Ok(self
+            .state
+            .lock()
+            .await
+            .nodes
+            .get(name)
+            .map(|(_, u)| u.clone()))
+    }
+
     async fn teardown(&self) -> Result<(), ProviderError> {
         self.state.lock().await.calls.push(Call::Teardown);
         Ok(())

@@ -188,6 +188,12 @@ pub trait Provider: Send + Sync {
         Ok(self.list().await?.into_iter().find(|n| &n.name == name))
     }
 
+    /// The cloud-init user-data node `name` was created with, as the provider keeps it (the
+    /// local seed, the instance's metadata); `None` when the node does not exist. It holds
+    /// the node's bootstrap token: show it through
+    /// [`redact_tokens`](pangaea_core::token::redact_tokens).
+    async fn user_data(&self, name: &NodeName) -> Result<Option<String>, ProviderError>;
+
     /// Removes what the nodes shared (the local bridge) once no node is left.
     async fn teardown(&self) -> Result<(), ProviderError>;
 

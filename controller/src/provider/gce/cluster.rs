@@ -469,6 +469,24 @@ impl Provider for Gce {
         Ok(out)
     }
 
+    async fn user_data(&self, name: &NodeName) -> Result<Option<String>, ProviderError> {
+        let Some((_, i)) = self
+            .instances()
+            .await?
+            .into_iter()
+            .find(|(_, i)| i["labels"][NODE_LABEL] == name.as_str())
+        else {
+            return Ok(None);
+        };
+        Ok(i["metadata"]["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["key"] == "user-data")
+            .and_then(|m| m["value"].as_str())
+            .map(str::to_owned))
+    }
+
     async fn teardown(&self) -> Result<(), ProviderError> {
         if !self.instances().await?.is_empty() {
             return Ok(());

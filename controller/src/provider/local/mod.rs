@@ -169,6 +169,11 @@ impl Local {
         Ok(dir)
     }
 
+    /// cloud-init's NoCloud seed in the node's disk (`meta-data`, `user-data`).
+    fn nocloud_seed(&self, node: &NodeName) -> PathBuf {
+        self.dir(node).join("upper/var/lib/cloud/seed/nocloud")
+    }
+
     fn record(&self, node: &NodeName) -> Option<Record> {
         serde_json::from_slice(&std::fs::read(self.dir(node).join("record.json")).ok()?).ok()
     }
@@ -368,7 +373,7 @@ impl Provider for Local {
             spec.name,
             hex::encode(rand::random::<[u8; 4]>())
         );
-        let seed = dir.join("upper/var/lib/cloud/seed/nocloud");
+        let seed = self.nocloud_seed(&spec.name);
         write(
             seed.join("meta-data"),
             format!(
@@ -473,6 +478,16 @@ impl Provider for Local {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    async fn user_data(&self, name: &NodeName) -> Result<Option<String>, ProviderError> {
+        if self.record(name).is_none() {
+            return Ok(None);
+        }
+        let path = self.nocloud_seed(name).join("user-data");
+        std::fs::read_to_string(&path)
+            .map(Some)
+            .map_err(ProviderError::io("read the node's user-data", &path))
     }
 
     async fn teardown(&self) -> Result<(), ProviderError> {
