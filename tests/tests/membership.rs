@@ -197,8 +197,14 @@ async fn whole_survey(etcd: &Etcd, clients: &[String]) -> membership::Survey {
     panic!("etcd is not whole: {}", membership::describe(&survey));
 }
 
+/// The tests' etcd clusters run one at a time: side by side on two cores, a learner
+/// sometimes did not catch up within 30 s and a killed member's loss went unseen for 10 s
+/// (both seen in CI, neither alone).
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adds_a_learner_and_promotes_it_only_once_caught_up() {
+    let _alone = ONE_CLUSTER_AT_A_TIME.lock().await;
     pangaea_tests::init();
     let pki = Pki::new();
     let mut cluster = start(&pki);
@@ -269,7 +275,14 @@ async fn adds_a_learner_and_promotes_it_only_once_caught_up() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(promoted, Promoted::Now);
+    // When it never catches up, what the new member said is the evidence (seen once in
+    // CI under load, not reproduced alone).
+    assert_eq!(
+        promoted,
+        Promoted::Now,
+        "the learner's log:\n{}",
+        std::fs::read_to_string(cluster._data.path().join("m3.log")).unwrap_or_default()
+    );
     assert_eq!(etcd.promote(&ask, id).await.unwrap(), Promoted::Already);
     let mut clients = cluster.clients.clone();
     clients.push(client.clone());
@@ -298,6 +311,7 @@ async fn adds_a_learner_and_promotes_it_only_once_caught_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removes_by_id_only_when_safe_against_a_real_etcd_cluster() {
+    let _alone = ONE_CLUSTER_AT_A_TIME.lock().await;
     pangaea_tests::init();
     let pki = Pki::new();
     let mut cluster = start(&pki);
