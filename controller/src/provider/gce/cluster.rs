@@ -128,42 +128,36 @@ impl Gce {
     /// when it is switched off (and so deleted if it exists).
     pub fn firewalls(&self) -> Vec<(String, Option<FirewallSpec>)> {
         let net = self.network();
-        let rule = |suffix: &str, allow: Allow, source_ranges: Vec<String>| {
+        let rule = |suffix: &str, on: bool, allow: Allow, source_ranges: Vec<String>| {
             let name = format!("{net}-{suffix}");
-            let spec = FirewallSpec {
+            let spec = on.then(|| FirewallSpec {
                 name: name.clone(),
                 network: net.clone(),
                 allow,
                 source_ranges,
                 target_tag: net.clone(),
-            };
+            });
             (name, spec)
         };
-        let wanted = |(name, spec): (String, FirewallSpec), on: bool| (name, on.then_some(spec));
+        let c = &self.c;
         vec![
-            wanted(
-                rule(
-                    "internal",
-                    Allow::Everything,
-                    vec![self.c.node_cidr.to_string()],
-                ),
+            rule(
+                "internal",
                 true,
+                Allow::Everything,
+                vec![c.node_cidr.to_string()],
             ),
-            wanted(
-                rule(
-                    "api",
-                    Allow::Tcp(vec![self.c.api_port]),
-                    self.c.api_access.clone(),
-                ),
-                !self.c.api_access.is_empty(),
+            rule(
+                "api",
+                !c.api_access.is_empty(),
+                Allow::Tcp(vec![c.api_port]),
+                c.api_access.clone(),
             ),
-            wanted(
-                rule(
-                    "nodeports",
-                    Allow::Tcp(self.c.node_ports.clone()),
-                    vec!["0.0.0.0/0".into()],
-                ),
-                !self.c.node_ports.is_empty(),
+            rule(
+                "nodeports",
+                !c.node_ports.is_empty(),
+                Allow::Tcp(c.node_ports.clone()),
+                vec!["0.0.0.0/0".into()],
             ),
         ]
     }
@@ -221,12 +215,19 @@ impl Gce {
 
     /// The zone of node `name`'s instance.
     async fn locate(&self, name: &NodeName) -> Result<String, ProviderError> {
-        self.instances()
+        self.instance(name)
             .await?
-            .into_iter()
-            .find(|(_, i)| i["labels"][NODE_LABEL] == name.as_str())
             .map(|(z, _)| z)
             .ok_or_else(|| ProviderError::NoSuchNode(name.clone()))
+    }
+
+    /// Node `name`'s instance with its zone, `None` when it has none.
+    async fn instance(&self, name: &NodeName) -> Result<Option<(String, Value)>, ProviderError> {
+        Ok(self
+            .instances()
+            .await?
+            .into_iter()
+            .find(|(_, i)| i["labels"][NODE_LABEL] == name.as_str()))
     }
 
     async fn act(&self, name: &NodeName, action: &str) -> Result<(), ProviderError> {
@@ -242,32 +243,32 @@ impl Gce {
             .map_err(failed)?;
         Ok(())
     }
+}
 
-    fn node_info(&self, zone: &str, i: &Value) -> Option<NodeInfo> {
-        let name = NodeName::try_from(i["labels"][NODE_LABEL].as_str()?.to_owned()).ok()?;
-        let state = match i["status"].as_str().unwrap_or_default() {
-            "PROVISIONING" | "STAGING" | "RUNNING" | "REPAIRING" => NodeState::Running,
-            _ => NodeState::Stopped,
-        };
-        let address = i["networkInterfaces"][0]["networkIP"]
-            .as_str()
-            .and_then(|a| a.parse::<Ipv4Addr>().ok())
-            .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let created_at = i["creationTimestamp"]
-            .as_str()
-            .and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .map_or(0, |t| t.unix_timestamp());
-        tracing::trace!(%name, zone, "instance");
-        Some(NodeInfo {
-            name,
-            instance_id: i["id"].as_str().unwrap_or_default().to_owned(),
-            address,
-            state,
-            created_at,
+/// The node an instance is, by its [`NODE_LABEL`]; `None` for an instance without one.
+fn node_info(i: &Value) -> Option<NodeInfo> {
+    let name = NodeName::try_from(i["labels"][NODE_LABEL].as_str()?.to_owned()).ok()?;
+    let state = match i["status"].as_str().unwrap_or_default() {
+        "PROVISIONING" | "STAGING" | "RUNNING" | "REPAIRING" => NodeState::Running,
+        _ => NodeState::Stopped,
+    };
+    let address = i["networkInterfaces"][0]["networkIP"]
+        .as_str()
+        .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let created_at = i["creationTimestamp"]
+        .as_str()
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
         })
-    }
+        .map_or(0, |t| t.unix_timestamp());
+    Some(NodeInfo {
+        name,
+        instance_id: i["id"].as_str().unwrap_or_default().to_owned(),
+        address,
+        state,
+        created_at,
+    })
 }
 
 /// Whether `ip` is an address of this machine (a socket can be bound to it; nothing is
@@ -383,12 +384,16 @@ impl Provider for Gce {
                 address: Some(spec.address),
             },
         };
-        let region = self.all_zones().await?.clone();
+        let region_zones = self.all_zones().await?.clone();
         let (zone, _) = self
             .compute
-            .create_in_region(&s, &region, &self.c.cluster, OPERATION_TIMEOUT, &|m| {
-                tracing::warn!("{m}")
-            })
+            .create_in_region(
+                &s,
+                &region_zones,
+                &self.c.cluster,
+                OPERATION_TIMEOUT,
+                &|m| tracing::warn!("{m}"),
+            )
             .await
             .map_err(failed)?;
         let i = self
@@ -399,7 +404,7 @@ impl Provider for Gce {
             .ok_or_else(|| {
                 ProviderError::Failed(format!("{} vanished after its insert", s.name))
             })?;
-        self.node_info(&zone, &i)
+        node_info(&i)
             .ok_or_else(|| ProviderError::Failed(format!("{} has no {NODE_LABEL} label", s.name)))
     }
 
@@ -463,19 +468,14 @@ impl Provider for Gce {
             .instances()
             .await?
             .iter()
-            .filter_map(|(z, i)| self.node_info(z, i))
+            .filter_map(|(_, i)| node_info(i))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
     async fn user_data(&self, name: &NodeName) -> Result<Option<String>, ProviderError> {
-        let Some((_, i)) = self
-            .instances()
-            .await?
-            .into_iter()
-            .find(|(_, i)| i["labels"][NODE_LABEL] == name.as_str())
-        else {
+        let Some((_, i)) = self.instance(name).await? else {
             return Ok(None);
         };
         Ok(i["metadata"]["items"]
@@ -520,27 +520,6 @@ impl Provider for Gce {
 mod tests {
     use super::*;
 
-    fn gce() -> Gce {
-        let c = GceCluster {
-            cluster: "demo".into(),
-            region: "us-central1".into(),
-            zones: vec![],
-            spot: false,
-            advertise: None,
-            node_cidr: pangaea_compiler::cidr::Cidr::parse("10.213.0.0/24").unwrap(),
-            api_port: 6443,
-            api_access: vec!["0.0.0.0/0".into()],
-            node_ports: vec![],
-            nodes: BTreeMap::new(),
-        };
-        let compute = Compute::new(
-            "http://127.0.0.1:9/compute/v1/",
-            "demo",
-            super::super::compute::TokenSource::Fixed("t".into()),
-        );
-        Gce::new(compute, c)
-    }
-
     #[test]
     fn an_instance_reads_as_the_node_its_label_names() {
         let i = serde_json::json!({
@@ -549,7 +528,7 @@ mod tests {
             "labels": {"pangaea-cluster": "demo", "pangaea-node": "node-2"},
             "networkInterfaces": [{"networkIP": "10.213.0.12"}],
         });
-        let n = gce().node_info("us-central1-b", &i).unwrap();
+        let n = node_info(&i).unwrap();
         assert_eq!(n.name.as_str(), "node-2");
         assert_eq!(n.instance_id, "4002");
         assert_eq!(n.address, Ipv4Addr::new(10, 213, 0, 12));
@@ -557,16 +536,10 @@ mod tests {
         assert_eq!(n.created_at, 1_795_338_123);
         let mut running = i.clone();
         running["status"] = "STAGING".into();
-        assert_eq!(
-            gce().node_info("z", &running).unwrap().state,
-            NodeState::Running
-        );
+        assert_eq!(node_info(&running).unwrap().state, NodeState::Running);
         let mut foreign = i;
         foreign["labels"] = serde_json::json!({"pangaea-cluster": "demo"});
-        assert!(
-            gce().node_info("z", &foreign).is_none(),
-            "no node label: not a node"
-        );
+        assert!(node_info(&foreign).is_none(), "no node label: not a node");
     }
 
     #[test]
