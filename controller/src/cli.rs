@@ -528,9 +528,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .unwrap_or_else(|| find_cluster_dir(&cwd).join("pangaea.yaml")),
         image_cache: cli.image_cache,
     };
-    ctx.state
-        .ensure()
-        .with_context(|| format!("create {}", ctx.state.path().display()))?;
+    // `up` creates it once its checks pass (Compilation::load does), so an `up` refused
+    // for a missing artifact leaves no trace.
+    if !matches!(cli.command, Command::Up { .. }) {
+        ctx.state
+            .ensure()
+            .with_context(|| format!("create {}", ctx.state.path().display()))?;
+    }
     match cli.command {
         Command::Serve {
             listen,

@@ -59,6 +59,7 @@ pub mod membership;
 pub mod mirror;
 pub mod os_packages;
 pub mod pki;
+pub mod preflight;
 pub mod provider;
 pub mod reconcile;
 pub mod records;

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,kube_client=off".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(pangaea_controller::cmd::colour())
         .init();
     pangaea_core::install_crypto_provider();
     let result = tokio::runtime::Builder::new_multi_thread()

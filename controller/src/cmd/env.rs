@@ -44,7 +44,7 @@ impl Shell {
 
 /// `v` as one POSIX shell word: as it is when every character is plain, else in single
 /// quotes (a `'` inside as `'\''`).
-fn posix_quote(v: &str) -> String {
+pub fn posix_quote(v: &str) -> String {
     let plain = !v.is_empty()
         && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));

@@ -86,6 +86,13 @@ pub fn step(msg: &str) {
     eprintln!("==> {msg}");
 }
 
+/// Whether stderr gets colours: only on a terminal, and never when `NO_COLOR` is set to
+/// anything but the empty string (<https://no-color.org>).
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Prints the configuration's warnings with their location.
 pub fn print_warnings(loaded: &pangaea_compiler::config::Loaded) {
     for w in &loaded.warnings {

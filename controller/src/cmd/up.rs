@@ -25,6 +25,11 @@ pub enum Mode {
 /// Runs `up` (or `start`), waiting at most `timeout` for the nodes to become healthy.
 pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()> {
     let started = Instant::now();
+    if mode == Mode::Up {
+        // Before anything is created: every artifact the nodes need can be had.
+        let loaded = pangaea_compiler::config::Loaded::load(&ctx.config)?;
+        crate::preflight::check_artifacts(&loaded, &Mirror::new(&ctx.state.artifacts())).await?;
+    }
     let c = ctx.compilation()?;
     print_warnings(&c.loaded);
     let provider = ctx.provider(&c)?;
@@ -240,14 +245,7 @@ pub fn wanted_nodes(c: &Compilation) -> Vec<WantedNode> {
 /// cluster, however many nodes take it).
 async fn fill_mirror(ctx: &Ctx, c: &Compilation) -> anyhow::Result<()> {
     let mirror = Mirror::new(&ctx.state.artifacts());
-    let mut wanted: Vec<&pangaea_compiler::artifact_set::ArtifactEntry> = Vec::new();
-    for n in &c.model.nodes {
-        for (a, _) in pangaea_compiler::node::downloads(&c.artifacts, n) {
-            if !wanted.iter().any(|w| w.name == a.name) {
-                wanted.push(a);
-            }
-        }
-    }
+    let wanted = crate::preflight::wanted(&c.artifacts, &c.model);
     for a in wanted {
         if !mirror.has(&a.digest()) {
             step(&format!("fetching artifact {} ({})", a.name, a.url));

@@ -1,0 +1,184 @@
+//! `up` on a machine that cannot download what the nodes need: every source is asked at
+//! once before anything is created, and one message lists all that failed with the way
+//! forward (operator experience issue #13). The sources here are the project's own
+//! loopback servers, or the pinned URLs through a proxy that refuses: no traffic leaves
+//! this machine.
+
+use pangaea_tests::{binary, free_port};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `pangaea-ctl up` in `dir` with `env`, as an operator's shell would run it (no NO_COLOR:
+/// colours must stay off because stderr is not a terminal). Returns its output and time.
+fn up(dir: &Path, env: &[(&str, &str)]) -> (Output, Duration) {
+    let started = Instant::now();
+    let mut cmd = Command::new(binary("pangaea-ctl"));
+    cmd.current_dir(dir)
+        .arg("up")
+        .env_remove("NO_COLOR")
+        .env_remove("PANGAEA_STATE_DIR")
+        .env_remove("PANGAEA_CONFIG")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run pangaea-ctl up");
+    (out, started.elapsed())
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn up_without_internet_fails_at_once_with_every_missing_artifact_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every https request goes to a proxy on a closed loopback port: refused, as on a
+    // machine that reaches only its OS package mirror.
+    let proxy = format!("http://127.0.0.1:{}", free_port());
+    let (out, took) = up(
+        dir.path(),
+        &[
+            ("HTTPS_PROXY", &proxy),
+            ("https_proxy", &proxy),
+            ("HTTP_PROXY", &proxy),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up must fail:\n{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}:\n{stderr}");
+    // One message: every artifact the default cluster's nodes download, each once.
+    assert_eq!(stderr.matches("Error:").count(), 1, "{stderr}");
+    for name in [
+        "kubernetes-server",
+        "etcd",
+        "containerd",
+        "runc",
+        "cni-plugins",
+        "crictl",
+    ] {
+        let line = format!("\n  {name} ");
+        assert_eq!(
+            stderr.matches(&line).count(),
+            1,
+            "{name} listed once:\n{stderr}"
+        );
+    }
+    // The way forward names the offline route as one config line.
+    assert!(stderr.contains("artifactSource: os-packages"), "{stderr}");
+    assert!(stderr.contains("nothing was created"), "{stderr}");
+    // No log records and no colour codes: one message for a person.
+    assert!(!stderr.contains('\x1b'), "colour codes in:\n{stderr:?}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // And nothing created: no .pangaea (no CA, no mirror), no network, no node.
+    assert_eq!(entries(dir.path()), Vec::<String>::new());
+}
+
+/// A loopback HTTP server answering every request with 404.
+fn serve_404() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    port
+}
+
+/// A loopback server that accepts connections and never answers (a black hole); the
+/// connections stay open until the test ends.
+fn serve_nothing() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    port
+}
+
+#[test]
+fn each_source_is_asked_once_at_the_same_time_and_given_a_bounded_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = serve_404();
+    let silent = serve_nothing();
+    let closed = free_port();
+    std::fs::write(
+        dir.path().join("pangaea.yaml"),
+        format!(
+            "artifacts:
+  - name: etcd
+    url: http://127.0.0.1:{missing}/etcd.tar.gz
+  - name: containerd
+    url: http://127.0.0.1:{silent}/containerd.tar.gz
+  - name: runc
+    url: http://127.0.0.1:{closed}/runc
+  - name: kubernetes-server
+    disabled: true
+  - name: kubernetes-node
+    disabled: true
+  - name: cni-plugins
+    disabled: true
+  - name: crictl
+    disabled: true
+"
+        ),
+    )
+    .unwrap();
+    let (out, took) = up(dir.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up must fail:\n{stderr}");
+    // The silent source takes its whole probe time (8 s); the others, asked at the same
+    // time, add nothing to it.
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_secs(10),
+        "took {took:?}:\n{stderr}"
+    );
+    assert!(stderr.contains("3 artifacts the nodes need"), "{stderr}");
+    let line = |name: &str| {
+        stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("  {name} ")))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{stderr}"))
+            .to_owned()
+    };
+    assert!(line("etcd").ends_with("HTTP status 404"), "{stderr}");
+    assert!(
+        line("containerd").ends_with("no answer within 8 s"),
+        "{stderr}"
+    );
+    assert!(line("runc").contains("Connection refused"), "{stderr}");
+    assert!(
+        line("runc").contains(&format!("127.0.0.1:{closed}/runc")),
+        "{stderr}"
+    );
+    // Disabled artifacts are not asked for.
+    for name in [
+        "kubernetes-server",
+        "kubernetes-node",
+        "cni-plugins",
+        "crictl",
+    ] {
+        assert!(!stderr.contains(&format!("  {name} ")), "{stderr}");
+    }
+    // The configuration is kept as it was, and nothing else is created beside it.
+    assert_eq!(entries(dir.path()), vec!["pangaea.yaml".to_owned()]);
+}
