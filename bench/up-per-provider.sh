@@ -16,6 +16,7 @@ cargo build --release -q --manifest-path "$top/Cargo.toml" -p pangaea-controller
 cargo build --release -q --manifest-path "$top/Cargo.toml" -p pangaea-tests --bin gce-stand-in
 ctl="$top/target/release/pangaea-ctl"
 work=$(mktemp -d)
+export KUBECONFIG="$work/kubeconfig"   # up merges its context there, not into ~/.kube/config
 mkdir "$work/local" "$work/gce"
 etcd_only_config "$work/local" benchl 10.235.0.0/24
 etcd_only_config "$work/gce" benchg 10.236.0.0/24

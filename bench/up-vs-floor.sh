@@ -27,6 +27,7 @@ if [ ! -x "$floor_img/usr/bin/etcd" ]; then
   mv "$floor_img.tmp" "$floor_img"
 fi
 work=$(mktemp -d)
+export KUBECONFIG="$work/kubeconfig"   # up merges its context there, not into ~/.kube/config
 cleanup() { (cd "$work" && "$ctl" down --purge >/dev/null 2>&1) || true; rm -rf "$work"; }
 trap cleanup EXIT
 if [ "$mode" = containerd ]; then

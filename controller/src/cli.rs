@@ -57,10 +57,18 @@ pub enum Command {
     /// Bring the cluster up: create what is missing (PKI, controller daemon, node image,
     /// network, nodes), wait until every node is healthy, write the admin kubeconfig.
     /// Idempotent: on a healthy cluster it changes nothing. Local provider: needs root.
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl up\n  \
+        sudo pangaea-ctl up --timeout 10m --no-kubeconfig\n  \
+        echo 'artifactSource: os-packages' >> pangaea.yaml && sudo pangaea-ctl up   # no internet")]
     Up {
         /// How long to wait for the nodes to become healthy.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
+        /// Do not merge the admin kubeconfig into ~/.kube/config (or $KUBECONFIG's first
+        /// file) as context pangaea-CLUSTER, nor make it the current context.
+        #[arg(long)]
+        no_kubeconfig: bool,
     },
     /// Reboot every node, one at a time (workers first, the etcd leader last), each time
     /// waiting until the node is healthy from its new boot and etcd has all its members
@@ -101,6 +109,26 @@ pub enum Command {
         /// Print what unsets the variables instead.
         #[arg(long)]
         unset: bool,
+    },
+    /// Print the cluster's admin kubeconfig, or merge it into your kubectl configuration
+    /// (the first file of $KUBECONFIG, else ~/.kube/config; under sudo, the invoking
+    /// user's) as cluster, user and context `pangaea-CLUSTER`, keeping every other entry.
+    /// `up` merges it already; `down --purge` removes exactly these entries.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl kubeconfig > admin.kubeconfig\n  \
+        pangaea-ctl kubeconfig --merge            # add or refresh context pangaea-CLUSTER\n  \
+        pangaea-ctl kubeconfig --switch           # ... and make it kubectl's current context\n  \
+        pangaea-ctl kubeconfig --merge --file ~/.kube/lab.yaml")]
+    Kubeconfig {
+        /// Merge into your kubectl configuration instead of printing.
+        #[arg(long)]
+        merge: bool,
+        /// Merge, and make the cluster's context the current one.
+        #[arg(long)]
+        switch: bool,
+        /// The file to merge into [default: first of $KUBECONFIG, else ~/.kube/config].
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
     },
     /// Inspect the cluster's certificate authorities.
     #[command(subcommand)]
@@ -542,8 +570,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             agent_http,
         } => cmd::serve::run(&ctx, listen, advertise, agent_http).await,
         Command::Completion { shell } => cmd::completion::run(shell),
-        Command::Up { timeout } => cmd::up::run(&ctx, timeout, cmd::up::Mode::Up).await,
+        Command::Up {
+            timeout,
+            no_kubeconfig,
+        } => {
+            cmd::up::run(&ctx, timeout, cmd::up::Mode::Up).await?;
+            if no_kubeconfig {
+                return Ok(());
+            }
+            cmd::kubeconfig::merge_after_up(&ctx)
+        }
         Command::Start { timeout } => cmd::up::run(&ctx, timeout, cmd::up::Mode::Start).await,
+        Command::Kubeconfig {
+            merge,
+            switch,
+            file,
+        } => cmd::kubeconfig::run(&ctx, merge || switch, switch, file),
         Command::Stop => cmd::down::run(&ctx, false).await,
         Command::Reboot { timeout } => cmd::node::reboot_all(&ctx, timeout).await,
         Command::Backup {

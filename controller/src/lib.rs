@@ -55,6 +55,7 @@ pub mod health;
 pub mod image;
 pub mod issued;
 pub mod jobs;
+pub mod kubeconfig;
 pub mod membership;
 pub mod mirror;
 pub mod os_packages;

@@ -72,7 +72,15 @@ impl GceCloud {
             ),
             ("CLOUDSDK_CORE_PROJECT", PROJECT.into()),
             ("CLOUDSDK_COMPUTE_REGION", REGION.into()),
+            // `up` merges the admin kubeconfig here, not into the host's ~/.kube/config.
+            ("KUBECONFIG", self.kubeconfig().display().to_string()),
         ]
+    }
+
+    /// The operator's kubectl configuration (`KUBECONFIG` in [`Self::ctl_env`]), which `up`
+    /// merges into: never the host's `~/.kube/config`.
+    pub fn kubeconfig(&self) -> std::path::PathBuf {
+        self.dir.path().join("kubeconfig")
     }
 
     /// Where the machines' files are (their console logs under `nodes/`).

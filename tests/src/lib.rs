@@ -394,7 +394,7 @@ impl TestAgent {
 }
 
 /// `pangaea-ctl` (at `bin`) run as an operator would, in the cluster directory `dir`, with
-/// plain output.
+/// plain output, and kubectl's configuration in `dir/kubeconfig` (never the host's).
 pub fn run_ctl(
     bin: &std::path::Path,
     dir: &std::path::Path,
@@ -403,6 +403,7 @@ pub fn run_ctl(
     std::process::Command::new(bin)
         .current_dir(dir)
         .env("NO_COLOR", "1")
+        .env("KUBECONFIG", dir.join("kubeconfig"))
         .args(args)
         .output()
         .unwrap()

@@ -688,3 +688,80 @@ printf '%s\n' "${COMPREPLY[@]}""#;
         "nothing created"
     );
 }
+
+/// `kubeconfig` prints the admin kubeconfig `up` wrote, or merges it into kubectl's file
+/// beside the contexts already there, which the real kubectl then reads; a file that is
+/// not a kubeconfig is refused and left as it was.
+#[test]
+fn kubeconfig_merges_beside_other_contexts_and_refuses_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = binary("pangaea-ctl");
+    std::fs::write(dir.path().join("pangaea.yaml"), "name: demo\n").unwrap();
+    let out = run_ctl(&ctl, dir.path(), &["kubeconfig"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        text(&out.stderr).contains("no admin kubeconfig yet (`pangaea-ctl up` writes it)"),
+        "{}",
+        show(&out)
+    );
+
+    let admin = "apiVersion: v1\nkind: Config\nclusters:\n- name: demo\n  cluster:\n    \
+        server: https://127.0.0.1:6443\n    certificate-authority-data: Q0E=\nusers:\n- name: \
+        kubernetes-admin\n  user:\n    client-certificate-data: Q0VSVA==\n    \
+        client-key-data: S0VZ\ncontexts:\n- name: kubernetes-admin@demo\n  context:\n    \
+        cluster: demo\n    user: kubernetes-admin\ncurrent-context: kubernetes-admin@demo\n";
+    std::fs::write(dir.path().join(".pangaea/admin.kubeconfig"), admin).unwrap();
+    let out = run_ctl(&ctl, dir.path(), &["kubeconfig"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(text(&out.stdout), admin);
+
+    let file = dir.path().join("kubeconfig");
+    let other = "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    \
+        server: https://prod.example:6443\nusers:\n- name: prod\n  user:\n    token: t\n\
+        contexts:\n- name: prod\n  context:\n    cluster: prod\n    user: prod\n\
+        current-context: prod\n";
+    std::fs::write(&file, other).unwrap();
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", &file)
+            .args(args)
+            .output()
+            .expect("kubectl (.ci/run installs it)");
+        assert!(out.status.success(), "{}", show(&out));
+        text(&out.stdout).trim().to_owned()
+    };
+    let out = run_ctl(&ctl, dir.path(), &["kubeconfig", "--merge"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(text(&out.stdout).contains("kubectl config use-context pangaea-demo"));
+    assert_eq!(
+        kubectl(&["config", "get-contexts", "-o", "name"]),
+        "pangaea-demo\nprod"
+    );
+    assert_eq!(kubectl(&["config", "current-context"]), "prod");
+    let out = run_ctl(&ctl, dir.path(), &["kubeconfig", "--switch"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(kubectl(&["config", "current-context"]), "pangaea-demo");
+    assert_eq!(
+        kubectl(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            "jsonpath={.users[0].user.client-key-data}"
+        ]),
+        "S0VZ"
+    );
+    assert!(!dir.path().join("kubeconfig.lock").exists());
+
+    let broken = "clusters: [\n";
+    std::fs::write(&file, broken).unwrap();
+    let out = run_ctl(&ctl, dir.path(), &["kubeconfig", "--merge"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("not a kubeconfig") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), broken);
+}

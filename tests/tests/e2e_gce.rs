@@ -118,6 +118,10 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
     )
     .unwrap();
 
+    // The operator's kubectl configuration already holds another cluster's context.
+    let kubeconfig = env.cloud.kubeconfig();
+    std::fs::write(&kubeconfig, OTHER_KUBECONFIG).unwrap();
+
     // 1. Up: the estimate first, then everything through the Compute API.
     let out = env.ok(&["up", "--timeout", "240s"]);
     eprintln!("{out}");
@@ -125,6 +129,29 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
     let estimate = out.find("estimated cost").expect("up prints the estimate");
     let first_create = out.find("creating").expect("up creates nodes");
     assert!(estimate < first_create, "the estimate comes first: {out}");
+    // kubectl itself reads the merged file: the cluster's context is current, the other
+    // one is kept as it was.
+    let context = format!("pangaea-{}", cluster_name());
+    assert!(out.contains(&format!("context {context} in")), "{out}");
+    assert_eq!(
+        kubectl(&kubeconfig, &["config", "current-context"]),
+        context
+    );
+    let server = kubectl(
+        &kubeconfig,
+        &[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+    );
+    assert!(server.starts_with("https://"), "{server}");
+    assert_eq!(
+        kubectl(&kubeconfig, &["config", "get-contexts", "-o", "name"]),
+        format!("{context}\nprod")
+    );
     let net = format!("pangaea-{}", cluster_name());
     {
         let s = env.cloud.api.state.lock().unwrap();
@@ -230,4 +257,47 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
     }
     let left = env.rt.block_on(env.cloud.machines.list()).unwrap();
     assert!(left.is_empty(), "{left:?}");
+    // Exactly the cluster's entries are gone from kubectl's file.
+    assert_eq!(
+        kubectl(&kubeconfig, &["config", "get-contexts", "-o", "name"]),
+        "prod"
+    );
+    assert_eq!(
+        kubectl(
+            &kubeconfig,
+            &["config", "view", "-o", "jsonpath={.users[*].name}"]
+        ),
+        "prod-admin"
+    );
+}
+
+/// The operator's kubectl configuration before `up`: another cluster, current.
+const OTHER_KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: prod
+  cluster:
+    server: https://prod.example:6443
+users:
+- name: prod-admin
+  user:
+    token: not-a-secret
+contexts:
+- name: prod
+  context:
+    cluster: prod
+    user: prod-admin
+    namespace: shop
+current-context: prod
+";
+
+/// The real kubectl's answer on `kubeconfig`, trimmed (no API server is asked).
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl (.ci/run installs it)");
+    assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

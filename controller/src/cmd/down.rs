@@ -23,6 +23,7 @@ pub async fn run(ctx: &Ctx, purge: bool) -> anyhow::Result<()> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
         }
+        super::kubeconfig::remove_after_purge(name);
         crate::outln!("cluster {name} deleted");
     } else {
         crate::outln!(

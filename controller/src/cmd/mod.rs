@@ -13,6 +13,7 @@ pub mod drill;
 pub mod env;
 pub mod etcd;
 pub mod image;
+pub mod kubeconfig;
 pub mod node;
 pub mod pki;
 pub mod serve;
