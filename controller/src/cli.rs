@@ -110,6 +110,17 @@ pub enum Command {
         #[arg(long)]
         unset: bool,
     },
+    /// List the clusters of this host, wherever their directories are: name, provider,
+    /// nodes, node network, state (running, stopped, or gone when its .pangaea was deleted
+    /// by hand) and directory. `up` records a cluster; `down --purge` forgets it.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl clusters\n  \
+        pangaea-ctl clusters -o json | jq -r '.[] | select(.state == \"running\") | .directory'")]
+    Clusters {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Print the cluster's admin kubeconfig, or merge it into your kubectl configuration
     /// (the first file of $KUBECONFIG, else ~/.kube/config; under sudo, the invoking
     /// user's) as cluster, user and context `pangaea-CLUSTER`, keeping every other entry.
@@ -509,8 +520,10 @@ pub enum EnvTool {
 pub enum Output {
     /// Aligned columns, for reading.
     Table,
-    /// Pretty-printed JSON, for scripts.
+    /// Pretty-printed JSON, for scripts (field names are stable).
     Json,
+    /// YAML, the same fields as JSON.
+    Yaml,
 }
 
 /// Parses `90s`, `30m`, `1h`, `2d` (or plain seconds).
@@ -542,8 +555,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Runs the command line: each command lives in its own module under [`crate::cmd`].
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // Needs no cluster: nothing is looked for or created.
-    if let Command::Completion { shell } = cli.command {
-        return cmd::completion::run(shell);
+    match cli.command {
+        Command::Completion { shell } => return cmd::completion::run(shell),
+        Command::Clusters { output } => return cmd::clusters::run(output).await,
+        _ => {}
     }
     let cwd = std::env::current_dir().context("current directory")?;
     let ctx = Ctx {
@@ -570,6 +585,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             agent_http,
         } => cmd::serve::run(&ctx, listen, advertise, agent_http).await,
         Command::Completion { shell } => cmd::completion::run(shell),
+        Command::Clusters { output } => cmd::clusters::run(output).await,
         Command::Up {
             timeout,
             no_kubeconfig,

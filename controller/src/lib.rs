@@ -64,6 +64,7 @@ pub mod preflight;
 pub mod provider;
 pub mod reconcile;
 pub mod records;
+pub mod registry;
 pub mod removal;
 pub mod revocation;
 pub mod rules;

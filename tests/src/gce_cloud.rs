@@ -74,6 +74,10 @@ impl GceCloud {
             ("CLOUDSDK_COMPUTE_REGION", REGION.into()),
             // `up` merges the admin kubeconfig here, not into the host's ~/.kube/config.
             ("KUBECONFIG", self.kubeconfig().display().to_string()),
+            (
+                "PANGAEA_REGISTRY",
+                self.dir.path().join("registry").display().to_string(),
+            ),
         ]
     }
 

@@ -394,7 +394,8 @@ impl TestAgent {
 }
 
 /// `pangaea-ctl` (at `bin`) run as an operator would, in the cluster directory `dir`, with
-/// plain output, and kubectl's configuration in `dir/kubeconfig` (never the host's).
+/// plain output, kubectl's configuration in `dir/kubeconfig` and the cluster registry in
+/// `dir/registry` (never the host's).
 pub fn run_ctl(
     bin: &std::path::Path,
     dir: &std::path::Path,
@@ -404,6 +405,7 @@ pub fn run_ctl(
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env("KUBECONFIG", dir.join("kubeconfig"))
+        .env("PANGAEA_REGISTRY", dir.join("registry"))
         .args(args)
         .output()
         .unwrap()

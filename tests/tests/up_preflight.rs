@@ -1,8 +1,10 @@
-//! `up` on a machine that cannot download what the nodes need: every source is asked at
-//! once before anything is created, and one message lists all that failed with the way
-//! forward (operator experience issue #13). The sources here are the project's own
-//! loopback servers, or the pinned URLs through a proxy that refuses: no traffic leaves
-//! this machine.
+//! What `up` refuses before it creates anything (operator experience issue #13):
+//! - on a machine that cannot download what the nodes need, every source is asked at
+//!   once and one message lists all that failed with the way forward. The sources here
+//!   are the project's own loopback servers, or the pinned URLs through a proxy that
+//!   refuses: no traffic leaves this machine;
+//! - a second local cluster that would take the name or addresses of one already on this
+//!   host (the host's cluster registry, which `pangaea-ctl clusters` lists).
 
 use pangaea_tests::{binary, free_port};
 use std::io::{Read, Write};
@@ -15,9 +17,18 @@ use std::time::{Duration, Instant};
 /// colours must stay off because stderr is not a terminal). Returns its output and time.
 fn up(dir: &Path, env: &[(&str, &str)]) -> (Output, Duration) {
     let started = Instant::now();
+    let out = ctl(dir, &["up"], env);
+    (out, started.elapsed())
+}
+
+/// `pangaea-ctl ARGS` in `dir` with `env` added, nothing of the caller's environment
+/// that points it elsewhere.
+fn ctl(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(binary("pangaea-ctl"));
     cmd.current_dir(dir)
-        .arg("up")
+        .args(args)
+        .env("PANGAEA_REGISTRY", dir.join("registry"))
+        .env("KUBECONFIG", dir.join("kubeconfig"))
         .env_remove("NO_COLOR")
         .env_remove("PANGAEA_STATE_DIR")
         .env_remove("PANGAEA_CONFIG")
@@ -27,8 +38,7 @@ fn up(dir: &Path, env: &[(&str, &str)]) -> (Output, Duration) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run pangaea-ctl up");
-    (out, started.elapsed())
+    cmd.output().expect("run pangaea-ctl")
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -181,4 +191,112 @@ fn each_source_is_asked_once_at_the_same_time_and_given_a_bounded_time() {
     }
     // The configuration is kept as it was, and nothing else is created beside it.
     assert_eq!(entries(dir.path()), vec!["pangaea.yaml".to_owned()]);
+}
+
+/// Every pinned artifact disabled: `up` then needs no download and no package.
+const NO_ARTIFACTS: &str = "artifacts:
+  - {name: kubernetes-server, disabled: true}
+  - {name: kubernetes-node, disabled: true}
+  - {name: etcd, disabled: true}
+  - {name: containerd, disabled: true}
+  - {name: runc, disabled: true}
+  - {name: cni-plugins, disabled: true}
+  - {name: crictl, disabled: true}
+";
+
+#[test]
+fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_creates_anything() {
+    let host = tempfile::tempdir().unwrap();
+    let registry = host.path().join("registry");
+    let registry = registry.to_str().unwrap();
+    // `up` gets as far as the local provider's node image, which it cannot build in /proc:
+    // by then the cluster's state exists and is recorded, and no node was created.
+    let env = [
+        ("PANGAEA_REGISTRY", registry),
+        ("PANGAEA_IMAGE_CACHE", "/proc/pangaea-test-no-image-here"),
+    ];
+    let (a, b) = (host.path().join("a"), host.path().join("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(a.join("pangaea.yaml"), NO_ARTIFACTS).unwrap();
+    let out = ctl(&a, &["up"], &env);
+    assert!(!out.status.success());
+    assert!(
+        a.join(".pangaea").is_dir(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let clusters = |dir: &Path| -> Vec<serde_json::Value> {
+        let out = ctl(dir, &["clusters", "-o", "json"], &env);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("clusters -o json parses")
+    };
+    let listed = clusters(&b);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["name"], "pangaea");
+    assert_eq!(listed[0]["provider"], "local");
+    assert_eq!(listed[0]["nodes"], 3);
+    assert_eq!(listed[0]["network"], "10.213.0.0/24");
+    assert_eq!(listed[0]["state"], "stopped");
+    assert_eq!(listed[0]["directory"], a.to_str().unwrap());
+
+    // Same name (the default): refused, naming the other cluster's directory.
+    std::fs::write(b.join("pangaea.yaml"), NO_ARTIFACTS).unwrap();
+    let refused = |config: &str, says: &[&str]| {
+        std::fs::write(b.join("pangaea.yaml"), config).unwrap();
+        let out = ctl(&b, &["up"], &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        for s in says {
+            assert!(err.contains(s), "{s:?} not in:\n{err}");
+        }
+        assert!(err.contains("nothing was created"), "{err}");
+        assert!(!b.join(".pangaea").exists(), "{err}");
+    };
+    refused(
+        NO_ARTIFACTS,
+        &["cluster name \"pangaea\" is taken", a.to_str().unwrap()],
+    );
+    // Another name on an overlapping network: refused, with a free network to take.
+    refused(
+        &format!("name: other\nnetwork:\n  nodes: 10.213.0.0/16\n{NO_ARTIFACTS}"),
+        &["overlaps 10.213.0.0/24", "nodes: 10.214.0.0/16"],
+    );
+    // Apart from it: accepted (and recorded).
+    std::fs::write(
+        b.join("pangaea.yaml"),
+        format!("name: other\nnetwork:\n  nodes: 10.213.1.0/24\n{NO_ARTIFACTS}"),
+    )
+    .unwrap();
+    let out = ctl(&b, &["up"], &env);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("nothing was created") && b.join(".pangaea").is_dir(),
+        "{err}"
+    );
+    let names: Vec<String> = clusters(&a)
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["other", "pangaea"]);
+
+    // A cluster whose state was deleted by hand is shown as gone and blocks nothing.
+    std::fs::remove_dir_all(b.join(".pangaea")).unwrap();
+    let gone = clusters(&a);
+    assert_eq!(gone[0]["state"], "gone", "{gone:?}");
+    let yaml = ctl(&a, &["clusters", "-o", "yaml"], &env);
+    assert!(String::from_utf8_lossy(&yaml.stdout).starts_with("- name: other\n"));
+
+    // `down --purge` forgets the cluster.
+    let out = ctl(&a, &["down", "--purge"], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let left = clusters(&a);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["name"], "other");
 }

@@ -17,10 +17,7 @@ pub fn run(ctx: &Ctx, output: Output, prices: Option<&Path>) -> anyhow::Result<(
         None => PriceTable::built_in(),
     };
     let e = crate::cost::estimate(&loaded, &table)?;
-    match output {
-        Output::Json => super::print_out(&(serde_json::to_string_pretty(&e)? + "\n")),
-        Output::Table => super::print_out(&table_text(&e)),
-    }
+    super::print_data(output, &e, || super::print_out(&table_text(&e)))
 }
 
 fn money(e: &Estimate, v: f64) -> String {

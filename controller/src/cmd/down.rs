@@ -24,6 +24,11 @@ pub async fn run(ctx: &Ctx, purge: bool) -> anyhow::Result<()> {
             std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
         }
         super::kubeconfig::remove_after_purge(name);
+        let forgotten =
+            crate::registry::Registry::open(&crate::registry::dir()).and_then(|r| r.remove(dir));
+        if let Err(e) = forgotten {
+            eprintln!("warning: {e}: `pangaea-ctl clusters` shows {name} as gone");
+        }
         crate::outln!("cluster {name} deleted");
     } else {
         crate::outln!(

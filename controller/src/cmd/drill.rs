@@ -56,44 +56,42 @@ pub async fn node_loss(ctx: &Ctx, node: Option<NodeName>, output: Output) -> any
         &step,
     )
     .await?;
-    match output {
-        Output::Json => crate::outln!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Table => {
-            crate::outln!(
-                "node-loss drill: crashed {}{}",
-                report.node,
-                if report.was_leader {
-                    " (the etcd leader)"
-                } else {
-                    ""
-                }
-            );
-            crate::outln!(
-                "  etcd writes unavailable  {:.2} s (target ≤ {:.1} s: election timeout + 1 s){}",
-                report.write_unavailable_ms as f64 / 1000.0,
-                report.target_ms as f64 / 1000.0,
-                if report.write_unavailable_ms <= report.target_ms {
-                    ""
-                } else {
-                    "  MISSED"
-                }
-            );
-            crate::outln!(
-                "  writes                   {} acknowledged, {} failed attempts (retried on another member)",
-                report.writes_ok,
-                report.writes_failed
-            );
-            match report.back_healthy_ms {
-                Some(ms) => crate::outln!(
-                    "  back healthy             {:.1} s after the crash",
-                    ms as f64 / 1000.0
-                ),
-                None => crate::outln!(
-                    "  back healthy             not within 180 s (see `pangaea-ctl status`)"
-                ),
+    super::print_data(output, &report, || {
+        crate::outln!(
+            "node-loss drill: crashed {}{}",
+            report.node,
+            if report.was_leader {
+                " (the etcd leader)"
+            } else {
+                ""
             }
+        );
+        crate::outln!(
+            "  etcd writes unavailable  {:.2} s (target ≤ {:.1} s: election timeout + 1 s){}",
+            report.write_unavailable_ms as f64 / 1000.0,
+            report.target_ms as f64 / 1000.0,
+            if report.write_unavailable_ms <= report.target_ms {
+                ""
+            } else {
+                "  MISSED"
+            }
+        );
+        crate::outln!(
+            "  writes                   {} acknowledged, {} failed attempts (retried on another member)",
+            report.writes_ok,
+            report.writes_failed
+        );
+        match report.back_healthy_ms {
+            Some(ms) => crate::outln!(
+                "  back healthy             {:.1} s after the crash",
+                ms as f64 / 1000.0
+            ),
+            None => crate::outln!(
+                "  back healthy             not within 180 s (see `pangaea-ctl status`)"
+            ),
         }
-    }
+        Ok(())
+    })?;
     anyhow::ensure!(
         report.back_healthy_ms.is_some(),
         "{} did not come back healthy",

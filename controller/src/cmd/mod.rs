@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod backup;
+pub mod clusters;
 pub mod compile;
 pub mod completion;
 pub mod cost;
@@ -73,6 +74,21 @@ pub fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => panic!("failed printing to stdout: {e}"),
+    }
+}
+
+/// Prints a command's data as `output` asks: the table `table` prints, or `data` as JSON
+/// or YAML (the same fields). The one place `-o` is obeyed.
+pub fn print_data<T: serde::Serialize + ?Sized>(
+    output: crate::cli::Output,
+    data: &T,
+    table: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use crate::cli::Output;
+    match output {
+        Output::Table => table(),
+        Output::Json => print_out(&(serde_json::to_string_pretty(data)? + "\n")),
+        Output::Yaml => print_out(&serde_norway::to_string(data)?),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::Ctx;
 use crate::certinfo::{CertInfo, rfc3339};
-use crate::cli::{Output, PkiCommand};
+use crate::cli::PkiCommand;
 use crate::pki::{CaKind, Pki};
 
 /// Runs a `pki` subcommand.
@@ -25,34 +25,28 @@ pub fn run(ctx: &Ctx, cmd: PkiCommand) -> anyhow::Result<()> {
             {
                 rows.push(("controller".into(), info));
             }
-            match output {
-                Output::Json => crate::outln!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &rows
-                            .iter()
-                            .map(|(n, i)| serde_json::json!({"name": n, "cert": i}))
-                            .collect::<Vec<_>>()
-                    )?
-                ),
-                Output::Table => {
-                    crate::outln!("{:<16} {:<40} {:<22} SANS", "NAME", "SUBJECT", "EXPIRES");
-                    for (name, i) in rows {
-                        crate::outln!(
-                            "{:<16} {:<40} {:<22} {}",
-                            name,
-                            i.subject,
-                            rfc3339(i.not_after),
-                            if i.sans.is_empty() {
-                                "-".into()
-                            } else {
-                                i.sans.join(",")
-                            }
-                        );
-                    }
-                    crate::outln!("\nagent pin: {}", pki.controller_pin());
+            let data: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(n, i)| serde_json::json!({"name": n, "cert": i}))
+                .collect();
+            super::print_data(output, &data, || {
+                crate::outln!("{:<16} {:<40} {:<22} SANS", "NAME", "SUBJECT", "EXPIRES");
+                for (name, i) in rows {
+                    crate::outln!(
+                        "{:<16} {:<40} {:<22} {}",
+                        name,
+                        i.subject,
+                        rfc3339(i.not_after),
+                        if i.sans.is_empty() {
+                            "-".into()
+                        } else {
+                            i.sans.join(",")
+                        }
+                    );
                 }
-            }
+                crate::outln!("\nagent pin: {}", pki.controller_pin());
+                Ok(())
+            })?;
         }
     }
     Ok(())

@@ -48,15 +48,11 @@ pub async fn run(ctx: &Ctx, output: Output) -> anyhow::Result<()> {
             node_status(n, &etcd, created.get(&n.name).copied(), issued, now)
         })
         .collect();
-    match output {
-        Output::Json => crate::outln!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => {
-            let mut table = Vec::new();
-            print_table(&rows, now, &mut table)?;
-            super::print_out(&String::from_utf8_lossy(&table))?;
-        }
-    }
-    Ok(())
+    super::print_data(output, &rows, || {
+        let mut table = Vec::new();
+        print_table(&rows, now, &mut table)?;
+        super::print_out(&String::from_utf8_lossy(&table))
+    })
 }
 
 /// Prints the table through [`terminal_safe`]: nodes report most of the strings in it.

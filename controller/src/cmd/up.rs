@@ -7,6 +7,7 @@ use crate::admin::Backend;
 use crate::compile::Compilation;
 use crate::mirror::Mirror;
 use crate::reconcile::{Bootstrap, Reconciler, WantedNode};
+use crate::registry::{Record, Registry};
 use crate::state_dir::{AGENT_HTTP_PORT, GRPC_PORT};
 use anyhow::Context;
 use pangaea_compiler::provider::ProviderKind;
@@ -25,12 +26,10 @@ pub enum Mode {
 /// Runs `up` (or `start`), waiting at most `timeout` for the nodes to become healthy.
 pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()> {
     let started = Instant::now();
-    if mode == Mode::Up {
-        // Before anything is created: every artifact the nodes need can be had.
-        let loaded = pangaea_compiler::config::Loaded::load(&ctx.config)?;
-        crate::preflight::check_artifacts(&loaded, &Mirror::new(&ctx.state.artifacts())).await?;
-    }
-    let c = ctx.compilation()?;
+    let c = match mode {
+        Mode::Up => checked_compilation(ctx).await?,
+        Mode::Start => ctx.compilation()?,
+    };
     print_warnings(&c.loaded);
     let provider = ctx.provider(&c)?;
     super::print_runtime_findings(provider.as_ref(), &c);
@@ -239,6 +238,22 @@ pub fn wanted_nodes(c: &Compilation) -> Vec<WantedNode> {
             cpus: n.cpus,
         })
         .collect()
+}
+
+/// `up`'s checks before it creates anything (every artifact can be had; no other cluster
+/// of this host has its name or addresses), then the compilation (which creates the state
+/// directory and the PKI), recorded in the host's cluster registry.
+async fn checked_compilation(ctx: &Ctx) -> anyhow::Result<Compilation> {
+    let loaded = pangaea_compiler::config::Loaded::load(&ctx.config)?;
+    crate::preflight::check_artifacts(&loaded, &Mirror::new(&ctx.state.artifacts())).await?;
+    let registry = Registry::open(&crate::registry::dir())?;
+    let record = Record::of(&loaded, &ctx.config, &ctx.state);
+    registry
+        .check(&record)
+        .map_err(|why| anyhow::anyhow!("{why}\n(nothing was created)"))?;
+    let c = ctx.compilation()?;
+    registry.put(&record)?;
+    Ok(c)
 }
 
 /// Fills the mirror, before any node asks, with each artifact some node downloads (once per
