@@ -21,6 +21,7 @@ pub mod locate;
 pub mod model;
 pub mod node;
 pub mod provider;
+pub mod reference;
 pub mod roles;
 pub mod templates;
 pub mod vagrantfile;

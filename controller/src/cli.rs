@@ -110,6 +110,20 @@ pub enum Command {
         #[arg(long)]
         unset: bool,
     },
+    /// Start a cluster directory: pangaea.yaml with every field and its default (the
+    /// configuration reference, commented), templates/ with a README on overriding the
+    /// built-in templates, and a .gitignore keeping .pangaea/ (keys, tokens, state) out of
+    /// version control. Keeps what exists; creates no cluster.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl init my-cluster && cd my-cluster\n  \
+        pangaea-ctl init --force      # pangaea.yaml back to the reference")]
+    Init {
+        /// The directory [default: the current one]; created if missing.
+        dir: Option<PathBuf>,
+        /// Replace an existing pangaea.yaml with the reference.
+        #[arg(long)]
+        force: bool,
+    },
     /// List the clusters of this host, wherever their directories are: name, provider,
     /// nodes, node network, state (running, stopped, or gone when its .pangaea was deleted
     /// by hand) and directory. `up` records a cluster; `down --purge` forgets it.
@@ -558,6 +572,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Completion { shell } => return cmd::completion::run(shell),
         Command::Clusters { output } => return cmd::clusters::run(output).await,
+        Command::Init { dir, force } => return cmd::init::run(dir, force),
         _ => {}
     }
     let cwd = std::env::current_dir().context("current directory")?;
@@ -586,6 +601,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => cmd::serve::run(&ctx, listen, advertise, agent_http).await,
         Command::Completion { shell } => cmd::completion::run(shell),
         Command::Clusters { output } => cmd::clusters::run(output).await,
+        Command::Init { dir, force } => cmd::init::run(dir, force),
         Command::Up {
             timeout,
             no_kubeconfig,

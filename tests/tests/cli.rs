@@ -765,3 +765,75 @@ fn kubeconfig_merges_beside_other_contexts_and_refuses_a_broken_file() {
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), broken);
 }
+
+/// `init` starts a cluster directory that works as it is: `pangaea.yaml` loads (and is the
+/// defaults), git ignores the cluster's secrets, and running it again changes nothing.
+#[test]
+fn init_writes_a_working_directory_and_keeps_what_exists() {
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("lab");
+    let ctl = binary("pangaea-ctl");
+    let out = run_ctl(&ctl, top.path(), &["init", "lab"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let config = std::fs::read_to_string(dir.join("pangaea.yaml")).unwrap();
+    assert!(config.contains("artifactSource: pinned"), "{config}");
+    let readme = std::fs::read_to_string(dir.join("templates/README.md")).unwrap();
+    assert!(readme.contains("`units/etcd.service.hbs`"), "{readme}");
+    assert!(!dir.join(".pangaea").exists(), "init creates no cluster");
+
+    // The configuration loads, as the defaults: the same estimate as no file at all.
+    let cost = |d: &Path| text(&run_ctl(&ctl, d, &["cost", "-o", "json"]).stdout);
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(cost(&dir), cost(empty.path()));
+    assert!(cost(&dir).contains("\"cluster\": \"pangaea\""));
+
+    // git (the real one) ignores the keys and state, not the configuration.
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(&dir)
+            .args(args)
+            .output()
+            .expect("git")
+    };
+    assert!(git(&["init", "-q"]).status.success());
+    std::fs::create_dir_all(dir.join(".pangaea/pki")).unwrap();
+    std::fs::write(dir.join(".pangaea/pki/cluster-ca.key"), "k").unwrap();
+    assert!(
+        git(&["check-ignore", "-q", ".pangaea/pki/cluster-ca.key"])
+            .status
+            .success()
+    );
+    assert!(
+        !git(&["check-ignore", "-q", "pangaea.yaml"])
+            .status
+            .success()
+    );
+
+    // Again, with an edited configuration and someone's own .gitignore lines: all kept.
+    std::fs::write(dir.join("pangaea.yaml"), "name: lab\n").unwrap();
+    std::fs::write(dir.join(".gitignore"), "target/").unwrap();
+    let out = run_ctl(&ctl, &dir, &["init"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(text(&out.stdout).contains("kept"), "{}", show(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("pangaea.yaml")).unwrap(),
+        "name: lab\n"
+    );
+    let ignore = std::fs::read_to_string(dir.join(".gitignore")).unwrap();
+    assert!(
+        ignore.starts_with("target/\n") && ignore.contains("\n.pangaea/\n"),
+        "{ignore}"
+    );
+    let out = run_ctl(&ctl, &dir, &["init"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".gitignore")).unwrap(),
+        ignore
+    );
+    assert!(!text(&out.stdout).contains("wrote"), "{}", show(&out));
+    let out = run_ctl(&ctl, &dir, &["init", "--force"]);
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("pangaea.yaml")).unwrap(),
+        config
+    );
+}

@@ -295,7 +295,11 @@ fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_c
 
     // `down --purge` forgets the cluster.
     let out = ctl(&a, &["down", "--purge"], &env);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let left = clusters(&a);
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["name"], "other");

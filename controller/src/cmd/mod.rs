@@ -14,6 +14,7 @@ pub mod drill;
 pub mod env;
 pub mod etcd;
 pub mod image;
+pub mod init;
 pub mod kubeconfig;
 pub mod node;
 pub mod pki;
