@@ -265,6 +265,15 @@ pub enum BackendError {
     /// message only (the gRPC code is dropped).
     #[error("{0}")]
     Status(String),
+    /// The operation needs the running controller (the agents are connected to it), and
+    /// none runs: `need` says what could not be done, `start` the command that starts it.
+    #[error("the controller is not running, so {need}: start it with `pangaea-ctl {start}`")]
+    NotRunning {
+        /// What could not be done without it.
+        need: &'static str,
+        /// `up` or `start`.
+        start: &'static str,
+    },
 }
 
 impl From<Status> for BackendError {
@@ -356,9 +365,10 @@ impl Backend {
     ) -> Result<tonic::Streaming<pb::LoadImageEvent>, BackendError> {
         match self {
             Backend::Daemon(c) => Ok(c.load_image(req).await?.into_inner()),
-            Backend::Local(_) => Err(BackendError::Status(
-                "the controller is not running, so no node can receive the image: start it with `pangaea-ctl up`".into(),
-            )),
+            Backend::Local(_) => Err(BackendError::NotRunning {
+                need: "no node can receive the image",
+                start: "up",
+            }),
         }
     }
 
@@ -370,9 +380,10 @@ impl Backend {
     ) -> Result<tonic::Streaming<pb::LoadImageEvent>, BackendError> {
         match self {
             Backend::Daemon(c) => Ok(c.restore_etcd(req).await?.into_inner()),
-            Backend::Local(_) => Err(BackendError::Status(
-                "the controller is not running, so no node can be restored: start it with `pangaea-ctl start`".into(),
-            )),
+            Backend::Local(_) => Err(BackendError::NotRunning {
+                need: "no node can be restored",
+                start: "start",
+            }),
         }
     }
 

@@ -164,10 +164,11 @@ pub fn restore(
 ) -> anyhow::Result<Option<PathBuf>> {
     let target = state.path();
     if target.join("pki").exists() && !force {
-        bail!(
+        return Err(crate::exit::Refusal(format!(
             "{} already holds a cluster (its PKI): restoring would replace it; pass --force to keep it aside and restore",
             target.display()
-        );
+        ))
+        .into());
     }
     let parent = target
         .parent()

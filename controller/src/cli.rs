@@ -14,7 +14,7 @@ use std::time::Duration;
 /// (found by walking up from the current directory). Nodes run `pangaea-agent`, which
 /// joins with a single-use bootstrap token and then talks mutual TLS only.
 #[derive(Parser)]
-#[command(name = "pangaea-ctl", version)]
+#[command(name = "pangaea-ctl", version, after_help = crate::exit::TABLE)]
 pub struct Cli {
     /// The cluster's state directory [default: .pangaea beside the nearest pangaea.yaml,
     /// else ./.pangaea]

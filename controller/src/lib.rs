@@ -50,6 +50,7 @@ pub mod drain;
 pub mod drill;
 pub mod etcd;
 pub mod etcd_join;
+pub mod exit;
 pub mod fdlimit;
 pub mod health;
 pub mod image;

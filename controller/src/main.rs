@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             // The message and its causes on one line: what an operator acts on. (Returning
             // the error from main would print a backtrace whenever RUST_BACKTRACE is set.)
             eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(pangaea_controller::exit::code_of(&e) as u8)
         }
     }
 }

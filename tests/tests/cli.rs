@@ -837,3 +837,24 @@ fn init_writes_a_working_directory_and_keeps_what_exists() {
         config
     );
 }
+
+/// The exit codes scripts rely on (docs/ARCHITECTURE.md §14): a wrong command line is 2,
+/// an operation that needs the controller when none runs is 3, and `--help` lists them.
+#[test]
+fn exit_codes_tell_usage_from_an_unreachable_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = binary("pangaea-ctl");
+    let out = run_ctl(&ctl, dir.path(), &["no-such-command"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let out = run_ctl(&ctl, dir.path(), &["status", "-o", "xml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    std::fs::write(dir.path().join("app.tar"), b"not an archive").unwrap();
+    let out = run_ctl(&ctl, dir.path(), &["image", "load", "app.tar"]);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(text(&out.stderr).contains("the controller is not running"));
+    let out = run_ctl(&ctl, dir.path(), &["--help"]);
+    let help = text(&out.stdout);
+    for code in ["0  done", "3  the controller", "5  refused"] {
+        assert!(help.contains(code), "{help}");
+    }
+}

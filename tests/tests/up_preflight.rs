@@ -41,6 +41,9 @@ fn ctl(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run pangaea-ctl")
 }
 
+/// The exit code of a refusal (docs/ARCHITECTURE.md §14).
+const REFUSED: i32 = 5;
+
 fn entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -63,7 +66,11 @@ fn up_without_internet_fails_at_once_with_every_missing_artifact_and_creates_not
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "up must fail:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(REFUSED),
+        "up must be refused:\n{stderr}"
+    );
     assert!(took < Duration::from_secs(10), "took {took:?}:\n{stderr}");
     // One message: every artifact the default cluster's nodes download, each once.
     assert_eq!(stderr.matches("Error:").count(), 1, "{stderr}");
@@ -155,7 +162,11 @@ fn each_source_is_asked_once_at_the_same_time_and_given_a_bounded_time() {
     .unwrap();
     let (out, took) = up(dir.path(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "up must fail:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(REFUSED),
+        "up must be refused:\n{stderr}"
+    );
     // The silent source takes its whole probe time (8 s); the others, asked at the same
     // time, add nothing to it.
     assert!(
@@ -252,7 +263,7 @@ fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_c
         std::fs::write(b.join("pangaea.yaml"), config).unwrap();
         let out = ctl(&b, &["up"], &env);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{err}");
+        assert_eq!(out.status.code(), Some(REFUSED), "{err}");
         for s in says {
             assert!(err.contains(s), "{s:?} not in:\n{err}");
         }

@@ -92,10 +92,9 @@ pub async fn node_loss(ctx: &Ctx, node: Option<NodeName>, output: Output) -> any
         }
         Ok(())
     })?;
-    anyhow::ensure!(
-        report.back_healthy_ms.is_some(),
-        "{} did not come back healthy",
-        report.node
-    );
+    if report.back_healthy_ms.is_none() {
+        let why = format!("{} did not come back healthy", report.node);
+        return Err(crate::exit::Unhealthy(why).into());
+    }
     Ok(())
 }

@@ -90,10 +90,11 @@ pub async fn snapshot_restore(
         .iter()
         .any(|(_, r)| r.as_ref().is_ok_and(|v| v.leader != 0));
     if leader && !force {
-        bail!(
+        return Err(crate::exit::Refusal(format!(
             "etcd still has a leader ({}): restoring replaces all of its data with the snapshot's; pass --force to do it anyway",
             crate::membership::describe(&survey)
-        );
+        ))
+        .into());
     }
     let existing: Vec<NodeName> = provider.list().await?.into_iter().map(|m| m.name).collect();
     let others: Vec<&NodeName> = c

@@ -141,9 +141,11 @@ pub async fn load(
     // First the controller: without it no node can receive the archive.
     let mut backend = Backend::connect(state).await?;
     if matches!(backend, Backend::Local(_)) {
-        bail!(
-            "the controller is not running, so no node can receive the image: start it with `pangaea-ctl up`"
-        );
+        return Err(crate::admin::BackendError::NotRunning {
+            need: "no node can receive the image",
+            start: "up",
+        }
+        .into());
     }
 
     let t = Instant::now();

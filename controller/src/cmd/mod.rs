@@ -174,10 +174,12 @@ pub async fn wait_healthy_from_new_boot(
         if boot_id(&nodes, name).as_deref() != before && health.is_healthy() {
             return Ok(());
         }
-        anyhow::ensure!(
-            started.elapsed() < timeout,
-            "{name} is not healthy from a new boot after {timeout:?}: {health}"
-        );
+        if started.elapsed() >= timeout {
+            return Err(crate::exit::Unhealthy(format!(
+                "{name} is not healthy from a new boot after {timeout:?}: {health}"
+            ))
+            .into());
+        }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }

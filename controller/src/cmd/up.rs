@@ -250,7 +250,7 @@ async fn checked_compilation(ctx: &Ctx) -> anyhow::Result<Compilation> {
     let record = Record::of(&loaded, &ctx.config, &ctx.state);
     registry
         .check(&record)
-        .map_err(|why| anyhow::anyhow!("{why}\n(nothing was created)"))?;
+        .map_err(|why| crate::exit::Refusal(format!("{why}\n(nothing was created)")))?;
     let c = ctx.compilation()?;
     registry.put(&record)?;
     Ok(c)
