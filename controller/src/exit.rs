@@ -59,9 +59,8 @@ pub fn code_of(e: &anyhow::Error) -> Exit {
         if cause.is::<Unhealthy>() {
             return Exit::Unhealthy;
         }
-        match cause.downcast_ref::<RemovalError>() {
-            Some(RemovalError::Refused { .. }) => return Exit::Refused,
-            Some(_) | None => {}
+        if let Some(RemovalError::Refused { .. }) = cause.downcast_ref::<RemovalError>() {
+            return Exit::Refused;
         }
         if let Some(StoreError::Locked { .. }) = cause.downcast_ref::<StoreError>() {
             return Exit::Refused;
