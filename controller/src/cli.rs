@@ -41,6 +41,8 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the controller: serve agents (mutual TLS) and operator commands (local socket).
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl serve --listen 10.213.0.1:7443 --advertise 10.213.0.1   # what `up` starts")]
     Serve {
         /// Address to listen on for agents.
         #[arg(long, default_value = "0.0.0.0:7443")]
@@ -73,6 +75,9 @@ pub enum Command {
     /// Reboot every node, one at a time (workers first, the etcd leader last), each time
     /// waiting until the node is healthy from its new boot and etcd has all its members
     /// and a leader again, so the cluster keeps serving.
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl reboot\n  \
+        sudo pangaea-ctl reboot --timeout 10m")]
     Reboot {
         /// How long to wait for each node.
         #[arg(long, default_value = "3m", value_parser = parse_duration)]
@@ -81,16 +86,24 @@ pub enum Command {
     /// Power every node off (workers first, etcd members last, the etcd leader last of
     /// all) and stop the controller daemon, keeping disks and state; `start` boots it
     /// again. The same as `down` without --purge.
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl stop && sudo pangaea-ctl start")]
     Stop,
     /// Boot every node of the cluster that exists (all at once) and wait until all are
     /// healthy; nodes whose credentials expired while they were off get recovery tokens.
     /// Creates nothing (that is `up`).
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl start\n  \
+        sudo pangaea-ctl start --timeout 10m")]
     Start {
         /// How long to wait for the nodes to become healthy.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
     },
     /// Stop the nodes and the controller daemon; the cluster's state is kept unless --purge.
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl down            # stop, keep disks and state\n  \
+        sudo pangaea-ctl down --purge    # delete the cluster")]
     Down {
         /// Also delete the nodes, their network and the cluster's state (.pangaea).
         #[arg(long)]
@@ -99,6 +112,11 @@ pub enum Command {
     /// Print shell settings for the cluster's tools: `eval "$(pangaea-ctl env)"` points
     /// kubectl, etcdctl (and gcloud or vagrant, by provider) at this cluster;
     /// `eval "$(pangaea-ctl env --unset)"` undoes it.
+    #[command(after_help = "Examples:\n  \
+        eval \"$(pangaea-ctl env)\"\n  \
+        eval \"$(pangaea-ctl env etcdctl)\"; etcdctl endpoint health\n  \
+        pangaea-ctl env --shell fish | source\n  \
+        eval \"$(pangaea-ctl env --unset)\"")]
     Env {
         /// Which tool's settings (default: all that apply to this cluster).
         #[arg(value_enum, default_value = "all")]
@@ -162,6 +180,9 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Show the nodes, their assignment revisions and latest health reports.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl status\n  \
+        pangaea-ctl status -o json | jq -r '.[] | select(.state != \"healthy\") | .name'")]
     Status {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
@@ -172,6 +193,11 @@ pub enum Command {
     Node(NodeCommand),
     /// Render every file the nodes get from pangaea.yaml and the templates (deterministic:
     /// the same input gives byte-identical output).
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl compile                       # every node's files into compiled/\n  \
+        pangaea-ctl compile --node node-2 --out /tmp/n2\n  \
+        pangaea-ctl compile -i units/etcd.service --node node-2\n  \
+        pangaea-ctl compile --watch")]
     Compile {
         /// Only this node [default: all].
         #[arg(long)]
@@ -202,6 +228,9 @@ pub enum Command {
     /// Write an encrypted backup of the cluster's .pangaea/ (CA keys, secrets, state) to
     /// FILE: an age file encrypted to a passphrase (`age -d FILE` decrypts it too). Keep it
     /// off this machine. The artifact mirror and node disks are not in it.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl backup cluster.age --passphrase-file -   # passphrase on stdin\n  \
+        age -d cluster.age | tar -t                          # what is in it")]
     Backup {
         /// Where to write the backup (replaced once complete).
         file: PathBuf,
@@ -212,6 +241,9 @@ pub enum Command {
     },
     /// Restore .pangaea/ from a backup written by `pangaea-ctl backup`. An existing
     /// .pangaea/ with a cluster in it is refused unless --force, and then kept aside.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl restore cluster.age --passphrase-file pass.txt\n  \
+        pangaea-ctl restore cluster.age --force   # keep the current .pangaea aside")]
     Restore {
         /// The backup.
         file: PathBuf,
@@ -260,6 +292,9 @@ pub enum DrillCommand {
     /// others; report how long writes were unavailable (target: etcd's election timeout
     /// plus 1 s), boot it again and report when it is healthy. Needs at least 3 etcd
     /// members running, all of them.
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl drill node-loss            # the etcd leader\n  \
+        sudo pangaea-ctl drill node-loss node-3 -o json")]
     NodeLoss {
         /// The node to crash [default: the etcd leader, whose loss needs an election].
         node: Option<pangaea_core::NodeName>,
@@ -283,6 +318,9 @@ pub enum SnapshotCommand {
     /// Save a snapshot of etcd's data to FILE (0600; it holds the cluster's secrets),
     /// asked of the leader (or any running member), its SHA-256 trailer checked before it
     /// replaces FILE. `etcdctl snapshot status FILE` reads it.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl etcd snapshot save etcd-$(date +%F).db\n  \
+        etcdctl snapshot status etcd-2026-11-22.db")]
     Save {
         /// Where to write the snapshot.
         file: PathBuf,
@@ -292,6 +330,9 @@ pub enum SnapshotCommand {
     /// machine, as a new cluster) onto one surviving etcd node, whose old data is kept
     /// beside; the other etcd nodes' machines are deleted and created again, joining it
     /// as learners. Refused while etcd still has a leader, unless --force.
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl etcd snapshot restore etcd-2026-11-22.db\n  \
+        sudo pangaea-ctl etcd snapshot restore etcd.db --node node-1 --force")]
     Restore {
         /// The snapshot (`pangaea-ctl etcd snapshot save` writes one).
         file: PathBuf,
@@ -350,15 +391,22 @@ pub enum ImageCommand {
 #[derive(Subcommand)]
 pub enum ArtifactsCommand {
     /// Show the pinned artifact set and what the mirror holds, with sizes and digests.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl artifacts list")]
     List,
     /// Copy a local file into the mirror (air-gapped use); it then serves any pin of its
     /// SHA-256 or SHA-512.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl artifacts import ./etcd-v3.5.27-linux-amd64.tar.gz   # carried in on a USB stick")]
     Import {
         /// The file to import.
         file: PathBuf,
     },
     /// Fetch artifacts of the pinned set into the mirror (all, or the names given), each
     /// verified against its pinned digest; already mirrored ones are skipped.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl artifacts fetch            # everything pinned, before going offline\n  \
+        pangaea-ctl artifacts fetch etcd containerd")]
     Fetch {
         /// Names of the artifacts to fetch, as `artifacts list` shows them [default: all].
         names: Vec<String>,
@@ -373,12 +421,17 @@ pub enum ArtifactsCommand {
 #[derive(Subcommand)]
 pub enum PkiCommand {
     /// List each CA and the controller certificate with subject, SANs and expiry.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl pki show\n  \
+        pangaea-ctl pki show -o json")]
     Show {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
     /// Print the controller CA pin (`sha256:...`) that agents are configured with.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl pki pin   # sha256:... for an agent's configuration")]
     Pin,
 }
 
@@ -386,6 +439,9 @@ pub enum PkiCommand {
 #[derive(Subcommand)]
 pub enum TokenCommand {
     /// Create a bootstrap token and print it (the only time its secret is shown).
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl token create --node node-4 --ttl 30m\n  \
+        pangaea-ctl token create --uses 3 --description 'lab machines'")]
     Create {
         /// Lifetime, e.g. 30m, 1h, 2d.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
@@ -401,8 +457,12 @@ pub enum TokenCommand {
         description: String,
     },
     /// List tokens (ids only; secrets are not stored).
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl token list")]
     List,
     /// Revoke a token by id.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl token revoke 4f2a9c")]
     Revoke {
         /// The token's id: the part before the dot, as `token list` shows it.
         id: String,
@@ -416,6 +476,9 @@ pub enum NodeCommand {
     /// creates them. A new etcd node joins the running etcd cluster as a learner and is
     /// promoted to a voting member once caught up, one node at a time. Interrupted, `up`
     /// completes it.
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl node add                 # one more node in the first pool\n  \
+        sudo pangaea-ctl node add --pool worker --count 2")]
     Add {
         /// The pool (needed when pangaea.yaml has more than one).
         #[arg(long)]
@@ -446,6 +509,8 @@ pub enum NodeCommand {
         kubeconfig: Option<PathBuf>,
     },
     /// Undo `node drain`: start the node's kubelet again, then mark it schedulable.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl node uncordon node-2")]
     Uncordon {
         /// The node's name, as `status` shows it.
         name: pangaea_core::NodeName,
@@ -458,6 +523,10 @@ pub enum NodeCommand {
     /// every credential (refused at once by the controller and by etcd), its instance, and
     /// — in pangaea.yaml's `removedNodes` — its place in the configuration. Interrupted, the
     /// same command resumes where it stopped.
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl node remove node-3 --dry-run   # what it would do\n  \
+        sudo pangaea-ctl node remove node-3\n  \
+        sudo pangaea-ctl node remove node-3 --force     # its machine is gone")]
     Remove {
         /// The node's name, as `status` shows it.
         name: pangaea_core::NodeName,
@@ -473,12 +542,16 @@ pub enum NodeCommand {
     },
     /// Print the cloud-init user-data a node was created with, as its provider keeps it,
     /// with the secret of its bootstrap token redacted.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl node user-data node-2")]
     UserData {
         /// The node's name, as `status` shows it.
         name: pangaea_core::NodeName,
     },
     /// Shut a node down cleanly and boot it again with the same disk; waits until it
     /// reports healthy from its new boot (a new boot ID).
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl node reboot node-2")]
     Reboot {
         /// The node's name, as `status` shows it.
         name: pangaea_core::NodeName,
@@ -701,5 +774,33 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every command a user runs, with an example in its `--help`.
+    #[test]
+    fn every_command_shows_an_example() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            let leaf = cmd.get_subcommands().next().is_none();
+            let hidden = cmd.is_hide_set();
+            let has = cmd
+                .get_after_help()
+                .is_some_and(|h| h.to_string().contains("Examples:"));
+            if leaf && !hidden && !has {
+                missing.push(path.clone());
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no example in --help of: {missing:#?}");
     }
 }
