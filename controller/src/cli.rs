@@ -32,6 +32,13 @@ pub struct Cli {
         default_value = "/var/cache/pangaea/images"
     )]
     pub image_cache: PathBuf,
+    /// Log records on stderr (-v: info, -vv: debug) instead of the log file
+    /// (/var/lib/pangaea/pangaea-ctl.log for root, ~/.local/state/pangaea otherwise).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress lines; the output, warnings and errors still show.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,

@@ -35,6 +35,15 @@ macro_rules! out {
     };
 }
 
+/// Prints a line on stderr (a warning, a table beside the output) through
+/// [`progress::note`], above any spinner.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::progress::note(format_args!($($arg)*))
+    };
+}
+
 pub mod admin;
 pub mod agent_http;
 pub mod assign;
@@ -53,6 +62,7 @@ pub mod etcd_join;
 pub mod exit;
 pub mod fdlimit;
 pub mod health;
+pub mod host_state;
 pub mod image;
 pub mod issued;
 pub mod jobs;
@@ -62,6 +72,7 @@ pub mod mirror;
 pub mod os_packages;
 pub mod pki;
 pub mod preflight;
+pub mod progress;
 pub mod provider;
 pub mod reconcile;
 pub mod records;

@@ -333,29 +333,35 @@ impl Reconciler<'_> {
         first.map_or(Ok(()), Err)
     }
 
-    /// Waits until every node in `nodes` is healthy ([`health::assess`]), printing each
-    /// change of state; on timeout, fails naming each node that is not, with its state.
+    /// Waits until every node in `nodes` is healthy ([`health::assess`]), printing the
+    /// nodes by state whenever one changes (an indented line: a detail of the wait, which a
+    /// terminal shows beside its spinner); on timeout, fails naming each node that is not,
+    /// with its state.
     pub async fn wait_healthy(
         &mut self,
         nodes: &[NodeName],
         timeout: Duration,
     ) -> Result<(), ReconcileError> {
         let started = Instant::now();
-        let mut shown: BTreeMap<&NodeName, String> = BTreeMap::new();
+        (self.progress)(&format!(
+            "waiting until {} node(s) are healthy",
+            nodes.len()
+        ));
+        let mut shown = String::new();
         loop {
             let infos = self.backend.list_nodes().await?;
             let now = crate::records::now();
             let mut stuck = Vec::new();
+            // Nodes by state, states in the order nodes show them: `healthy: node-1 node-2;
+            // not joined yet: node-3`.
+            let mut by_state: Vec<(String, Vec<&str>)> = Vec::new();
             for name in nodes {
                 let info = infos.iter().find(|n| n.name == name.as_str() && !n.removed);
                 let h = health::assess(info, now);
                 let text = h.to_string();
-                if shown.get(name) != Some(&text) {
-                    (self.progress)(&format!(
-                        "    {name:<12} {text}  (+{:.1}s)",
-                        started.elapsed().as_secs_f64()
-                    ));
-                    shown.insert(name, text);
+                match by_state.iter_mut().find(|(s, _)| *s == text) {
+                    Some((_, names)) => names.push(name.as_str()),
+                    None => by_state.push((text, vec![name.as_str()])),
                 }
                 if !h.is_healthy() {
                     stuck.push(StuckNode {
@@ -364,6 +370,18 @@ impl Reconciler<'_> {
                         health: h,
                     });
                 }
+            }
+            let summary = by_state
+                .iter()
+                .map(|(state, names)| format!("{state}: {}", names.join(" ")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            if summary != shown {
+                (self.progress)(&format!(
+                    "    {summary}  (+{:.1}s)",
+                    started.elapsed().as_secs_f64()
+                ));
+                shown = summary;
             }
             if stuck.is_empty() {
                 return Ok(());

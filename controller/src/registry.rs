@@ -8,8 +8,8 @@
 //! so two local clusters with the same name, or overlapping node networks, would take over
 //! each other's nodes and routes. Clusters on a cloud have their own networks there.
 //!
-//! Where: `$PANGAEA_REGISTRY`, else `/var/lib/pangaea/clusters` for root, else
-//! `$XDG_STATE_HOME/pangaea/clusters` (`~/.local/state/...`). A record whose state
+//! Where: `clusters/` in the host's state directory ([`crate::host_state`]:
+//! `/var/lib/pangaea` for root). A record whose state
 //! directory is gone (deleted by hand) is stale, shown as such and never blocks.
 
 use crate::state_dir::StateDir;
@@ -125,17 +125,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// The registry directory of this host (see the module docs).
 pub fn dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("PANGAEA_REGISTRY") {
-        return PathBuf::from(d);
-    }
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/pangaea/clusters");
-    }
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    state.join("pangaea/clusters")
+    crate::host_state::dir().join("clusters")
 }
 
 /// Why the registry could not be read or written.

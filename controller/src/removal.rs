@@ -169,7 +169,7 @@ pub fn failpoint(done: Step) {
         return;
     };
     if want.strip_prefix("remove-after:") == Some(done.name()) {
-        eprintln!("PANGAEA_FAILPOINT: killed after {want}");
+        crate::errln!("PANGAEA_FAILPOINT: killed after {want}");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
@@ -229,7 +229,7 @@ pub async fn remove_etcd_member(
             warnings,
         })) => {
             for w in &warnings {
-                eprintln!("warning (--force): {w}");
+                crate::errln!("warning (--force): {w}");
             }
             let r = access
                 .etcd

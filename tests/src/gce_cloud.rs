@@ -75,8 +75,8 @@ impl GceCloud {
             // `up` merges the admin kubeconfig here, not into the host's ~/.kube/config.
             ("KUBECONFIG", self.kubeconfig().display().to_string()),
             (
-                "PANGAEA_REGISTRY",
-                self.dir.path().join("registry").display().to_string(),
+                "PANGAEA_HOST_STATE",
+                self.dir.path().join("host").display().to_string(),
             ),
         ]
     }

@@ -394,8 +394,8 @@ impl TestAgent {
 }
 
 /// `pangaea-ctl` (at `bin`) run as an operator would, in the cluster directory `dir`, with
-/// plain output, kubectl's configuration in `dir/kubeconfig` and the cluster registry in
-/// `dir/registry` (never the host's).
+/// plain output, kubectl's configuration in `dir/kubeconfig` and the host's state (cluster
+/// registry, log file) in `dir/host` (never the host's own).
 pub fn run_ctl(
     bin: &std::path::Path,
     dir: &std::path::Path,
@@ -405,7 +405,7 @@ pub fn run_ctl(
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env("KUBECONFIG", dir.join("kubeconfig"))
-        .env("PANGAEA_REGISTRY", dir.join("registry"))
+        .env("PANGAEA_HOST_STATE", dir.join("host"))
         .args(args)
         .output()
         .unwrap()

@@ -858,3 +858,73 @@ fn exit_codes_tell_usage_from_an_unreachable_controller() {
         assert!(help.contains(code), "{help}");
     }
 }
+
+/// Log records go to the host's log file (0600), not to the operator's screen, unless
+/// `-v`; the error then says where they are. Two `artifacts fetch` from a refused source
+/// at once, one with `-v`: each retries (log records) and fails.
+#[test]
+fn log_records_go_to_the_log_file_unless_verbose() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = pangaea_tests::free_port();
+    std::fs::write(
+        dir.path().join("overrides.yaml"),
+        format!("- name: etcd\n  url: http://127.0.0.1:{closed}/etcd.tar.gz\n"),
+    )
+    .unwrap();
+    let fetch = |verbose: bool| {
+        let mut c = Command::new(binary("pangaea-ctl"));
+        c.current_dir(dir.path())
+            .env(
+                "PANGAEA_HOST_STATE",
+                dir.path().join(if verbose { "v" } else { "host" }),
+            )
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        if verbose {
+            c.arg("-v")
+                .arg("--state-dir")
+                .arg(dir.path().join("v-state"));
+        }
+        c.args([
+            "artifacts",
+            "fetch",
+            "etcd",
+            "--overrides",
+            "overrides.yaml",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (quiet, loud) = (fetch(false), fetch(true));
+    let (quiet, loud) = (
+        quiet.wait_with_output().unwrap(),
+        loud.wait_with_output().unwrap(),
+    );
+    let err = text(&quiet.stderr);
+    assert_eq!(quiet.status.code(), Some(1), "{}", show(&quiet));
+    assert!(!err.contains("WARN"), "a log record on the screen:\n{err}");
+    let log = dir.path().join("host/pangaea-ctl.log");
+    assert!(
+        err.contains(&format!("(log records: {}", log.display())),
+        "{err}"
+    );
+    let records = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        records.contains("WARN") && records.contains("retrying"),
+        "{records}"
+    );
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the log names the cluster's nodes and paths");
+
+    let err = text(&loud.stderr);
+    assert!(
+        err.contains("WARN") && err.contains("retrying"),
+        "{}",
+        show(&loud)
+    );
+    assert!(!err.contains("(log records:"), "{err}");
+    assert!(!dir.path().join("v/pangaea-ctl.log").exists());
+}

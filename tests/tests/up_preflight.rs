@@ -27,7 +27,7 @@ fn ctl(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(binary("pangaea-ctl"));
     cmd.current_dir(dir)
         .args(args)
-        .env("PANGAEA_REGISTRY", dir.join("registry"))
+        .env("PANGAEA_HOST_STATE", dir.join("host"))
         .env("KUBECONFIG", dir.join("kubeconfig"))
         .env_remove("NO_COLOR")
         .env_remove("PANGAEA_STATE_DIR")
@@ -218,12 +218,12 @@ const NO_ARTIFACTS: &str = "artifacts:
 #[test]
 fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_creates_anything() {
     let host = tempfile::tempdir().unwrap();
-    let registry = host.path().join("registry");
-    let registry = registry.to_str().unwrap();
+    let host_state = host.path().join("host");
+    let host_state = host_state.to_str().unwrap();
     // `up` gets as far as the local provider's node image, which it cannot build in /proc:
     // by then the cluster's state exists and is recorded, and no node was created.
     let env = [
-        ("PANGAEA_REGISTRY", registry),
+        ("PANGAEA_HOST_STATE", host_state),
         ("PANGAEA_IMAGE_CACHE", "/proc/pangaea-test-no-image-here"),
     ];
     let (a, b) = (host.path().join("a"), host.path().join("b"));

@@ -79,7 +79,7 @@ pub async fn run(ctx: &Ctx, cmd: ArtifactsCommand) -> anyhow::Result<()> {
                 .iter()
                 .filter(|a| names.is_empty() || names.contains(&a.name))
             {
-                eprintln!("{}: {}", a.name, a.url);
+                crate::errln!("{}: {}", a.name, a.url);
                 let e = mirror.ensure(&a.url, &a.digest()).await?;
                 crate::outln!("{:<18} {:>10}  {}", a.name, human(e.size), e.digest);
             }

@@ -79,7 +79,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             match &output {
                 Some(o) => {
                     pangaea_core::fsutil::atomic_write(o, text.as_bytes(), 0o644)?;
-                    eprintln!("wrote {}", o.display());
+                    crate::errln!("wrote {}", o.display());
                 }
                 None => crate::out!("{text}"),
             }
@@ -112,7 +112,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             // The machines of a Vagrant cluster, as `up` would run them on this host.
             let (driver, why) = crate::provider::vagrant::driver();
             if first {
-                eprintln!("Vagrant: {why}");
+                crate::errln!("Vagrant: {why}");
             }
             let text = crate::provider::vagrant::vagrantfile(&c, &ctx.state, driver).render();
             let path = out.join("Vagrantfile");
@@ -124,7 +124,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             }
             total += 1;
         }
-        eprintln!(
+        crate::errln!(
             "{} node(s), {total} files, {changed} changed, in {}",
             outputs.len(),
             out.display()
@@ -138,7 +138,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     if !watch {
         return Ok(());
     }
-    eprintln!(
+    crate::errln!(
         "watching {} and {} (Ctrl-C to stop)",
         config.display(),
         templates_dir.display()
@@ -152,7 +152,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         if now != last {
             last = now;
             if let Err(e) = once(false) {
-                eprintln!("error: {e:#}");
+                crate::errln!("error: {e:#}");
             }
         }
     }

@@ -27,7 +27,7 @@ pub async fn run(ctx: &Ctx, purge: bool) -> anyhow::Result<()> {
         let forgotten =
             crate::registry::Registry::open(&crate::registry::dir()).and_then(|r| r.remove(dir));
         if let Err(e) = forgotten {
-            eprintln!("warning: {e}: `pangaea-ctl clusters` shows {name} as gone");
+            crate::errln!("warning: {e}: `pangaea-ctl clusters` shows {name} as gone");
         }
         crate::outln!("cluster {name} deleted");
     } else {

@@ -124,7 +124,7 @@ pub fn run(ctx: &Ctx, tool: EnvTool, shell: Option<Shell>, unset: bool) -> anyho
             EnvTool::Kubectl => {
                 let k = ctx.state.admin_kubeconfig();
                 if !k.exists() {
-                    eprintln!(
+                    crate::errln!(
                         "note: {} does not exist yet: `pangaea-ctl up` writes it",
                         k.display()
                     );

@@ -84,7 +84,7 @@ impl Outcome {
 /// Runs `image load`: progress on standard error, one line per node on standard output;
 /// an error when any node failed.
 pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
-    let outcome = load(&ctx.state, &args, &mut |line| eprintln!("{line}")).await?;
+    let outcome = load(&ctx.state, &args, &mut |line| crate::errln!("{line}")).await?;
     let width = outcome
         .nodes
         .iter()

@@ -58,7 +58,7 @@ pub fn remove_after_purge(cluster: &str) {
             file.display()
         ),
         Ok(false) => {}
-        Err(e) => eprintln!(
+        Err(e) => crate::errln!(
             "warning: kubectl's context {} is still in {}: {e}",
             entry_name(cluster),
             file.display()

@@ -60,6 +60,7 @@ impl Ctx {
 /// is the panic `println!` would give.
 pub fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
     use std::io::Write;
+    crate::progress::settle();
     let mut out = std::io::stdout().lock();
     let r = out
         .write_fmt(args)
@@ -101,7 +102,7 @@ pub fn print_out(text: &str) -> anyhow::Result<()> {
 
 /// A progress line of a long operation.
 pub fn step(msg: &str) {
-    eprintln!("==> {msg}");
+    crate::progress::step(msg);
 }
 
 /// Whether stderr gets colours: only on a terminal, and never when `NO_COLOR` is set to
@@ -118,7 +119,7 @@ pub fn print_warnings(loaded: &pangaea_compiler::config::Loaded) {
             .location
             .map(|(l, c)| format!(":{l}:{c}"))
             .unwrap_or_default();
-        eprintln!("warning: {}{at}: {}", loaded.file, w.message);
+        crate::errln!("warning: {}{at}: {}", loaded.file, w.message);
     }
 }
 
@@ -135,7 +136,7 @@ pub fn print_runtime_findings(
         .any(|n| n.roles.contains(&pangaea_compiler::roles::Role::Worker));
     let kubelet = worker.then_some(c.loaded.config.versions.kubernetes.as_str());
     for f in provider.runtime_findings(kubelet) {
-        eprintln!("warning: {f}");
+        crate::errln!("warning: {f}");
     }
 }
 

@@ -301,7 +301,7 @@ async fn drain_node(
             s
         }
         Err(e @ (DrainError::Unreachable { .. } | DrainError::NoSuchNode(_))) => {
-            eprintln!(
+            crate::errln!(
                 "warning: {e}: {name} is not cordoned and no pod is evicted; draining only what Pangaea manages (its kubelet)"
             );
             "no Kubernetes API answered, so no pod was evicted".to_owned()
@@ -383,7 +383,7 @@ async fn wait_applied(
 async fn uncordon(ctx: &Ctx, name: &NodeName, kubeconfig: &std::path::Path) -> anyhow::Result<()> {
     let mut backend = Backend::connect(&ctx.state).await?;
     match backend.set_drained(name.to_string(), false).await? {
-        None => eprintln!(
+        None => crate::errln!(
             "warning: the controller has no node {name} (it never joined): no kubelet to start"
         ),
         Some(None) => step(&format!("{name}: its kubelet was not held back")),
@@ -401,7 +401,7 @@ async fn uncordon(ctx: &Ctx, name: &NodeName, kubeconfig: &std::path::Path) -> a
         Ok(true) => crate::outln!("node/{name} uncordoned"),
         Ok(false) => crate::outln!("node/{name} already uncordoned"),
         Err(e @ (DrainError::Unreachable { .. } | DrainError::NoSuchNode(_))) => {
-            eprintln!("warning: {e}: {name} could not be marked schedulable in Kubernetes");
+            crate::errln!("warning: {e}: {name} could not be marked schedulable in Kubernetes");
             crate::outln!("node {name}: kubelet no longer held back");
         }
         Err(e) => return Err(e.into()),
@@ -468,7 +468,7 @@ pub async fn reboot_all(ctx: &Ctx, timeout: Duration) -> anyhow::Result<()> {
     );
     let members = c.model.nodes.iter().filter(|n| n.is_etcd).count();
     if members < 3 {
-        eprintln!(
+        crate::errln!(
             "warning: with {members} etcd member(s), each reboot of one stops etcd's writes until it is back (3 members keep serving)"
         );
     }

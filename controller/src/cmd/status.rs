@@ -14,7 +14,7 @@ use std::io::Write;
 pub async fn run(ctx: &Ctx, output: Output) -> anyhow::Result<()> {
     let mut backend = Backend::connect(&ctx.state).await?;
     if matches!(backend, Backend::Local(_)) {
-        eprintln!(
+        crate::errln!(
             "note: no controller is running for {}; showing the last stored reports",
             ctx.state.path().display()
         );

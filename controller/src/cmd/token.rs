@@ -25,7 +25,7 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> anyhow::Result<()> {
                 })
                 .await?;
             crate::outln!("{}", resp.token);
-            eprintln!("expires {}", rfc3339(resp.expires_at));
+            crate::errln!("expires {}", rfc3339(resp.expires_at));
         }
         TokenCommand::List => {
             crate::outln!(

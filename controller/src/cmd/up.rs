@@ -40,7 +40,7 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
         // What the machines will cost, before anything is created on the cloud.
         let e = crate::cost::estimate(&c.loaded, &crate::cost::PriceTable::built_in())?;
         step("estimated cost of this cluster (`pangaea-ctl cost` prints it again):");
-        eprint!("{}", super::cost::table_text(&e));
+        crate::errln!("{}", super::cost::table_text(&e).trim_end());
     }
     provider.prepare(&step).await?;
     let endpoint = provider.controller_endpoint().await?;

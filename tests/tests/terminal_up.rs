@@ -1,0 +1,214 @@
+//! `pangaea-ctl up` as a person sees it in a terminal (operator experience issue #13),
+//! driven through a real tmux (send-keys, capture-pane) on the local provider: while it
+//! waits, a spinner beside the step in progress; when done, one line per step, the final
+//! summary, no log records and no stray colour codes; with `NO_COLOR`, no colour at all.
+//!
+//! Needs root and a node host (as the other end-to-end tests) and tmux (`.ci/run`
+//! installs it). The tmux server is the test's own (`-L`), killed at the end.
+
+use pangaea_tests::{binary, etcd_only_config, require_node_host, run_ctl};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn run_id() -> u32 {
+    std::process::id() % 250
+}
+
+const SPINNER: &[char] = &['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+
+/// A tmux server of this test's own with one 160×50 window in `dir`; on drop the cluster
+/// is deleted and the server killed, also when the test fails.
+struct Terminal {
+    socket: String,
+    dir: tempfile::TempDir,
+}
+
+impl Terminal {
+    fn start() -> Terminal {
+        let found = Command::new("sh")
+            .args(["-c", "command -v tmux"])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(found, "tmux not found: apt-get install tmux");
+        let t = Terminal {
+            socket: format!("pangaea-test-{}", std::process::id()),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        // A shell without the host's rc files: its prompt has no colour of its own.
+        t.tmux(&["new-session", "-d", "-x", "160", "-y", "50", "-c"])
+            .arg(t.dir.path())
+            .arg("env PS1='$ ' bash --norc --noprofile")
+            .env("TERM", "xterm-256color")
+            .status()
+            .expect("start tmux");
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket]).args(args);
+        c
+    }
+
+    /// Types `line` and Enter.
+    fn type_line(&self, line: &str) {
+        let ok = self
+            .tmux(&["send-keys", "-t", "0", line, "Enter"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// The screen and its scrollback, as text (`escapes`: with colour codes).
+    fn screen(&self, escapes: bool) -> String {
+        let mut args = vec!["capture-pane", "-p", "-J", "-S", "-200", "-t", "0"];
+        if escapes {
+            args.push("-e");
+        }
+        let out = self.tmux(&args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Captures the screen every 50 ms until `done` holds for it; every capture is kept.
+    fn watch_until(&self, what: &str, limit: Duration, done: impl Fn(&str) -> bool) -> Vec<String> {
+        let started = Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let s = self.screen(false);
+            let finished = done(&s);
+            seen.push(s);
+            if finished {
+                return seen;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{what} not within {limit:?}; the screen:\n{}",
+                seen.last().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let out = run_ctl(&binary("pangaea-ctl"), self.path(), &["down", "--purge"]);
+        if !out.status.success() {
+            eprintln!(
+                "cleanup: down --purge: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = self.tmux(&["kill-server"]).status();
+    }
+}
+
+/// The command line typed into the terminal: the same isolation as `run_ctl` (kubectl's
+/// file and the host state in the test's directory), nothing else set.
+fn command(ctl: &Path, dir: &Path, prefix: &str, args: &str) -> String {
+    let host: PathBuf = dir.join("host");
+    format!(
+        "{prefix}KUBECONFIG={} PANGAEA_HOST_STATE={} {} {args}; echo EXIT=$?",
+        dir.join("kubeconfig").display(),
+        host.display(),
+        ctl.display()
+    )
+}
+
+/// Whether the typed command has finished: its `EXIT=` line (not the typed command line).
+fn exited(screen: &str) -> bool {
+    screen.lines().any(|l| l.starts_with("EXIT="))
+}
+
+#[test]
+fn up_in_a_terminal_shows_a_spinner_while_it_waits_then_a_plain_summary() {
+    require_node_host();
+    let term = Terminal::start();
+    let name = format!("tty{}", run_id());
+    std::fs::write(
+        term.path().join("pangaea.yaml"),
+        etcd_only_config(&name, &format!("10.233.{}.0/24", run_id()), ""),
+    )
+    .unwrap();
+    let ctl = binary("pangaea-ctl");
+
+    term.type_line(&command(&ctl, term.path(), "", "up --timeout 180s"));
+    let frames = term.watch_until("up", Duration::from_secs(200), exited);
+    let last = frames.last().unwrap();
+    assert!(last.lines().any(|l| l == "EXIT=0"), "{last}");
+
+    // While it waited: the step in progress behind a spinner, with the nodes' states.
+    let spinning = frames.iter().find(|f| {
+        f.lines().any(|l| {
+            l.starts_with(SPINNER) && l.contains("==> waiting until 3 node(s) are healthy")
+        })
+    });
+    assert!(
+        spinning.is_some(),
+        "no spinner seen beside the wait in {} captures; the last:\n{last}",
+        frames.len()
+    );
+    // When done: each step a line, the summary, the kubectl context; no log records.
+    for want in [
+        "  ==> waiting until 3 node(s) are healthy — healthy: node-1 node-2 node-3",
+        &format!("cluster {name} is up: 3 nodes healthy"),
+        &format!("kubectl: context pangaea-{name} in"),
+    ] {
+        assert!(last.contains(want), "{want:?} not on the screen:\n{last}");
+    }
+    assert!(
+        !last.lines().any(|l| l.starts_with(SPINNER)),
+        "a spinner left:\n{last}"
+    );
+    for record in [" INFO ", " WARN ", "[2m", "[0m"] {
+        assert!(!last.contains(record), "{record:?} on the screen:\n{last}");
+    }
+
+    // Colour is on in a terminal (the time a long step took is dimmed)...
+    assert!(
+        term.screen(true).contains("\x1b[2m"),
+        "no colour in a terminal"
+    );
+
+    // ...and off with NO_COLOR: again (nothing to do): not one colour code reaches the terminal.
+    term.type_line("clear");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        term.tmux(&["clear-history", "-t", "0"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    term.type_line(&command(&ctl, term.path(), "NO_COLOR=1 ", "up"));
+    term.watch_until("the second up", Duration::from_secs(60), exited);
+    let coloured = term.screen(true);
+    assert!(coloured.lines().any(|l| l == "EXIT=0"), "{coloured}");
+    assert!(
+        !coloured.contains('\x1b'),
+        "colour with NO_COLOR:\n{coloured:?}"
+    );
+    assert!(coloured.contains("==> "), "steps shown:\n{coloured}");
+
+    // -q: the summary only, no step.
+    term.type_line("clear");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        term.tmux(&["clear-history", "-t", "0"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    term.type_line(&command(&ctl, term.path(), "", "-q up"));
+    let quiet = term.watch_until("up -q", Duration::from_secs(60), exited);
+    let quiet = quiet.last().unwrap();
+    assert!(quiet.lines().any(|l| l == "EXIT=0"), "{quiet}");
+    assert!(quiet.contains(&format!("cluster {name} is up")), "{quiet}");
+    assert!(!quiet.contains("==> "), "a step with -q:\n{quiet}");
+}
