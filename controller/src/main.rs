@@ -1,5 +1,9 @@
 //! `pangaea-ctl`: parse arguments, set up logging and progress, build the runtime, run the
 //! command.
+#![allow(
+    clippy::disallowed_types,
+    reason = "the log writer's lock is tracing's own, held for one write, never across an await"
+)]
 
 use clap::Parser;
 use pangaea_controller::cli::{Cli, Command};

@@ -5,6 +5,13 @@
 //! the steps. Notes (warnings) are printed above the spinner, never through it, and the
 //! command's output on stdout first settles the spinner ([`settle`]).
 
+// The spinner is only ever locked inside these synchronous functions, for one redraw, never
+// across an await: a blocking lock cannot stall the runtime here.
+#![allow(
+    clippy::disallowed_types,
+    reason = "the lock is held for one redraw in synchronous code, never across an await"
+)]
+
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
