@@ -149,6 +149,23 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Check what this host needs for the configured cluster (its provider's tools, root,
+    /// free disk and memory for the nodes, inotify limits, the OS packages an offline
+    /// cluster takes its binaries from), with the version found and the exact fix for each.
+    /// Exits 5 when something `up` cannot do without is missing.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl doctor\n  \
+        sudo pangaea-ctl doctor --install     # apt-get install what is missing\n  \
+        pangaea-ctl doctor -o json | jq '.[] | select(.outcome != \"ok\")'")]
+    Doctor {
+        /// Install what is missing with the system package manager (apt-get), then check
+        /// again.
+        #[arg(long)]
+        install: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// List the clusters of this host, wherever their directories are: name, provider,
     /// nodes, node network, state (running, stopped, or gone when its .pangaea was deleted
     /// by hand) and directory. `up` records a cluster; `down --purge` forgets it.
@@ -646,6 +663,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Whether the command creates the cluster's state directory before it runs. Not those
+/// that only read the configuration, and not `up`, which creates it once its checks pass
+/// (Compilation::load does), so an `up` refused for a missing artifact leaves no trace.
+fn creates_state_dir(c: &Command) -> bool {
+    !matches!(
+        c,
+        Command::Up { .. }
+            | Command::Doctor { .. }
+            | Command::Cost { .. }
+            | Command::Kubeconfig { .. }
+    )
+}
+
 /// Runs the command line: each command lives in its own module under [`crate::cmd`].
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // Needs no cluster: nothing is looked for or created.
@@ -666,9 +696,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .unwrap_or_else(|| find_cluster_dir(&cwd).join("pangaea.yaml")),
         image_cache: cli.image_cache,
     };
-    // `up` creates it once its checks pass (Compilation::load does), so an `up` refused
-    // for a missing artifact leaves no trace.
-    if !matches!(cli.command, Command::Up { .. }) {
+    if creates_state_dir(&cli.command) {
         ctx.state
             .ensure()
             .with_context(|| format!("create {}", ctx.state.path().display()))?;
@@ -682,6 +710,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completion { shell } => cmd::completion::run(shell),
         Command::Clusters { output } => cmd::clusters::run(output).await,
         Command::Init { dir, force } => cmd::init::run(dir, force),
+        Command::Doctor { install, output } => cmd::doctor::run(&ctx, install, output),
         Command::Up {
             timeout,
             no_kubeconfig,

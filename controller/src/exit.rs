@@ -70,6 +70,11 @@ pub fn code_of(e: &anyhow::Error) -> Exit {
         {
             return Exit::Refused;
         }
+        if let Some(crate::provider::ProviderError::Prerequisite(_)) =
+            cause.downcast_ref::<crate::provider::ProviderError>()
+        {
+            return Exit::Refused;
+        }
         if let Some(ReconcileError::Stuck { .. }) = cause.downcast_ref::<ReconcileError>() {
             return Exit::Unhealthy;
         }

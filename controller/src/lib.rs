@@ -55,6 +55,7 @@ pub mod compile;
 pub mod controller;
 pub mod cost;
 pub mod daemon;
+pub mod doctor;
 pub mod drain;
 pub mod drill;
 pub mod etcd;

@@ -411,6 +411,15 @@ pub fn run_ctl(
         .unwrap()
 }
 
+/// Where `tool` is on this process's PATH; a missing one fails the test naming it.
+pub fn which(tool: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{tool} not found on PATH (.ci/run installs it)"))
+}
+
 /// A TCP port free on loopback now (for a real server the test starts).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -928,3 +928,111 @@ fn log_records_go_to_the_log_file_unless_verbose() {
     assert!(!err.contains("(log records:"), "{err}");
     assert!(!dir.path().join("v/pangaea-ctl.log").exists());
 }
+
+/// `doctor` on a host missing tools: each named with the package that brings it, exit 5
+/// (docs/ARCHITECTURE.md §14), JSON that parses; `--install` asks apt-get (here a recording
+/// stand-in first on PATH: the test must not install into the host) for what apt knows,
+/// names what it does not, and checks again.
+#[test]
+fn doctor_names_what_is_missing_and_installs_what_apt_can() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // Only `ip`, `kubectl` and `sh` are on this PATH (as symlinks to the real ones).
+    for tool in ["ip", "kubectl", "sh"] {
+        let real = pangaea_tests::which(tool);
+        std::os::unix::fs::symlink(real, bin.join(tool)).unwrap();
+    }
+    let doctor = |args: &[&str]| {
+        Command::new(binary("pangaea-ctl"))
+            .current_dir(dir.path())
+            .env("PATH", &bin)
+            .env("NO_COLOR", "1")
+            .arg("doctor")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = doctor(&["-o", "json"]);
+    assert_eq!(out.status.code(), Some(5), "{}", show(&out));
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let find = |checks: &[serde_json::Value], name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {checks:?}"))
+            .clone()
+    };
+    let nspawn = find(&checks, "systemd-nspawn");
+    assert_eq!(nspawn["outcome"], "missing");
+    assert_eq!(nspawn["fix"], "apt-get install systemd-container");
+    assert_eq!(find(&checks, "debootstrap")["outcome"], "missing");
+    let ip = find(&checks, "ip");
+    assert_eq!(ip["outcome"], "ok");
+    assert!(ip["found"].as_str().unwrap().contains("ip"), "{ip}");
+    assert_eq!(find(&checks, "jq")["outcome"], "warn");
+    assert!(
+        text(&out.stderr).contains("systemd-nspawn, debootstrap"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !dir.path().join(".pangaea").exists(),
+        "doctor creates nothing"
+    );
+
+    // A GCE cluster needs gcloud, not debootstrap. apt (the stand-in) knows jq, not the
+    // Google Cloud CLI, which comes from Google's repository.
+    std::fs::write(dir.path().join("pangaea.yaml"), "provider: {type: gce}\n").unwrap();
+    let script = |name: &str, body: &str| {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let log = dir.path().join("apt.log");
+    script("apt-cache", "[ \"$3\" != google-cloud-cli ]");
+    script(
+        "apt-get",
+        &format!(
+            "echo \"$@\" >> {log}\nfor p in \"$@\"; do [ \"$p\" = jq ] && printf '#!/bin/sh\\necho jq-1.6\\n' > {bin}/jq && /bin/chmod +x {bin}/jq; done; exit 0",
+            log = log.display(),
+            bin = bin.display()
+        ),
+    );
+    let before: Vec<serde_json::Value> =
+        serde_json::from_slice(&doctor(&["-o", "json"]).stdout).unwrap();
+    assert!(
+        before.iter().all(|c| c["name"] != "debootstrap"),
+        "{before:?}"
+    );
+    assert_eq!(find(&before, "gcloud")["outcome"], "missing");
+    let out = doctor(&["--install"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "gcloud is still missing: {}",
+        show(&out)
+    );
+    let asked = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        asked.trim(),
+        "install -y -q --no-install-recommends etcd-client jq"
+    );
+    assert!(
+        text(&out.stderr).contains("google-cloud-cli: apt does not know it"),
+        "{}",
+        show(&out)
+    );
+    let table = text(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("ok") && l.contains("jq-1.6")),
+        "{table}"
+    );
+    assert!(
+        table.contains("https://cloud.google.com/sdk/docs/install"),
+        "{table}"
+    );
+}

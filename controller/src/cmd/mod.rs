@@ -9,6 +9,7 @@ pub mod clusters;
 pub mod compile;
 pub mod completion;
 pub mod cost;
+pub mod doctor;
 pub mod down;
 pub mod drill;
 pub mod env;
