@@ -233,8 +233,9 @@ pub enum Command {
         /// template file; as --node (default: the first node) sees it.
         #[arg(short = 'i', long = "template")]
         template: Option<String>,
-        /// Where -i writes [default: standard output].
-        #[arg(short = 'o', long = "output", requires = "template")]
+        /// Where -i writes [default: standard output]. (`-o` means an output format in
+        /// every command, so this one has no short form.)
+        #[arg(long = "out-file", value_name = "FILE", requires = "template")]
         output: Option<PathBuf>,
         /// Keep running and re-render whenever the configuration or a template changes.
         #[arg(long)]
@@ -417,7 +418,11 @@ pub enum ArtifactsCommand {
     /// Show the pinned artifact set and what the mirror holds, with sizes and digests.
     #[command(after_help = "Examples:\n  \
         pangaea-ctl artifacts list")]
-    List,
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Copy a local file into the mirror (air-gapped use); it then serves any pin of its
     /// SHA-256 or SHA-512.
     #[command(after_help = "Examples:\n  \
@@ -483,7 +488,11 @@ pub enum TokenCommand {
     /// List tokens (ids only; secrets are not stored).
     #[command(after_help = "Examples:\n  \
         pangaea-ctl token list")]
-    List,
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Revoke a token by id.
     #[command(after_help = "Examples:\n  \
         pangaea-ctl token revoke 4f2a9c")]

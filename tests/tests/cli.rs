@@ -1036,3 +1036,47 @@ fn doctor_names_what_is_missing_and_installs_what_apt_can() {
         "{table}"
     );
 }
+
+/// `-o json` and `-o yaml` wherever output is data: the same fields, parsed by a real JSON
+/// parser and by yq-free means (YAML keys as `key:` lines); never the token secrets.
+#[test]
+fn data_commands_speak_json_and_yaml_with_the_same_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = binary("pangaea-ctl");
+    let out = run_ctl(&ctl, dir.path(), &["token", "create", "--node", "node-2"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let token = text(&out.stdout).trim().to_owned();
+    let (id, secret) = token.split_once('.').unwrap();
+    for (args, fields) in [
+        (
+            &["token", "list"][..],
+            &["id", "expires", "uses_left", "node", "state"][..],
+        ),
+        (
+            &["artifacts", "list"][..],
+            &["source", "setVersion", "artifacts", "alsoInMirror"][..],
+        ),
+        (&["pki", "show"][..], &["name", "cert"][..]),
+        (&["cost"][..], &["cluster", "lines"][..]),
+    ] {
+        let json = run_ctl(&ctl, dir.path(), &[args, &["-o", "json"]].concat());
+        assert!(json.status.success(), "{args:?}: {}", show(&json));
+        let v: serde_json::Value = serde_json::from_slice(&json.stdout)
+            .unwrap_or_else(|e| panic!("{args:?} -o json: {e}: {}", show(&json)));
+        let first = v.as_array().map_or(&v, |a| &a[0]);
+        let yaml = text(&run_ctl(&ctl, dir.path(), &[args, &["-o", "yaml"]].concat()).stdout);
+        for f in fields {
+            assert!(first.get(f).is_some(), "{args:?} -o json lacks {f}: {v}");
+            assert!(
+                yaml.contains(&format!("{f}:")),
+                "{args:?} -o yaml lacks {f}:\n{yaml}"
+            );
+        }
+        assert!(!text(&json.stdout).contains(secret) && !yaml.contains(secret));
+    }
+    let tokens = text(&run_ctl(&ctl, dir.path(), &["token", "list", "-o", "json"]).stdout);
+    let tokens: serde_json::Value = serde_json::from_str(&tokens).unwrap();
+    assert_eq!(tokens[0]["id"], id);
+    assert_eq!(tokens[0]["node"], "node-2");
+    assert_eq!(tokens[0]["state"], "valid");
+}

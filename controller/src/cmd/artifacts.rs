@@ -13,53 +13,7 @@ pub async fn run(ctx: &Ctx, cmd: ArtifactsCommand) -> anyhow::Result<()> {
     // the same whether or not a controller is running.
     let mirror = Mirror::new(&ctx.state.artifacts());
     match cmd {
-        ArtifactsCommand::List => {
-            let loaded = pangaea_compiler::config::Loaded::load(&ctx.config)?;
-            if loaded.config.artifact_source == ArtifactSource::OsPackages {
-                ctx.state.ensure()?;
-                let (_, import) = crate::os_packages::resolve(&loaded, &ctx.state)?;
-                crate::outln!(
-                    "artifactSource: os-packages (installed packages, imported into the mirror)"
-                );
-                for line in import.iter().flat_map(|i| i.report()) {
-                    crate::outln!("{line}");
-                }
-                return Ok(());
-            }
-            let set = ArtifactSet::defaults();
-            crate::outln!("pinned set v{} ({})", set.set_version, set.arch);
-            crate::outln!(
-                "{:<18} {:<9} {:<8} {:>10}  DIGEST",
-                "NAME",
-                "VERSION",
-                "MIRROR",
-                "SIZE"
-            );
-            for a in &set.artifacts {
-                let entry = mirror.entry(&a.digest());
-                let size = entry.as_ref().map_or("-".to_owned(), |e| human(e.size));
-                crate::outln!(
-                    "{:<18} {:<9} {:<8} {:>10}  {}",
-                    a.name,
-                    a.version,
-                    if entry.is_some() { "cached" } else { "missing" },
-                    size,
-                    a.digest
-                );
-            }
-            let pinned: Vec<String> = set.artifacts.iter().map(|a| a.digest.clone()).collect();
-            let others: Vec<_> = mirror
-                .list()
-                .into_iter()
-                .filter(|e| !pinned.contains(&e.digest))
-                .collect();
-            if !others.is_empty() {
-                crate::outln!("\nalso in the mirror:");
-                for e in others {
-                    crate::outln!("  {:>10}  {}  from {}", human(e.size), e.digest, e.source);
-                }
-            }
-        }
+        ArtifactsCommand::List { output } => list(ctx, &mirror, output)?,
         ArtifactsCommand::Import { file } => {
             for e in mirror.import(&file).await? {
                 crate::outln!("{}  {}", e.digest, human(e.size));
@@ -102,4 +56,115 @@ fn artifact_set(overrides: Option<&Path>) -> anyhow::Result<ArtifactSet> {
         anyhow::anyhow!("{}{at}: {e}", path.display())
     })?;
     Ok(set.with_overrides(&path.display().to_string(), &list)?)
+}
+
+/// `artifacts list`: the set nodes install (the configuration's overrides applied; with
+/// `artifactSource: os-packages`, the packages' binaries) and what the mirror holds.
+fn list(ctx: &Ctx, mirror: &Mirror, output: crate::cli::Output) -> anyhow::Result<()> {
+    let loaded = pangaea_compiler::config::Loaded::load(&ctx.config)?;
+    let (set, import) = match loaded.config.artifact_source {
+        ArtifactSource::Pinned => (loaded.artifact_set(), None),
+        ArtifactSource::OsPackages => {
+            ctx.state.ensure()?;
+            crate::os_packages::resolve(&loaded, &ctx.state)?
+        }
+    };
+    let artifacts: Vec<ArtifactRow> = set
+        .artifacts
+        .iter()
+        .map(|a| {
+            let entry = mirror.entry(&a.digest());
+            ArtifactRow {
+                name: a.name.clone(),
+                version: a.version.clone(),
+                url: a.url.clone(),
+                digest: a.digest.clone(),
+                disabled: a.disabled,
+                mirrored: entry.is_some(),
+                size: entry.map(|e| e.size),
+            }
+        })
+        .collect();
+    let listed: Vec<&str> = set.artifacts.iter().map(|a| a.digest.as_str()).collect();
+    let others: Vec<crate::mirror::MirrorEntry> = mirror
+        .list()
+        .into_iter()
+        .filter(|e| !listed.contains(&e.digest.as_str()))
+        .collect();
+    let data = ArtifactList {
+        source: loaded.config.artifact_source,
+        set_version: set.set_version,
+        arch: set.arch.clone(),
+        artifacts,
+        also_in_mirror: others,
+    };
+    super::print_data(output, &data, || {
+        match &import {
+            Some(i) => {
+                crate::outln!(
+                    "artifactSource: os-packages (installed packages, imported into the mirror)"
+                );
+                for line in i.report() {
+                    crate::outln!("{line}");
+                }
+            }
+            None => crate::outln!("pinned set v{} ({})", data.set_version, data.arch),
+        }
+        crate::outln!(
+            "{:<24} {:<22} {:<8} {:>10}  DIGEST",
+            "NAME",
+            "VERSION",
+            "MIRROR",
+            "SIZE"
+        );
+        for a in &data.artifacts {
+            let state = match (a.disabled, a.mirrored) {
+                (true, _) => "disabled",
+                (false, true) => "cached",
+                (false, false) => "missing",
+            };
+            let size = a.size.map_or("-".to_owned(), human);
+            crate::outln!(
+                "{:<24} {:<22} {:<8} {:>10}  {}",
+                a.name,
+                a.version,
+                state,
+                size,
+                a.digest
+            );
+        }
+        if !data.also_in_mirror.is_empty() {
+            crate::outln!("\nalso in the mirror:");
+            for e in &data.also_in_mirror {
+                crate::outln!("  {:>10}  {}  from {}", human(e.size), e.digest, e.source);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `artifacts list -o json|yaml`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ArtifactList {
+    source: ArtifactSource,
+    set_version: u32,
+    arch: String,
+    artifacts: Vec<ArtifactRow>,
+    also_in_mirror: Vec<crate::mirror::MirrorEntry>,
+}
+
+/// One artifact of the set.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ArtifactRow {
+    name: String,
+    version: String,
+    url: String,
+    digest: String,
+    disabled: bool,
+    /// Whether the mirror holds it.
+    mirrored: bool,
+    /// Its size, when mirrored.
+    size: Option<u64>,
 }

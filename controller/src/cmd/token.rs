@@ -27,40 +27,52 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> anyhow::Result<()> {
             crate::outln!("{}", resp.token);
             crate::errln!("expires {}", rfc3339(resp.expires_at));
         }
-        TokenCommand::List => {
-            crate::outln!(
-                "{:<8} {:<22} {:<5} {:<16} {:<8} DESCRIPTION",
-                "ID",
-                "EXPIRES",
-                "USES",
-                "NODE",
-                "STATE"
-            );
+        TokenCommand::List { output } => {
             let now = crate::records::now();
-            for t in backend.list_tokens().await? {
-                let state = if t.revoked {
-                    "revoked"
-                } else if t.expires_at <= now {
-                    "expired"
-                } else if t.uses_left == 0 {
-                    "used"
-                } else {
-                    "valid"
-                };
-                crate::outln!(
-                    "{:<8} {:<22} {:<5} {:<16} {:<8} {}",
-                    t.id,
-                    rfc3339(t.expires_at),
-                    t.uses_left,
-                    if t.node_name.is_empty() {
-                        "*"
+            let rows: Vec<TokenRow> = backend
+                .list_tokens()
+                .await?
+                .into_iter()
+                .map(|t| TokenRow {
+                    state: if t.revoked {
+                        "revoked"
+                    } else if t.expires_at <= now {
+                        "expired"
+                    } else if t.uses_left == 0 {
+                        "used"
                     } else {
-                        &t.node_name
+                        "valid"
                     },
-                    state,
-                    t.description
+                    id: t.id,
+                    expires: rfc3339(t.expires_at),
+                    uses_left: t.uses_left,
+                    node: t.node_name,
+                    description: t.description,
+                })
+                .collect();
+            super::print_data(output, &rows, || {
+                crate::outln!(
+                    "{:<8} {:<22} {:<5} {:<16} {:<8} DESCRIPTION",
+                    "ID",
+                    "EXPIRES",
+                    "USES",
+                    "NODE",
+                    "STATE"
                 );
-            }
+                for t in &rows {
+                    let node = if t.node.is_empty() { "*" } else { &t.node };
+                    crate::outln!(
+                        "{:<8} {:<22} {:<5} {:<16} {:<8} {}",
+                        t.id,
+                        t.expires,
+                        t.uses_left,
+                        node,
+                        t.state,
+                        t.description
+                    );
+                }
+                Ok(())
+            })?;
         }
         TokenCommand::Revoke { id } => {
             backend.revoke_token(id.clone()).await?;
@@ -68,4 +80,18 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One row of `token list` (never the secret).
+#[derive(serde::Serialize)]
+struct TokenRow {
+    id: String,
+    /// RFC 3339.
+    expires: String,
+    uses_left: u32,
+    /// The node it is bound to; empty: any.
+    node: String,
+    /// `valid`, `used`, `expired` or `revoked`.
+    state: &'static str,
+    description: String,
 }
