@@ -149,6 +149,18 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Show what `up` would change, changing nothing: nodes it would create, nodes the
+    /// controller knows that pangaea.yaml no longer names, and per node each file whose
+    /// rendered content differs from what the node has now, as a unified diff (files with
+    /// keys are named, never shown), plus changed artifacts and units.
+    #[command(after_help = "Examples:\n  \
+        pangaea-ctl plan                 # after editing pangaea.yaml or a template\n  \
+        pangaea-ctl plan -o json | jq '.nodes[].files[].path'")]
+    Plan {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Check what this host needs for the configured cluster (its provider's tools, root,
     /// free disk and memory for the nodes, inotify limits, the OS packages an offline
     /// cluster takes its binaries from), with the version found and the exact fix for each.
@@ -682,6 +694,7 @@ fn creates_state_dir(c: &Command) -> bool {
             | Command::Doctor { .. }
             | Command::Cost { .. }
             | Command::Kubeconfig { .. }
+            | Command::Plan { .. }
     )
 }
 
@@ -720,6 +733,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clusters { output } => cmd::clusters::run(output).await,
         Command::Init { dir, force } => cmd::init::run(dir, force),
         Command::Doctor { install, output } => cmd::doctor::run(&ctx, install, output),
+        Command::Plan { output } => cmd::plan::run(&ctx, output).await,
         Command::Up {
             timeout,
             no_kubeconfig,

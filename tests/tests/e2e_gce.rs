@@ -236,6 +236,45 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
     let out = env.ctl(&["node", "user-data", "node-9"]);
     assert!(!out.status.success() && text(&out).contains("node node-9 does not exist"));
 
+    // `plan` on the cluster as `up` left it: nothing to change. With a template override
+    // it shows the change as a diff on every node, and changes nothing itself.
+    let plan = env.ok(&["plan"]);
+    assert!(plan.contains("no changes"), "{plan}");
+    let revisions =
+        |env: &Env| -> Vec<u64> { env.status().iter().map(|n| n.assigned_revision).collect() };
+    let before = revisions(&env);
+    let builtin = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../templates/units/etcd.service.hbs"
+    ))
+    .unwrap();
+    assert!(builtin.contains("Restart=always"));
+    let over = env.dir.path().join("templates/units/etcd.service.hbs");
+    std::fs::create_dir_all(over.parent().unwrap()).unwrap();
+    std::fs::write(
+        &over,
+        builtin.replace("Restart=always", "Restart=on-failure"),
+    )
+    .unwrap();
+    let plan = env.ok(&["plan"]);
+    assert_eq!(
+        plan.matches("-Restart=always\n+Restart=on-failure\n")
+            .count(),
+        3,
+        "{plan}"
+    );
+    assert!(!plan.contains("PRIVATE KEY"), "{plan}");
+    let json = env.ctl(&["plan", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("plan -o json");
+    assert_eq!(json["nodes"].as_array().unwrap().len(), 3, "{json}");
+    assert_eq!(
+        json["nodes"][0]["files"][0]["path"],
+        "/etc/systemd/system/etcd.service"
+    );
+    assert_eq!(revisions(&env), before, "plan changed an assignment");
+    std::fs::remove_file(&over).unwrap();
+    assert!(env.ok(&["plan"]).contains("no changes"));
+
     // 2. A reboot through the provider: the instance is stopped and started.
     let stops = env.cloud.api.requests("POST", "node-2/stop").len();
     env.ok(&["node", "reboot", "node-2", "--timeout", "120s"]);

@@ -226,11 +226,17 @@ fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_c
         ("PANGAEA_HOST_STATE", host_state),
         ("PANGAEA_IMAGE_CACHE", "/proc/pangaea-test-no-image-here"),
     ];
+    // Names and networks of this test's own: `down --purge` deletes the local machines and
+    // bridge of its cluster's name, so a default name could take a real cluster with it.
+    let id = std::process::id() % 250;
+    let (a_name, b_name) = (format!("pfa{id}"), format!("pfb{id}"));
+    let (a_net, b_net) = (format!("10.234.{id}.0/24"), format!("10.235.{id}.0/24"));
+    let a_config = format!("name: {a_name}\nnetwork:\n  nodes: {a_net}\n");
     let (a, b) = (host.path().join("a"), host.path().join("b"));
     for d in [&a, &b] {
         std::fs::create_dir(d).unwrap();
     }
-    std::fs::write(a.join("pangaea.yaml"), NO_ARTIFACTS).unwrap();
+    std::fs::write(a.join("pangaea.yaml"), format!("{a_config}{NO_ARTIFACTS}")).unwrap();
     let out = ctl(&a, &["up"], &env);
     assert!(!out.status.success());
     assert!(
@@ -250,15 +256,14 @@ fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_c
     };
     let listed = clusters(&b);
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0]["name"], "pangaea");
+    assert_eq!(listed[0]["name"], a_name.as_str());
     assert_eq!(listed[0]["provider"], "local");
     assert_eq!(listed[0]["nodes"], 3);
-    assert_eq!(listed[0]["network"], "10.213.0.0/24");
+    assert_eq!(listed[0]["network"], a_net.as_str());
     assert_eq!(listed[0]["state"], "stopped");
     assert_eq!(listed[0]["directory"], a.to_str().unwrap());
 
-    // Same name (the default): refused, naming the other cluster's directory.
-    std::fs::write(b.join("pangaea.yaml"), NO_ARTIFACTS).unwrap();
+    // Same name: refused, naming the other cluster's directory.
     let refused = |config: &str, says: &[&str]| {
         std::fs::write(b.join("pangaea.yaml"), config).unwrap();
         let out = ctl(&b, &["up"], &env);
@@ -271,18 +276,21 @@ fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_c
         assert!(!b.join(".pangaea").exists(), "{err}");
     };
     refused(
-        NO_ARTIFACTS,
-        &["cluster name \"pangaea\" is taken", a.to_str().unwrap()],
+        &format!("name: {a_name}\n{NO_ARTIFACTS}"),
+        &[
+            &format!("cluster name \"{a_name}\" is taken"),
+            a.to_str().unwrap(),
+        ],
     );
     // Another name on an overlapping network: refused, with a free network to take.
     refused(
-        &format!("name: other\nnetwork:\n  nodes: 10.213.0.0/16\n{NO_ARTIFACTS}"),
-        &["overlaps 10.213.0.0/24", "nodes: 10.214.0.0/16"],
+        &format!("name: {b_name}\nnetwork:\n  nodes: 10.234.0.0/16\n{NO_ARTIFACTS}"),
+        &[&format!("overlaps {a_net}"), "nodes: 10.235.0.0/16"],
     );
     // Apart from it: accepted (and recorded).
     std::fs::write(
         b.join("pangaea.yaml"),
-        format!("name: other\nnetwork:\n  nodes: 10.213.1.0/24\n{NO_ARTIFACTS}"),
+        format!("name: {b_name}\nnetwork:\n  nodes: {b_net}\n{NO_ARTIFACTS}"),
     )
     .unwrap();
     let out = ctl(&b, &["up"], &env);
@@ -295,14 +303,15 @@ fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_c
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(names, ["other", "pangaea"]);
+    assert_eq!(names, [a_name.clone(), b_name.clone()]);
 
     // A cluster whose state was deleted by hand is shown as gone and blocks nothing.
     std::fs::remove_dir_all(b.join(".pangaea")).unwrap();
     let gone = clusters(&a);
-    assert_eq!(gone[0]["state"], "gone", "{gone:?}");
+    let b_row = gone.iter().find(|c| c["name"] == b_name.as_str()).unwrap();
+    assert_eq!(b_row["state"], "gone", "{gone:?}");
     let yaml = ctl(&a, &["clusters", "-o", "yaml"], &env);
-    assert!(String::from_utf8_lossy(&yaml.stdout).starts_with("- name: other\n"));
+    assert!(String::from_utf8_lossy(&yaml.stdout).starts_with(&format!("- name: {a_name}\n")));
 
     // `down --purge` forgets the cluster.
     let out = ctl(&a, &["down", "--purge"], &env);
@@ -313,5 +322,5 @@ fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_c
     );
     let left = clusters(&a);
     assert_eq!(left.len(), 1, "{left:?}");
-    assert_eq!(left[0]["name"], "other");
+    assert_eq!(left[0]["name"], b_name.as_str());
 }

@@ -19,6 +19,7 @@ pub mod init;
 pub mod kubeconfig;
 pub mod node;
 pub mod pki;
+pub mod plan;
 pub mod serve;
 pub mod status;
 pub mod token;
