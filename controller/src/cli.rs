@@ -149,6 +149,20 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Open a shell on a node, or run a command there (after `--`): inside a local node
+    /// (as a unit of its systemd, with the node's capabilities and cgroup), or `gcloud
+    /// compute ssh` to a GCE instance. The exit status is the command's.
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl ssh node-1\n  \
+        sudo pangaea-ctl ssh node-2 -- journalctl -u etcd --since -10min\n  \
+        sudo pangaea-ctl ssh node-3 -- ctr -n k8s.io images ls")]
+    Ssh {
+        /// The node.
+        node: pangaea_core::NodeName,
+        /// The command and its arguments [default: a login shell].
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Show what `up` would change, changing nothing: nodes it would create, nodes the
     /// controller knows that pangaea.yaml no longer names, and per node each file whose
     /// rendered content differs from what the node has now, as a unified diff (files with
@@ -734,6 +748,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init { dir, force } => cmd::init::run(dir, force),
         Command::Doctor { install, output } => cmd::doctor::run(&ctx, install, output),
         Command::Plan { output } => cmd::plan::run(&ctx, output).await,
+        Command::Ssh { node, command } => cmd::ssh::run(&ctx, node, command).await,
         Command::Up {
             timeout,
             no_kubeconfig,

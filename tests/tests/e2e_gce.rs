@@ -275,6 +275,38 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
     std::fs::remove_file(&over).unwrap();
     assert!(env.ok(&["plan"]).contains("no changes"));
 
+    // `ssh` becomes `gcloud compute ssh` to the node's instance in its zone (a recording
+    // gcloud first on PATH: no SSH server runs in the stand-in's machines).
+    let fake = env.dir.path().join("fake-bin");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(fake.join("gcloud"), "#!/bin/sh\nprintf '%s|' \"$@\"\n").unwrap();
+    std::fs::set_permissions(
+        fake.join("gcloud"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(&env.ctl)
+        .current_dir(env.dir.path())
+        .envs(env.cloud.ctl_env())
+        .env("PATH", path)
+        .args(["ssh", "node-2", "--", "cat", "/etc/host name"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "compute|ssh|{}-node-2|--zone=us-central1-b|--project={}|--internal-ip|--command=cat '/etc/host name'|",
+            cluster_name(),
+            pangaea_tests::gce_api::PROJECT
+        )
+    );
+
     // 2. A reboot through the provider: the instance is stopped and started.
     let stops = env.cloud.api.requests("POST", "node-2/stop").len();
     env.ok(&["node", "reboot", "node-2", "--timeout", "120s"]);

@@ -211,4 +211,31 @@ fn up_in_a_terminal_shows_a_spinner_while_it_waits_then_a_plain_summary() {
     assert!(quiet.lines().any(|l| l == "EXIT=0"), "{quiet}");
     assert!(quiet.contains(&format!("cluster {name} is up")), "{quiet}");
     assert!(!quiet.contains("==> "), "a step with -q:\n{quiet}");
+
+    // `ssh`: a command in a node (its exit status is the command's), an unknown node
+    // refused, and an interactive shell on the terminal.
+    let ssh = |args: &[&str]| run_ctl(&ctl, term.path(), &[&["ssh"], args].concat());
+    let out = ssh(&["node-2", "--", "cat", "/etc/hostname"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "node-2",
+        "{out:?}"
+    );
+    let out = ssh(&["node-1", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let out = ssh(&["node-9", "--", "true"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node node-9 is not in the cluster"),
+        "{out:?}"
+    );
+    term.type_line("clear");
+    term.type_line(&command(&ctl, term.path(), "", "ssh node-3"));
+    term.watch_until("a shell on node-3", Duration::from_secs(30), |s| {
+        s.lines().any(|l| l.contains("@node-3"))
+    });
+    term.type_line("echo inside-$(cat /etc/hostname); exit 3");
+    let shell = term.watch_until("the shell's end", Duration::from_secs(30), exited);
+    let shell = shell.last().unwrap();
+    assert!(shell.contains("inside-node-3"), "{shell}");
+    assert!(shell.lines().any(|l| l == "EXIT=3"), "{shell}");
 }

@@ -21,6 +21,7 @@ pub mod node;
 pub mod pki;
 pub mod plan;
 pub mod serve;
+pub mod ssh;
 pub mod status;
 pub mod token;
 pub mod up;

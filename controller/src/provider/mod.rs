@@ -197,6 +197,21 @@ pub trait Provider: Send + Sync {
     /// Removes what the nodes shared (the local bridge) once no node is left.
     async fn teardown(&self) -> Result<(), ProviderError>;
 
+    /// The host command line that runs `argv` on node `name` (a login shell when `argv` is
+    /// empty), for `pangaea-ctl ssh`: into the local node's namespaces, or `gcloud compute
+    /// ssh` to an instance. `tty`: the caller's terminal is passed through.
+    async fn shell(
+        &self,
+        name: &NodeName,
+        argv: &[String],
+        tty: bool,
+    ) -> Result<Vec<String>, ProviderError> {
+        let _ = (name, argv, tty);
+        Err(ProviderError::Prerequisite(
+            "this provider has no shell into its nodes yet".into(),
+        ))
+    }
+
     /// Where an operator looks when a node does not come up (a console log, a serial port
     /// command).
     fn console_hint(&self, name: &NodeName) -> Option<String> {

@@ -474,6 +474,36 @@ impl Provider for Gce {
         Ok(out)
     }
 
+    async fn shell(
+        &self,
+        name: &NodeName,
+        argv: &[String],
+        tty: bool,
+    ) -> Result<Vec<String>, ProviderError> {
+        let zone = self.locate(name).await?;
+        let mut cmd: Vec<String> = vec![
+            "gcloud".into(),
+            "compute".into(),
+            "ssh".into(),
+            self.instance_name(name),
+            format!("--zone={zone}"),
+            format!("--project={}", self.compute.project()),
+            // Nodes have internal addresses only unless the operator gave them more.
+            "--internal-ip".into(),
+        ];
+        if !argv.is_empty() {
+            let words: Vec<String> = argv
+                .iter()
+                .map(|a| crate::cmd::env::posix_quote(a))
+                .collect();
+            cmd.push(format!("--command={}", words.join(" ")));
+            if tty {
+                cmd.extend(["--".into(), "-t".into()]);
+            }
+        }
+        Ok(cmd)
+    }
+
     async fn user_data(&self, name: &NodeName) -> Result<Option<String>, ProviderError> {
         let Some((_, i)) = self.instance(name).await? else {
             return Ok(None);

@@ -490,6 +490,37 @@ impl Provider for Local {
             .map_err(ProviderError::io("read the node's user-data", &path))
     }
 
+    async fn shell(
+        &self,
+        name: &NodeName,
+        argv: &[String],
+        tty: bool,
+    ) -> Result<Vec<String>, ProviderError> {
+        if self.record(name).is_none() {
+            return Err(ProviderError::NoSuchNode(name.clone()));
+        }
+        let init = self.init_pid(name).ok_or_else(|| {
+            ProviderError::Prerequisite(format!(
+                "node {name} is not running: `pangaea-ctl start` boots it"
+            ))
+        })?;
+        // A transient unit of the node's systemd: the node's capabilities, seccomp filter
+        // and cgroup, not the caller's; a terminal when there is one.
+        let mut cmd: Vec<String> = ["nsenter", "-t", &init.to_string(), "-a", "systemd-run"]
+            .iter()
+            .chain(&["--quiet", "--wait", "--collect"])
+            .chain(if tty { &["--pty"] } else { &["--pipe"] })
+            .chain(&["--setenv=TERM=xterm-256color", "--"])
+            .map(|s| s.to_string())
+            .collect();
+        if argv.is_empty() {
+            cmd.extend(["/bin/bash".to_owned(), "-l".to_owned()]);
+        } else {
+            cmd.extend(argv.iter().cloned());
+        }
+        Ok(cmd)
+    }
+
     async fn teardown(&self) -> Result<(), ProviderError> {
         if self.list().await?.is_empty() {
             self.network.delete_bridge().await;
