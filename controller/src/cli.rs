@@ -163,6 +163,33 @@ pub enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// A node's journal (one unit, or all of this boot), read on the node; or with
+    /// --bundle, one archive for a bug report: status, every node's journal of the
+    /// Pangaea units, the controller's log, pangaea.yaml, with token secrets redacted.
+    /// `up` writes a bundle by itself when it fails.
+    #[command(after_help = "Examples:\n  \
+        sudo pangaea-ctl logs node-1 etcd\n  \
+        sudo pangaea-ctl logs node-2 pangaea-agent --since -1h\n  \
+        sudo pangaea-ctl logs node-3 kubelet -f\n  \
+        sudo pangaea-ctl logs --bundle bug-report.tar.gz")]
+    Logs {
+        /// The node.
+        #[arg(required_unless_present = "bundle")]
+        node: Option<pangaea_core::NodeName>,
+        /// The unit (`etcd`, `pangaea-agent`, `kubelet`, …) [default: the whole journal of
+        /// this boot].
+        unit: Option<String>,
+        /// Keep printing new entries.
+        #[arg(short, long)]
+        follow: bool,
+        /// From this time on (journalctl's forms: `-1h`, `2026-11-22 10:00`, `today`)
+        /// [default: the last 200 entries].
+        #[arg(long)]
+        since: Option<String>,
+        /// Write the bug-report archive (.tar.gz) here instead.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["node", "unit", "follow", "since"])]
+        bundle: Option<PathBuf>,
+    },
     /// Show what `up` would change, changing nothing: nodes it would create, nodes the
     /// controller knows that pangaea.yaml no longer names, and per node each file whose
     /// rendered content differs from what the node has now, as a unified diff (files with
@@ -749,11 +776,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor { install, output } => cmd::doctor::run(&ctx, install, output),
         Command::Plan { output } => cmd::plan::run(&ctx, output).await,
         Command::Ssh { node, command } => cmd::ssh::run(&ctx, node, command).await,
+        Command::Logs {
+            bundle: Some(file), ..
+        } => cmd::logs::bundle(&ctx, &file).await,
+        Command::Logs {
+            node,
+            unit,
+            follow,
+            since,
+            bundle: None,
+        } => {
+            let node = node.context("which node? (`pangaea-ctl logs NODE [UNIT]`)")?;
+            cmd::logs::node(&ctx, node, unit, follow, since).await
+        }
         Command::Up {
             timeout,
             no_kubeconfig,
         } => {
-            cmd::up::run(&ctx, timeout, cmd::up::Mode::Up).await?;
+            if let Err(e) = cmd::up::run(&ctx, timeout, cmd::up::Mode::Up).await {
+                // What went wrong, collected while it is still there (not for a refusal,
+                // which changed nothing).
+                if crate::exit::code_of(&e) != crate::exit::Exit::Refused {
+                    crate::progress::settle();
+                    cmd::logs::after_failed_up(&ctx).await;
+                }
+                return Err(e);
+            }
             if no_kubeconfig {
                 return Ok(());
             }

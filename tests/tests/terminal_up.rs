@@ -15,6 +15,8 @@ fn run_id() -> u32 {
     std::process::id() % 250
 }
 
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 const SPINNER: &[char] = &['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 
 /// A tmux server of this test's own with one 160×50 window in `dir`; on drop the cluster
@@ -34,7 +36,12 @@ impl Terminal {
             .success();
         assert!(found, "tmux not found: apt-get install tmux");
         let t = Terminal {
-            socket: format!("pangaea-test-{}", std::process::id()),
+            // One server per terminal: the tests of this file run at once.
+            socket: format!(
+                "pangaea-test-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             dir: tempfile::tempdir().unwrap(),
         };
         // A shell without the host's rc files: its prompt has no colour of its own.
@@ -238,4 +245,98 @@ fn up_in_a_terminal_shows_a_spinner_while_it_waits_then_a_plain_summary() {
     let shell = shell.last().unwrap();
     assert!(shell.contains("inside-node-3"), "{shell}");
     assert!(shell.lines().any(|l| l == "EXIT=3"), "{shell}");
+
+    // `logs`: a unit's journal on the node; `--bundle`: the bug-report archive, read by the
+    // real tar.
+    let out = run_ctl(&ctl, term.path(), &["logs", "node-1", "pangaea-agent"]);
+    let journal = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.contains(" node-1 ") && l.contains("pangaea-agent")),
+        "{journal}"
+    );
+    let bundle = term.path().join("report.tar.gz");
+    let out = run_ctl(
+        &ctl,
+        term.path(),
+        &["logs", "--bundle", bundle.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for f in [
+        "status.json",
+        "pangaea.yaml",
+        "serve.log",
+        "README.txt",
+        "nodes/node-3/journal.txt",
+    ] {
+        assert!(
+            listing.contains(&format!("report/{f}\n")),
+            "{f} not in:\n{listing}"
+        );
+    }
+    let unpacked = term.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&bundle)
+            .arg("-C")
+            .arg(&unpacked)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(unpacked.join("report/status.json")).unwrap())
+            .unwrap();
+    assert_eq!(status.as_array().unwrap().len(), 3);
+    let journal =
+        std::fs::read_to_string(unpacked.join("report/nodes/node-2/journal.txt")).unwrap();
+    assert!(journal.contains("etcd"), "{journal}");
+    for f in pangaea_tests::files_below(&unpacked) {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        assert!(!text.contains("PRIVATE KEY"), "a key in {}", f.display());
+    }
+}
+
+/// `up` that fails (here: nodes not healthy within 1 s) leaves a bug-report bundle and
+/// says where.
+#[test]
+fn a_failed_up_writes_a_bundle() {
+    require_node_host();
+    let term = Terminal::start();
+    let id = run_id();
+    std::fs::write(
+        term.path().join("pangaea.yaml"),
+        etcd_only_config(&format!("ttyf{id}"), &format!("10.236.{id}.0/24"), ""),
+    )
+    .unwrap();
+    let out = run_ctl(
+        &binary("pangaea-ctl"),
+        term.path(),
+        &["up", "--timeout", "1s"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "not healthy in time:\n{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("attach "))
+        .unwrap_or_else(|| panic!("no bundle named:\n{err}"));
+    let path = line
+        .trim_start_matches("attach ")
+        .trim_end_matches(" to a bug report");
+    let listing = Command::new("tar").args(["-tzf", path]).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains("/status.json\n") && listing.contains("/nodes/node-1/journal.txt\n"),
+        "{listing}"
+    );
 }

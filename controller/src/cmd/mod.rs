@@ -17,6 +17,7 @@ pub mod etcd;
 pub mod image;
 pub mod init;
 pub mod kubeconfig;
+pub mod logs;
 pub mod node;
 pub mod pki;
 pub mod plan;

@@ -12,6 +12,16 @@ use std::io::Write;
 
 /// Runs `status`.
 pub async fn run(ctx: &Ctx, output: Output) -> anyhow::Result<()> {
+    let (rows, now) = rows(ctx).await?;
+    super::print_data(output, &rows, || {
+        let mut table = Vec::new();
+        print_table(&rows, now, &mut table)?;
+        super::print_out(&String::from_utf8_lossy(&table))
+    })
+}
+
+/// Every node's [`NodeStatus`], and the time they were taken at.
+pub async fn rows(ctx: &Ctx) -> anyhow::Result<(Vec<NodeStatus>, i64)> {
     let mut backend = Backend::connect(&ctx.state).await?;
     if matches!(backend, Backend::Local(_)) {
         crate::errln!(
@@ -48,11 +58,7 @@ pub async fn run(ctx: &Ctx, output: Output) -> anyhow::Result<()> {
             node_status(n, &etcd, created.get(&n.name).copied(), issued, now)
         })
         .collect();
-    super::print_data(output, &rows, || {
-        let mut table = Vec::new();
-        print_table(&rows, now, &mut table)?;
-        super::print_out(&String::from_utf8_lossy(&table))
-    })
+    Ok((rows, now))
 }
 
 /// Prints the table through [`terminal_safe`]: nodes report most of the strings in it.
