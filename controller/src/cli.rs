@@ -184,7 +184,7 @@ pub enum Command {
         follow: bool,
         /// From this time on (journalctl's forms: `-1h`, `2026-11-22 10:00`, `today`)
         /// [default: the last 200 entries].
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         since: Option<String>,
         /// Write the bug-report archive (.tar.gz) here instead.
         #[arg(long, value_name = "FILE", conflicts_with_all = ["node", "unit", "follow", "since"])]

@@ -243,6 +243,9 @@ fn update(
     path: &Path,
     change: impl FnOnce(&str) -> Result<Option<String>, String>,
 ) -> Result<Option<String>, KubeconfigError> {
+    // Before the lock, which creates the directory: a directory made here is the sudo
+    // user's too.
+    let created_dir = path.parent().filter(|d| !d.exists()).map(Path::to_owned);
     let _lock = Lock::take(path, LOCK_WAIT)?;
     let existing = match std::fs::read_to_string(path) {
         Ok(t) => Some(t),
@@ -261,7 +264,6 @@ fn update(
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok();
     let mode = meta.as_ref().map_or(0o600, |m| m.mode() & 0o7777);
-    let created_dir = path.parent().filter(|d| !d.exists()).map(Path::to_owned);
     fsutil::atomic_write(path, text.as_bytes(), mode).map_err(|e| KubeconfigError::Io {
         what: "write",
         path: path.display().to_string(),

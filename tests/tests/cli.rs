@@ -710,6 +710,8 @@ fn kubeconfig_merges_beside_other_contexts_and_refuses_a_broken_file() {
         kubernetes-admin\n  user:\n    client-certificate-data: Q0VSVA==\n    \
         client-key-data: S0VZ\ncontexts:\n- name: kubernetes-admin@demo\n  context:\n    \
         cluster: demo\n    user: kubernetes-admin\ncurrent-context: kubernetes-admin@demo\n";
+    // As `up` leaves it (`kubeconfig` itself creates no state directory).
+    std::fs::create_dir(dir.path().join(".pangaea")).unwrap();
     std::fs::write(dir.path().join(".pangaea/admin.kubeconfig"), admin).unwrap();
     let out = run_ctl(&ctl, dir.path(), &["kubeconfig"]);
     assert!(out.status.success(), "{}", show(&out));
@@ -1079,4 +1081,46 @@ fn data_commands_speak_json_and_yaml_with_the_same_fields() {
     assert_eq!(tokens[0]["id"], id);
     assert_eq!(tokens[0]["node"], "node-2");
     assert_eq!(tokens[0]["state"], "valid");
+}
+
+/// Under `sudo`, the kubeconfig `kubeconfig --merge` (and `up`) writes is the invoking
+/// user's: the file and the directory it had to create belong to `$SUDO_USER`, so their
+/// kubectl can read it. (Run as root, as CI does; `nobody` stands for the user.)
+#[test]
+fn a_kubeconfig_merged_under_sudo_belongs_to_the_user() {
+    use std::os::unix::fs::MetadataExt;
+    let id = Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(
+        text(&id.stdout).trim(),
+        "0",
+        "this test needs root (CI runs as root)"
+    );
+    let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    let nobody: u32 = text(&nobody.stdout)
+        .trim()
+        .parse()
+        .expect("user nobody exists");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pangaea.yaml"), "name: demo\n").unwrap();
+    std::fs::create_dir(dir.path().join(".pangaea")).unwrap();
+    std::fs::write(
+        dir.path().join(".pangaea/admin.kubeconfig"),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: demo\n  cluster: {server: https://127.0.0.1:6443}\n\
+         users:\n- name: kubernetes-admin\n  user: {token: t}\ncontexts:\n- name: a\n  context: {cluster: demo, user: kubernetes-admin}\n",
+    )
+    .unwrap();
+    let file = dir.path().join("home/.kube/config");
+    let out = Command::new(binary("pangaea-ctl"))
+        .current_dir(dir.path())
+        .env("SUDO_USER", "nobody")
+        .args(["kubeconfig", "--merge", "--file", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), nobody);
+    assert_eq!(
+        std::fs::metadata(file.parent().unwrap()).unwrap().uid(),
+        nobody
+    );
+    assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
 }

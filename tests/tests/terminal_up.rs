@@ -69,6 +69,17 @@ impl Terminal {
         assert!(ok.success());
     }
 
+    /// Clears the screen and its scrollback, once the shell has cleared it (no command's
+    /// `EXIT=` line left on it).
+    fn clear(&self) {
+        self.type_line("clear");
+        self.watch_until("the screen cleared", Duration::from_secs(10), |s| {
+            !exited(s)
+        });
+        let ok = self.tmux(&["clear-history", "-t", "0"]).status().unwrap();
+        assert!(ok.success());
+    }
+
     /// The screen and its scrollback, as text (`escapes`: with colour codes).
     fn screen(&self, escapes: bool) -> String {
         let mut args = vec!["capture-pane", "-p", "-J", "-S", "-200", "-t", "0"];
@@ -185,14 +196,7 @@ fn up_in_a_terminal_shows_a_spinner_while_it_waits_then_a_plain_summary() {
     );
 
     // ...and off with NO_COLOR: again (nothing to do): not one colour code reaches the terminal.
-    term.type_line("clear");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        term.tmux(&["clear-history", "-t", "0"])
-            .status()
-            .unwrap()
-            .success()
-    );
+    term.clear();
     term.type_line(&command(&ctl, term.path(), "NO_COLOR=1 ", "up"));
     term.watch_until("the second up", Duration::from_secs(60), exited);
     let coloured = term.screen(true);
@@ -204,14 +208,7 @@ fn up_in_a_terminal_shows_a_spinner_while_it_waits_then_a_plain_summary() {
     assert!(coloured.contains("==> "), "steps shown:\n{coloured}");
 
     // -q: the summary only, no step.
-    term.type_line("clear");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        term.tmux(&["clear-history", "-t", "0"])
-            .status()
-            .unwrap()
-            .success()
-    );
+    term.clear();
     term.type_line(&command(&ctl, term.path(), "", "-q up"));
     let quiet = term.watch_until("up -q", Duration::from_secs(60), exited);
     let quiet = quiet.last().unwrap();
@@ -235,7 +232,7 @@ fn up_in_a_terminal_shows_a_spinner_while_it_waits_then_a_plain_summary() {
         String::from_utf8_lossy(&out.stderr).contains("node node-9 is not in the cluster"),
         "{out:?}"
     );
-    term.type_line("clear");
+    term.clear();
     term.type_line(&command(&ctl, term.path(), "", "ssh node-3"));
     term.watch_until("a shell on node-3", Duration::from_secs(30), |s| {
         s.lines().any(|l| l.contains("@node-3"))
@@ -248,7 +245,11 @@ fn up_in_a_terminal_shows_a_spinner_while_it_waits_then_a_plain_summary() {
 
     // `logs`: a unit's journal on the node; `--bundle`: the bug-report archive, read by the
     // real tar.
-    let out = run_ctl(&ctl, term.path(), &["logs", "node-1", "pangaea-agent"]);
+    let out = run_ctl(
+        &ctl,
+        term.path(),
+        &["logs", "node-1", "pangaea-agent", "--since", "-1h"],
+    );
     let journal = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
