@@ -249,7 +249,7 @@ fn compile_one_template() {
         &[
             "-i",
             custom.to_str().unwrap(),
-            "-o",
+            "--out-file",
             target.to_str().unwrap(),
         ],
     ]
