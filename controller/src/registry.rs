@@ -61,18 +61,26 @@ impl Record {
         self.config.parent().unwrap_or(Path::new("/"))
     }
 
+    /// Whether the cluster's machines live on this host: local nodes and Vagrant's VMs
+    /// sit on its bridges and routes, named after their cluster.
+    fn on_host(&self) -> bool {
+        [ProviderKind::Local, ProviderKind::Vagrant]
+            .iter()
+            .any(|k| k.as_str() == self.provider)
+    }
+
+    /// Whether `other` is another cluster of this host whose machines and bridge carry
+    /// the names this one's do.
+    fn namesake_of(&self, other: &Record) -> bool {
+        self.on_host() && other.on_host() && self.name == other.name
+    }
+
     /// Why `self` and `other` cannot both be local clusters of this host, if they cannot.
     fn collides_with(&self, other: &Record) -> Option<String> {
-        // Local nodes and Vagrant's VMs live on this host's bridges and routes.
-        let on_host = |p: &str| {
-            [ProviderKind::Local, ProviderKind::Vagrant]
-                .iter()
-                .any(|k| k.as_str() == p)
-        };
-        if !on_host(&self.provider) || !on_host(&other.provider) {
+        if !self.on_host() || !other.on_host() {
             return None;
         }
-        if self.name == other.name {
+        if self.namesake_of(other) {
             return Some(format!(
                 "cluster name {:?} is taken by the {} cluster in {} (nodes and networks \
                  are named after their cluster): set another `name:` in {}",
@@ -178,6 +186,14 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Another live cluster of this host with `record`'s name (and so its machines' and
+    /// bridge's names): `down --purge` of `record` would take its bridge along.
+    pub fn namesake(&self, record: &Record) -> Option<Record> {
+        self.list()
+            .into_iter()
+            .find(|o| o.state_dir != record.state_dir && o.exists() && record.namesake_of(o))
     }
 
     /// Records (or updates) `record`.

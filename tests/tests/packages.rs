@@ -70,7 +70,11 @@ dpkg -r pangaea >/dev/null && test ! -e /usr/bin/pangaea-ctl && test ! -e /usr/b
         .args(["--quiet", "--register=no", "--keep-unit"])
         .arg("-D")
         .arg(&image)
-        .arg(format!("--overlay={}:{}:/", image.display(), upper.path().display()))
+        .arg(format!(
+            "--overlay={}:{}:/",
+            image.display(),
+            upper.path().display()
+        ))
         .arg(format!("--bind-ro={}:/tmp/pangaea.deb", deb.display()))
         .args(["/bin/sh", "-c", script])
         .output()

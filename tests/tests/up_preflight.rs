@@ -313,6 +313,34 @@ fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_c
     let yaml = ctl(&a, &["clusters", "-o", "yaml"], &env);
     assert!(String::from_utf8_lossy(&yaml.stdout).starts_with(&format!("- name: {a_name}\n")));
 
+    // Another live cluster of A's name recorded on this host (as one made before the
+    // registry, or by another registry's `up`): `down --purge` in A would take its bridge,
+    // so it is refused, changing nothing.
+    let c = host.path().join("c");
+    std::fs::create_dir_all(c.join(".pangaea")).unwrap();
+    let namesake = host.path().join("host/clusters/namesake.json");
+    std::fs::write(
+        &namesake,
+        serde_json::json!({
+            "name": a_name, "provider": "local", "nodes": 3, "network": "10.237.0.0/24",
+            "state_dir": c.join(".pangaea"), "config": c.join("pangaea.yaml"),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = ctl(&a, &["down", "--purge"], &env);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(REFUSED), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another cluster named \"{a_name}\" lives in {}",
+            c.display()
+        )),
+        "{err}"
+    );
+    assert!(a.join(".pangaea").is_dir(), "nothing changed");
+    std::fs::remove_file(&namesake).unwrap();
+
     // `down --purge` forgets the cluster.
     let out = ctl(&a, &["down", "--purge"], &env);
     assert!(

@@ -8,6 +8,22 @@ use anyhow::Context;
 /// Runs `down` (and `stop`, which is `down` without `--purge`).
 pub async fn run(ctx: &Ctx, purge: bool) -> anyhow::Result<()> {
     let c = ctx.compilation()?;
+    if purge {
+        // Machines and the bridge are found by the cluster's name: never purge one that
+        // another cluster of this host shares.
+        let record = crate::registry::Record::of(&c.loaded, &ctx.config, &ctx.state);
+        let registry = crate::registry::Registry::open(&crate::registry::dir())?;
+        if let Some(other) = registry.namesake(&record) {
+            return Err(crate::exit::Refusal(format!(
+                "another cluster named {:?} lives in {} on this host, and its machines and \
+                 bridge carry the names this one's do: `down --purge` here would take them \
+                 too; nothing was changed (purge it from there, or `down` without --purge)",
+                record.name,
+                other.dir().display()
+            ))
+            .into());
+        }
+    }
     let provider = ctx.provider(&c)?;
     let order = if purge {
         vec![]
