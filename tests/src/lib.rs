@@ -253,6 +253,16 @@ pub const ARTIFACTS: [&str; 7] = [
     "crictl",
 ];
 
+/// `artifacts:` with every artifact of [`ARTIFACTS`] disabled: appended to a configuration,
+/// `up` needs no download and no package.
+pub fn all_artifacts_disabled() -> String {
+    let entries: String = ARTIFACTS
+        .iter()
+        .map(|n| format!("  - {{name: {n}, disabled: true}}\n"))
+        .collect();
+    format!("artifacts:\n{entries}")
+}
+
 /// What the end-to-end tests on real nodes need on this host: root, systemd-nspawn,
 /// debootstrap, etcdctl and Debian's etcd (the one artifact they deliver); a missing one is
 /// an error naming its install command.

@@ -204,20 +204,10 @@ fn each_source_is_asked_once_at_the_same_time_and_given_a_bounded_time() {
     assert_eq!(entries(dir.path()), vec!["pangaea.yaml".to_owned()]);
 }
 
-/// Every pinned artifact disabled: `up` then needs no download and no package.
-const NO_ARTIFACTS: &str = "artifacts:
-  - {name: kubernetes-server, disabled: true}
-  - {name: kubernetes-node, disabled: true}
-  - {name: etcd, disabled: true}
-  - {name: containerd, disabled: true}
-  - {name: runc, disabled: true}
-  - {name: cni-plugins, disabled: true}
-  - {name: crictl, disabled: true}
-";
-
 #[test]
 fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_creates_anything() {
     let host = tempfile::tempdir().unwrap();
+    let no_artifacts = pangaea_tests::all_artifacts_disabled();
     let host_state = host.path().join("host");
     let host_state = host_state.to_str().unwrap();
     // `up` gets as far as the local provider's node image, which it cannot build in /proc:
@@ -236,7 +226,7 @@ fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_c
     for d in [&a, &b] {
         std::fs::create_dir(d).unwrap();
     }
-    std::fs::write(a.join("pangaea.yaml"), format!("{a_config}{NO_ARTIFACTS}")).unwrap();
+    std::fs::write(a.join("pangaea.yaml"), format!("{a_config}{no_artifacts}")).unwrap();
     let out = ctl(&a, &["up"], &env);
     assert!(!out.status.success());
     assert!(
@@ -276,7 +266,7 @@ fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_c
         assert!(!b.join(".pangaea").exists(), "{err}");
     };
     refused(
-        &format!("name: {a_name}\n{NO_ARTIFACTS}"),
+        &format!("name: {a_name}\n{no_artifacts}"),
         &[
             &format!("cluster name \"{a_name}\" is taken"),
             a.to_str().unwrap(),
@@ -284,13 +274,13 @@ fn a_second_local_cluster_with_the_same_name_or_addresses_is_refused_before_it_c
     );
     // Another name on an overlapping network: refused, with a free network to take.
     refused(
-        &format!("name: {b_name}\nnetwork:\n  nodes: 10.234.0.0/16\n{NO_ARTIFACTS}"),
+        &format!("name: {b_name}\nnetwork:\n  nodes: 10.234.0.0/16\n{no_artifacts}"),
         &[&format!("overlaps {a_net}"), "nodes: 10.235.0.0/16"],
     );
     // Apart from it: accepted (and recorded).
     std::fs::write(
         b.join("pangaea.yaml"),
-        format!("name: {b_name}\nnetwork:\n  nodes: {b_net}\n{NO_ARTIFACTS}"),
+        format!("name: {b_name}\nnetwork:\n  nodes: {b_net}\n{no_artifacts}"),
     )
     .unwrap();
     let out = ctl(&b, &["up"], &env);

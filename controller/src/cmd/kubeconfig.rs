@@ -40,11 +40,7 @@ pub fn run(ctx: &Ctx, merge: bool, switch: bool, file: Option<PathBuf>) -> anyho
 
 /// After `up`: the cluster's context in kubectl's file, made current (as kind and k3d do).
 pub fn merge_after_up(ctx: &Ctx) -> anyhow::Result<()> {
-    let admin = admin(ctx)?;
-    let name = cluster_name(ctx)?;
-    let merged = merge_into(&default_file(), &admin, &name, true)?;
-    crate::outln!("{}", describe(&merged, &name));
-    Ok(())
+    run(ctx, true, true, None)
 }
 
 /// After `down --purge`: the cluster's entries gone from kubectl's file. The cluster is
