@@ -49,7 +49,7 @@ pub enum ApplyError {
     #[error(transparent)]
     Fs(#[from] fsutil::FsError),
     /// An artifact could not be installed.
-    #[error("{0}")]
+    #[error(transparent)]
     Artifact(#[from] pangaea_artifact::FetchError),
     /// A `daemon-reload`, start or restart failed: the revision is not recorded as applied,
     /// and the next attempt does what is still owed.

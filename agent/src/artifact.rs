@@ -44,6 +44,11 @@ impl MirrorSource {
     pub fn set_channel(&self, channel: tonic::transport::Channel) {
         self.channel.send_replace(Some(channel));
     }
+
+    /// The current session's channel to the controller (`None` before the first).
+    pub fn channel(&self) -> Option<tonic::transport::Channel> {
+        self.channel.borrow().clone()
+    }
 }
 
 struct MirrorChunks {
@@ -82,9 +87,7 @@ impl Source for MirrorSource {
                 .digest()
                 .to_string();
             let channel = self
-                .channel
-                .borrow()
-                .clone()
+                .channel()
                 .ok_or_else(|| transport("not connected to the controller yet".into()))?;
             let mut client = pb::node_service_client::NodeServiceClient::new(channel);
             let mut stream = client

@@ -1,5 +1,6 @@
 //! One-shot jobs from the controller (`NodeService/WatchJobs`): loading an image archive
-//! into the node's containerd, and replacing etcd's data with a restored data directory.
+//! into the node's containerd, replacing etcd's data with a restored data directory, and
+//! reading the node's journal.
 //!
 //! The controller sends the node's outstanding jobs as a set, now and whenever it changes
 //! (the set is level-triggered, like the assignment: a reconnect sends it whole). [`Jobs`]
@@ -19,10 +20,17 @@
 //! under a `.before-restore-<unix time>` name, renames the new one into place and starts
 //! etcd again. Until the rename nothing of the old data is touched, so a failure before it
 //! leaves etcd as it was (started again).
+//!
+//! A journal read runs `journalctl` ([`pb::JournalRead::args`]) through the
+//! [`CommandRunner`] and streams its output to the controller (`SendJobOutput`) as it
+//! comes. When the controller ends that stream (nobody reads any more) or the job leaves
+//! the set, `journalctl` is killed.
 
+use crate::artifact::MirrorSource;
 use crate::command::CommandRunner;
 use pangaea_artifact::{ArtifactSpec, Digest, Fetcher, MirrorUrl};
 use pangaea_proto as pb;
+use pangaea_proto::journal::JOURNALCTL;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +45,9 @@ pub const MAX_ARCHIVE_BYTES: u64 = pangaea_artifact::DEFAULT_MAX_SIZE;
 /// package in `/usr/bin`. The first that exists is used.
 pub const CTR_PATHS: [&str; 2] = ["/usr/local/bin/ctr", "/usr/bin/ctr"];
 
+/// The most output one `SendJobOutput` message carries.
+const OUTPUT_CHUNK: usize = 64 * 1024;
+
 /// How often a running download's progress is reported.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -48,6 +59,8 @@ struct Context {
     dir: PathBuf,
     fetcher: Arc<Fetcher>,
     commands: Arc<dyn CommandRunner>,
+    /// The channel to the controller of the current session (output goes back on it).
+    controller: MirrorSource,
 }
 
 /// The agent's jobs: the running ones and the outcomes still owed to the controller.
@@ -61,12 +74,14 @@ pub struct Jobs {
 
 impl Jobs {
     /// Jobs whose files go below `dir` (emptied now: what is there is left from a previous
-    /// life of the agent) and whose reports, progress and outcomes, go to `reports`.
+    /// life of the agent), whose reports, progress and outcomes, go to `reports`, and whose
+    /// output goes to the controller over `controller`'s channel.
     pub fn new(
         root: &Path,
         dir: &Path,
         fetcher: Arc<Fetcher>,
         commands: Arc<dyn CommandRunner>,
+        controller: MirrorSource,
         reports: mpsc::UnboundedSender<pb::JobReport>,
     ) -> Jobs {
         let stale = dir.to_owned();
@@ -83,6 +98,7 @@ impl Jobs {
                 dir: dir.to_owned(),
                 fetcher,
                 commands,
+                controller,
             }),
             running: HashMap::new(),
             finished: HashMap::new(),
@@ -178,6 +194,7 @@ async fn run(ctx: Arc<Context>, job: pb::Job, tx: mpsc::UnboundedSender<pb::JobR
                 match &kind {
                     pb::job::Kind::ImageLoad(load) => image_load(&ctx, &id, load, &tx).await,
                     pb::job::Kind::EtcdRestore(r) => etcd_restore(&ctx, &id, r, &tx).await,
+                    pb::job::Kind::JournalRead(r) => journal_read(&ctx, &id, r).await,
                 }
             };
             match tokio::time::timeout(timeout, work).await {
@@ -194,10 +211,75 @@ async fn run(ctx: Arc<Context>, job: pb::Job, tx: mpsc::UnboundedSender<pb::JobR
         ),
     };
     match outcome.state() {
+        pb::JobState::Succeeded if outcome.images.is_empty() => tracing::info!("job succeeded"),
         pb::JobState::Succeeded => tracing::info!(images = ?outcome.images, "job succeeded"),
         _ => tracing::warn!(error = %outcome.message, "job failed"),
     }
     let _ = tx.send(outcome);
+}
+
+/// Reads the node's journal as `read` says and streams it to the controller; the outcome
+/// is journalctl's (its standard error when it refuses).
+async fn journal_read(ctx: &Context, id: &str, read: &pb::JournalRead) -> pb::JobReport {
+    use tokio_stream::StreamExt;
+    let Some(channel) = ctx.controller.channel() else {
+        return failed(id, "not connected to the controller".into());
+    };
+    let mut client = pb::node_service_client::NodeServiceClient::new(channel);
+    let (out, rx) = mpsc::channel::<Vec<u8>>(4);
+    let job = id.to_owned();
+    // The first message names the job even when there is no output at all; output comes
+    // in messages of at most OUTPUT_CHUNK bytes, well under what the controller accepts.
+    let output =
+        tokio_stream::once(Vec::new()).chain(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let chunks = futures_util::StreamExt::flat_map(output, |data: Vec<u8>| {
+        let pieces: Vec<Vec<u8>> = if data.len() <= OUTPUT_CHUNK {
+            vec![data]
+        } else {
+            data.chunks(OUTPUT_CHUNK).map(<[u8]>::to_vec).collect()
+        };
+        tokio_stream::iter(pieces)
+    })
+    .map(move |data| pb::JobOutput {
+        id: job.clone(),
+        data,
+    });
+    let send = client.send_job_output(chunks);
+    let args = read.args();
+    let command = ctx.commands.stream(Path::new(JOURNALCTL), &args, out);
+    tokio::pin!(send, command);
+    // journalctl ends first (its output then ends the stream, and the call returns), or
+    // the controller ends the call (nobody reads any more) and journalctl is dropped:
+    // killed.
+    let mut ran = None;
+    let sent = loop {
+        tokio::select! {
+            r = &mut command, if ran.is_none() => ran = Some(r),
+            r = &mut send => break r,
+        }
+    };
+    if let Err(s) = sent {
+        return failed(
+            id,
+            format!("the controller stopped taking the output: {}", s.message()),
+        );
+    }
+    let ran = match ran {
+        Some(r) => r,
+        None => command.await,
+    };
+    match ran {
+        Err(e) => failed(id, format!("cannot run {JOURNALCTL}: {e}")),
+        Ok(o) if !o.status.success() => failed(
+            id,
+            format!(
+                "{JOURNALCTL} failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ),
+        Ok(_) => report(id, pb::JobState::Succeeded),
+    }
 }
 
 /// Removes a job's directory and its download's progress entry when the job ends, however

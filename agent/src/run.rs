@@ -89,6 +89,7 @@ pub async fn run_with(
         &cfg.state_dir.join("jobs"),
         fetcher.clone(),
         commands,
+        mirror.clone(),
         job_reports,
     );
     let mut agent = Agent {

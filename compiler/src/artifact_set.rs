@@ -91,6 +91,23 @@ pub enum ArtifactSource {
     OsPackages,
 }
 
+impl ArtifactSource {
+    /// Its spelling in `pangaea.yaml` (and in `up --artifact-source`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactSource::Pinned => "pinned",
+            ArtifactSource::OsPackages => "os-packages",
+        }
+    }
+
+    /// The source spelled `s`, as in `pangaea.yaml`.
+    pub fn parse(s: &str) -> Option<ArtifactSource> {
+        [ArtifactSource::Pinned, ArtifactSource::OsPackages]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
 /// An override: any subset of fields for an entry named like a default (or a new entry
 /// when `url` and `digest` are both given).
 #[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq, Eq)]

@@ -72,6 +72,11 @@ impl Cidr {
         self.contains(other.network) || other.contains(self.network)
     }
 
+    /// The netmask of the block (255.255.255.0 for a /24).
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask(self.prefix))
+    }
+
     /// The `n`th address of the block (0 is the network address itself).
     pub fn nth(&self, n: u64) -> Result<Ipv4Addr, CidrError> {
         if n >= self.size() {

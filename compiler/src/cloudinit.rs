@@ -22,6 +22,19 @@ pub struct UserData {
     pub agent_url: String,
     /// SHA-256 (hex) the downloaded agent binary must have.
     pub agent_sha256: String,
+    /// The controller's reverse SSH tunnel, where nodes reach it through one (`None`: they
+    /// dial `controller` directly).
+    pub tunnel: Option<TunnelLogin>,
+}
+
+/// What a node sets up for the controller's reverse SSH tunnel: a user with no shell and
+/// the one key it accepts.
+#[derive(Clone, Debug, Serialize)]
+pub struct TunnelLogin {
+    /// The user the tunnel logs in as.
+    pub user: String,
+    /// Its `authorized_keys` line (with the options that restrict it).
+    pub authorized_key: String,
 }
 
 /// Renders the user-data for one node (strict: a missing value is an error, not an empty
@@ -48,6 +61,7 @@ mod tests {
             token: "abcdef.0123456789abcdef".into(),
             agent_url: "http://10.213.0.1:7444/pangaea-agent".into(),
             agent_sha256: "cd".repeat(32),
+            tunnel: None,
         }
     }
 
@@ -64,5 +78,72 @@ mod tests {
                 .contains("node_name: \"node-1\"")
         );
         assert!(text.contains(&"cd".repeat(32)));
+        // The agent's unit downloads it first, and keeps trying while it cannot.
+        let files = v["write_files"].as_array().unwrap();
+        let unit = files
+            .iter()
+            .find(|f| f["path"] == "/etc/systemd/system/pangaea-agent.service")
+            .unwrap()["content"]
+            .as_str()
+            .unwrap();
+        assert!(
+            unit.contains("ExecStartPre=/usr/local/lib/pangaea/fetch-agent")
+                && unit.contains("Restart=always")
+                && unit.contains("StartLimitIntervalSec=0"),
+            "{unit}"
+        );
+        let fetch = files
+            .iter()
+            .find(|f| f["path"] == "/usr/local/lib/pangaea/fetch-agent")
+            .unwrap();
+        assert_eq!(fetch["permissions"], "0755");
+        let fetch = fetch["content"].as_str().unwrap();
+        assert!(fetch.starts_with("#!/bin/sh\nset -e\n"), "{fetch}");
+        assert!(
+            fetch.contains(&format!("echo '{}  '$tmp | sha256sum -c", "cd".repeat(32))),
+            "{fetch}"
+        );
+        assert!(
+            !text.contains("tunnel-authorized-keys") && !text.contains("useradd"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_tunnelled_node_gets_the_tunnel_user_and_key_before_the_agent_download() {
+        let key = r#"restrict,permitlisten="127.0.0.1:7443" ssh-ed25519 AAAA t@c"#;
+        let text = render(&UserData {
+            tunnel: Some(TunnelLogin {
+                user: "pangaea-tunnel".into(),
+                authorized_key: key.into(),
+            }),
+            ..sample()
+        })
+        .unwrap();
+        let v: serde_json::Value = serde_norway::from_str(&text).unwrap();
+        // The token stays the second file (what reads it back finds it there).
+        assert_eq!(v["write_files"][1]["content"], "abcdef.0123456789abcdef");
+        let keys = v["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == "/etc/pangaea/tunnel-authorized-keys")
+            .expect("the key file");
+        assert_eq!(keys["content"], format!("{key}\n"));
+        let runcmd: Vec<String> = v["runcmd"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let setup = runcmd
+            .iter()
+            .position(|c| c.contains("useradd") && c.contains("pangaea-tunnel"))
+            .expect("the tunnel user is made");
+        let agent = runcmd
+            .iter()
+            .position(|c| c.contains("pangaea-agent.service"))
+            .unwrap();
+        assert!(setup < agent, "{runcmd:?}");
     }
 }

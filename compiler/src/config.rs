@@ -505,6 +505,19 @@ impl Loaded {
         Ok(next)
     }
 
+    pub(crate) fn with_artifact_source(
+        &self,
+        source: ArtifactSource,
+    ) -> Result<Loaded, ConfigError> {
+        let mut next = Loaded {
+            warnings: vec![],
+            ..self.clone()
+        };
+        next.config.artifact_source = source;
+        next.validate()?;
+        Ok(next)
+    }
+
     pub(crate) fn with_removed_node(&self, name: NodeName) -> Result<Loaded, ConfigError> {
         let mut next = Loaded {
             warnings: vec![],
@@ -713,6 +726,34 @@ impl Loaded {
                 ));
             }
         }
+        if let Provider::Vagrant(v) = &c.provider {
+            let mut guests = std::collections::BTreeSet::new();
+            for (i, f) in v.synced_folders.iter().enumerate() {
+                let idx = i.to_string();
+                let err = |key: &str, message: String| {
+                    Err(self.err(&["provider", "syncedFolders", &idx, key], message))
+                };
+                if f.host.trim().is_empty() {
+                    return err("host", "a synced folder needs a host folder".into());
+                }
+                let guest = Path::new(&f.guest);
+                if !guest.is_absolute() || guest.parent().is_none() {
+                    return err(
+                        "guest",
+                        format!(
+                            "guest {:?} must be an absolute path below / (for example /srv/src)",
+                            f.guest
+                        ),
+                    );
+                }
+                if !guests.insert(guest.components().collect::<PathBuf>()) {
+                    return err(
+                        "guest",
+                        format!("guest {:?} is the guest of two synced folders", f.guest),
+                    );
+                }
+            }
+        }
         if let Err(e) =
             crate::artifact_set::ArtifactSet::defaults().with_overrides(&self.file, &c.artifacts)
         {
@@ -818,6 +859,35 @@ mod tests {
         let e = parse("pools:\n  - name: x\n    machineType: z9-huge\n").unwrap_err();
         assert!(e.message.contains("unknown machine type"), "{e}");
         assert!(parse("pools:\n  - name: cp\n    count: 3\n    roles: [etcd, control-plane]\n  - name: w\n    count: 5\n    roles: [worker]\n    machineType: e2-micro\n").is_ok());
+    }
+
+    #[test]
+    fn a_synced_folder_needs_an_absolute_guest_path_of_its_own() {
+        let folders = |list: &str| {
+            parse(&format!(
+                "provider:\n  type: vagrant\n  syncedFolders:\n{list}"
+            ))
+        };
+        assert!(
+            folders("    - {host: ./src, guest: /srv/src}\n    - {host: ./src, guest: /srv/b}\n")
+                .is_ok()
+        );
+        let e = folders("    - host: ./src\n      guest: srv/src\n").unwrap_err();
+        assert_eq!(e.location, Some((5, 7)), "{e}");
+        assert!(
+            e.message
+                .contains("guest \"srv/src\" must be an absolute path"),
+            "{e}"
+        );
+        let e = folders("    - {host: ./src, guest: /}\n").unwrap_err();
+        assert!(e.message.contains("below /"), "{e}");
+        let e =
+            folders("    - host: a\n      guest: /srv/a\n    - host: b\n      guest: /srv/a/\n")
+                .unwrap_err();
+        assert_eq!(e.location, Some((7, 7)), "{e}");
+        assert!(e.message.contains("the guest of two synced folders"), "{e}");
+        let e = folders("    - {host: '', guest: /srv/a}\n").unwrap_err();
+        assert!(e.message.contains("needs a host folder"), "{e}");
     }
 
     #[test]

@@ -20,10 +20,15 @@
 //! * a block-style pool with a `count:` line: the number on it is replaced;
 //! * a block-style pool without one: a `count:` line is added after the pool's first line.
 //!
+//! `artifactSource` (`pangaea-ctl up --artifact-source`):
+//! * no `artifactSource` key: the line is appended;
+//! * a top-level `artifactSource: VALUE  # …` line: the value is replaced, the comment kept.
+//!
 //! Anything else is refused with what to do (edit the file by hand). Every edit is checked
 //! by loading the result with [`Loaded::parse`]: it must give exactly the configuration
 //! intended, or the edit is refused and nothing written.
 
+use crate::artifact_set::ArtifactSource;
 use crate::config::{ConfigError, Loaded};
 use crate::locate::locate_exact;
 use pangaea_core::NodeName;
@@ -209,6 +214,76 @@ impl Edit for PoolCount<'_> {
     fn edit_text(&self, text: &str) -> Result<String, (usize, &'static str)> {
         edit_pool_count(text, self.pool, self.count)
     }
+}
+
+struct SetArtifactSource(ArtifactSource);
+
+impl Edit for SetArtifactSource {
+    fn instruction(&self) -> String {
+        format!("set artifactSource: {}", self.0.as_str())
+    }
+    fn change(&self) -> String {
+        format!("take the cluster's binaries from {}", self.0.as_str())
+    }
+    fn key(&self) -> &'static str {
+        "artifactSource"
+    }
+    fn done(&self, before: &Loaded) -> bool {
+        before.config.artifact_source == self.0
+    }
+    fn expected(&self, before: &Loaded) -> Result<Loaded, ConfigError> {
+        before.with_artifact_source(self.0)
+    }
+    fn edit_text(&self, text: &str) -> Result<String, (usize, &'static str)> {
+        let nl = if text.contains("\r\n") { "\r\n" } else { "\n" };
+        let value = self.0.as_str();
+        let lines = lines(text);
+        let Some((key, after_colon)) = lines
+            .iter()
+            .find_map(|l| top_level_key(l.content, "artifactSource").map(|v| (l, v)))
+        else {
+            let sep = if text.is_empty() || text.ends_with('\n') {
+                ""
+            } else {
+                nl
+            };
+            return Ok(format!("{text}{sep}artifactSource: {value}{nl}"));
+        };
+        let rest = &key.content[after_colon..];
+        let old = rest[..comment_start(rest)].trim_end();
+        let at = key.start + after_colon;
+        let from = at + (old.len() - old.trim_start().len());
+        Ok(format!(
+            "{}{value}{}",
+            &text[..from],
+            &text[at + old.len()..]
+        ))
+    }
+}
+
+/// `text` with `artifactSource: SOURCE`, everything else byte for byte; `text` itself when
+/// it says so already. Errors name the file `pangaea.yaml`.
+///
+/// ```
+/// use pangaea_compiler::artifact_set::ArtifactSource;
+/// let text = "name: demo\nartifactSource: pinned  # upstream\n";
+/// let edited =
+///     pangaea_compiler::config_edit::set_artifact_source(text, ArtifactSource::OsPackages).unwrap();
+/// assert_eq!(edited, "name: demo\nartifactSource: os-packages  # upstream\n");
+/// ```
+pub fn set_artifact_source(text: &str, source: ArtifactSource) -> Result<String, ConfigEditError> {
+    apply(
+        "pangaea.yaml",
+        Path::new("."),
+        text,
+        &SetArtifactSource(source),
+    )
+}
+
+/// Sets `artifactSource` in the configuration at `path` with [`set_artifact_source`], as
+/// [`rewrite`] does.
+pub fn write_artifact_source(path: &Path, source: ArtifactSource) -> Result<(), ConfigEditError> {
+    rewrite(path, &SetArtifactSource(source))
 }
 
 /// `text` (a `pangaea.yaml`) with `name` added to `removedNodes`, everything else byte for
@@ -570,6 +645,40 @@ mod tests {
             .iter()
             .map(|n| n.name.to_string())
             .collect()
+    }
+
+    #[test]
+    fn the_artifact_source_is_appended_or_replaced_in_place() {
+        let set = |t: &str| {
+            set_artifact_source(t, ArtifactSource::OsPackages).unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(set(""), "artifactSource: os-packages\n");
+        assert_eq!(
+            set("name: demo"),
+            "name: demo\nartifactSource: os-packages\n"
+        );
+        assert_eq!(
+            set("name: demo\r\n"),
+            "name: demo\r\nartifactSource: os-packages\r\n"
+        );
+        assert_eq!(
+            set("artifactSource:   pinned   # the default\nname: demo\n"),
+            "artifactSource:   os-packages   # the default\nname: demo\n"
+        );
+        // Already so: the text as it was, comments and all.
+        let same = "artifactSource: os-packages  # offline\n";
+        assert_eq!(set(same), same);
+        // A file that does not load as it is is refused, not edited.
+        for bad in [
+            "name: [",
+            "artifactSource: # unset\n",
+            "artifactSource: mirror\n",
+        ] {
+            assert!(
+                set_artifact_source(bad, ArtifactSource::OsPackages).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ```yaml
 //! provider: { type: local }                                  # the default
 //! provider: { type: vagrant, boxName: debian/trixie64 }
+//! provider: { type: vagrant, syncedFolders: [{host: ./src, guest: /srv/src, type: nfs}] }
 //! provider: { type: gce, project: demo, zones: [europe-west1-b, europe-west1-c], spot: true }
 //! provider: { type: gce, advertiseAddress: 203.0.113.7, apiAccess: [198.51.100.0/24] }
 //! ```
@@ -182,6 +183,44 @@ pub enum Provider {
 pub struct VagrantProvider {
     /// `boxName`: the base box (default: the provider's).
     pub box_name: Option<String>,
+    /// `syncedFolders`: host folders shared with every node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub synced_folders: Vec<SyncedFolder>,
+}
+
+/// One entry of `syncedFolders`: a folder of the operator's machine shared with every
+/// Vagrant node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncedFolder {
+    /// `host`: the folder on this machine (relative paths: to `pangaea.yaml`'s directory).
+    pub host: String,
+    /// `guest`: where it appears in each node (an absolute path).
+    pub guest: String,
+    /// `type`: how it is shared (default `rsync`).
+    #[serde(default, rename = "type")]
+    pub sync: FolderSync,
+}
+
+impl SyncedFolder {
+    /// The host folder, for a configuration in directory `dir`: `host` when absolute, else
+    /// under `dir`, made absolute.
+    pub fn host_path(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let p = dir.join(&self.host);
+        std::path::absolute(&p).unwrap_or(p)
+    }
+}
+
+/// How a synced folder reaches the nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderSync {
+    /// Copied into each node at `up` (and by `vagrant rsync`): works everywhere, one way.
+    #[default]
+    Rsync,
+    /// Mounted from this machine's NFS server: live in both directions; needs an NFS server
+    /// (nfsd) on this machine.
+    Nfs,
 }
 
 /// The settings of `provider: {type: gce}`.
@@ -194,7 +233,8 @@ pub struct GceProvider {
     pub zones: Vec<String>,
     /// `spot`: run the nodes as Spot VMs.
     pub spot: bool,
-    /// `advertiseAddress`: the address nodes use to reach the controller.
+    /// `advertiseAddress`: the address nodes dial to reach the controller (default: none;
+    /// the controller reaches them through reverse SSH tunnels instead).
     pub advertise_address: Option<String>,
     /// `apiAccess`: where the API server's port may be reached from (CIDRs; default
     /// anywhere; `[]` opens it to nothing outside the cluster).
@@ -230,12 +270,14 @@ enum Key {
     Spot,
     AdvertiseAddress,
     ApiAccess,
+    SyncedFolders,
 }
 
 impl Key {
-    const ALL: [Key; 7] = [
+    const ALL: [Key; 8] = [
         Key::Type,
         Key::BoxName,
+        Key::SyncedFolders,
         Key::Project,
         Key::Zones,
         Key::Spot,
@@ -252,6 +294,7 @@ impl Key {
             Key::Spot => "spot",
             Key::AdvertiseAddress => "advertiseAddress",
             Key::ApiAccess => "apiAccess",
+            Key::SyncedFolders => "syncedFolders",
         }
     }
 
@@ -259,7 +302,7 @@ impl Key {
     fn accepted_by(self) -> &'static [ProviderKind] {
         match self {
             Key::Type => &ProviderKind::ALL,
-            Key::BoxName => &[ProviderKind::Vagrant],
+            Key::BoxName | Key::SyncedFolders => &[ProviderKind::Vagrant],
             Key::Project | Key::Zones | Key::Spot | Key::AdvertiseAddress | Key::ApiAccess => {
                 &[ProviderKind::Gce]
             }
@@ -284,7 +327,7 @@ impl Key {
     }
 }
 
-const KEY_NAMES: [&str; 7] = [
+const KEY_NAMES: [&str; 8] = [
     Key::ALL[0].name(),
     Key::ALL[1].name(),
     Key::ALL[2].name(),
@@ -292,6 +335,7 @@ const KEY_NAMES: [&str; 7] = [
     Key::ALL[4].name(),
     Key::ALL[5].name(),
     Key::ALL[6].name(),
+    Key::ALL[7].name(),
 ];
 
 const KIND_NAMES: [&str; 3] = [
@@ -376,6 +420,7 @@ impl<'de> Visitor<'de> for ProviderVisitor {
             match key {
                 Key::Type => kind = Some(map.next_value_seed(TypeSeed { before: &seen })?),
                 Key::BoxName => vagrant.box_name = map.next_value()?,
+                Key::SyncedFolders => vagrant.synced_folders = map.next_value()?,
                 Key::Project => gce.project = map.next_value()?,
                 Key::Zones => gce.zones = map.next_value()?,
                 Key::Spot => gce.spot = map.next_value()?,
@@ -463,7 +508,8 @@ mod tests {
         assert_eq!(
             p,
             Provider::Vagrant(VagrantProvider {
-                box_name: Some("debian/trixie64".into())
+                box_name: Some("debian/trixie64".into()),
+                ..Default::default()
             })
         );
         assert_eq!(p.kind(), ProviderKind::Vagrant);
@@ -555,12 +601,54 @@ mod tests {
     }
 
     #[test]
+    fn vagrant_synced_folders_default_to_rsync_and_refuse_unknown_fields_where_they_are() {
+        let p = parse(
+            "provider:\n  type: vagrant\n  syncedFolders:\n    - {host: ./src, guest: /srv/src}\n    - {host: /data, guest: /data, type: nfs}\n",
+        )
+        .unwrap();
+        let Provider::Vagrant(v) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            v.synced_folders,
+            [
+                SyncedFolder {
+                    host: "./src".into(),
+                    guest: "/srv/src".into(),
+                    sync: FolderSync::Rsync
+                },
+                SyncedFolder {
+                    host: "/data".into(),
+                    guest: "/data".into(),
+                    sync: FolderSync::Nfs
+                }
+            ]
+        );
+        refused_at(
+            "provider:\n  type: vagrant\n  syncedFolders:\n    - host: a\n      guest: /a\n      type: smb\n",
+            (6, 13),
+            "unknown variant `smb`, expected `rsync` or `nfs`",
+        );
+        refused_at(
+            "provider:\n  type: vagrant\n  syncedFolders:\n    - host: a\n      gust: /a\n",
+            (5, 7),
+            "unknown field `gust`",
+        );
+        refused_at(
+            "provider:\n  type: gce\n  syncedFolders: []\n",
+            (3, 3),
+            "`syncedFolders` is not valid for provider type gce; only provider type vagrant accepts it",
+        );
+    }
+
+    #[test]
     fn serializes_tagged_as_written() {
         let v = |p: &Provider| serde_json::to_value(p).unwrap();
         assert_eq!(v(&Provider::Local), serde_json::json!({"type": "local"}));
         assert_eq!(
             v(&Provider::Vagrant(VagrantProvider {
-                box_name: Some("b".into())
+                box_name: Some("b".into()),
+                ..Default::default()
             })),
             serde_json::json!({"type": "vagrant", "boxName": "b"})
         );

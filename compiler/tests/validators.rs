@@ -291,28 +291,41 @@ fn compilation_is_deterministic() {
 #[test]
 fn the_user_data_passes_cloud_init_schema() {
     let cloud_init = tool("cloud-init", "apt-get install cloud-init");
-    let data = pangaea_compiler::cloudinit::UserData {
+    let direct = pangaea_compiler::cloudinit::UserData {
         node: "node-1".parse().unwrap(),
         controller: "10.213.0.1:7443".into(),
         ca_pin: format!("sha256:{}", "ab".repeat(32)),
         token: "abcdef.0123456789abcdef".into(),
         agent_url: "http://10.213.0.1:7444/pangaea-agent".into(),
         agent_sha256: "cd".repeat(32),
+        tunnel: None,
+    };
+    // Through the controller's reverse SSH tunnel (GCE behind NAT).
+    let tunnelled = pangaea_compiler::cloudinit::UserData {
+        controller: "127.0.0.1:7443".into(),
+        agent_url: "http://127.0.0.1:7444/pangaea-agent".into(),
+        tunnel: Some(pangaea_compiler::cloudinit::TunnelLogin {
+            user: "pangaea-tunnel".into(),
+            authorized_key: r#"restrict,port-forwarding,permitlisten="127.0.0.1:7443" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG pangaea-tunnel@c"#.into(),
+        }),
+        ..direct.clone()
     };
     let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("user-data");
-    std::fs::write(&good, pangaea_compiler::cloudinit::render(&data).unwrap()).unwrap();
-    let out = Command::new(&cloud_init)
-        .args(["schema", "--config-file"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cloud-init schema: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (case, data) in [("direct", direct), ("tunnelled", tunnelled)] {
+        let good = dir.path().join(case);
+        std::fs::write(&good, pangaea_compiler::cloudinit::render(&data).unwrap()).unwrap();
+        let out = Command::new(&cloud_init)
+            .args(["schema", "--config-file"])
+            .arg(&good)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cloud-init schema ({case}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // The validator does reject a broken document.
     let bad = dir.path().join("bad");
     std::fs::write(&bad, "#cloud-config\nwrite_files: 7\n").unwrap();

@@ -182,6 +182,25 @@ impl pb::admin_server::Admin for AdminService {
         )))
     }
 
+    type ReadJournalStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::JournalOutput, Status>> + Send>,
+    >;
+
+    async fn read_journal(
+        &self,
+        req: Request<pb::ReadJournalRequest>,
+    ) -> Result<Response<Self::ReadJournalStream>, Status> {
+        use crate::journal::ReadError;
+        let rx = crate::journal::read(&self.0, req.into_inner()).map_err(|e| match e {
+            ReadError::NoSuchNode { .. } => Status::not_found(e.to_string()),
+            ReadError::NotConnected(_) => Status::unavailable(e.to_string()),
+            ReadError::Controller(_) => Status::internal(e.to_string()),
+        })?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     type RestoreEtcdStream = Self::LoadImageStream;
 
     async fn restore_etcd(
@@ -369,6 +388,24 @@ impl Backend {
                 need: "no node can receive the image",
                 start: "up",
             }),
+        }
+    }
+
+    /// Reads node `req.node`'s journal through its agent ([`crate::journal::read`]). Only
+    /// a running controller can: it is what the agents are connected to.
+    /// `Ok(Err(why))` when the agent cannot read it now (no controller runs, or the node's
+    /// agent is not connected), so the caller may go another way.
+    pub async fn read_journal(
+        &mut self,
+        req: pb::ReadJournalRequest,
+    ) -> Result<Result<tonic::Streaming<pb::JournalOutput>, String>, BackendError> {
+        match self {
+            Backend::Daemon(c) => match c.read_journal(req).await {
+                Ok(r) => Ok(Ok(r.into_inner())),
+                Err(s) if s.code() == tonic::Code::Unavailable => Ok(Err(s.message().to_owned())),
+                Err(s) => Err(s.into()),
+            },
+            Backend::Local(_) => Ok(Err("the controller is not running".into())),
         }
     }
 

@@ -62,6 +62,11 @@ pub enum Command {
         /// check its digest).
         #[arg(long)]
         agent_http: Option<SocketAddr>,
+        /// Keep a reverse SSH tunnel to each of the provider's running nodes, through which
+        /// they reach this controller (nodes that cannot dial this machine: GCE without
+        /// advertiseAddress).
+        #[arg(long)]
+        tunnel: bool,
     },
     /// Bring the cluster up: create what is missing (PKI, controller daemon, node image,
     /// network, nodes), wait until every node is healthy, write the admin kubeconfig.
@@ -69,11 +74,17 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         sudo pangaea-ctl up\n  \
         sudo pangaea-ctl up --timeout 10m --no-kubeconfig\n  \
-        echo 'artifactSource: os-packages' >> pangaea.yaml && sudo pangaea-ctl up   # no internet")]
+        sudo pangaea-ctl up --artifact-source os-packages   # no internet: Debian's binaries")]
     Up {
         /// How long to wait for the nodes to become healthy.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
+        /// Where the cluster's binaries come from, recorded as `artifactSource:` in
+        /// pangaea.yaml first (so every later command agrees): `pinned` (the upstream
+        /// releases) or `os-packages` (this machine's installed Debian packages, for a
+        /// machine that reaches only its package mirror).
+        #[arg(long, value_name = "SOURCE", value_parser = ["pinned", "os-packages"])]
+        artifact_source: Option<String>,
         /// Do not merge the admin kubeconfig into ~/.kube/config (or $KUBECONFIG's first
         /// file) as context pangaea-CLUSTER, nor make it the current context.
         #[arg(long)]
@@ -163,10 +174,11 @@ pub enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// A node's journal (one unit, or all of this boot), read on the node; or with
-    /// --bundle, one archive for a bug report: status, every node's journal of the
-    /// Pangaea units, the controller's log, pangaea.yaml, with token secrets redacted.
-    /// `up` writes a bundle by itself when it fails.
+    /// A node's journal (one unit, or all of this boot), read on the node by its agent and
+    /// streamed over its mutual-TLS channel (through the provider's shell when the agent is
+    /// not connected); or with --bundle, one archive for a bug report: status, every node's
+    /// journal of the Pangaea units, the controller's log, pangaea.yaml, with token secrets
+    /// redacted. `up` writes a bundle by itself when it fails.
     #[command(after_help = "Examples:\n  \
         sudo pangaea-ctl logs node-1 etcd\n  \
         sudo pangaea-ctl logs node-2 pangaea-agent --since -1h\n  \
@@ -452,7 +464,8 @@ pub enum ImageCommand {
         docker save -o app.tar registry.example/app:1.2\n  \
         pangaea-ctl image load app.tar                     # every node\n  \
         pangaea-ctl image load app.tar --node wk-1 --node wk-2\n  \
-        pangaea-ctl image load big.tar --timeout 30m")]
+        pangaea-ctl image load big.tar --timeout 30m\n  \
+        pangaea-ctl image load app.tar -o json | jq '.nodes[] | select(.loaded | not)'")]
     Load {
         /// The image archive (tar, OCI or docker format).
         archive: PathBuf,
@@ -462,6 +475,9 @@ pub enum ImageCommand {
         /// How long to wait for every node; a node still busy then is reported failed.
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
+        /// Output format of the outcome (progress goes to stderr).
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
     },
 }
 
@@ -682,10 +698,20 @@ pub enum EnvTool {
     Kubectl,
     /// ETCDCTL_* for the cluster's etcd, with an operator client certificate.
     Etcdctl,
-    /// CLOUDSDK_CORE_PROJECT and CLOUDSDK_COMPUTE_REGION of a GCE cluster.
+    /// CLOUDSDK_CORE_PROJECT, CLOUDSDK_COMPUTE_REGION and CLOUDSDK_COMPUTE_ZONE (the first
+    /// zone) of a GCE cluster.
     Gcloud,
     /// VAGRANT_CWD: the directory of a Vagrant cluster's Vagrantfile.
     Vagrant,
+    /// What the provider's own SSH needs (`vagrant ssh NODE`, `gcloud compute ssh NODE`);
+    /// local nodes have no SSH server (`pangaea-ctl ssh NODE` opens a shell on any node).
+    Ssh,
+    /// PANGAEA_NFS_SERVER, PANGAEA_NFS_EXPORT and PANGAEA_NFS_MOUNT of the cluster's first
+    /// `nfs` entry (with a suffix _2, _3, … for the others).
+    Nfs,
+    /// Refused, with the way: nodes run containerd, not Docker (there is no Docker daemon
+    /// for DOCKER_HOST); `pangaea-ctl image load` puts images into them.
+    Docker,
 }
 
 /// How `status` and `pki show` print.
@@ -769,7 +795,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             advertise,
             agent_http,
-        } => cmd::serve::run(&ctx, listen, advertise, agent_http).await,
+            tunnel,
+        } => cmd::serve::run(&ctx, listen, advertise, agent_http, tunnel).await,
         Command::Completion { shell } => cmd::completion::run(shell),
         Command::Clusters { output } => cmd::clusters::run(output).await,
         Command::Init { dir, force } => cmd::init::run(dir, force),
@@ -792,7 +819,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up {
             timeout,
             no_kubeconfig,
+            artifact_source,
         } => {
+            if let Some(source) = artifact_source {
+                cmd::up::record_artifact_source(&ctx, &source)?;
+            }
             if let Err(e) = cmd::up::run(&ctx, timeout, cmd::up::Mode::Up).await {
                 // What went wrong, collected while it is still there (not for a refusal,
                 // which changed nothing).
@@ -864,13 +895,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             archive,
             nodes,
             timeout,
+            output,
         }) => {
             let args = cmd::image::Args {
                 archive,
                 nodes: nodes.iter().map(ToString::to_string).collect(),
                 timeout,
             };
-            cmd::image::run(&ctx, args).await
+            cmd::image::run(&ctx, args, output).await
         }
     }
 }

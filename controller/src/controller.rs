@@ -225,6 +225,16 @@ impl Controller {
         })?)
     }
 
+    /// The names of the nodes that are not removed: those a job can be given.
+    pub fn live_node_names(&self) -> Result<Vec<String>, ControllerError> {
+        Ok(self
+            .nodes()?
+            .into_iter()
+            .filter(|n| !n.record.removed)
+            .map(|n| n.record.name.to_string())
+            .collect())
+    }
+
     /// Every node (removed ones included) with its assignment revision and latest report,
     /// read from one snapshot.
     pub fn nodes(&self) -> Result<Vec<NodeView>, ControllerError> {

@@ -41,7 +41,8 @@ pub async fn ensure(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("open {}", log_path.display()))?;
-    Command::new(std::env::current_exe()?)
+    let mut serve = Command::new(std::env::current_exe()?);
+    serve
         .arg("--state-dir")
         .arg(state.path())
         .arg("--config")
@@ -54,7 +55,11 @@ pub async fn ensure(
             &endpoint.advertise.to_string(),
             "--agent-http",
             &format!("{}:{AGENT_HTTP_PORT}", endpoint.listen),
-        ])
+        ]);
+    if endpoint.tunnel {
+        serve.arg("--tunnel");
+    }
+    serve
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

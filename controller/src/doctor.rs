@@ -100,12 +100,31 @@ fn tools(loaded: &Loaded) -> Vec<Tool> {
                 true,
             ),
         ]),
-        ProviderKind::Gce => t.push(tool(
-            "gcloud",
-            "google-cloud-cli",
-            "credentials and project for Compute Engine",
-            true,
-        )),
+        ProviderKind::Gce => {
+            t.push(tool(
+                "gcloud",
+                "google-cloud-cli",
+                "credentials and project for Compute Engine",
+                true,
+            ));
+            if matches!(&c.provider, pangaea_compiler::provider::Provider::Gce(g) if g.advertise_address.is_none())
+            {
+                t.extend([
+                    tool(
+                        "ssh",
+                        "openssh-client",
+                        "the tunnels through which the nodes reach this controller",
+                        true,
+                    ),
+                    tool(
+                        "ssh-keygen",
+                        "openssh-client",
+                        "the tunnels' key, made once",
+                        true,
+                    ),
+                ]);
+            }
+        }
         ProviderKind::Vagrant => t.extend([
             tool("vagrant", "vagrant", "drive the VMs", true),
             tool(
@@ -115,6 +134,20 @@ fn tools(loaded: &Loaded) -> Vec<Tool> {
                 true,
             ),
             tool("qemu-system-x86_64", "qemu-system-x86", "run the VMs", true),
+            tool("libvirtd", "libvirt-daemon-system", "run the VMs", true),
+            tool(
+                "genisoimage",
+                "genisoimage",
+                "each node's cloud-init seed ISO",
+                true,
+            ),
+            tool(
+                "debootstrap",
+                "debootstrap",
+                "build the node box once",
+                true,
+            ),
+            tool("extlinux", "extlinux", "make the node box bootable", true),
         ]),
     }
     if !c.nfs.is_empty() || c.provider.kind() == ProviderKind::Vagrant {
@@ -396,6 +429,10 @@ mod tests {
         assert!(local.contains(&"debootstrap".to_owned()) && !local.contains(&"gcloud".to_owned()));
         let gce = names("provider: {type: gce}\n");
         assert!(gce.contains(&"gcloud".to_owned()) && !gce.contains(&"debootstrap".to_owned()));
+        // SSH for the tunnels, unless the nodes dial an advertised address.
+        assert!(gce.contains(&"ssh".to_owned()));
+        let direct = names("provider: {type: gce, advertiseAddress: 203.0.113.7}\n");
+        assert!(!direct.contains(&"ssh".to_owned()));
         let vagrant = names("provider: {type: vagrant}\n");
         assert!(vagrant.contains(&"vagrant".to_owned()));
     }

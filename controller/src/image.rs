@@ -86,12 +86,7 @@ pub fn load(
             actual,
         });
     }
-    let live: Vec<String> = c
-        .nodes()?
-        .into_iter()
-        .filter(|n| !n.record.removed)
-        .map(|n| n.record.name.to_string())
-        .collect();
+    let live = c.live_node_names()?;
     let targets = if req.nodes.is_empty() {
         live.clone()
     } else {

@@ -10,13 +10,21 @@
 //! agent keeps restarting while running it gets it again, but not forever), and the caller
 //! going away. A job's state per node is a [`pb::JobReport`]; the first final report wins.
 //!
+//! A job may have output (a journal read): the node streams it with `SendJobOutput` into
+//! a bounded channel whose receiver the submitter holds ([`Jobs::submit_with_output`]), so
+//! a node can never send faster than the reader takes it, and only the node the job was
+//! given to can send into it ([`Jobs::output`]).
+//!
 //! The state sits in a watch channel used as a cell (as the agent's recording fakes do):
 //! its lock is held only for map operations, never across an `.await`.
 
 use pangaea_proto as pb;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+/// How many chunks of a job's output wait for the reader before the node must wait.
+const OUTPUT_BUFFER: usize = 16;
 
 /// How many times a job is handed to one node (once per `WatchJobs` stream that finds it
 /// outstanding) before that node's part fails.
@@ -55,6 +63,9 @@ pub enum ReportRefusal {
         /// The reporting node.
         node: String,
     },
+    /// Output sent for a job that has none.
+    #[error("job {0:?} has no output")]
+    NoOutput(String),
 }
 
 /// The jobs of one controller.
@@ -96,6 +107,8 @@ impl Default for NodeJobs {
 struct Entry {
     deliveries: BTreeMap<String, u32>,
     status: watch::Sender<Statuses>,
+    /// Where the job's output goes, for a job that has one.
+    output: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 impl Inner {
@@ -193,6 +206,47 @@ impl Jobs {
 
     /// Hands `job` to each of `nodes`; every node starts `queued`.
     pub fn submit(&self, job: pb::Job, nodes: &[String]) -> JobHandle {
+        self.submit_inner(job, nodes, None)
+    }
+
+    /// Hands `job` to `node` alone, with an output: what the node sends with
+    /// `SendJobOutput` arrives on the receiver, at most [`OUTPUT_BUFFER`] chunks ahead of
+    /// the reader.
+    pub fn submit_with_output(
+        &self,
+        job: pb::Job,
+        node: &str,
+    ) -> (JobHandle, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(OUTPUT_BUFFER);
+        (self.submit_inner(job, &[node.to_owned()], Some(tx)), rx)
+    }
+
+    /// Where `node`'s output of job `id` goes: refused for a job that is not outstanding,
+    /// was not given to `node`, or has no output.
+    pub fn output(&self, node: &str, id: &str) -> Result<mpsc::Sender<Vec<u8>>, ReportRefusal> {
+        self.with(|inner| {
+            let e = inner
+                .jobs
+                .get(id)
+                .ok_or_else(|| ReportRefusal::Unknown(id.to_owned()))?;
+            if !e.status.borrow().contains_key(node) {
+                return Err(ReportRefusal::NotTarget {
+                    id: id.to_owned(),
+                    node: node.to_owned(),
+                });
+            }
+            e.output
+                .clone()
+                .ok_or_else(|| ReportRefusal::NoOutput(id.to_owned()))
+        })
+    }
+
+    fn submit_inner(
+        &self,
+        job: pb::Job,
+        nodes: &[String],
+        output: Option<mpsc::Sender<Vec<u8>>>,
+    ) -> JobHandle {
         self.with(|inner| {
             let queued = |node: &String| {
                 let mut r = pb::JobReport {
@@ -208,6 +262,7 @@ impl Jobs {
                 Entry {
                     deliveries: BTreeMap::new(),
                     status,
+                    output,
                 },
             );
             for n in nodes {
@@ -380,6 +435,44 @@ mod tests {
         drop(h);
         assert!(matches!(
             jobs.report("a", report("j1", pb::JobState::Failed)),
+            Err(ReportRefusal::Unknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn only_the_target_node_sends_output_and_only_while_someone_reads_it() {
+        let jobs = Jobs::default();
+        let plain = jobs.submit(job("plain"), &["a".into()]);
+        let (h, mut rx) = jobs.submit_with_output(job("j1"), "a");
+        // The other node's output, a job that has none, an unknown job: refused.
+        assert_eq!(
+            jobs.output("b", "j1").unwrap_err(),
+            ReportRefusal::NotTarget {
+                id: "j1".into(),
+                node: "b".into()
+            }
+        );
+        assert_eq!(
+            jobs.output("a", "plain").unwrap_err(),
+            ReportRefusal::NoOutput("plain".into())
+        );
+        assert!(matches!(
+            jobs.output("a", "nope"),
+            Err(ReportRefusal::Unknown(_))
+        ));
+        let tx = jobs.output("a", "j1").unwrap();
+        tx.send(b"line 1\n".to_vec()).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), b"line 1\n");
+        // The reader is bounded: a node cannot run ahead of it.
+        for _ in 0..OUTPUT_BUFFER {
+            tx.try_send(vec![0]).unwrap();
+        }
+        assert!(tx.try_send(vec![0]).is_err());
+        // Once the reader is gone the job is too, and sending fails.
+        drop((h, rx, plain));
+        assert!(tx.send(vec![1]).await.is_err());
+        assert!(matches!(
+            jobs.output("a", "j1"),
             Err(ReportRefusal::Unknown(_))
         ));
     }

@@ -67,6 +67,7 @@ pub mod host_state;
 pub mod image;
 pub mod issued;
 pub mod jobs;
+pub mod journal;
 pub mod kubeconfig;
 pub mod membership;
 pub mod mirror;
@@ -87,5 +88,7 @@ pub mod status;
 pub mod store;
 pub mod stream_body;
 pub mod tokens;
+pub mod troubleshooting;
+pub mod tunnel;
 
 pub use controller::{Controller, ControllerConfig, ControllerError, NodeView};

@@ -128,10 +128,9 @@ impl fmt::Display for ArtifactsUnavailable {
             writeln!(
                 f,
                 "  - No internet, only the OS package mirror? Take etcd, containerd, runc and the CNI\n    \
-                 plugins from this machine's Debian packages: add the line\n      \
-                 artifactSource: os-packages\n    \
-                 to {config} (`echo 'artifactSource: os-packages' >> {quoted}`), then run `up` again.",
-                quoted = crate::cmd::env::posix_quote(config)
+                 plugins from this machine's Debian packages:\n      \
+                 pangaea-ctl up --artifact-source os-packages\n    \
+                 (it records the line `artifactSource: os-packages` in {config})."
             )?;
         }
         write!(

@@ -24,7 +24,7 @@ pub const NODE_TOKEN_TTL: Duration = Duration::from_secs(3600);
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     /// The provider failed on a node.
-    #[error("{node}: {source}")]
+    #[error("{node}")]
     Provider {
         /// The node.
         node: NodeName,
@@ -33,13 +33,13 @@ pub enum ReconcileError {
         source: ProviderError,
     },
     /// Listing the provider's machines failed.
-    #[error("list the machines: {0}")]
+    #[error("list the machines")]
     List(#[source] ProviderError),
     /// Removing what the nodes shared failed.
-    #[error("remove what the nodes shared: {0}")]
+    #[error("remove what the nodes shared")]
     Teardown(#[source] ProviderError),
     /// The controller refused or failed.
-    #[error("controller: {0}")]
+    #[error("controller")]
     Controller(#[from] BackendError),
     /// The user-data could not be rendered.
     #[error("render the user-data of {node}: {message}")]
@@ -106,6 +106,9 @@ pub struct Bootstrap {
     pub agent_sha256: String,
     /// How long a node's bootstrap (or recovery) token lives: [`NODE_TOKEN_TTL`].
     pub token_ttl: Duration,
+    /// The login of the controller's reverse SSH tunnel, when nodes reach it through one
+    /// ([`crate::tunnel`]).
+    pub tunnel: Option<cloudinit::TunnelLogin>,
 }
 
 /// Why an existing machine cannot join with what it has.
@@ -297,6 +300,7 @@ impl Reconciler<'_> {
                 token: token.clone(),
                 agent_url: self.bootstrap.agent_url.clone(),
                 agent_sha256: self.bootstrap.agent_sha256.clone(),
+                tunnel: self.bootstrap.tunnel.clone(),
             })
             .map_err(|e| ReconcileError::UserData {
                 node: node.name.clone(),
@@ -468,6 +472,24 @@ mod tests {
     use super::*;
     use pangaea_compiler::config::Loaded;
     use pangaea_compiler::model::ClusterModel;
+
+    #[test]
+    fn an_error_shows_each_cause_once() {
+        let e = anyhow::Error::from(ReconcileError::Provider {
+            node: "node-3".parse().unwrap(),
+            source: ProviderError::Command {
+                command: "vagrant up node-3".into(),
+                stderr: "Timed out while waiting for the machine to boot.".into(),
+            },
+        });
+        let shown = format!("{e:#}");
+        assert_eq!(
+            shown,
+            "node-3: vagrant up node-3: Timed out while waiting for the machine to boot."
+        );
+        let e = anyhow::Error::from(ReconcileError::List(ProviderError::Failed("no".into())));
+        assert_eq!(format!("{e:#}"), "list the machines: no");
+    }
 
     #[test]
     fn workers_stop_first_then_control_planes_then_etcd_with_the_leader_last() {

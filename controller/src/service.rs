@@ -606,6 +606,45 @@ impl pb::node_service_server::NodeService for Service {
         Ok(Response::new(pb::JobAck {}))
     }
 
+    async fn send_job_output(
+        &self,
+        req: Request<tonic::Streaming<pb::JobOutput>>,
+    ) -> Result<Response<pb::JobAck>, Status> {
+        const WHAT: &str = "SendJobOutput";
+        let node = self.authenticate(&req, WHAT)?.record;
+        let (remote, _) = peer(&req);
+        let mut stream = req.into_inner();
+        // The first message names the job; every later one must name the same.
+        let Some(first) = stream.message().await? else {
+            return Ok(Response::new(pb::JobAck {}));
+        };
+        let sink = self
+            .0
+            .jobs
+            .output(&node.name, &first.id)
+            .map_err(|r| refuse(Code::NotFound, &remote, WHAT, r))?;
+        let id = first.id.clone();
+        let mut next = Some(first);
+        while let Some(chunk) = next {
+            if chunk.id != id {
+                return Err(refuse(
+                    Code::InvalidArgument,
+                    &remote,
+                    WHAT,
+                    format!("output of job {:?} in the stream of job {id:?}", chunk.id),
+                ));
+            }
+            if sink.send(chunk.data).await.is_err() {
+                // The reader went away (the operator's `logs` ended): the node stops.
+                return Err(Status::cancelled(format!(
+                    "nobody reads the output of job {id:?} any more"
+                )));
+            }
+            next = stream.message().await?;
+        }
+        Ok(Response::new(pb::JobAck {}))
+    }
+
     async fn report(
         &self,
         req: Request<pb::HealthReport>,

@@ -183,6 +183,18 @@ impl StateDir {
         self.0.join("secrets")
     }
 
+    /// The private key of the cluster's reverse SSH tunnels ([`crate::tunnel`]), with its
+    /// public half beside it (`.pub`). A secret, so a backup keeps it: nodes authorize
+    /// this key at their first boot.
+    pub fn tunnel_key(&self) -> PathBuf {
+        self.secret("tunnel_ed25519")
+    }
+
+    /// The nodes' SSH host keys as the tunnels first met them (one entry per instance).
+    pub fn tunnel_known_hosts(&self) -> PathBuf {
+        self.0.join("tunnel_known_hosts")
+    }
+
     /// The artifact mirror.
     pub fn artifacts(&self) -> PathBuf {
         self.0.join("artifacts")

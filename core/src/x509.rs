@@ -13,7 +13,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Why a PEM text yielded no certificate.
 #[derive(Debug, thiserror::Error)]
-#[error("no PEM certificate: {0}")]
+#[error("no PEM certificate")]
 pub struct PemError(#[from] rustls_pki_types::pem::Error);
 
 /// DER of the first certificate (`BEGIN CERTIFICATE` section) in `pem`. Other sections, such

@@ -5,7 +5,7 @@
 //!
 //! Rules that read a message the same way on every side live here, next to the generated
 //! types, as methods: [`UnitState::is_settled`] and [`UnitState::not_started`] (module
-//! [`unit_state`]).
+//! [`unit_state`]), [`JournalRead::args`] (module [`journal`]).
 
 #![warn(missing_docs)]
 
@@ -15,6 +15,7 @@ pub mod v1 {
     tonic::include_proto!("pangaea.v1");
 }
 
+pub mod journal;
 pub mod unit_state;
 
 pub use unit_state::NotStarted;

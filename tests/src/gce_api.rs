@@ -996,8 +996,12 @@ fn insert(
             nic["networkIP"] = json!(format!("10.128.0.{n}"));
         }
         nic["name"] = json!("nic0");
+        // The external address is the instance's own: where its machine boots (the test's
+        // bridge), it is the one address of it this host can reach, as an operator's machine
+        // reaches a real instance's external address (the controller's SSH tunnels dial it).
+        let own = nic["networkIP"].clone();
         if let Some(ac) = nic["accessConfigs"].get_mut(0) {
-            ac["natIP"] = json!(format!("203.0.113.{n}"));
+            ac["natIP"] = own;
         }
     }
     s.instances.insert(key, instance);

@@ -421,6 +421,30 @@ pub fn run_ctl(
         .unwrap()
 }
 
+/// [`run_ctl`] that must succeed: its stdout and stderr together, or a failure naming the
+/// command and showing them.
+pub fn ctl_ok(bin: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> String {
+    let out = run_ctl(bin, dir, args);
+    assert!(
+        out.status.success(),
+        "pangaea-ctl {}: {}",
+        args.join(" "),
+        output_text(&out)
+    );
+    output_text(&out)
+}
+
+/// `pangaea-ctl status -o json` of the cluster in `dir`, parsed.
+pub fn ctl_status(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+) -> Vec<pangaea_controller::status::NodeStatus> {
+    let out = run_ctl(bin, dir, &["status", "-o", "json"]);
+    assert!(out.status.success(), "status: {}", output_text(&out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status -o json: {e}: {}", output_text(&out)))
+}
+
 /// Where `tool` is on this process's PATH; a missing one fails the test naming it.
 pub fn which(tool: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();

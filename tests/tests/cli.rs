@@ -650,6 +650,102 @@ printf '[%s]\n' "${KUBECONFIG-unset}" "${ETCDCTL_KEY-unset}""#;
     );
 }
 
+/// `env` on VM clusters: gcloud's project, region and zone for a GCE cluster (also as
+/// `env ssh`, what `gcloud compute ssh` needs), VAGRANT_CWD for a Vagrant one, each NFS
+/// entry, all evaluated by bash (and zsh where installed) and undone by `--unset`; `env
+/// docker` refused everywhere with the way to get images into the nodes.
+#[test]
+fn env_gives_each_providers_tool_its_settings_and_docker_the_way_instead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = binary("pangaea-ctl");
+    let cluster = |name: &str, yaml: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("pangaea.yaml"), yaml).unwrap();
+        dir
+    };
+    let gce = cluster(
+        "gce",
+        "name: g\nprovider:\n  type: gce\n  project: demo-project\n  zones: [europe-west1-c, europe-west1-b]\nnfs:\n  - {server: 10.0.0.5, export: /srv/share, mount: /mnt/share}\n  - {server: files.example, export: /data, mount: /data}\n",
+    );
+    let vagrant = cluster("vagrant", "name: v\nprovider: {type: vagrant}\n");
+    let local = cluster("local", "name: l\n");
+    let script = r#"eval "$("$CTL" env all)" || exit 9
+printf '%s\n' "$CLOUDSDK_CORE_PROJECT" "$CLOUDSDK_COMPUTE_REGION" "$CLOUDSDK_COMPUTE_ZONE" "$PANGAEA_NFS_SERVER:$PANGAEA_NFS_EXPORT@$PANGAEA_NFS_MOUNT" "$PANGAEA_NFS_SERVER_2:$PANGAEA_NFS_EXPORT_2"
+eval "$("$CTL" env --unset)" || exit 8
+printf '[%s]\n' "${CLOUDSDK_COMPUTE_ZONE-unset}" "${PANGAEA_NFS_MOUNT_2-unset}" "${KUBECONFIG-unset}""#;
+    // zsh: apt-get install zsh (`.ci/run` installs it).
+    pangaea_tests::which("zsh");
+    for sh in ["bash", "zsh"] {
+        let out = Command::new(sh)
+            .args(["-c", script])
+            .current_dir(&gce)
+            .env("CTL", &ctl)
+            .env("SHELL", format!("/bin/{sh}"))
+            .env_remove("CLOUDSDK_CORE_PROJECT")
+            .env_remove("CLOUDSDK_COMPUTE_ZONE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sh}: {}", show(&out));
+        assert_eq!(
+            text(&out.stdout).lines().collect::<Vec<_>>(),
+            [
+                "demo-project",
+                "europe-west1",
+                "europe-west1-c",
+                "10.0.0.5:/srv/share@/mnt/share",
+                "files.example:/data",
+                "[unset]",
+                "[unset]",
+                "[unset]"
+            ],
+            "{sh}: {}",
+            show(&out)
+        );
+    }
+    // `env ssh` is what the provider's own SSH needs.
+    let ssh = run_ctl(&ctl, &gce, &["env", "ssh", "--shell", "bash"]);
+    assert!(
+        text(&ssh.stdout).contains("export CLOUDSDK_COMPUTE_ZONE=europe-west1-c\n"),
+        "{}",
+        show(&ssh)
+    );
+    let ssh = run_ctl(&ctl, &vagrant, &["env", "ssh", "--shell", "bash"]);
+    assert_eq!(
+        text(&ssh.stdout),
+        format!(
+            "export VAGRANT_CWD={}\n",
+            vagrant.join(".pangaea/vagrant").display()
+        ),
+        "{}",
+        show(&ssh)
+    );
+    let ssh = run_ctl(&ctl, &local, &["env", "ssh"]);
+    assert_eq!(ssh.status.code(), Some(1), "{}", show(&ssh));
+    assert!(
+        text(&ssh.stderr).contains("pangaea-ctl ssh NODE"),
+        "{}",
+        show(&ssh)
+    );
+    let nfs = run_ctl(&ctl, &local, &["env", "nfs"]);
+    assert!(
+        text(&nfs.stderr).contains("mounts no NFS export"),
+        "{}",
+        show(&nfs)
+    );
+    for dir in [&gce, &vagrant, &local] {
+        let docker = run_ctl(&ctl, dir, &["env", "docker"]);
+        assert!(!docker.status.success());
+        assert!(
+            text(&docker.stderr).contains("run containerd, not Docker")
+                && text(&docker.stderr).contains("pangaea-ctl image load ARCHIVE"),
+            "{}",
+            show(&docker)
+        );
+        assert!(text(&docker.stdout).is_empty());
+    }
+}
+
 /// `completion bash` is a script bash loads, whose completions are the real commands; it
 /// needs no cluster and creates nothing where it runs.
 #[test]
@@ -984,7 +1080,7 @@ fn doctor_names_what_is_missing_and_installs_what_apt_can() {
         "doctor creates nothing"
     );
 
-    // A GCE cluster needs gcloud, not debootstrap. apt (the stand-in) knows jq, not the
+    // A GCE cluster needs gcloud and ssh, not debootstrap. apt (the stand-in) knows jq, not the
     // Google Cloud CLI, which comes from Google's repository.
     std::fs::write(dir.path().join("pangaea.yaml"), "provider: {type: gce}\n").unwrap();
     let script = |name: &str, body: &str| {
@@ -1017,9 +1113,10 @@ fn doctor_names_what_is_missing_and_installs_what_apt_can() {
         show(&out)
     );
     let asked = std::fs::read_to_string(&log).unwrap();
+    // openssh-client: ssh and ssh-keygen, for the tunnels to the nodes (one package).
     assert_eq!(
         asked.trim(),
-        "install -y -q --no-install-recommends etcd-client jq"
+        "install -y -q --no-install-recommends etcd-client jq openssh-client"
     );
     assert!(
         text(&out.stderr).contains("google-cloud-cli: apt does not know it"),

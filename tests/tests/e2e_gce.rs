@@ -8,6 +8,13 @@
 //! must form a healthy etcd cluster. Then a reboot through the provider (instance stop and
 //! start), and `down --purge` must leave nothing in the project or on the host.
 //!
+//! A second test leaves `advertiseAddress` out, the default for an operator behind NAT: the
+//! controller listens on this host's loopback only, and its daemon keeps a reverse SSH
+//! tunnel to each instance's external address (the real ssh, and the real sshd in the
+//! machines), so the nodes can only have reached it through the tunnels. A killed tunnel
+//! comes back and its node reports again; the tunnel's key opens no shell and no other
+//! forward.
+//!
 //! Project and region come from gcloud's variables (`CLOUDSDK_CORE_PROJECT`,
 //! `CLOUDSDK_COMPUTE_REGION`), the zones from the region, as a gcloud user would have them.
 //!
@@ -17,7 +24,7 @@ use pangaea_controller::provider::Provider;
 use pangaea_controller::state_dir::StateDir;
 use pangaea_controller::status::NodeStatus;
 use pangaea_tests::gce_cloud::{GceCloud, REGION};
-use pangaea_tests::{binary, output_text as text};
+use pangaea_tests::{binary, output_text as text, poll_until};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -31,6 +38,11 @@ fn cluster_name() -> String {
 
 fn network() -> String {
     format!("10.232.{}.0/24", run_id())
+}
+
+/// The node network of the tunnelled cluster (the tests of this file run at once).
+fn tunnel_network() -> String {
+    format!("10.231.{}.0/24", run_id())
 }
 
 struct Env {
@@ -340,6 +352,140 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
         ),
         "prod-admin"
     );
+}
+
+/// The PIDs of the tunnels' ssh processes of the cluster whose state is `state`, by node
+/// address (read from /proc: they are the test's daemon's children).
+fn tunnels(state: &StateDir) -> Vec<(u32, String)> {
+    let key = state.tunnel_key().display().to_string();
+    let mut out: Vec<(u32, String)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let argv: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            (argv.first()? == "ssh" && argv.contains(&key)).then_some(())?;
+            let host = argv
+                .iter()
+                .find_map(|a| a.strip_prefix("pangaea-tunnel@"))?;
+            Some((pid, host.to_owned()))
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
+}
+
+#[test]
+fn behind_nat_the_nodes_reach_the_controller_through_ssh_tunnels_that_come_back() {
+    pangaea_tests::require_node_host();
+    let ssh = pangaea_tests::which("ssh");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cloud = rt.block_on(GceCloud::start(
+        &format!("gct{}", run_id()),
+        &tunnel_network(),
+    ));
+    let env = Env {
+        rt,
+        cloud,
+        dir: tempfile::tempdir().unwrap(),
+        ctl: binary("pangaea-ctl"),
+    };
+    let name = format!("e2et{}", run_id());
+    std::fs::write(
+        env.dir.path().join("pangaea.yaml"),
+        pangaea_tests::etcd_only_config(&name, &tunnel_network(), "provider:\n  type: gce\n"),
+    )
+    .unwrap();
+    let state = StateDir::new(env.dir.path().join(".pangaea"));
+
+    let started = std::time::Instant::now();
+    let out = env.ok(&["up", "--timeout", "240s"]);
+    eprintln!("up through SSH tunnels: {:?}\n{out}", started.elapsed());
+    assert!(out.contains("3 nodes healthy"), "{out}");
+    // The controller is on this host's loopback, where no node can dial it.
+    assert_eq!(
+        std::fs::read_to_string(state.serve_addr()).unwrap().trim(),
+        "127.0.0.1:7443"
+    );
+    {
+        let s = env.cloud.api.state.lock().unwrap();
+        let rule = &s.firewalls[&format!("pangaea-{name}-ssh")];
+        assert_eq!(rule["allowed"][0]["ports"][0], "22", "{rule}");
+    }
+    let ip = |n: u8| format!("10.231.{}.{}", run_id(), 10 + n);
+    let open = tunnels(&state);
+    assert_eq!(
+        open.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>(),
+        [ip(1), ip(2), ip(3)],
+        "{open:?}"
+    );
+
+    // A tunnel killed: the daemon opens it again, and node-2 reports through it again.
+    let (old, _) = open.iter().find(|(_, h)| *h == ip(2)).unwrap().clone();
+    let killed_at = pangaea_controller::records::now();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &old.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    poll_until(
+        "node-2's tunnel back, and node-2 healthy with a report after the kill",
+        std::time::Duration::from_secs(90),
+        std::time::Duration::from_millis(500),
+        || {
+            let back = tunnels(&state)
+                .iter()
+                .any(|(pid, h)| *h == ip(2) && *pid != old);
+            let node_2 = env.status().into_iter().find(|n| n.name == "node-2")?;
+            (back && node_2.last_report_at > killed_at + 1 && node_2.state == "healthy")
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "node-2 reports again {} s after its tunnel was killed",
+        pangaea_controller::records::now() - killed_at
+    );
+
+    // The tunnel's key opens no shell, and no listener but the controller's two.
+    let with_key = |extra: &[&str]| {
+        let mut cmd = Command::new(&ssh);
+        cmd.args(["-i", state.tunnel_key().to_str().unwrap()])
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "ConnectTimeout=10", "-o", "ExitOnForwardFailure=yes"])
+            .args(extra)
+            .arg(format!("pangaea-tunnel@{}", ip(1)));
+        cmd
+    };
+    let shell = with_key(&[]).arg("id").output().unwrap();
+    assert!(
+        !shell.status.success() && !String::from_utf8_lossy(&shell.stdout).contains("uid="),
+        "{}",
+        text(&shell)
+    );
+    let listener = with_key(&["-N", "-R", "127.0.0.1:9999:127.0.0.1:22"])
+        .output()
+        .unwrap();
+    assert!(!listener.status.success(), "{}", text(&listener));
+
+    // Down: no tunnel left.
+    env.ok(&["down", "--purge"]);
+    assert!(tunnels(&state).is_empty(), "{:?}", tunnels(&state));
 }
 
 /// The operator's kubectl configuration before `up`: another cluster, current.

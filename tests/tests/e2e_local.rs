@@ -46,18 +46,7 @@ impl Cluster {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "pangaea-ctl {}: {text}",
-            args.join(" ")
-        );
-        text
+        pangaea_tests::ctl_ok(&self.ctl, self.dir.path(), args)
     }
 
     fn etcdctl_env(&self) -> Vec<(String, String)> {
@@ -97,10 +86,7 @@ impl Cluster {
     }
 
     fn status(&self) -> Vec<NodeStatus> {
-        let out = self.ctl(&["status", "-o", "json"]);
-        assert!(out.status.success(), "status: {}", text(&out));
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("status -o json: {e}: {}", text(&out)))
+        pangaea_tests::ctl_status(&self.ctl, self.dir.path())
     }
 
     fn node(&self, name: &str) -> NodeStatus {

@@ -257,11 +257,18 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
     };
     assert!(binary("pangaea-agent").is_file());
 
-    // 1. Up, with the binaries of this host's packages (the image may be built now, once).
+    // 1. Up, with the binaries of this host's packages (the image may be built now, once),
+    // leaving the operator's kubectl file alone (`--no-kubeconfig`; run_ctl points
+    // KUBECONFIG into the test's directory).
     let t = Instant::now();
-    let up = c.ctl(&["up", "--timeout", "240s"]);
+    let up = c.ctl(&["up", "--timeout", "240s", "--no-kubeconfig"]);
     let out = text(&up);
     assert!(up.status.success(), "up: {out}");
+    assert!(
+        !c.dir.path().join("kubeconfig").exists(),
+        "up --no-kubeconfig wrote the operator's kubectl file: {out}"
+    );
+    assert!(c.dir.path().join(".pangaea/admin.kubeconfig").is_file());
     eprintln!("up took {:.1}s:\n{out}", t.elapsed().as_secs_f64());
     assert!(out.contains("2 nodes healthy"), "{out}");
     for expected in [
@@ -324,6 +331,25 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
     );
     assert!(!load.status.success(), "a corrupt archive: {said}");
     assert!(said.contains("image load failed on 2 of 2 nodes"), "{said}");
+    // The same as data: JSON on stdout, each node failed with containerd's words, and the
+    // command still fails.
+    let json = c.ctl(&["image", "load", corrupt.to_str().unwrap(), "-o", "json"]);
+    assert!(!json.status.success());
+    let outcome: serde_json::Value = serde_json::from_slice(&json.stdout)
+        .unwrap_or_else(|e| panic!("image load -o json: {e}: {}", text(&json)));
+    let nodes = outcome["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), NODES.len(), "{outcome}");
+    for n in nodes {
+        assert_eq!(n["loaded"], false, "{outcome}");
+        assert!(
+            n["error"]
+                .as_str()
+                .unwrap()
+                .contains("images import failed")
+                && n["took_seconds"].as_f64().is_some(),
+            "{outcome}"
+        );
+    }
     for node in NODES {
         assert!(
             said.contains(&format!("  {node}: ")) && said.contains("images import failed"),

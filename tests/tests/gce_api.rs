@@ -1010,13 +1010,15 @@ async fn the_provider_switches_its_rules_and_deletes_a_nodes_data_disks_with_it_
             })
             .collect::<Vec<_>>()
     };
-    // The API's and the NodePorts' rules, each switched off by the configuration: then
-    // deleted by the next prepare, the internal one kept.
+    // The API's and the NodePorts' rules, each switched off by the configuration, and the
+    // tunnels' SSH rule, switched off by an advertised address: then deleted by the next
+    // prepare, the internal one kept.
     let closed = Gce::new(
         client(&api, dir.path()),
         GceCluster {
             api_access: vec![],
             node_ports: vec![],
+            advertise: Some("203.0.113.7".parse().unwrap()),
             ..cluster.clone()
         },
     );
@@ -1040,6 +1042,11 @@ async fn the_provider_switches_its_rules_and_deletes_a_nodes_data_disks_with_it_
                 serde_json::json!(["30080", "30443"]),
                 serde_json::json!(["0.0.0.0/0"])
             ),
+            (
+                "pangaea-demo-ssh".into(),
+                serde_json::json!(["22"]),
+                serde_json::json!(["0.0.0.0/0"])
+            ),
         ]
     );
     closed.prepare(&|_| {}).await.unwrap();
@@ -1047,9 +1054,15 @@ async fn the_provider_switches_its_rules_and_deletes_a_nodes_data_disks_with_it_
         rules().into_iter().map(|r| r.0).collect::<Vec<_>>(),
         ["pangaea-demo-internal"]
     );
+    // Without an advertised address, through tunnels: the controller on loopback.
+    let tunnelled = gce.controller_endpoint().await.unwrap();
+    assert!(tunnelled.tunnel, "{tunnelled:?}");
+    assert_eq!(tunnelled.listen, tunnelled.advertise);
+    assert!(tunnelled.listen.is_loopback(), "{tunnelled:?}");
+    let direct = closed.controller_endpoint().await.unwrap();
+    assert!(!direct.tunnel, "{direct:?}");
+    assert_eq!(direct.advertise.to_string(), "203.0.113.7");
     gce.prepare(&|_| {}).await.unwrap();
-    let e = gce.controller_endpoint().await.unwrap_err().to_string();
-    assert!(e.contains("advertiseAddress"), "{e}");
     let info = gce
         .create(&NodeSpec {
             name: node.clone(),
@@ -1061,6 +1074,14 @@ async fn the_provider_switches_its_rules_and_deletes_a_nodes_data_disks_with_it_
         .await
         .unwrap();
     assert_eq!(info.address.to_string(), "10.213.0.11");
+    // The tunnels go to the running instance's external address (the stand-in's is its
+    // own address); with an advertised address there are none.
+    let hosts = gce.tunnel_hosts().await.unwrap();
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(hosts[0].node, node);
+    assert_eq!(hosts[0].instance_id, info.instance_id);
+    assert_eq!(hosts[0].address.to_string(), "10.213.0.11");
+    assert!(closed.tunnel_hosts().await.unwrap().is_empty());
     let disk = ("us-central1-a".to_owned(), "demo-node-1-data".to_owned());
     assert!(api.state.lock().unwrap().disks.contains_key(&disk));
     // Teardown while a node exists removes nothing.

@@ -1,11 +1,12 @@
-//! The Debian package the project builds (operator experience issue #13), installed with
-//! dpkg in a clean Debian: the local provider's node image (debootstrap's minbase of
-//! bookworm, nothing of this workspace in it) booted as a throwaway container
-//! (every write goes to an overlay's upper directory, deleted after).
+//! The three ways to install (operator experience issue #13), each in a clean environment:
+//! `cargo install` into a root of its own, the Python wheel with pip into a fresh venv, and
+//! the Debian package, installed with dpkg in a clean Debian: the local provider's node
+//! image (debootstrap's minbase of bookworm, nothing of this workspace in it) booted as a
+//! throwaway container (every write goes to an overlay's upper directory, deleted after).
 //!
-//! The package is built before the tests, as `.ci/run` does:
-//! `cargo build --release -p pangaea-controller -p pangaea-agent && cargo deb -p
-//! pangaea-controller --no-build`. A missing or stale package fails with that command.
+//! The packages are built before the tests by `.ci/run` (maturin for the wheel, then
+//! `cargo deb -p pangaea-controller --no-build`); a missing or stale one fails naming the
+//! command.
 
 use pangaea_tests::{binary, require_node_host};
 use std::path::{Path, PathBuf};
@@ -95,4 +96,132 @@ dpkg -r pangaea >/dev/null && test ! -e /usr/bin/pangaea-ctl && test ! -e /usr/b
     ] {
         assert!(stdout.lines().any(|l| l == want), "{want}: {shown}");
     }
+}
+
+/// The workspace's target directory (`target/`, or `CARGO_TARGET_DIR`).
+fn target_dir() -> PathBuf {
+    binary("pangaea-ctl")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/pangaea-ctl")
+        .to_owned()
+}
+
+/// `pangaea-ctl --version` and `pangaea-agent --help` of the binaries in `bin`: both there,
+/// side by side (the controller serves the agent found beside it), and both run.
+fn assert_both_run(bin: &Path, how: &str) {
+    let ctl = Command::new(bin.join("pangaea-ctl"))
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{how}: run {}/pangaea-ctl: {e}", bin.display()));
+    assert!(ctl.status.success(), "{how}: {ctl:?}");
+    let version = String::from_utf8_lossy(&ctl.stdout);
+    assert!(
+        version.contains(&format!("pangaea-ctl {}", env!("CARGO_PKG_VERSION"))),
+        "{how}: {version}"
+    );
+    let agent = Command::new(bin.join("pangaea-agent"))
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("{how}: run {}/pangaea-agent: {e}", bin.display()));
+    assert!(agent.status.success(), "{how}: {agent:?}");
+}
+
+/// The wheel `.ci/run` builds with maturin (`pip install pangaea-ctl`, as ruff and uv ship
+/// theirs), installed with pip into a fresh virtual environment (no system site packages,
+/// no index): both binaries land in the venv's `bin/`.
+#[test]
+fn the_python_wheel_installs_with_pip_in_a_fresh_venv_and_runs() {
+    let wheels = target_dir().join("wheels");
+    let prefix = format!("pangaea_ctl-{}-py3-none-", env!("CARGO_PKG_VERSION"));
+    let wheel = std::fs::read_dir(&wheels)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(&prefix) && n.ends_with(".whl")
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no {prefix}*.whl in {}: build it as .ci/run does (pip install maturin; cp target/release/pangaea-agent target/wheel-data/scripts/; maturin build --release -m controller/Cargo.toml --out target/wheels)",
+                wheels.display()
+            )
+        });
+    let python = pangaea_tests::which("python3");
+    let tmp = tempfile::tempdir().unwrap();
+    let venv = tmp.path().join("venv");
+    let made = Command::new(&python)
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "python3 -m venv: {made:?}");
+    let bin = venv.join("bin");
+    assert!(!bin.join("pangaea-ctl").exists());
+    let pip = Command::new(bin.join("pip"))
+        .args([
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ])
+        .arg(&wheel)
+        .env_remove("PIP_FIND_LINKS")
+        .output()
+        .unwrap();
+    assert!(
+        pip.status.success(),
+        "pip install {}: {}",
+        wheel.display(),
+        pangaea_tests::output_text(&pip)
+    );
+    assert_both_run(&bin, "pip install");
+    let gone = Command::new(bin.join("pip"))
+        .args(["uninstall", "--yes", "pangaea-ctl"])
+        .output()
+        .unwrap();
+    assert!(gone.status.success(), "{gone:?}");
+    assert!(!bin.join("pangaea-ctl").exists() && !bin.join("pangaea-agent").exists());
+}
+
+/// `cargo install` from this checkout, as README says, into a root of the test's own: the
+/// controller and the agent (two packages, one command), offline, with the lock file.
+#[test]
+fn cargo_install_installs_both_binaries_and_they_run() {
+    let root = tempfile::tempdir().unwrap();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned();
+    let out = Command::new(pangaea_tests::which("cargo"))
+        .current_dir(&workspace)
+        .args(["install", "--locked", "--offline", "--quiet", "--root"])
+        .arg(root.path())
+        .args(["--path", "controller"])
+        .env("CARGO_TARGET_DIR", target_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo install --path controller: {}",
+        pangaea_tests::output_text(&out)
+    );
+    let out = Command::new(pangaea_tests::which("cargo"))
+        .current_dir(&workspace)
+        .args(["install", "--locked", "--offline", "--quiet", "--root"])
+        .arg(root.path())
+        .args(["--path", "agent"])
+        .env("CARGO_TARGET_DIR", target_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo install --path agent: {}",
+        pangaea_tests::output_text(&out)
+    );
+    assert_both_run(&root.path().join("bin"), "cargo install");
 }

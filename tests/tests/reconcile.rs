@@ -177,6 +177,7 @@ impl World {
                 agent_url: "http://127.0.0.1/pangaea-agent".into(),
                 agent_sha256: "00".repeat(32),
                 token_ttl: lifetimes.token,
+                tunnel: None,
             },
         }
     }

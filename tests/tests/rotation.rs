@@ -38,10 +38,22 @@ async fn rotation_restarts_one_node_at_a_time() {
         )),
     )
     .await;
+    // node-1 joins before node-2 starts, so its certificates are never younger than
+    // node-2's: each round, which visits the nodes by name, reaches node-1 first among the
+    // due ones. (Started together, node-2 sometimes joined first, was rotated a round
+    // before node-1, and the hold below measured nothing.)
     let mut agents = Vec::new();
     for name in ["node-1", "node-2"] {
         let (d, cfg) = ctl.agent_config(name, &ctl.token(None).await);
         agents.push(TestAgent::spawn(d, cfg));
+        pangaea_tests::eventually(&format!("{name} joins"), Duration::from_secs(20), || {
+            ctl.controller
+                .nodes()
+                .unwrap()
+                .iter()
+                .any(|n| n.record.name == name && n.assigned_revision > 0)
+        })
+        .await;
     }
     // (assigned, applied) revision of each node.
     let revisions = || -> BTreeMap<String, (u64, u64)> {

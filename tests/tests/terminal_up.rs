@@ -243,8 +243,9 @@ fn up_in_a_terminal_shows_a_spinner_while_it_waits_then_a_plain_summary() {
     assert!(shell.contains("inside-node-3"), "{shell}");
     assert!(shell.lines().any(|l| l == "EXIT=3"), "{shell}");
 
-    // `logs`: a unit's journal on the node; `--bundle`: the bug-report archive, read by the
-    // real tar.
+    // `logs`: a unit's journal, read on the node by its agent and streamed over mutual
+    // TLS (not through the provider's shell); `--bundle`: the bug-report archive, read by
+    // the real tar.
     let out = run_ctl(
         &ctl,
         term.path(),
@@ -255,9 +256,71 @@ fn up_in_a_terminal_shows_a_spinner_while_it_waits_then_a_plain_summary() {
     assert!(
         journal
             .lines()
-            .any(|l| l.contains(" node-1 ") && l.contains("pangaea-agent")),
+            .any(|l| l.contains(" node-1 ") && l.contains("connected to the controller")),
         "{journal}"
     );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("provider's shell"),
+        "{out:?}"
+    );
+    // `logs -f` follows until the command goes away; then journalctl on the node stops too.
+    let journalctl_runs = || {
+        run_ctl(
+            &ctl,
+            term.path(),
+            &[
+                "ssh",
+                "node-2",
+                "--",
+                "sh",
+                "-c",
+                "cat /proc/[0-9]*/comm 2>/dev/null | grep -qx journalctl",
+            ],
+        )
+        .status
+        .success()
+    };
+    let mut follow = Command::new(&ctl)
+        .current_dir(term.path())
+        .env("NO_COLOR", "1")
+        .env("KUBECONFIG", term.path().join("kubeconfig"))
+        .env("PANGAEA_HOST_STATE", term.path().join("host"))
+        .args(["logs", "node-2", "pangaea-agent", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut first = String::new();
+        std::io::BufReader::new(follow.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.contains(" node-2 "), "{first}");
+    }
+    assert!(journalctl_runs(), "no journalctl follows on node-2");
+    follow.kill().unwrap();
+    let _ = follow.wait();
+    pangaea_tests::poll_until(
+        "journalctl on node-2 to stop after `logs -f` ended",
+        Duration::from_secs(10),
+        Duration::from_millis(250),
+        || (!journalctl_runs()).then_some(()),
+    );
+    // A live token's secret where a bundle picks it up (a note in pangaea.yaml): the
+    // bundle keeps its id and never its secret.
+    let token = run_ctl(&ctl, term.path(), &["token", "create", "--ttl", "5m"]);
+    assert!(token.status.success(), "{token:?}");
+    let token = String::from_utf8_lossy(&token.stdout)
+        .split_whitespace()
+        .find(|w| w.contains('.') && w.len() > 20)
+        .expect("token create prints the token")
+        .to_owned();
+    let (token_id, token_secret) = token.split_once('.').unwrap();
+    let yaml = term.path().join("pangaea.yaml");
+    let mut config = std::fs::read_to_string(&yaml).unwrap();
+    config.push_str(&format!("# spare join token: {token}\n"));
+    std::fs::write(&yaml, config).unwrap();
     let bundle = term.path().join("report.tar.gz");
     let out = run_ctl(
         &ctl,
@@ -305,7 +368,17 @@ fn up_in_a_terminal_shows_a_spinner_while_it_waits_then_a_plain_summary() {
     for f in pangaea_tests::files_below(&unpacked) {
         let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
         assert!(!text.contains("PRIVATE KEY"), "a key in {}", f.display());
+        assert!(
+            !text.contains(token_secret),
+            "the token's secret in {}",
+            f.display()
+        );
     }
+    let bundled = std::fs::read_to_string(unpacked.join("report/pangaea.yaml")).unwrap();
+    assert!(
+        bundled.contains(&format!("# spare join token: {token_id}.<redacted>")),
+        "{bundled}"
+    );
 }
 
 /// `up` that fails (here: nodes not healthy within 1 s) leaves a bug-report bundle and

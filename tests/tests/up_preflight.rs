@@ -52,6 +52,47 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+fn up_artifact_source_records_the_line_in_pangaea_yaml_keeping_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("pangaea.yaml");
+    std::fs::write(
+        &yaml,
+        "# my lab\nname: lab  # mine\nartifactSource: os-packages  # offline\n",
+    )
+    .unwrap();
+    // Back to the pinned releases: recorded first, then refused (no internet here, by a
+    // proxy that refuses), with nothing else created.
+    let proxy = format!("http://127.0.0.1:{}", free_port());
+    let out = ctl(
+        dir.path(),
+        &["up", "--artifact-source", "pinned"],
+        &[
+            ("HTTPS_PROXY", &proxy),
+            ("https_proxy", &proxy),
+            ("HTTP_PROXY", &proxy),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(REFUSED), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(&yaml).unwrap(),
+        "# my lab\nname: lab  # mine\nartifactSource: pinned  # offline\n"
+    );
+    assert!(!dir.path().join(".pangaea").exists());
+    // A source that does not exist is a usage error, and the file is left alone.
+    let out = ctl(dir.path(), &["up", "--artifact-source", "mirror"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("os-packages"),
+        "the choices are named: {out:?}"
+    );
+    assert!(
+        std::fs::read_to_string(&yaml)
+            .unwrap()
+            .contains("pinned  # offline")
+    );
+}
+
+#[test]
 fn up_without_internet_fails_at_once_with_every_missing_artifact_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // Every https request goes to a proxy on a closed loopback port: refused, as on a
@@ -89,7 +130,11 @@ fn up_without_internet_fails_at_once_with_every_missing_artifact_and_creates_not
             "{name} listed once:\n{stderr}"
         );
     }
-    // The way forward names the offline route as one config line.
+    // The way forward names the offline route: one flag, which records one config line.
+    assert!(
+        stderr.contains("pangaea-ctl up --artifact-source os-packages"),
+        "{stderr}"
+    );
     assert!(stderr.contains("artifactSource: os-packages"), "{stderr}");
     assert!(stderr.contains("nothing was created"), "{stderr}");
     // No log records and no colour codes: one message for a person.

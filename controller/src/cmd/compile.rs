@@ -114,7 +114,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             if first {
                 crate::errln!("Vagrant: {why}");
             }
-            let text = crate::provider::vagrant::vagrantfile(&c, &ctx.state, driver).render();
+            let text = crate::provider::vagrant::vagrantfile(&c, driver)
+                .map_err(|e| anyhow::anyhow!(e))?
+                .render();
             let path = out.join("Vagrantfile");
             if crate::compile::write_if_changed(&path, text.as_bytes(), 0o644)? {
                 changed += 1;

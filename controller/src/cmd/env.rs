@@ -60,10 +60,16 @@ fn fish_quote(v: &str) -> String {
     format!("'{}'", v.replace('\\', r"\\").replace('\'', r"\'"))
 }
 
-/// The variables each tool takes, by name (what `--unset` removes).
-fn names(tool: EnvTool) -> &'static [&'static str] {
+/// The variables each tool takes on `provider`, by name (what `--unset` removes; NFS's
+/// are numbered by entry, see [`nfs_vars`]).
+fn names(tool: EnvTool, provider: &Provider) -> &'static [&'static str] {
     match tool {
-        EnvTool::All => &[],
+        EnvTool::Ssh => match provider {
+            Provider::Gce(_) => names(EnvTool::Gcloud, provider),
+            Provider::Vagrant(_) => names(EnvTool::Vagrant, provider),
+            Provider::Local => &[],
+        },
+        EnvTool::All | EnvTool::Docker | EnvTool::Nfs => &[],
         EnvTool::Kubectl => &["KUBECONFIG"],
         EnvTool::Etcdctl => &[
             "ETCDCTL_API",
@@ -72,20 +78,85 @@ fn names(tool: EnvTool) -> &'static [&'static str] {
             "ETCDCTL_CERT",
             "ETCDCTL_KEY",
         ],
-        EnvTool::Gcloud => &["CLOUDSDK_CORE_PROJECT", "CLOUDSDK_COMPUTE_REGION"],
+        EnvTool::Gcloud => &[
+            "CLOUDSDK_CORE_PROJECT",
+            "CLOUDSDK_COMPUTE_REGION",
+            "CLOUDSDK_COMPUTE_ZONE",
+        ],
         EnvTool::Vagrant => &["VAGRANT_CWD"],
     }
 }
 
-/// The tools that apply to a cluster on `provider`.
-fn tools(provider: &Provider) -> Vec<EnvTool> {
+/// The tools that apply to a cluster on `provider` with `nfs` entries.
+fn tools(provider: &Provider, nfs: usize) -> Vec<EnvTool> {
     let mut t = vec![EnvTool::Kubectl, EnvTool::Etcdctl];
     match provider {
-        Provider::Gce(_) => t.push(EnvTool::Gcloud),
-        Provider::Vagrant(_) => t.push(EnvTool::Vagrant),
+        Provider::Gce(_) => t.extend([EnvTool::Gcloud, EnvTool::Ssh]),
+        Provider::Vagrant(_) => t.extend([EnvTool::Vagrant, EnvTool::Ssh]),
         Provider::Local => {}
     }
+    if nfs > 0 {
+        t.push(EnvTool::Nfs);
+    }
     t
+}
+
+/// Why `tool` has no settings for this cluster, with the way to do what it is for.
+fn not_applicable(tool: EnvTool, cluster: &str, provider: &Provider) -> String {
+    let kind = provider.kind();
+    match tool {
+        EnvTool::Docker => format!(
+            "`env docker`: cluster {cluster}'s nodes run containerd, not Docker, so there is no Docker daemon for DOCKER_HOST: load an image into every node with `pangaea-ctl image load ARCHIVE` (`docker save IMAGE -o ARCHIVE` makes one), and list them with `pangaea-ctl ssh NODE -- ctr -n k8s.io images ls`"
+        ),
+        EnvTool::Ssh => format!(
+            "`env ssh`: cluster {cluster} runs on provider {kind}, whose nodes have no SSH server: `pangaea-ctl ssh NODE [-- CMD]` opens a shell (or runs CMD) on any node"
+        ),
+        EnvTool::Nfs => format!(
+            "`env nfs`: cluster {cluster} mounts no NFS export (no `nfs:` entry in pangaea.yaml)"
+        ),
+        t => {
+            use clap::ValueEnum;
+            let name = t.to_possible_value().expect("every tool has a name");
+            let name = name.get_name();
+            format!(
+                "`env {name}`: cluster {cluster} runs on provider {kind}, which has no {name} settings"
+            )
+        }
+    }
+}
+
+/// `PANGAEA_NFS_SERVER`, `_EXPORT` and `_MOUNT` of each `nfs` entry: the first as they are,
+/// the n-th with the suffix `_n`.
+fn nfs_vars(nfs: &[pangaea_compiler::config::NfsMount]) -> Vec<(String, String)> {
+    nfs.iter()
+        .enumerate()
+        .flat_map(|(i, m)| {
+            let suffix = if i == 0 {
+                String::new()
+            } else {
+                format!("_{}", i + 1)
+            };
+            [
+                (format!("PANGAEA_NFS_SERVER{suffix}"), m.server.clone()),
+                (format!("PANGAEA_NFS_EXPORT{suffix}"), m.export.clone()),
+                (format!("PANGAEA_NFS_MOUNT{suffix}"), m.mount.clone()),
+            ]
+        })
+        .collect()
+}
+
+/// gcloud's settings for GCE cluster `g`: its project, region and first zone.
+fn gcloud_vars(g: &pangaea_compiler::provider::GceProvider) -> Vec<(String, String)> {
+    use crate::provider::gce;
+    let env = gce::GcloudEnv::from_env();
+    [
+        ("CLOUDSDK_CORE_PROJECT", gce::project(g, &env)),
+        ("CLOUDSDK_COMPUTE_REGION", gce::region(g, &env)),
+        ("CLOUDSDK_COMPUTE_ZONE", gce::zone(g, &env)),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+    .collect()
 }
 
 fn absolute(p: std::path::PathBuf) -> String {
@@ -97,30 +168,24 @@ pub fn run(ctx: &Ctx, tool: EnvTool, shell: Option<Shell>, unset: bool) -> anyho
     let shell = shell.unwrap_or_else(Shell::detect);
     let loaded = pangaea_compiler::config::Loaded::load(&ctx.config)?;
     let provider = &loaded.config.provider;
-    let applicable = tools(provider);
+    let nfs = &loaded.config.nfs;
+    let applicable = tools(provider, nfs.len());
     let wanted: Vec<EnvTool> = match tool {
         EnvTool::All => applicable.clone(),
         t if applicable.contains(&t) => vec![t],
-        t => {
-            use clap::ValueEnum;
-            let name = t.to_possible_value().expect("every tool has a name");
-            anyhow::bail!(
-                "`env {}`: cluster {} runs on provider {}, which has no {} settings",
-                name.get_name(),
-                loaded.config.name,
-                provider.kind(),
-                name.get_name()
-            )
-        }
+        t => anyhow::bail!(not_applicable(t, &loaded.config.name, provider)),
     };
     let mut lines = Vec::new();
+    let vagrant_cwd = || vec![("VAGRANT_CWD".to_owned(), absolute(ctx.state.vagrant()))];
+    let mut seen = std::collections::BTreeSet::new();
     for t in wanted {
-        if unset {
-            lines.extend(names(t).iter().map(|k| shell.unset(k)));
-            continue;
-        }
-        let vars: Vec<(&str, String)> = match t {
-            EnvTool::All => vec![],
+        let vars: Vec<(String, String)> = match t {
+            EnvTool::Nfs => nfs_vars(nfs),
+            _ if unset => names(t, provider)
+                .iter()
+                .map(|k| (k.to_string(), String::new()))
+                .collect(),
+            EnvTool::All | EnvTool::Docker => vec![],
             EnvTool::Kubectl => {
                 let k = ctx.state.admin_kubeconfig();
                 if !k.exists() {
@@ -129,26 +194,33 @@ pub fn run(ctx: &Ctx, tool: EnvTool, shell: Option<Shell>, unset: bool) -> anyho
                         k.display()
                     );
                 }
-                vec![("KUBECONFIG", absolute(k))]
+                vec![("KUBECONFIG".to_owned(), absolute(k))]
             }
-            EnvTool::Etcdctl => crate::etcd::operator_env(&ctx.compilation()?)?,
-            EnvTool::Gcloud => {
-                let Provider::Gce(g) = provider else {
-                    unreachable!("gcloud applies to GCE clusters only")
-                };
-                let env = crate::provider::gce::GcloudEnv::from_env();
-                let mut v = Vec::new();
-                if let Some(p) = crate::provider::gce::project(g, &env) {
-                    v.push(("CLOUDSDK_CORE_PROJECT", p));
-                }
-                if let Some(r) = crate::provider::gce::region(g, &env) {
-                    v.push(("CLOUDSDK_COMPUTE_REGION", r));
-                }
-                v
-            }
-            EnvTool::Vagrant => vec![("VAGRANT_CWD", absolute(ctx.state.vagrant()))],
+            EnvTool::Etcdctl => crate::etcd::operator_env(&ctx.compilation()?)?
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            EnvTool::Gcloud => match provider {
+                Provider::Gce(g) => gcloud_vars(g),
+                _ => unreachable!("gcloud applies to GCE clusters only"),
+            },
+            EnvTool::Vagrant => vagrant_cwd(),
+            EnvTool::Ssh => match provider {
+                Provider::Gce(g) => gcloud_vars(g),
+                Provider::Vagrant(_) => vagrant_cwd(),
+                Provider::Local => unreachable!("ssh applies to VM providers only"),
+            },
         };
-        lines.extend(vars.iter().map(|(k, v)| shell.set(k, v)));
+        // `env all` on a VM cluster names some variables twice (gcloud and ssh).
+        for (k, v) in vars {
+            if seen.insert(k.clone()) {
+                lines.push(if unset {
+                    shell.unset(&k)
+                } else {
+                    shell.set(&k, &v)
+                });
+            }
+        }
     }
     for l in lines {
         crate::outln!("{l}");
@@ -173,10 +245,66 @@ mod tests {
     #[test]
     fn each_provider_has_its_tools() {
         assert_eq!(
-            tools(&Provider::Local),
+            tools(&Provider::Local, 0),
             [EnvTool::Kubectl, EnvTool::Etcdctl]
         );
-        assert!(tools(&Provider::Gce(Default::default())).contains(&EnvTool::Gcloud));
-        assert!(tools(&Provider::Vagrant(Default::default())).contains(&EnvTool::Vagrant));
+        assert_eq!(
+            tools(&Provider::Gce(Default::default()), 0),
+            [
+                EnvTool::Kubectl,
+                EnvTool::Etcdctl,
+                EnvTool::Gcloud,
+                EnvTool::Ssh
+            ]
+        );
+        assert_eq!(
+            tools(&Provider::Vagrant(Default::default()), 1),
+            [
+                EnvTool::Kubectl,
+                EnvTool::Etcdctl,
+                EnvTool::Vagrant,
+                EnvTool::Ssh,
+                EnvTool::Nfs
+            ]
+        );
+        // Docker applies nowhere, and says what to do instead.
+        for p in [
+            Provider::Local,
+            Provider::Gce(Default::default()),
+            Provider::Vagrant(Default::default()),
+        ] {
+            assert!(!tools(&p, 1).contains(&EnvTool::Docker));
+            assert!(not_applicable(EnvTool::Docker, "c", &p).contains("pangaea-ctl image load"));
+        }
+        assert!(
+            not_applicable(EnvTool::Ssh, "c", &Provider::Local).contains("pangaea-ctl ssh NODE")
+        );
+        assert_eq!(
+            names(EnvTool::Ssh, &Provider::Vagrant(Default::default())),
+            ["VAGRANT_CWD"]
+        );
+    }
+
+    #[test]
+    fn nfs_entries_are_numbered_after_the_first() {
+        let m = |s: &str| pangaea_compiler::config::NfsMount {
+            server: s.into(),
+            export: format!("/export/{s}"),
+            mount: format!("/mnt/{s}"),
+        };
+        let v = nfs_vars(&[m("a"), m("b")]);
+        let keys: Vec<&str> = v.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "PANGAEA_NFS_SERVER",
+                "PANGAEA_NFS_EXPORT",
+                "PANGAEA_NFS_MOUNT",
+                "PANGAEA_NFS_SERVER_2",
+                "PANGAEA_NFS_EXPORT_2",
+                "PANGAEA_NFS_MOUNT_2"
+            ]
+        );
+        assert_eq!(v[4].1, "/export/b");
     }
 }

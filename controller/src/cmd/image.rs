@@ -30,8 +30,8 @@ pub struct Args {
     pub timeout: Duration,
 }
 
-/// One node's outcome.
-#[derive(Clone, Debug)]
+/// One node's outcome (`-o json` shows these fields, `took` as `took_seconds`).
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct NodeOutcome {
     /// The node.
     pub node: String,
@@ -42,11 +42,16 @@ pub struct NodeOutcome {
     /// Why not (when not loaded): containerd's words, or the controller's.
     pub error: String,
     /// From the start of the load to this node's outcome.
+    #[serde(rename = "took_seconds", serialize_with = "seconds")]
     pub took: Duration,
 }
 
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
 /// What `image load` did.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Outcome {
     /// The archive's digest in the mirror.
     pub digest: String,
@@ -83,33 +88,36 @@ impl Outcome {
 
 /// Runs `image load`: progress on standard error, one line per node on standard output;
 /// an error when any node failed.
-pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+pub async fn run(ctx: &Ctx, args: Args, output: crate::cli::Output) -> anyhow::Result<()> {
     let outcome = load(&ctx.state, &args, &mut |line| crate::errln!("{line}")).await?;
-    let width = outcome
-        .nodes
-        .iter()
-        .map(|n| n.node.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    crate::outln!(
-        "{:width$}  {:6}  {:>6}  IMAGES / ERROR",
-        "NODE",
-        "RESULT",
-        "TIME"
-    );
-    for n in &outcome.nodes {
-        let (result, detail) = if n.loaded {
-            ("loaded", n.images.join(", "))
-        } else {
-            ("FAILED", n.error.clone())
-        };
+    super::print_data(output, &outcome, || {
+        let width = outcome
+            .nodes
+            .iter()
+            .map(|n| n.node.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         crate::outln!(
-            "{:width$}  {result:6}  {:>5.1}s  {detail}",
-            n.node,
-            n.took.as_secs_f64()
+            "{:width$}  {:6}  {:>6}  IMAGES / ERROR",
+            "NODE",
+            "RESULT",
+            "TIME"
         );
-    }
+        for n in &outcome.nodes {
+            let (result, detail) = if n.loaded {
+                ("loaded", n.images.join(", "))
+            } else {
+                ("FAILED", n.error.clone())
+            };
+            crate::outln!(
+                "{:width$}  {result:6}  {:>5.1}s  {detail}",
+                n.node,
+                n.took.as_secs_f64()
+            );
+        }
+        Ok(())
+    })?;
     outcome.check()
 }
 

@@ -2,13 +2,18 @@
 //! `pangaea-ctl logs --bundle FILE`: everything a bug report needs in one archive (`up`
 //! writes one by itself when it fails).
 //!
-//! The journal is read on the node by `journalctl`, run through the provider's shell
-//! ([`crate::provider::Provider::shell`]: a unit of a local node's systemd, `gcloud compute
-//! ssh` on GCE), not yet streamed by the agent over its mutual-TLS channel.
+//! The journal is read on the node by `journalctl` ([`pb::JournalRead::args`]), run by the
+//! node's agent and streamed over its mutual-TLS channel through the running controller
+//! ([`crate::journal`]). A node whose agent cannot do it (the controller is not running, or
+//! the agent is not connected: it may be the very thing that is broken) is read through the
+//! provider's shell instead ([`crate::provider::Provider::shell`]: a unit of a local node's
+//! systemd, `vagrant ssh`, `gcloud compute ssh`), and `logs` says so on stderr.
 
 use super::Ctx;
+use crate::admin::Backend;
 use anyhow::Context;
 use pangaea_core::NodeName;
+use pangaea_proto as pb;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -25,33 +30,19 @@ const BUNDLE_UNITS: [&str; 9] = [
     "kube-scheduler",
 ];
 
-/// `journalctl`'s command line for `unit` (all of this boot when none).
-pub fn journalctl(
-    unit: Option<&str>,
-    since: Option<&str>,
-    follow: bool,
-    lines: u32,
-) -> Vec<String> {
-    let mut argv: Vec<String> = ["journalctl", "--no-pager", "-o", "short-iso"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    match unit {
-        Some(u) => argv.extend(["-u".into(), u.to_owned()]),
-        None => argv.push("-b".into()),
-    }
-    match since {
-        Some(s) => argv.extend(["--since".into(), s.to_owned()]),
-        None if !follow => argv.extend(["-n".into(), lines.to_string()]),
-        None => {}
-    }
-    if follow {
-        argv.push("--follow".into());
-    }
-    argv
+/// How many entries `logs` shows without `--since` or `--follow`.
+const LINES: u32 = 200;
+
+/// How a node's journal was read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Via {
+    /// By the node's agent, over its mutual-TLS channel.
+    Agent,
+    /// Through the provider's shell, because the agent could not (why).
+    Shell(String),
 }
 
-/// Runs `logs NODE [UNIT]`: this process becomes `journalctl` on the node.
+/// Runs `logs NODE [UNIT]`: the journal printed as it comes.
 pub async fn node(
     ctx: &Ctx,
     node: NodeName,
@@ -59,8 +50,77 @@ pub async fn node(
     follow: bool,
     since: Option<String>,
 ) -> anyhow::Result<()> {
-    let argv = journalctl(unit.as_deref(), since.as_deref(), follow, 200);
-    super::ssh::run(ctx, node, argv).await
+    let read = pb::JournalRead {
+        units: unit.into_iter().collect(),
+        since: since.unwrap_or_default(),
+        lines: LINES,
+        follow,
+    };
+    read_journal(ctx, &node, read, &mut |bytes| super::write_out_bytes(bytes)).await?;
+    Ok(())
+}
+
+/// Reads `read` of `node`'s journal, handing its output to `out` as it comes: through the
+/// node's agent when the controller runs and the agent is connected, else through the
+/// provider's shell (saying why on stderr).
+pub async fn read_journal(
+    ctx: &Ctx,
+    node: &NodeName,
+    read: pb::JournalRead,
+    out: &mut (dyn FnMut(&[u8]) + Send),
+) -> anyhow::Result<Via> {
+    let c = ctx.compilation()?;
+    anyhow::ensure!(
+        c.model.node(node.as_str()).is_some(),
+        "node {node} is not in the cluster configuration ({})",
+        c.loaded.file
+    );
+    let request = pb::ReadJournalRequest {
+        node: node.to_string(),
+        read: Some(read.clone()),
+    };
+    let why = match Backend::connect(&ctx.state)
+        .await?
+        .read_journal(request)
+        .await?
+    {
+        Ok(mut stream) => {
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|s| anyhow::anyhow!("reading {node}'s journal: {}", s.message()))?
+            {
+                out(&chunk.data);
+            }
+            return Ok(Via::Agent);
+        }
+        Err(why) => why,
+    };
+    crate::errln!("{why}: reading {node}'s journal through the provider's shell instead");
+    let provider = ctx.provider(&c)?;
+    let mut argv = vec![pb::journal::JOURNALCTL.to_owned()];
+    argv.extend(read.args());
+    let cmd = provider.shell(node, &argv, false).await?;
+    let mut child = tokio::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("run {}", cmd[0]))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        use tokio::io::AsyncReadExt;
+        let n = stdout.read(&mut buf).await.context("read the journal")?;
+        if n == 0 {
+            break;
+        }
+        out(&buf[..n]);
+    }
+    let status = child.wait().await.context("wait for the journal read")?;
+    anyhow::ensure!(status.success(), "{node}: journalctl: {status}");
+    Ok(Via::Shell(why))
 }
 
 /// Writes the bug-report bundle to `file`: `status.json`, each node's journal of the
@@ -115,7 +175,8 @@ pub async fn bundle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each node's journal of [`BUNDLE_UNITS`], through the provider's shell.
+/// Each running node's journal of [`BUNDLE_UNITS`] ([`read_journal`]: through its agent, or
+/// its provider's shell).
 async fn journals(ctx: &Ctx) -> anyhow::Result<(Vec<(String, Vec<u8>)>, Vec<String>)> {
     let c = ctx.compilation()?;
     let provider = ctx.provider(&c)?;
@@ -129,26 +190,17 @@ async fn journals(ctx: &Ctx) -> anyhow::Result<(Vec<(String, Vec<u8>)>, Vec<Stri
     let (mut files, mut errors) = (Vec::new(), Vec::new());
     for node in running {
         super::step(&format!("journal of {node}"));
-        let mut argv = journalctl(None, None, false, 5000);
-        argv.retain(|a| a != "-b");
-        for u in BUNDLE_UNITS {
-            argv.extend(["-u".into(), u.into()]);
+        let read = pb::JournalRead {
+            units: BUNDLE_UNITS.iter().map(|u| u.to_string()).collect(),
+            lines: 5000,
+            ..Default::default()
+        };
+        let mut journal = Vec::new();
+        if let Err(e) = read_journal(ctx, &node, read, &mut |b| journal.extend_from_slice(b)).await
+        {
+            errors.push(format!("{node}: {e:#}"));
         }
-        let cmd = provider.shell(&node, &argv, false).await?;
-        let out = tokio::process::Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .with_context(|| format!("run {}", cmd[0]))?;
-        if !out.status.success() {
-            errors.push(format!(
-                "{node}: journalctl: {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        files.push((format!("nodes/{node}/journal.txt"), out.stdout));
+        files.push((format!("nodes/{node}/journal.txt"), journal));
     }
     Ok((files, errors))
 }

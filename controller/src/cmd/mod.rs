@@ -64,18 +64,28 @@ impl Ctx {
 /// is the panic `println!` would give.
 pub fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
     use std::io::Write;
+    write_stdout(|out| {
+        out.write_fmt(args)?;
+        if newline {
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    });
+}
+
+/// [`write_out`] for bytes as they are (a node's journal).
+pub fn write_out_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    write_stdout(|out| out.write_all(bytes));
+}
+
+/// Runs `write` on stdout and flushes it, with [`write_out`]'s rule for a reader that went
+/// away.
+fn write_stdout(write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) {
+    use std::io::Write;
     crate::progress::settle();
     let mut out = std::io::stdout().lock();
-    let r = out
-        .write_fmt(args)
-        .and_then(|()| {
-            if newline {
-                out.write_all(b"\n")
-            } else {
-                Ok(())
-            }
-        })
-        .and_then(|()| out.flush());
+    let r = write(&mut out).and_then(|()| out.flush());
     match r {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),

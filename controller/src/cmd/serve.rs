@@ -66,12 +66,14 @@ async fn serve_api_proxy(listener: tokio::net::TcpListener, planner: Arc<Compile
     }
 }
 
-/// Serves until SIGTERM or Ctrl-C.
+/// Serves until SIGTERM or Ctrl-C; with `tunnel`, keeping a reverse SSH tunnel to each of
+/// the provider's running nodes ([`crate::tunnel::keep`]).
 pub async fn run(
     ctx: &Ctx,
     listen: SocketAddr,
     advertise: Vec<String>,
     agent_http: Option<SocketAddr>,
+    tunnel: bool,
 ) -> anyhow::Result<()> {
     let state = &ctx.state;
     let mut config = ControllerConfig::new(state.path());
@@ -99,6 +101,11 @@ pub async fn run(
     }
     let compilation = ctx.compilation()?;
     print_warnings(&compilation.loaded);
+    let tunnels = if tunnel {
+        Some(ctx.provider(&compilation)?)
+    } else {
+        None
+    };
     let planner = Arc::new(CompilerPlanner::new(&ctx.config, compilation));
     let controller = Controller::open(config, Some(planner.clone()))?;
     let listener = crate::service::bind(listen).with_context(|| format!("listen on {listen}"))?;
@@ -134,6 +141,13 @@ pub async fn run(
         crate::rules::Rotation::default(),
         stop(rx.clone()),
     ));
+    if let Some(provider) = tunnels {
+        tokio::spawn(crate::tunnel::keep(
+            provider,
+            state.clone(),
+            stop(rx.clone()),
+        ));
+    }
     if let Some(l) = agent_http {
         tokio::spawn(crate::agent_http::serve(
             l,

@@ -10,6 +10,7 @@ use crate::reconcile::{Bootstrap, Reconciler, WantedNode};
 use crate::registry::{Record, Registry};
 use crate::state_dir::{AGENT_HTTP_PORT, GRPC_PORT};
 use anyhow::Context;
+use pangaea_compiler::artifact_set::ArtifactSource;
 use pangaea_compiler::provider::ProviderKind;
 use pangaea_core::NodeName;
 use std::time::{Duration, Instant};
@@ -21,6 +22,20 @@ pub enum Mode {
     Up,
     /// Boot the nodes that exist; create nothing.
     Start,
+}
+
+/// Records `artifactSource: SOURCE` in the cluster's pangaea.yaml (`up --artifact-source`),
+/// keeping everything else in the file as it is; nothing is written when it says so already.
+pub fn record_artifact_source(ctx: &Ctx, source: &str) -> anyhow::Result<()> {
+    let source = ArtifactSource::parse(source)
+        .ok_or_else(|| anyhow::anyhow!("unknown artifact source {source:?}"))?;
+    pangaea_compiler::config_edit::write_artifact_source(&ctx.config, source)?;
+    step(&format!(
+        "{}: artifactSource: {}",
+        ctx.config.display(),
+        source.as_str()
+    ));
+    Ok(())
 }
 
 /// Runs `up` (or `start`), waiting at most `timeout` for the nodes to become healthy.
@@ -46,6 +61,16 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
     let endpoint = provider.controller_endpoint().await?;
     let mut phases = vec![("image and network", started.elapsed())];
 
+    // Nodes behind the controller's reverse tunnels authorize its key at first boot.
+    let tunnel = if endpoint.tunnel {
+        let public = crate::tunnel::ensure_key(&ctx.state, &c.loaded.config.name)?;
+        Some(pangaea_compiler::cloudinit::TunnelLogin {
+            user: crate::tunnel::USER.to_owned(),
+            authorized_key: crate::tunnel::authorized_key(&public),
+        })
+    } else {
+        None
+    };
     fill_mirror(ctx, &c).await?;
     crate::daemon::ensure(&ctx.state, &ctx.config, &endpoint, &step).await?;
     phases.push(("artifacts and controller", started.elapsed()));
@@ -66,6 +91,7 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
         ),
         agent_sha256,
         token_ttl: crate::reconcile::NODE_TOKEN_TTL,
+        tunnel,
     };
     let mut wanted = wanted_nodes(&c);
     if mode == Mode::Start {

@@ -150,6 +150,7 @@ impl Provider for FakeProvider {
         Ok(ControllerEndpoint {
             listen: lo,
             advertise: lo,
+            tunnel: false,
         })
     }
 

@@ -3,8 +3,8 @@
 //! same cloud-init user-data for all. [`from_config`] picks the implementation from
 //! `pangaea.yaml`.
 //!
-//! Implemented: [`local`] (systemd-nspawn machines on this host, the default) and [`gce`]
-//! (Compute Engine instances). A new
+//! Implemented: [`local`] (systemd-nspawn machines on this host, the default), [`gce`]
+//! (Compute Engine instances) and [`vagrant`] (vagrant-libvirt VMs). A new
 //! provider is a module here implementing [`Provider`] plus one arm in [`from_config`];
 //! what differs by provider is an explicit step of the trait: [`Provider::prepare`] (build
 //! an image, check credentials), [`Provider::controller_endpoint`] (how nodes reach the
@@ -77,6 +77,21 @@ impl ProviderError {
     }
 }
 
+/// Fails with the fix when this process is not root: `provider` needs it for `why`.
+pub(crate) fn require_root(provider: &str, why: &str) -> Result<(), ProviderError> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    Err(root_needed(provider, why))
+}
+
+/// The error of [`require_root`].
+pub(crate) fn root_needed(provider: &str, why: &str) -> ProviderError {
+    ProviderError::Prerequisite(format!(
+        "the {provider} provider needs root ({why}): run `sudo pangaea-ctl ...`"
+    ))
+}
+
 /// What a provider needs to create a node.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
@@ -116,6 +131,29 @@ pub struct NodeInfo {
     pub created_at: i64,
 }
 
+impl NodeInfo {
+    /// A machine just created from `spec` and booted.
+    pub fn created(spec: &NodeSpec, instance_id: String, created_at: i64) -> NodeInfo {
+        NodeInfo {
+            name: spec.name.clone(),
+            instance_id,
+            address: spec.address,
+            state: NodeState::Running,
+            created_at,
+        }
+    }
+}
+
+/// A new instance ID for node `node` of cluster `cluster` on this host: its names and 8 random
+/// hex digits, so a machine made again under the same name has another ID (cloud-init runs
+/// again on it; the controller sees a new machine).
+pub fn new_instance_id(cluster: &str, node: &NodeName) -> String {
+    format!(
+        "{cluster}-{node}-{}",
+        hex::encode(rand::random::<[u8; 4]>())
+    )
+}
+
 /// Where the controller serves the nodes of this provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControllerEndpoint {
@@ -123,6 +161,22 @@ pub struct ControllerEndpoint {
     pub listen: IpAddr,
     /// The address nodes dial (it goes into the controller's serving certificate).
     pub advertise: IpAddr,
+    /// Nodes cannot dial this machine (it is behind NAT): the controller listens on
+    /// loopback, and its daemon keeps a reverse SSH tunnel to each node
+    /// ([`crate::tunnel`]), through which the node dials `advertise` (its own loopback).
+    pub tunnel: bool,
+}
+
+/// A node the controller keeps a reverse SSH tunnel to ([`crate::tunnel`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelHost {
+    /// The node.
+    pub node: NodeName,
+    /// Its machine's instance ID (a new machine of the same name and address has a new
+    /// host key, remembered apart).
+    pub instance_id: String,
+    /// Where this machine reaches its SSH server (a cloud instance's external address).
+    pub address: IpAddr,
 }
 
 /// Progress lines for long operations (an image build, a node boot).
@@ -219,6 +273,13 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// The running nodes the controller keeps reverse SSH tunnels to, when its endpoint
+    /// says so ([`ControllerEndpoint::tunnel`]); none for a provider whose nodes dial the
+    /// controller directly.
+    async fn tunnel_hosts(&self) -> Result<Vec<TunnelHost>, ProviderError> {
+        Ok(Vec::new())
+    }
+
     /// What this provider's nodes cannot do for the worker runtime, and cannot be prepared
     /// by it (a host setting, a kernel feature), each with what the operator can do; `up`
     /// and `status` print them. `kubelet` is the Kubernetes version of the cluster's
@@ -248,9 +309,6 @@ pub fn from_config(
             config,
             &gce::GcloudEnv::from_env(),
         )?)),
-        other => Err(ProviderError::Prerequisite(format!(
-            "provider {:?} is not implemented yet; use provider: {{type: local}}",
-            other.as_str()
-        ))),
+        ProviderKind::Vagrant => Ok(Box::new(vagrant::Vagrant::new(config, state, image_cache))),
     }
 }

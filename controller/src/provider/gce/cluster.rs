@@ -16,14 +16,17 @@
 //!   cloud-init's user-data in its metadata; its data disks created with it, attached under
 //!   their name, and deleted with the node.
 //!
-//! Nodes reach the controller at `provider.advertiseAddress` (ports 7443 and 7444): an
-//! address of this machine, or one forwarded to it. See docs/providers/gce.md.
+//! Nodes reach the controller through reverse SSH tunnels that its daemon keeps to their
+//! external addresses ([`crate::tunnel`]; a fourth firewall rule opens SSH), or, with
+//! `provider.advertiseAddress`, directly at that address (ports 7443 and 7444): an address
+//! of this machine, or one forwarded to it. See docs/providers/gce.md.
 
 use super::compute::{
     Allow, CLUSTER_LABEL, Compute, ComputeError, DataDisk, FirewallSpec, InstanceSpec, Nic,
 };
 use crate::provider::{
     ControllerEndpoint, NodeInfo, NodeSpec, NodeState, Progress, Provider, ProviderError,
+    TunnelHost,
 };
 use async_trait::async_trait;
 use pangaea_compiler::provider::gce;
@@ -78,7 +81,8 @@ pub struct GceCluster {
     pub zones: Vec<String>,
     /// Spot VMs.
     pub spot: bool,
-    /// Where nodes reach the controller.
+    /// Where nodes reach the controller; `None`: through reverse SSH tunnels
+    /// ([`GceCluster::tunnelled`]).
     pub advertise: Option<IpAddr>,
     /// The node network.
     pub node_cidr: pangaea_compiler::cidr::Cidr,
@@ -92,6 +96,15 @@ pub struct GceCluster {
     pub node_ports: Vec<u16>,
     /// The nodes of the configuration.
     pub nodes: BTreeMap<NodeName, PlannedNode>,
+}
+
+impl GceCluster {
+    /// Whether the nodes reach the controller through reverse SSH tunnels that its daemon
+    /// keeps ([`crate::tunnel`]): the default, for an operator's machine behind NAT; an
+    /// `advertiseAddress` (an address the nodes can dial) turns it off.
+    pub fn tunnelled(&self) -> bool {
+        self.advertise.is_none()
+    }
 }
 
 /// Compute Engine instances.
@@ -157,6 +170,14 @@ impl Gce {
                 "nodeports",
                 !c.node_ports.is_empty(),
                 Allow::Tcp(c.node_ports.clone()),
+                vec!["0.0.0.0/0".into()],
+            ),
+            // The tunnels' SSH, from wherever the operator's machine is (behind NAT its
+            // address is not known; the tunnel user can only forward the two ports).
+            rule(
+                "ssh",
+                c.tunnelled(),
+                Allow::Tcp(vec![22]),
                 vec!["0.0.0.0/0".into()],
             ),
         ]
@@ -335,13 +356,16 @@ impl Provider for Gce {
     }
 
     async fn controller_endpoint(&self) -> Result<ControllerEndpoint, ProviderError> {
-        let advertise = self.c.advertise.ok_or_else(|| {
-            ProviderError::Prerequisite(format!(
-                "GCE nodes must reach this controller: set provider.advertiseAddress in pangaea.yaml to an address of this machine that they can reach, or one that forwards TCP ports {} and {} to it (see docs/providers/gce.md)",
-                crate::state_dir::GRPC_PORT,
-                crate::state_dir::AGENT_HTTP_PORT
-            ))
-        })?;
+        let Some(advertise) = self.c.advertise else {
+            // Through the tunnels: the controller on this machine's loopback, each node
+            // dialing its own loopback, where the tunnel's far end listens.
+            let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            return Ok(ControllerEndpoint {
+                listen: lo,
+                advertise: lo,
+                tunnel: true,
+            });
+        };
         // Behind a forward (NAT), the advertised address is not this machine's: listen on
         // every address then.
         let listen = if is_local(advertise) {
@@ -349,7 +373,11 @@ impl Provider for Gce {
         } else {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         };
-        Ok(ControllerEndpoint { listen, advertise })
+        Ok(ControllerEndpoint {
+            listen,
+            advertise,
+            tunnel: false,
+        })
     }
 
     async fn create(&self, spec: &NodeSpec) -> Result<NodeInfo, ProviderError> {
@@ -461,6 +489,32 @@ impl Provider for Gce {
                 .map_err(failed)?;
         }
         Ok(())
+    }
+
+    async fn tunnel_hosts(&self) -> Result<Vec<TunnelHost>, ProviderError> {
+        if !self.c.tunnelled() {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<TunnelHost> = self
+            .instances()
+            .await?
+            .iter()
+            .filter(|(_, i)| i["status"] == "RUNNING")
+            .filter_map(|(_, i)| {
+                let node = node_info(i)?;
+                let address = i["networkInterfaces"][0]["accessConfigs"][0]["natIP"]
+                    .as_str()?
+                    .parse()
+                    .ok()?;
+                Some(TunnelHost {
+                    node: node.name,
+                    instance_id: node.instance_id,
+                    address,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(out)
     }
 
     async fn list(&self) -> Result<Vec<NodeInfo>, ProviderError> {

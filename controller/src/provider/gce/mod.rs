@@ -185,6 +185,16 @@ pub fn region(g: &pangaea_compiler::provider::GceProvider, env: &GcloudEnv) -> O
         .or_else(|| gcloud_config("compute/zone").map(|z| gce::region_of(&z).to_owned()))
 }
 
+/// The zone of a GCE cluster for gcloud's default: its first zone (node-1's), else gcloud's
+/// own (`CLOUDSDK_COMPUTE_ZONE`, then `gcloud config get compute/zone`).
+pub fn zone(g: &pangaea_compiler::provider::GceProvider, env: &GcloudEnv) -> Option<String> {
+    g.zones
+        .first()
+        .cloned()
+        .or_else(|| env.zone.clone())
+        .or_else(|| gcloud_config("compute/zone"))
+}
+
 /// A value of gcloud's configuration (`gcloud config get KEY`), `None` when it is unset or
 /// gcloud is not installed.
 fn gcloud_config(key: &str) -> Option<String> {

@@ -17,8 +17,11 @@ use tokio::process::Command;
 /// (python3-cffi-backend is named because debootstrap does not resolve the virtual
 /// packages python3-cryptography depends on.)
 /// iptables and conntrack are for kube-proxy and the CNI plugins (masquerading, port
-/// mappings, flushing conntrack entries of deleted services).
-pub const IMAGE_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,cloud-init,ca-certificates,curl,python3-cffi-backend,iptables,conntrack";
+/// mappings, flushing conntrack entries of deleted services). openssh-server is for nodes
+/// that a controller behind NAT reaches through a reverse SSH tunnel (the GCE stand-in's
+/// instances, which boot this image); it is off until the user-data turns it on, and has
+/// no host keys until then ([`IMAGE_REMOVED`]).
+pub const IMAGE_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,cloud-init,ca-certificates,curl,python3-cffi-backend,iptables,conntrack,openssh-server";
 /// The Debian suite of the image.
 pub const IMAGE_SUITE: &str = "bookworm";
 /// Where debootstrap fetches packages.
@@ -79,6 +82,21 @@ WantedBy=sysinit.target
     ),
 ];
 
+/// Files removed from the image after debootstrap: the SSH host keys the package made (each
+/// node that turns sshd on makes its own: `ssh-keygen -A` in the user-data), and the link
+/// that starts sshd at boot (nodes without a tunnel run no SSH server).
+pub const IMAGE_REMOVED: &[&str] = &[
+    "etc/ssh/ssh_host_rsa_key",
+    "etc/ssh/ssh_host_rsa_key.pub",
+    "etc/ssh/ssh_host_ecdsa_key",
+    "etc/ssh/ssh_host_ecdsa_key.pub",
+    "etc/ssh/ssh_host_ed25519_key",
+    "etc/ssh/ssh_host_ed25519_key.pub",
+    "etc/systemd/system/multi-user.target.wants/ssh.service",
+    // The alias: cloud-init's first stage `Wants=sshd.service`, which would start it anyway.
+    "etc/systemd/system/sshd.service",
+];
+
 /// Symbolic links made in the image: (link, target). D-Bus keeps its own copy of the
 /// machine ID unless it is a link to systemd's; the cgroup unit is enabled by its link.
 pub const IMAGE_LINKS: &[(&str, &str)] = &[
@@ -90,7 +108,7 @@ pub const IMAGE_LINKS: &[(&str, &str)] = &[
 ];
 
 /// Eight hex digits of SHA-256: short, stable names derived from longer ones.
-pub(super) fn short_hash(s: &str) -> String {
+pub(crate) fn short_hash(s: &str) -> String {
     hex::encode(&Sha256::digest(s.as_bytes())[..4])
 }
 
@@ -108,15 +126,38 @@ fn recipe() -> String {
     for (link, target) in IMAGE_LINKS {
         r.push_str(&format!("\n{link} -> {target}"));
     }
+    for path in IMAGE_REMOVED {
+        r.push_str(&format!("\n-{path}"));
+    }
     r
 }
 
 /// Builds the node image with debootstrap if the cache lacks it (about a minute), into a
-/// temporary directory of this process renamed into place when complete (two processes
-/// building at once each build their own; the first rename wins, the other is discarded).
+/// temporary directory renamed into place when complete. One build at a time per image,
+/// across processes and within one (a `flock` on `<image>.lock`): whoever waited finds the
+/// image built. (Two builds at once in one process once shared a temporary directory and
+/// failed: `mknod: .../test-dev-null: File exists`.)
 pub async fn ensure_image(cache: &Path, progress: Progress<'_>) -> Result<PathBuf, ProviderError> {
     let dir = image_dir(cache);
-    if dir.join("usr/lib/systemd/systemd").exists() {
+    let built = |dir: &Path| dir.join("usr/lib/systemd/systemd").exists();
+    if built(&dir) {
+        return Ok(dir);
+    }
+    tokio::fs::create_dir_all(cache)
+        .await
+        .map_err(ProviderError::io("create the image cache", cache))?;
+    let lock_path = dir.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(ProviderError::io("open the image lock", &lock_path))?;
+    let _lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .expect("the lock task does not panic")
+        .map_err(ProviderError::io("take the image lock", &lock_path))?;
+    if built(&dir) {
         return Ok(dir);
     }
     for tool in ["debootstrap", "systemd-nspawn"] {
@@ -135,11 +176,8 @@ pub async fn ensure_image(cache: &Path, progress: Progress<'_>) -> Result<PathBu
         "building the node image with debootstrap ({IMAGE_SUITE}; about a minute, once) into {}",
         dir.display()
     ));
-    let tmp = dir.with_extension(format!("building-{}", std::process::id()));
+    let tmp = dir.with_extension("building");
     let _ = tokio::fs::remove_dir_all(&tmp).await;
-    tokio::fs::create_dir_all(cache)
-        .await
-        .map_err(ProviderError::io("create the image cache", cache))?;
     run(Command::new("debootstrap")
         .args([
             "--variant=minbase",
@@ -161,9 +199,19 @@ pub async fn ensure_image(cache: &Path, progress: Progress<'_>) -> Result<PathBu
     Ok(dir)
 }
 
-/// Writes [`IMAGE_FILES`] and [`IMAGE_LINKS`] into the debootstrapped tree at `root`.
+/// Writes [`IMAGE_FILES`] and [`IMAGE_LINKS`] into the debootstrapped tree at `root`, and
+/// removes [`IMAGE_REMOVED`].
 fn customize(root: &Path) -> Result<(), ProviderError> {
     use std::os::unix::fs::PermissionsExt;
+    for path in IMAGE_REMOVED {
+        let p = root.join(path);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ProviderError::io("remove from the node image", &p)(e));
+            }
+            _ => {}
+        }
+    }
     for (path, content, mode) in IMAGE_FILES {
         let p = root.join(path);
         let write = || -> std::io::Result<()> {

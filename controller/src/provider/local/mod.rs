@@ -33,6 +33,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::Command;
 
+/// Why the local provider needs root.
+pub const NEEDS_ROOT_FOR: &str = "systemd-nspawn, network namespaces, a bridge";
+
 /// systemd-nspawn machines on this host.
 pub struct Local {
     cluster: String,
@@ -340,12 +343,7 @@ impl Provider for Local {
     }
 
     fn check_privileges(&self) -> Result<(), ProviderError> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(ProviderError::Prerequisite(
-                "the local provider needs root (systemd-nspawn, network namespaces, a bridge): run `sudo pangaea-ctl ...`".into(),
-            ));
-        }
-        Ok(())
+        super::require_root("local", NEEDS_ROOT_FOR)
     }
 
     async fn prepare(&self, progress: Progress<'_>) -> Result<(), ProviderError> {
@@ -358,6 +356,7 @@ impl Provider for Local {
         Ok(ControllerEndpoint {
             listen: host,
             advertise: host,
+            tunnel: false,
         })
     }
 
@@ -367,12 +366,7 @@ impl Provider for Local {
             fsutil::atomic_write(&path, content, mode)
                 .map_err(|e| ProviderError::Failed(format!("write {}: {e}", path.display())))
         };
-        let instance_id = format!(
-            "{}-{}-{}",
-            self.cluster,
-            spec.name,
-            hex::encode(rand::random::<[u8; 4]>())
-        );
+        let instance_id = super::new_instance_id(&self.cluster, &spec.name);
         let seed = self.nocloud_seed(&spec.name);
         write(
             seed.join("meta-data"),
@@ -396,13 +390,7 @@ impl Provider for Local {
             0o644,
         )?;
         self.boot(&spec.name).await?;
-        Ok(NodeInfo {
-            name: spec.name.clone(),
-            instance_id,
-            address: spec.address,
-            state: NodeState::Running,
-            created_at: rec.created_at,
-        })
+        Ok(NodeInfo::created(spec, instance_id, rec.created_at))
     }
 
     async fn start(&self, name: &NodeName) -> Result<(), ProviderError> {
