@@ -5,6 +5,7 @@
 //! ca_pin: "sha256:<64 hex>"            # SPKI SHA-256 of the controller CA
 //! token_file: /etc/pangaea/bootstrap-token   # deleted after a successful join
 //! recovery_token_file: /var/lib/pangaea/seed/recovery-token   # put there by the provider
+//! metadata_server: 169.254.169.254     # GCE: a recovery token may be in the instance's metadata
 //! node_name: node-1                    # optional; defaults to the hostname
 //! state_dir: /var/lib/pangaea-agent    # identity and the last applied assignment
 //! root: /                              # prefix for every path of the assignment
@@ -55,6 +56,11 @@ pub struct AgentConfig {
     /// cluster was off). Read-only to the agent; tried after `token_file`.
     #[serde(default = "default_recovery_token_file")]
     pub recovery_token_file: PathBuf,
+    /// `HOST[:PORT]` of the cloud's metadata server, on clouds where `up` cannot write a
+    /// node's seed and sets the recovery token as an instance metadata item instead
+    /// (Compute Engine: [`crate::metadata`]). Tried after the files; absent elsewhere.
+    #[serde(default)]
+    pub metadata_server: Option<String>,
     /// The name the node asks for; defaults to its hostname.
     #[serde(default)]
     pub node_name: Option<String>,

@@ -7,6 +7,7 @@
 
 use crate::blocking;
 use crate::config::AgentConfig;
+use crate::metadata;
 use pangaea_core::fsutil;
 use pangaea_core::pin::SpkiPin;
 use pangaea_core::tls::{self, PinnedCaVerifier};
@@ -28,8 +29,9 @@ pub enum IdentityError {
     NoToken {
         /// Where the token was looked for.
         path: PathBuf,
-        /// Where a recovery token was looked for.
-        recovery: PathBuf,
+        /// Where a recovery token was looked for: its file, and the instance metadata
+        /// item where the configuration names a metadata server.
+        recovery: String,
         /// Why it could not be read.
         source: std::io::Error,
     },
@@ -323,32 +325,74 @@ impl JoinRequestKey {
     }
 }
 
-/// The tokens this node may join with, in the order tried: its bootstrap token, then a
-/// recovery token the provider's seed put there. Reads files: call it on the blocking pool.
-fn join_tokens(cfg: &AgentConfig) -> Result<Vec<(PathBuf, String)>, IdentityError> {
+/// Where a token to join with was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TokenSource {
+    /// A file: the bootstrap token's (deleted once spent) or the provider's seed.
+    File(PathBuf),
+    /// The instance's metadata item (Compute Engine), at this URL.
+    Metadata(String),
+}
+
+/// Where recovery tokens are looked for, for messages.
+fn recovery_places(cfg: &AgentConfig) -> String {
+    let file = cfg.recovery_token_file.display().to_string();
+    match &cfg.metadata_server {
+        Some(server) => format!("{file} or {}", metadata::recovery_token_url(server)),
+        None => file,
+    }
+}
+
+/// The tokens in files this node may join with, in the order tried: its bootstrap token,
+/// then a recovery token the provider's seed put there. Reads files: call it on the
+/// blocking pool. The error says why none was found.
+fn file_tokens(cfg: &AgentConfig) -> (Vec<(TokenSource, String)>, IdentityError) {
     let mut found = Vec::new();
     let mut missing = None;
     for path in [&cfg.token_file, &cfg.recovery_token_file] {
         match std::fs::read_to_string(path) {
-            Ok(t) if !t.trim().is_empty() => found.push((path.clone(), t.trim().to_owned())),
+            Ok(t) if !t.trim().is_empty() => {
+                found.push((TokenSource::File(path.clone()), t.trim().to_owned()))
+            }
             Ok(_) => {}
             Err(source) => {
                 missing.get_or_insert(IdentityError::NoToken {
                     path: path.clone(),
-                    recovery: cfg.recovery_token_file.clone(),
+                    recovery: recovery_places(cfg),
                     source,
                 });
             }
         }
     }
-    match (found.is_empty(), missing) {
-        (true, Some(e)) => Err(e),
-        (true, None) => Err(IdentityError::NoToken {
-            path: cfg.token_file.clone(),
-            recovery: cfg.recovery_token_file.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "empty"),
-        }),
-        _ => Ok(found),
+    let none = missing.unwrap_or_else(|| IdentityError::NoToken {
+        path: cfg.token_file.clone(),
+        recovery: recovery_places(cfg),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "empty"),
+    });
+    (found, none)
+}
+
+/// Every token this node may join with, in the order tried: those of [`file_tokens`], then
+/// the recovery token of the instance's metadata where a metadata server is configured
+/// (an unreachable server is logged, not fatal: the files may still do).
+async fn join_tokens(
+    cfg: &AgentConfig,
+    (mut found, none): (Vec<(TokenSource, String)>, IdentityError),
+) -> Result<Vec<(TokenSource, String)>, IdentityError> {
+    if let Some(server) = &cfg.metadata_server {
+        match metadata::recovery_token(server).await {
+            Ok(Some(token)) => found.push((
+                TokenSource::Metadata(metadata::recovery_token_url(server)),
+                token,
+            )),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "no recovery token from the instance metadata"),
+        }
+    }
+    if found.is_empty() {
+        Err(none)
+    } else {
+        Ok(found)
     }
 }
 
@@ -360,7 +404,7 @@ pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
     let (tokens, facts, request) = {
         let cfg = cfg.clone();
         blocking::run(move || {
-            let tokens = join_tokens(&cfg)?;
+            let tokens = file_tokens(&cfg);
             let facts = node_facts(&cfg);
             let name = node_name.unwrap_or_else(|| facts.hostname.clone());
             let request = JoinRequestKey::load_or_create(&cfg.state_dir, &name)?;
@@ -368,16 +412,18 @@ pub async fn join(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
         })
         .await?
     };
+    let tokens = join_tokens(cfg, tokens).await?;
     let node_name = cfg
         .node_name
         .clone()
         .unwrap_or_else(|| facts.hostname.clone());
     let mut last = None;
-    for (token_file, token) in tokens {
+    for (source, token) in tokens {
         match join_with(cfg, &token, &node_name, &facts, &request).await {
             Ok(id) => {
                 let (saved, state_dir) = (id.clone(), cfg.state_dir.clone());
-                let bootstrap = (token_file == cfg.token_file).then_some(token_file);
+                let bootstrap = (source == TokenSource::File(cfg.token_file.clone()))
+                    .then(|| cfg.token_file.clone());
                 blocking::run(move || {
                     saved.save(&state_dir)?;
                     // The token is single-use and now spent: it must not stay on the node.

@@ -19,6 +19,7 @@ pub mod config;
 pub mod health;
 pub mod identity;
 pub mod jobs;
+pub mod metadata;
 pub mod run;
 pub mod service_manager;
 

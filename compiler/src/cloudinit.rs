@@ -25,6 +25,9 @@ pub struct UserData {
     /// The controller's reverse SSH tunnel, where nodes reach it through one (`None`: they
     /// dial `controller` directly).
     pub tunnel: Option<TunnelLogin>,
+    /// `HOST[:PORT]` of the cloud's metadata server, where `up` sets a recovery token on
+    /// clouds whose nodes it cannot write to (Compute Engine; `None` elsewhere).
+    pub metadata_server: Option<String>,
 }
 
 /// What a node sets up for the controller's reverse SSH tunnel: a user with no shell and
@@ -62,6 +65,7 @@ mod tests {
             agent_url: "http://10.213.0.1:7444/pangaea-agent".into(),
             agent_sha256: "cd".repeat(32),
             tunnel: None,
+            metadata_server: None,
         }
     }
 

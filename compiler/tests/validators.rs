@@ -299,6 +299,7 @@ fn the_user_data_passes_cloud_init_schema() {
         agent_url: "http://10.213.0.1:7444/pangaea-agent".into(),
         agent_sha256: "cd".repeat(32),
         tunnel: None,
+        metadata_server: None,
     };
     // Through the controller's reverse SSH tunnel (GCE behind NAT).
     let tunnelled = pangaea_compiler::cloudinit::UserData {
@@ -308,6 +309,7 @@ fn the_user_data_passes_cloud_init_schema() {
             user: "pangaea-tunnel".into(),
             authorized_key: r#"restrict,port-forwarding,permitlisten="127.0.0.1:7443" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG pangaea-tunnel@c"#.into(),
         }),
+        metadata_server: Some("169.254.169.254".into()),
         ..direct.clone()
     };
     let dir = tempfile::tempdir().unwrap();

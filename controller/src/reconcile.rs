@@ -109,6 +109,9 @@ pub struct Bootstrap {
     /// The login of the controller's reverse SSH tunnel, when nodes reach it through one
     /// ([`crate::tunnel`]).
     pub tunnel: Option<cloudinit::TunnelLogin>,
+    /// Where agents look for a recovery token set as instance metadata
+    /// ([`crate::provider::Provider::metadata_server`]).
+    pub metadata_server: Option<String>,
 }
 
 /// Why an existing machine cannot join with what it has.
@@ -301,6 +304,7 @@ impl Reconciler<'_> {
                 agent_url: self.bootstrap.agent_url.clone(),
                 agent_sha256: self.bootstrap.agent_sha256.clone(),
                 tunnel: self.bootstrap.tunnel.clone(),
+                metadata_server: self.bootstrap.metadata_server.clone(),
             })
             .map_err(|e| ReconcileError::UserData {
                 node: node.name.clone(),

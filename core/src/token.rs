@@ -10,6 +10,14 @@
 /// cluster was off — and the agent joins with it.
 pub const RECOVERY_TOKEN_FILE: &str = "/var/lib/pangaea/seed/recovery-token";
 
+/// Where a cloud without a seed the controller can write to (Compute Engine) makes a
+/// recovery token appear instead: this key of the instance's metadata, which the agent
+/// reads from the metadata server.
+pub const RECOVERY_TOKEN_METADATA_KEY: &str = "pangaea-recovery-token";
+
+/// The metadata server of every Compute Engine VM (link-local, answered by its host).
+pub const GCE_METADATA_SERVER: &str = "169.254.169.254";
+
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::fmt;

@@ -41,6 +41,8 @@ pub enum MachineEvent {
     /// Inserted: boot it with this user-data at this internal address.
     Create {
         name: String,
+        /// The instance's ID (what cloud-init's GCE datasource gives the node).
+        id: String,
         address: Option<std::net::Ipv4Addr>,
         user_data: String,
     },
@@ -373,8 +375,13 @@ async fn handle(
             ("POST", ["projects", p, "zones", z, "instances"]) => {
                 let r = insert(&mut s, p, z, &body, &url, param("requestId"));
                 if r.status() == 200 && !s.exhausted.contains(*z) {
+                    let name = body["name"].as_str().unwrap_or_default().to_owned();
                     event = Some(MachineEvent::Create {
-                        name: body["name"].as_str().unwrap_or_default().to_owned(),
+                        id: s.instances[&(z.to_string(), name.clone())]["id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        name,
                         address: body["networkInterfaces"][0]["networkIP"]
                             .as_str()
                             .and_then(|a| a.parse().ok()),
@@ -800,6 +807,74 @@ async fn handle(
         m(e).await;
     }
     response
+}
+
+/// Serves the metadata server of instance `name` (any zone) on `bind`, as each Compute
+/// Engine VM has its own: `GET /computeMetadata/v1/instance/attributes/KEY` answers the
+/// item's value from the instance's metadata as it is now, only to a request that carries
+/// `Metadata-Flavor: Google` (as Google's does), and every answer carries that header.
+/// Returns where it listens; it serves until the returned task is aborted.
+pub async fn serve_metadata(
+    state: std::sync::Weak<Mutex<State>>,
+    name: String,
+    bind: std::net::IpAddr,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind((bind, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (state, name) = (state.clone(), name.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = metadata_answer(&req, &state, &name);
+                    async move { Ok::<_, std::io::Error>(answer) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn metadata_answer<B>(
+    req: &hyper::Request<B>,
+    state: &std::sync::Weak<Mutex<State>>,
+    name: &str,
+) -> Response {
+    let answer = |code: u16, text: String| {
+        hyper::Response::builder()
+            .status(code)
+            .header("Metadata-Flavor", "Google")
+            .header("content-type", "application/text")
+            .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+            .unwrap()
+    };
+    if req
+        .headers()
+        .get("Metadata-Flavor")
+        .is_none_or(|v| v != "Google")
+    {
+        return answer(403, "Missing Metadata-Flavor:Google header.".into());
+    }
+    let key = req
+        .uri()
+        .path()
+        .strip_prefix("/computeMetadata/v1/instance/attributes/");
+    let value = state.upgrade().and_then(|s| {
+        let s = s.lock().unwrap();
+        let i = s.instances.iter().find(|((_, n), _)| n == name)?.1;
+        i["metadata"]["items"]
+            .as_array()?
+            .iter()
+            .find(|item| item["key"].as_str() == key)
+            .and_then(|item| item["value"].as_str().map(str::to_owned))
+    });
+    match value {
+        Some(v) => answer(200, v),
+        None => answer(404, "not found".into()),
+    }
 }
 
 /// Google's 409 for a resource that exists.

@@ -112,6 +112,7 @@ async fn carry_out(
             name,
             address,
             user_data,
+            ..
         } => {
             let address = address.ok_or_else(|| {
                 pangaea_controller::provider::ProviderError::Failed(

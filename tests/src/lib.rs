@@ -344,6 +344,7 @@ pub fn agent_config(
         ca_pin: pin,
         token_file,
         recovery_token_file: d.path().join("seed/recovery-token"),
+        metadata_server: None,
         node_name: Some(name.to_owned()),
         instance_id: Some(format!("i-{name}")),
         state_dir: d.path().join("state"),

@@ -178,6 +178,7 @@ impl World {
                 agent_sha256: "00".repeat(32),
                 token_ttl: lifetimes.token,
                 tunnel: None,
+                metadata_server: None,
             },
         }
     }

@@ -92,6 +92,7 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
         agent_sha256,
         token_ttl: crate::reconcile::NODE_TOKEN_TTL,
         tunnel,
+        metadata_server: provider.metadata_server(),
     };
     let mut wanted = wanted_nodes(&c);
     if mode == Mode::Start {

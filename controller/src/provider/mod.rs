@@ -226,10 +226,19 @@ pub trait Provider: Send + Sync {
     }
 
     /// Puts a recovery token on node `name` at
-    /// [`RECOVERY_TOKEN_FILE`](pangaea_core::token::RECOVERY_TOKEN_FILE), where its agent
-    /// finds it — at once on a running node, or when a stopped one boots — replacing any
-    /// earlier one. Readable by the node's root only.
+    /// [`RECOVERY_TOKEN_FILE`](pangaea_core::token::RECOVERY_TOKEN_FILE), or where
+    /// [`Provider::metadata_server`] says, where its agent finds it — at once on a running
+    /// node, or when a stopped one boots — replacing any earlier one. Readable by the
+    /// node's root only (a metadata item: by the node and the project's viewers).
     async fn deliver_token(&self, name: &NodeName, token: &str) -> Result<(), ProviderError>;
+
+    /// `HOST[:PORT]` of the metadata server where the nodes' agents look for the recovery
+    /// token [`Provider::deliver_token`] sets as an instance metadata item
+    /// ([`RECOVERY_TOKEN_METADATA_KEY`](pangaea_core::token::RECOVERY_TOKEN_METADATA_KEY));
+    /// `None` for a provider that writes the token file itself.
+    fn metadata_server(&self) -> Option<String> {
+        None
+    }
 
     /// Removes a node and everything created for it.
     async fn delete(&self, name: &NodeName) -> Result<(), ProviderError>;

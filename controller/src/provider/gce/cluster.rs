@@ -444,10 +444,25 @@ impl Provider for Gce {
         self.act(name, "stop").await
     }
 
-    async fn deliver_token(&self, name: &NodeName, _token: &str) -> Result<(), ProviderError> {
-        Err(ProviderError::Failed(format!(
-            "{name} cannot rejoin by itself and a GCE node cannot be given a recovery token yet (its agent does not read instance metadata): replace it with `pangaea-ctl node remove {name}` and `pangaea-ctl node add`"
-        )))
+    /// As the instance's metadata item, which its agent reads from the metadata server
+    /// ([`Provider::metadata_server`]): nothing of the operator's machine needs to reach
+    /// the node, and a stopped instance takes it too (it finds it when it boots).
+    async fn deliver_token(&self, name: &NodeName, token: &str) -> Result<(), ProviderError> {
+        let zone = self.locate(name).await?;
+        self.compute
+            .set_metadata_item(
+                &zone,
+                &self.instance_name(name),
+                pangaea_core::token::RECOVERY_TOKEN_METADATA_KEY,
+                token,
+                OPERATION_TIMEOUT,
+            )
+            .await
+            .map_err(failed)
+    }
+
+    fn metadata_server(&self) -> Option<String> {
+        Some(pangaea_core::token::GCE_METADATA_SERVER.to_owned())
     }
 
     async fn delete(&self, name: &NodeName) -> Result<(), ProviderError> {
