@@ -627,6 +627,7 @@ pub enum NodeCommand {
     /// same command resumes where it stopped.
     #[command(after_help = "Examples:\n  \
         sudo pangaea-ctl node remove node-3 --dry-run   # what it would do\n  \
+        sudo pangaea-ctl node remove node-3 --dry-run -o json\n  \
         sudo pangaea-ctl node remove node-3\n  \
         sudo pangaea-ctl node remove node-3 --force     # its machine is gone")]
     Remove {
@@ -638,6 +639,9 @@ pub enum NodeCommand {
         /// Print the steps (and whether etcd would allow the removal now); change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Output format of --dry-run.
+        #[arg(short, long, value_enum, default_value = "table", requires = "dry_run")]
+        output: Output,
         /// How long the drain (the first step) may take.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,

@@ -264,12 +264,39 @@ pub async fn precheck_etcd_member(
     }
 }
 
-/// What `--dry-run` says about the etcd step: whether it would be allowed now.
-pub async fn preview_etcd_member(j: &Journal, access: &EtcdAccess, force: bool) -> String {
+/// What `--dry-run` says about the etcd step: whether it would be allowed now, and why or
+/// what it would ask of etcd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EtcdPreview {
+    /// Whether the step would be allowed now.
+    pub allowed: bool,
+    /// What it would do (allowed), or why it would be refused.
+    pub detail: String,
+}
+
+impl std::fmt::Display for EtcdPreview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.allowed {
+            f.write_str(&self.detail)
+        } else {
+            write!(f, "would be REFUSED now: {}", self.detail)
+        }
+    }
+}
+
+/// The etcd step's [`EtcdPreview`], asking the running members.
+pub async fn preview_etcd_member(j: &Journal, access: &EtcdAccess, force: bool) -> EtcdPreview {
+    let allowed = |detail: String| EtcdPreview {
+        allowed: true,
+        detail,
+    };
     match plan_etcd_member(j, access, force).await {
-        None => "nothing to do".into(),
-        Some(Err(r)) => format!("would be REFUSED now: {r}"),
-        Some(Ok(Removal::NotAMember)) => "not a member (nothing to do)".into(),
+        None => allowed("nothing to do".into()),
+        Some(Err(r)) => EtcdPreview {
+            allowed: false,
+            detail: r.to_string(),
+        },
+        Some(Ok(Removal::NotAMember)) => allowed("not a member (nothing to do)".into()),
         Some(Ok(Removal::Member {
             id,
             name,
@@ -281,7 +308,7 @@ pub async fn preview_etcd_member(j: &Journal, access: &EtcdAccess, force: bool) 
             for w in warnings {
                 s.push_str(&format!("; overridden by --force: {w}"));
             }
-            s
+            allowed(s)
         }
     }
 }

@@ -946,6 +946,14 @@ fn exit_codes_tell_usage_from_an_unreachable_controller() {
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let out = run_ctl(&ctl, dir.path(), &["status", "-o", "xml"]);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    // A format for the output of a --dry-run that was not asked for.
+    let out = run_ctl(
+        &ctl,
+        dir.path(),
+        &["node", "remove", "node-3", "-o", "json"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(text(&out.stderr).contains("--dry-run"), "{}", show(&out));
     std::fs::write(dir.path().join("app.tar"), b"not an archive").unwrap();
     let out = run_ctl(&ctl, dir.path(), &["image", "load", "app.tar"]);
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));

@@ -634,6 +634,40 @@ fn up_forms_an_etcd_cluster_that_survives_node_and_controller_faults() {
     ] {
         assert!(plan.contains(s), "{s:?} not in {plan}");
     }
+    // The same for scripts: the steps by name, etcd's answer as a field, refused without
+    // --force (3 → 2) and allowed with it.
+    let preview = |force: bool| -> serde_json::Value {
+        let mut args = vec!["node", "remove", "node-3", "--dry-run", "-o", "json"];
+        if force {
+            args.push("--force");
+        }
+        let out = c.ctl(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("--dry-run -o json")
+    };
+    let forced = preview(true);
+    let steps: Vec<&str> = forced["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["drain", "etcd-member", "credentials", "instance", "config"],
+        "{forced}"
+    );
+    assert_eq!(forced["node"], "node-3");
+    assert_eq!(forced["steps"][1]["etcd"]["allowed"], true, "{forced}");
+    let unforced = preview(false);
+    assert_eq!(unforced["steps"][1]["etcd"]["allowed"], false, "{unforced}");
+    assert!(
+        unforced["steps"][1]["etcd"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2 members would be left"),
+        "{unforced}"
+    );
     let journal = c.state().removal_journal("node-3");
     assert!(!journal.exists());
 

@@ -44,6 +44,7 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
             name,
             force,
             dry_run,
+            output,
             timeout,
         } => {
             let drain = crate::drain::Options {
@@ -52,7 +53,7 @@ pub async fn run(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
                 // The node and its disks go: so does its emptyDir data, evicted or not.
                 delete_emptydir_data: true,
             };
-            remove(ctx, &name, &drain, dry_run).await?
+            remove(ctx, &name, &drain, dry_run.then_some(output)).await?
         }
         NodeCommand::Reboot { name, timeout } => {
             let c = ctx.compilation()?;
@@ -98,13 +99,36 @@ async fn add(ctx: &Ctx, pool: Option<&str>, count: u32, timeout: Duration) -> an
     super::up::run(ctx, timeout, super::up::Mode::Up).await
 }
 
+/// What `node remove --dry-run` would do, as `-o json|yaml` prints it.
+#[derive(serde::Serialize)]
+struct RemovalPreview {
+    /// The node.
+    node: String,
+    /// Whether an interrupted removal would be resumed (its done steps are left out).
+    resumed: bool,
+    /// The steps still to do, in order.
+    steps: Vec<PlannedStep>,
+}
+
+/// One step of a [`RemovalPreview`].
+#[derive(serde::Serialize)]
+struct PlannedStep {
+    /// Its name, as the journal spells it.
+    step: &'static str,
+    /// What it does.
+    does: String,
+    /// For the etcd step: whether etcd would allow it now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd: Option<crate::removal::EtcdPreview>,
+}
+
 /// `node remove`: plans the removal into its journal (or resumes the journal of an
 /// interrupted one) and runs the steps still to do ([`crate::removal`]).
 async fn remove(
     ctx: &Ctx,
     name: &NodeName,
     drain: &crate::drain::Options,
-    dry_run: bool,
+    dry_run: Option<crate::cli::Output>,
 ) -> anyhow::Result<()> {
     let force = drain.force;
     let c = ctx.compilation()?;
@@ -174,17 +198,36 @@ async fn remove(
         any_member_exists,
     };
 
-    if dry_run {
-        crate::outln!("node remove {name} would:");
+    if let Some(output) = dry_run {
+        let mut steps = Vec::new();
         for s in journal.remaining() {
-            let mut line = format!("  {:<13} {}", s.name(), s.describe(&journal));
-            if s == Step::EtcdMember && journal.etcd_peer_url.is_some() {
-                let preview = crate::removal::preview_etcd_member(&journal, &access, force).await;
-                line.push_str(&format!(" — {preview}"));
-            }
-            crate::outln!("{line}");
+            let etcd = if s == Step::EtcdMember && journal.etcd_peer_url.is_some() {
+                Some(crate::removal::preview_etcd_member(&journal, &access, force).await)
+            } else {
+                None
+            };
+            steps.push(PlannedStep {
+                step: s.name(),
+                does: s.describe(&journal),
+                etcd,
+            });
         }
-        return Ok(());
+        let preview = RemovalPreview {
+            node: name.to_string(),
+            resumed: !journal.done.is_empty(),
+            steps,
+        };
+        return super::print_data(output, &preview, || {
+            crate::outln!("node remove {name} would:");
+            for s in &preview.steps {
+                let mut line = format!("  {:<13} {}", s.step, s.does);
+                if let Some(etcd) = &s.etcd {
+                    line.push_str(&format!(" — {etcd}"));
+                }
+                crate::outln!("{line}");
+            }
+            Ok(())
+        });
     }
 
     if journal.done.is_empty() {
