@@ -26,7 +26,26 @@ pub async fn check_daemon() -> Result<(), ProviderError> {
     virsh(&["uri"])
         .await
         .map(drop)
-        .map_err(|e| not_answering(&e.to_string()))
+        .map_err(|e| not_answering(&e.to_string()))?;
+    ensure_state_dirs()
+}
+
+/// Where libvirt's network driver writes each network's dnsmasq files (`*.macs`), even for
+/// a network without DHCP. systemd-tmpfiles makes it on a host where systemd runs libvirt;
+/// where the daemons were started by hand it is missing, and starting any machine on the
+/// network then fails (`Failed to create file '/var/lib/libvirt/dnsmasq/NET.macs.new'`).
+const DNSMASQ_STATE: &str = "/var/lib/libvirt/dnsmasq";
+
+/// Makes the state directories libvirt expects and does not make itself
+/// ([`DNSMASQ_STATE`]), as its packaging would; nothing where libvirt's own state
+/// directory is not this host's.
+fn ensure_state_dirs() -> Result<(), ProviderError> {
+    let dir = std::path::Path::new(DNSMASQ_STATE);
+    if dir.parent().is_some_and(|p| p.is_dir()) && !dir.is_dir() {
+        std::fs::create_dir(dir)
+            .map_err(ProviderError::io("make libvirt's dnsmasq directory", dir))?;
+    }
+    Ok(())
 }
 
 /// The error when libvirt's daemon does not answer, `why` being virsh's words.
