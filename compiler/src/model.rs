@@ -99,6 +99,11 @@ pub struct ClusterModel {
     pub dns_ip: Ipv4Addr,
     /// Where clients outside the control plane reach the API.
     pub api_endpoint: String,
+    /// The API's external address, where the provider reserves one (GCE's static address on
+    /// the [`ClusterModel::api_node`]): every API server certificate names it, so that it
+    /// may move between control-plane nodes. Not in the configuration: the controller sets
+    /// it from its state ([`ClusterModel::build`] leaves it `None`).
+    pub api_external: Option<Ipv4Addr>,
     /// Not serialized: templates see the nodes as the top-level `nodes` list.
     #[serde(skip)]
     pub nodes: Vec<NodeModel>,
@@ -118,6 +123,11 @@ pub struct ClusterModel {
     /// add-on parameters.
     #[serde(skip)]
     pub external_exposure: ExposeType,
+}
+
+/// The first control-plane node of `nodes` ([`ClusterModel::api_node`]).
+fn first_control_plane(nodes: &[NodeModel]) -> Option<&NodeModel> {
+    nodes.iter().find(|n| n.is_control_plane)
 }
 
 impl ClusterModel {
@@ -176,11 +186,7 @@ impl ClusterModel {
                 });
             }
         }
-        let first_cp = nodes
-            .iter()
-            .find(|n| n.is_control_plane)
-            .expect("validated")
-            .address;
+        let first_cp = first_control_plane(&nodes).expect("validated").address;
         ClusterModel {
             name: c.name.clone(),
             provider,
@@ -193,6 +199,7 @@ impl ClusterModel {
             service_ip: c.network.services.nth(1).expect("validated size"),
             dns_ip: c.network.services.nth(10).expect("validated size"),
             api_endpoint: format!("https://{first_cp}:{}", crate::node::API_PORT),
+            api_external: None,
             nodes,
             addons: c.addons.clone(),
             registry: c.registry.clone(),
@@ -201,6 +208,13 @@ impl ClusterModel {
             expose: c.expose.clone(),
             external_exposure: provider.external_exposure(),
         }
+    }
+
+    /// The node that stands for the API where one address must (`api_endpoint`, the API's
+    /// external address): the first control-plane node of the configuration, removed ones
+    /// left out.
+    pub fn api_node(&self) -> &NodeModel {
+        first_control_plane(&self.nodes).expect("validated: a control-plane node")
     }
 
     /// The node named `name`.

@@ -652,7 +652,10 @@ impl Compiler<'_> {
                     format!("{n}/apiserver"),
                     "kube-apiserver",
                     api_dns,
-                    vec![m.service_ip, addr, lo],
+                    [m.service_ip, addr, lo]
+                        .into_iter()
+                        .chain(m.api_external)
+                        .collect(),
                     false,
                 ),
                 PKI,

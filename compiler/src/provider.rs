@@ -239,6 +239,18 @@ pub struct GceProvider {
     /// `apiAccess`: where the API server's port may be reached from (CIDRs; default
     /// anywhere; `[]` opens it to nothing outside the cluster).
     pub api_access: Option<Vec<crate::cidr::Cidr>>,
+    /// `staticApiAddress`: reserve a static external address for the API and give it to
+    /// the first control-plane node (default true; [`GceProvider::static_api_address`]).
+    pub static_api_address: Option<bool>,
+}
+
+impl GceProvider {
+    /// Whether the API gets a static external address: one that survives the node's stop,
+    /// start and re-creation, where an ephemeral one changes (the default; an address in use
+    /// costs the same either way).
+    pub fn static_api_address(&self) -> bool {
+        self.static_api_address.unwrap_or(true)
+    }
 }
 
 impl Provider {
@@ -270,11 +282,12 @@ enum Key {
     Spot,
     AdvertiseAddress,
     ApiAccess,
+    StaticApiAddress,
     SyncedFolders,
 }
 
 impl Key {
-    const ALL: [Key; 8] = [
+    const ALL: [Key; 9] = [
         Key::Type,
         Key::BoxName,
         Key::SyncedFolders,
@@ -283,6 +296,7 @@ impl Key {
         Key::Spot,
         Key::AdvertiseAddress,
         Key::ApiAccess,
+        Key::StaticApiAddress,
     ];
 
     const fn name(self) -> &'static str {
@@ -294,6 +308,7 @@ impl Key {
             Key::Spot => "spot",
             Key::AdvertiseAddress => "advertiseAddress",
             Key::ApiAccess => "apiAccess",
+            Key::StaticApiAddress => "staticApiAddress",
             Key::SyncedFolders => "syncedFolders",
         }
     }
@@ -303,9 +318,12 @@ impl Key {
         match self {
             Key::Type => &ProviderKind::ALL,
             Key::BoxName | Key::SyncedFolders => &[ProviderKind::Vagrant],
-            Key::Project | Key::Zones | Key::Spot | Key::AdvertiseAddress | Key::ApiAccess => {
-                &[ProviderKind::Gce]
-            }
+            Key::Project
+            | Key::Zones
+            | Key::Spot
+            | Key::AdvertiseAddress
+            | Key::ApiAccess
+            | Key::StaticApiAddress => &[ProviderKind::Gce],
         }
     }
 
@@ -327,7 +345,7 @@ impl Key {
     }
 }
 
-const KEY_NAMES: [&str; 8] = [
+const KEY_NAMES: [&str; 9] = [
     Key::ALL[0].name(),
     Key::ALL[1].name(),
     Key::ALL[2].name(),
@@ -336,6 +354,7 @@ const KEY_NAMES: [&str; 8] = [
     Key::ALL[5].name(),
     Key::ALL[6].name(),
     Key::ALL[7].name(),
+    Key::ALL[8].name(),
 ];
 
 const KIND_NAMES: [&str; 3] = [
@@ -426,6 +445,7 @@ impl<'de> Visitor<'de> for ProviderVisitor {
                 Key::Spot => gce.spot = map.next_value()?,
                 Key::AdvertiseAddress => gce.advertise_address = map.next_value()?,
                 Key::ApiAccess => gce.api_access = Some(map.next_value()?),
+                Key::StaticApiAddress => gce.static_api_address = Some(map.next_value()?),
             }
             seen.push(key);
         }
@@ -526,8 +546,8 @@ mod tests {
     }
 
     #[test]
-    fn gce_takes_its_five_settings() {
-        let p = parse("provider:\n  type: gce\n  project: demo\n  zones: [a, b]\n  spot: true\n  advertiseAddress: 203.0.113.7\n  apiAccess: [198.51.100.0/24]\n").unwrap();
+    fn gce_takes_its_six_settings() {
+        let p = parse("provider:\n  type: gce\n  project: demo\n  zones: [a, b]\n  spot: true\n  advertiseAddress: 203.0.113.7\n  apiAccess: [198.51.100.0/24]\n  staticApiAddress: false\n").unwrap();
         assert_eq!(
             p,
             Provider::Gce(GceProvider {
@@ -536,7 +556,16 @@ mod tests {
                 spot: true,
                 advertise_address: Some("203.0.113.7".into()),
                 api_access: Some(vec![crate::cidr::Cidr::parse("198.51.100.0/24").unwrap()]),
+                static_api_address: Some(false),
             })
+        );
+        let Provider::Gce(g) = &p else { unreachable!() };
+        assert!(!g.static_api_address());
+        assert!(GceProvider::default().static_api_address(), "on by default");
+        refused_at(
+            "provider:\n  type: gce\n  staticApiAddress: maybe\n",
+            (3, 21),
+            "invalid type",
         );
         // Not a range: refused at the value.
         refused_at(

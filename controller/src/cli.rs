@@ -250,7 +250,8 @@ pub enum Command {
         pangaea-ctl kubeconfig > admin.kubeconfig\n  \
         pangaea-ctl kubeconfig --merge            # add or refresh context pangaea-CLUSTER\n  \
         pangaea-ctl kubeconfig --switch           # ... and make it kubectl's current context\n  \
-        pangaea-ctl kubeconfig --merge --file ~/.kube/lab.yaml")]
+        pangaea-ctl kubeconfig --merge --file ~/.kube/lab.yaml\n  \
+        pangaea-ctl kubeconfig --external > team.kubeconfig   # GCE: the API's static address")]
     Kubeconfig {
         /// Merge into your kubectl configuration instead of printing.
         #[arg(long)]
@@ -261,6 +262,10 @@ pub enum Command {
         /// The file to merge into [default: first of $KUBECONFIG, else ~/.kube/config].
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
+        /// Reach the API at its external address (GCE's static address) instead of through
+        /// this machine's load balancer: for kubectl elsewhere.
+        #[arg(long)]
+        external: bool,
     },
     /// Inspect the cluster's certificate authorities.
     #[command(subcommand)]
@@ -847,7 +852,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             merge,
             switch,
             file,
-        } => cmd::kubeconfig::run(&ctx, merge || switch, switch, file),
+            external,
+        } => cmd::kubeconfig::run(&ctx, merge || switch, switch, external, file),
         Command::Stop => cmd::down::run(&ctx, false).await,
         Command::Reboot { timeout } => cmd::node::reboot_all(&ctx, timeout).await,
         Command::Backup {

@@ -39,6 +39,9 @@ pub enum CompileSetupError {
     /// `artifactSource: os-packages`, and the installed packages could not be imported.
     #[error(transparent)]
     OsPackages(#[from] crate::os_packages::OsPackagesError),
+    /// The recorded external API address is unreadable.
+    #[error(transparent)]
+    ApiAddress(#[from] crate::api_address::ApiAddressError),
     /// `compile` could not write an output file.
     #[error("write {path}: {message}")]
     Write {
@@ -77,7 +80,8 @@ impl Compilation {
         let loaded = Loaded::load(config)?;
         let overrides = loaded.dir.join(&loaded.config.templates_dir);
         let templates = Templates::load(&loaded.dir, Some(&overrides))?;
-        let model = ClusterModel::build(&loaded);
+        let mut model = ClusterModel::build(&loaded);
+        model.api_external = crate::api_address::load(state_dir)?;
         state_dir.ensure().map_err(|e| CompileSetupError::Write {
             path: state_dir.path().to_owned(),
             message: e.to_string(),

@@ -46,6 +46,7 @@ macro_rules! errln {
 
 pub mod admin;
 pub mod agent_http;
+pub mod api_address;
 pub mod assign;
 pub mod backup;
 pub mod certinfo;

@@ -99,6 +99,11 @@ impl StateDir {
         self.0.join("api-proxy.addr")
     }
 
+    /// The API's external address where the provider reserves one ([`crate::api_address`]).
+    pub fn api_address(&self) -> PathBuf {
+        self.0.join("api-address")
+    }
+
     /// The address the controller daemon serves the agent binary on, when it does.
     pub fn agent_http_addr(&self) -> PathBuf {
         self.0.join("agent-http.addr")

@@ -312,6 +312,98 @@ async fn handle(
                     "selfLink": url(&path)}),
                 )
             }
+            (
+                "POST",
+                [
+                    "projects",
+                    _,
+                    "zones",
+                    z,
+                    "instances",
+                    n,
+                    "deleteAccessConfig",
+                ],
+            ) => {
+                let key = (z.to_string(), n.to_string());
+                let Some(i) = s.instances.get(&key).cloned() else {
+                    return Ok(not_found(&format!(
+                        "projects/{PROJECT}/zones/{z}/instances/{n}"
+                    )));
+                };
+                let name = param("accessConfig").unwrap_or_default();
+                let nic = &i["networkInterfaces"][0];
+                if param("networkInterface").as_deref() != nic["name"].as_str() {
+                    error(400, "invalid", "Invalid value for field 'networkInterface'")
+                } else {
+                    let (gone, kept): (Vec<Value>, Vec<Value>) = nic["accessConfigs"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .partition(|ac| ac["name"] == name.as_str());
+                    if gone.is_empty() {
+                        not_found(&format!("accessConfig {name}"))
+                    } else {
+                        let link = i["selfLink"].as_str().unwrap_or_default().to_owned();
+                        release_addresses_of(&mut s, &link);
+                        s.instances.get_mut(&key).unwrap()["networkInterfaces"][0]["accessConfigs"] =
+                            json!(kept);
+                        let op = operation(
+                            &mut s,
+                            z,
+                            "deleteAccessConfig",
+                            &link,
+                            None,
+                            &url,
+                            param("requestId"),
+                        );
+                        respond(200, &op)
+                    }
+                }
+            }
+            ("POST", ["projects", _, "zones", z, "instances", n, "addAccessConfig"]) => {
+                let key = (z.to_string(), n.to_string());
+                let Some(i) = s.instances.get(&key).cloned() else {
+                    return Ok(not_found(&format!(
+                        "projects/{PROJECT}/zones/{z}/instances/{n}"
+                    )));
+                };
+                let nic = &i["networkInterfaces"][0];
+                let link = i["selfLink"].as_str().unwrap_or_default().to_owned();
+                if param("networkInterface").as_deref() != nic["name"].as_str() {
+                    error(400, "invalid", "Invalid value for field 'networkInterface'")
+                } else if nic["accessConfigs"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+                {
+                    error(
+                        400,
+                        "invalid",
+                        "At most one access config currently supported.",
+                    )
+                } else {
+                    let mut ac = body.clone();
+                    ac["kind"] = json!("compute#accessConfig");
+                    match take_address(&mut s, region_of(z), &ac, &link, nic) {
+                        Err(e) => *e,
+                        Ok(nat) => {
+                            ac["natIP"] = nat;
+                            s.instances.get_mut(&key).unwrap()["networkInterfaces"][0]["accessConfigs"] =
+                                json!([ac]);
+                            let op = operation(
+                                &mut s,
+                                z,
+                                "addAccessConfig",
+                                &link,
+                                None,
+                                &url,
+                                param("requestId"),
+                            );
+                            respond(200, &op)
+                        }
+                    }
+                }
+            }
             ("POST", ["projects", _, "zones", z, "instances", n, "setMetadata"]) => {
                 let key = (z.to_string(), n.to_string());
                 if !s.instances.contains_key(&key) {
@@ -462,6 +554,9 @@ async fn handle(
             }
             ("DELETE", ["projects", _, "zones", z, "instances", n]) => {
                 let removed = s.instances.remove(&(z.to_string(), n.to_string()));
+                if let Some(i) = &removed {
+                    release_addresses_of(&mut s, i["selfLink"].as_str().unwrap_or_default());
+                }
                 // Its disks: deleted with it when autoDelete, else detached and kept.
                 for d in removed
                     .iter()
@@ -617,6 +712,22 @@ async fn handle(
                     Some(a) => respond(200, a),
                     None => not_found(&format!("projects/{p}/regions/{r}/addresses/{n}")),
                 }
+            }
+            ("DELETE", ["projects", p, "regions", r, "addresses", n])
+                if s.addresses
+                    .get(&(r.to_string(), n.to_string()))
+                    .is_some_and(|a| a["status"] == "IN_USE") =>
+            {
+                error(
+                    400,
+                    "resourceInUseByAnotherResource",
+                    &format!(
+                        "The address resource 'projects/{p}/regions/{r}/addresses/{n}' is already being used by '{}'",
+                        s.addresses[&(r.to_string(), n.to_string())]["users"][0]
+                            .as_str()
+                            .unwrap_or_default()
+                    ),
+                )
             }
             ("DELETE", ["projects", p, "regions", r, "addresses", n]) => {
                 if s.addresses
@@ -877,6 +988,63 @@ fn metadata_answer<B>(
     }
 }
 
+/// The external address an access config `ac` of instance `link` (interface `nic`) gets:
+/// its `natIP`, which must be a static address of `region` that no other instance uses (it
+/// is then in use by this one); without one, an ephemeral address: the instance's own
+/// internal address (where its machine boots, the test's bridge, it is the one address of
+/// it this host can reach, as an operator's machine reaches a real instance's external
+/// address: the controller's SSH tunnels dial it).
+fn take_address(
+    s: &mut State,
+    region: &str,
+    ac: &Value,
+    link: &str,
+    nic: &Value,
+) -> Result<Value, Box<Response>> {
+    let Some(ip) = ac["natIP"].as_str() else {
+        return Ok(nic["networkIP"].clone());
+    };
+    let Some(address) = s
+        .addresses
+        .iter_mut()
+        .find(|((r, _), a)| r == region && a["address"] == ip)
+        .map(|(_, a)| a)
+    else {
+        return Err(Box::new(error(
+            400,
+            "invalid",
+            &format!(
+                "Invalid value for field 'resource.natIP': '{ip}'. The specified external IP address '{ip}' was not found in region '{region}'."
+            ),
+        )));
+    };
+    if address["status"] == "IN_USE" {
+        return Err(Box::new(error(
+            400,
+            "invalid",
+            &format!("External IP address: {ip} is already in-use."),
+        )));
+    }
+    address["status"] = json!("IN_USE");
+    address["users"] = json!([link]);
+    Ok(json!(ip))
+}
+
+/// The static addresses instance `link` used are free again.
+fn release_addresses_of(s: &mut State, link: &str) {
+    for a in s.addresses.values_mut() {
+        if a["users"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|x| x == link))
+        {
+            a["status"] = json!("RESERVED");
+            if let Some(o) = a.as_object_mut() {
+                o.remove("users");
+            }
+        }
+    }
+}
+
 /// Google's 409 for a resource that exists.
 fn already_exists(resource: &str) -> Response {
     error(
@@ -1024,6 +1192,13 @@ fn insert(
         let size = d["initializeParams"]["diskSizeGb"].clone();
         attach.push((dkey, size, d["autoDelete"] == true));
     }
+    // A static external address is taken now, the last check before anything changes.
+    let nat = body["networkInterfaces"][0]["accessConfigs"][0].clone();
+    if !nat.is_null()
+        && let Err(e) = take_address(s, region_of(zone), &nat, &target, &Value::Null)
+    {
+        return *e;
+    }
     let mut sources = Vec::new();
     for ((z, disk), size, auto_delete) in attach {
         let link = disk_url(&disk);
@@ -1071,11 +1246,11 @@ fn insert(
             nic["networkIP"] = json!(format!("10.128.0.{n}"));
         }
         nic["name"] = json!("nic0");
-        // The external address is the instance's own: where its machine boots (the test's
-        // bridge), it is the one address of it this host can reach, as an operator's machine
-        // reaches a real instance's external address (the controller's SSH tunnels dial it).
+        // An ephemeral external address is the instance's own ([`take_address`]).
         let own = nic["networkIP"].clone();
-        if let Some(ac) = nic["accessConfigs"].get_mut(0) {
+        if let Some(ac) = nic["accessConfigs"].get_mut(0)
+            && ac["natIP"].is_null()
+        {
             ac["natIP"] = own;
         }
     }

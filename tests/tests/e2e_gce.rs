@@ -165,6 +165,7 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
         format!("{context}\nprod")
     );
     let net = format!("pangaea-{}", cluster_name());
+    let static_ip: String;
     {
         let s = env.cloud.api.state.lock().unwrap();
         assert!(s.unserved.is_empty(), "{:?}", s.unserved);
@@ -174,6 +175,22 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
             network()
         );
         assert_eq!(s.firewalls.len(), 2, "{:?}", s.firewalls.keys());
+        // The API's static address, held by the API node (node-1).
+        let address = &s.addresses[&(REGION.to_owned(), format!("pangaea-{}-api", cluster_name()))];
+        assert_eq!(address["status"], "IN_USE");
+        assert!(
+            address["users"][0]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/instances/{}-node-1", cluster_name())),
+            "{address}"
+        );
+        let node_1 = &s.instances[&(format!("{REGION}-a"), format!("{}-node-1", cluster_name()))];
+        assert_eq!(
+            node_1["networkInterfaces"][0]["accessConfigs"][0]["natIP"],
+            address["address"]
+        );
+        static_ip = address["address"].as_str().unwrap().to_owned();
         // One instance per zone of the region (taken in order), each at its node's address,
         // with the user-data in its metadata and the cluster's label and tag.
         let placed: Vec<(String, String, String)> = s
@@ -208,6 +225,31 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
                 && m["value"].as_str().unwrap().starts_with("#cloud-config")));
         }
     }
+    // `up` names it, and `kubeconfig --external` reaches the API there, with kubectl's
+    // blessing; the recorded address is in the API server certificates (pki_openssl.rs).
+    assert!(
+        out.contains(&format!(
+            "API at its static address: https://{static_ip}:6443"
+        )),
+        "{out}"
+    );
+    let external = env.dir.path().join("external.kubeconfig");
+    let printed = env.ctl(&["kubeconfig", "--external"]);
+    assert!(printed.status.success(), "{}", text(&printed));
+    std::fs::write(&external, &printed.stdout).unwrap();
+    assert_eq!(
+        kubectl(
+            &external,
+            &[
+                "config",
+                "view",
+                "--minify",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server}"
+            ]
+        ),
+        format!("https://{static_ip}:6443")
+    );
     let status = env.status();
     assert_eq!(status.len(), 3);
     for n in &status {
@@ -335,6 +377,7 @@ fn up_with_provider_gce_reaches_a_healthy_etcd_cluster_through_the_compute_api()
         let s = env.cloud.api.state.lock().unwrap();
         assert!(s.instances.is_empty(), "{:?}", s.instances.keys());
         assert!(s.firewalls.is_empty(), "{:?}", s.firewalls.keys());
+        assert!(s.addresses.is_empty(), "{:?}", s.addresses.keys());
         assert!(s.subnetworks.is_empty() && s.networks.is_empty());
         assert!(s.unserved.is_empty(), "{:?}", s.unserved);
     }
@@ -401,7 +444,14 @@ fn behind_nat_the_nodes_reach_the_controller_through_ssh_tunnels_that_come_back(
     let name = format!("e2et{}", run_id());
     std::fs::write(
         env.dir.path().join("pangaea.yaml"),
-        pangaea_tests::etcd_only_config(&name, &tunnel_network(), "provider:\n  type: gce\n"),
+        // No static API address here: the stand-in's static addresses lead nowhere on this
+        // host, and the tunnels dial each instance's external address (the static address
+        // is the other test's).
+        pangaea_tests::etcd_only_config(
+            &name,
+            &tunnel_network(),
+            "provider:\n  type: gce\n  staticApiAddress: false\n",
+        ),
     )
     .unwrap();
     let state = StateDir::new(env.dir.path().join(".pangaea"));

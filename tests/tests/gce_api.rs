@@ -247,6 +247,7 @@ async fn gcloud_drives_the_stand_in_and_pangaea_sends_what_gcloud_sends() {
             network: "pangaea-demo".into(),
             subnetwork: Some("pangaea-demo".into()),
             address: Some("10.213.0.12".parse().unwrap()),
+            external_address: None,
         },
         ..spec("node-2", ZONE)
     };
@@ -294,6 +295,88 @@ async fn gcloud_drives_the_stand_in_and_pangaea_sends_what_gcloud_sends() {
     );
     assert!(image(&theirs).ends_with("ubuntu-2404-lts-amd64"));
 
+    // An external address moved to an instance, as `prepare` moves the API's static
+    // address: gcloud's delete-access-config and add-access-config, and Pangaea's calls for
+    // the same on node-2, query for query and body for body (the address aside).
+    let mut reserved = Vec::new();
+    for name in ["pangaea-demo-api", "pangaea-demo-other"] {
+        let (_, ip) = c
+            .ensure_address("us-central1", name, "demo", T)
+            .await
+            .unwrap();
+        reserved.push(ip);
+    }
+    for args in [
+        vec!["delete-access-config", "node-1"],
+        vec!["add-access-config", "node-1", "--address", &reserved[1]],
+    ] {
+        let mut args: Vec<&str> = ["compute", "instances"].into_iter().chain(args).collect();
+        args.extend(["--zone", ZONE, "--access-config-name", "external-nat"]);
+        let (ok, out, err) = gcloud(&api, dir.path(), &args).await;
+        assert!(ok, "gcloud {}: {out}{err}", args.join(" "));
+    }
+    c.set_external_address(ZONE, "node-2", Some(reserved[0].parse().unwrap()), T)
+        .await
+        .unwrap();
+    // The operation's parameters; not the requestId (each call's own) nor gcloud's
+    // `alt=json` (the response's format, JSON anyway).
+    let without_request_id = |q: &str| {
+        q.split('&')
+            .filter(|kv| !kv.starts_with("requestId=") && !kv.starts_with("alt="))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    for (call, natip) in [("deleteAccessConfig", None), ("addAccessConfig", Some(()))] {
+        let calls = api.requests("POST", call);
+        assert_eq!(calls.len(), 2, "{call}: {calls:?}");
+        let (theirs, ours) = (&calls[0], &calls[1]);
+        assert!(theirs.path.ends_with(&format!("node-1/{call}")));
+        assert!(ours.path.ends_with(&format!("node-2/{call}")));
+        assert_eq!(
+            without_request_id(&ours.query),
+            without_request_id(&theirs.query),
+            "{call}"
+        );
+        let mut body = ours.body.clone();
+        if natip.is_some() {
+            assert_eq!(theirs.body["natIP"], reserved[1].as_str());
+            assert_eq!(body["natIP"], reserved[0].as_str());
+            body["natIP"] = theirs.body["natIP"].clone();
+        }
+        assert_eq!(body, theirs.body, "{call}");
+    }
+    let status = |name: &str| {
+        let s = api.state.lock().unwrap();
+        let a = &s.addresses[&("us-central1".to_owned(), name.to_owned())];
+        (
+            a["status"].as_str().unwrap_or_default().to_owned(),
+            a["users"][0]
+                .as_str()
+                .and_then(|u| u.rsplit('/').next())
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    assert_eq!(
+        status("pangaea-demo-api"),
+        ("IN_USE".into(), "node-2".into())
+    );
+    assert_eq!(
+        status("pangaea-demo-other"),
+        ("IN_USE".into(), "node-1".into())
+    );
+    // An address in use is not given to another instance.
+    let taken = c
+        .set_external_address(ZONE, "node-1", Some(reserved[0].parse().unwrap()), T)
+        .await
+        .unwrap_err();
+    assert!(taken.to_string().contains("already in-use"), "{taken}");
+    // ... and the refused instance keeps the address it had.
+    assert_eq!(
+        status("pangaea-demo-other"),
+        ("IN_USE".into(), "node-1".into())
+    );
+
     // gcloud sees Pangaea's instance, and deletes both (one per command: for several, gcloud
     // sends a multipart batch request, which the stand-in does not implement).
     let (ok, out, _) = gcloud(
@@ -330,6 +413,9 @@ async fn gcloud_drives_the_stand_in_and_pangaea_sends_what_gcloud_sends() {
         assert!(ok);
     }
     assert!(api.instances(ZONE).is_empty());
+    // Deleted instances free their addresses.
+    assert_eq!(status("pangaea-demo-api").0, "RESERVED");
+    assert_eq!(status("pangaea-demo-other").0, "RESERVED");
     let s = api.state.lock().unwrap();
     assert!(s.unserved.is_empty(), "{:?}", s.unserved);
     assert!(
@@ -995,6 +1081,7 @@ async fn the_provider_switches_its_rules_and_deletes_a_nodes_data_disks_with_it_
         api_port: 6443,
         api_access: vec!["198.51.100.0/24".into()],
         node_ports: vec![30080, 30443],
+        api_address: None,
         nodes: [(node.clone(), planned)].into(),
     };
     let rules = || {
@@ -1100,5 +1187,143 @@ async fn the_provider_switches_its_rules_and_deletes_a_nodes_data_disks_with_it_
     gce.teardown().await.unwrap();
     let s = api.state.lock().unwrap();
     assert!(s.networks.is_empty() && s.subnetworks.is_empty() && s.firewalls.is_empty());
+    assert!(s.unserved.is_empty(), "{:?}", s.unserved);
+}
+
+/// Providers (#12): the API's static external address. `prepare` reserves it (once: the
+/// next run keeps it), the API node's instance is created with it, the other nodes' with
+/// ephemeral ones; when another node becomes the API node it moves only once no instance
+/// holds it; switched off, its holder gets an ephemeral address and it is released; and
+/// `down --purge`'s teardown releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apis_static_address_is_reserved_held_by_the_api_node_moved_and_released() {
+    use pangaea_controller::provider::gce::cluster::{
+        Gce, GceCluster, PlannedNode, StaticApiAddress,
+    };
+    use pangaea_controller::provider::{NodeSpec, Provider};
+    let api = GceApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = |n: &str| -> pangaea_core::NodeName { n.parse().unwrap() };
+    let planned = |position| PlannedNode {
+        position,
+        zone: None,
+        machine_type: "e2-small".into(),
+        disks: vec![],
+    };
+    let held_by = |node: &str| StaticApiAddress {
+        name: "pangaea-demo-api".into(),
+        node: name(node),
+    };
+    let cluster = GceCluster {
+        cluster: "demo".into(),
+        region: "us-central1".into(),
+        zones: vec![],
+        spot: false,
+        advertise: Some("203.0.113.7".parse().unwrap()),
+        node_cidr: pangaea_compiler::cidr::Cidr::parse("10.213.0.0/24").unwrap(),
+        api_port: 6443,
+        api_access: vec![],
+        node_ports: vec![],
+        api_address: Some(held_by("node-1")),
+        nodes: [(name("node-1"), planned(0)), (name("node-2"), planned(1))].into(),
+    };
+    let provider = |api_address: Option<StaticApiAddress>| {
+        Gce::new(
+            client(&api, dir.path()),
+            GceCluster {
+                api_address,
+                ..cluster.clone()
+            },
+        )
+    };
+    let lines = std::sync::Mutex::new(Vec::<String>::new());
+    let progress = |m: &str| lines.lock().unwrap().push(m.to_owned());
+    let said = |needle: &str| {
+        let l = lines.lock().unwrap();
+        l.iter().any(|m| m.contains(needle))
+    };
+    let nat = |node: &str| -> String {
+        let s = api.state.lock().unwrap();
+        let i = s
+            .instances
+            .values()
+            .find(|i| i["name"] == format!("demo-{node}"))
+            .unwrap_or_else(|| panic!("no instance of {node}"));
+        i["networkInterfaces"][0]["accessConfigs"][0]["natIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let address = || {
+        let s = api.state.lock().unwrap();
+        s.addresses
+            .get(&("us-central1".to_owned(), "pangaea-demo-api".to_owned()))
+            .cloned()
+    };
+
+    let gce = provider(Some(held_by("node-1")));
+    gce.prepare(&progress).await.unwrap();
+    let ip = gce.api_address().await.unwrap().expect("reserved");
+    assert!(said("reserved"), "{:?}", lines.lock().unwrap());
+    assert_eq!(address().unwrap()["address"], ip.to_string());
+    for (i, n) in ["node-1", "node-2"].into_iter().enumerate() {
+        gce.create(&NodeSpec {
+            name: name(n),
+            address: format!("10.213.0.{}", 11 + i).parse().unwrap(),
+            user_data: "#cloud-config\n".into(),
+            memory_mib: 2048,
+            cpus: 2,
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(nat("node-1"), ip.to_string(), "the API node holds it");
+    assert_ne!(nat("node-2"), ip.to_string());
+    assert_eq!(address().unwrap()["status"], "IN_USE");
+    // A second `up`: kept, nothing moved, nothing reserved again.
+    let gce = provider(Some(held_by("node-1")));
+    gce.prepare(&progress).await.unwrap();
+    assert!(said("kept"));
+    assert_eq!(gce.api_address().await.unwrap(), Some(ip));
+    assert!(api.requests("POST", "AccessConfig").is_empty());
+    assert_eq!(api.state.lock().unwrap().addresses.len(), 1);
+
+    // node-2 becomes the API node (node-1 removed): not while node-1's instance holds it...
+    let moved = provider(Some(held_by("node-2")));
+    moved.prepare(&progress).await.unwrap();
+    assert!(
+        said("still held by demo-node-1"),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    assert_eq!(nat("node-1"), ip.to_string());
+    // ... and once it is gone, to node-2.
+    gce.delete(&name("node-1")).await.unwrap();
+    assert_eq!(address().unwrap()["status"], "RESERVED");
+    moved.prepare(&progress).await.unwrap();
+    assert!(said("moving the API's address"));
+    assert_eq!(nat("node-2"), ip.to_string());
+
+    // Switched off: node-2 gets an ephemeral address, the static one is released.
+    let off = provider(None);
+    off.prepare(&progress).await.unwrap();
+    assert!(said("released (switched off)"));
+    assert!(address().is_none());
+    assert_ne!(nat("node-2"), ip.to_string());
+    assert!(
+        !nat("node-2").is_empty(),
+        "an ephemeral address in its place"
+    );
+    assert_eq!(off.api_address().await.unwrap(), None);
+
+    // On again, then `down --purge`: the teardown releases it with the network.
+    let on = provider(Some(held_by("node-2")));
+    on.prepare(&progress).await.unwrap();
+    assert!(address().is_some());
+    on.delete(&name("node-2")).await.unwrap();
+    on.teardown().await.unwrap();
+    let s = api.state.lock().unwrap();
+    assert!(s.addresses.is_empty(), "{:?}", s.addresses);
+    assert!(s.networks.is_empty());
     assert!(s.unserved.is_empty(), "{:?}", s.unserved);
 }

@@ -136,6 +136,7 @@ async fn a_gce_node_whose_identity_expired_while_stopped_joins_with_a_token_from
             api_port: 6443,
             api_access: vec![],
             node_ports: vec![],
+            api_address: None,
             nodes: wanted()
                 .iter()
                 .enumerate()

@@ -656,3 +656,41 @@ fn pki_persists_and_refuses_a_certificate_without_its_key() {
         "load recreated the missing key next to the old certificate"
     );
 }
+
+/// Providers (#12): the API's external address, once `up` records it (GCE's static
+/// address), is named by the API server certificate of every control-plane node — it may
+/// move between them — and a certificate issued before it was recorded is issued again.
+#[test]
+fn the_recorded_external_api_address_is_in_every_api_server_certificate() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = pangaea_controller::state_dir::StateDir::new(tmp.path().join(".pangaea"));
+    let config = tmp.path().join("pangaea.yaml");
+    let api_cert = |node: &str| {
+        let compilation = pangaea_controller::compile::Compilation::load(&config, &state)
+            .expect("compile the default cluster");
+        let out = compilation.compile_node(node).expect("compile");
+        let pem = &out
+            .files
+            .iter()
+            .find(|f| f.path == "/etc/kubernetes/pki/apiserver.crt")
+            .expect("a control-plane node's API server certificate")
+            .content;
+        let crt = tmp.path().join(format!("{node}-apiserver.crt"));
+        std::fs::write(&crt, pem).unwrap();
+        sans(&crt)
+    };
+    let external = "IP Address:203.0.113.10";
+    assert!(!api_cert("node-1").contains(&external.to_owned()));
+    assert!(
+        pangaea_controller::api_address::save(&state, Some("203.0.113.10".parse().unwrap()))
+            .unwrap()
+    );
+    for node in ["node-1", "node-2", "node-3"] {
+        let names = api_cert(node);
+        assert!(names.contains(&external.to_owned()), "{node}: {names:?}");
+        assert!(
+            names.contains(&"IP Address:127.0.0.1".to_owned()),
+            "{node}: {names:?}"
+        );
+    }
+}

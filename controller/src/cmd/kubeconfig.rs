@@ -24,10 +24,38 @@ fn admin(ctx: &Ctx) -> anyhow::Result<String> {
     })
 }
 
-/// Runs `kubeconfig`: prints it, or merges it into `file` (default: kubectl's first file),
-/// making it current when `switch`.
-pub fn run(ctx: &Ctx, merge: bool, switch: bool, file: Option<PathBuf>) -> anyhow::Result<()> {
-    let admin = admin(ctx)?;
+/// The admin kubeconfig reaching the API at its external address ([`crate::api_address`])
+/// instead of this machine's load balancer: for kubectl on other machines.
+fn external(ctx: &Ctx) -> anyhow::Result<String> {
+    admin(ctx)?;
+    let c = ctx.compilation()?;
+    let ip = c.model.api_external.ok_or_else(|| {
+        anyhow::anyhow!(
+            "cluster {} has no external API address: only a GCE cluster with provider.staticApiAddress (the default) has one, recorded by `pangaea-ctl up`",
+            c.loaded.config.name
+        )
+    })?;
+    Ok(c.operator_kubeconfig(&format!(
+        "https://{ip}:{}",
+        pangaea_compiler::node::API_PORT
+    ))?)
+}
+
+/// Runs `kubeconfig`: prints it (reaching the API at its external address when
+/// `external`), or merges it into `file` (default: kubectl's first file), making it current
+/// when `switch`.
+pub fn run(
+    ctx: &Ctx,
+    merge: bool,
+    switch: bool,
+    external: bool,
+    file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let admin = if external {
+        self::external(ctx)?
+    } else {
+        admin(ctx)?
+    };
     if !merge {
         return super::print_out(&admin);
     }
@@ -40,7 +68,7 @@ pub fn run(ctx: &Ctx, merge: bool, switch: bool, file: Option<PathBuf>) -> anyho
 
 /// After `up`: the cluster's context in kubectl's file, made current (as kind and k3d do).
 pub fn merge_after_up(ctx: &Ctx) -> anyhow::Result<()> {
-    run(ctx, true, true, None)
+    run(ctx, true, true, false, None)
 }
 
 /// After `down --purge`: the cluster's entries gone from kubectl's file. The cluster is

@@ -58,6 +58,9 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
         crate::errln!("{}", super::cost::table_text(&e).trim_end());
     }
     provider.prepare(&step).await?;
+    // The API's external address where the provider reserves one, recorded before the
+    // controller compiles: every API server certificate names it.
+    crate::api_address::save(&ctx.state, provider.api_address().await?)?;
     let endpoint = provider.controller_endpoint().await?;
     let mut phases = vec![("image and network", started.elapsed())];
 
@@ -193,6 +196,12 @@ pub async fn run(ctx: &Ctx, timeout: Duration, mode: Mode) -> anyhow::Result<()>
         }
     }
     crate::outln!("admin kubeconfig: {}", kubeconfig.display());
+    if let Some(ip) = crate::api_address::load(&ctx.state)? {
+        crate::outln!(
+            "API at its static address: https://{ip}:{} (pangaea-ctl kubeconfig --external)",
+            pangaea_compiler::node::API_PORT
+        );
+    }
     crate::outln!("etcd: eval \"$(pangaea-ctl env etcdctl)\"; etcdctl endpoint health");
     Ok(())
 }

@@ -232,6 +232,13 @@ pub trait Provider: Send + Sync {
     /// node's root only (a metadata item: by the node and the project's viewers).
     async fn deliver_token(&self, name: &NodeName, token: &str) -> Result<(), ProviderError>;
 
+    /// The API's external address where the provider reserves one (GCE's static address,
+    /// given to the API node), as `prepare` left it; `None` elsewhere
+    /// ([`crate::api_address`]).
+    async fn api_address(&self) -> Result<Option<std::net::Ipv4Addr>, ProviderError> {
+        Ok(None)
+    }
+
     /// `HOST[:PORT]` of the metadata server where the nodes' agents look for the recovery
     /// token [`Provider::deliver_token`] sets as an instance metadata item
     /// ([`RECOVERY_TOKEN_METADATA_KEY`](pangaea_core::token::RECOVERY_TOKEN_METADATA_KEY));

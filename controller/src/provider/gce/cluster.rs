@@ -11,6 +11,10 @@
 //!   the API endpoint are made for those addresses);
 //! - two firewall rules: everything between the cluster's nodes, and the API server's port
 //!   from anywhere;
+//! - a static external address for the API, `pangaea-CLUSTER-api`, held by the API node
+//!   (the first control-plane node) and moved by `prepare` when another node takes that
+//!   place; every API server certificate names it (`provider.staticApiAddress`, default
+//!   on; kept by `down`, released by `down --purge`);
 //! - an instance per node, named `CLUSTER-NODE`, in its zone (the configured zones in turn,
 //!   else the region's), moved to another zone of the region when its own has no capacity;
 //!   cloud-init's user-data in its metadata; its data disks created with it, attached under
@@ -94,8 +98,26 @@ pub struct GceCluster {
     /// The NodePorts the configuration exposes (`expose.*` of type NodePort with a
     /// `nodePort`), reachable from anywhere.
     pub node_ports: Vec<u16>,
+    /// The API's static external address and the node that holds it; `None`: switched off
+    /// (`provider.staticApiAddress: false`), nodes have ephemeral addresses only.
+    pub api_address: Option<StaticApiAddress>,
     /// The nodes of the configuration.
     pub nodes: BTreeMap<NodeName, PlannedNode>,
+}
+
+/// The API's static external address ([`GceCluster::api_address`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticApiAddress {
+    /// The reserved address's name in the region.
+    pub name: String,
+    /// The node whose instance holds it: the API node
+    /// ([`ClusterModel::api_node`](pangaea_compiler::model::ClusterModel::api_node)).
+    pub node: NodeName,
+}
+
+/// The name of cluster `cluster`'s static API address.
+pub fn api_address_name(cluster: &str) -> String {
+    format!("pangaea-{cluster}-api")
 }
 
 impl GceCluster {
@@ -112,6 +134,8 @@ pub struct Gce {
     compute: Compute,
     c: GceCluster,
     region_zones: tokio::sync::OnceCell<Vec<String>>,
+    /// The static API address, once read or reserved.
+    api_ip: tokio::sync::OnceCell<Option<Ipv4Addr>>,
 }
 
 fn failed(e: ComputeError) -> ProviderError {
@@ -125,6 +149,7 @@ impl Gce {
             compute,
             c,
             region_zones: tokio::sync::OnceCell::new(),
+            api_ip: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -251,6 +276,125 @@ impl Gce {
             .find(|(_, i)| i["labels"][NODE_LABEL] == name.as_str()))
     }
 
+    /// The static API address as reserved; `None` when switched off or not reserved (yet).
+    async fn api_ip(&self) -> Result<Option<Ipv4Addr>, ProviderError> {
+        let Some(a) = &self.c.api_address else {
+            return Ok(None);
+        };
+        self.api_ip
+            .get_or_try_init(|| async {
+                let found = self
+                    .compute
+                    .address(&self.c.region, &a.name)
+                    .await
+                    .map_err(failed)?;
+                Ok(found.and_then(|v| v["address"].as_str()?.parse().ok()))
+            })
+            .await
+            .copied()
+    }
+
+    /// Reserves the static API address (or adopts the cluster's) and gives it to its node
+    /// if that node's instance exists and lacks it: the address is moved when another node
+    /// became the API node (the first one removed), unless an instance still holds it.
+    async fn place_api_address(
+        &self,
+        a: &StaticApiAddress,
+        progress: Progress<'_>,
+    ) -> Result<(), ProviderError> {
+        let t = OPERATION_TIMEOUT;
+        let (created, ip) = self
+            .compute
+            .ensure_address(&self.c.region, &a.name, &self.c.cluster, t)
+            .await
+            .map_err(failed)?;
+        let ip: Ipv4Addr = ip.parse().map_err(|e| {
+            ProviderError::Failed(format!("address {}: {ip:?} is not IPv4: {e}", a.name))
+        })?;
+        let _ = self.api_ip.set(Some(ip));
+        let how = match created {
+            super::compute::Created::Created => "reserved",
+            super::compute::Created::Adopted => "kept",
+        };
+        progress(&format!(
+            "GCE: static address {} ({ip}) for the API on {}, {how}",
+            a.name, a.node
+        ));
+        let Some((zone, holder)) = self.instance(&a.node).await? else {
+            return Ok(());
+        };
+        let nat = holder["networkInterfaces"][0]["accessConfigs"][0]["natIP"].as_str();
+        if nat == Some(ip.to_string().as_str()) {
+            return Ok(());
+        }
+        let address = self
+            .compute
+            .address(&self.c.region, &a.name)
+            .await
+            .map_err(failed)?
+            .unwrap_or_default();
+        if let Some(user) = address["users"].as_array().and_then(|u| u.first()) {
+            let user = user
+                .as_str()
+                .unwrap_or_default()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
+            progress(&format!(
+                "GCE: the API's address {ip} is still held by {user}; it moves to {} once {user} is deleted (`pangaea-ctl up` again)",
+                a.node
+            ));
+            return Ok(());
+        }
+        progress(&format!("GCE: moving the API's address {ip} to {}", a.node));
+        self.compute
+            .set_external_address(&zone, &self.instance_name(&a.node), Some(ip), t)
+            .await
+            .map_err(failed)
+    }
+
+    /// Releases the cluster's static API address, switched off: its holder first gets an
+    /// ephemeral address. Another's address of that name is left alone.
+    async fn release_api_address(&self, progress: Progress<'_>) -> Result<(), ProviderError> {
+        let name = api_address_name(&self.c.cluster);
+        let t = OPERATION_TIMEOUT;
+        let Some(address) = self
+            .compute
+            .address(&self.c.region, &name)
+            .await
+            .map_err(failed)?
+        else {
+            return Ok(());
+        };
+        if address["description"] != super::compute::owner_description(&self.c.cluster).as_str() {
+            return Ok(());
+        }
+        for user in address["users"].as_array().into_iter().flatten() {
+            let Some(instance) = user.as_str().and_then(|u| u.rsplit('/').next()) else {
+                continue;
+            };
+            if let Some((zone, _)) = self
+                .instances()
+                .await?
+                .into_iter()
+                .find(|(_, i)| i["name"] == instance)
+            {
+                self.compute
+                    .set_external_address(&zone, instance, None, t)
+                    .await
+                    .map_err(failed)?;
+            }
+        }
+        self.compute
+            .delete_address(&self.c.region, &name, t)
+            .await
+            .map_err(failed)?;
+        progress(&format!(
+            "GCE: static address {name} released (switched off)"
+        ));
+        Ok(())
+    }
+
     async fn act(&self, name: &NodeName, action: &str) -> Result<(), ProviderError> {
         let zone = self.locate(name).await?;
         let op = self
@@ -350,9 +494,17 @@ impl Provider for Gce {
                 }
             }
         }
+        match &self.c.api_address {
+            Some(a) => self.place_api_address(a, progress).await?,
+            None => self.release_api_address(progress).await?,
+        }
         let zones = self.spread().await?;
         progress(&format!("GCE: nodes spread over {}", zones.join(", ")));
         Ok(())
+    }
+
+    async fn api_address(&self) -> Result<Option<Ipv4Addr>, ProviderError> {
+        self.api_ip().await
     }
 
     async fn controller_endpoint(&self) -> Result<ControllerEndpoint, ProviderError> {
@@ -391,6 +543,10 @@ impl Provider for Gce {
             .or_else(|| pangaea_compiler::provider::in_turn(&zones, planned.position).cloned())
             .expect("spread zones are never empty");
         let net = self.network();
+        let external_address = match &self.c.api_address {
+            Some(a) if a.node == spec.name => self.api_ip().await?,
+            _ => None,
+        };
         let s = InstanceSpec {
             name: self.instance_name(&spec.name),
             zone,
@@ -410,6 +566,7 @@ impl Provider for Gce {
                 network: net.clone(),
                 subnetwork: Some(net),
                 address: Some(spec.address),
+                external_address,
             },
         };
         let region_zones = self.all_zones().await?.clone();
@@ -597,6 +754,7 @@ impl Provider for Gce {
                 .await
                 .map_err(failed)?;
         }
+        self.release_api_address(&|_| {}).await?;
         let net = self.network();
         self.compute
             .delete_subnetwork(&self.c.region, &net, t)

@@ -243,6 +243,8 @@ pub struct Nic {
     pub subnetwork: Option<String>,
     /// The internal address, from the subnetwork's range.
     pub address: Option<std::net::Ipv4Addr>,
+    /// The external address: a reserved static one; `None` for an ephemeral one.
+    pub external_address: Option<std::net::Ipv4Addr>,
 }
 
 impl Default for Nic {
@@ -251,8 +253,19 @@ impl Default for Nic {
             network: "default".into(),
             subnetwork: None,
             address: None,
+            external_address: None,
         }
     }
+}
+
+/// An instance's external access config (gcloud's shape): `external` a reserved static
+/// address, `None` an ephemeral one.
+fn access_config(external: Option<std::net::Ipv4Addr>) -> Value {
+    let mut ac = json!({"name": "external-nat", "type": "ONE_TO_ONE_NAT"});
+    if let Some(ip) = external {
+        ac["natIP"] = json!(ip.to_string());
+    }
+    ac
 }
 
 /// A persistent data disk of an instance: created with it the first time, attached again
@@ -416,7 +429,8 @@ impl Compute {
         body: Option<Value>,
     ) -> Result<Operation, ComputeError> {
         // The requestId is fixed before the first try: every retry repeats it.
-        let url = format!("{}?requestId={}", self.url(path), request_id());
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{}{sep}requestId={}", self.url(path), request_id());
         let v = self.call(method, &url, body.as_ref()).await?;
         serde_json::from_value(v).map_err(|e| ComputeError::Transport {
             url,
@@ -459,7 +473,7 @@ impl Compute {
         }
         let mut nic = json!({
             "network": self.url(&format!("global/networks/{}", s.nic.network)),
-            "accessConfigs": [{"name": "external-nat", "type": "ONE_TO_ONE_NAT"}],
+            "accessConfigs": [access_config(s.nic.external_address)],
         });
         if let Some(sub) = &s.nic.subnetwork {
             nic["subnetwork"] = json!(self.url(&format!(
@@ -751,6 +765,76 @@ impl Compute {
     ) -> Result<bool, ComputeError> {
         self.delete(&format!("zones/{zone}/disks/{name}"), timeout)
             .await
+    }
+
+    /// The static address `name` of `region` (`address`, `status` `RESERVED` or `IN_USE`,
+    /// `users`), `None` when there is none.
+    pub async fn address(&self, region: &str, name: &str) -> Result<Option<Value>, ComputeError> {
+        self.get(&format!("regions/{region}/addresses/{name}"))
+            .await
+    }
+
+    /// Gives instance `name` the external address `external` (`None`: an ephemeral one) in
+    /// place of the one it has: its access config deleted, then one added with that
+    /// address, each waited for. The instance has no external address in between.
+    pub async fn set_external_address(
+        &self,
+        zone: &str,
+        name: &str,
+        external: Option<std::net::Ipv4Addr>,
+        timeout: Duration,
+    ) -> Result<(), ComputeError> {
+        let path = format!("zones/{zone}/instances/{name}");
+        let instance = self.get(&path).await?.ok_or_else(|| ComputeError::Http {
+            method: "GET".into(),
+            url: self.url(&path),
+            status: 404,
+            reason: "notFound".into(),
+            message: format!("no instance {name} in {zone}"),
+        })?;
+        let nic = &instance["networkInterfaces"][0];
+        let nic_name = nic["name"].as_str().unwrap_or("nic0");
+        let before: Option<std::net::Ipv4Addr> = nic["accessConfigs"][0]["natIP"]
+            .as_str()
+            .and_then(|a| a.parse().ok());
+        for ac in nic["accessConfigs"].as_array().into_iter().flatten() {
+            let ac_name = ac["name"].as_str().unwrap_or("external-nat");
+            let op = self
+                .mutate(
+                    reqwest::Method::POST,
+                    &format!(
+                        "{path}/deleteAccessConfig?accessConfig={}&networkInterface={nic_name}",
+                        ac_name.replace(' ', "%20")
+                    ),
+                    None,
+                )
+                .await?;
+            self.wait(&op, timeout).await?;
+        }
+        let add_path = format!("{path}/addAccessConfig?networkInterface={nic_name}");
+        let add = |external| {
+            let add_path = &add_path;
+            async move {
+                let op = self
+                    .mutate(
+                        reqwest::Method::POST,
+                        add_path,
+                        Some(access_config(external)),
+                    )
+                    .await?;
+                self.wait(&op, timeout).await.map(|_| ())
+            }
+        };
+        let Err(e) = add(external).await else {
+            return Ok(());
+        };
+        // Not left without an external address: the one it had (a static one is still
+        // free), else an ephemeral one.
+        tracing::warn!(%name, error = %e, "the new external address was refused; restoring one");
+        if before.is_none() || add(before).await.is_err() {
+            let _ = add(None).await;
+        }
+        Err(e)
     }
 
     /// Releases a static address; `false` when there was none.

@@ -158,6 +158,10 @@ pub fn provider(loaded: &Loaded, env: &GcloudEnv) -> Result<cluster::Gce, Provid
                 .filter(|e| e.kind == pangaea_compiler::expose::ExposeType::NodePort)
                 .filter_map(|e| e.node_port)
                 .collect(),
+            api_address: g.static_api_address().then(|| cluster::StaticApiAddress {
+                name: cluster::api_address_name(&config.name),
+                node: model.api_node().name.clone(),
+            }),
             nodes,
         },
     ))
