@@ -188,6 +188,38 @@ impl TestController {
         self.addr.to_string()
     }
 
+    /// The controller's record of node `name` (which must exist).
+    pub fn record(&self, name: &str) -> NodeRecord {
+        self.controller
+            .node(name)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no record of {name}"))
+    }
+
+    /// Waits until node `name`'s agent certificate has expired (a node kept off longer
+    /// than it lives); returns its end.
+    pub async fn identity_expired(&self, name: &str, timeout: Duration) -> i64 {
+        eventually(
+            &format!("{name}'s agent certificate to expire"),
+            timeout,
+            || self.record(name).cert_not_after < pangaea_controller::records::now(),
+        )
+        .await;
+        self.record(name).cert_not_after
+    }
+
+    /// Waits until node `name` joined again, with a certificate that ends after `expired`;
+    /// returns its record.
+    pub async fn joined_again(&self, name: &str, expired: i64, timeout: Duration) -> NodeRecord {
+        eventually(
+            &format!("{name} to join again with a new certificate"),
+            timeout,
+            || self.record(name).cert_not_after > expired,
+        )
+        .await;
+        self.record(name)
+    }
+
     /// The state directory (`.pangaea`).
     pub fn state_dir(&self) -> pangaea_controller::state_dir::StateDir {
         self.controller.config().state_dir.clone()

@@ -172,21 +172,11 @@ async fn a_gce_node_whose_identity_expired_while_stopped_joins_with_a_token_from
     };
     reconciler.ensure_nodes(&wanted()).await.unwrap();
     reconciler.wait_healthy(&names, T).await.unwrap();
-    let instance = ctl.controller.node("node-3").unwrap().unwrap().instance_id;
+    let instance = ctl.record("node-3").instance_id;
 
     // node-3's instance is stopped for longer than its agent certificate lives.
     gce.stop(&name("node-3")).await.unwrap();
-    pangaea_tests::eventually("node-3's agent certificate to expire", T, || {
-        let record = ctl.controller.node("node-3").unwrap().unwrap();
-        record.cert_not_after < pangaea_controller::records::now()
-    })
-    .await;
-    let expired = ctl
-        .controller
-        .node("node-3")
-        .unwrap()
-        .unwrap()
-        .cert_not_after;
+    let expired = ctl.identity_expired("node-3", T).await;
     let set_metadata = || api.requests("POST", "/setMetadata");
     assert!(set_metadata().is_empty());
 
@@ -220,16 +210,7 @@ async fn a_gce_node_whose_identity_expired_while_stopped_joins_with_a_token_from
         "mutating calls carry a requestId"
     );
 
-    pangaea_tests::eventually("node-3 to join again with a new certificate", T, || {
-        ctl.controller
-            .node("node-3")
-            .unwrap()
-            .unwrap()
-            .cert_not_after
-            > expired
-    })
-    .await;
-    let record = ctl.controller.node("node-3").unwrap().unwrap();
+    let record = ctl.joined_again("node-3", expired, T).await;
     assert_eq!(
         record.instance_id, instance,
         "the same instance, joined again"

@@ -471,18 +471,7 @@ async fn a_node_whose_identity_expired_while_off_joins_again_with_a_recovery_tok
     w.reconciler().wait_healthy(&names(3), T).await.unwrap();
     let instance = w.instance_of("node-3");
     w.provider.power_off(&name("node-3")).await;
-    pangaea_tests::eventually("node-3's agent certificate to expire", T, || {
-        let record = w.ctl.controller.node("node-3").unwrap().unwrap();
-        record.cert_not_after < pangaea_controller::records::now()
-    })
-    .await;
-    let expired = w
-        .ctl
-        .controller
-        .node("node-3")
-        .unwrap()
-        .unwrap()
-        .cert_not_after;
+    let expired = w.ctl.identity_expired("node-3", T).await;
     assert!(expired <= pangaea_controller::records::now());
 
     w.provider.clear_calls().await;
@@ -494,17 +483,7 @@ async fn a_node_whose_identity_expired_while_off_joins_again_with_a_recovery_tok
             Call::Start(name("node-3"))
         ]
     );
-    pangaea_tests::eventually("node-3 to join again with a new certificate", T, || {
-        w.ctl
-            .controller
-            .node("node-3")
-            .unwrap()
-            .unwrap()
-            .cert_not_after
-            > expired
-    })
-    .await;
-    let record = w.ctl.controller.node("node-3").unwrap().unwrap();
+    let record = w.ctl.joined_again("node-3", expired, T).await;
     assert_eq!(
         record.instance_id, instance,
         "the same instance, joined again"
