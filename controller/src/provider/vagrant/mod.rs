@@ -404,13 +404,13 @@ impl Provider for Vagrant {
 
     async fn deliver_token(&self, name: &NodeName, token: &str) -> Result<(), ProviderError> {
         self.existing(name)?;
+        // `vagrant ssh` needs a running machine: a stopped one is booted first. Its agent,
+        // with no identity it may use, keeps trying to join until the token is there.
         if !libvirt::running_domains()
             .await?
             .contains(&self.domain(name))
         {
-            return Err(ProviderError::Failed(format!(
-                "{name} is not running, so it cannot be given a recovery token: `pangaea-ctl start` boots it"
-            )));
+            self.start(name).await?;
         }
         let command = format!(
             "sudo install -D -m 600 /dev/stdin {}",
