@@ -140,7 +140,8 @@ pub struct Disk {
     pub size_gib: u32,
     /// Where it is mounted (absolute).
     pub mount: String,
-    /// Block device on the node (default: the provider's, see
+    /// Block device on the node (default: the provider's: `/dev/disk/by-id/google-NAME` on
+    /// GCE, else `/dev/vdb`, `/dev/vdc`, … in the pool's order; see
     /// [`ProviderKind::default_disk_device`](crate::provider::ProviderKind::default_disk_device)).
     #[serde(default)]
     pub device: Option<String>,
@@ -306,11 +307,11 @@ pub struct NfsMount {
     pub mount: String,
 }
 
-/// The whole of `pangaea.yaml`, as written (validation is [`Loaded`]'s).
+/// The whole of `pangaea.yaml`, as written (its checks across fields are [`Loaded`]'s).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterConfig {
-    /// `apiVersion`: must be [`API_VERSION`].
+    /// `apiVersion`: must be `pangaea.dev/v1alpha1` ([`API_VERSION`]).
     #[serde(default = "api_version")]
     pub api_version: String,
     /// Must be `Cluster`.

@@ -240,7 +240,8 @@ pub struct GceProvider {
     /// anywhere; `[]` opens it to nothing outside the cluster).
     pub api_access: Option<Vec<crate::cidr::Cidr>>,
     /// `staticApiAddress`: reserve a static external address for the API and give it to
-    /// the first control-plane node (default true; [`GceProvider::static_api_address`]).
+    /// the first control-plane node (default true; read through
+    /// [`GceProvider::static_api_address`]).
     pub static_api_address: Option<bool>,
 }
 
