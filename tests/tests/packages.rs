@@ -4,43 +4,73 @@
 //! image (debootstrap's minbase of bookworm, nothing of this workspace in it) booted as a
 //! throwaway container (every write goes to an overlay's upper directory, deleted after).
 //!
-//! The packages are built before the tests by `.ci/run` (maturin for the wheel, then
-//! `cargo deb -p pangaea-controller --no-build`); a missing or stale one fails naming the
-//! command.
+//! Each test builds its package first, as README says, from this checkout: `cargo deb`,
+//! `maturin build`, `cargo install`. The release compilation itself is `.ci/run`'s (before
+//! the tests, like the debug build of `cargo test`), so these builds mostly pack; cargo-deb
+//! and maturin missing fail naming their install command.
 
 use pangaea_tests::{binary, require_node_host};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// `target/debian/pangaea_<version>-1_amd64.deb` of this workspace.
-fn package() -> PathBuf {
-    let target = binary("pangaea-ctl")
+/// One package build at a time: each writes the release binaries (maturin strips
+/// `pangaea-ctl` in place, cargo rebuilds it unstripped) that another one packs.
+static BUILDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// This workspace's root.
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/pangaea-ctl")
-        .to_owned();
-    let deb = target.join(format!(
+        .expect("tests/ is in the workspace")
+        .to_owned()
+}
+
+/// Runs `program args` in the workspace with the tests' target directory; its output, or a
+/// failure naming the command (and `install`, the way to get the program).
+fn build(program: &str, install: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .current_dir(workspace())
+        .args(args)
+        .env("CARGO_TARGET_DIR", target_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (install it: {install})"));
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        pangaea_tests::output_text(&out)
+    );
+    pangaea_tests::output_text(&out)
+}
+
+/// The Debian package, built as README says: the agent's release build, then `cargo deb
+/// -p pangaea-controller` (which builds the controller's); `target/debian/pangaea_<version>-1_amd64.deb`.
+fn package() -> PathBuf {
+    let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+    let cargo = pangaea_tests::which("cargo");
+    let cargo = cargo.to_str().expect("a UTF-8 path");
+    build(
+        cargo,
+        "rustup",
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "-p",
+            "pangaea-agent",
+        ],
+    );
+    build(
+        cargo,
+        "cargo install --locked cargo-deb",
+        &["deb", "--locked", "--quiet", "-p", "pangaea-controller"],
+    );
+    let deb = target_dir().join(format!(
         "debian/pangaea_{}-1_amd64.deb",
         env!("CARGO_PKG_VERSION")
     ));
-    assert!(
-        deb.is_file(),
-        "{} not found: build it with `cargo build --release -p pangaea-controller -p pangaea-agent && cargo deb -p pangaea-controller --no-build` (.ci/run does; cargo-deb: `cargo install --locked cargo-deb`)",
-        deb.display()
-    );
-    let release = target.join("release/pangaea-ctl");
-    let (built, packed) = (
-        std::fs::metadata(&release).and_then(|m| m.modified()),
-        std::fs::metadata(&deb).and_then(|m| m.modified()),
-    );
-    if let (Ok(built), Ok(packed)) = (built, packed) {
-        assert!(
-            packed >= built,
-            "{} is older than {}: build it again (cargo deb -p pangaea-controller --no-build)",
-            deb.display(),
-            release.display()
-        );
-    }
+    assert!(deb.is_file(), "cargo deb made no {}", deb.display());
     deb
 }
 
@@ -127,14 +157,54 @@ fn assert_both_run(bin: &Path, how: &str) {
     assert!(agent.status.success(), "{how}: {agent:?}");
 }
 
-/// The wheel `.ci/run` builds with maturin (`pip install pangaea-ctl`, as ruff and uv ship
-/// theirs), installed with pip into a fresh virtual environment (no system site packages,
-/// no index): both binaries land in the venv's `bin/`.
+/// The wheel, built as README says (`pip install pangaea-ctl`, as ruff and uv ship theirs:
+/// the agent's release binary copied into the wheel's data scripts, then `maturin build`),
+/// installed with pip into a fresh virtual environment (no system site packages, no
+/// index): both binaries land in the venv's `bin/`.
 #[test]
 fn the_python_wheel_installs_with_pip_in_a_fresh_venv_and_runs() {
-    let wheels = target_dir().join("wheels");
+    let wheels = tempfile::tempdir().unwrap();
+    {
+        let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+        let cargo = pangaea_tests::which("cargo");
+        build(
+            cargo.to_str().expect("a UTF-8 path"),
+            "rustup",
+            &[
+                "build",
+                "--release",
+                "--locked",
+                "--quiet",
+                "-p",
+                "pangaea-agent",
+            ],
+        );
+        // Where controller/pyproject.toml's `data` points (the workspace's target/,
+        // whatever CARGO_TARGET_DIR says).
+        let scripts = workspace().join("target/wheel-data/scripts");
+        std::fs::create_dir_all(&scripts).unwrap();
+        std::fs::copy(
+            target_dir().join("release/pangaea-agent"),
+            scripts.join("pangaea-agent"),
+        )
+        .unwrap();
+        build(
+            "maturin",
+            "pip install 'maturin>=1.5,<2'",
+            &[
+                "build",
+                "--release",
+                "--locked",
+                "-m",
+                "controller/Cargo.toml",
+                "--out",
+                wheels.path().to_str().expect("a UTF-8 path"),
+            ],
+        );
+    }
+    let wheels = wheels.path();
     let prefix = format!("pangaea_ctl-{}-py3-none-", env!("CARGO_PKG_VERSION"));
-    let wheel = std::fs::read_dir(&wheels)
+    let wheel = std::fs::read_dir(wheels)
         .into_iter()
         .flatten()
         .flatten()
@@ -145,12 +215,7 @@ fn the_python_wheel_installs_with_pip_in_a_fresh_venv_and_runs() {
                 n.starts_with(&prefix) && n.ends_with(".whl")
             })
         })
-        .unwrap_or_else(|| {
-            panic!(
-                "no {prefix}*.whl in {}: build it as .ci/run does (pip install maturin; cp target/release/pangaea-agent target/wheel-data/scripts/; maturin build --release -m controller/Cargo.toml --out target/wheels)",
-                wheels.display()
-            )
-        });
+        .unwrap_or_else(|| panic!("maturin made no {prefix}*.whl in {}", wheels.display()));
     let python = pangaea_tests::which("python3");
     let tmp = tempfile::tempdir().unwrap();
     let venv = tmp.path().join("venv");
@@ -192,6 +257,7 @@ fn the_python_wheel_installs_with_pip_in_a_fresh_venv_and_runs() {
 /// controller and the agent (two packages, one command), offline, with the lock file.
 #[test]
 fn cargo_install_installs_both_binaries_and_they_run() {
+    let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
     let root = tempfile::tempdir().unwrap();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
