@@ -259,35 +259,23 @@ fn the_python_wheel_installs_with_pip_in_a_fresh_venv_and_runs() {
 fn cargo_install_installs_both_binaries_and_they_run() {
     let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
     let root = tempfile::tempdir().unwrap();
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the workspace")
-        .to_owned();
-    let out = Command::new(pangaea_tests::which("cargo"))
-        .current_dir(&workspace)
-        .args(["install", "--locked", "--offline", "--quiet", "--root"])
-        .arg(root.path())
-        .args(["--path", "controller"])
-        .env("CARGO_TARGET_DIR", target_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cargo install --path controller: {}",
-        pangaea_tests::output_text(&out)
-    );
-    let out = Command::new(pangaea_tests::which("cargo"))
-        .current_dir(&workspace)
-        .args(["install", "--locked", "--offline", "--quiet", "--root"])
-        .arg(root.path())
-        .args(["--path", "agent"])
-        .env("CARGO_TARGET_DIR", target_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cargo install --path agent: {}",
-        pangaea_tests::output_text(&out)
-    );
+    let cargo = pangaea_tests::which("cargo");
+    let root_dir = root.path().to_str().expect("a UTF-8 path");
+    for package in ["controller", "agent"] {
+        build(
+            cargo.to_str().expect("a UTF-8 path"),
+            "rustup",
+            &[
+                "install",
+                "--locked",
+                "--offline",
+                "--quiet",
+                "--root",
+                root_dir,
+                "--path",
+                package,
+            ],
+        );
+    }
     assert_both_run(&root.path().join("bin"), "cargo install");
 }
