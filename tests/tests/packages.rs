@@ -43,14 +43,19 @@ fn build(program: &str, install: &str, args: &[&str]) -> String {
     pangaea_tests::output_text(&out)
 }
 
-/// The Debian package, built as README says: the agent's release build, then `cargo deb
-/// -p pangaea-controller` (which builds the controller's); `target/debian/pangaea_<version>-1_amd64.deb`.
-fn package() -> PathBuf {
-    let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
-    let cargo = pangaea_tests::which("cargo");
-    let cargo = cargo.to_str().expect("a UTF-8 path");
+/// The cargo on PATH.
+fn cargo() -> String {
+    pangaea_tests::which("cargo")
+        .to_str()
+        .expect("a UTF-8 path")
+        .to_owned()
+}
+
+/// The agent's release binary, which both the Debian package and the wheel carry beside
+/// pangaea-ctl (a no-op when it is fresh).
+fn release_agent() {
     build(
-        cargo,
+        &cargo(),
         "rustup",
         &[
             "build",
@@ -61,8 +66,15 @@ fn package() -> PathBuf {
             "pangaea-agent",
         ],
     );
+}
+
+/// The Debian package, built as README says: the agent's release build, then `cargo deb
+/// -p pangaea-controller` (which builds the controller's); `target/debian/pangaea_<version>-1_amd64.deb`.
+fn package() -> PathBuf {
+    let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+    release_agent();
     build(
-        cargo,
+        &cargo(),
         "cargo install --locked cargo-deb",
         &["deb", "--locked", "--quiet", "-p", "pangaea-controller"],
     );
@@ -166,19 +178,7 @@ fn the_python_wheel_installs_with_pip_in_a_fresh_venv_and_runs() {
     let wheels = tempfile::tempdir().unwrap();
     {
         let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
-        let cargo = pangaea_tests::which("cargo");
-        build(
-            cargo.to_str().expect("a UTF-8 path"),
-            "rustup",
-            &[
-                "build",
-                "--release",
-                "--locked",
-                "--quiet",
-                "-p",
-                "pangaea-agent",
-            ],
-        );
+        release_agent();
         // Where controller/pyproject.toml's `data` points (the workspace's target/,
         // whatever CARGO_TARGET_DIR says).
         let scripts = workspace().join("target/wheel-data/scripts");
@@ -259,11 +259,10 @@ fn the_python_wheel_installs_with_pip_in_a_fresh_venv_and_runs() {
 fn cargo_install_installs_both_binaries_and_they_run() {
     let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
     let root = tempfile::tempdir().unwrap();
-    let cargo = pangaea_tests::which("cargo");
     let root_dir = root.path().to_str().expect("a UTF-8 path");
     for package in ["controller", "agent"] {
         build(
-            cargo.to_str().expect("a UTF-8 path"),
+            &cargo(),
             "rustup",
             &[
                 "install",
