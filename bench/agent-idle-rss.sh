@@ -17,7 +17,7 @@ state="$work/.pangaea"
 cat >"$work/pangaea.yaml" <<YAML
 pools: [{name: node, count: 1, roles: [etcd, control-plane, worker]}]
 artifacts:
-$(for a in kubernetes-server etcd containerd runc cni-plugins crictl; do echo "  - {name: $a, disabled: true}"; done)
+$(for a in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd containerd runc cni-plugins crictl; do echo "  - {name: $a, disabled: true}"; done)
 YAML
 export PANGAEA_CONFIG="$work/pangaea.yaml"
 "$ctl" --state-dir "$state" serve --listen 127.0.0.1:0 >"$work/serve.log" 2>&1 & pids+=($!)

@@ -12,8 +12,12 @@ artifacts:
     url: file:///usr/bin/etcd
     digest: sha256:$(sha256sum /usr/bin/etcd | cut -d' ' -f1)
     members: {}
-  - {name: kubernetes-server, disabled: true}
-  - {name: kubernetes-node, disabled: true}
+  - {name: kube-apiserver, disabled: true}
+  - {name: kube-controller-manager, disabled: true}
+  - {name: kube-scheduler, disabled: true}
+  - {name: kubelet, disabled: true}
+  - {name: kube-proxy, disabled: true}
+  - {name: kubectl, disabled: true}
   - {name: containerd, disabled: true}
   - {name: runc, disabled: true}
   - {name: cni-plugins, disabled: true}

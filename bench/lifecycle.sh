@@ -14,7 +14,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/bench/etcd-only.sh"
 floor_sh="$top/../shared/bench/floor.sh"
 floor_img=/var/cache/pangaea/floor-rootfs
-[ -x "$floor_img/usr/bin/etcd" ] || { echo "run bench/up-vs-floor.sh once first: it builds $floor_img" >&2; exit 1; }
+[ -f "$floor_img/.floor-v2" ] || { echo "run bench/up-vs-floor.sh once first: it builds $floor_img" >&2; exit 1; }
 cargo build --release -q --manifest-path "$top/Cargo.toml" -p pangaea-controller -p pangaea-agent
 ctl="$top/target/release/pangaea-ctl"
 work=$(mktemp -d)

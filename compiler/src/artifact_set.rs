@@ -279,24 +279,36 @@ impl ArtifactSet {
 mod tests {
     use super::*;
 
+    /// The Kubernetes binaries of the default set, each its own download.
+    const KUBERNETES: [&str; 6] = [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+        "kubectl",
+    ];
+
     #[test]
     fn defaults_parse_and_pin_every_artifact() {
         let set = ArtifactSet::defaults();
-        for name in [
-            "kubernetes-server",
-            "etcd",
-            "containerd",
-            "runc",
-            "cni-plugins",
-            "crictl",
-        ] {
+        for name in
+            KUBERNETES
+                .iter()
+                .chain(&["etcd", "containerd", "runc", "cni-plugins", "crictl"])
+        {
             let a = set.get(name).unwrap_or_else(|| panic!("{name} missing"));
             assert!(a.url.starts_with("https://"), "{name}");
         }
-        assert_eq!(
-            set.get("kubernetes-server").unwrap().digest().kind,
-            pangaea_artifact::DigestKind::Sha512
-        );
+        for name in KUBERNETES {
+            let a = set.get(name).unwrap();
+            assert_eq!(
+                a.url,
+                format!("https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/{name}")
+            );
+            assert!(a.members.is_empty(), "{name} is a single file");
+            assert_eq!(a.digest().kind, pangaea_artifact::DigestKind::Sha256);
+        }
         assert_eq!(
             set.get("etcd").unwrap().members["etcd"],
             "etcd-v3.5.27-linux-amd64/etcd"
@@ -315,15 +327,78 @@ mod tests {
         v.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    /// The defaults with the release's two Kubernetes tarballs added as archives.
+    fn with_tarballs(disable_single_files: bool) -> ArtifactSet {
+        let d = format!("sha512:{}", "a".repeat(128));
+        let tarball = |name: &str, dir: &str, bins: &[&str]| ArtifactOverride {
+            name: name.into(),
+            url: Some(format!(
+                "https://dl.k8s.io/v1.35.1/{name}-linux-amd64.tar.gz"
+            )),
+            digest: Some(d.clone()),
+            members: Some(
+                bins.iter()
+                    .map(|b| ((*b).to_owned(), format!("kubernetes/{dir}/bin/{b}")))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let mut overrides = vec![
+            tarball("kubernetes-server", "server", &KUBERNETES),
+            tarball(
+                "kubernetes-node",
+                "node",
+                &["kubelet", "kube-proxy", "kubectl"],
+            ),
+        ];
+        if disable_single_files {
+            overrides.extend(KUBERNETES.iter().map(|b| ArtifactOverride {
+                name: (*b).into(),
+                disabled: Some(true),
+                ..Default::default()
+            }));
+        }
+        ArtifactSet::defaults()
+            .with_overrides("test", &overrides)
+            .unwrap()
+    }
+
     #[test]
-    fn a_worker_takes_the_node_archive_and_a_control_plane_node_only_the_server_archive() {
+    fn each_node_takes_exactly_the_kubernetes_binaries_it_runs_one_download_each() {
         let set = ArtifactSet::defaults();
         assert_eq!(
             picks(&set, &["kubelet", "kube-proxy", "runc"]),
             vec![
-                ("kubernetes-node".into(), owned(&["kubelet", "kube-proxy"])),
+                ("kubelet".into(), owned(&["kubelet"])),
+                ("kube-proxy".into(), owned(&["kube-proxy"])),
                 ("runc".into(), owned(&["runc"])),
             ]
+        );
+        let cp = [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubectl",
+        ];
+        assert_eq!(
+            picks(&set, &cp),
+            cp.iter()
+                .map(|b| ((*b).to_owned(), owned(&[b])))
+                .collect::<Vec<_>>(),
+            "no kubelet or kube-proxy for a node that does not run pods"
+        );
+    }
+
+    #[test]
+    fn archives_cover_what_no_single_file_gives_the_widest_first_then_the_narrower() {
+        let set = with_tarballs(true);
+        assert_eq!(
+            picks(&set, &["kubelet", "kube-proxy", "runc"]),
+            vec![
+                ("runc".into(), owned(&["runc"])),
+                ("kubernetes-node".into(), owned(&["kubelet", "kube-proxy"])),
+            ],
+            "on a tie, the narrower archive (in set order: added entries come last)"
         );
         let cp = [
             "kube-apiserver",
@@ -341,24 +416,15 @@ mod tests {
     }
 
     #[test]
-    fn a_per_binary_entry_wins_and_disabled_or_unknown_binaries_are_left_out() {
-        let d = format!("sha256:{}", "a".repeat(64));
-        let set = ArtifactSet::defaults()
+    fn a_single_file_entry_wins_over_archives_and_disabled_or_unknown_binaries_are_left_out() {
+        let set = with_tarballs(false)
             .with_overrides(
                 "test",
-                &[
-                    ArtifactOverride {
-                        name: "kubelet".into(),
-                        url: Some("https://dl.k8s.io/v1.35.1/bin/linux/amd64/kubelet".into()),
-                        digest: Some(d),
-                        ..Default::default()
-                    },
-                    ArtifactOverride {
-                        name: "kubernetes-node".into(),
-                        disabled: Some(true),
-                        ..Default::default()
-                    },
-                ],
+                &[ArtifactOverride {
+                    name: "kube-proxy".into(),
+                    disabled: Some(true),
+                    ..Default::default()
+                }],
             )
             .unwrap();
         assert_eq!(
@@ -367,9 +433,10 @@ mod tests {
                 &["kubelet", "kube-proxy", "no-such-binary", "kubelet"]
             ),
             vec![
-                ("kubernetes-server".into(), owned(&["kube-proxy"])),
                 ("kubelet".into(), owned(&["kubelet"])),
-            ]
+                ("kubernetes-node".into(), owned(&["kube-proxy"])),
+            ],
+            "kubelet from its own file; kube-proxy's is disabled, so from the narrower archive"
         );
     }
 

@@ -53,8 +53,7 @@ const fn row(
 }
 
 /// Which installed package gives which binary of which artifact (Debian 12 paths). An
-/// artifact of the set with no row here has no package (`kubernetes-server`,
-/// `kubernetes-node`, `crictl`).
+/// artifact of the set with no row here has no package (the Kubernetes binaries, `crictl`).
 pub const PACKAGE_BINARIES: &[PackageBinary] = &[
     row("etcd", "etcd", "etcd-server", "/usr/bin/etcd"),
     row("etcd", "etcdctl", "etcd-client", "/usr/bin/etcdctl"),
@@ -207,17 +206,21 @@ impl Imported {
     }
 }
 
+/// Why an artifact with no row in [`PACKAGE_BINARIES`] is left out.
+pub const NO_PACKAGE: &str = "in no OS package";
+
 /// What an import found for a set.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Import {
     /// Artifacts imported, by name.
     pub imported: Vec<Imported>,
-    /// Artifacts left out, with why (`no OS package provides it`, `apt-get install X`).
+    /// Artifacts left out, with why ([`NO_PACKAGE`], `apt-get install X`).
     pub unavailable: Vec<(String, String)>,
 }
 
 impl Import {
-    /// One line per artifact, for the operator.
+    /// One line per imported artifact, and one per reason for those left out (the six
+    /// Kubernetes binaries share one), for the operator.
     pub fn report(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .imported
@@ -238,11 +241,24 @@ impl Import {
                 line
             })
             .collect();
-        out.extend(
-            self.unavailable.iter().map(|(a, why)| {
-                format!("artifact {a}: unavailable ({why}); left out of the nodes")
-            }),
-        );
+        let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (a, why) in &self.unavailable {
+            match reasons.iter_mut().find(|(w, _)| w == why) {
+                Some((_, names)) => names.push(a),
+                None => reasons.push((why, vec![a])),
+            }
+        }
+        out.extend(reasons.into_iter().map(|(why, names)| {
+            let noun = if names.len() == 1 {
+                "artifact"
+            } else {
+                "artifacts"
+            };
+            format!(
+                "{noun} {}: unavailable ({why}); left out of the nodes",
+                names.join(", ")
+            )
+        }));
         out
     }
 }
@@ -295,8 +311,7 @@ pub fn import(
             .filter(|r| r.artifact == a.name && !keep.iter().any(|k| k == r.member))
             .collect();
         if rows.is_empty() {
-            out.unavailable
-                .push((a.name.clone(), "no OS package provides it".into()));
+            out.unavailable.push((a.name.clone(), NO_PACKAGE.into()));
             continue;
         }
         let mut files = Vec::new();
@@ -517,13 +532,22 @@ mod tests {
         let unavailable: Vec<&str> = imp.unavailable.iter().map(|(a, _)| a.as_str()).collect();
         assert_eq!(
             unavailable,
-            ["kubernetes-server", "kubernetes-node", "cni-plugins"],
+            [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kubelet",
+                "kube-proxy",
+                "kubectl",
+                "cni-plugins"
+            ],
             "crictl is kept as configured"
         );
-        assert!(imp.unavailable[2].1.contains("has no /usr/lib/cni/bridge"));
+        assert!(imp.unavailable[6].1.contains("has no /usr/lib/cni/bridge"));
         let report = imp.report().join("\n");
         for line in [
-            "artifact kubernetes-server: unavailable (no OS package provides it)",
+            "artifacts kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl: unavailable (in no OS package); left out of the nodes",
+            "artifact cni-plugins: unavailable (",
             "artifact containerd: from OS packages containerd 1.6.20~ds1-1 (containerd, containerd-shim-runc-v2, ctr)",
         ] {
             assert!(report.contains(line), "{line:?} not in {report}");
@@ -549,8 +573,12 @@ mod tests {
         assert_eq!(
             order,
             [
-                "kubernetes-server",
-                "kubernetes-node",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kubelet",
+                "kube-proxy",
+                "kubectl",
                 "etcd",
                 "containerd",
                 "containerd-shim-runc-v2",
@@ -566,7 +594,7 @@ mod tests {
             c.members.is_empty() && c.url.starts_with("file://"),
             "{c:?}"
         );
-        assert!(set.get("kubernetes-server").unwrap().disabled);
+        assert!(set.get("kube-apiserver").unwrap().disabled);
         assert!(set.get("cni-plugins").unwrap().disabled);
         assert!(!set.get("crictl").unwrap().disabled);
         let picked: Vec<&str> = set

@@ -64,7 +64,7 @@ fn artifacts_import_fetch_and_list() {
     let (ok, text) = ctl(&["--state-dir", s, "artifacts", "list"]);
     assert!(ok, "{text}");
     assert!(
-        text.contains("kubernetes-server") && text.contains("missing"),
+        text.contains("kube-apiserver") && text.contains("missing"),
         "{text}"
     );
 

@@ -275,10 +275,14 @@ impl TestController {
 
 /// Every artifact of the default artifact set: a configuration that disables them all
 /// needs no download (nothing is reachable from the tests).
-pub const ARTIFACTS: [&str; 7] = [
+pub const ARTIFACTS: [&str; 11] = [
     "etcd",
-    "kubernetes-server",
-    "kubernetes-node",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kubectl",
     "containerd",
     "runc",
     "cni-plugins",

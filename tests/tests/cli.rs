@@ -201,9 +201,10 @@ fn is_token(t: &str) -> bool {
         if id.len() == 6 && secret.len() == 16 && lower_alnum(id) && lower_alnum(secret))
 }
 
-/// Stand-ins for the pinned release archives (no registry carries them here): archives
-/// with the member paths the real ones have, served from `file://` through overrides in
-/// `pangaea.yaml`, each with its own digest. Returns the overrides.
+/// Stand-ins for the pinned release downloads (no registry carries them here): archives
+/// with the member paths the real ones have, and single files for the Kubernetes binaries
+/// and runc, served from `file://` through overrides in `pangaea.yaml`, each with its own
+/// digest. Returns the overrides.
 fn offline_artifacts(dir: &Path) -> String {
     let src = dir.join("release");
     let mut yaml = String::from("artifacts:\n");
@@ -223,28 +224,7 @@ fn offline_artifacts(dir: &Path) -> String {
             file.display()
         ));
     };
-    let archives: [(&str, &str, &[&str]); 6] = [
-        (
-            "kubernetes-server",
-            "k8s",
-            &[
-                "kubernetes/server/bin/kube-apiserver",
-                "kubernetes/server/bin/kube-controller-manager",
-                "kubernetes/server/bin/kube-scheduler",
-                "kubernetes/server/bin/kubelet",
-                "kubernetes/server/bin/kube-proxy",
-                "kubernetes/server/bin/kubectl",
-            ],
-        ),
-        (
-            "kubernetes-node",
-            "k8s-node",
-            &[
-                "kubernetes/node/bin/kubelet",
-                "kubernetes/node/bin/kube-proxy",
-                "kubernetes/node/bin/kubectl",
-            ],
-        ),
+    let archives: [(&str, &str, &[&str]); 4] = [
         (
             "etcd",
             "etcd",
@@ -284,9 +264,19 @@ fn offline_artifacts(dir: &Path) -> String {
         assert!(ok.success(), "tar czf {name}");
         add(name, &archive);
     }
-    let runc = src.join("runc.amd64");
-    std::fs::write(&runc, "#!/bin/sh\necho runc\n").unwrap();
-    add("runc", &runc);
+    for single in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+        "kubectl",
+        "runc",
+    ] {
+        let file = src.join(single);
+        std::fs::write(&file, format!("#!/bin/sh\necho {single}\n")).unwrap();
+        add(single, &file);
+    }
     yaml
 }
 

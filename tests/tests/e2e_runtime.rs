@@ -276,7 +276,7 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
         "artifact runc: from OS packages runc ",
         "artifact cni-plugins: from OS packages containernetworking-plugins ",
         "artifact etcd: from OS packages etcd-client ",
-        "artifact kubernetes-server: unavailable (no OS package provides it)",
+        "artifacts kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl: unavailable (in no OS package)",
     ] {
         assert!(out.contains(expected), "up reports {expected:?}: {out}");
     }

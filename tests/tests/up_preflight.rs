@@ -116,7 +116,12 @@ fn up_without_internet_fails_at_once_with_every_missing_artifact_and_creates_not
     // One message: every artifact the default cluster's nodes download, each once.
     assert_eq!(stderr.matches("Error:").count(), 1, "{stderr}");
     for name in [
-        "kubernetes-server",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+        "kubectl",
         "etcd",
         "containerd",
         "runc",
@@ -193,9 +198,17 @@ fn each_source_is_asked_once_at_the_same_time_and_given_a_bounded_time() {
     url: http://127.0.0.1:{silent}/containerd.tar.gz
   - name: runc
     url: http://127.0.0.1:{closed}/runc
-  - name: kubernetes-server
+  - name: kube-apiserver
     disabled: true
-  - name: kubernetes-node
+  - name: kube-controller-manager
+    disabled: true
+  - name: kube-scheduler
+    disabled: true
+  - name: kubelet
+    disabled: true
+  - name: kube-proxy
+    disabled: true
+  - name: kubectl
     disabled: true
   - name: cni-plugins
     disabled: true
@@ -237,12 +250,7 @@ fn each_source_is_asked_once_at_the_same_time_and_given_a_bounded_time() {
         "{stderr}"
     );
     // Disabled artifacts are not asked for.
-    for name in [
-        "kubernetes-server",
-        "kubernetes-node",
-        "cni-plugins",
-        "crictl",
-    ] {
+    for name in ["kube-apiserver", "kubelet", "cni-plugins", "crictl"] {
         assert!(!stderr.contains(&format!("  {name} ")), "{stderr}");
     }
     // The configuration is kept as it was, and nothing else is created beside it.
