@@ -69,5 +69,5 @@ for r in $(seq "$rounds"); do
   up=$(echo "$(date +%s.%N) - $start" | bc)
   phases=$(grep -E "^\s+(image and network|artifacts and controller|nodes started|all healthy)" "$work/up.log" | awk '{print $NF}' | tr '\n' ' ')
   echo "mode=$mode round=$r floor_s=$floor up_s=$up ratio=$(echo "scale=2; $up / $floor" | bc) tuned_floor_s=$tuned tuned_ratio=$(echo "scale=2; $up / $tuned" | bc) up_phases(image+net,artifacts+controller,nodes-started,all-healthy)=$phases"
-  (cd "$work" && "$ctl" down --purge >/dev/null 2>&1)
+  (cd "$work" && "$ctl" down --purge > "$work/down.log" 2>&1) || { cat "$work/down.log" >&2; exit 1; }
 done

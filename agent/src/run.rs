@@ -73,7 +73,10 @@ pub async fn run_with(
     commands: Arc<dyn CommandRunner>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let mirror = MirrorSource::default();
+    let mirror = MirrorSource::with_node_mirror(
+        cfg.root
+            .join(pangaea_artifact::NODE_MIRROR_DIR.trim_start_matches('/')),
+    );
     let mut sources = Sources::standard();
     sources.register(MIRROR_SCHEME, Arc::new(mirror.clone()));
     let fetcher = Arc::new(Fetcher::new(sources, MAX_CONCURRENT_DOWNLOADS));

@@ -26,7 +26,7 @@ pub mod tree;
 pub use digest::{Digest, DigestKind};
 pub use error::FetchError;
 pub use fetch::{DEFAULT_MAX_SIZE, Fetcher, Installed, RetryPolicy};
-pub use mirror::{MIRROR_SCHEME, MirrorUrl, MirrorUrlError};
+pub use mirror::{MIRROR_SCHEME, MirrorUrl, MirrorUrlError, NODE_MIRROR_DIR, blob_path};
 pub use progress::{Progress, State, Status};
 pub use source::{Body, BoxFuture, Chunks, Source, Sources};
 pub use spec::{ArtifactSpec, Member};

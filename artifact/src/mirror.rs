@@ -16,9 +16,23 @@
 
 use crate::digest::{Digest, MalformedDigest};
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 /// The URL scheme of the controller's mirror (what a [`crate::Sources`] registers it under).
 pub const MIRROR_SCHEME: &str = "pangaea-mirror";
+
+/// Where a node finds the controller's mirror directory itself, read-only, when its provider
+/// can give it one (local nodes share the operator's disk: the local provider binds
+/// `.pangaea/artifacts` there). The agent reads a blob from there when it is present — the
+/// same bytes the controller would stream, still verified against the digest — and asks the
+/// controller otherwise.
+pub const NODE_MIRROR_DIR: &str = "/var/lib/pangaea/mirror";
+
+/// Where the blob with digest `d` is in a mirror directory: `<dir>/<algorithm>/<hex>`. The
+/// one layout of the controller's mirror and of its read-only view on nodes.
+pub fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
+    dir.join(d.algorithm()).join(d.hex())
+}
 
 /// An artifact in the controller's mirror, named by its digest.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

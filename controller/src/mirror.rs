@@ -42,7 +42,7 @@ impl Mirror {
 
     /// Where the blob with digest `d` is (or would be) stored: `<dir>/<algorithm>/<hex>`.
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.dir.join(d.algorithm()).join(d.hex())
+        pangaea_artifact::blob_path(&self.dir, d)
     }
 
     fn sidecar(&self, d: &Digest) -> PathBuf {

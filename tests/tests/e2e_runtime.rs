@@ -276,7 +276,7 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
         "artifact runc: from OS packages runc ",
         "artifact cni-plugins: from OS packages containernetworking-plugins ",
         "artifact etcd: from OS packages etcd-client ",
-        "artifacts kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl: unavailable (in no OS package)",
+        "artifacts kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl, crictl: unavailable (in no OS package)",
     ] {
         assert!(out.contains(expected), "up reports {expected:?}: {out}");
     }
@@ -376,6 +376,15 @@ fn containers_run_in_every_node_with_their_own_cgroups_and_machine_ids() {
             state.starts_with("active\n") && state.contains("/etc/containerd/config.toml"),
             "{node}: {state}"
         );
+        // The node sees the controller's mirror read-only (its agent reads the binaries
+        // there instead of streaming them): containerd's blob is in it, and root in the node
+        // can neither alter a blob nor add one.
+        let view = c.sh_ok(
+            node,
+            "set -e; d=/var/lib/pangaea/mirror/sha256; h=$(sha256sum /usr/local/bin/containerd | cut -d' ' -f1); test -f $d/$h; if echo x >> $d/$h || touch $d/new; then echo writable; else echo refused; fi",
+            b"",
+        );
+        assert_eq!(view.trim(), "refused", "{node}: the mirror's view: {view}");
         machine_ids.push(c.sh_ok(node, "cat /etc/machine-id", b"").trim().to_owned());
         // The kubelet's OOM watcher can open /dev/kmsg.
         c.sh_ok(node, "exec 3</dev/kmsg", b"");

@@ -42,6 +42,8 @@ pub struct Local {
     network: Network,
     nodes_dir: PathBuf,
     image_cache: PathBuf,
+    /// The controller's artifact mirror, bound read-only into every node.
+    mirror_dir: PathBuf,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -148,6 +150,7 @@ impl Local {
             network: Network::new(cluster, cidr),
             nodes_dir: state.nodes(),
             image_cache: image_cache.to_owned(),
+            mirror_dir: state.artifacts(),
         }
     }
 
@@ -215,6 +218,14 @@ impl Local {
             "create the node's containerd directory",
             &containerd,
         ))?;
+        // The mirror, read-only: the node's agent reads the binaries there instead of
+        // streaming them from the controller through TLS (the same bytes, still checked
+        // against their digests; a node could already fetch any blob it can name). Created
+        // if absent, so blobs added later appear in running nodes.
+        std::fs::create_dir_all(&self.mirror_dir).map_err(ProviderError::io(
+            "create the artifact mirror directory",
+            &self.mirror_dir,
+        ))?;
         let cgroups = cgroup::create(&self.machine(node), &dir.join("cgroups"))?;
         let child = Command::new("sh")
             .args(["-c", cgroup::enter_script(), "pangaea-cgroup-enter"])
@@ -243,6 +254,11 @@ impl Local {
                     .parent()
                     .expect("an absolute file path")
                     .display()
+            ))
+            .arg(format!(
+                "--bind-ro={}:{}",
+                self.mirror_dir.display(),
+                pangaea_artifact::NODE_MIRROR_DIR
             ))
             .args(runtime_options(&dir))
             .stdin(Stdio::null())
