@@ -289,6 +289,19 @@ pub const ARTIFACTS: [&str; 11] = [
     "crictl",
 ];
 
+#[test]
+fn artifacts_names_every_entry_of_the_default_set() {
+    let set = pangaea_compiler::artifact_set::ArtifactSet::defaults();
+    let mut names: Vec<&str> = set.artifacts.iter().map(|a| a.name.as_str()).collect();
+    let mut listed = ARTIFACTS.to_vec();
+    names.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(
+        listed, names,
+        "ARTIFACTS must follow compiler/artifacts.yaml"
+    );
+}
+
 /// `artifacts:` with every artifact of [`ARTIFACTS`] disabled: appended to a configuration,
 /// `up` needs no download and no package.
 pub fn all_artifacts_disabled() -> String {

@@ -6,7 +6,7 @@
 //! - a second local cluster that would take the name or addresses of one already on this
 //!   host (the host's cluster registry, which `pangaea-ctl clusters` lists).
 
-use pangaea_tests::{binary, free_port};
+use pangaea_tests::{ARTIFACTS, binary, free_port};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -115,19 +115,7 @@ fn up_without_internet_fails_at_once_with_every_missing_artifact_and_creates_not
     assert!(took < Duration::from_secs(10), "took {took:?}:\n{stderr}");
     // One message: every artifact the default cluster's nodes download, each once.
     assert_eq!(stderr.matches("Error:").count(), 1, "{stderr}");
-    for name in [
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-        "kubelet",
-        "kube-proxy",
-        "kubectl",
-        "etcd",
-        "containerd",
-        "runc",
-        "cni-plugins",
-        "crictl",
-    ] {
+    for name in ARTIFACTS {
         let line = format!("\n  {name} ");
         assert_eq!(
             stderr.matches(&line).count(),
