@@ -497,6 +497,16 @@ mod tests {
         assert_eq!(m["etcd-server"], "3.4.23-4+b4");
     }
 
+    /// The default set's Kubernetes binaries, in its order: no OS package has them.
+    const KUBERNETES: [&str; 6] = [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+        "kubectl",
+    ];
+
     #[test]
     fn imports_one_entry_per_binary_reports_the_rest_and_is_deterministic() {
         let d = tempfile::tempdir().unwrap();
@@ -532,15 +542,7 @@ mod tests {
         let unavailable: Vec<&str> = imp.unavailable.iter().map(|(a, _)| a.as_str()).collect();
         assert_eq!(
             unavailable,
-            [
-                "kube-apiserver",
-                "kube-controller-manager",
-                "kube-scheduler",
-                "kubelet",
-                "kube-proxy",
-                "kubectl",
-                "cni-plugins"
-            ],
+            [KUBERNETES.as_slice(), &["cni-plugins"]].concat(),
             "crictl is kept as configured"
         );
         assert!(imp.unavailable[6].1.contains("has no /usr/lib/cni/bridge"));
@@ -573,20 +575,18 @@ mod tests {
         assert_eq!(
             order,
             [
-                "kube-apiserver",
-                "kube-controller-manager",
-                "kube-scheduler",
-                "kubelet",
-                "kube-proxy",
-                "kubectl",
-                "etcd",
-                "containerd",
-                "containerd-shim-runc-v2",
-                "ctr",
-                "runc",
-                "cni-plugins",
-                "crictl"
+                KUBERNETES.as_slice(),
+                &[
+                    "etcd",
+                    "containerd",
+                    "containerd-shim-runc-v2",
+                    "ctr",
+                    "runc",
+                    "cni-plugins",
+                    "crictl",
+                ],
             ]
+            .concat()
         );
         let c = set.get("containerd").unwrap();
         assert_eq!((c.version.as_str(), c.disabled), ("1.6.20~ds1-1", false));

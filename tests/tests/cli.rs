@@ -264,15 +264,10 @@ fn offline_artifacts(dir: &Path) -> String {
         assert!(ok.success(), "tar czf {name}");
         add(name, &archive);
     }
-    for single in [
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-        "kubelet",
-        "kube-proxy",
-        "kubectl",
-        "runc",
-    ] {
+    // Every single-file entry of the default set (the Kubernetes binaries, runc).
+    let set = pangaea_compiler::artifact_set::ArtifactSet::defaults();
+    let singles = set.artifacts.iter().filter(|a| a.members.is_empty());
+    for single in singles.map(|a| a.name.as_str()) {
         let file = src.join(single);
         std::fs::write(&file, format!("#!/bin/sh\necho {single}\n")).unwrap();
         add(single, &file);
